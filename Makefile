@@ -1,0 +1,42 @@
+# The two commands a new user needs: `make run` and `make test`. Both create .venv and install when needed.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+RECIPE ?= data_recipes/recipes/clinical_qa.yaml
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: run test lint bench ui clean install install-dev
+
+# Stamp files make installs incremental: pyproject changes trigger a reinstall, nothing else does.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/ftflow run $(RECIPE)
+
+test: install-dev
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+bench: install-dev
+	$(BIN)/python bench/pipeline_overhead.py
+
+ui: install
+	$(BIN)/ftflow ui
+
+clean:
+	rm -rf .ftflow

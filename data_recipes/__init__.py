@@ -1,0 +1,1 @@
+"""What data engineers touch: recipes (recipes/*.yaml), cleaning steps (steps/*.py) and demo data (demo/)."""

@@ -1,0 +1,104 @@
+"""Write the demo dataset: clinical questions that use abbreviations, with some messy rows.
+
+The answer to every question is the expansion of the abbreviation it asks about, phrased in several ways, so a
+model that learns the abbreviations answers held-out phrasings exactly. A share of rows is deliberately messy
+(duplicates, empty answers, stray whitespace and HTML markup) so the cleaning stage visibly removes or repairs
+something. Deterministic: the committed `clinical_qa.jsonl` is this script's output.
+
+    python data_recipes/demo/generate_clinical_qa.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+ABBREVIATIONS = {
+    "MI": "myocardial infarction",
+    "BP": "blood pressure",
+    "COPD": "chronic obstructive pulmonary disease",
+    "CHF": "congestive heart failure",
+    "DM": "diabetes mellitus",
+    "HTN": "hypertension",
+    "CAD": "coronary artery disease",
+    "CKD": "chronic kidney disease",
+    "DVT": "deep vein thrombosis",
+    "PE": "pulmonary embolism",
+    "UTI": "urinary tract infection",
+    "GERD": "gastroesophageal reflux disease",
+    "CVA": "cerebrovascular accident",
+    "TIA": "transient ischemic attack",
+    "AF": "atrial fibrillation",
+    "HR": "heart rate",
+    "RR": "respiratory rate",
+    "SOB": "shortness of breath",
+    "ECG": "electrocardiogram",
+    "CBC": "complete blood count",
+    "BMI": "body mass index",
+    "ICU": "intensive care unit",
+    "NPO": "nothing by mouth",
+    "PRN": "as needed",
+    "BID": "twice a day",
+    "TID": "three times a day",
+    "IV": "intravenous",
+    "PO": "by mouth",
+    "OSA": "obstructive sleep apnea",
+    "RA": "rheumatoid arthritis",
+    "ARDS": "acute respiratory distress syndrome",
+    "AKI": "acute kidney injury",
+    "URI": "upper respiratory infection",
+    "CT": "computed tomography",
+    "MRI": "magnetic resonance imaging",
+    "TB": "tuberculosis",
+    "LDL": "low density lipoprotein",
+    "NSAID": "nonsteroidal anti inflammatory drug",
+}
+
+TEMPLATES = [
+    "What does {a} stand for?",
+    "What does {a} mean in a clinical note?",
+    "Expand the abbreviation {a}.",
+    "In medical records, what is {a}?",
+    "The chart lists {a}. What does that mean?",
+    "What is the full form of {a}?",
+    "Spell out {a}.",
+    "The discharge summary mentions {a}. Spell it out.",
+]
+
+SEED = 0
+OUT = Path(__file__).with_name("clinical_qa.jsonl")
+
+
+def clean_rows() -> list[dict]:
+    return [
+        {"question": t.format(a=abbr), "answer": expansion}
+        for abbr, expansion in ABBREVIATIONS.items()
+        for t in TEMPLATES
+    ]
+
+
+def messy_rows(rows: list[dict], rng: random.Random) -> list[dict]:
+    """Duplicates, empty answers, and whitespace/markup noise that cleaning must handle."""
+    duplicates = [dict(r) for r in rng.sample(rows, 24)]
+    empty = [{"question": r["question"], "answer": rng.choice(["", "   ", "<br>"])} for r in rng.sample(rows, 12)]
+    noisy = []
+    for r in rng.sample(rows, 24):
+        noisy.append({
+            "question": rng.choice(["  {q}", "{q}\n\n", "<p>{q}</p>", "{q}  "]).format(q=r["question"]),
+            "answer": rng.choice(["{a} ", "<b>{a}</b>", " {a}", "{a}\t"]).format(a=r["answer"]),
+        })
+    return duplicates + empty + noisy
+
+
+def main() -> None:
+    rng = random.Random(SEED)
+    rows = clean_rows()
+    rows += messy_rows(rows, rng)
+    rng.shuffle(rows)
+    OUT.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    print(f"wrote {len(rows)} rows to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

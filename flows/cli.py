@@ -1,0 +1,120 @@
+"""`ftflow`: run, validate and inspect recipes. Errors a user can cause print one line each and exit with code 2;
+a failed stage exits with code 1 after naming the stage and the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from flows.settings import configure_environment
+from ftcore.config import Stage, load_recipe
+from ftcore.errors import RecipeError, UserError
+from ftcore.paths import home
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune language models as a Prefect flow.")
+console = Console()
+err_console = Console(stderr=True)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: a.b=value (repeatable).")]
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    until: Annotated[Stage | None, typer.Option(help="Stop after this stage.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
+) -> None:
+    """Run the seven-stage finetune flow on RECIPE."""
+    overrides = set_ or []
+    _validated(recipe, overrides)  # fail fast, before Prefect's server starts
+    configure_environment()
+    from flows.finetune import StageFailed, finetune
+    from flows.summary import render_table
+
+    try:
+        summary = finetune(str(recipe), overrides, until)
+    except StageFailed as failed:
+        _report(failed.summary, as_json, render_table)
+        err_console.print(f"[red]error:[/] {failed.summary['failure']}")
+        raise typer.Exit(1) from None
+    except UserError as e:
+        _fail(str(e))
+    _report(summary, as_json, render_table)
+
+
+def _report(summary: dict, as_json: bool, render_table) -> None:
+    out = err_console if as_json else console
+    out.print(render_table(summary))
+    model = summary.get("model")
+    if model:
+        out.print(f"model [bold]{model['name']}[/] version [bold]{model['version']}[/] "
+                  f"aliases: {', '.join(model['aliases'])}")
+        champion = "champion" in model["aliases"]
+        out.print(f"gate {'[green]passed' if champion else '[yellow]did not pass'}[/]: {summary['gate']['reason']}")
+        if champion:
+            out.print(f"champion version: {model['version']}")
+    out.print(f"summary: {home() / 'runs' / summary['run_id'] / 'summary.json'}")
+    if as_json:
+        print(json.dumps(summary, indent=2))
+
+
+@app.command()
+def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Check RECIPE without running it: exit 0, or list every problem and exit 2."""
+    loaded = _validated(recipe, set_ or [])
+    console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r}, task {loaded.task}, "
+                  f"{len(loaded.data.sources)} source(s), method {loaded.method.name}")
+
+
+@app.command()
+def steps() -> None:
+    """List the cleaning steps a recipe can use (built-in and from installed packages)."""
+    from ftcore.registry import discover_steps
+
+    for name, step in sorted(discover_steps().items()):
+        params = ", ".join(f"{k}={f.default!r}" for k, f in step.params.model_fields.items())
+        console.print(f"[bold]{name}[/]({params})  {step.doc}  [dim]{step.module}[/]")
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
+    """Start the MLflow UI on ftflow's store and say how to open Prefect's."""
+    configure_environment()
+    from ftcore import tracking
+
+    uri = tracking.tracking_uri()
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
+    console.print("Prefect UI: run `prefect server start` in another terminal with the same PREFECT_HOME "
+                  f"({os.environ['PREFECT_HOME']}), then open http://127.0.0.1:4200")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", tracking.artifact_root()]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def _validated(recipe: Path, overrides: list[str]):
+    try:
+        return load_recipe(recipe, overrides)
+    except RecipeError as e:
+        for problem in e.problems:
+            err_console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    app()

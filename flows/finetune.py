@@ -1,0 +1,136 @@
+"""The `finetune` flow: a recipe in, seven cached and retryable stages, one MLflow run, a summary out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+import ftcore
+from flows.summary import RunSummary
+from ftcore import tracking
+from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
+from ftcore.hashing import hash_file
+from tasks.clean_balance import clean_balance
+from tasks.collect import collect
+from tasks.deploy import deploy
+from tasks.evaluate import evaluate
+from tasks.init import init
+from tasks.monitor import monitor
+from tasks.train import train
+
+
+class StopPipeline(Exception):
+    """Raised after the `--until` stage: the remaining stages are skipped, the run still succeeds."""
+
+
+class StageFailed(Exception):
+    """A stage failed after its retries; the summary has been written and names the stage and the reason."""
+
+    def __init__(self, summary: dict):
+        self.summary = summary
+        super().__init__(summary["failure"])
+
+
+@flow(name="finetune", log_prints=False, validate_parameters=False)
+def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None) -> dict:
+    recipe = load_recipe(recipe_path, overrides)
+    summary = start_run(recipe, recipe_path)
+    stages = StageRunner(recipe.stages, summary, until)
+    try:
+        collected = stages.run(collect, data=recipe.data, source_hashes=source_hashes(recipe))
+        dataset = stages.run(clean_balance, collected=collected, clean=recipe.clean, balance=recipe.balance,
+                             data=recipe.data)
+        summary.dataset_hash = dataset.content_hash
+        base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset)
+        trained = stages.run(train, base=base, dataset=dataset, train=recipe.train)
+        evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate)
+        deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
+                              registered_model=recipe.registered_model, mlflow_run_id=summary.mlflow_run_id,
+                              run_tags=version_tags(summary))
+        summary.model = {"name": deployed.registered_model, "version": deployed.version,
+                         "aliases": deployed.aliases, "uri": deployed.uri}
+        summary.gate = {"passed": deployed.gate_passed, "reason": deployed.gate_reason}
+        stages.run(monitor, deployed=deployed, dataset=dataset, monitor=recipe.monitor)
+    except StopPipeline:
+        pass
+    return finish_run(summary)
+
+
+def start_run(recipe: Recipe, recipe_path: str) -> RunSummary:
+    run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
+    recipe_hash = recipe.content_hash()
+    mlflow_run_id = tracking.start_pipeline_run(
+        experiment=recipe.name,
+        run_name=f"{recipe.name}-{run_id[:8]}",
+        recipe=recipe.model_dump(mode="json"),
+        tags={"ftflow.recipe_hash": recipe_hash, "ftflow.recipe_path": str(Path(recipe_path).resolve()),
+              "ftflow.prefect_flow_run_id": run_id, "ftflow.version": ftcore.__version__},
+    )
+    return RunSummary(run_id=run_id, mlflow_run_id=mlflow_run_id, recipe_hash=recipe_hash,
+                      recipe_path=str(recipe_path))
+
+
+def finish_run(summary: RunSummary) -> dict:
+    if summary.dataset_hash:
+        tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": summary.dataset_hash})
+    tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)
+    summary.write()
+    result = summary.to_dict()
+    if not summary.succeeded:
+        raise StageFailed(result)
+    return result
+
+
+def source_hashes(recipe: Recipe) -> dict[str, str]:
+    """Content hashes of the input files: editing a data file invalidates collect's cache, renaming it does not."""
+    return {str(s.path): hash_file(s.path) for s in recipe.data.sources}
+
+
+def version_tags(summary: RunSummary) -> dict[str, str]:
+    return {"recipe_hash": summary.recipe_hash, "dataset_hash": summary.dataset_hash or "",
+            "git_commit": tracking.git_commit(), "ftflow_version": ftcore.__version__}
+
+
+class StageRunner:
+    """Runs one stage task with the recipe's retries, records its outcome, logs its output to MLflow."""
+
+    def __init__(self, cfg: StagesConfig, summary: RunSummary, until: Stage | None):
+        self.cfg, self.summary, self.until = cfg, summary, until
+
+    def run(self, stage_task, **params):
+        name = stage_task.name
+        task = stage_task.with_options(
+            retries=self.cfg.retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=self.cfg.retry_delay_s) if self.cfg.retries else 0,
+        )
+        started = time.perf_counter()
+        state = task(**params, return_state=True)
+        if state.is_completed() and state.name == "Cached" and not state.result().exists():
+            # The cache points at an output folder that was deleted: recompute rather than hand on a dangling path.
+            state = task.with_options(refresh_cache=True)(**params, return_state=True)
+        duration = time.perf_counter() - started
+        if not state.is_completed():
+            self.summary.record(name, "failed", duration, error=_reason(state))
+            raise StopPipeline
+        output = state.result()
+        cached = state.name == "Cached"
+        self.summary.record(name, "cached" if cached else "completed", duration, output.metrics, output.artifacts)
+        tracking.log_stage_output(self.summary.mlflow_run_id, name, output, cached)
+        if self.until is not None and name == self.until.value:
+            raise StopPipeline
+        return output
+
+
+def _reason(state) -> str:
+    try:
+        state.result()
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return state.message or state.name
+
+
+__all__ = ["StageFailed", "finetune"]

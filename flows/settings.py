@@ -1,0 +1,52 @@
+"""Embedded defaults: Prefect's ephemeral API under `$FTFLOW_HOME/prefect`, nothing to start by hand.
+
+Must run before Prefect is imported, since Prefect reads its settings at import time. Variables the user has set
+(PREFECT_API_URL, PREFECT_HOME, MLFLOW_TRACKING_URI, ...) always win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from ftcore.paths import home
+
+DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # start-up takes ~15 s on 2 cores
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    # Off: Prefect's print capture breaks libraries that capture stdout themselves (dill, used by datasets).
+    "PREFECT_LOGGING_LOG_PRINTS": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def configure_environment() -> None:
+    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    # Prefect creates only the last folder of PREFECT_HOME; a missing parent makes its server fail to start.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """A clean run shows progress and results, not a wall of library warnings."""
+    for name in ("mlflow", "alembic", "httpx", "transformers", "datasets", "peft", "trl", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for pattern in (".*does not have many workers.*", ".*Tokenizer.*", ".*torch_dtype.*", ".*pin_memory.*",
+                    ".*loss_type=None.*", ".*copying from a non-meta parameter.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    # MLflow warns about dataset-source ambiguity and integer columns on every log_input; neither applies here.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -1,0 +1,93 @@
+"""The run summary: what each stage did, written to `$FTFLOW_HOME/runs/<run_id>/summary.json` and shown as a table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftcore.config import STAGES
+from ftcore.fs import atomic_write_text
+from ftcore.paths import home
+
+# The metrics worth a glance in the terminal; everything is in summary.json and MLflow.
+KEY_METRICS = {
+    "collect": ["rows", "malformed_rows"],
+    "clean_balance": ["rows_kept", "rows_quarantined", "rows_train", "rows_test"],
+    "init": ["trainable_params", "trainable_fraction"],
+    "train": ["steps", "first_logged_loss", "train_loss", "eval_loss"],
+    "evaluate": ["base.exact_match", "candidate.exact_match", "base.perplexity", "candidate.perplexity"],
+    "deploy": ["version", "gate_passed"],
+    "monitor": ["latency_p95_s", "error_rate", "toxicity_rate"],
+}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    mlflow_run_id: str
+    recipe_hash: str
+    recipe_path: str
+    dataset_hash: str | None = None
+    stages: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {s.value: {"status": "skipped", "duration_s": 0.0, "metrics": {}, "artifacts": {}}
+                                 for s in STAGES}
+    )
+    model: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    failure: str | None = None
+
+    def record(self, stage: str, status: str, duration_s: float, metrics=None, artifacts=None, error=None) -> None:
+        entry = {"status": status, "duration_s": round(duration_s, 3), "metrics": metrics or {},
+                 "artifacts": {k: str(v) for k, v in (artifacts or {}).items()}}
+        if error:
+            entry["error"] = error
+            self.failure = f"stage {stage} failed: {error}"
+        self.stages[stage] = entry
+
+    @property
+    def succeeded(self) -> bool:
+        return self.failure is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "mlflow_run_id": self.mlflow_run_id,
+            "recipe_hash": self.recipe_hash,
+            "recipe_path": self.recipe_path,
+            "dataset_hash": self.dataset_hash,
+            "stages": self.stages,
+            "model": self.model,
+            "gate": self.gate,
+            "succeeded": self.succeeded,
+            "failure": self.failure,
+        }
+
+    def write(self) -> Path:
+        path = home() / "runs" / self.run_id / "summary.json"
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+def render_table(summary: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"ftflow run {summary['run_id']}", title_justify="left")
+    for column in ("stage", "status", "duration", "key metrics"):
+        table.add_column(column)
+    colours = {"completed": "green", "cached": "cyan", "failed": "red", "skipped": "dim"}
+    for stage, entry in summary["stages"].items():
+        shown = [f"{k}={_fmt(entry['metrics'][k])}" for k in KEY_METRICS.get(stage, []) if k in entry["metrics"]]
+        if entry.get("error"):
+            shown = [entry["error"]]
+        status = entry["status"]
+        table.add_row(stage, f"[{colours.get(status, 'white')}]{status}[/]", f"{entry['duration_s']:.1f}s",
+                      ", ".join(shown))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    return str(int(value)) if isinstance(value, float) else str(value)

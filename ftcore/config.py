@@ -1,0 +1,330 @@
+"""Recipes: YAML -> dotted overrides -> typed pydantic models, one per stage section.
+
+Each stage receives only its own section (plus references to upstream outputs), so a change to `evaluate.*`
+cannot invalidate the cache of `train`. Every validation problem is reported at once, naming the file, the field
+path and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ftcore.errors import RecipeError
+from ftcore.hashing import hash_obj
+
+
+class Stage(StrEnum):
+    collect = "collect"
+    clean_balance = "clean_balance"
+    init = "init"
+    train = "train"
+    evaluate = "evaluate"
+    deploy = "deploy"
+    monitor = "monitor"
+
+
+STAGES: list[Stage] = list(Stage)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+# Canonical columns of each data format; sources map their own columns onto these.
+FORMAT_COLUMNS: dict[str, list[str]] = {"prompt_completion": ["prompt", "completion"]}
+
+
+class SourceConfig(Strict):
+    type: Literal["jsonl", "csv", "json", "parquet"]
+    path: Path
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical column -> column in this source")
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_and_check(cls, path: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        if base is not None and not path.is_absolute():
+            path = (Path(base) / path).resolve()
+        if not path.is_file():
+            raise ValueError(f"file not found: {path} (paths are relative to the recipe's folder)")
+        return path
+
+
+class SplitConfig(Strict):
+    validation: Fraction = 0.1
+    test: Fraction = 0.1
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitConfig:
+        if self.validation + self.test >= 0.9:
+            raise ValueError("validation + test must leave at least 10% of rows for training")
+        return self
+
+
+class DataConfig(Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    format: Literal["prompt_completion"] = "prompt_completion"
+    split: SplitConfig = SplitConfig()
+    # How a row becomes model input. Applied when the splits are written, so the dataset version holds exactly
+    # what the model sees.
+    prompt_template: str = "Question: {prompt}\nAnswer:"
+    completion_template: str = " {completion}"
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_prompt_slot(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError("must contain the placeholder {prompt}")
+        return v
+
+    @field_validator("completion_template")
+    @classmethod
+    def _has_completion_slot(cls, v: str) -> str:
+        if "{completion}" not in v:
+            raise ValueError("must contain the placeholder {completion}")
+        return v
+
+
+class StepSpec(BaseModel):
+    """`{step: name, **params}`; the params are checked against the step's own model when the recipe loads."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    step: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _known_step_with_valid_params(self) -> StepSpec:
+        from ftcore.registry import get_step
+
+        try:
+            registered = get_step(self.step)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        try:
+            registered.params.model_validate(self.params)
+        except ValidationError as e:
+            raise ValueError(f"step {self.step!r}: " + "; ".join(_describe(err) for err in e.errors())) from None
+        return self
+
+
+DEFAULT_STEPS = [
+    StepSpec(step="strip_markup"),
+    StepSpec(step="normalize_whitespace"),
+    StepSpec(step="drop_empty"),
+    StepSpec(step="drop_duplicates"),
+]
+
+
+class CleanConfig(Strict):
+    steps: list[StepSpec] = Field(default_factory=lambda: list(DEFAULT_STEPS))
+
+
+class BalanceConfig(Strict):
+    strategy: Literal["none"] = "none"
+
+
+class ScratchModelConfig(Strict):
+    """A small Llama-architecture model built from config, with a BPE tokenizer trained on the corpus."""
+
+    vocab_size: int = Field(512, ge=64)
+    hidden_size: int = Field(128, ge=16)
+    intermediate_size: int = Field(256, ge=16)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(256, ge=32)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ScratchModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        return self
+
+
+class ModelConfig(Strict):
+    source: Literal["scratch", "pretrained"] = "scratch"
+    name_or_path: str | None = None
+    trust_remote_code: bool = False
+    scratch: ScratchModelConfig = ScratchModelConfig()
+
+    @model_validator(mode="after")
+    def _pretrained_needs_a_name(self) -> ModelConfig:
+        if self.source == "pretrained" and not self.name_or_path:
+            raise ValueError("source: pretrained needs name_or_path (a local folder or a hub id)")
+        return self
+
+
+class MethodConfig(Strict):
+    name: Literal["lora", "full"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: int | None = Field(None, description="LoRA alpha; defaults to 2*r")
+    dropout: Fraction = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    seed: int = Field(0, description="seed of the adapter's initial weights")
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5.0e-3, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: Fraction = 0.0
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(128, ge=8)
+    logging_steps: int = Field(10, ge=1)
+    seed: int = 0
+
+
+Metric = Literal["exact_match", "token_f1", "perplexity"]
+LOWER_IS_BETTER = {"perplexity"}
+
+
+class EvaluateConfig(Strict):
+    metrics: list[Metric] = Field(default_factory=lambda: ["exact_match", "token_f1", "perplexity"], min_length=1)
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class GateConfig(Strict):
+    metric: Metric = "exact_match"
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class DeployConfig(Strict):
+    registered_model: str | None = Field(None, description="defaults to the recipe name")
+    gate: GateConfig = GateConfig()
+
+
+class MonitorConfig(Strict):
+    probe_size: int = Field(20, ge=1)
+    max_latency_s: float = Field(2.0, gt=0)
+    max_error_rate: Fraction = 0.001
+    max_toxicity_rate: Fraction = 0.0
+    max_new_tokens: int = Field(32, ge=1)
+
+
+class StagesConfig(Strict):
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles on each further retry")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: Literal["sft"] = "sft"
+    data: DataConfig
+    clean: CleanConfig = CleanConfig()
+    balance: BalanceConfig = BalanceConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    deploy: DeployConfig = DeployConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    stages: StagesConfig = StagesConfig()
+
+    @model_validator(mode="after")
+    def _gate_metric_is_evaluated(self) -> Recipe:
+        if self.deploy.gate.metric not in self.evaluate.metrics:
+            metric, evaluated = self.deploy.gate.metric, self.evaluate.metrics
+            raise ValueError(f"deploy.gate.metric {metric!r} must be one of evaluate.metrics {evaluated}")
+        return self
+
+    @property
+    def registered_model(self) -> str:
+        return self.deploy.registered_model or self.name
+
+    def content_hash(self) -> str:
+        return hash_obj(self.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file, apply `a.b=value` overrides (values parsed as YAML) and validate it.
+
+    Raises RecipeError listing every problem as `FILE: field.path: what was expected`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([f"{path}: recipe file not found"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError([f"{path}: not valid YAML: {e}".replace("\n", " ")]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{path}: a recipe is a YAML mapping (name: ..., data: ..., ...)"])
+    problems = []
+    for item in overrides or []:
+        try:
+            apply_override(raw, item)
+        except ValueError as e:
+            problems.append(f"{path}: --set {item}: {e}")
+    if problems:
+        raise RecipeError(problems)
+    try:
+        return Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
+    except ValidationError as e:
+        raise RecipeError([f"{path}: {_describe(err)}" for err in e.errors()]) from None
+
+
+def apply_override(tree: dict, item: str) -> None:
+    """Set `a.b.0.c=value` in a nested dict/list tree; `value` is parsed as YAML (so 1e-4, true, [a, b] work)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError("expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    parts = key.strip().split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"{'.'.join(parts[: i + 1])}: index out of range")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(parts[:i])} is not a mapping")
+        if last:
+            node[part] = _parse_value(value)
+        else:
+            if isinstance(node, dict) and not isinstance(node.get(part), dict | list):
+                node[part] = {}
+            node = node[part]
+
+
+def _parse_value(value: str) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see docs/recipes.md for the fields)"
+    elif err["type"] == "literal_error":
+        msg = f"{msg}, got {err['input']!r}"
+    return f"{loc}: {msg}"
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def slug(text: str) -> str:
+    return _SLUG.sub("-", text).strip("-") or "recipe"

@@ -1,0 +1,69 @@
+"""deploy stage: register a new model version (alias `challenger`) and move `champion` only when the gate passes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftcore import tracking
+from ftcore.config import GateConfig
+from ftcore.deploy.gate import decide
+from ftcore.fs import atomic_dir
+from ftcore.hashing import hash_dir
+from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
+
+CANDIDATE, BASE = "candidate", "base"
+
+
+def publish(
+    trained: TrainOutput,
+    evaluation: EvalOutput,
+    gate: GateConfig,
+    registered_model: str,
+    mlflow_run_id: str,
+    tags: dict[str, str],
+    out_dir: Path,
+) -> DeployOutput:
+    candidate = evaluation.metrics[f"{CANDIDATE}.{gate.metric}"]
+    reference_name, reference = gate_reference(registered_model, gate.metric, evaluation)
+    decision = decide(gate, candidate, reference, reference_name)
+    candidate_metrics = {
+        f"metric.{k.removeprefix(CANDIDATE + '.')}": f"{v:.6g}"
+        for k, v in evaluation.metrics.items()
+        if k.startswith(CANDIDATE + ".")
+    }
+    version = tracking.register_version(
+        mlflow_run_id,
+        registered_model,
+        trained.model_path,
+        tags={**tags, **candidate_metrics, "gate.passed": str(decision.passed), "gate.reason": decision.reason},
+    )
+    tracking.set_alias(registered_model, tracking.CHALLENGER, version)
+    if decision.passed:
+        tracking.set_alias(registered_model, tracking.CHAMPION, version)
+    aliases = tracking.aliases_of(registered_model, version)
+    record = {"registered_model": registered_model, "version": version, "aliases": aliases,
+              "gate": {"passed": decision.passed, "reason": decision.reason, "reference": reference_name}}
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "deploy.json").write_text(json.dumps(record, indent=2))
+    return DeployOutput(
+        path=out_dir,
+        content_hash=hash_dir(out_dir),
+        registered_model=registered_model,
+        version=version,
+        aliases=aliases,
+        uri=f"models:/{registered_model}/{version}",
+        gate_passed=decision.passed,
+        gate_reason=decision.reason,
+        metrics={"version": float(version), "gate_passed": float(decision.passed),
+                 "gate_improvement": decision.improvement},
+        artifacts={"decision": out_dir / "deploy.json"},
+    )
+
+
+def gate_reference(registered_model: str, metric: str, evaluation: EvalOutput) -> tuple[str, float]:
+    """The current champion's recorded metric, or the base model's on this test set when there is no champion."""
+    champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
+    if champion and f"metric.{metric}" in champion["tags"]:
+        return f"champion v{champion['version']}", float(champion["tags"][f"metric.{metric}"])
+    return "the base model", evaluation.metrics[f"{BASE}.{metric}"]

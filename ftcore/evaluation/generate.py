@@ -1,0 +1,59 @@
+"""Batched greedy generation and completion-token likelihood for causal LMs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions for each prompt (decoded, special tokens removed)."""
+    import torch
+
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    outputs: list[str] = []
+    model.eval()
+    for batch in _batches(prompts, batch_size):
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        outputs.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+    return outputs
+
+
+def completion_nll(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> tuple[float, int]:
+    """Summed negative log-likelihood of the completion tokens (EOS included) given the prompts, and their count."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    for pairs in _batches(list(zip(prompts, completions, strict=True)), batch_size):
+        ids, labels = [], []
+        for prompt, completion in pairs:
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids.append(p + c)
+            labels.append([-100] * len(p) + c)
+        width = max(map(len, ids))
+        input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
+        label_ids = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
+        attention = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids])[:, None]).long()
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+        target = label_ids[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += nll.item()
+        count += int((target != -100).sum())
+    return total, count

@@ -1,0 +1,60 @@
+"""What stages hand each other: small, picklable references (folder + content hash + metrics), never models or
+data frames. Prefect persists these as task results; the next stage reads the files they point to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageOutput(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path
+    content_hash: str
+    metrics: dict[str, float] = {}
+    artifacts: dict[str, Path] = {}  # name -> file to show in MLflow / Prefect
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+
+class DatasetOutput(StageOutput):
+    """Collected rows (`splits={"all": ...}`) or cleaned splits (`train`, `validation`, `test`), as Parquet."""
+
+    splits: dict[str, Path]
+    rows: int
+
+
+class ModelOutput(StageOutput):
+    """A base model folder (weights + tokenizer), and for PEFT methods the initial adapter."""
+
+    base_path: Path
+    adapter_path: Path | None = None
+    method: str
+
+
+class TrainOutput(StageOutput):
+    """The trained weights: `model_path` is a self-contained folder (merged for adapter methods)."""
+
+    model_path: Path
+    adapter_path: Path | None = None
+    history_path: Path
+
+
+class EvalOutput(StageOutput):
+    predictions_path: Path
+
+
+class DeployOutput(StageOutput):
+    registered_model: str
+    version: str
+    aliases: list[str]
+    uri: str
+    gate_passed: bool
+    gate_reason: str
+
+
+class MonitorOutput(StageOutput):
+    breaches: list[str]

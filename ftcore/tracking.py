@@ -1,0 +1,219 @@
+"""The only module that talks to MLflow.
+
+Embedded default: `sqlite:///$FTFLOW_HOME/mlflow.db` with artifacts in `$FTFLOW_HOME/mlartifacts`; setting
+MLFLOW_TRACKING_URI switches to a real server. All calls go through MlflowClient with explicit run ids, because
+Prefect runs tasks in worker threads and MLflow's fluent "active run" is thread-local.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ftcore.paths import home
+
+log = logging.getLogger(__name__)
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (home() / "mlartifacts").as_uri()
+
+
+def client():
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if uri.startswith("sqlite:///"):
+        home().mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# --- runs ------------------------------------------------------------------------------------------------------
+
+
+def start_pipeline_run(experiment: str, run_name: str, recipe: dict, tags: dict[str, str]) -> str:
+    """Create the MLflow run of one pipeline execution, with the resolved recipe as artifact and flat params."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=_artifact_location())
+    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(recipe).items()]
+    for i in range(0, len(params), 100):
+        c.log_batch(run_id, params=params[i : i + 100])
+    c.log_text(run_id, _yaml(recipe), "recipe.yaml")
+    return run_id
+
+
+def _artifact_location() -> str | None:
+    # Only the embedded store needs one; a tracking server decides its own artifact store.
+    return artifact_root() if tracking_uri().startswith("sqlite:") else None
+
+
+def end_pipeline_run(run_id: str, succeeded: bool) -> None:
+    client().set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")
+
+
+def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dict[str, Path], cached: bool) -> None:
+    """Log one stage's metrics (`<stage>.<name>`) and artifacts (under `stages/<stage>/`)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    c = client()
+    now = int(time.time() * 1000)
+    batch = [Metric(f"{stage}.{k}", float(v), now, 0) for k, v in metrics.items() if _is_number(v)]
+    for i in range(0, len(batch), 500):
+        c.log_batch(run_id, metrics=batch[i : i + 500])
+    c.set_tag(run_id, f"ftflow.stage.{stage}", "cached" if cached else "completed")
+    for path in artifacts.values():
+        if Path(path).exists():
+            c.log_artifact(run_id, str(path), artifact_path=f"stages/{stage}")
+
+
+def log_training_history(run_id: str, history_path: Path) -> None:
+    """Per-step training metrics (loss, learning rate, grad norm, ...) as MLflow metric histories."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    history = json.loads(Path(history_path).read_text())
+    batch = [
+        Metric(f"train/{k}", float(v), now, int(entry["step"]))
+        for entry in history
+        for k, v in entry.items()
+        if k not in {"step", "epoch"} and _is_number(v)
+    ]
+    c = client()
+    for i in range(0, len(batch), 500):
+        c.log_batch(run_id, metrics=batch[i : i + 500])
+
+
+def log_dataset(run_id: str, path: Path, name: str, digest: str, context: str) -> None:
+    """Record a dataset split as an MLflow dataset input, identified by ftflow's content hash."""
+    import mlflow
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    frame = pd.read_parquet(path)
+    dataset = mlflow.data.from_pandas(frame, source=str(path), name=name, digest=digest[:36])
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    client().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+
+
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+
+
+# --- registry --------------------------------------------------------------------------------------------------
+
+
+def register_version(run_id: str, name: str, model_dir: Path, tags: dict[str, str]) -> str:
+    """Log `model_dir` as the run's `model` artifact and register it as a new version of `name`."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    c.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description="Fine-tuned by ftflow")
+    source = f"{c.get_run(run_id).info.artifact_uri}/model"
+    version = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    return str(version.version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def version_for_alias(name: str, alias: str) -> dict[str, Any] | None:
+    """`{version, tags}` of the version carrying `alias`, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return {"version": str(mv.version), "tags": dict(mv.tags)}
+
+
+def aliases_of(name: str, version: str) -> list[str]:
+    return sorted(client().get_model_version(name, version).aliases)
+
+
+def download_version(name: str, version: str, dst: Path) -> Path:
+    """Download a registered version's files (a model folder) into `dst`."""
+    import mlflow
+
+    client()  # sets the tracking and registry URIs
+    return Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst)))
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(tree, list) and any(isinstance(v, dict | list) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def log_stage_output(run_id: str, stage: str, output, cached: bool) -> None:
+    """Everything a stage produced, logged into the current run whether the stage ran now or came from the cache,
+    so each pipeline execution's MLflow run is complete on its own."""
+    from ftcore.outputs import DatasetOutput, TrainOutput
+
+    log_stage(run_id, stage, output.metrics, output.artifacts, cached)
+    if isinstance(output, DatasetOutput) and "train" in output.splits:
+        for split, path in output.splits.items():
+            context = "training" if split == "train" else split
+            log_dataset(run_id, path, f"{stage}-{split}", output.content_hash, context)
+    if isinstance(output, TrainOutput):
+        log_training_history(run_id, output.history_path)

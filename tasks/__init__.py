@@ -1,0 +1,1 @@
+"""One Prefect task per stage: retries, cache key, logging and artifacts around one ftcore function."""

@@ -1,0 +1,19 @@
+from prefect import get_run_logger
+
+import ftcore.models
+from ftcore.config import MethodConfig, ModelConfig
+from ftcore.models.init import init_model
+from ftcore.outputs import DatasetOutput, ModelOutput
+from ftcore.paths import stage_dir
+from tasks.common import stage_inputs, stage_task
+
+
+@stage_task("init", code=[ftcore.models])
+def init(model: ModelConfig, method: MethodConfig, dataset: DatasetOutput) -> ModelOutput:
+    """Build or load the base model and tokenizer and wrap it with the fine-tuning method."""
+    out_dir = stage_dir("init", stage_inputs(model=model, method=method, dataset=dataset.content_hash))
+    out = init_model(model, method, dataset, out_dir)
+    m = out.metrics
+    get_run_logger().info("%s base, method %s: %d of %d parameters trainable (%.2f%%)", model.source, method.name,
+                          m["trainable_params"], m["total_params"], 100 * m["trainable_fraction"])
+    return out

@@ -1,0 +1,19 @@
+from prefect import get_run_logger
+
+import ftcore.training
+from ftcore.config import TrainConfig
+from ftcore.outputs import DatasetOutput, ModelOutput, TrainOutput
+from ftcore.paths import stage_dir
+from ftcore.training.sft import train_sft
+from tasks.common import stage_inputs, stage_task
+
+
+@stage_task("train", code=[ftcore.training])
+def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig) -> TrainOutput:
+    """Fine-tune the init stage's model on the train split."""
+    out_dir = stage_dir("train", stage_inputs(base=base.content_hash, dataset=dataset.content_hash, train=train))
+    out = train_sft(base, dataset.splits, train, out_dir)
+    m = out.metrics
+    get_run_logger().info("trained %d steps in %.1f s; loss %.3f -> %.3f", m["steps"], m["runtime_s"],
+                          m["first_logged_loss"], m["train_loss"])
+    return out
