@@ -14,6 +14,8 @@ from flows.summary import RunSummary
 from ftcore import tracking
 from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
 from ftcore.hashing import hash_file
+from ftcore.outputs import DatasetOutput, StageOutput
+from ftcore.paths import home
 from tasks.clean_balance import clean_balance
 from tasks.collect import collect
 from tasks.deploy import deploy
@@ -44,20 +46,16 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
         collected = stages.run(collect, data=recipe.data, source_hashes=source_hashes(recipe))
         dataset = stages.run(clean_balance, collected=collected, clean=recipe.clean, balance=recipe.balance,
                              data=recipe.data)
-        summary.dataset_hash = dataset.content_hash
         base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset)
         trained = stages.run(train, base=base, dataset=dataset, train=recipe.train)
         evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate)
         deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
-                              registered_model=recipe.registered_model, mlflow_run_id=summary.mlflow_run_id,
-                              run_tags=version_tags(summary))
-        summary.model = {"name": deployed.registered_model, "version": deployed.version,
-                         "aliases": deployed.aliases, "uri": deployed.uri}
-        summary.gate = {"passed": deployed.gate_passed, "reason": deployed.gate_reason}
+                              registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
+                              mlflow_run_id=summary.mlflow_run_id, run_tags=version_tags(summary, dataset))
         stages.run(monitor, deployed=deployed, dataset=dataset, monitor=recipe.monitor)
     except StopPipeline:
         pass
-    return finish_run(summary)
+    return finish_run(summary, stages.outputs)
 
 
 def start_run(recipe: Recipe, recipe_path: str) -> RunSummary:
@@ -74,9 +72,15 @@ def start_run(recipe: Recipe, recipe_path: str) -> RunSummary:
                       recipe_path=str(recipe_path))
 
 
-def finish_run(summary: RunSummary) -> dict:
-    if summary.dataset_hash:
-        tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": summary.dataset_hash})
+def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
+    dataset, deployed = outputs.get(Stage.clean_balance), outputs.get(Stage.deploy)
+    if dataset is not None:
+        summary.dataset_hash = dataset.content_hash
+        tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": dataset.content_hash})
+    if deployed is not None:
+        summary.model = {"name": deployed.registered_model, "version": deployed.version,
+                         "aliases": deployed.aliases, "uri": deployed.uri}
+        summary.gate = {"passed": deployed.gate_passed, "reason": deployed.gate_reason}
     tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)
     summary.write()
     result = summary.to_dict()
@@ -90,8 +94,8 @@ def source_hashes(recipe: Recipe) -> dict[str, str]:
     return {str(s.path): hash_file(s.path) for s in recipe.data.sources}
 
 
-def version_tags(summary: RunSummary) -> dict[str, str]:
-    return {"recipe_hash": summary.recipe_hash, "dataset_hash": summary.dataset_hash or "",
+def version_tags(summary: RunSummary, dataset: DatasetOutput) -> dict[str, str]:
+    return {"recipe_hash": summary.recipe_hash, "dataset_hash": dataset.content_hash,
             "git_commit": tracking.git_commit(), "ftflow_version": ftcore.__version__}
 
 
@@ -100,10 +104,12 @@ class StageRunner:
 
     def __init__(self, cfg: StagesConfig, summary: RunSummary, until: Stage | None):
         self.cfg, self.summary, self.until = cfg, summary, until
+        self.outputs: dict[str, StageOutput] = {}
 
     def run(self, stage_task, **params):
         name = stage_task.name
         task = stage_task.with_options(
+            result_storage=home() / "prefect-results",  # caches belong to this FTFLOW_HOME, not to all of them
             retries=self.cfg.retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=self.cfg.retry_delay_s) if self.cfg.retries else 0,
         )
@@ -116,7 +122,7 @@ class StageRunner:
         if not state.is_completed():
             self.summary.record(name, "failed", duration, error=_reason(state))
             raise StopPipeline
-        output = state.result()
+        output = self.outputs[name] = state.result()
         cached = state.name == "Cached"
         self.summary.record(name, "cached" if cached else "completed", duration, output.metrics, output.artifacts)
         tracking.log_stage_output(self.summary.mlflow_run_id, name, output, cached)

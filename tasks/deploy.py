@@ -15,10 +15,13 @@ def deploy(
     evaluation: EvalOutput,
     gate: GateConfig,
     registered_model: str,
+    registry: str,
     mlflow_run_id: str,
     run_tags: dict[str, str],
 ) -> DeployOutput:
-    """Register a new version (alias challenger); move champion when the gate passes."""
+    """Register a new version (alias challenger); move champion when the gate passes.
+
+    `registry` (the tracking URI) is part of the cache key: pointing at another MLflow server registers anew."""
     out_dir = stage_dir("deploy", stage_inputs(trained=trained.content_hash, evaluation=evaluation.content_hash,
                                                gate=gate, registered_model=registered_model, run=mlflow_run_id))
     out = publish(trained, evaluation, gate, registered_model, mlflow_run_id, run_tags, out_dir)

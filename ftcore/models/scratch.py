@@ -43,6 +43,7 @@ def build_model(cfg: ScratchModelConfig, tokenizer):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        initializer_range=cfg.initializer_range,
     )
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(config)

@@ -1,0 +1,68 @@
+"""Shared fixtures: offline, isolated state per test, Prefect's test harness once per session.
+
+Environment is set at import time, before Prefect is imported anywhere, because Prefect reads settings on import.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="ftflow-tests-"))
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "FTFLOW_HOME": str(_SESSION_HOME / "ftflow"),
+    "PREFECT_HOME": str(_SESSION_HOME / "prefect"),
+})
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+from flows.settings import configure_environment  # noqa: E402
+
+configure_environment()
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = REPO / "data_recipes" / "recipes" / "clinical_qa.yaml"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A model and schedule small enough for a test, on the demo data (exercises --set overrides as well).
+TINY_OVERRIDES = [
+    "model.scratch.hidden_size=96",
+    "model.scratch.intermediate_size=192",
+    "model.scratch.num_hidden_layers=2",
+    "model.scratch.num_attention_heads=2",
+    "model.scratch.vocab_size=400",
+    "train.epochs=12",
+    "train.batch_size=16",
+    "train.learning_rate=1e-2",
+    "train.logging_steps=5",
+    "evaluate.max_new_tokens=24",
+    "monitor.probe_size=5",
+    "stages.retry_delay_s=0",
+]
+
+
+@pytest.fixture(autouse=True)
+def ftflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own FTFLOW_HOME: stage outputs, caches, MLflow store and summaries."""
+    home = tmp_path / "ftflow"
+    monkeypatch.setenv("FTFLOW_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent (a user's own clone)")
+    return SHARED_DATA

@@ -1,0 +1,117 @@
+"""The whole finetune flow on the demo data with a tiny model, through Prefect's test harness and a temporary
+MLflow SQLite store (FTFLOW_HOME is per test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftcore import tracking
+from ftcore.config import STAGES, Stage
+from ftcore.paths import home
+from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+
+
+def run(*overrides: str, until: Stage | None = None) -> dict:
+    from flows.finetune import finetune
+
+    return finetune(str(DEMO_RECIPE), [*TINY_OVERRIDES, *overrides], until)
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {name: stage["status"] for name, stage in summary["stages"].items()}
+
+
+def test_full_run_then_cached_rerun_then_evaluate_change():
+    first = run()
+    assert statuses(first) == {s.value: "completed" for s in STAGES}
+    ev = first["stages"]["evaluate"]["metrics"]
+    assert ev["candidate.exact_match"] > ev["base.exact_match"]
+    assert ev["candidate.perplexity"] < ev["base.perplexity"] / 10
+    train = first["stages"]["train"]["metrics"]
+    assert train["train_loss"] < train["first_logged_loss"]
+    assert first["model"] == {"name": "clinical-qa", "version": "1", "aliases": ["challenger", "champion"],
+                              "uri": "models:/clinical-qa/1"}
+    assert first["gate"]["passed"] is True
+
+    on_disk = json.loads((home() / "runs" / first["run_id"] / "summary.json").read_text())
+    assert on_disk == first
+    assert {"run_id", "mlflow_run_id", "recipe_hash", "dataset_hash", "stages", "model", "gate"} <= on_disk.keys()
+
+    client = tracking.client()
+    mlflow_run = client.get_run(first["mlflow_run_id"])
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.params["train.epochs"] == "12.0"
+    assert mlflow_run.data.metrics["evaluate.candidate.exact_match"] == ev["candidate.exact_match"]
+    assert len(client.get_metric_history(first["mlflow_run_id"], "train/loss")) >= 3
+    assert {d.dataset.name for d in mlflow_run.inputs.dataset_inputs} == {
+        "clean_balance-train", "clean_balance-validation", "clean_balance-test"}
+    artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"])}
+    assert {"recipe.yaml", "stages", "model"} <= artifacts
+    version = client.get_model_version("clinical-qa", "1")
+    assert version.tags["recipe_hash"] == first["recipe_hash"]
+    assert version.tags["dataset_hash"] == first["dataset_hash"]
+    assert {"git_commit", "ftflow_version"} <= version.tags.keys()
+
+    again = run()
+    assert statuses(again) == {s.value: "cached" for s in STAGES}
+    assert again["model"]["version"] == "1" and again["mlflow_run_id"] != first["mlflow_run_id"]
+    cached_run = client.get_run(again["mlflow_run_id"])
+    assert cached_run.data.metrics["evaluate.candidate.exact_match"] == ev["candidate.exact_match"]
+    assert cached_run.data.tags["ftflow.stage.train"] == "cached"
+
+    changed = run("evaluate.max_new_tokens=20")
+    assert statuses(changed) == {"collect": "cached", "clean_balance": "cached", "init": "cached",
+                                 "train": "cached", "evaluate": "completed", "deploy": "completed",
+                                 "monitor": "completed"}
+    assert changed["model"]["version"] == "2" and "challenger" in changed["model"]["aliases"]
+    champion = tracking.version_for_alias("clinical-qa", "champion")["version"]
+    assert champion == ("2" if changed["gate"]["passed"] else "1")
+
+
+def test_a_transient_failure_is_retried_and_the_run_completes(monkeypatch):
+    import tasks.train
+
+    calls = []
+    real_train = tasks.train.train_sft
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("injected transient failure")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "train_sft", flaky)
+    summary = run("stages.retries=2", "train.max_steps=3", until=Stage.train)
+    assert len(calls) == 2
+    assert statuses(summary)["train"] == "completed"
+    assert summary["stages"]["train"]["metrics"]["steps"] == 3
+
+
+def test_a_stage_that_keeps_failing_fails_the_run_naming_stage_and_reason(monkeypatch):
+    import tasks.evaluate
+    from flows.finetune import StageFailed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("metric server exploded")
+
+    monkeypatch.setattr(tasks.evaluate, "evaluate_models", broken)
+    with pytest.raises(StageFailed) as failed:
+        run("stages.retries=1", "train.max_steps=2")
+    summary = failed.value.summary
+    assert summary["failure"] == "stage evaluate failed: RuntimeError: metric server exploded"
+    assert statuses(summary)["evaluate"] == "failed"
+    assert statuses(summary)["deploy"] == statuses(summary)["monitor"] == "skipped"
+    assert json.loads((home() / "runs" / summary["run_id"] / "summary.json").read_text())["failure"]
+    assert tracking.client().get_run(summary["mlflow_run_id"]).info.status == "FAILED"
+
+
+def test_until_stops_after_the_named_stage():
+    summary = run(until=Stage.clean_balance)
+    assert statuses(summary) == {"collect": "completed", "clean_balance": "completed", "init": "skipped",
+                                 "train": "skipped", "evaluate": "skipped", "deploy": "skipped",
+                                 "monitor": "skipped"}
+    assert summary["model"] is None and summary["dataset_hash"]

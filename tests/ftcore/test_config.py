@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftcore.config import Recipe, apply_override, load_recipe
+from ftcore.errors import RecipeError
+from tests.conftest import DEMO_RECIPE, REPO
+
+ALL_RECIPES = sorted((REPO / "data_recipes" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path: Path):
+    assert isinstance(load_recipe(path), Recipe)
+
+
+def _write(tmp_path: Path, recipe: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _demo(tmp_path: Path) -> dict:
+    raw = yaml.safe_load(DEMO_RECIPE.read_text())
+    raw["data"]["sources"][0]["path"] = str(DEMO_RECIPE.parent / raw["data"]["sources"][0]["path"])
+    return raw
+
+
+def test_overrides_are_parsed_as_yaml_and_reach_nested_fields(tmp_path):
+    recipe = load_recipe(DEMO_RECIPE, ["train.learning_rate=1e-4", "method.r=4", "clean.steps.3.min_chars=5"])
+    assert recipe.train.learning_rate == pytest.approx(1e-4)
+    assert recipe.method.r == 4
+    assert recipe.clean.steps[3].params == {"min_chars": 5}
+
+
+def test_every_problem_is_reported_with_file_and_field(tmp_path):
+    raw = _demo(tmp_path)
+    raw["train"]["epochs"] = "many"
+    raw["method"]["rank"] = 8
+    path = _write(tmp_path, raw)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    problems = err.value.problems
+    assert any(p.startswith(f"{path}: train.epochs:") and "number" in p for p in problems)
+    assert any(p.startswith(f"{path}: method.rank: unknown field") for p in problems)
+
+
+def test_missing_data_file_names_the_file(tmp_path):
+    raw = _demo(tmp_path)
+    raw["data"]["sources"][0]["path"] = "nowhere.jsonl"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, raw))
+    assert "data.sources.0.path" in str(err.value) and str(tmp_path / "nowhere.jsonl") in str(err.value)
+
+
+def test_cleaning_step_params_are_validated_at_load_time(tmp_path):
+    with pytest.raises(RecipeError, match=r"clean\.steps\.2: step 'drop_empty': min_chars: Input should be a valid"):
+        load_recipe(DEMO_RECIPE, ["clean.steps.2.min_chars=lots"])
+    with pytest.raises(RecipeError, match="unknown cleaning step 'no_such_step'"):
+        load_recipe(DEMO_RECIPE, ["clean.steps.0.step=no_such_step"])
+
+
+def test_gate_metric_must_be_evaluated():
+    with pytest.raises(RecipeError, match=r"deploy\.gate\.metric 'perplexity' must be one of evaluate\.metrics"):
+        load_recipe(DEMO_RECIPE, ["evaluate.metrics=[exact_match]", "deploy.gate.metric=perplexity"])
+
+
+def test_pretrained_without_a_name_is_rejected():
+    with pytest.raises(RecipeError, match="name_or_path"):
+        load_recipe(DEMO_RECIPE, ["model.source=pretrained"])
+
+
+def test_bad_override_syntax_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        load_recipe(DEMO_RECIPE, ["train.epochs"])
+
+
+def test_apply_override_creates_missing_mappings():
+    tree = {"a": {"b": 1}}
+    apply_override(tree, "a.c.d=[1, 2]")
+    assert tree == {"a": {"b": 1, "c": {"d": [1, 2]}}}
+
+
+def test_recipe_hash_changes_with_content():
+    assert load_recipe(DEMO_RECIPE).content_hash() == load_recipe(DEMO_RECIPE).content_hash()
+    assert load_recipe(DEMO_RECIPE).content_hash() != load_recipe(DEMO_RECIPE, ["train.seed=1"]).content_hash()

@@ -1,0 +1,140 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ftcore.config import BalanceConfig, CleanConfig, DataConfig, SplitConfig, StepSpec
+from ftcore.data.clean import clean_and_split, run_steps
+from ftcore.data.collect import collect
+from ftcore.data.split import split_rows
+from ftcore.errors import DataError
+from ftcore.registry import Batch, StepResult, discover_steps
+from tests.conftest import DEMO_RECIPE
+
+
+def _data_config(path: Path, **columns) -> DataConfig:
+    return DataConfig(sources=[{"type": path.suffix.lstrip("."), "path": path, "columns": columns}])
+
+
+def test_collect_quarantines_malformed_jsonl_lines_with_their_line_number(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_text('{"q": "a", "a": "b"}\n{not json\n\n["list"]\n{"q": "c", "a": "d"}\n')
+    out = collect(_data_config(src, prompt="q", completion="a"), tmp_path / "out")
+    rows = pd.read_parquet(out.splits["all"])
+    bad = pd.read_parquet(out.artifacts["quarantine"])
+    assert rows[["prompt", "completion"]].values.tolist() == [["a", "b"], ["c", "d"]]
+    assert rows["source_row"].tolist() == [1, 5]
+    assert bad["source_row"].tolist() == [2, 4]
+    assert bad["reason"].str.startswith("invalid JSON").tolist() == [True, False]
+
+
+def test_collect_names_missing_columns_and_what_is_available(tmp_path):
+    src = tmp_path / "rows.csv"
+    src.write_text("question,reply\nwhat,that\n")
+    expected = r"missing completion \(from column 'answer'\).*available columns: question, reply"
+    with pytest.raises(DataError, match=expected):
+        collect(_data_config(src, prompt="question", completion="answer"), tmp_path / "out")
+
+
+def test_collect_reports_undecodable_bytes_with_offset(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_bytes(b'{"prompt": "ok", "completion": "fine"}\n{"prompt": "\xff\xfe"}\n')
+    with pytest.raises(DataError, match="not UTF-8 text at byte"):
+        collect(_data_config(src), tmp_path / "out")
+
+
+def test_collected_content_hash_follows_content_not_location(tmp_path):
+    """Rows carry their source's file name, so the hash follows the content and the name, not the folder."""
+    a, b = tmp_path / "one" / "rows.jsonl", tmp_path / "two" / "rows.jsonl"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_text('{"prompt": "x", "completion": "y"}\n')
+    hash_a = collect(_data_config(a), tmp_path / "oa").content_hash
+    assert collect(_data_config(b), tmp_path / "ob").content_hash == hash_a
+    b.write_text('{"prompt": "x", "completion": "z"}\n')
+    assert collect(_data_config(b), tmp_path / "ob").content_hash != hash_a
+
+
+def _frame(pairs):
+    return pd.DataFrame(pairs, columns=["prompt", "completion"])
+
+
+def test_steps_account_for_every_row_with_a_reason():
+    rows = _frame([
+        ("What is MI?", "myocardial infarction"),
+        ("  What is   MI? ", "<b>myocardial infarction</b>"),  # duplicate once cleaned
+        ("What is BP?", "   "),                                # empty answer
+        ("What is BP?", "blood pressure"),
+    ])
+    steps = [StepSpec(step=s) for s in ("strip_markup", "normalize_whitespace", "drop_empty", "drop_duplicates")]
+    kept, quarantine, counts = run_steps(rows, steps, ["prompt", "completion"])
+    assert len(kept) + len(quarantine) == len(rows)
+    assert kept["completion"].tolist() == ["myocardial infarction", "blood pressure"]
+    assert counts == {"strip_markup": 0, "normalize_whitespace": 0, "drop_empty": 1, "drop_duplicates": 1}
+    reasons = dict(zip(quarantine["step"], quarantine["reason"], strict=True))
+    assert reasons == {"drop_empty": "empty completion", "drop_duplicates": "duplicate of row 0"}
+
+
+def test_a_step_that_loses_rows_is_caught(monkeypatch):
+    from ftcore import registry
+
+    @registry.cleaning_step("lossy_for_test")
+    def lossy(batch: Batch, _) -> StepResult:
+        return StepResult.keep_all(batch.frame.iloc[1:])
+
+    try:
+        with pytest.raises(DataError, match=r"clean.steps.0 \(lossy_for_test\).*account for every row"):
+            run_steps(_frame([("a", "b"), ("c", "d")]), [StepSpec(step="lossy_for_test")], ["prompt", "completion"])
+    finally:
+        registry._STEPS.pop("lossy_for_test")
+
+
+def test_data_engineers_steps_are_discovered_through_the_entry_point():
+    steps = discover_steps()
+    assert steps["drop_short"].module == "data_recipes.steps.drop_short"
+    assert {"strip_markup", "normalize_whitespace", "drop_empty", "drop_duplicates"} <= set(steps)
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    rows = _frame([(f"q{i}", f"a{i}") for i in range(50)])
+    cfg = SplitConfig(validation=0.1, test=0.2, seed=3)
+    first, again = split_rows(rows, cfg), split_rows(rows, cfg)
+    assert {k: v["prompt"].tolist() for k, v in first.items()} == {k: v["prompt"].tolist() for k, v in again.items()}
+    assert [len(first[s]) for s in ("train", "validation", "test")] == [35, 5, 10]
+    assert sorted(p for v in first.values() for p in v["prompt"]) == sorted(rows["prompt"])
+    other = split_rows(rows, SplitConfig(validation=0.1, test=0.2, seed=4))
+    assert other["test"]["prompt"].tolist() != first["test"]["prompt"].tolist()
+
+
+def test_clean_and_split_on_the_demo_data_removes_the_messy_rows(tmp_path):
+    from ftcore.config import load_recipe
+
+    recipe = load_recipe(DEMO_RECIPE)
+    collected = collect(recipe.data, tmp_path / "collected")
+    out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
+    m = out.metrics
+    assert m["rows_in"] == collected.rows == m["rows_kept"] + m["rows_quarantined"]
+    assert m["quarantined.drop_duplicates"] > 0 and m["quarantined.drop_empty"] > 0
+    train = pd.read_parquet(out.splits["train"])
+    assert train["prompt"].str.startswith("Question: ").all() and train["completion"].str.startswith(" ").all()
+    assert not train["raw_completion"].str.contains("<").any()
+
+
+def test_collect_and_clean_real_medquad_rows(tmp_path, shared_data):
+    """Real data nobody here shaped: MedQuAD question/answer pairs (NIH), mapped through `columns`."""
+    src = shared_data / "medquad_sample_every16.jsonl"
+    data = _data_config(src, prompt="question", completion="answer")
+    collected = collect(data, tmp_path / "collected")
+    with src.open() as f:
+        assert collected.rows == sum(1 for line in f if line.strip())
+    # MedQuAD repeats the same answer under different questions: dedup on the answer column.
+    clean = CleanConfig(steps=[StepSpec(step="normalize_whitespace"),
+                               StepSpec(step="drop_duplicates", columns=["completion"])])
+    out = clean_and_split(collected, clean, BalanceConfig(), data, tmp_path / "clean")
+    raw = pd.read_json(src, lines=True)
+    expected_dups = raw["answer"].str.split().str.join(" ").str.lower().duplicated().sum()
+    assert expected_dups > 0
+    assert out.metrics["quarantined.drop_duplicates"] == expected_dups
+    assert out.metrics["rows_kept"] + out.metrics["rows_quarantined"] == collected.rows
+    train = pd.read_parquet(out.splits["train"])
+    assert not train["raw_completion"].str.contains(r"\s{2,}").any()

@@ -1,0 +1,93 @@
+"""Gate, registry aliases and the monitor probe, on MLflow with a temporary SQLite store (FTFLOW_HOME per test)."""
+
+from pathlib import Path
+
+import pytest
+
+from ftcore import tracking
+from ftcore.config import GateConfig, MonitorConfig
+from ftcore.deploy.gate import decide
+from ftcore.deploy.publish import publish
+from ftcore.monitor.probe import Probe, monitor_version, summarize
+from ftcore.monitor.toxicity import LexiconScorer
+from ftcore.outputs import EvalOutput
+from ftcore.training.sft import train_sft
+from tests.ftcore.pipeline_fixtures import prepare
+
+
+def test_gate_needs_a_strict_improvement_beyond_the_margin():
+    gate = GateConfig(metric="exact_match", min_improvement=0.05)
+    assert decide(gate, 0.80, 0.70, "champion v1").passed
+    assert not decide(gate, 0.74, 0.70, "champion v1").passed
+    assert not decide(GateConfig(metric="exact_match"), 0.7, 0.7, "champion v1").passed
+    lower_is_better = GateConfig(metric="perplexity")
+    assert decide(lower_is_better, 3.0, 9.0, "the base model").passed
+    assert not decide(lower_is_better, 9.0, 3.0, "the base model").passed
+    assert "does not beat champion v1" in decide(gate, 0.6, 0.7, "champion v1").reason
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple:
+    root = tmp_path_factory.mktemp("deploy")
+    prepared = prepare(root, "train.max_steps=2")
+    return prepared, train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+
+
+def _evaluation(tmp: Path, base: float, candidate: float) -> EvalOutput:
+    return EvalOutput(path=tmp, content_hash="x", predictions_path=tmp / "p.jsonl",
+                      metrics={"base.exact_match": base, "candidate.exact_match": candidate})
+
+
+def _new_run() -> str:
+    return tracking.start_pipeline_run("deploy-test", "run", {"name": "deploy-test"}, {})
+
+
+def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
+    _, model = trained
+    gate = GateConfig(metric="exact_match")
+
+    def deploy(base: float, candidate: float, n: int):
+        return publish(model, _evaluation(tmp_path, base, candidate), gate, "clinical", _new_run(),
+                       {"recipe_hash": "r", "dataset_hash": "d", "git_commit": "g", "ftflow_version": "v"},
+                       tmp_path / f"deploy{n}")
+
+    first = deploy(base=0.0, candidate=0.5, n=1)
+    assert (first.version, first.aliases, first.gate_passed) == ("1", ["challenger", "champion"], True)
+    assert "the base model" in first.gate_reason
+
+    worse = deploy(base=0.0, candidate=0.4, n=2)
+    assert (worse.version, worse.aliases, worse.gate_passed) == ("2", ["challenger"], False)
+    assert "does not beat champion v1" in worse.gate_reason
+    assert tracking.version_for_alias("clinical", "champion")["version"] == "1"
+    assert tracking.aliases_of("clinical", "1") == ["champion"]  # challenger moved on to v2
+
+    better = deploy(base=0.0, candidate=0.9, n=3)
+    assert (better.version, better.aliases) == ("3", ["challenger", "champion"])
+    tags = tracking.version_for_alias("clinical", "champion")["tags"]
+    assert tags["metric.exact_match"] == "0.9" and tags["recipe_hash"] == "r" and tags["gate.passed"] == "True"
+
+
+def test_monitor_probes_the_registered_version(tmp_path, trained):
+    prepared, model = trained
+    deployed = publish(model, _evaluation(tmp_path, 0.0, 0.1), GateConfig(), "probe-me", _new_run(), {},
+                       tmp_path / "deploy")
+    out = monitor_version("probe-me", deployed.version, prepared.dataset.splits["test"],
+                          MonitorConfig(probe_size=4, max_new_tokens=8), tmp_path / "monitor")
+    assert out.metrics["requests"] == 4 and out.metrics["error_rate"] == 0.0
+    assert 0 < out.metrics["latency_p50_s"] <= out.metrics["latency_p95_s"]
+    report = out.artifacts["report"].read_text()
+    assert "# Monitor report: probe-me v1" in report and "latency p95" in report
+
+
+def test_summarize_reports_each_breached_objective():
+    probes = [Probe("q", "you idiot", 2.5, None), Probe("q", None, 0.1, "RuntimeError: boom"),
+              Probe("q", "fine", 0.2, None), Probe("q", "fine", 0.3, None)]
+    metrics, breaches = summarize(probes, MonitorConfig(max_latency_s=2.0), LexiconScorer())
+    assert metrics["error_rate"] == 0.25 and metrics["toxicity_rate"] == pytest.approx(1 / 3)
+    assert [b.split()[0] for b in breaches] == ["latency_p95_s", "error_rate", "toxicity_rate"]
+
+
+def test_lexicon_scorer_matches_whole_words_only():
+    scorer = LexiconScorer()
+    assert scorer.is_toxic("Shut up, you MORON")
+    assert not scorer.is_toxic("shitake mushrooms and a stupidity-free answer")

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from ftcore.config import load_recipe
+from ftcore.errors import UserError
+from ftcore.models.init import init_model
+from ftcore.training.sft import train_sft
+from tests.conftest import DEMO_RECIPE
+from tests.ftcore.pipeline_fixtures import prepare
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    prepared = prepare(root)
+    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+    return prepared, trained
+
+
+def test_scratch_init_builds_a_llama_with_a_corpus_tokenizer_and_a_lora_adapter(lora_run):
+    prepared, _ = lora_run
+    base = prepared.base
+    config = json.loads((base.base_path / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["hidden_size"] == 96
+    assert (base.base_path / "model.safetensors").exists() and (base.base_path / "tokenizer.json").exists()
+    assert base.adapter_path is not None and (base.adapter_path / "adapter_model.safetensors").exists()
+    assert 0 < base.metrics["trainable_fraction"] < 0.5
+    assert base.metrics["vocab_size"] <= 400
+
+
+def test_init_is_deterministic_for_a_seed(tmp_path, lora_run):
+    prepared, _ = lora_run
+    again = init_model(prepared.recipe.model, prepared.recipe.method, prepared.dataset, tmp_path / "init")
+    assert again.content_hash == prepared.base.content_hash
+
+
+def test_lora_training_lowers_the_loss_changes_the_adapter_and_leaves_the_base_frozen(lora_run):
+    prepared, trained = lora_run
+    history = json.loads(trained.history_path.read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) >= 3 and losses[-1] < 0.9 * losses[0]
+    before = load_file(prepared.base.adapter_path / "adapter_model.safetensors")
+    after = load_file(trained.adapter_path / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not before[k].equal(after[k])]
+    assert len(changed) == len(before)  # every LoRA matrix moved (B starts at zero)
+    base = load_file(prepared.base.base_path / "model.safetensors")
+    merged = load_file(trained.model_path / "model.safetensors")
+    # LoRA targets linear layers only: the embeddings were frozen and must be untouched after merging.
+    assert merged["model.embed_tokens.weight"].equal(base["model.embed_tokens.weight"])
+    assert not merged["model.layers.0.self_attn.q_proj.weight"].equal(base["model.layers.0.self_attn.q_proj.weight"])
+    assert trained.artifacts["loss_plot"].stat().st_size > 1000
+
+
+def test_full_fine_tuning_updates_every_weight(tmp_path):
+    prepared = prepare(tmp_path, "method.name=full", "train.max_steps=3")
+    assert prepared.base.adapter_path is None and prepared.base.metrics["trainable_fraction"] == 1.0
+    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    assert trained.metrics["steps"] == 3
+    base = load_file(prepared.base.base_path / "model.safetensors")
+    after = load_file(trained.model_path / "model.safetensors")
+    assert not after["model.embed_tokens.weight"].equal(base["model.embed_tokens.weight"])
+
+
+def test_pretrained_source_loads_a_local_folder(tmp_path, lora_run):
+    prepared, trained = lora_run
+    recipe = load_recipe(DEMO_RECIPE, ["model.source=pretrained", f"model.name_or_path={trained.model_path}"])
+    base = init_model(recipe.model, recipe.method, prepared.dataset, tmp_path / "init")
+    assert base.base_path == trained.model_path
+    assert base.adapter_path is not None
+
+
+def test_pretrained_source_that_does_not_load_is_a_user_error(tmp_path, lora_run):
+    prepared, _ = lora_run
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    recipe = load_recipe(DEMO_RECIPE, ["model.source=pretrained", f"model.name_or_path={empty}"])
+    with pytest.raises(UserError, match=r"model\.name_or_path: cannot load"):
+        init_model(recipe.model, recipe.method, prepared.dataset, tmp_path / "init")

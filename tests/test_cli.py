@@ -1,0 +1,59 @@
+"""The command line: validation exit codes and messages, and a short run with --json."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.conftest import DEMO_RECIPE
+
+runner = CliRunner()
+
+
+def _broken_recipe(tmp_path: Path) -> Path:
+    raw = yaml.safe_load(DEMO_RECIPE.read_text())
+    raw["data"]["sources"][0]["path"] = str(DEMO_RECIPE.parent / raw["data"]["sources"][0]["path"])
+    raw["train"]["learning_rat"] = 0.1
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_validate_accepts_the_demo_recipe():
+    result = runner.invoke(app, ["validate", str(DEMO_RECIPE)])
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+
+
+def test_validate_names_the_bad_field_and_exits_2(tmp_path):
+    path = _broken_recipe(tmp_path)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: train.learning_rat: unknown field" in result.output
+
+
+def test_installed_console_script_exits_2_on_a_missing_recipe(tmp_path):
+    ftflow = Path(sys.executable).parent / "ftflow"
+    result = subprocess.run([str(ftflow), "validate", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "recipe file not found" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_rejects_a_bad_override_before_starting_anything():
+    result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--set", "train.epochs=-1"])
+    assert result.exit_code == 2
+    assert "train.epochs: Input should be greater than 0" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_until_prints_the_summary_as_json():
+    result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--until", "clean_balance", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["stages"]["clean_balance"]["status"] == "completed"
+    assert summary["stages"]["train"]["status"] == "skipped"
