@@ -15,5 +15,5 @@ def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig) -> Trai
     out = train_sft(base, dataset.splits, train, out_dir)
     m = out.metrics
     get_run_logger().info("trained %d steps in %.1f s; loss %.3f -> %.3f", m["steps"], m["runtime_s"],
-                          m["first_logged_loss"], m["train_loss"])
+                          m["first_logged_loss"], m["last_logged_loss"])
     return out

@@ -41,6 +41,7 @@ def train_sft(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_
     metrics = {
         "train_loss": result.training_loss,
         "first_logged_loss": next((h["loss"] for h in history if "loss" in h), result.training_loss),
+        "last_logged_loss": next((h["loss"] for h in reversed(history) if "loss" in h), result.training_loss),
         "steps": result.global_step,
         "runtime_s": runtime,
         "samples_per_s": len(train_rows) * cfg.epochs / runtime if cfg.max_steps is None else 0.0,
@@ -94,6 +95,7 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, wor
         gradient_checkpointing=False,
         completion_only_loss=True,
         dataloader_num_workers=0,
+        disable_tqdm=False,  # else transformers derives it from its log level and prints every log dict instead
     )
     trainer = SFTTrainer(
         model=model,
@@ -109,13 +111,14 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, wor
 def _show_progress_bar_only(trainer) -> None:
     """Keep the training progress bar but drop the dict it prints at every logging step (history.json and
     MLflow keep those)."""
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class ProgressBarOnly(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass
 
     trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBarOnly())
 
 
