@@ -79,18 +79,12 @@ class DataConfig(Strict):
     prompt_template: str = "Question: {prompt}\nAnswer:"
     completion_template: str = " {completion}"
 
-    @field_validator("prompt_template")
+    @field_validator("prompt_template", "completion_template")
     @classmethod
-    def _has_prompt_slot(cls, v: str) -> str:
-        if "{prompt}" not in v:
-            raise ValueError("must contain the placeholder {prompt}")
-        return v
-
-    @field_validator("completion_template")
-    @classmethod
-    def _has_completion_slot(cls, v: str) -> str:
-        if "{completion}" not in v:
-            raise ValueError("must contain the placeholder {completion}")
+    def _has_its_placeholder(cls, v: str, info: ValidationInfo) -> str:
+        placeholder = "{" + info.field_name.removesuffix("_template") + "}"
+        if placeholder not in v:
+            raise ValueError(f"must contain the placeholder {placeholder}")
         return v
 
 

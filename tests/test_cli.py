@@ -57,3 +57,26 @@ def test_run_until_prints_the_summary_as_json():
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["stages"]["clean_balance"]["status"] == "completed"
     assert summary["stages"]["train"]["status"] == "skipped"
+
+
+def test_validate_names_a_missing_data_file_and_exits_2(tmp_path):
+    raw = yaml.safe_load(DEMO_RECIPE.read_text())
+    raw["data"]["sources"][0]["path"] = "missing.jsonl"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert f"data.sources.0.path: file not found: {tmp_path / 'missing.jsonl'}" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failed_stage_exits_1_naming_the_stage_and_the_reason(monkeypatch):
+    import tasks.collect
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError("cannot read the source")
+
+    monkeypatch.setattr(tasks.collect, "collect_sources", unreadable)
+    result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--set", "stages.retries=0"])
+    assert result.exit_code == 1
+    assert "error: stage collect failed: PermissionError: cannot read the source" in result.output
