@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 RECIPE ?= data_recipes/recipes/clinical_qa.yaml
+BENCH_ARGS ?= --repeats 3
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: run test lint bench ui clean install install-dev
@@ -32,7 +33,7 @@ test: install-dev
 	$(BIN)/pytest
 
 bench: install-dev
-	$(BIN)/python bench/pipeline_overhead.py
+	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
 
 ui: install
 	$(BIN)/ftflow ui

@@ -44,8 +44,9 @@ def run(
         summary = finetune(str(recipe), overrides, until)
     except StageFailed as failed:
         _report(failed.summary, as_json, render_table)
-        err_console.print(f"[red]error:[/] {failed.summary['failure']}")
-        raise typer.Exit(1) from None
+        err_console.print(f"[red]error:[/] {failed.summary['failure']}", highlight=False, soft_wrap=True)
+        # Bad data or recipe (the user's to fix) exits 2 like any user error; anything else is a failure (1).
+        raise typer.Exit(2 if failed.summary["failure_is_user_error"] else 1) from None
     except UserError as e:
         _fail(str(e))
     _report(summary, as_json, render_table)

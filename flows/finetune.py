@@ -13,6 +13,7 @@ import ftcore
 from flows.summary import RunSummary
 from ftcore import tracking
 from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
+from ftcore.errors import UserError
 from ftcore.hashing import hash_file
 from ftcore.outputs import DatasetOutput, StageOutput
 from ftcore.paths import home
@@ -26,7 +27,8 @@ from tasks.train import train
 
 
 class StopPipeline(Exception):
-    """Raised after the `--until` stage: the remaining stages are skipped, the run still succeeds."""
+    """Skips the remaining stages: after the `--until` stage (the run succeeds) or after a failed stage (the summary
+    records the failure)."""
 
 
 class StageFailed(Exception):
@@ -112,6 +114,7 @@ class StageRunner:
             result_storage=home() / "prefect-results",  # caches belong to this FTFLOW_HOME, not to all of them
             retries=self.cfg.retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=self.cfg.retry_delay_s) if self.cfg.retries else 0,
+            retry_condition_fn=_worth_retrying,
         )
         started = time.perf_counter()
         state = task(**params, return_state=True)
@@ -120,7 +123,9 @@ class StageRunner:
             state = task.with_options(refresh_cache=True)(**params, return_state=True)
         duration = time.perf_counter() - started
         if not state.is_completed():
-            self.summary.record(name, "failed", duration, error=_reason(state))
+            error = state.result(raise_on_failure=False)
+            self.summary.record(name, "failed", duration, error=_describe(error, state),
+                                user_error=isinstance(error, UserError))
             raise StopPipeline
         output = self.outputs[name] = state.result()
         cached = state.name == "Cached"
@@ -131,11 +136,15 @@ class StageRunner:
         return output
 
 
-def _reason(state) -> str:
-    try:
-        state.result()
-    except Exception as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+def _worth_retrying(task, task_run, state) -> bool:
+    """Bad data or a bad recipe fails the same way every time: retry only other (possibly transient) errors."""
+    return not isinstance(state.result(raise_on_failure=False), UserError)
+
+
+def _describe(error, state) -> str:
+    if isinstance(error, BaseException):
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        return f"{type(error).__name__}: {first_line}"
     return state.message or state.name
 
 

@@ -37,13 +37,16 @@ class RunSummary:
     model: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     failure: str | None = None
+    failure_is_user_error: bool = False
 
-    def record(self, stage: str, status: str, duration_s: float, metrics=None, artifacts=None, error=None) -> None:
+    def record(self, stage: str, status: str, duration_s: float, metrics=None, artifacts=None, error=None,
+               user_error: bool = False) -> None:
         entry = {"status": status, "duration_s": round(duration_s, 3), "metrics": metrics or {},
                  "artifacts": {k: str(v) for k, v in (artifacts or {}).items()}}
         if error:
             entry["error"] = error
             self.failure = f"stage {stage} failed: {error}"
+            self.failure_is_user_error = user_error
         self.stages[stage] = entry
 
     @property
@@ -62,6 +65,7 @@ class RunSummary:
             "gate": self.gate,
             "succeeded": self.succeeded,
             "failure": self.failure,
+            "failure_is_user_error": self.failure_is_user_error,
         }
 
     def write(self) -> Path:

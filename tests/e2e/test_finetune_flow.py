@@ -115,3 +115,14 @@ def test_until_stops_after_the_named_stage():
                                  "train": "skipped", "evaluate": "skipped", "deploy": "skipped",
                                  "monitor": "skipped"}
     assert summary["model"] is None and summary["dataset_hash"]
+
+
+def test_a_cached_stage_whose_output_was_deleted_is_recomputed():
+    import shutil
+
+    first = run(until=Stage.collect)
+    assert statuses(first)["collect"] == "completed"
+    shutil.rmtree(home() / "artifacts" / "collect")
+    again = run(until=Stage.collect)
+    assert statuses(again)["collect"] == "completed"
+    assert (home() / "artifacts" / "collect").is_dir()
