@@ -7,7 +7,6 @@ path and what was expected.
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -319,9 +318,3 @@ def _describe(err: dict) -> str:
         msg = f"{msg}, got {err['input']!r}"
     return f"{loc}: {msg}"
 
-
-_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def slug(text: str) -> str:
-    return _SLUG.sub("-", text).strip("-") or "recipe"

@@ -37,9 +37,5 @@ def hash_dir(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hash_path(path: Path) -> str:
-    return hash_dir(path) if Path(path).is_dir() else hash_file(path)
-
-
 def short(digest: str) -> str:
     return digest[:12]
