@@ -92,8 +92,8 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
 
 
 def source_hashes(recipe: Recipe) -> dict[str, str]:
-    """Content hashes of the input files: editing a data file invalidates collect's cache, renaming it does not."""
-    return {str(s.path): hash_file(s.path) for s in recipe.data.sources}
+    """Content hashes of the input files (every match of a glob): adding or editing a file invalidates collect."""
+    return {str(path): hash_file(path) for source in recipe.data.sources for path in source.files()}
 
 
 def version_tags(summary: RunSummary, dataset: DatasetOutput) -> dict[str, str]:

@@ -13,7 +13,7 @@ from ftcore.paths import home
 
 # The metrics worth a glance in the terminal; everything is in summary.json and MLflow.
 KEY_METRICS = {
-    "collect": ["rows", "malformed_rows"],
+    "collect": ["rows_in", "rows_quarantined"],
     "clean_balance": ["rows_kept", "rows_quarantined", "rows_train", "rows_test"],
     "init": ["trainable_params", "trainable_fraction"],
     "train": ["steps", "first_logged_loss", "last_logged_loss", "eval_loss"],

@@ -7,6 +7,7 @@ path and what was expected.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,7 +44,7 @@ FORMAT_COLUMNS: dict[str, list[str]] = {"prompt_completion": ["prompt", "complet
 
 class SourceConfig(Strict):
     type: Literal["jsonl", "csv", "json", "parquet"]
-    path: Path
+    path: Path = Field(description="a file, or a glob pattern such as data/*.jsonl; .gz files are read as gzip")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical column -> column in this source")
 
     @field_validator("path")
@@ -51,10 +52,25 @@ class SourceConfig(Strict):
     def _resolve_and_check(cls, path: Path, info: ValidationInfo) -> Path:
         base = (info.context or {}).get("base_dir")
         if base is not None and not path.is_absolute():
-            path = (Path(base) / path).resolve()
-        if not path.is_file():
+            path = Path(os.path.normpath(Path(base) / path))
+        if _is_glob(path):
+            if not _expand(path):
+                raise ValueError(f"pattern matches no file: {path} (paths are relative to the recipe's folder)")
+        elif not path.is_file():
             raise ValueError(f"file not found: {path} (paths are relative to the recipe's folder)")
         return path
+
+    def files(self) -> list[Path]:
+        """The files this source reads: the path itself, or the glob's matches in sorted order."""
+        return _expand(self.path) if _is_glob(self.path) else [self.path]
+
+
+def _is_glob(path: Path) -> bool:
+    return any(c in str(path) for c in "*?[")
+
+
+def _expand(pattern: Path) -> list[Path]:
+    return sorted(p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_file())
 
 
 class SplitConfig(Strict):

@@ -26,7 +26,7 @@ def clean_and_split(
     collected: DatasetOutput, clean: CleanConfig, balance: BalanceConfig, data: DataConfig, out_dir: Path
 ) -> DatasetOutput:
     rows = pd.read_parquet(collected.splits["all"])
-    kept, quarantine, step_counts = run_steps(rows, clean.steps, FORMAT_COLUMNS[data.format])
+    kept, quarantine, step_metrics = run_steps(rows, clean.steps, FORMAT_COLUMNS[data.format])
     kept = apply_balance(kept, balance)
     if len(kept) < 3:
         raise DataError(f"clean: only {len(kept)} rows survived cleaning; at least 3 are needed to split")
@@ -34,12 +34,14 @@ def clean_and_split(
     with atomic_dir(out_dir) as tmp:
         for name, frame in splits.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        pd.concat([f.assign(split=name) for name, f in splits.items()], ignore_index=True).to_parquet(
+            tmp / "dataset.parquet", index=False)
         quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
     metrics = {
         "rows_in": len(rows),
         "rows_kept": len(kept),
         "rows_quarantined": len(quarantine),
-        **{f"quarantined.{step}": n for step, n in step_counts.items()},
+        **step_metrics,
         **{f"rows_{name}": len(frame) for name, frame in splits.items()},
     }
     return DatasetOutput(
@@ -48,13 +50,17 @@ def clean_and_split(
         splits={name: out_dir / f"{name}.parquet" for name in splits},
         rows=len(kept),
         metrics=metrics,
-        artifacts={"quarantine": out_dir / "quarantine.parquet"},
+        artifacts={"dataset": out_dir / "dataset.parquet", "quarantine": out_dir / "quarantine.parquet"},
     )
 
 
 def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str]):
-    """Apply each step to the surviving rows. Returns (kept, quarantine, rows quarantined per step)."""
-    kept, quarantined, counts = rows, [], {}
+    """Apply each step to the surviving rows, in recipe order.
+
+    Returns (kept, quarantine, metrics) with `<step>.rows_in/rows_kept/rows_quarantined` per step (a step used
+    twice is `<step>_2` the second time). A step that loses or invents rows fails the stage, naming itself.
+    """
+    kept, quarantined, metrics = rows, [], {}
     for i, spec in enumerate(steps):
         registered = get_step(spec.step)
         before = len(kept)
@@ -64,13 +70,23 @@ def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str]
                 f"clean.steps.{i} ({spec.step}): returned {len(result.kept)} kept + {len(result.quarantined)} "
                 f"quarantined rows for {before} input rows; a step must account for every row"
             )
-        quarantined.append(result.quarantined.assign(step=spec.step))
-        counts[spec.step] = counts.get(spec.step, 0) + len(result.quarantined)
+        label = _unique_label(spec.step, metrics)
+        quarantined.append(result.quarantined.assign(step=label))
+        metrics.update({f"{label}.rows_in": before, f"{label}.rows_kept": len(result.kept),
+                        f"{label}.rows_quarantined": len(result.quarantined)})
         kept = result.kept
     empty = rows.iloc[0:0].assign(reason=pd.Series(dtype=str), step=pd.Series(dtype=str))
     quarantine = pd.concat([empty, *quarantined], ignore_index=True)
     assert len(kept) + len(quarantine) == len(rows), "rows in != kept + quarantined"
-    return kept.reset_index(drop=True), quarantine, counts
+    return kept.reset_index(drop=True), quarantine, metrics
+
+
+def _unique_label(step: str, metrics: dict) -> str:
+    label, n = step, 1
+    while f"{label}.rows_in" in metrics:
+        n += 1
+        label = f"{step}_{n}"
+    return label
 
 
 def apply_balance(rows: pd.DataFrame, cfg: BalanceConfig) -> pd.DataFrame:

@@ -26,20 +26,24 @@ def test_collect_quarantines_malformed_jsonl_lines_with_their_line_number(tmp_pa
     assert rows["source_row"].tolist() == [1, 5]
     assert bad["source_row"].tolist() == [2, 4]
     assert bad["reason"].str.startswith("invalid JSON").tolist() == [True, False]
+    assert set(bad["step"]) == {"collect"}
+    assert out.metrics == {"rows_in": 4, "rows_kept": 2, "rows_quarantined": 2, "sources": 1}
 
 
 def test_collect_names_missing_columns_and_what_is_available(tmp_path):
     src = tmp_path / "rows.csv"
     src.write_text("question,reply\nwhat,that\n")
-    expected = r"missing completion \(from column 'answer'\).*available columns: question, reply"
+    expected = r"missing completion \(from column 'answer'\).*columns found: question, reply"
     with pytest.raises(DataError, match=expected):
         collect(_data_config(src, prompt="question", completion="answer"), tmp_path / "out")
 
 
 def test_collect_reports_undecodable_bytes_with_offset(tmp_path):
     src = tmp_path / "rows.jsonl"
-    src.write_bytes(b'{"prompt": "ok", "completion": "fine"}\n{"prompt": "\xff\xfe"}\n')
-    with pytest.raises(DataError, match="not UTF-8 text at byte"):
+    data = b'{"prompt": "ok", "completion": "fine"}\n{"prompt": "\xff\xfe"}\n'
+    src.write_bytes(data)
+    offset = data.index(b"\xff")
+    with pytest.raises(DataError, match=rf"rows\.jsonl: line 2, byte offset {offset}: not UTF-8"):
         collect(_data_config(src), tmp_path / "out")
 
 
@@ -67,10 +71,11 @@ def test_steps_account_for_every_row_with_a_reason():
         ("What is BP?", "blood pressure"),
     ])
     steps = [StepSpec(step=s) for s in ("strip_markup", "normalize_whitespace", "drop_empty", "drop_duplicates")]
-    kept, quarantine, counts = run_steps(rows, steps, ["prompt", "completion"])
+    kept, quarantine, metrics = run_steps(rows, steps, ["prompt", "completion"])
     assert len(kept) + len(quarantine) == len(rows)
     assert kept["completion"].tolist() == ["myocardial infarction", "blood pressure"]
-    assert counts == {"strip_markup": 0, "normalize_whitespace": 0, "drop_empty": 1, "drop_duplicates": 1}
+    assert [metrics[f"{s.step}.rows_quarantined"] for s in steps] == [0, 0, 1, 1]
+    assert metrics["drop_duplicates.rows_in"] == 3 and metrics["drop_duplicates.rows_kept"] == 2
     reasons = dict(zip(quarantine["step"], quarantine["reason"], strict=True))
     assert reasons == {"drop_empty": "empty completion", "drop_duplicates": "duplicate of row 0"}
 
@@ -114,7 +119,11 @@ def test_clean_and_split_on_the_demo_data_removes_the_messy_rows(tmp_path):
     out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
     m = out.metrics
     assert m["rows_in"] == collected.rows == m["rows_kept"] + m["rows_quarantined"]
-    assert m["quarantined.drop_duplicates"] > 0 and m["quarantined.drop_empty"] > 0
+    assert m["drop_duplicates.rows_quarantined"] > 0 and m["drop_empty.rows_quarantined"] > 0
+    for step in ("strip_markup", "normalize_whitespace", "drop_empty", "drop_short", "drop_duplicates"):
+        assert m[f"{step}.rows_in"] == m[f"{step}.rows_kept"] + m[f"{step}.rows_quarantined"]
+    dataset = pd.read_parquet(out.artifacts["dataset"])
+    assert len(dataset) == m["rows_kept"] and set(dataset["split"]) == {"train", "validation", "test"}
     train = pd.read_parquet(out.splits["train"])
     assert train["prompt"].str.startswith("Question: ").all() and train["completion"].str.startswith(" ").all()
     assert not train["raw_completion"].str.contains("<").any()
@@ -134,7 +143,40 @@ def test_collect_and_clean_real_medquad_rows(tmp_path, shared_data):
     raw = pd.read_json(src, lines=True)
     expected_dups = raw["answer"].str.split().str.join(" ").str.lower().duplicated().sum()
     assert expected_dups > 0
-    assert out.metrics["quarantined.drop_duplicates"] == expected_dups
+    assert out.metrics["drop_duplicates.rows_quarantined"] == expected_dups
     assert out.metrics["rows_kept"] + out.metrics["rows_quarantined"] == collected.rows
     train = pd.read_parquet(out.splits["train"])
     assert not train["raw_completion"].str.contains(r"\s{2,}").any()
+
+
+def test_a_glob_reads_every_matching_file_and_tags_rows_with_their_file(tmp_path):
+    import gzip
+
+    (tmp_path / "part1.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (tmp_path / "part2.jsonl.gz").write_bytes(gzip.compress(b'{"prompt": "c", "completion": "d"}\n'))
+    pd.DataFrame({"prompt": ["e"], "completion": ["f"]}).to_parquet(tmp_path / "part3.parquet")
+    cfg = DataConfig(sources=[
+        {"type": "jsonl", "path": tmp_path / "part*.jsonl*"},
+        {"type": "parquet", "path": tmp_path / "*.parquet"},
+    ])
+    rows = pd.read_parquet(collect(cfg, tmp_path / "out").splits["all"])
+    assert rows["prompt"].tolist() == ["a", "c", "e"]
+    assert rows["source"].tolist() == ["part1.jsonl", "part2.jsonl.gz", "part3.parquet"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_csv_and_json_sources_map_columns(tmp_path, kind):
+    frame = pd.DataFrame({"q": ["What is BP?", "What is MI?"], "a": ["blood pressure", "myocardial infarction"]})
+    path = tmp_path / f"rows.{kind}"
+    frame.to_csv(path, index=False) if kind == "csv" else frame.to_json(path, orient="records")
+    rows = pd.read_parquet(collect(_data_config(path, prompt="q", completion="a"), tmp_path / "out").splits["all"])
+    assert rows[["prompt", "completion"]].values.tolist() == frame.values.tolist()
+    assert rows["source_row"].tolist() == [1, 2]
+
+
+def test_a_glob_that_matches_nothing_is_a_recipe_error(tmp_path):
+    from ftcore.config import load_recipe
+    from ftcore.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"data\.sources\.0\.path: pattern matches no file"):
+        load_recipe(DEMO_RECIPE, [f"data.sources.0.path={tmp_path}/*.jsonl"])
