@@ -82,7 +82,8 @@ def steps() -> None:
     from ftcore.registry import discover_steps
 
     for name, step in sorted(discover_steps().items()):
-        params = ", ".join(f"{k}={f.default!r}" for k, f in step.params.model_fields.items())
+        params = ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}"
+                           for k, f in step.params.model_fields.items())
         console.print(f"[bold]{name}[/]({params})  {step.doc}  [dim]{step.module}[/]")
 
 

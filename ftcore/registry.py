@@ -88,6 +88,7 @@ def discover_steps() -> dict[str, RegisteredStep]:
     global _discovered
     if not _discovered:
         importlib.import_module("ftcore.data.steps")
+        importlib.import_module("ftcore.data.text_steps")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             ep.load()
         _discovered = True

@@ -5,13 +5,15 @@ import yaml
 
 from ftcore.config import Recipe, apply_override, load_recipe
 from ftcore.errors import RecipeError
-from tests.conftest import DEMO_RECIPE, REPO
+from tests.conftest import DEMO_RECIPE, REPO, SHARED_DATA
 
-ALL_RECIPES = sorted((REPO / "data_recipes" / "recipes").glob("*.yaml"))
+ALL_RECIPES = sorted((REPO / "data_recipes" / "recipes").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path: Path):
+    if path.parent.name == "shared" and not SHARED_DATA.is_dir():
+        pytest.skip("recipes/shared/ reads ../shared/data, absent in a user's own clone")
     assert isinstance(load_recipe(path), Recipe)
 
 

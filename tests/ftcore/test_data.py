@@ -180,3 +180,22 @@ def test_a_glob_that_matches_nothing_is_a_recipe_error(tmp_path):
 
     with pytest.raises(RecipeError, match=r"data\.sources\.0\.path: pattern matches no file"):
         load_recipe(DEMO_RECIPE, [f"data.sources.0.path={tmp_path}/*.jsonl"])
+
+
+def test_the_shipped_medquad_recipe_cleans_real_data_losing_nothing(tmp_path, shared_data):
+    from ftcore.config import load_recipe
+    from tests.conftest import REPO
+
+    recipe = load_recipe(REPO / "data_recipes" / "recipes" / "shared" / "medquad_qa.yaml")
+    collected = collect(recipe.data, tmp_path / "collected")
+    out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
+    m = out.metrics
+    assert m["rows_in"] == collected.metrics["rows_kept"] == 1026
+    assert m["rows_in"] == m["rows_kept"] + m["rows_quarantined"]
+    for step in recipe.clean.steps:
+        assert m[f"{step.step}.rows_in"] == m[f"{step.step}.rows_kept"] + m[f"{step.step}.rows_quarantined"]
+    quarantine = pd.read_parquet(out.artifacts["quarantine"])
+    assert len(quarantine) == m["rows_quarantined"] > 0
+    assert quarantine["reason"].str.len().gt(0).all() and quarantine["step"].notna().all()
+    kept = pd.read_parquet(out.artifacts["dataset"])
+    assert kept["raw_completion"].str.contains("<URL>", regex=False).any()  # redact_pii ran on real text
