@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from flows.settings import configure_environment
-from ftcore.config import Stage, load_recipe
+from ftcore.config import Stage, check_runnable, load_recipe
 from ftcore.errors import RecipeError, UserError
 from ftcore.paths import home
 
@@ -35,7 +35,11 @@ def run(
 ) -> None:
     """Run the seven-stage finetune flow on RECIPE."""
     overrides = set_ or []
-    _validated(recipe, overrides)  # fail fast, before Prefect's server starts
+    loaded = _validated(recipe, overrides)  # fail fast, before Prefect's server starts
+    try:
+        check_runnable(loaded, until)
+    except RecipeError as e:
+        _fail(f"{recipe}: {e}")
     configure_environment()
     from flows.finetune import StageFailed, finetune
     from flows.summary import render_table

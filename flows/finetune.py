@@ -12,7 +12,7 @@ from prefect.tasks import exponential_backoff
 import ftcore
 from flows.summary import RunSummary
 from ftcore import tracking
-from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
+from ftcore.config import Recipe, Stage, StagesConfig, check_runnable, load_recipe
 from ftcore.errors import UserError
 from ftcore.hashing import hash_file
 from ftcore.outputs import DatasetOutput, StageOutput
@@ -42,6 +42,7 @@ class StageFailed(Exception):
 @flow(name="finetune", log_prints=False, validate_parameters=False)
 def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None) -> dict:
     recipe = load_recipe(recipe_path, overrides)
+    check_runnable(recipe, until)
     summary = start_run(recipe, recipe_path)
     stages = StageRunner(recipe.stages, summary, until)
     try:

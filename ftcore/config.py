@@ -38,14 +38,24 @@ class Strict(BaseModel):
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
-# Canonical columns of each data format; sources map their own columns onto these.
-FORMAT_COLUMNS: dict[str, list[str]] = {"prompt_completion": ["prompt", "completion"]}
+# Canonical columns of each data format; sources map their own columns onto these. Cleaning steps rewrite only
+# the text columns (a label is not text to clean).
+FORMAT_COLUMNS: dict[str, list[str]] = {"prompt_completion": ["prompt", "completion"], "text_label": ["text", "label"]}
+TEXT_COLUMNS: dict[str, list[str]] = {"prompt_completion": ["prompt", "completion"], "text_label": ["text"]}
+LABEL_COLUMN = "label"
+# Which data format each task trains on, and the tasks whose train stage exists today.
+TASK_FORMATS = {"sft": "prompt_completion", "classification": "text_label"}
+TRAINABLE_TASKS = {"sft"}
 
 
 class SourceConfig(Strict):
     type: Literal["jsonl", "csv", "json", "parquet"]
     path: Path = Field(description="a file, or a glob pattern such as data/*.jsonl; .gz files are read as gzip")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical column -> column in this source")
+    # csv only: `delimiter: "\t"` reads TSV; without a header row the columns are named "0", "1", ...
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    header: bool = True
+    quotechar: str | None = Field('"', description="null reads quotes as ordinary characters")
 
     @field_validator("path")
     @classmethod
@@ -87,7 +97,7 @@ class SplitConfig(Strict):
 
 class DataConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
-    format: Literal["prompt_completion"] = "prompt_completion"
+    format: Literal["prompt_completion", "text_label"] = "prompt_completion"
     split: SplitConfig = SplitConfig()
     # How a row becomes model input. Applied when the splits are written, so the dataset version holds exactly
     # what the model sees.
@@ -141,7 +151,11 @@ class CleanConfig(Strict):
 
 
 class BalanceConfig(Strict):
-    strategy: Literal["none"] = "none"
+    """Applied to the train split only, so validation and test keep the data's real distribution."""
+
+    strategy: Literal["none", "oversample", "undersample"] = "none"
+    column: str = Field(LABEL_COLUMN, description="the label (or category) column whose classes are balanced")
+    seed: int = 0
 
 
 class ScratchModelConfig(Strict):
@@ -236,7 +250,7 @@ class StagesConfig(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["sft"] = "sft"
+    task: Literal["sft", "classification"] = "sft"
     data: DataConfig
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
@@ -247,6 +261,13 @@ class Recipe(Strict):
     deploy: DeployConfig = DeployConfig()
     monitor: MonitorConfig = MonitorConfig()
     stages: StagesConfig = StagesConfig()
+
+    @model_validator(mode="after")
+    def _format_fits_the_task(self) -> Recipe:
+        if self.data.format != TASK_FORMATS[self.task]:
+            raise ValueError(f"task {self.task!r} trains on data.format {TASK_FORMATS[self.task]!r}, "
+                             f"not {self.data.format!r}")
+        return self
 
     @model_validator(mode="after")
     def _gate_metric_is_evaluated(self) -> Recipe:
@@ -265,6 +286,14 @@ class Recipe(Strict):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
+
+
+def check_runnable(recipe: Recipe, until: Stage | None) -> None:
+    """Refuse, before anything runs, a recipe whose task has no train stage yet unless it stops before init."""
+    stops_early = until is not None and STAGES.index(until) <= STAGES.index(Stage.clean_balance)
+    if recipe.task not in TRAINABLE_TASKS and not stops_early:
+        raise RecipeError([f"task: {recipe.task!r} recipes prepare data but cannot be trained yet (only "
+                           f"{', '.join(sorted(TRAINABLE_TASKS))}); run with --until clean_balance"])
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

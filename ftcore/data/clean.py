@@ -1,5 +1,5 @@
 """Clean/balance: run the recipe's cleaning steps in order, quarantine what they drop (with the step and reason),
-balance, then write the deterministic train/validation/test split.
+write the deterministic train/validation/test split, and balance the train split.
 
 Invariant, checked on every run: rows in = rows kept + rows quarantined.
 """
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftcore.config import FORMAT_COLUMNS, BalanceConfig, CleanConfig, DataConfig, StepSpec
+from ftcore.config import TEXT_COLUMNS, BalanceConfig, CleanConfig, DataConfig, StepSpec
+from ftcore.data.balance import balance_rows
 from ftcore.data.collect import frame_hash
 from ftcore.data.split import format_for_model, split_rows
 from ftcore.errors import DataError
@@ -26,11 +27,12 @@ def clean_and_split(
     collected: DatasetOutput, clean: CleanConfig, balance: BalanceConfig, data: DataConfig, out_dir: Path
 ) -> DatasetOutput:
     rows = pd.read_parquet(collected.splits["all"])
-    kept, quarantine, step_metrics = run_steps(rows, clean.steps, FORMAT_COLUMNS[data.format])
-    kept = apply_balance(kept, balance)
+    kept, quarantine, step_metrics = run_steps(rows, clean.steps, TEXT_COLUMNS[data.format])
     if len(kept) < 3:
         raise DataError(f"clean: only {len(kept)} rows survived cleaning; at least 3 are needed to split")
-    splits = {name: format_for_model(frame, data) for name, frame in split_rows(kept, data.split).items()}
+    splits = split_rows(kept, data.split)
+    splits["train"], balance_metrics = balance_rows(splits["train"], balance)
+    splits = {name: format_for_model(frame, data) for name, frame in splits.items()}
     with atomic_dir(out_dir) as tmp:
         for name, frame in splits.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
@@ -42,6 +44,7 @@ def clean_and_split(
         "rows_kept": len(kept),
         "rows_quarantined": len(quarantine),
         **step_metrics,
+        **balance_metrics,
         **{f"rows_{name}": len(frame) for name, frame in splits.items()},
     }
     return DatasetOutput(
@@ -87,10 +90,3 @@ def _unique_label(step: str, metrics: dict) -> str:
         n += 1
         label = f"{step}_{n}"
     return label
-
-
-def apply_balance(rows: pd.DataFrame, cfg: BalanceConfig) -> pd.DataFrame:
-    """Balancing seam: `none` keeps rows as they are (resampling strategies arrive with labelled formats)."""
-    if cfg.strategy == "none":
-        return rows
-    raise NotImplementedError(cfg.strategy)  # unreachable: the recipe model only admits implemented strategies

@@ -6,6 +6,7 @@ aborting the load; rows in = rows kept + rows quarantined, as in every other ste
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -28,7 +29,7 @@ def collect(cfg: DataConfig, out_dir: Path) -> DatasetOutput:
     frames, bad = [], []
     for source in cfg.sources:
         for path in source.files():
-            rows, malformed = read_file(path, source.type)
+            rows, malformed = read_file(path, source)
             frames.append(to_canonical(rows, path, source, columns))
             bad.extend(malformed)
     collected = pd.concat(frames, ignore_index=True)
@@ -50,20 +51,31 @@ def collect(cfg: DataConfig, out_dir: Path) -> DatasetOutput:
     )
 
 
-def read_file(path: Path, kind: str) -> tuple[pd.DataFrame, list[dict]]:
+def read_file(path: Path, source: SourceConfig) -> tuple[pd.DataFrame, list[dict]]:
     """Rows of one file, and the malformed rows (with line numbers) that could not be read."""
+    kind = source.type
     data = _read_bytes(path)
     text = _decode_utf8(data, path)
     try:
         if kind == "jsonl":
             return _parse_jsonl(text, path)
         if kind == "csv":
-            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), []
+            return _read_csv(text, source), []
         if kind == "json":
             return pd.read_json(io.StringIO(text), dtype=False), []
         return pd.read_parquet(io.BytesIO(data)), []
     except (ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot read as {kind}: {str(e).splitlines()[0]}") from None
+
+
+def _read_csv(text: str, source: SourceConfig) -> pd.DataFrame:
+    frame = pd.read_csv(
+        io.StringIO(text), dtype=str, keep_default_na=False, sep=source.delimiter,
+        header=0 if source.header else None, quoting=csv.QUOTE_MINIMAL if source.quotechar else csv.QUOTE_NONE,
+        quotechar=source.quotechar or '"',
+    )
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
 
 
 def _read_bytes(path: Path) -> bytes:
