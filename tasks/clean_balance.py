@@ -1,6 +1,7 @@
 import sys
 
 from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 import ftcore.data
 import ftcore.registry
@@ -27,6 +28,8 @@ def clean_balance(
     out_dir = stage_dir("clean_balance", stage_inputs(collected=collected.content_hash, clean=clean, balance=balance,
                                                       data=data, steps=step_source_hash(clean)))
     out = clean_and_split(collected, clean, balance, data, out_dir)
+    create_markdown_artifact(out.artifacts["data_card"].read_text(encoding="utf-8"), key="data-card",
+                             description="rows per cleaning step, splits, lengths, quarantine reasons, examples")
     m = out.metrics
     get_run_logger().info(
         "kept %d of %d rows (%d quarantined); train/validation/test = %d/%d/%d",

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ftcore.config import TEXT_COLUMNS, BalanceConfig, CleanConfig, DataConfig, StepSpec
 from ftcore.data.balance import balance_rows
+from ftcore.data.card import render_data_card
 from ftcore.data.collect import frame_hash
 from ftcore.data.split import format_for_model, split_rows
 from ftcore.errors import DataError
@@ -19,8 +20,6 @@ from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_obj
 from ftcore.outputs import DatasetOutput
 from ftcore.registry import Batch, get_step
-
-SPLITS = ("train", "validation", "test")
 
 
 def clean_and_split(
@@ -33,12 +32,6 @@ def clean_and_split(
     splits = split_rows(kept, data.split)
     splits["train"], balance_metrics = balance_rows(splits["train"], balance)
     splits = {name: format_for_model(frame, data) for name, frame in splits.items()}
-    with atomic_dir(out_dir) as tmp:
-        for name, frame in splits.items():
-            frame.to_parquet(tmp / f"{name}.parquet", index=False)
-        pd.concat([f.assign(split=name) for name, f in splits.items()], ignore_index=True).to_parquet(
-            tmp / "dataset.parquet", index=False)
-        quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
     metrics = {
         "rows_in": len(rows),
         "rows_kept": len(kept),
@@ -47,14 +40,28 @@ def clean_and_split(
         **balance_metrics,
         **{f"rows_{name}": len(frame) for name, frame in splits.items()},
     }
+    card = render_data_card(data_name(data), metrics, splits, quarantine, TEXT_COLUMNS[data.format],
+                            balance.column if balance.strategy != "none" else None)
+    with atomic_dir(out_dir) as tmp:
+        for name, frame in splits.items():
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        pd.concat([f.assign(split=name) for name, f in splits.items()], ignore_index=True).to_parquet(
+            tmp / "dataset.parquet", index=False)
+        quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
+        (tmp / "data_card.md").write_text(card, encoding="utf-8")
     return DatasetOutput(
         path=out_dir,
         content_hash=hash_obj({name: frame_hash(frame) for name, frame in splits.items()}),
         splits={name: out_dir / f"{name}.parquet" for name in splits},
         rows=len(kept),
         metrics=metrics,
-        artifacts={"dataset": out_dir / "dataset.parquet", "quarantine": out_dir / "quarantine.parquet"},
+        artifacts={"dataset": out_dir / "dataset.parquet", "quarantine": out_dir / "quarantine.parquet",
+                   "data_card": out_dir / "data_card.md"},
     )
+
+
+def data_name(data: DataConfig) -> str:
+    return ", ".join(sorted({p.name for source in data.sources for p in source.files()}))
 
 
 def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str]):

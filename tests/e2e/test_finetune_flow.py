@@ -49,6 +49,8 @@ def test_full_run_then_cached_rerun_then_evaluate_change():
     assert len(client.get_metric_history(first["mlflow_run_id"], "train/loss")) >= 3
     assert {d.dataset.name for d in mlflow_run.inputs.dataset_inputs} == {
         "clean_balance-train", "clean_balance-validation", "clean_balance-test"}
+    clean_artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "stages/clean_balance")}
+    assert "stages/clean_balance/data_card.md" in clean_artifacts
     artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"])}
     assert {"recipe.yaml", "stages", "model"} <= artifacts
     version = client.get_model_version("clinical-qa", "1")

@@ -78,3 +78,7 @@ def test_sms_spam_recipe_on_real_data(tmp_path, shared_data):
     assert train["label"].value_counts()["spam"] == train["label"].value_counts()["ham"] == m["label.ham.before"]
     test = pd.read_parquet(out.splits["test"])
     assert 0.10 < (test["label"] == "spam").mean() < 0.16  # test keeps the natural ~13% spam
+    card = out.artifacts["data_card"].read_text()
+    assert f"**5574 rows in = {m['rows_kept']:.0f} kept + {m['rows_quarantined']:.0f} quarantined.**" in card
+    assert f"| spam | {m['label.spam.before']:.0f} | {m['label.spam.after']:.0f} |" in card
+    assert f"| drop_duplicates | duplicate of row # | {m['drop_duplicates.rows_quarantined']:.0f} |" in card

@@ -124,6 +124,10 @@ def test_clean_and_split_on_the_demo_data_removes_the_messy_rows(tmp_path):
         assert m[f"{step}.rows_in"] == m[f"{step}.rows_kept"] + m[f"{step}.rows_quarantined"]
     dataset = pd.read_parquet(out.artifacts["dataset"])
     assert len(dataset) == m["rows_kept"] and set(dataset["split"]) == {"train", "validation", "test"}
+    card = out.artifacts["data_card"].read_text()
+    assert "# Data card: clinical_qa.jsonl" in card
+    assert f"| drop_empty | {m['drop_empty.rows_in']:.0f} | {m['drop_empty.rows_kept']:.0f} | " in card
+    assert "## Length of `raw_completion` in the train split (characters)" in card
     train = pd.read_parquet(out.splits["train"])
     assert train["prompt"].str.startswith("Question: ").all() and train["completion"].str.startswith(" ").all()
     assert not train["raw_completion"].str.contains("<").any()
