@@ -89,6 +89,7 @@ def discover_steps() -> dict[str, RegisteredStep]:
     if not _discovered:
         importlib.import_module("ftcore.data.steps")
         importlib.import_module("ftcore.data.text_steps")
+        importlib.import_module("ftcore.data.dedup_steps")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             ep.load()
         _discovered = True

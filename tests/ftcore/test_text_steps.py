@@ -57,3 +57,29 @@ def test_filter_length_quarantines_with_the_column_unit_and_limit():
 def test_filter_length_bounds_are_checked_when_the_recipe_loads():
     with pytest.raises(RecipeError, match="max_chars must be at least min_chars"):
         load_recipe(DEMO_RECIPE, ["clean.steps.4={step: filter_length, min_chars: 10, max_chars: 5}"])
+
+
+def test_near_duplicates_are_quarantined_naming_the_kept_row():
+    base = "Chronic obstructive pulmonary disease is a lung disease that blocks airflow and makes breathing hard"
+    pairs = [("q0", base), ("q1", "Hypertension means blood pressure that stays high over time"),
+             ("q2", base.replace("hard", "difficult")), ("q3", base + ".")]
+    step = StepSpec(step="drop_near_duplicates", columns=["completion"], threshold=0.7)
+    kept, quarantine, metrics = _run(step, pairs)
+    assert kept["prompt"].tolist() == ["q0", "q1"]
+    assert quarantine["reason"].str.match(r"near-duplicate of row 0 \(estimated Jaccard [01]\.\d\d\)").all()
+    assert metrics["drop_near_duplicates.rows_in"] == 4
+
+
+def test_near_duplicates_on_real_medquad_answers(shared_data):
+    from ftcore.data.dedup_steps import _shingles
+
+    raw = pd.read_json(shared_data / "medquad_sample_every16.jsonl", lines=True)
+    rows = raw.rename(columns={"question": "prompt", "answer": "completion"})[COLUMNS]
+    step = StepSpec(step="drop_near_duplicates", columns=["completion"], threshold=0.85)
+    kept, quarantine, _ = run_steps(rows, [step], COLUMNS)
+    assert len(kept) + len(quarantine) == len(rows) and len(quarantine) > 0
+    for _, row in quarantine.iterrows():
+        other = int(row["reason"].split("row ")[1].split(" ")[0])
+        assert other in kept.index  # the row it duplicates is one that was kept
+        a, b = _shingles(row["completion"], 3), _shingles(rows.loc[other, "completion"], 3)
+        assert len(a & b) / len(a | b) > 0.7  # MinHash estimates Jaccard; the true overlap is close to it

@@ -1,0 +1,52 @@
+"""Near-duplicate removal with MinHash + LSH (datasketch): rows whose word shingles overlap above a Jaccard
+threshold with an earlier kept row are quarantined, naming that row and the estimated similarity."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+from pydantic import Field
+
+from ftcore.registry import Batch, StepParams, StepResult, cleaning_step
+
+_WORD = re.compile(r"\w+")
+
+
+class DropNearDuplicatesParams(StepParams):
+    threshold: float = Field(0.85, gt=0.0, lt=1.0, description="estimated Jaccard similarity that counts as a copy")
+    columns: list[str] | None = Field(None, description="default: all text columns, joined")
+    shingle_words: int = Field(3, ge=1, description="words per shingle")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations: more is more exact and slower")
+    seed: int = 1
+
+
+def _shingles(text: str, n: int) -> set[bytes]:
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words).encode()} if words else set()
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+@cleaning_step("drop_near_duplicates", params=DropNearDuplicatesParams)
+def drop_near_duplicates(batch: Batch, p: DropNearDuplicatesParams) -> StepResult:
+    """Quarantine rows whose text nearly repeats an earlier row (MinHash LSH over word shingles)."""
+    from datasketch import MinHash, MinHashLSH
+
+    texts = batch.frame[p.columns or batch.text_columns].astype(str).agg(" ".join, axis=1)
+    lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)
+    kept_hashes: dict[str, MinHash] = {}
+    reasons = pd.Series("", index=batch.frame.index)
+    for index, text in texts.items():
+        minhash = MinHash(num_perm=p.num_perm, seed=p.seed)
+        minhash.update_batch(list(_shingles(text, p.shingle_words)))
+        # LSH candidates are probable matches; confirm with the estimated Jaccard before quarantining.
+        matches = [(minhash.jaccard(kept_hashes[key]), key) for key in lsh.query(minhash)]
+        similar = [(j, key) for j, key in matches if j >= p.threshold]
+        if similar:
+            jaccard, key = max(similar)
+            reasons[index] = f"near-duplicate of row {key} (estimated Jaccard {jaccard:.2f})"
+        else:
+            lsh.insert(str(index), minhash)
+            kept_hashes[str(index)] = minhash
+    return StepResult.split(batch.frame, reasons == "", reasons)
