@@ -168,7 +168,8 @@ class ScratchModelConfig(Strict):
     num_attention_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(256, ge=32)
     # Wider than the usual 0.02: a frozen random base then gives adapters logits large enough to steer, so LoRA on
-    # a scratch model learns in a few epochs instead of plateauing (measured: test perplexity 1.9 vs 376 after 8).
+    # a scratch model learns in a few epochs instead of plateauing (measured on the demo, 8 epochs: test
+    # perplexity 1.9 vs 102.9, exact match 0.63 vs 0.27).
     initializer_range: float = Field(0.1, gt=0, description="std of the random initial weights")
     seed: int = 0
 

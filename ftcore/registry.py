@@ -63,7 +63,8 @@ class RegisteredStep:
 
     @property
     def doc(self) -> str:
-        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
+        """The first line of the step's docstring, shown by `ftflow steps`."""
+        return next(iter((self.fn.__doc__ or "").strip().splitlines()), "")
 
 
 _STEPS: dict[str, RegisteredStep] = {}

@@ -54,7 +54,7 @@ def start_pipeline_run(experiment: str, run_name: str, recipe: dict, tags: dict[
     from mlflow.entities import Param
 
     params = [Param(k, str(v)[:6000]) for k, v in flatten(recipe).items()]
-    for i in range(0, len(params), 100):
+    for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
         c.log_batch(run_id, params=params[i : i + 100])
     c.log_text(run_id, _yaml(recipe), "recipe.yaml")
     return run_id
@@ -71,15 +71,8 @@ def end_pipeline_run(run_id: str, succeeded: bool) -> None:
 
 def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dict[str, Path], cached: bool) -> None:
     """Log one stage's metrics (`<stage>.<name>`) and artifacts (under `stages/<stage>/`)."""
-    import time
-
-    from mlflow.entities import Metric
-
+    _log_metrics(run_id, [(f"{stage}.{k}", v, 0) for k, v in metrics.items()])
     c = client()
-    now = int(time.time() * 1000)
-    batch = [Metric(f"{stage}.{k}", float(v), now, 0) for k, v in metrics.items() if _is_number(v)]
-    for i in range(0, len(batch), 500):
-        c.log_batch(run_id, metrics=batch[i : i + 500])
     c.set_tag(run_id, f"ftflow.stage.{stage}", "cached" if cached else "completed")
     for path in artifacts.values():
         if Path(path).exists():
@@ -88,32 +81,36 @@ def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dic
 
 def log_training_history(run_id: str, history_path: Path) -> None:
     """Per-step training metrics (loss, learning rate, grad norm, ...) as MLflow metric histories."""
+    history = json.loads(Path(history_path).read_text())
+    _log_metrics(run_id, [(f"train/{k}", v, int(entry["step"]))
+                          for entry in history for k, v in entry.items() if k not in {"step", "epoch"}])
+
+
+def _log_metrics(run_id: str, metrics: list[tuple[str, Any, int]]) -> None:
+    """Log (key, value, step) triples, skipping non-numbers, in the batches MLflow accepts (at most 1000)."""
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    history = json.loads(Path(history_path).read_text())
-    batch = [
-        Metric(f"train/{k}", float(v), now, int(entry["step"]))
-        for entry in history
-        for k, v in entry.items()
-        if k not in {"step", "epoch"} and _is_number(v)
-    ]
+    batch = [Metric(key, float(value), now, step) for key, value, step in metrics if _is_number(value)]
     c = client()
     for i in range(0, len(batch), 500):
         c.log_batch(run_id, metrics=batch[i : i + 500])
 
 
-def log_dataset(run_id: str, path: Path, name: str, digest: str, context: str) -> None:
-    """Record a dataset split as an MLflow dataset input, identified by ftflow's content hash."""
+def log_dataset(run_id: str, path: Path, name: str, dataset_hash: str, context: str) -> None:
+    """Record a dataset split as an MLflow dataset input: its digest is the split's own content hash, and a tag
+    carries the hash of the whole cleaned dataset it belongs to."""
     import mlflow
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
 
+    from ftcore.data.collect import frame_hash
+
     frame = pd.read_parquet(path)
-    dataset = mlflow.data.from_pandas(frame, source=str(path), name=name, digest=digest[:36])
-    tags = [InputTag(key="mlflow.data.context", value=context)]
+    dataset = mlflow.data.from_pandas(frame, source=str(path), name=name, digest=frame_hash(frame)[:36])
+    tags = [InputTag(key="mlflow.data.context", value=context), InputTag(key="ftflow.dataset_hash", value=dataset_hash)]
     client().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
 
 

@@ -73,8 +73,10 @@ def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str]
     kept, quarantined, metrics = rows, [], {}
     for i, spec in enumerate(steps):
         registered = get_step(spec.step)
+        params = registered.params.model_validate(spec.params)
+        _check_named_columns(i, spec.step, params, kept)
         before = len(kept)
-        result = registered.fn(Batch(kept, text_columns), registered.params.model_validate(spec.params))
+        result = registered.fn(Batch(kept, text_columns), params)
         if len(result.kept) + len(result.quarantined) != before:
             raise DataError(
                 f"clean.steps.{i} ({spec.step}): returned {len(result.kept)} kept + {len(result.quarantined)} "
@@ -89,6 +91,18 @@ def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str]
     quarantine = pd.concat([empty, *quarantined], ignore_index=True)
     assert len(kept) + len(quarantine) == len(rows), "rows in != kept + quarantined"
     return kept.reset_index(drop=True), quarantine, metrics
+
+
+def _check_named_columns(i: int, step: str, params, frame: pd.DataFrame) -> None:
+    """By convention a step parameter called `column` or `columns` names data columns: a typo there is the user's
+    to fix, so it fails in one line before the step runs rather than as a KeyError inside it."""
+    named = list(getattr(params, "columns", None) or [])
+    if isinstance(getattr(params, "column", None), str):
+        named.append(params.column)
+    missing = [c for c in named if c not in frame.columns]
+    if missing:
+        raise DataError(f"clean.steps.{i} ({step}): no column {', '.join(map(repr, missing))} in the data; "
+                        f"columns: {', '.join(map(str, frame.columns))}")
 
 
 def _unique_label(step: str, metrics: dict) -> str:

@@ -61,7 +61,7 @@ def drop_duplicates(batch: Batch, p: DropDuplicatesParams) -> StepResult:
     if not p.case_sensitive:
         key = key.apply(lambda col: col.str.lower())
     duplicated = key.duplicated(keep="first")
-    first_index = key.reset_index().groupby(cols, sort=False)["index"].transform("first")
-    first_index.index = batch.frame.index
+    row_ids = pd.Series(batch.frame.index, index=batch.frame.index)
+    first_index = row_ids.groupby([key[c] for c in cols], sort=False).transform("first")
     reason = first_index.map(lambda i: f"duplicate of row {i}")
     return StepResult.split(batch.frame, ~duplicated, reason)

@@ -47,8 +47,10 @@ def test_full_run_then_cached_rerun_then_evaluate_change():
     assert mlflow_run.data.params["train.epochs"] == "12.0"
     assert mlflow_run.data.metrics["evaluate.candidate.exact_match"] == ev["candidate.exact_match"]
     assert len(client.get_metric_history(first["mlflow_run_id"], "train/loss")) >= 3
-    assert {d.dataset.name for d in mlflow_run.inputs.dataset_inputs} == {
-        "clean_balance-train", "clean_balance-validation", "clean_balance-test"}
+    inputs = mlflow_run.inputs.dataset_inputs
+    assert {d.dataset.name for d in inputs} == {"clean_balance-train", "clean_balance-validation", "clean_balance-test"}
+    assert len({d.dataset.digest for d in inputs}) == 3  # each split identified by its own content hash
+    assert {t.value for d in inputs for t in d.tags if t.key == "ftflow.dataset_hash"} == {first["dataset_hash"]}
     clean_artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "stages/clean_balance")}
     assert "stages/clean_balance/data_card.md" in clean_artifacts
     artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"])}

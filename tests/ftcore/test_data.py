@@ -203,3 +203,11 @@ def test_the_shipped_medquad_recipe_cleans_real_data_losing_nothing(tmp_path, sh
     assert quarantine["reason"].str.len().gt(0).all() and quarantine["step"].notna().all()
     kept = pd.read_parquet(out.artifacts["dataset"])
     assert kept["raw_completion"].str.contains("<URL>", regex=False).any()  # redact_pii ran on real text
+
+
+@pytest.mark.parametrize("spec", [StepSpec(step="drop_duplicates", columns=["answer"]),
+                                  StepSpec(step="drop_short", column="answer")])
+def test_a_step_naming_a_missing_column_fails_in_one_line(spec):
+    expected = rf"clean\.steps\.0 \({spec.step}\): no column 'answer' in the data; columns: prompt, completion"
+    with pytest.raises(DataError, match=expected):
+        run_steps(_frame([("a", "b")]), [spec], ["prompt", "completion"])
