@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ftcore.data.sources.config import FileSource, Source, Strict
 from ftcore.errors import RecipeError
 from ftcore.hashing import hash_obj
 
@@ -32,72 +33,47 @@ class Stage(StrEnum):
 STAGES: list[Stage] = list(Stage)
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 # Canonical columns of each data format; sources map their own columns onto these. Cleaning steps rewrite only
-# the text columns (a label is not text to clean).
-FORMAT_COLUMNS: dict[str, list[str]] = {"prompt_completion": ["prompt", "completion"], "text_label": ["text", "label"]}
-TEXT_COLUMNS: dict[str, list[str]] = {"prompt_completion": ["prompt", "completion"], "text_label": ["text"]}
+# the text columns (a label is not text to clean). A `messages` cell is a JSON list of {role, content}.
+FORMAT_COLUMNS: dict[str, list[str]] = {
+    "prompt_completion": ["prompt", "completion"],
+    "messages": ["messages"],
+    "text": ["text"],
+    "text_label": ["text", "label"],
+    "preference": ["prompt", "chosen", "rejected"],
+}
+TEXT_COLUMNS: dict[str, list[str]] = {fmt: [c for c in cols if c != "label"] for fmt, cols in FORMAT_COLUMNS.items()}
 LABEL_COLUMN = "label"
-# Which data format each task trains on, and the tasks whose train stage exists today.
-TASK_FORMATS = {"sft": "prompt_completion", "classification": "text_label"}
-TRAINABLE_TASKS = {"sft"}
-
-
-class SourceConfig(Strict):
-    type: Literal["jsonl", "csv", "json", "parquet"]
-    path: Path = Field(description="a file, or a glob pattern such as data/*.jsonl; .gz files are read as gzip")
-    columns: dict[str, str] = Field(default_factory=dict, description="canonical column -> column in this source")
-    # csv only: `delimiter: "\t"` reads TSV; without a header row the columns are named "0", "1", ...
-    delimiter: str = Field(",", min_length=1, max_length=1)
-    header: bool = True
-    quotechar: str | None = Field('"', description="null reads quotes as ordinary characters")
-
-    @field_validator("path")
-    @classmethod
-    def _resolve_and_check(cls, path: Path, info: ValidationInfo) -> Path:
-        base = (info.context or {}).get("base_dir")
-        if base is not None and not path.is_absolute():
-            path = Path(os.path.normpath(Path(base) / path))
-        if _is_glob(path):
-            if not _expand(path):
-                raise ValueError(f"pattern matches no file: {path} (paths are relative to the recipe's folder)")
-        elif not path.is_file():
-            raise ValueError(f"file not found: {path} (paths are relative to the recipe's folder)")
-        return path
-
-    def files(self) -> list[Path]:
-        """The files this source reads: the path itself, or the glob's matches in sorted order."""
-        return _expand(self.path) if _is_glob(self.path) else [self.path]
-
-
-def _is_glob(path: Path) -> bool:
-    return any(c in str(path) for c in "*?[")
-
-
-def _expand(pattern: Path) -> list[Path]:
-    return sorted(p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_file())
+DataFormat = Literal["prompt_completion", "messages", "text", "text_label", "preference"]
+# The data formats each task trains on, and the (task, format) pairs whose train stage exists today.
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "sft": ("prompt_completion", "messages"),
+    "dapt": ("text",),
+    "classification": ("text_label",),
+    "dpo": ("preference",),
+}
+TRAINABLE = {("sft", "prompt_completion")}
 
 
 class SplitConfig(Strict):
     validation: Fraction = 0.1
-    test: Fraction = 0.1
+    test: Fraction | None = Field(None, description="default 0.1, or 0 when data.test_sources supplies the test set")
     seed: int = 0
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:
-        if self.validation + self.test >= 0.9:
+        if self.validation + (self.test or 0) >= 0.9:
             raise ValueError("validation + test must leave at least 10% of rows for training")
         return self
 
 
 class DataConfig(Strict):
-    sources: list[SourceConfig] = Field(min_length=1)
-    format: Literal["prompt_completion", "text_label"] = "prompt_completion"
+    sources: list[Source] = Field(min_length=1)
+    test_sources: list[Source] = Field(
+        default_factory=list, description="a fixed test set, cleaned like the sources, instead of carving one out")
+    format: DataFormat = "prompt_completion"
     split: SplitConfig = SplitConfig()
     # How a row becomes model input. Applied when the splits are written, so the dataset version holds exactly
     # what the model sees.
@@ -111,6 +87,23 @@ class DataConfig(Strict):
         if placeholder not in v:
             raise ValueError(f"must contain the placeholder {placeholder}")
         return v
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> DataConfig:
+        if self.test_sources and self.split.test:
+            raise ValueError("data.test_sources supplies the test set: remove data.split.test (or set it to 0)")
+        return self
+
+    @property
+    def test_fraction(self) -> float:
+        return 0.0 if self.test_sources else (0.1 if self.split.test is None else self.split.test)
+
+    def all_sources(self) -> list[Source]:
+        return [*self.sources, *self.test_sources]
+
+    def files(self) -> list[Path]:
+        """Every local file the sources read (globs expanded)."""
+        return [p for s in self.all_sources() if isinstance(s, FileSource) for p in s.files()]
 
 
 class StepSpec(BaseModel):
@@ -244,6 +237,20 @@ class MonitorConfig(Strict):
     max_new_tokens: int = Field(32, ge=1)
 
 
+class DaskConfig(Strict):
+    address: str | None = Field(None, description="scheduler address (tcp://host:8786); none starts a LocalCluster")
+    n_workers: int = Field(2, ge=1, description="LocalCluster workers (processes)")
+
+
+class RuntimeConfig(Strict):
+    """Where and in what pieces the data stages run. Never changes their output, so it is not part of any cache
+    key: the same recipe on a laptop and on a cluster shares cached stages."""
+
+    batch_rows: int = Field(10_000, ge=1, description="rows per batch when reading and cleaning: bounds memory")
+    task_runner: Literal["local", "dask"] = Field("local", description="dask: cleaning batches run on Dask")
+    dask: DaskConfig = DaskConfig()
+
+
 class StagesConfig(Strict):
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles on each further retry")
@@ -251,7 +258,7 @@ class StagesConfig(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["sft", "classification"] = "sft"
+    task: Literal["sft", "dapt", "classification", "dpo"] = "sft"
     data: DataConfig
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
@@ -262,11 +269,13 @@ class Recipe(Strict):
     deploy: DeployConfig = DeployConfig()
     monitor: MonitorConfig = MonitorConfig()
     stages: StagesConfig = StagesConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _format_fits_the_task(self) -> Recipe:
-        if self.data.format != TASK_FORMATS[self.task]:
-            raise ValueError(f"task {self.task!r} trains on data.format {TASK_FORMATS[self.task]!r}, "
+        formats = TASK_FORMATS[self.task]
+        if self.data.format not in formats:
+            raise ValueError(f"task {self.task!r} trains on data.format {' or '.join(map(repr, formats))}, "
                              f"not {self.data.format!r}")
         return self
 
@@ -292,9 +301,10 @@ class Recipe(Strict):
 def check_runnable(recipe: Recipe, until: Stage | None) -> None:
     """Refuse, before anything runs, a recipe whose task has no train stage yet unless it stops before init."""
     stops_early = until is not None and STAGES.index(until) <= STAGES.index(Stage.clean_balance)
-    if recipe.task not in TRAINABLE_TASKS and not stops_early:
-        raise RecipeError([f"task: {recipe.task!r} recipes prepare data but cannot be trained yet (only "
-                           f"{', '.join(sorted(TRAINABLE_TASKS))}); run with --until clean_balance"])
+    if (recipe.task, recipe.data.format) not in TRAINABLE and not stops_early:
+        trainable = ", ".join(f"{task} on {fmt}" for task, fmt in sorted(TRAINABLE))
+        raise RecipeError([f"task: {recipe.task!r} on data.format {recipe.data.format!r} prepares data but cannot "
+                           f"be trained yet (only {trainable}); run with --until clean_balance"])
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

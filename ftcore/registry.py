@@ -8,8 +8,9 @@ one decorated function, without touching ftcore.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 import pandas as pd
@@ -24,12 +25,44 @@ class StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MESSAGES_COLUMN = "messages"
+
+
 @dataclass
 class Batch:
-    """Rows flowing through the cleaning steps, and which columns hold text the steps may rewrite."""
+    """A batch of rows flowing through the cleaning steps, and which columns hold text the steps may rewrite.
+
+    The index of `frame` is the row's position in the collected dataset, stable across batches, so a reason can
+    name another row ("duplicate of row 12"). A chat `messages` cell is a JSON list of {role, content}: read and
+    rewrite text through `text()` and `map_text()` and a step works on every format without knowing it.
+    `state` is the step's own dict; for a `stateful=True` step it is the same dict for every batch of a run.
+    """
 
     frame: pd.DataFrame
     text_columns: list[str]
+    state: dict = field(default_factory=dict)
+
+    def text(self, column: str) -> pd.Series:
+        """The column as strings; a `messages` column gives the contents of its messages, one per line."""
+        values = self.frame[column]
+        if column == MESSAGES_COLUMN:
+            return values.map(lambda cell: "\n".join(m["content"] for m in json.loads(cell)))
+        return values.astype(str)
+
+    def map_text(self, fn: Callable[[str], str], columns: list[str] | None = None) -> pd.DataFrame:
+        """A copy of the frame with `fn` applied to every text value of `columns` (default: the text columns);
+        in a `messages` column, to each message's content."""
+        frame = self.frame.copy()
+        for column in columns or self.text_columns:
+            frame[column] = frame[column].map(_map_messages(fn) if column == MESSAGES_COLUMN else fn)
+        return frame
+
+
+def _map_messages(fn: Callable[[str], str]) -> Callable[[str], str]:
+    def rewrite(cell: str) -> str:
+        return json.dumps([{**m, "content": fn(m["content"])} for m in json.loads(cell)], ensure_ascii=False)
+
+    return rewrite
 
 
 @dataclass
@@ -60,6 +93,7 @@ class RegisteredStep:
     fn: StepFn
     params: type[StepParams]
     module: str
+    stateful: bool = False
 
     @property
     def doc(self) -> str:
@@ -67,18 +101,28 @@ class RegisteredStep:
         return next(iter((self.fn.__doc__ or "").strip().splitlines()), "")
 
 
+# ftcore's own steps, one module per family.
+BUILTIN_STEP_MODULES = ["ftcore.data.steps", "ftcore.data.text_steps", "ftcore.data.dedup_steps"]
+
 _STEPS: dict[str, RegisteredStep] = {}
 _discovered = False
 
 
-def cleaning_step(name: str, params: type[StepParams] = StepParams) -> Callable[[StepFn], StepFn]:
-    """Register `fn(batch, params) -> StepResult` under `name`, configured in a recipe as `{step: name, ...}`."""
+def cleaning_step(
+    name: str, params: type[StepParams] = StepParams, stateful: bool = False
+) -> Callable[[StepFn], StepFn]:
+    """Register `fn(batch, params) -> StepResult` under `name`, configured in a recipe as `{step: name, ...}`.
+
+    A step sees one batch at a time. Most steps judge each row on its own, so their batches may run in parallel
+    (on a Dask cluster when the recipe asks). A step that compares rows across batches (deduplication) declares
+    `stateful=True`: it then sees every batch in order, in one process, with the same `batch.state` dict.
+    """
 
     def register(fn: StepFn) -> StepFn:
         existing = _STEPS.get(name)
         if existing and existing.module != fn.__module__:
             raise ValueError(f"cleaning step {name!r} is registered twice: {existing.module} and {fn.__module__}")
-        _STEPS[name] = RegisteredStep(name=name, fn=fn, params=params, module=fn.__module__)
+        _STEPS[name] = RegisteredStep(name=name, fn=fn, params=params, module=fn.__module__, stateful=stateful)
         return fn
 
     return register
@@ -88,9 +132,8 @@ def discover_steps() -> dict[str, RegisteredStep]:
     """All registered steps: ftcore's built-ins plus every `ftflow.cleaning_steps` entry point, loaded once."""
     global _discovered
     if not _discovered:
-        importlib.import_module("ftcore.data.steps")
-        importlib.import_module("ftcore.data.text_steps")
-        importlib.import_module("ftcore.data.dedup_steps")
+        for module in BUILTIN_STEP_MODULES:
+            importlib.import_module(module)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             ep.load()
         _discovered = True
