@@ -13,8 +13,9 @@ import ftcore
 from flows.summary import RunSummary
 from ftcore import tracking
 from ftcore.config import Recipe, Stage, StagesConfig, check_runnable, load_recipe
+from ftcore.data.sources.config import FileSource, HfDatasetSource
 from ftcore.errors import UserError
-from ftcore.hashing import hash_file
+from ftcore.hashing import hash_dir, hash_file
 from ftcore.outputs import DatasetOutput, StageOutput
 from ftcore.paths import home
 from tasks.clean_balance import clean_balance
@@ -46,9 +47,10 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
     summary = start_run(recipe, recipe_path)
     stages = StageRunner(recipe.stages, summary, until)
     try:
-        collected = stages.run(collect, data=recipe.data, source_hashes=source_hashes(recipe))
+        collected = stages.run(collect, data=recipe.data, source_hashes=source_fingerprints(recipe),
+                               runtime=recipe.runtime)
         dataset = stages.run(clean_balance, collected=collected, clean=recipe.clean, balance=recipe.balance,
-                             data=recipe.data)
+                             data=recipe.data, runtime=recipe.runtime)
         base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset)
         trained = stages.run(train, base=base, dataset=dataset, train=recipe.train)
         evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate)
@@ -92,9 +94,19 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
     return result
 
 
-def source_hashes(recipe: Recipe) -> dict[str, str]:
-    """Content hashes of the input files (every match of a glob): adding or editing a file invalidates collect."""
-    return {str(path): hash_file(path) for source in recipe.data.sources for path in source.files()}
+def source_fingerprints(recipe: Recipe) -> dict[str, str]:
+    """What collect's cache depends on: the content hash of every input file (every match of a glob) and saved
+    dataset folder. A query or a URL can return new rows behind the same recipe, so those sources are read again
+    on every run; the stages after collect are still skipped when the rows read are unchanged."""
+    fingerprints = {}
+    for source in recipe.data.all_sources():
+        if isinstance(source, FileSource):
+            fingerprints.update({str(path): hash_file(path) for path in source.files()})
+        elif isinstance(source, HfDatasetSource) and source.local_path():
+            fingerprints[source.path] = hash_dir(source.local_path())
+        else:
+            fingerprints[source.label()] = f"read at {time.time_ns()}"
+    return fingerprints
 
 
 def version_tags(summary: RunSummary, dataset: DatasetOutput) -> dict[str, str]:

@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from ftcore.hashing import hash_bytes, hash_obj
 
-# Parameters that differ on every execution and do not change what the stage produces.
-PER_EXECUTION = frozenset({"mlflow_run_id", "run_tags"})
+# Parameters that differ on every execution, or say where it runs, and do not change what the stage produces.
+PER_EXECUTION = frozenset({"mlflow_run_id", "run_tags", "runtime"})
 
 
 def source_hash(modules: list[ModuleType]) -> str:

@@ -1,99 +1,207 @@
-"""Clean/balance: run the recipe's cleaning steps in order, quarantine what they drop (with the step and reason),
-write the deterministic train/validation/test split, and balance the train split.
+"""Clean/balance: run the recipe's cleaning steps in order over batches of rows, quarantine what they drop (with
+the step and reason), write the deterministic train/validation/test split, and balance the train split.
 
-Invariant, checked on every run: rows in = rows kept + rows quarantined.
+Rows flow as Parquet parts of at most `batch_rows` rows, so memory is bounded by the batch, not the dataset. The
+steps are planned as segments: consecutive steps that judge each row on its own run on every part independently
+(through `map_parts`, which may be a Dask cluster), and a stateful step (deduplication) sees the parts in order in
+this process. Invariant, checked for every step of every part: rows in = rows kept + rows quarantined.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from ftcore.config import TEXT_COLUMNS, BalanceConfig, CleanConfig, DataConfig, StepSpec
 from ftcore.data.balance import balance_rows
-from ftcore.data.card import render_data_card
-from ftcore.data.collect import frame_hash
-from ftcore.data.split import format_for_model, split_rows
+from ftcore.data.card import collect_card_stats, render_data_card
+from ftcore.data.formats import HOLDOUT
+from ftcore.data.parquet_io import ParquetSink, frame_hash, iter_frames, num_rows, read_column
+from ftcore.data.sources.config import FileSource
+from ftcore.data.split import SPLITS, assign_splits, format_for_model
 from ftcore.errors import DataError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_obj
 from ftcore.outputs import DatasetOutput
 from ftcore.registry import Batch, get_step
 
+MapParts = Callable[[Callable[[Path], "PartResult"], list[Path]], Iterable["PartResult"]]
 
-def clean_and_split(
-    collected: DatasetOutput, clean: CleanConfig, balance: BalanceConfig, data: DataConfig, out_dir: Path
-) -> DatasetOutput:
-    rows = pd.read_parquet(collected.splits["all"])
-    kept, quarantine, step_metrics = run_steps(rows, clean.steps, TEXT_COLUMNS[data.format])
-    if len(kept) < 3:
-        raise DataError(f"clean: only {len(kept)} rows survived cleaning; at least 3 are needed to split")
-    splits = split_rows(kept, data.split)
-    splits["train"], balance_metrics = balance_rows(splits["train"], balance)
-    splits = {name: format_for_model(frame, data) for name, frame in splits.items()}
-    metrics = {
-        "rows_in": len(rows),
-        "rows_kept": len(kept),
-        "rows_quarantined": len(quarantine),
-        **step_metrics,
-        **balance_metrics,
-        **{f"rows_{name}": len(frame) for name, frame in splits.items()},
-    }
-    card = render_data_card(data_name(data), metrics, splits, quarantine, TEXT_COLUMNS[data.format],
-                            balance.column if balance.strategy != "none" else None)
+
+@dataclass(frozen=True)
+class PlannedStep:
+    index: int  # position in clean.steps, for messages
+    label: str  # metric prefix: the step's name, `<name>_2` the second time it is used
+    name: str
+    params: dict[str, Any]
+    stateful: bool
+
+
+@dataclass(frozen=True)
+class PartResult:
+    kept: Path
+    quarantined: Path | None
+    counts: dict[str, tuple[int, int, int]]  # step label -> (rows in, kept, quarantined)
+
+
+def clean_and_split(collected: DatasetOutput, clean: CleanConfig, balance: BalanceConfig, data: DataConfig,
+                    out_dir: Path, batch_rows: int = 10_000, map_parts: MapParts = map) -> DatasetOutput:
+    text_columns = TEXT_COLUMNS[data.format]
     with atomic_dir(out_dir) as tmp:
-        for name, frame in splits.items():
-            frame.to_parquet(tmp / f"{name}.parquet", index=False)
-        pd.concat([f.assign(split=name) for name, f in splits.items()], ignore_index=True).to_parquet(
-            tmp / "dataset.parquet", index=False)
-        quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
+        kept_parts, quarantine_parts, step_metrics = clean_in_parts(
+            collected.splits["all"], plan_steps(clean.steps), text_columns, tmp / "work", batch_rows, map_parts)
+        rows_kept = sum(num_rows(p) for p in kept_parts)
+        if rows_kept < 3:
+            raise DataError(f"clean: only {rows_kept} rows survived cleaning; at least 3 are needed to split")
+        splits = write_splits(kept_parts, data, balance, tmp)
+        rows_quarantined = _concat(quarantine_parts, tmp / "quarantine.parquet", batch_rows)
+        shutil.rmtree(tmp / "work")
+        _concat([tmp / f"{name}.parquet" for name in SPLITS], tmp / "dataset.parquet", batch_rows, tag_split=True)
+        metrics = {
+            "rows_in": collected.rows, "rows_kept": rows_kept, "rows_quarantined": rows_quarantined,
+            **step_metrics, **splits.balance_metrics, **{f"rows_{name}": n for name, n in splits.rows.items()},
+        }
+        if metrics["rows_in"] != rows_kept + rows_quarantined:
+            raise DataError(f"clean: {metrics['rows_in']} rows in but {rows_kept} kept + {rows_quarantined} "
+                            f"quarantined; a step lost or invented rows")
+        stats = collect_card_stats({name: tmp / f"{name}.parquet" for name in SPLITS}, tmp / "quarantine.parquet",
+                                   text_columns, batch_rows)
+        card = render_data_card(data_name(data), metrics, collected.metrics, stats,
+                                balance.column if balance.strategy != "none" else None)
         (tmp / "data_card.md").write_text(card, encoding="utf-8")
+        if splits.loss is not None:
+            (tmp / "loss.json").write_text(json.dumps(splits.loss, indent=1), encoding="utf-8")
+    artifacts = {"dataset": out_dir / "dataset.parquet", "quarantine": out_dir / "quarantine.parquet",
+                 "data_card": out_dir / "data_card.md"}
+    if splits.loss is not None:
+        artifacts["loss"] = out_dir / "loss.json"
     return DatasetOutput(
         path=out_dir,
-        content_hash=hash_obj({name: frame_hash(frame) for name, frame in splits.items()}),
-        splits={name: out_dir / f"{name}.parquet" for name in splits},
-        rows=len(kept),
+        content_hash=hash_obj(splits.hashes),
+        splits={name: out_dir / f"{name}.parquet" for name in SPLITS},
+        rows=rows_kept,
         metrics=metrics,
-        artifacts={"dataset": out_dir / "dataset.parquet", "quarantine": out_dir / "quarantine.parquet",
-                   "data_card": out_dir / "data_card.md"},
+        artifacts=artifacts,
     )
 
 
 def data_name(data: DataConfig) -> str:
-    return ", ".join(sorted({p.name for source in data.sources for p in source.files()}))
+    """The sources, for the data card's title: file names, and the labels of non-file sources."""
+    names = {p.name for p in data.files()} | {s.label() for s in data.all_sources() if not isinstance(s, FileSource)}
+    return ", ".join(sorted(names))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cleaning steps over parts
+
+
+def plan_steps(steps: list[StepSpec]) -> list[PlannedStep]:
+    planned, labels = [], set()
+    for i, spec in enumerate(steps):
+        label, n = spec.step, 1
+        while label in labels:
+            n += 1
+            label = f"{spec.step}_{n}"
+        labels.add(label)
+        planned.append(PlannedStep(i, label, spec.step, spec.params, get_step(spec.step).stateful))
+    return planned
+
+
+def segments(plan: list[PlannedStep]) -> list[list[PlannedStep]]:
+    """Runs of consecutive steps with the same kind: row-by-row steps (parallel over parts) or stateful ones."""
+    runs: list[list[PlannedStep]] = []
+    for step in plan:
+        if runs and runs[-1][0].stateful == step.stateful:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return runs
+
+
+def clean_in_parts(collected: Path, plan: list[PlannedStep], text_columns: list[str], work: Path, batch_rows: int,
+                   map_parts: MapParts) -> tuple[list[Path], list[Path], dict[str, float]]:
+    """(kept parts in row order, quarantine parts, `<step>.rows_in/rows_kept/rows_quarantined` metrics)."""
+    parts = _split_into_parts(collected, work / "in", batch_rows)
+    quarantined: list[Path] = []
+    counts: dict[str, list[int]] = {step.label: [0, 0, 0] for step in plan}
+    for k, segment in enumerate(segments(plan)):
+        out = work / f"segment-{k}"
+        out.mkdir(parents=True)
+        run = partial(clean_part, steps=segment, text_columns=text_columns, out_dir=out)
+        if segment[0].stateful:
+            states: dict[str, dict] = {step.label: {} for step in segment}
+            results = [run(part, states=states) for part in parts]
+        else:
+            results = list(map_parts(run, parts))
+        for result in results:
+            quarantined += [result.quarantined] if result.quarantined else []
+            for label, values in result.counts.items():
+                counts[label] = [a + b for a, b in zip(counts[label], values, strict=True)]
+        parts = [result.kept for result in results]
+    metrics = {f"{label}.{name}": float(v) for label, values in counts.items()
+               for name, v in zip(("rows_in", "rows_kept", "rows_quarantined"), values, strict=True)}
+    return parts, quarantined, metrics
+
+
+def _split_into_parts(collected: Path, out: Path, batch_rows: int) -> list[Path]:
+    out.mkdir(parents=True)
+    parts = []
+    for i, frame in enumerate(iter_frames(collected, batch_rows)):
+        parts.append(out / f"{i:06d}.parquet")
+        frame.to_parquet(parts[-1])  # the index (row number in the collected table) travels with the rows
+    return parts
+
+
+def clean_part(part: Path, steps: list[PlannedStep], text_columns: list[str], out_dir: Path,
+               states: dict[str, dict] | None = None) -> PartResult:
+    """Run `steps` on one part and write what it keeps and quarantines beside it. Module level and given only
+    paths and plain data, so a Dask worker can run it."""
+    kept, quarantine, counts = apply_steps(pd.read_parquet(part), steps, text_columns, states)
+    kept_path, quarantine_path = out_dir / part.name, out_dir / f"q-{part.name}"
+    kept.to_parquet(kept_path)
+    if len(quarantine):
+        quarantine.to_parquet(quarantine_path)
+    return PartResult(kept_path, quarantine_path if len(quarantine) else None, counts)
+
+
+def apply_steps(rows: pd.DataFrame, steps: list[PlannedStep], text_columns: list[str],
+                states: dict[str, dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Apply each step to the surviving rows, in order. A step that loses or invents rows fails, naming itself."""
+    kept, quarantined, counts = rows, [], {}
+    for step in steps:
+        registered = get_step(step.name)
+        params = registered.params.model_validate(step.params)
+        _check_named_columns(step, params, kept)
+        state = states.setdefault(step.label, {}) if states is not None else {}
+        result = registered.fn(Batch(kept, text_columns, state), params)
+        if len(result.kept) + len(result.quarantined) != len(kept):
+            raise DataError(
+                f"clean.steps.{step.index} ({step.name}): returned {len(result.kept)} kept + "
+                f"{len(result.quarantined)} quarantined rows for {len(kept)} input rows; a step must account for "
+                f"every row")
+        quarantined.append(result.quarantined.assign(step=step.label))
+        counts[step.label] = (len(kept), len(result.kept), len(result.quarantined))
+        kept = result.kept
+    empty = rows.iloc[0:0].assign(reason=pd.Series(dtype=str), step=pd.Series(dtype=str))
+    return kept, pd.concat([empty, *quarantined]), counts
 
 
 def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str]):
-    """Apply each step to the surviving rows, in recipe order.
-
-    Returns (kept, quarantine, metrics) with `<step>.rows_in/rows_kept/rows_quarantined` per step (a step used
-    twice is `<step>_2` the second time). A step that loses or invents rows fails the stage, naming itself.
-    """
-    kept, quarantined, metrics = rows, [], {}
-    for i, spec in enumerate(steps):
-        registered = get_step(spec.step)
-        params = registered.params.model_validate(spec.params)
-        _check_named_columns(i, spec.step, params, kept)
-        before = len(kept)
-        result = registered.fn(Batch(kept, text_columns), params)
-        if len(result.kept) + len(result.quarantined) != before:
-            raise DataError(
-                f"clean.steps.{i} ({spec.step}): returned {len(result.kept)} kept + {len(result.quarantined)} "
-                f"quarantined rows for {before} input rows; a step must account for every row"
-            )
-        label = _unique_label(spec.step, metrics)
-        quarantined.append(result.quarantined.assign(step=label))
-        metrics.update({f"{label}.rows_in": before, f"{label}.rows_kept": len(result.kept),
-                        f"{label}.rows_quarantined": len(result.quarantined)})
-        kept = result.kept
-    empty = rows.iloc[0:0].assign(reason=pd.Series(dtype=str), step=pd.Series(dtype=str))
-    quarantine = pd.concat([empty, *quarantined], ignore_index=True)
-    assert len(kept) + len(quarantine) == len(rows), "rows in != kept + quarantined"
-    return kept.reset_index(drop=True), quarantine, metrics
+    """The steps on an in-memory table, as one batch: (kept, quarantine, per-step metrics)."""
+    kept, quarantine, counts = apply_steps(rows, plan_steps(steps), text_columns, states={})
+    metrics = {f"{label}.{name}": v for label, values in counts.items()
+               for name, v in zip(("rows_in", "rows_kept", "rows_quarantined"), values, strict=True)}
+    return kept.reset_index(drop=True), quarantine.reset_index(drop=True), metrics
 
 
-def _check_named_columns(i: int, step: str, params, frame: pd.DataFrame) -> None:
+def _check_named_columns(step: PlannedStep, params, frame: pd.DataFrame) -> None:
     """By convention a step parameter called `column` or `columns` names data columns: a typo there is the user's
     to fix, so it fails in one line before the step runs rather than as a KeyError inside it."""
     named = list(getattr(params, "columns", None) or [])
@@ -101,13 +209,69 @@ def _check_named_columns(i: int, step: str, params, frame: pd.DataFrame) -> None
         named.append(params.column)
     missing = [c for c in named if c not in frame.columns]
     if missing:
-        raise DataError(f"clean.steps.{i} ({step}): no column {', '.join(map(repr, missing))} in the data; "
-                        f"columns: {', '.join(map(str, frame.columns))}")
+        raise DataError(f"clean.steps.{step.index} ({step.name}): no column {', '.join(map(repr, missing))} in the "
+                        f"data; columns: {', '.join(map(str, frame.columns))}")
 
 
-def _unique_label(step: str, metrics: dict) -> str:
-    label, n = step, 1
-    while f"{label}.rows_in" in metrics:
-        n += 1
-        label = f"{step}_{n}"
-    return label
+# ---------------------------------------------------------------------------------------------------------------
+# Splits
+
+
+@dataclass
+class SplitsWritten:
+    rows: dict[str, int]
+    hashes: dict[str, str]
+    balance_metrics: dict[str, float]
+    loss: dict | None  # what the training loss needs (class weights, focal gamma): written as loss.json
+
+
+def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfig, out: Path) -> SplitsWritten:
+    """Stream the kept rows into train/validation/test Parquet files, then balance the train split.
+
+    Only the label and holdout columns are read whole (to assign splits); rows move a part at a time. Balancing
+    reads the train split into memory, so it is meant for classification-sized data; without it nothing is.
+    """
+    labels = _concat_column(kept_parts, "label") if data.format == "text_label" else None
+    holdout = _concat_column(kept_parts, HOLDOUT).to_numpy(dtype=bool)
+    assignment = assign_splits(len(holdout), labels, holdout, data.split, data.test_fraction)
+    rebalance = needs_balancing(balance)
+    # The train split is balanced before the templates are applied, so resampling and augmentation see raw text.
+    prepare = {name: (lambda rows: rows) if rebalance and name == "train" else partial(format_for_model, cfg=data)
+               for name in SPLITS}
+    sinks = {name: ParquetSink(out / f"{name}.parquet") for name in SPLITS}
+    offset = 0
+    for path in kept_parts:
+        frame = pd.read_parquet(path).reset_index(drop=True).drop(columns=[HOLDOUT])
+        names = assignment[offset: offset + len(frame)]
+        offset += len(frame)
+        for name, sink in sinks.items():
+            if (names == name).any() or (offset == len(assignment) and sink.rows == 0):
+                sink.write(prepare[name](frame[names == name]))
+    for sink in sinks.values():
+        sink.close()
+    written = SplitsWritten({n: s.rows for n, s in sinks.items()}, {n: s.content_hash for n, s in sinks.items()},
+                            {}, None)
+    if rebalance:
+        result = balance_rows(pd.read_parquet(out / "train.parquet"), balance, data.format)
+        train = format_for_model(result.frame, data)
+        train.to_parquet(out / "train.parquet", index=False)
+        written.rows["train"], written.hashes["train"] = len(train), frame_hash(train)
+        written.balance_metrics, written.loss = result.metrics, result.loss
+    return written
+
+
+def needs_balancing(balance: BalanceConfig) -> bool:
+    return balance.strategy != "none"
+
+
+def _concat_column(parts: list[Path], column: str) -> pd.Series:
+    return pd.concat([read_column(p, column) for p in parts], ignore_index=True)
+
+
+def _concat(parts: list[Path], out: Path, batch_rows: int, tag_split: bool = False) -> int:
+    """Stream parts into one Parquet file (the quarantine; the dataset with a `split` column); returns rows."""
+    with ParquetSink(out, {"step": "str", "reason": "str"}) as sink:
+        for part in parts:
+            for frame in iter_frames(part, batch_rows):
+                sink.write(frame.assign(split=part.stem) if tag_split else frame)
+    return sink.rows

@@ -28,14 +28,15 @@ def _shingles(text: str, n: int) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-@cleaning_step("drop_near_duplicates", params=DropNearDuplicatesParams)
+@cleaning_step("drop_near_duplicates", params=DropNearDuplicatesParams, stateful=True)
 def drop_near_duplicates(batch: Batch, p: DropNearDuplicatesParams) -> StepResult:
     """Quarantine rows whose text nearly repeats an earlier row (MinHash LSH over word shingles)."""
     from datasketch import MinHash, MinHashLSH
 
-    texts = batch.frame[p.columns or batch.text_columns].astype(str).agg(" ".join, axis=1)
-    lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)
-    kept_hashes: dict[str, MinHash] = {}
+    texts = pd.concat([batch.text(c) for c in p.columns or batch.text_columns], axis=1).agg(" ".join, axis=1)
+    # The index and the kept rows' signatures span every batch of the run, so copies in different batches are found.
+    lsh = batch.state.setdefault("lsh", MinHashLSH(threshold=p.threshold, num_perm=p.num_perm))
+    kept_hashes: dict[str, MinHash] = batch.state.setdefault("kept", {})
     reasons = pd.Series("", index=batch.frame.index)
     for index, text in texts.items():
         minhash = MinHash(num_perm=p.num_perm, seed=p.seed)

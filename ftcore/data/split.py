@@ -9,27 +9,36 @@ import pandas as pd
 
 from ftcore.config import LABEL_COLUMN, DataConfig, SplitConfig
 
+SPLITS = ("train", "validation", "test")
+
+
+def assign_splits(n: int, labels: pd.Series | None, holdout: np.ndarray, cfg: SplitConfig,
+                  test_fraction: float) -> np.ndarray:
+    """The split of each of `n` rows. Holdout rows (from data.test_sources) are the test split; the others are
+    shuffled with the seed and test and validation are carved off the front, per label when there are labels
+    (stratified), so every split keeps the label distribution. Each requested split gets at least one row."""
+    assignment = np.full(n, "train", dtype=object)
+    assignment[holdout] = "test"
+    rng = np.random.default_rng(cfg.seed)
+    candidates = np.flatnonzero(~holdout)
+    if labels is None:
+        groups = [candidates]
+    else:
+        group_labels = labels.to_numpy()[candidates]
+        groups = [candidates[group_labels == label] for label in sorted(set(group_labels))]
+    for group in groups:
+        shuffled = group[rng.permutation(len(group))]
+        n_test, n_val = _count(len(group), test_fraction), _count(len(group), cfg.validation)
+        assignment[shuffled[:n_test]] = "test"
+        assignment[shuffled[n_test: n_test + n_val]] = "validation"
+    return assignment
+
 
 def split_rows(rows: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
-    """Seeded shuffle, then carve test and validation off the front; with a label column, per label (stratified),
-    so every split keeps the label distribution. Each requested split gets at least one row."""
-    rng = np.random.default_rng(cfg.seed)
-    groups = [rows] if LABEL_COLUMN not in rows else [g for _, g in rows.groupby(LABEL_COLUMN, sort=True)]
-    parts: dict[str, list[pd.DataFrame]] = {"train": [], "validation": [], "test": []}
-    for group in groups:
-        shuffled = group.iloc[rng.permutation(len(group))]
-        n_test, n_val = _count(len(group), cfg.test), _count(len(group), cfg.validation)
-        parts["test"].append(shuffled.iloc[:n_test])
-        parts["validation"].append(shuffled.iloc[n_test : n_test + n_val])
-        parts["train"].append(shuffled.iloc[n_test + n_val :])
-    if len(groups) == 1:
-        return {name: frames[0].reset_index(drop=True) for name, frames in parts.items()}
-    # Interleave the labels again, reproducibly, so a split is not sorted by label.
-    return {name: _shuffled(pd.concat(frames), rng) for name, frames in parts.items()}
-
-
-def _shuffled(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    return frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    """An in-memory table split as `assign_splits` would (no holdout rows), rows in their original order."""
+    labels = rows[LABEL_COLUMN].astype(str) if LABEL_COLUMN in rows else None
+    names = assign_splits(len(rows), labels, np.zeros(len(rows), dtype=bool), cfg, cfg.test_or_default)
+    return {name: rows[names == name].reset_index(drop=True) for name in SPLITS}
 
 
 def _count(n: int, fraction: float) -> int:

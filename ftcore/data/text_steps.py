@@ -22,10 +22,7 @@ def fix_unicode(batch: Batch, p: FixUnicodeParams) -> StepResult:
     import ftfy
 
     normalization = None if p.normalization == "none" else p.normalization
-    frame = batch.frame.copy()
-    for col in batch.text_columns:
-        frame[col] = frame[col].map(lambda s: ftfy.fix_text(s, normalization=normalization))
-    return StepResult.keep_all(frame)
+    return StepResult.keep_all(batch.map_text(lambda s: ftfy.fix_text(s, normalization=normalization)))
 
 
 class FilterLengthParams(StepParams):
@@ -49,7 +46,7 @@ def filter_length(batch: Batch, p: FilterLengthParams) -> StepResult:
     """Quarantine rows whose text is shorter or longer than the limits, in characters and in tokens."""
     reasons = pd.Series("", index=batch.frame.index)
     for col in p.columns or batch.text_columns:
-        text = batch.frame[col].astype(str)
+        text = batch.text(col)
         measures = {"chars": text.str.len(), "tokens": text.str.split().str.len()}
         for unit, (low, high) in {"chars": (p.min_chars, p.max_chars), "tokens": (p.min_tokens, p.max_tokens)}.items():
             n = measures[unit]
@@ -123,7 +120,4 @@ class RedactPiiParams(StepParams):
 def redact_pii(batch: Batch, p: RedactPiiParams) -> StepResult:
     """Replace emails, URLs, card numbers, SSN-like ids and phone numbers with <EMAIL>, <URL>, <CARD>, <ID>, <PHONE>."""
     kinds = tuple(p.kinds)
-    frame = batch.frame.copy()
-    for col in batch.text_columns:
-        frame[col] = frame[col].map(lambda s: redact_text(s, kinds))
-    return StepResult.keep_all(frame)
+    return StepResult.keep_all(batch.map_text(lambda s: redact_text(s, kinds)))

@@ -38,13 +38,24 @@ def test_collect_names_missing_columns_and_what_is_available(tmp_path):
         collect(_data_config(src, prompt="question", completion="answer"), tmp_path / "out")
 
 
-def test_collect_reports_undecodable_bytes_with_offset(tmp_path):
+@pytest.mark.parametrize("encoding", ["auto", "utf-8"])
+def test_collect_reports_undecodable_bytes_with_line_and_offset(tmp_path, encoding):
+    """A UTF-8 file (é decodes) with one broken byte: detection keeps UTF-8 and the error points at the byte."""
     src = tmp_path / "rows.jsonl"
-    data = b'{"prompt": "ok", "completion": "fine"}\n{"prompt": "\xff\xfe"}\n'
+    data = '{"prompt": "café", "completion": "fine"}\n'.encode() + b'{"prompt": "\xff\xfe"}\n'
     src.write_bytes(data)
     offset = data.index(b"\xff")
-    with pytest.raises(DataError, match=rf"rows\.jsonl: line 2, byte offset {offset}: not UTF-8"):
-        collect(_data_config(src), tmp_path / "out")
+    cfg = DataConfig(sources=[{"type": "jsonl", "path": src, "encoding": encoding}])
+    with pytest.raises(DataError, match=rf"rows\.jsonl: line 2, byte offset {offset}: not utf-8"):
+        collect(cfg, tmp_path / "out")
+
+
+def test_collect_detects_a_legacy_encoding(tmp_path):
+    src = tmp_path / "rows.csv"
+    src.write_bytes("prompt,completion\nQu'est-ce que la fièvre?,Une température élevée du corps\n".encode("cp1252"))
+    rows = pd.read_parquet(collect(_data_config(src), tmp_path / "out").splits["all"])
+    assert rows[["prompt", "completion"]].values.tolist() == [["Qu'est-ce que la fièvre?",
+                                                                "Une température élevée du corps"]]
 
 
 def test_collected_content_hash_follows_content_not_location(tmp_path):
@@ -175,7 +186,7 @@ def test_csv_and_json_sources_map_columns(tmp_path, kind):
     frame.to_csv(path, index=False) if kind == "csv" else frame.to_json(path, orient="records")
     rows = pd.read_parquet(collect(_data_config(path, prompt="q", completion="a"), tmp_path / "out").splits["all"])
     assert rows[["prompt", "completion"]].values.tolist() == frame.values.tolist()
-    assert rows["source_row"].tolist() == [1, 2]
+    assert rows["source_row"].tolist() == ([2, 3] if kind == "csv" else [1, 2])  # CSV: line numbers (header: 1)
 
 
 def test_a_glob_that_matches_nothing_is_a_recipe_error(tmp_path):

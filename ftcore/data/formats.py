@@ -1,0 +1,192 @@
+"""Canonical formats: a source's columns are mapped onto the columns of `data.format`, and each row's values are
+checked. A row whose value cannot be used (a list where text belongs, a chat without an assistant turn) goes to the
+quarantine with the column and the problem; a column that is missing altogether is an error naming the source and
+the columns it does have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import pandas as pd
+
+from ftcore.config import FORMAT_COLUMNS, LABEL_COLUMN
+from ftcore.data.sources import ROW_ID, Chunk
+from ftcore.data.sources.config import SourceBase
+from ftcore.errors import DataError
+
+COLLECT = "collect"
+SOURCE = "source"
+HOLDOUT = "holdout"  # the row comes from data.test_sources: it always lands in the test split
+QUARANTINE_COLUMNS = {SOURCE: "str", ROW_ID: "int64", "raw": "str", "step": "str", "reason": "str"}
+ASSISTANT_TURN = "\n\nAssistant:"
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+         "bot": "assistant", "model": "assistant", "tool": "tool"}
+RAW_CHARS = 500
+
+
+class Unusable(ValueError):
+    """A value that cannot be used in its column; the message is the quarantine reason."""
+
+
+def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(canonical rows, quarantined rows) of one chunk. Extra keys of `columns:` beyond the format's are kept as
+    they are (e.g. `category: qtype`, for balancing by category)."""
+    mapping = _column_mapping(source, fmt)
+    rows = chunk.rows
+    _check_columns(rows, mapping, source, chunk.origin)
+    tag = source.name or chunk.origin
+    converted, problems = {}, pd.Series("", index=rows.index, dtype=object)
+    for canonical, column in mapping.items():
+        values, reasons = _convert(rows[column], _converter(canonical, fmt))
+        converted[canonical] = values
+        problems = problems.where(problems != "", reasons.map(lambda r, c=canonical: f"{c}: {r}" if r else ""))
+    frame = pd.DataFrame(converted, index=rows.index)
+    if fmt == "preference" and source.derive_prompt:
+        frame, problems = _derive_prompt(frame, problems)
+    ok = problems == ""
+    canonical = frame[ok].assign(**{SOURCE: tag, ROW_ID: rows.loc[ok, ROW_ID].astype("int64"), HOLDOUT: holdout})
+    quarantined = pd.DataFrame({
+        SOURCE: tag, ROW_ID: rows.loc[~ok, ROW_ID].astype("int64"),
+        "raw": rows.loc[~ok].drop(columns=[ROW_ID]).apply(_raw, axis=1) if (~ok).any() else pd.Series(dtype=str),
+        "step": COLLECT, "reason": problems[~ok]})
+    malformed = pd.DataFrame([{SOURCE: tag, **bad, "step": COLLECT} for bad in chunk.bad],
+                             columns=list(QUARANTINE_COLUMNS))
+    return canonical.reset_index(drop=True), pd.concat([malformed, quarantined], ignore_index=True)
+
+
+def _column_mapping(source: SourceBase, fmt: str) -> dict[str, str]:
+    columns = FORMAT_COLUMNS[fmt]
+    if fmt == "preference" and source.derive_prompt:
+        columns = [c for c in columns if c != "prompt"]
+    mapping = {canonical: source.columns.get(canonical, canonical) for canonical in columns}
+    return {**mapping, **{k: v for k, v in source.columns.items() if k not in mapping and k != "prompt"}}
+
+
+def _check_columns(rows: pd.DataFrame, mapping: dict[str, str], source: SourceBase, origin: str) -> None:
+    missing = [f"{canonical} (from column {col!r})" for canonical, col in mapping.items() if col not in rows.columns]
+    if missing and len(rows.columns) > 1:  # a chunk of only malformed lines has no columns to check
+        found = ", ".join(str(c) for c in rows.columns if c != ROW_ID)
+        example = ", ".join(f"{c}: <column>" for c in mapping)
+        raise DataError(f"{source.label()} ({origin}): missing {', '.join(missing)}; columns found: {found}. "
+                        f"Map them with data.sources[].columns, e.g. columns: {{{example}}}")
+
+
+def _convert(values: pd.Series, convert: Callable) -> tuple[pd.Series, pd.Series]:
+    out, reasons = [], []
+    for value in values:
+        try:
+            out.append(convert(value))
+            reasons.append("")
+        except Unusable as e:
+            out.append(None)
+            reasons.append(str(e))
+    return pd.Series(out, index=values.index, dtype=object), pd.Series(reasons, index=values.index, dtype=object)
+
+
+def _converter(canonical: str, fmt: str) -> Callable:
+    if canonical == "messages":
+        return as_messages
+    if canonical == LABEL_COLUMN:
+        return _as_label
+    return as_text if canonical in FORMAT_COLUMNS[fmt] else _as_scalar
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def as_text(value) -> str:
+    """Text, or a number written as text; a missing value is empty text (drop_empty decides what to do with it)."""
+    if _missing(value):
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | bool):
+        return str(value)
+    raise Unusable(f"expected text, got {_kind(value)}")
+
+
+def _as_label(value) -> str:
+    if _missing(value) or value == "":
+        raise Unusable("missing label")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a label column read with NaNs becomes float: 1.0 is the label "1"
+    if isinstance(value, str | int | bool | float):
+        return str(value)
+    raise Unusable(f"a label is one value, got {_kind(value)}")
+
+
+def _as_scalar(value) -> str:
+    return "" if _missing(value) else str(value)
+
+
+def as_messages(value) -> str:
+    """A chat as JSON: [{role, content}, ...] with roles system/user/assistant/tool. ShareGPT's {from, value} and
+    roles human/gpt are accepted; at least one assistant turn is required (it is what the model learns)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise Unusable("not a JSON list of messages") from None
+    if hasattr(value, "tolist"):  # Parquet and Arrow give arrays
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise Unusable(f"expected a list of messages, got {_kind(value)}")
+    messages = [_message(i, m) for i, m in enumerate(value)]
+    if not any(m["role"] == "assistant" for m in messages):
+        raise Unusable("no assistant message")
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def _message(i: int, message) -> dict[str, str]:
+    if not isinstance(message, dict):
+        raise Unusable(f"message {i} is {_kind(message)}, expected {{role, content}}")
+    role = message.get("role", message.get("from"))
+    content = message.get("content", message.get("value"))
+    if str(role).lower() not in ROLES:
+        raise Unusable(f"message {i} has role {role!r}; expected one of {', '.join(sorted(set(ROLES.values())))}")
+    if not isinstance(content, str):
+        raise Unusable(f"message {i} content is {_kind(content)}, expected text")
+    return {"role": ROLES[str(role).lower()], "content": content}
+
+
+def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen answer, rejected answer) of two full dialogues that share their beginning: the prompt runs
+    up to and including the last "Assistant:" turn both share (HH-RLHF's layout)."""
+    shared = os.path.commonprefix([chosen, rejected])  # noqa: RUF071 - characters, not paths, on purpose
+    cut = shared.rfind(ASSISTANT_TURN)
+    if cut < 0:
+        raise Unusable("chosen and rejected share no dialogue ending in 'Assistant:'")
+    end = cut + len(ASSISTANT_TURN)
+    answers = chosen[end:].strip(), rejected[end:].strip()
+    if answers[0] == answers[1]:
+        raise Unusable("chosen and rejected answers are identical")
+    return chosen[:end].lstrip(), *answers
+
+
+def _derive_prompt(frame: pd.DataFrame, problems: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    parts, problems = [], problems.copy()
+    for index, chosen, rejected in zip(frame.index, frame["chosen"], frame["rejected"], strict=True):
+        try:
+            parts.append(split_shared_prefix(chosen, rejected) if problems[index] == "" else ("", "", ""))
+        except Unusable as e:
+            problems[index] = f"prompt: {e}"
+            parts.append(("", "", ""))
+    split = pd.DataFrame(parts, index=frame.index, columns=["prompt", "chosen", "rejected"], dtype=object)
+    return frame.drop(columns=["chosen", "rejected"]).join(split)[
+        ["prompt", "chosen", "rejected", *[c for c in frame.columns if c not in ("chosen", "rejected")]]], problems
+
+
+def _kind(value) -> str:
+    return f"a {type(value).__name__}"
+
+
+def _raw(row: pd.Series) -> str:
+    return json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False, default=str)[:RAW_CHARS]
+
+
+def _plain(value):
+    return value.tolist() if hasattr(value, "tolist") else value
