@@ -22,6 +22,7 @@ SOURCE = "source"
 HOLDOUT = "holdout"  # the row comes from data.test_sources: it always lands in the test split
 QUARANTINE_COLUMNS = {SOURCE: "str", ROW_ID: "int64", "raw": "str", "step": "str", "reason": "str"}
 ASSISTANT_TURN = "\n\nAssistant:"
+TURNS = ("\n\nHuman:", ASSISTANT_TURN)
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
          "bot": "assistant", "model": "assistant", "tool": "tool"}
 RAW_CHARS = 500
@@ -164,6 +165,10 @@ def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     answers = chosen[end:].strip(), rejected[end:].strip()
     if answers[0] == answers[1]:
         raise Unusable("chosen and rejected answers are identical")
+    for name, answer in zip(("chosen", "rejected"), answers, strict=True):
+        # Learning an answer that writes the user's next turn teaches the model to talk for the user.
+        if any(turn in answer for turn in TURNS):
+            raise Unusable(f"the {name} answer runs on into further dialogue turns")
     return chosen[:end].lstrip(), *answers
 
 
@@ -173,7 +178,7 @@ def _derive_prompt(frame: pd.DataFrame, problems: pd.Series) -> tuple[pd.DataFra
         try:
             parts.append(split_shared_prefix(chosen, rejected) if problems[index] == "" else ("", "", ""))
         except Unusable as e:
-            problems[index] = f"prompt: {e}"
+            problems[index] = f"derive_prompt: {e}"
             parts.append(("", "", ""))
     split = pd.DataFrame(parts, index=frame.index, columns=["prompt", "chosen", "rejected"], dtype=object)
     return frame.drop(columns=["chosen", "rejected"]).join(split)[
