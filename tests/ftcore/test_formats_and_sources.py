@@ -92,7 +92,8 @@ def test_malformed_csv_rows_are_quarantined_with_their_line_number(tmp_path):
     rows, bad = _collect(tmp_path, "prompt_completion", type="csv", path=path)
     assert rows["prompt"].tolist() == ["What is MI?", "multi\nline", "last"]
     assert rows["source_row"].tolist() == [2, 4, 6]
-    assert bad[["source_row", "reason", "raw"]].values.tolist() == [[3, "4 fields, expected 2", "broken,row,with,extra"]]
+    assert bad[["source_row", "reason", "raw"]].values.tolist() == [
+        [3, "4 fields, expected 2", "broken,row,with,extra"]]
 
 
 def test_an_empty_source_is_an_error_naming_it(tmp_path):
@@ -114,7 +115,8 @@ def test_extra_mapped_columns_are_kept_for_balancing_by_category(tmp_path, share
 
 def test_test_sources_form_the_test_split_and_their_duplicates_leave_train(tmp_path):
     train = _jsonl(tmp_path / "train.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(40)])
-    test = _jsonl(tmp_path / "test.jsonl", [{"prompt": "q3", "completion": "a3"}, {"prompt": "fixed", "completion": "x"}])
+    test = _jsonl(tmp_path / "test.jsonl", [{"prompt": "q3", "completion": "a3"},
+                                            {"prompt": "fixed", "completion": "x"}])
     data = DataConfig(sources=[{"type": "jsonl", "path": train}], test_sources=[{"type": "jsonl", "path": test}],
                       split={"validation": 0.1})
     collected = collect(data, tmp_path / "collected")
@@ -129,8 +131,8 @@ def test_test_sources_form_the_test_split_and_their_duplicates_leave_train(tmp_p
 
 def test_test_sources_and_a_test_fraction_conflict():
     with pytest.raises(RecipeError, match=r"data: .*test_sources supplies the test set: remove data\.split\.test"):
-        load_recipe(DEMO_RECIPE, [f"data.test_sources=[{{type: jsonl, path: {REPO}/data_recipes/demo/clinical_qa.jsonl}}]",
-                                  "data.split.test=0.2"])
+        demo = REPO / "data_recipes" / "demo" / "clinical_qa.jsonl"
+        load_recipe(DEMO_RECIPE, [f"data.test_sources=[{{type: jsonl, path: {demo}}}]", "data.split.test=0.2"])
 
 
 def test_steps_see_bounded_batches_and_dedup_spans_them(tmp_path):
@@ -161,7 +163,7 @@ def test_batching_does_not_change_the_result(tmp_path, shared_data):
     results = []
     for batch_rows in (10_000, 97):
         collected = collect(recipe.data, tmp_path / f"c{batch_rows}", batch_rows)
-        results.append(clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / f"o{batch_rows}",
-                                       batch_rows))
+        out_dir = tmp_path / f"o{batch_rows}"
+        results.append(clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, out_dir, batch_rows))
     assert results[0].content_hash == results[1].content_hash
     assert results[0].metrics == results[1].metrics
