@@ -17,3 +17,9 @@ class RecipeError(UserError):
 
 class DataError(UserError):
     """Input data that cannot be used: an unreadable file, a missing column, too few rows."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message in one line (drivers and servers often add pages of detail)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

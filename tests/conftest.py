@@ -66,3 +66,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (a user's own clone)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A reachable PostgreSQL, from FTFLOW_TEST_POSTGRES_URL (`source .ci/postgres.sh` starts one and sets it).
+
+    Without one the test is skipped locally, but fails in CI (CI=true): there a skip would hide an untested reader.
+    """
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("FTFLOW_TEST_POSTGRES_URL")
+    problem = "FTFLOW_TEST_POSTGRES_URL is not set"
+    if url:
+        parsed = make_url(url)
+        try:
+            socket.create_connection((parsed.host or "127.0.0.1", parsed.port or 5432), timeout=3).close()
+            return url
+        except OSError as e:
+            problem = f"no PostgreSQL at {parsed.host}:{parsed.port or 5432} ({e})"
+    message = f"{problem}; run `source .ci/postgres.sh` first"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is required in CI: {message}")
+    pytest.skip(message)

@@ -35,7 +35,9 @@ def drop_near_duplicates(batch: Batch, p: DropNearDuplicatesParams) -> StepResul
 
     texts = pd.concat([batch.text(c) for c in p.columns or batch.text_columns], axis=1).agg(" ".join, axis=1)
     # The index and the kept rows' signatures span every batch of the run, so copies in different batches are found.
-    lsh = batch.state.setdefault("lsh", MinHashLSH(threshold=p.threshold, num_perm=p.num_perm))
+    if "lsh" not in batch.state:  # built once per run: the constructor optimises its band layout, which is slow
+        batch.state["lsh"] = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)
+    lsh = batch.state["lsh"]
     kept_hashes: dict[str, MinHash] = batch.state.setdefault("kept", {})
     reasons = pd.Series("", index=batch.frame.index)
     for index, text in texts.items():

@@ -37,8 +37,12 @@ def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool) -> t
     they are (e.g. `category: qtype`, for balancing by category)."""
     mapping = _column_mapping(source, fmt)
     rows = chunk.rows
-    _check_columns(rows, mapping, source, chunk.origin)
     tag = source.name or chunk.origin
+    malformed = pd.DataFrame([{SOURCE: tag, **bad, "step": COLLECT} for bad in chunk.bad],
+                             columns=list(QUARANTINE_COLUMNS))
+    if rows.empty:  # a chunk of only malformed lines has no columns to map
+        return pd.DataFrame(), malformed
+    _check_columns(rows, mapping, source, chunk.origin)
     converted, problems = {}, pd.Series("", index=rows.index, dtype=object)
     for canonical, column in mapping.items():
         values, reasons = _convert(rows[column], _converter(canonical, fmt))
@@ -53,8 +57,6 @@ def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool) -> t
         SOURCE: tag, ROW_ID: rows.loc[~ok, ROW_ID].astype("int64"),
         "raw": rows.loc[~ok].drop(columns=[ROW_ID]).apply(_raw, axis=1) if (~ok).any() else pd.Series(dtype=str),
         "step": COLLECT, "reason": problems[~ok]})
-    malformed = pd.DataFrame([{SOURCE: tag, **bad, "step": COLLECT} for bad in chunk.bad],
-                             columns=list(QUARANTINE_COLUMNS))
     return canonical.reset_index(drop=True), pd.concat([malformed, quarantined], ignore_index=True)
 
 
@@ -68,7 +70,7 @@ def _column_mapping(source: SourceBase, fmt: str) -> dict[str, str]:
 
 def _check_columns(rows: pd.DataFrame, mapping: dict[str, str], source: SourceBase, origin: str) -> None:
     missing = [f"{canonical} (from column {col!r})" for canonical, col in mapping.items() if col not in rows.columns]
-    if missing and len(rows.columns) > 1:  # a chunk of only malformed lines has no columns to check
+    if missing:
         found = ", ".join(str(c) for c in rows.columns if c != ROW_ID)
         example = ", ".join(f"{c}: <column>" for c in mapping)
         raise DataError(f"{source.label()} ({origin}): missing {', '.join(missing)}; columns found: {found}. "

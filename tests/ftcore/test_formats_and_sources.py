@@ -167,3 +167,10 @@ def test_batching_does_not_change_the_result(tmp_path, shared_data):
         results.append(clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, out_dir, batch_rows))
     assert results[0].content_hash == results[1].content_hash
     assert results[0].metrics == results[1].metrics
+
+
+def test_a_last_batch_of_only_malformed_lines_is_quarantined(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{broken\n[1]\n')
+    out = collect(DataConfig(sources=[{"type": "jsonl", "path": path}]), tmp_path / "out", batch_rows=2)
+    assert out.metrics == {"rows_in": 4, "rows_kept": 2, "rows_quarantined": 2, "sources": 1}

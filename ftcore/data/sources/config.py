@@ -95,6 +95,18 @@ class SqlSource(SourceBase):
                              "${secret:BLOCK} (a Prefect Secret block) in its place")
         return url
 
+    @field_validator("url")
+    @classmethod
+    def _sqlite_relative_to_recipe(cls, url: str, info: ValidationInfo) -> str:
+        # A SQLite file is a path like a file source's: relative to the recipe's folder, not the working directory.
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+            return url
+        database = resolve_relative(Path(parsed.database), info)
+        return parsed.set(database=str(database)).render_as_string(hide_password=False)
+
     def label(self) -> str:
         return self.name or "sql"
 
@@ -147,6 +159,7 @@ class HfDatasetSource(SourceBase):
 
 
 Source = Annotated[FileSource | SqlSource | HttpSource | HfDatasetSource, Field(discriminator="type")]
+SOURCE_TYPES = frozenset({"jsonl", "csv", "json", "parquet", "sql", "http", "hf_dataset"})
 
 
 def resolve_relative(path: Path, info: ValidationInfo) -> Path:
