@@ -73,7 +73,8 @@ def _check_columns(rows: pd.DataFrame, mapping: dict[str, str], source: SourceBa
     if missing:
         found = ", ".join(str(c) for c in rows.columns if c != ROW_ID)
         example = ", ".join(f"{c}: <column>" for c in mapping)
-        raise DataError(f"{source.label()} ({origin}): missing {', '.join(missing)}; columns found: {found}. "
+        where = source.label() if source.label().endswith(origin) else f"{source.label()} ({origin})"
+        raise DataError(f"{where}: missing {', '.join(missing)}; columns found: {found}. "
                         f"Map them with data.sources[].columns, e.g. columns: {{{example}}}")
 
 
