@@ -102,7 +102,8 @@ class RegisteredStep:
 
 
 # ftcore's own steps, one module per family.
-BUILTIN_STEP_MODULES = ["ftcore.data.steps", "ftcore.data.text_steps", "ftcore.data.dedup_steps"]
+BUILTIN_STEP_MODULES = ["ftcore.data.steps", "ftcore.data.text_steps", "ftcore.data.dedup_steps",
+                        "ftcore.data.nlp_steps", "ftcore.data.filter_steps"]
 
 _STEPS: dict[str, RegisteredStep] = {}
 _discovered = False

@@ -1,18 +1,9 @@
-"""A lexicon toxicity screen: the default scorer, needs no model. Flags outputs containing listed terms."""
+"""The monitor's toxicity screen: the lexicon scorer, the default, needs no model. Flags outputs containing listed
+terms. The lexicon and its logic live in ftcore.safety.toxicity, shared with the `filter_toxicity` cleaning step,
+so training data and model outputs are judged by the same list."""
 
 from __future__ import annotations
 
-import re
+from ftcore.safety.toxicity import DEFAULT_TERMS, LexiconScorer
 
-DEFAULT_TERMS = (
-    "idiot", "stupid", "moron", "imbecile", "dumbass", "shut up", "hate you", "kill yourself", "worthless",
-    "fuck", "fucking", "shit", "bitch", "bastard", "asshole", "piss off", "go to hell", "retard",
-)
-
-
-class LexiconScorer:
-    def __init__(self, terms: tuple[str, ...] = DEFAULT_TERMS):
-        self._pattern = re.compile(r"\b(" + "|".join(re.escape(t) for t in terms) + r")\b", re.IGNORECASE)
-
-    def is_toxic(self, text: str) -> bool:
-        return bool(self._pattern.search(text))
+__all__ = ["DEFAULT_TERMS", "LexiconScorer"]

@@ -214,6 +214,7 @@ def test_the_shipped_medquad_recipe_cleans_real_data_losing_nothing(tmp_path, sh
     assert quarantine["reason"].str.len().gt(0).all() and quarantine["step"].notna().all()
     kept = pd.read_parquet(out.artifacts["dataset"])
     assert kept["raw_completion"].str.contains("<URL>", regex=False).any()  # redact_pii ran on real text
+    assert kept["raw_completion"].str.contains("magnetic resonance imaging (MRI)", regex=False).any()
 
 
 @pytest.mark.parametrize("spec", [StepSpec(step="drop_duplicates", columns=["answer"]),

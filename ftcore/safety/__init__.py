@@ -1,0 +1,1 @@
+"""Safety checks shared by the data stages and the monitor stage (toxicity scoring)."""

@@ -1,0 +1,212 @@
+"""Toxicity scoring, shared by the `filter_toxicity` cleaning step and the monitor stage.
+
+A scorer is a function `(texts: list[str]) -> list[float]` giving each text a score in [0, 1], registered by name
+with `@toxicity_scorer("name")`, exactly as cleaning steps register with `@cleaning_step`. A scorer that needs
+settings declares them as keyword parameters (`model_path`, `toxic_label`, `batch_size`); the caller passes only
+the ones a scorer declares, so a plain `(texts)` function works too. Built-ins:
+
+- `lexicon`: whole-word matches of the word list shipped in `ftcore/data/resources/toxicity_lexicon.txt`;
+  score `1 - 0.5 ** hits` (one hit 0.5, two 0.75, ...). No model, no download.
+- `classifier`: any local Hugging Face sequence-classification model folder, run with transformers in batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from ftcore.errors import DataError
+from ftcore.regex_trie import trie_pattern
+
+ScorerFn = Callable[..., list[float]]
+# Settings a scorer may declare as keyword parameters; the filter_toxicity step has a parameter for each.
+SCORER_OPTIONS = ("model_path", "toxic_label", "batch_size")
+
+
+@dataclass(frozen=True)
+class RegisteredScorer:
+    name: str
+    fn: ScorerFn
+    module: str
+    # Optional: why a text scored high (the lexicon names the terms it found), shown in quarantine reasons.
+    explain: Callable[[str], str] | None = None
+
+    @property
+    def options(self) -> frozenset[str]:
+        return _accepted_options(self.fn)
+
+
+_SCORERS: dict[str, RegisteredScorer] = {}
+
+
+def toxicity_scorer(name: str, explain: Callable[[str], str] | None = None) -> Callable[[ScorerFn], ScorerFn]:
+    """Register `fn(texts, **options) -> list[float]` (scores in [0, 1]) under `name`, used as
+    `{step: filter_toxicity, scorer: name}`. `explain(text)`, if given, says what made a text score high."""
+
+    def register(fn: ScorerFn) -> ScorerFn:
+        existing = _SCORERS.get(name)
+        if existing and existing.module != fn.__module__:
+            raise ValueError(f"toxicity scorer {name!r} is registered twice: {existing.module} and {fn.__module__}")
+        _SCORERS[name] = RegisteredScorer(name=name, fn=fn, module=fn.__module__, explain=explain)
+        return fn
+
+    return register
+
+
+def available_scorers() -> dict[str, RegisteredScorer]:
+    """Every registered scorer, after cleaning-step discovery (data engineers' scorers live in step modules)."""
+    from ftcore.registry import discover_steps  # late: the registry must not depend on this module
+
+    discover_steps()
+    return dict(_SCORERS)
+
+
+def get_scorer(name: str) -> RegisteredScorer:
+    scorers = _SCORERS if name in _SCORERS else available_scorers()
+    if name not in scorers:
+        raise DataError(f"unknown toxicity scorer {name!r}; available: {', '.join(sorted(scorers))}")
+    return scorers[name]
+
+
+def score_texts(name: str, texts: Sequence[str], **options) -> list[float]:
+    """Scores of `texts` by the scorer `name`, checked to be one number in [0, 1] per text."""
+    scorer = get_scorer(name)
+    accepted = scorer.options
+    passed = {k: v for k, v in options.items() if k in accepted or "**" in accepted}
+    scores = [float(s) for s in scorer.fn(list(texts), **passed)]
+    if len(scores) != len(texts):
+        raise ValueError(f"toxicity scorer {name!r} returned {len(scores)} scores for {len(texts)} texts")
+    if any(not 0.0 <= s <= 1.0 for s in scores):  # also rejects NaN
+        raise ValueError(f"toxicity scorer {name!r} returned a score outside [0, 1]")
+    return scores
+
+
+@functools.cache
+def _accepted_options(fn: ScorerFn) -> frozenset[str]:
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return frozenset({"**"})
+    return frozenset(p.name for p in params if p.name in SCORER_OPTIONS)
+
+
+# --- lexicon ------------------------------------------------------------------------------------------------------
+
+LEXICON_RESOURCE = "toxicity_lexicon.txt"
+
+
+def load_lexicon(path: Path | None = None) -> tuple[str, ...]:
+    """Terms of a lexicon file (default: the shipped one): one per line, `#` starts a comment."""
+    text = path.read_text(encoding="utf-8") if path else (
+        files("ftcore.data").joinpath("resources", LEXICON_RESOURCE).read_text(encoding="utf-8"))
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return tuple(dict.fromkeys(line.lower() for line in lines if line))
+
+
+DEFAULT_TERMS = load_lexicon()
+
+
+class LexiconScorer:
+    """Whole-word, case-insensitive matches of listed terms (a plural "s"/"es" also matches)."""
+
+    def __init__(self, terms: Sequence[str] = DEFAULT_TERMS):
+        # A prefix-tree regex, matched against the lowercased text: both are several times faster than a flat
+        # alternation with re.IGNORECASE.
+        # Any run of whitespace separates the words of a phrase ("shut  up").
+        normalized = {" ".join(t.lower().split()) for t in terms if t.strip()}
+        self._pattern = re.compile(rf"\b{trie_pattern(normalized)}(?:e?s)?\b")
+
+    def hits(self, text: str) -> list[str]:
+        return self._pattern.findall(text.lower())
+
+    def score(self, text: str) -> float:
+        return 1.0 - 0.5 ** len(self.hits(text))
+
+    def is_toxic(self, text: str) -> bool:
+        return self._pattern.search(text.lower()) is not None
+
+
+@functools.cache
+def default_lexicon() -> LexiconScorer:
+    return LexiconScorer()
+
+
+def explain_lexicon(text: str) -> str:
+    return ", ".join(repr(t) for t in dict.fromkeys(default_lexicon().hits(text)))
+
+
+@toxicity_scorer("lexicon", explain=explain_lexicon)
+def lexicon_scores(texts: list[str]) -> list[float]:
+    """Shipped word list; one hit scores 0.5, each further hit halves the distance to 1."""
+    lexicon = default_lexicon()
+    return [lexicon.score(t) for t in texts]
+
+
+# --- classifier ---------------------------------------------------------------------------------------------------
+
+# Label names read as "toxic" when `toxic_label` is not given.
+TOXIC_LABEL_NAMES = frozenset({"toxic", "toxicity", "offensive", "hate", "abusive", "insult"})
+
+
+@functools.lru_cache(maxsize=2)
+def _load_classifier(model_path: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not Path(model_path).is_dir():
+        raise DataError(f"filter_toxicity: model_path {model_path!r} is not a folder (a local Hugging Face model)")
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, local_files_only=True)
+    return tokenizer, model.eval()
+
+
+def toxic_label_index(id2label: dict[int, str], toxic_label: str | int | None) -> int:
+    """Which output of the classifier means "toxic": `toxic_label` by name or index; by default a label named
+    like "toxic", else index 1 of a binary model (the LABEL_0/LABEL_1 convention), else the single output."""
+    labels = {int(i): str(name) for i, name in id2label.items()}
+    if toxic_label is None:
+        named = [i for i, name in labels.items() if name.lower() in TOXIC_LABEL_NAMES]
+        if named:
+            return named[0]
+        if len(labels) <= 2:
+            return len(labels) - 1
+        raise DataError(f"filter_toxicity: set toxic_label to one of the model's labels: {sorted(labels.values())}")
+    by_name = {name.lower(): i for i, name in labels.items()}
+    if str(toxic_label).lower() in by_name:
+        return by_name[str(toxic_label).lower()]
+    if str(toxic_label).isdigit() and int(toxic_label) in labels:
+        return int(toxic_label)
+    raise DataError(f"filter_toxicity: toxic_label {toxic_label!r} is not a label of the model: "
+                    f"{sorted(labels.values())}")
+
+
+@toxicity_scorer("classifier")
+def classifier_scores(texts: list[str], model_path: str | None = None, toxic_label: str | int | None = None,
+                      batch_size: int = 32) -> list[float]:
+    """A local sequence-classification model: the probability of its toxic label."""
+    import torch
+
+    if not model_path:
+        raise DataError("filter_toxicity: scorer 'classifier' needs model_path (a local Hugging Face model folder)")
+    tokenizer, model = _load_classifier(str(model_path))
+    index = toxic_label_index(model.config.id2label, toxic_label)
+    # Single-output and multi-label models score each label on its own (sigmoid); the others share one softmax.
+    independent = model.config.num_labels == 1 or model.config.problem_type == "multi_label_classification"
+    # Truncate to what the model can read: a tokenizer saved without a limit reports an enormous model_max_length.
+    max_length = min(tokenizer.model_max_length or 512, getattr(model.config, "max_position_embeddings", 512), 512)
+    # Batches of similar length waste less compute on padding; scores go back to the input order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    scores = [0.0] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            inputs = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
+                               return_tensors="pt")
+            logits = model(**inputs).logits.float()
+            probs = torch.sigmoid(logits) if independent else torch.softmax(logits, dim=-1)
+            for i, p in zip(chunk, probs[:, index].tolist(), strict=True):
+                scores[i] = p
+    return scores
