@@ -6,7 +6,7 @@ RECIPE ?= data_recipes/recipes/clinical_qa.yaml
 BENCH_ARGS ?= --repeats 3
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint bench ui clean install install-dev
+.PHONY: run test lint bench bench-pipeline bench-data ui clean install install-dev
 
 # Stamp files make installs incremental: pyproject changes trigger a reinstall, nothing else does.
 $(BIN)/python:
@@ -32,8 +32,15 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-bench: install-dev
+bench: bench-pipeline bench-data
+
+bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
+
+# The data stages: clean-stage throughput against a per-row loop, and peak memory streamed against whole-file.
+bench-data: install-dev
+	$(BIN)/python bench/cleaning_throughput.py --repeats 3
+	$(BIN)/python bench/cleaning_memory.py --mb 256
 
 ui: install
 	$(BIN)/ftflow ui
