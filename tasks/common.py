@@ -23,11 +23,13 @@ PER_EXECUTION = frozenset({"mlflow_run_id", "run_tags", "runtime"})
 
 
 def source_hash(modules: list[ModuleType]) -> str:
-    """Hash of the source files of the given modules (a package counts with all its submodules)."""
+    """Hash of the source files of the given modules. A package counts with every file under it: submodules and
+    the resources they read (an abbreviation dictionary, a synonym list)."""
     files: set[Path] = set()
     for module in modules:
         path = Path(inspect.getfile(module))
-        files.update(path.parent.rglob("*.py") if path.name == "__init__.py" else [path])
+        package_files = (p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        files.update(package_files if path.name == "__init__.py" else [path])
     return hash_bytes(b"".join(f.read_bytes() for f in sorted(files)))
 
 

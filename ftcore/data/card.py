@@ -39,10 +39,12 @@ def collect_card_stats(splits: dict[str, Path], quarantine: Path, text_columns: 
                       examples=next(iter_frames(train, 3), pd.DataFrame()))
     if LABEL_COLUMN in columns:
         stats.labels = {name: _value_counts(path, LABEL_COLUMN, batch_rows) for name, path in splits.items()}
+    synthetic = ["synthetic"] if "synthetic" in columns else []  # SMOTE rows have no text: not in the lengths
     for column in text_columns:
         shown = f"raw_{column}" if f"raw_{column}" in columns else column  # the cleaned text, not the template
-        stats.lengths[shown] = np.concatenate([Batch(frame, [shown]).text(shown).str.len().to_numpy()
-                                               for frame in iter_frames(train, batch_rows, [shown])] or [np.zeros(0)])
+        frames = (f[~f["synthetic"]] if synthetic else f for f in iter_frames(train, batch_rows, [shown, *synthetic]))
+        stats.lengths[shown] = np.concatenate([Batch(f, [shown]).text(shown).str.len().to_numpy() for f in frames]
+                                              or [np.zeros(0)])
     for marker in MARKERS:
         if marker in columns:
             stats.marked[marker] = int(sum(f[marker].sum() for f in iter_frames(train, batch_rows, [marker])))

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ftcore.config import TEXT_COLUMNS, BalanceConfig, CleanConfig, DataConfig, StepSpec
-from ftcore.data.balance import balance_rows
+from ftcore.data.balance import balance_rows, with_features
 from ftcore.data.card import collect_card_stats, render_data_card
 from ftcore.data.formats import HOLDOUT
 from ftcore.data.parquet_io import ParquetSink, frame_hash, iter_frames, num_rows, read_column
@@ -167,7 +169,8 @@ def clean_part(part: Path, steps: list[PlannedStep], text_columns: list[str], ou
     kept_path, quarantine_path = out_dir / part.name, out_dir / f"q-{part.name}"
     kept.to_parquet(kept_path)
     if len(quarantine):
-        quarantine.to_parquet(quarantine_path)
+        # `row` is the row number in the collected table, the one a reason such as "duplicate of row 12" names.
+        quarantine.rename_axis("row").reset_index().to_parquet(quarantine_path, index=False)
     return PartResult(kept_path, quarantine_path if len(quarantine) else None, counts)
 
 
@@ -236,8 +239,12 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
     assignment = assign_splits(len(holdout), labels, holdout, data.split, data.test_fraction)
     rebalance = needs_balancing(balance)
     # The train split is balanced before the templates are applied, so resampling and augmentation see raw text.
-    prepare = {name: (lambda rows: rows) if rebalance and name == "train" else partial(format_for_model, cfg=data)
-               for name in SPLITS}
+    def prepare(name: str, rows: pd.DataFrame) -> pd.DataFrame:
+        if rebalance and name == "train":
+            return rows
+        # Validation and test get the features the balanced train split gets (smote's embeddings).
+        return format_for_model(with_features(rows, balance), data)
+
     sinks = {name: ParquetSink(out / f"{name}.parquet") for name in SPLITS}
     offset = 0
     for path in kept_parts:
@@ -246,7 +253,7 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
         offset += len(frame)
         for name, sink in sinks.items():
             if (names == name).any() or (offset == len(assignment) and sink.rows == 0):
-                sink.write(prepare[name](frame[names == name]))
+                sink.write(prepare(name, frame[names == name]))
     for sink in sinks.values():
         sink.close()
     written = SplitsWritten({n: s.rows for n, s in sinks.items()}, {n: s.content_hash for n, s in sinks.items()},
@@ -261,7 +268,7 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
 
 
 def needs_balancing(balance: BalanceConfig) -> bool:
-    return balance.strategy != "none"
+    return balance.strategy != "none" or balance.augment.enabled
 
 
 def _concat_column(parts: list[Path], column: str) -> pd.Series:
@@ -269,8 +276,12 @@ def _concat_column(parts: list[Path], column: str) -> pd.Series:
 
 
 def _concat(parts: list[Path], out: Path, batch_rows: int, tag_split: bool = False) -> int:
-    """Stream parts into one Parquet file (the quarantine; the dataset with a `split` column); returns rows."""
-    with ParquetSink(out, {"step": "str", "reason": "str"}) as sink:
+    """Stream parts into one Parquet file (the quarantine; the dataset with a `split` column); returns rows.
+    Columns only some parts have (the train split's `augmented`) are null in the others."""
+    schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in parts]) if parts else None
+    if schema is not None and tag_split:
+        schema = schema.append(pa.field("split", pa.string()))
+    with ParquetSink(out, {"step": "str", "reason": "str"}, schema) as sink:
         for part in parts:
             for frame in iter_frames(part, batch_rows):
                 sink.write(frame.assign(split=part.stem) if tag_split else frame)

@@ -40,21 +40,22 @@ class ParquetSink:
     `columns` when nothing was written, so a reader always finds the file. `content_hash` equals `frame_hash` of
     all rows written, in order."""
 
-    def __init__(self, path: Path, columns: dict[str, str] | None = None):
+    def __init__(self, path: Path, columns: dict[str, str] | None = None, schema: pa.Schema | None = None):
+        """`schema` fixes the columns up front (frames lacking some get nulls there); without it, the first
+        frame's columns are the table's."""
         self.path, self.columns, self.rows = Path(path), columns or {}, 0
+        self.schema = schema
         self._writer: pq.ParquetWriter | None = None
         self._digest: hashlib._Hash | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
+        if self.schema is None:
+            self.schema = pa.Table.from_pandas(frame, preserve_index=False).schema
         if self._writer is None:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            self._writer = pq.ParquetWriter(self.path, table.schema)
-            self._digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
-        else:
-            table = pa.Table.from_pandas(frame[self._writer.schema.names], schema=self._writer.schema,
-                                         preserve_index=False)
-        self._writer.write_table(table)
-        self._digest.update(row_hashes(frame[self._writer.schema.names]))
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+            self._digest = hashlib.sha256(",".join(self.schema.names).encode())
+        self._writer.write_table(_conform(frame, self.schema))
+        self._digest.update(row_hashes(frame.reindex(columns=self.schema.names)))
         self.rows += len(frame)
 
     @property
@@ -75,6 +76,17 @@ class ParquetSink:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """The frame as a table of `schema`: its columns in order, nulls for those it lacks."""
+    present = [name for name in schema.names if name in frame.columns]
+    table = pa.Table.from_pandas(frame[present], schema=pa.schema([schema.field(n) for n in present]),
+                                 preserve_index=False)
+    for name in schema.names:
+        if name not in present:
+            table = table.append_column(schema.field(name), pa.nulls(len(frame), schema.field(name).type))
+    return table.select(schema.names)
 
 
 def iter_frames(path: Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
