@@ -7,9 +7,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from ftcore.data.sources import Chunk, read_source
 from ftcore.data.sources.config import HfDatasetSource
-from ftcore.errors import DataError
+from tests.ftcore.source_reading import read_all, read_error
 
 COLUMNS = {
     "question": [f"What is Q{i}?" for i in range(1, 6)],
@@ -23,16 +22,6 @@ def hf_source(path: Path | str, **kw) -> HfDatasetSource:
     return HfDatasetSource.model_validate({"type": "hf_dataset", "path": str(path), **kw})
 
 
-def read_all(source: HfDatasetSource, batch_rows: int = 2) -> list[Chunk]:
-    return list(read_source(source, batch_rows))
-
-
-def read_error(source: HfDatasetSource) -> str:
-    with pytest.raises(DataError) as info:
-        read_all(source)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ from itertools import pairwise
 
 import pytest
 
-from ftcore.data.sources import Chunk, read_source
+from ftcore.data.sources import Chunk
 from ftcore.data.sources.config import HttpSource
 from ftcore.errors import DataError
+from tests.ftcore.source_reading import read_all, read_error
 
 
 @dataclass
@@ -80,16 +81,6 @@ def http_source(url: str | list[str], **kw) -> HttpSource:
     return HttpSource.model_validate({"type": "http", "url": url, "backoff_s": 0.01, **kw})
 
 
-def read_all(source: HttpSource, batch_rows: int = 2) -> list[Chunk]:
-    return list(read_source(source, batch_rows))
-
-
-def read_error(source: HttpSource) -> str:
-    with pytest.raises(DataError) as info:
-        read_all(source)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def records(chunks: list[Chunk]) -> list[dict]:
@@ -115,7 +106,7 @@ def test_json_records_path_and_non_object_records(server: Server) -> None:
     chunks = read_all(http_source(url, records_path="data.items"), batch_rows=10)
     assert [r["question"] for r in records(chunks)] == ["What is Q1?", "What is Q2?"]
     assert [r["source_row"] for r in records(chunks)] == [1, 3]
-    assert chunks[0].bad == [{"source_row": 2, "raw": '"just a string"', "reason": "not a JSON object"}]
+    assert chunks[0].bad == [{"source_row": 2, "raw": '"just a string"', "reason": "not a JSON object (a str)"}]
 
     message = read_error(http_source(url, records_path="data.rows"))
     assert "records_path 'data.rows': no key 'rows' at data (items)" in message
@@ -152,7 +143,7 @@ def test_csv_values_line_numbers_and_malformed_rows(server: Server) -> None:
     ]
     assert [len(c.rows) for c in chunks] == [2, 1]
     assert [b for c in chunks for b in c.bad] == [
-        {"source_row": 5, "raw": "only one field", "reason": "1 fields; the header has 2"}]
+        {"source_row": 5, "raw": "only one field", "reason": "1 fields, expected 2"}]
 
 
 def test_csv_charset_from_the_header(server: Server) -> None:

@@ -8,7 +8,6 @@ instead of aborting the load.
 from __future__ import annotations
 
 import codecs
-import csv
 import gzip
 import json
 from collections.abc import Iterator
@@ -16,16 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ftcore.data.sources import ROW_ID, Chunk
 from ftcore.data.sources.config import FileSource
+from ftcore.data.sources.parse import csv_chunks, jsonl_chunks, record_chunks
 from ftcore.errors import DataError
 
 SAMPLE_BYTES = 1 << 16  # what encoding detection looks at
-RAW_CHARS = 500  # of a malformed line kept in the quarantine
 BOMS = [(codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
 
 
@@ -93,68 +91,15 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
 
 
 def _read_jsonl(path: Path, source: FileSource, batch_rows: int) -> Iterator[Chunk]:
-    records, bad = [], []
-    for line_no, line in decoded_lines(path, source.encoding):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            problem = None if isinstance(record, dict) else f"not a JSON object (a {type(record).__name__})"
-        except json.JSONDecodeError as e:
-            problem = f"invalid JSON: {e}"
-        if problem:
-            bad.append({ROW_ID: line_no, "raw": line.rstrip("\r\n")[:RAW_CHARS], "reason": problem})
-        else:
-            records.append({**record, ROW_ID: line_no})
-        if len(records) >= batch_rows:
-            yield Chunk(pd.DataFrame(records), path.name, bad)
-            records, bad = [], []
-    if records or bad:
-        yield Chunk(pd.DataFrame(records, columns=None if records else [ROW_ID]), path.name, bad)
+    yield from jsonl_chunks(decoded_lines(path, source.encoding), path.name, batch_rows)
 
 
 def _read_csv(path: Path, source: FileSource, batch_rows: int) -> Iterator[Chunk]:
     lines = (line for _, line in decoded_lines(path, source.encoding))
-    quoting = csv.QUOTE_MINIMAL if source.quotechar else csv.QUOTE_NONE
-    reader = csv.reader(lines, delimiter=source.delimiter, quotechar=source.quotechar or '"', quoting=quoting)
     try:
-        header = next(reader) if source.header else None
-    except StopIteration:
-        return
-    except csv.Error as e:
-        raise DataError(f"{path}: line 1: cannot read the CSV header ({e})") from None
-    width = len(header) if header else None
-    names = header
-    rows, line_numbers, bad = [], [], []
-    while True:
-        start = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            bad.append({ROW_ID: start, "raw": "", "reason": f"malformed CSV: {e}"})
-            continue
-        if not fields:
-            continue  # a blank line
-        if width is None:  # headerless: the first row fixes the width; columns are named "0", "1", ...
-            width, names = len(fields), [str(i) for i in range(len(fields))]
-        if len(fields) != width:
-            bad.append({ROW_ID: start, "raw": source.delimiter.join(fields)[:RAW_CHARS],
-                        "reason": f"{len(fields)} fields, expected {width}"})
-            continue
-        rows.append(fields)
-        line_numbers.append(start)
-        if len(rows) >= batch_rows:
-            yield _csv_chunk(rows, names, line_numbers, path, bad)
-            rows, line_numbers, bad = [], [], []
-    if rows or bad:
-        yield _csv_chunk(rows, names or [], line_numbers, path, bad)
-
-
-def _csv_chunk(rows: list[list[str]], names: list[str], line_numbers: list[int], path: Path, bad: list) -> Chunk:
-    frame = pd.DataFrame(rows, columns=names, dtype=object).assign(**{ROW_ID: line_numbers})
-    return Chunk(frame, path.name, bad)
+        yield from csv_chunks(lines, path.name, batch_rows, source.delimiter, source.quotechar, source.header)
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
 
 
 def _read_json(path: Path, source: FileSource, batch_rows: int) -> Iterator[Chunk]:
@@ -168,15 +113,7 @@ def _read_json(path: Path, source: FileSource, batch_rows: int) -> Iterator[Chun
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON array of records, found a {type(records).__name__}; "
                         f"for one record per line use type: jsonl")
-    for start in range(0, len(records), batch_rows):
-        chunk, bad = [], []
-        for number, record in enumerate(records[start:start + batch_rows], start=start + 1):
-            if isinstance(record, dict):
-                chunk.append({**record, ROW_ID: number})
-            else:
-                bad.append({ROW_ID: number, "raw": json.dumps(record)[:RAW_CHARS],
-                            "reason": f"record {number} is not a JSON object"})
-        yield Chunk(pd.DataFrame(chunk, columns=None if chunk else [ROW_ID]), path.name, bad)
+    yield from record_chunks(records, path.name, batch_rows)
 
 
 def _read_parquet(path: Path, source: FileSource, batch_rows: int) -> Iterator[Chunk]:

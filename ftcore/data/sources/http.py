@@ -7,7 +7,6 @@ interrupted download is retried too, and then split into chunks of at most `batc
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import time
@@ -15,11 +14,11 @@ from collections.abc import Iterator
 from email.message import Message
 from typing import Any
 
-import pandas as pd
 import requests
 
 from ftcore.data.sources import ROW_ID, Chunk
 from ftcore.data.sources.config import HttpSource
+from ftcore.data.sources.parse import RAW_CHARS, bad_row, csv_chunks, frame_of, jsonl_chunks, record_chunks
 from ftcore.data.sources.secrets import resolve
 from ftcore.errors import DataError, first_line
 
@@ -35,7 +34,6 @@ MEDIA_TYPES = {
     "application/xhtml+xml": "html",
 }
 
-RAW_CHARS = 500  # of a malformed record kept in the quarantine
 
 
 def read_http(source: HttpSource, batch_rows: int) -> Iterator[Chunk]:
@@ -105,15 +103,7 @@ def _read_json(response: requests.Response, source: HttpSource, batch_rows: int,
         body = json.loads(_text(response, where))
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON: {e}; set format if the server's Content-Type is wrong") from None
-    records = _records(body, source.records_path, where)
-    for start in range(0, len(records), batch_rows):
-        rows, bad = [], []
-        for number, record in enumerate(records[start:start + batch_rows], start + 1):
-            if isinstance(record, dict):
-                rows.append({**record, ROW_ID: number})
-            else:
-                bad.append(_bad(number, json.dumps(record), "not a JSON object"))
-        yield Chunk(rows=_frame(rows), origin=url, bad=bad)
+    yield from record_chunks(_records(body, source.records_path, where), url, batch_rows)
 
 
 def _records(body: Any, records_path: str | None, where: str) -> list:
@@ -144,50 +134,19 @@ def _records(body: Any, records_path: str | None, where: str) -> list:
 
 def _read_jsonl(response: requests.Response, source: HttpSource, batch_rows: int, url: str,
                 where: str) -> Iterator[Chunk]:
-    rows: list[dict] = []
-    bad: list[dict] = []
     # split("\n"), not splitlines(): a JSON string may hold U+2028 and other characters splitlines() breaks on.
-    for number, line in enumerate(_text(response, where).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append(_bad(number, line, f"invalid JSON: {e.msg} at column {e.colno}"))
-            continue
-        if isinstance(record, dict):
-            rows.append({**record, ROW_ID: number})
-        else:
-            bad.append(_bad(number, line, "not a JSON object"))
-        if len(rows) == batch_rows:
-            yield Chunk(rows=_frame(rows), origin=url, bad=bad)
-            rows, bad = [], []
-    if rows or bad:
-        yield Chunk(rows=_frame(rows), origin=url, bad=bad)
+    yield from jsonl_chunks(enumerate(_text(response, where).split("\n"), 1), url, batch_rows)
 
 
 def _read_csv(response: requests.Response, source: HttpSource, batch_rows: int, url: str,
               where: str) -> Iterator[Chunk]:
-    # The csv module rather than pandas: it tells the line of each record, for the quarantine and for source_row.
-    reader = csv.reader(io.StringIO(_text(response, where), newline=""))
-    header = next(reader, None)
-    if not header:
+    text = _text(response, where)
+    if not text.strip():
         raise DataError(f"{where}: the CSV body is empty; expected a header row")
-    rows: list[dict] = []
-    bad: list[dict] = []
-    line = reader.line_num + 1  # where the next record starts
-    for fields in reader:
-        if fields and len(fields) != len(header):
-            raw = ",".join(fields)
-            bad.append(_bad(line, raw, f"{len(fields)} fields; the header has {len(header)}"))
-        elif fields:  # a blank line reads as no fields
-            rows.append({**dict(zip(header, fields, strict=True)), ROW_ID: line})
-        line = reader.line_num + 1
-        if len(rows) == batch_rows:
-            yield Chunk(rows=_frame(rows), origin=url, bad=bad)
-            rows, bad = [], []
-    if rows or bad:
-        yield Chunk(rows=_frame(rows), origin=url, bad=bad)
+    try:
+        yield from csv_chunks(io.StringIO(text, newline=""), url, batch_rows)
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from None
 
 
 def _read_html(response: requests.Response, source: HttpSource, batch_rows: int, url: str,
@@ -198,18 +157,10 @@ def _read_html(response: requests.Response, source: HttpSource, batch_rows: int,
     document = trafilatura.bare_extraction(response.content, url=url, with_metadata=True)
     if document is None or not document.text:  # one empty page is quarantined; the source's other URLs still count
         raw = response.content[:RAW_CHARS].decode("utf-8", errors="replace")
-        yield Chunk(rows=_frame([]), origin=url, bad=[_bad(1, raw, "no main text found in the HTML page")])
+        yield Chunk(rows=frame_of([]), origin=url, bad=[bad_row(1, raw, "no main text found in the HTML page")])
         return
-    yield Chunk(rows=_frame([{"text": document.text, "title": document.title or "", "url": url, ROW_ID: 1}]),
+    yield Chunk(rows=frame_of([{"text": document.text, "title": document.title or "", "url": url, ROW_ID: 1}]),
                 origin=url)
 
 
 _PARSERS = {"json": _read_json, "jsonl": _read_jsonl, "csv": _read_csv, "html": _read_html}
-
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows) if rows else pd.DataFrame({ROW_ID: pd.Series([], dtype="int64")})
-
-
-def _bad(number: int, raw: str, reason: str) -> dict:
-    return {ROW_ID: number, "raw": raw[:RAW_CHARS], "reason": reason}
