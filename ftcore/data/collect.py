@@ -29,6 +29,7 @@ def collect(cfg: DataConfig, out_dir: Path, batch_rows: int = 10_000) -> Dataset
             ParquetSink(tmp / QUARANTINE, QUARANTINE_COLUMNS) as quarantine:
         labelled = [("data.test_sources", s, True) for s in cfg.test_sources] + \
                    [("data.sources", s, False) for s in cfg.sources]
+        first_reason = None
         for field, source, holdout in labelled:
             seen = rows.rows + quarantine.rows
             for chunk in read_source(source, batch_rows):
@@ -37,13 +38,14 @@ def collect(cfg: DataConfig, out_dir: Path, batch_rows: int = 10_000) -> Dataset
                     rows.write(kept)
                 if len(bad):
                     quarantine.write(bad)
+                    first_reason = first_reason or str(bad["reason"].iloc[0])
             if rows.rows + quarantine.rows == seen:
                 index = (cfg.test_sources if holdout else cfg.sources).index(source)
                 raise DataError(f"{field}[{index}] ({source.label()}): no rows; check that the source has data "
                                 f"(an empty file, table or response)")
         if rows.rows == 0:
-            raise DataError(f"data.sources: none of the {quarantine.rows} rows read could be used; every one is in "
-                            f"the quarantine with its reason (first: {_first_reason(tmp / QUARANTINE)})")
+            raise DataError(f"data.sources: none of the {quarantine.rows} rows read could be used (first problem: "
+                            f"{first_reason}); check the sources' columns and data.format")
     return DatasetOutput(
         path=out_dir,
         content_hash=rows.content_hash,
@@ -53,9 +55,3 @@ def collect(cfg: DataConfig, out_dir: Path, batch_rows: int = 10_000) -> Dataset
                  "rows_quarantined": quarantine.rows, "sources": len(cfg.sources) + len(cfg.test_sources)},
         artifacts={"dataset": out_dir / COLLECTED, "quarantine": out_dir / QUARANTINE},
     )
-
-
-def _first_reason(path: Path) -> str:
-    import pandas as pd
-
-    return str(pd.read_parquet(path, columns=["reason"])["reason"].iloc[0])

@@ -174,3 +174,12 @@ def test_a_last_batch_of_only_malformed_lines_is_quarantined(tmp_path):
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{broken\n[1]\n')
     out = collect(DataConfig(sources=[{"type": "jsonl", "path": path}]), tmp_path / "out", batch_rows=2)
     assert out.metrics == {"rows_in": 4, "rows_kept": 2, "rows_quarantined": 2, "sources": 1}
+
+
+def test_a_source_whose_every_row_has_the_wrong_type_fails_in_one_line(tmp_path):
+    path = _jsonl(tmp_path / "rows.jsonl", [{"prompt": ["a"], "completion": "b"},
+                                            {"prompt": {"x": 1}, "completion": "c"}])
+    with pytest.raises(DataError, match=r"none of the 2 rows read could be used \(first problem: prompt: expected "
+                                        r"text, got a list\); check the sources' columns and data\.format$"):
+        collect(DataConfig(sources=[{"type": "jsonl", "path": path}]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
