@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from flows.settings import configure_environment
+from flows.settings import configure_environment, quiet_libraries
 from ftcore.config import Stage, check_runnable, load_recipe
 from ftcore.errors import RecipeError, UserError
 from ftcore.paths import home
@@ -78,6 +78,30 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     loaded = _validated(recipe, set_ or [])
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r}, task {loaded.task}, "
                   f"{len(loaded.data.sources)} source(s), method {loaded.method.name}")
+
+
+@app.command()
+def plan(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    memory_gb: Annotated[float | None, typer.Option(
+        "--memory-gb", min=0.001, help="Memory budget in GB (10^9 bytes); default: the GPU's, else the RAM.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Estimate parameters, memory and compute of RECIPE's model per fine-tuning method here, and recommend one."""
+    loaded = _validated(recipe, set_ or [])
+    quiet_libraries()  # plain library calls follow: Prefect is neither imported nor started
+    from ftcore.planning.plan import make_plan
+    from ftcore.planning.report import render_plan
+
+    try:
+        result = make_plan(loaded, recipe, memory_gb)
+    except UserError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        console.print(render_plan(result))
 
 
 @app.command()

@@ -40,7 +40,7 @@ def configure_environment() -> None:
 
 def quiet_libraries() -> None:
     """A clean run shows progress and results, not a wall of library warnings."""
-    for name in ("mlflow", "alembic", "httpx", "transformers", "datasets", "peft", "trl", "urllib3"):
+    for name in ("mlflow", "alembic", "httpx", "transformers", "datasets", "peft", "trl", "urllib3", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for pattern in (".*does not have many workers.*", ".*Tokenizer.*", ".*torch_dtype.*", ".*pin_memory.*",
                     ".*loss_type=None.*", ".*copying from a non-meta parameter.*"):

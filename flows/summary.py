@@ -16,7 +16,7 @@ KEY_METRICS = {
     "collect": ["rows_in", "rows_quarantined"],
     "clean_balance": ["rows_kept", "rows_quarantined", "rows_train", "rows_test"],
     "init": ["trainable_params", "trainable_fraction"],
-    "train": ["steps", "first_logged_loss", "last_logged_loss", "eval_loss"],
+    "train": ["steps", "train_loss_first", "train_loss_last", "eval_loss"],
     "evaluate": ["base.exact_match", "candidate.exact_match", "base.perplexity", "candidate.perplexity"],
     "deploy": ["version", "gate_passed"],
     "monitor": ["latency_p95_s", "error_rate", "toxicity_rate"],

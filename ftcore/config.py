@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ftcore.data.sources.config import SOURCE_TYPES, FileSource, Source, Strict
 from ftcore.errors import DataError, RecipeError
@@ -218,8 +229,13 @@ class BalanceConfig(Strict):
 
 
 class ScratchModelConfig(Strict):
-    """A small Llama-architecture model built from config, with a BPE tokenizer trained on the corpus."""
+    """A small model built from config, with a BPE tokenizer trained on the corpus: a Llama, or a Mixtral-style
+    mixture of experts (every MLP is `num_experts` experts of which a router picks `experts_per_token`)."""
 
+    architecture: Literal["llama", "mixtral"] = "llama"
+    num_experts: int = Field(4, ge=2, description="mixtral: experts per MoE layer")
+    experts_per_token: int = Field(2, ge=1, description="mixtral: experts the router picks for each token")
+    router_aux_loss_coef: float = Field(0.02, ge=0, description="mixtral: weight of the load-balancing loss")
     vocab_size: int = Field(512, ge=64)
     hidden_size: int = Field(128, ge=16)
     intermediate_size: int = Field(256, ge=16)
@@ -238,6 +254,15 @@ class ScratchModelConfig(Strict):
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         return self
 
+    @model_validator(mode="after")
+    def _experts_fit(self) -> ScratchModelConfig:
+        moe_fields = {"num_experts", "experts_per_token", "router_aux_loss_coef"} & self.model_fields_set
+        if self.architecture == "llama" and moe_fields:
+            raise ValueError(f"{', '.join(sorted(moe_fields))}: only for architecture: mixtral")
+        if self.experts_per_token > self.num_experts:
+            raise ValueError("experts_per_token must be at most num_experts")
+        return self
+
 
 class ModelConfig(Strict):
     source: Literal["scratch", "pretrained"] = "scratch"
@@ -252,13 +277,181 @@ class ModelConfig(Strict):
         return self
 
 
-class MethodConfig(Strict):
-    name: Literal["lora", "full"] = "lora"
+# ---------------------------------------------------------------------------------------------------------------
+# Fine-tuning methods: one model per `method.name`, so each method accepts exactly its own options (docs/methods.md).
+
+
+def bitsandbytes_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("bitsandbytes") is not None
+
+
+class FullMethod(Strict):
+    """Every weight trains; no adapter."""
+
+    name: Literal["full"] = "full"
+
+
+class PeftMethod(Strict):
+    """A method that wraps the base with a PEFT adapter."""
+
+    seed: int = Field(0, description="seed of the adapter's initial weights")
+
+
+class LoraMethod(PeftMethod):
+    name: Literal["lora"] = "lora"
     r: int = Field(8, ge=1)
-    alpha: int | None = Field(None, description="LoRA alpha; defaults to 2*r")
+    alpha: int | None = Field(None, ge=1, description="LoRA alpha; defaults to 2*r")
     dropout: Fraction = 0.0
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    seed: int = Field(0, description="seed of the adapter's initial weights")
+
+
+class DoraMethod(LoraMethod):
+    """LoRA with weight decomposition: the update's direction and magnitude train separately."""
+
+    name: Literal["dora"] = "dora"
+
+
+class QLoraMethod(LoraMethod):
+    """LoRA on a base quantised to 4 bits by bitsandbytes."""
+
+    name: Literal["qlora"] = "qlora"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(True, description="quantise the quantisation constants too (~0.4 bit per weight)")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the 4-bit weights are dequantised to for each matmul; float32 on CPU")
+
+    @field_validator("name")
+    @classmethod
+    def _bitsandbytes_installed(cls, name: str) -> str:
+        if not bitsandbytes_installed():
+            raise ValueError("qlora needs the bitsandbytes package: pip install 'bitsandbytes>=0.50,<0.51'")
+        return name
+
+
+class Ia3Method(PeftMethod):
+    name: Literal["ia3"] = "ia3"
+    target_modules: list[str] | None = Field(
+        None, description="layers whose activations are rescaled; default: PEFT's choice for the architecture "
+                          "(Llama: k_proj, v_proj, down_proj)")
+    feedforward_modules: list[str] | None = Field(
+        None, description="those of target_modules rescaled on their input (feed-forward layers) rather than their "
+                          "output; default: PEFT's choice for the architecture (Llama: down_proj)")
+
+    @model_validator(mode="after")
+    def _feedforward_is_a_subset(self) -> Ia3Method:
+        if self.feedforward_modules is not None:
+            if self.target_modules is None:
+                raise ValueError("feedforward_modules needs target_modules (it must be a subset of them)")
+            if extra := sorted(set(self.feedforward_modules) - set(self.target_modules)):
+                raise ValueError(f"feedforward_modules {extra} are not in target_modules")
+        return self
+
+
+class LycorisMethod(PeftMethod):
+    """LoHa and LoKr: low-rank Hadamard / Kronecker products instead of LoRA's B @ A."""
+
+    r: int = Field(8, ge=1)
+    alpha: int | None = Field(None, ge=1, description="scaling numerator (scale = alpha / r); defaults to r")
+    rank_dropout: Fraction = 0.0
+    module_dropout: Fraction = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class LohaMethod(LycorisMethod):
+    name: Literal["loha"] = "loha"
+
+
+class LokrMethod(LycorisMethod):
+    name: Literal["lokr"] = "lokr"
+
+
+class PromptLearningMethod(PeftMethod):
+    num_virtual_tokens: int = Field(20, ge=1, description="trained virtual tokens put before every input")
+
+
+class PrefixMethod(PromptLearningMethod):
+    """Prefix tuning: trained keys and values at every layer (deep prompts, as in P-tuning v2)."""
+
+    name: Literal["prefix"] = "prefix"
+    prefix_projection: bool = Field(False, description="produce the prefixes through a trained MLP")
+    encoder_hidden_size: int | None = Field(
+        None, ge=1, description="prefix_projection: hidden width of the MLP; defaults to the model's hidden size")
+
+    @model_validator(mode="after")
+    def _width_needs_the_projection(self) -> PrefixMethod:
+        if self.encoder_hidden_size is not None and not self.prefix_projection:
+            raise ValueError("encoder_hidden_size applies only with prefix_projection: true")
+        return self
+
+
+class PromptMethod(PromptLearningMethod):
+    """Prompt tuning: trained embeddings before the input, at the first layer only."""
+
+    name: Literal["prompt"] = "prompt"
+    init: Literal["random", "text"] = "random"
+    init_text: str | None = Field(None, min_length=1, description="init: text, the text whose embeddings start "
+                                                                  "the virtual tokens (repeated or cut to fit)")
+
+    @model_validator(mode="after")
+    def _text_with_text_init(self) -> PromptMethod:
+        if self.init == "text" and self.init_text is None:
+            raise ValueError("init: text needs init_text")
+        if self.init == "random" and self.init_text is not None:
+            raise ValueError("init_text applies only with init: text")
+        return self
+
+
+class PTuningMethod(PromptLearningMethod):
+    """P-tuning: virtual token embeddings produced by a trained encoder (MLP or LSTM), at the first layer."""
+
+    name: Literal["p_tuning"] = "p_tuning"
+    encoder_hidden_size: int = Field(128, ge=1, description="hidden width of the prompt encoder")
+    encoder_reparameterization_type: Literal["mlp", "lstm"] = "mlp"
+
+
+class BottleneckAdapterMethod(PeftMethod):
+    """Houlsby-style bottleneck adapters (down-projection, non-linearity, up-projection, residual)."""
+
+    name: Literal["adapter"] = "adapter"
+    bottleneck_size: int = Field(16, ge=1, description="width of the bottleneck")
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    dropout: Fraction = 0.0
+    target_modules: list[str] | None = Field(
+        None, description="sub-blocks followed by an adapter; default: the attention output and MLP output of each "
+                          "decoder layer (Llama: o_proj, down_proj; Mixtral: o_proj, mlp)")
+
+
+def _one_method(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate `method` against the model its `name` picks (lora when absent), and phrase the errors for the
+    user: `method.FIELD: unknown field for method NAME` rather than pydantic's tagged locations."""
+    if isinstance(value, dict) and "name" not in value:
+        value = {**value, "name": "lora"}
+    try:
+        return handler(value)
+    except ValidationError as e:
+        raise ValidationError.from_exception_data(e.title, [_method_error(err) for err in e.errors()]) from None
+
+
+def _method_error(err: ErrorDetails) -> dict[str, Any]:
+    if err["type"] == "union_tag_invalid":
+        message = f"must be one of {', '.join(METHOD_NAMES)}, got {err['ctx']['tag']!r}"
+        return {"type": PydanticCustomError("method_name", message), "loc": ("name",), "input": err["input"]}
+    loc = err["loc"]
+    if loc and loc[0] in METHOD_NAMES:  # pydantic puts the tag (the method's name) first: drop it
+        method, loc = loc[0], loc[1:]
+        if err["type"] == "extra_forbidden":
+            return {"type": PydanticCustomError("method_field", f"unknown field for method {method}"), "loc": loc,
+                    "input": err["input"]}
+    return {"type": err["type"], "loc": loc, "input": err["input"], **({"ctx": err["ctx"]} if "ctx" in err else {})}
+
+
+METHODS = (FullMethod, LoraMethod, QLoraMethod, DoraMethod, Ia3Method, PrefixMethod, PromptMethod, PTuningMethod,
+           BottleneckAdapterMethod, LohaMethod, LokrMethod)
+METHOD_NAMES = [method.model_fields["name"].default for method in METHODS]
+# The recipe's `method` section: the model its `name` picks.
+MethodConfig = Annotated[Union[METHODS], Field(discriminator="name"), WrapValidator(_one_method)]  # noqa: UP007
 
 
 class TrainConfig(Strict):
@@ -273,6 +466,36 @@ class TrainConfig(Strict):
     max_length: int = Field(128, ge=8)
     logging_steps: int = Field(10, ge=1)
     seed: int = 0
+    # Evaluation, checkpoints and throughput options (docs/training.md).
+    eval_steps: int | None = Field(
+        None, ge=1, description="evaluate on the validation split every N steps; none: once, at the end")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps; a retried or re-run stage resumes "
+                                                  "from the last complete checkpoint")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the newest)")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N evaluations without a lower validation loss; none: off")
+    packing: bool = Field(False, description="pack several examples into each max_length sequence")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="bf16 runs on CPU and recent GPUs; fp16 needs a CUDA GPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "
+                                                            "slower steps")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _unquoted_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML reads a bare `no` as false
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluations(self) -> TrainConfig:
+        if self.early_stopping_patience is None:
+            return self
+        if self.eval_steps is None:
+            raise ValueError("early_stopping_patience needs eval_steps: early stopping compares the validation "
+                             "loss evaluated every eval_steps steps")
+        if self.max_steps is not None and self.eval_steps >= self.max_steps:
+            raise ValueError(f"early_stopping_patience: eval_steps ({self.eval_steps}) must be below max_steps "
+                             f"({self.max_steps}), or no evaluation happens before training ends")
+        return self
 
 
 Metric = Literal["exact_match", "token_f1", "perplexity"]
@@ -329,7 +552,7 @@ class Recipe(Strict):
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
     model: ModelConfig = ModelConfig()
-    method: MethodConfig = MethodConfig()
+    method: MethodConfig = LoraMethod()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()

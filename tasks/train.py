@@ -14,6 +14,7 @@ def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig) -> Trai
     out_dir = stage_dir("train", stage_inputs(base=base.content_hash, dataset=dataset.content_hash, train=train))
     out = train_sft(base, dataset.splits, train, out_dir)
     m = out.metrics
-    get_run_logger().info("trained %d steps in %.1f s; loss %.3f -> %.3f", m["steps"], m["runtime_s"],
-                          m["first_logged_loss"], m["last_logged_loss"])
+    resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
+    get_run_logger().info("trained %d steps in %.1f s%s; loss %.3f -> %.3f", m["steps"], m["runtime_s"], resumed,
+                          m["train_loss_first"], m["train_loss_last"])
     return out

@@ -9,8 +9,14 @@ import pandas as pd
 from ftcore.config import MethodConfig, ModelConfig
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir, hash_obj
-from ftcore.models.load import load_causal_lm, load_tokenizer
-from ftcore.models.peft_methods import apply_method, parameter_counts
+from ftcore.models.load import load_tokenizer
+from ftcore.models.peft_methods import (
+    apply_method,
+    load_base,
+    parameter_counts,
+    quantization_config,
+    write_method_spec,
+)
 from ftcore.models.scratch import build_model, train_tokenizer
 from ftcore.outputs import DatasetOutput, ModelOutput
 
@@ -22,15 +28,20 @@ def init_model(model_cfg: ModelConfig, method_cfg: MethodConfig, dataset: Datase
             model, tokenizer = _build_from_scratch(model_cfg, dataset)
             model.save_pretrained(tmp / "base", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "base")
+            if quantization_config(method_cfg) is not None:
+                # The base stays saved in full precision (4-bit weights cannot be saved as a base to merge into);
+                # the adapter is built on the base as the train stage will load it.
+                model = load_base(tmp / "base", method_cfg)
         else:
             base_path = _resolve_pretrained(model_cfg.name_or_path)
-            model = load_causal_lm(base_path, model_cfg.trust_remote_code)
+            model = load_base(base_path, method_cfg, model_cfg.trust_remote_code)
             tokenizer = load_tokenizer(base_path, model_cfg.trust_remote_code)
-        wrapped = apply_method(model, method_cfg)
+        wrapped = apply_method(model, method_cfg, tokenizer)
         adapter_path = None
         if wrapped is not model:
             wrapped.save_pretrained(tmp / "adapter")
             adapter_path = out_dir / "adapter"
+        write_method_spec(method_cfg, tmp)
         trainable, total = parameter_counts(wrapped)
     content = {"out": hash_dir(out_dir)}
     if model_cfg.source == "pretrained":

@@ -42,5 +42,8 @@ def load_causal_lm(name_or_path: str | Path, trust_remote_code: bool = False):
 
 
 def load_trained(model_path: Path):
-    """A model folder written by ftflow (base or merged), with its tokenizer."""
-    return load_causal_lm(model_path), load_tokenizer(model_path)
+    """A model folder written by ftflow (a base, a merged model, or a base with an adapter that cannot be merged),
+    with its tokenizer."""
+    from ftcore.models.peft_methods import load_exported  # imported here: peft_methods imports this module
+
+    return load_exported(model_path), load_tokenizer(model_path)

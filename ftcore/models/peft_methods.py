@@ -1,34 +1,263 @@
-"""Fine-tuning methods: `full` trains every weight; adapter methods wrap the base with PEFT.
+"""Fine-tuning methods (docs/methods.md): `full` trains every weight; the others wrap the base with a PEFT adapter.
 
 The method is applied in the init stage so that the initial adapter (seeded) is part of the versioned init output
-and the train stage only loads and trains it.
+and the train stage only loads and trains it. The init stage also saves the method's spec (`method.json`) with it:
+the train stage reads it back to load the model to train (`load_trainable`: a 4-bit base for qlora) and to write
+the trained model (`export_model`: merged when the adapter merges into the base, `can_merge`).
+
+PEFT is imported inside the functions: importing this module (the CLI does, through the init task) stays cheap.
 """
 
 from __future__ import annotations
 
-from ftcore.config import MethodConfig
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from ftcore.config import (
+    BottleneckAdapterMethod,
+    DoraMethod,
+    FullMethod,
+    Ia3Method,
+    LohaMethod,
+    LokrMethod,
+    LoraMethod,
+    LycorisMethod,
+    MethodConfig,
+    PrefixMethod,
+    PromptLearningMethod,
+    PromptMethod,
+    PTuningMethod,
+    QLoraMethod,
+    bitsandbytes_installed,
+)
+from ftcore.errors import UserError, first_line
+from ftcore.models.load import _loaded, load_causal_lm
+
+SPEC_FILE = "method.json"
+EXPORTED_ADAPTER = "adapter"  # in an exported model folder: an adapter that cannot be merged, next to the base
+# Methods whose trained update is a change of the linear weights, so it folds into them: the merged model is a
+# plain transformers model. Prompt learning adds virtual tokens and bottleneck adapters add layers: nothing to fold.
+_MERGEABLE = (LoraMethod, Ia3Method, LycorisMethod)
 
 
-def apply_method(model, cfg: MethodConfig):
-    """Return the model to train: the model itself for `full`, a PeftModel for adapter methods."""
-    if cfg.name == "full":
+def apply_method(model, cfg: MethodConfig, tokenizer=None):
+    """Return the model to train: the model itself for `full`, a PeftModel for adapter methods.
+
+    For qlora, `model` must come from `load_base` (4-bit). `tokenizer` is needed only by prompt with init: text.
+    """
+    if isinstance(cfg, FullMethod):
         return model
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     torch.manual_seed(cfg.seed)
-
-    lora = LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha or 2 * cfg.r,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+    try:
+        wrapped = get_peft_model(model, _peft_config(cfg, model))
+    except ValueError as e:  # e.g. target_modules that name no module of this model
+        raise UserError(f"method: {cfg.name} does not fit this model: {first_line(e)}") from None
+    if isinstance(cfg, PromptMethod) and cfg.init == "text":
+        _init_prompt_from_text(wrapped, cfg.init_text, tokenizer)
+    return wrapped
 
 
 def parameter_counts(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total). A 4-bit weight is stored two values per byte; it counts as the values, as PEFT does."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
     return trainable, total
+
+
+def can_merge(cfg: MethodConfig) -> bool:
+    """Whether the trained adapter folds into the base weights (lora, dora, qlora, ia3, loha, lokr). Prompt learning
+    (prefix, prompt, p_tuning) and bottleneck adapters cannot be merged; `full` has no adapter to merge."""
+    return isinstance(cfg, _MERGEABLE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The spec the init stage leaves for the train stage
+
+
+def write_method_spec(cfg: MethodConfig, folder: Path) -> None:
+    (folder / SPEC_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
+
+
+def read_method_spec(folder: Path) -> MethodConfig:
+    return TypeAdapter(MethodConfig).validate_json((folder / SPEC_FILE).read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading the base and the adapter, merging, exporting
+
+
+def quantization_config(cfg: MethodConfig):
+    """The BitsAndBytesConfig the base loads with (qlora), or None: the base loads in full precision."""
+    if not isinstance(cfg, QLoraMethod):
+        return None
+    if not bitsandbytes_installed():
+        raise UserError("method.name: qlora needs the bitsandbytes package: pip install 'bitsandbytes>=0.50,<0.51'")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype),
+    )
+
+
+def load_base(path: str | Path, cfg: MethodConfig, trust_remote_code: bool = False):
+    """The base as the method trains it: as saved, or for qlora quantised to 4 bits while loading and prepared for
+    k-bit training (frozen, norms and head in float32)."""
+    quantization = quantization_config(cfg)
+    if quantization is None:
+        return load_causal_lm(path, trust_remote_code)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    # bitsandbytes places 4-bit weights when loading: on the GPU when there is one, else on the CPU.
+    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+    model = _loaded("model", path, lambda: AutoModelForCausalLM.from_pretrained(
+        str(path), trust_remote_code=trust_remote_code, use_safetensors=True, quantization_config=quantization,
+        device_map=device_map, dtype=torch.float32))
+    _keep_the_trainable_4bit_kernel(model)
+    # Gradient checkpointing is the trainer's setting (train.*), not the method's: PEFT would turn it on here.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _keep_the_trainable_4bit_kernel(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight in place at its first forward without
+    gradients (an evaluation) and from then on runs a kernel without a backward: training after an evaluation gets
+    wrong gradients silently (measured on the test model: an evaluation at step 10 of 20 left the loss at 3.63
+    instead of 1.71), and the repacking fails outright unless in_features is a multiple of 64. Every layer keeps
+    the generic kernel, the one training uses."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_trainable(base_path: str | Path, adapter_path: str | Path | None, cfg: MethodConfig, tokenizer,
+                   trust_remote_code: bool = False):
+    """What the train stage trains: the base as the method needs it (`load_base`) with the init stage's adapter.
+
+    Prompt-learning adapters are built again from the spec instead: PEFT refuses to load them trainable, and saves
+    only the virtual tokens' final embeddings, not the encoder that produces them (p_tuning's MLP or LSTM,
+    prefix_projection's MLP), which training must keep reparameterising. The seed gives the same weights the init
+    stage saved.
+    """
+    model = load_base(base_path, cfg, trust_remote_code)
+    if isinstance(cfg, FullMethod):
+        return model
+    if isinstance(cfg, PromptLearningMethod):
+        return apply_method(model, cfg, tokenizer)
+    return attach_adapter(model, adapter_path, trainable=True)
+
+
+def attach_adapter(model, adapter_path: str | Path, trainable: bool):
+    """`model` with the adapter saved at `adapter_path` (any method, the bottleneck adapter included)."""
+    from peft import PeftModel
+
+    import ftcore.models.adapters  # noqa: F401  registers the bottleneck method with PEFT before it loads one
+
+    return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
+
+
+def merged_model(base_path: str | Path, adapter_path: str | Path):
+    """The full-precision base with the trained adapter folded into its weights. The base is loaded again rather
+    than merged in place: a qlora base is 4-bit, and merging into it would re-quantise the result."""
+    return attach_adapter(load_causal_lm(base_path), adapter_path, trainable=False).merge_and_unload()
+
+
+def export_model(cfg: MethodConfig, base_path: str | Path, adapter_path: Path, out: Path) -> None:
+    """Write the trained model as one folder: the merged weights when the adapter merges, else the base weights
+    with the adapter in `out/adapter` (load it with `load_exported`)."""
+    if can_merge(cfg):
+        merged_model(base_path, adapter_path).save_pretrained(out, safe_serialization=True)
+        return
+    load_causal_lm(base_path).save_pretrained(out, safe_serialization=True)
+    shutil.copytree(adapter_path, out / EXPORTED_ADAPTER)
+
+
+def load_exported(path: Path):
+    """A model folder written by `export_model`: with its adapter attached when it could not be merged."""
+    model = load_causal_lm(path)
+    if (path / EXPORTED_ADAPTER).is_dir():
+        model = attach_adapter(model, path / EXPORTED_ADAPTER, trainable=False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PEFT configs
+
+
+def _peft_config(cfg: MethodConfig, model) -> Any:
+    import peft
+
+    common = {"task_type": "CAUSAL_LM"}
+    match cfg:
+        case LoraMethod():  # lora, dora and qlora (whose base is already 4-bit)
+            return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r, lora_dropout=cfg.dropout,
+                                   target_modules=cfg.target_modules, use_dora=isinstance(cfg, DoraMethod), **common)
+        case Ia3Method():
+            return peft.IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules,
+                                  **common)
+        case LohaMethod() | LokrMethod():
+            config_class = peft.LoHaConfig if isinstance(cfg, LohaMethod) else peft.LoKrConfig
+            return config_class(r=cfg.r, alpha=cfg.alpha or cfg.r, rank_dropout=cfg.rank_dropout,
+                                module_dropout=cfg.module_dropout, target_modules=cfg.target_modules, **common)
+        case PrefixMethod():
+            return peft.PrefixTuningConfig(
+                num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.prefix_projection,
+                encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size, **common)
+        case PromptMethod():
+            # Always PEFT's random init; a text init is copied in afterwards (_init_prompt_from_text).
+            return peft.PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prompt_tuning_init="RANDOM",
+                                           **common)
+        case PTuningMethod():
+            return peft.PromptEncoderConfig(
+                num_virtual_tokens=cfg.num_virtual_tokens, encoder_hidden_size=cfg.encoder_hidden_size,
+                encoder_reparameterization_type=cfg.encoder_reparameterization_type.upper(), **common)
+        case BottleneckAdapterMethod():
+            return _bottleneck_config(cfg, model, common)
+    raise TypeError(f"no PEFT config for method {cfg.name!r}")
+
+
+def _bottleneck_config(cfg: BottleneckAdapterMethod, model, common: dict[str, Any]):
+    from ftcore.models.adapters import DEFAULT_TARGET_MODULES, BottleneckConfig
+
+    model_type = model.config.model_type
+    if cfg.target_modules is None and model_type not in DEFAULT_TARGET_MODULES:
+        raise UserError(f"method.target_modules: adapter has no default for model type {model_type!r}; name the "
+                        f"modules after which an adapter goes (e.g. the attention and MLP output projections)")
+    return BottleneckConfig(bottleneck_size=cfg.bottleneck_size, non_linearity=cfg.non_linearity,
+                            adapter_dropout=cfg.dropout, target_modules=cfg.target_modules, **common)
+
+
+def _init_prompt_from_text(model, text: str | None, tokenizer) -> None:
+    """Start the virtual tokens at the embeddings of `text`'s tokens, repeated or cut to fit.
+
+    This is what PEFT's `prompt_tuning_init="TEXT"` does, done here because PEFT repeats it from a tokenizer path
+    stored in the adapter config every time the adapter is loaded for training, and at init time the scratch
+    tokenizer lives in a temporary folder. The saved adapter carries the initialised embeddings instead.
+    """
+    import torch
+
+    if text is None or tokenizer is None:
+        raise ValueError("prompt init: text needs init_text and the tokenizer")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    embedding = model.prompt_encoder[model.active_adapter].embedding
+    n = embedding.num_embeddings
+    ids = (ids * (n // len(ids) + 1))[:n]
+    with torch.no_grad():
+        words = model.get_input_embeddings()(torch.tensor(ids, device=embedding.weight.device))
+        embedding.weight.copy_(words.to(embedding.weight.dtype))

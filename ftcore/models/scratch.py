@@ -1,5 +1,5 @@
-"""The offline default base: a small Llama-architecture model built from config, with a byte-level BPE tokenizer
-trained on the collected corpus. No download, deterministic for a seed."""
+"""The offline default base: a small Llama (or Mixtral-style mixture-of-experts) model built from config, with a
+byte-level BPE tokenizer trained on the collected corpus. No download, deterministic for a seed."""
 
 from __future__ import annotations
 
@@ -29,9 +29,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 def build_model(cfg: ScratchModelConfig, tokenizer):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
-    config = LlamaConfig(
+    architecture = {"llama": (LlamaConfig, LlamaForCausalLM, {}),
+                    "mixtral": (MixtralConfig, MixtralForCausalLM, {
+                        "num_local_experts": cfg.num_experts,
+                        "num_experts_per_tok": cfg.experts_per_token,
+                        "router_aux_loss_coef": cfg.router_aux_loss_coef,
+                        # The model adds the load-balancing loss to its loss and returns it as `aux_loss`.
+                        "output_router_logits": True,
+                    })}
+    config_class, model_class, extra = architecture[cfg.architecture]
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -44,6 +53,7 @@ def build_model(cfg: ScratchModelConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
         initializer_range=cfg.initializer_range,
+        **extra,
     )
     torch.manual_seed(cfg.seed)
-    return LlamaForCausalLM(config)
+    return model_class(config)

@@ -2,52 +2,76 @@
 
 Per-step metrics go to `history.json` in the output folder rather than straight to MLflow, so the same record is
 logged whether the stage ran now or came from the cache (and ftcore.tracking stays the only MLflow caller).
+
+Checkpoints go to a folder beside the output folder (ftcore/training/checkpoints.py), so a retried or re-run stage
+with the same inputs resumes from the last complete one instead of step 0 (docs/training.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from ftcore.config import TrainConfig
+from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
-from ftcore.models.load import load_causal_lm, load_tokenizer
+from ftcore.models.load import load_tokenizer
+from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec
 from ftcore.outputs import ModelOutput, TrainOutput
-from ftcore.training.plots import plot_loss
+from ftcore.training.analytics import layer_weight_norms, peak_memory_mb
+from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
+from ftcore.training.plots import plot_layer_norms, plot_loss
 
 log = logging.getLogger(__name__)
 
+# Copied from the init stage's output, so the train stage's metrics say how much of the model was trained.
+PARAMETER_METRICS = ("trainable_params", "total_params", "trainable_fraction")
+OUTPUT_ARTIFACTS = {"loss_plot": "loss.png", "history": "history.json", "weight_norm_plot": "weight_norms.png",
+                    "weight_norms": "weight_norms.json"}
+
 
 def train_sft(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path) -> TrainOutput:
+    check_hardware(cfg)
     model, tokenizer = load_for_training(base)
     train_rows, eval_rows = _load_split(splits["train"]), _load_split(splits.get("validation"))
-    with tempfile.TemporaryDirectory(prefix="ftflow-trainer-") as scratch:
-        trainer = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, Path(scratch))
-        started = time.perf_counter()
-        result = trainer.train()
-        runtime = time.perf_counter() - started
-        final_eval = trainer.evaluate() if eval_rows is not None else {}
+    if cfg.early_stopping_patience is not None and eval_rows is None:
+        raise UserError("train.early_stopping_patience: the dataset has no validation rows to evaluate; set "
+                        "data.split.validation above 0 or remove early_stopping_patience")
+    store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
+    resume = store.latest_complete()
+    store.prepare()
+    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store)
+    resumed_from = resume.step if resume else 0
+    if resume is not None:
+        log.info("resuming training from %s (step %d)", resume.path, resume.step)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    runtime = time.perf_counter() - started
+    eval_loss = _final_eval_loss(trainer, eval_rows)
     history = [entry for entry in trainer.state.log_history if "step" in entry]
-    with atomic_dir(out_dir) as tmp:
-        save_trained(trainer.model, tokenizer, base, tmp)
-        (tmp / "history.json").write_text(json.dumps(history, indent=1))
-        plot_loss(history, tmp / "loss.png")
+    write_output(trainer.model, tokenizer, base, history, out_dir)
+    store.remove()  # the output is complete: nothing left to resume
+    losses = [h["loss"] for h in history if "loss" in h] or [result.training_loss]
+    # What this attempt did: a resumed attempt trained only the steps after its checkpoint.
+    share = 1 - resumed_from / result.global_step
     metrics = {
+        **{name: base.metrics[name] for name in PARAMETER_METRICS},
         "train_loss": result.training_loss,
-        "first_logged_loss": next((h["loss"] for h in history if "loss" in h), result.training_loss),
-        "last_logged_loss": next((h["loss"] for h in reversed(history) if "loss" in h), result.training_loss),
+        "train_loss_first": losses[0],
+        "train_loss_last": losses[-1],
         "steps": result.global_step,
         "runtime_s": runtime,
-        "samples_per_s": len(train_rows) * cfg.epochs / runtime if cfg.max_steps is None else 0.0,
+        "samples_per_s": len(train_rows) * cfg.epochs * share / runtime if cfg.max_steps is None else 0.0,
+        "tokens_per_second": (trainer.state.num_input_tokens_seen - analytics.tokens_at_start) / runtime,
+        "peak_memory_mb": peak_memory_mb(),
+        "resumed_from_step": resumed_from,
+        **({} if eval_loss is None else {"eval_loss": eval_loss}),
     }
-    if "eval_loss" in final_eval:
-        metrics["eval_loss"] = final_eval["eval_loss"]
     return TrainOutput(
         path=out_dir,
         content_hash=hash_dir(out_dir),
@@ -55,26 +79,52 @@ def train_sft(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_
         adapter_path=out_dir / "adapter" if base.adapter_path else None,
         history_path=out_dir / "history.json",
         metrics=metrics,
-        artifacts={"loss_plot": out_dir / "loss.png", "history": out_dir / "history.json"},
+        artifacts={name: out_dir / file for name, file in OUTPUT_ARTIFACTS.items()},
     )
 
 
-def load_for_training(base: ModelOutput):
-    """The base model with the init stage's adapter attached (trainable), or the base itself for full FT."""
-    model = load_causal_lm(base.base_path)
-    tokenizer = load_tokenizer(base.base_path)
-    if base.adapter_path is not None:
-        from peft import PeftModel
+def write_output(model, tokenizer, base: ModelOutput, history: list[dict], out_dir: Path) -> None:
+    """The stage's output folder, written atomically: the trained model, the history and the plots."""
+    adapter = base.adapter_path is not None
+    norms = layer_weight_norms(model, base.base_path, adapter)  # before save_trained merges the adapter away
+    with atomic_dir(out_dir) as tmp:
+        save_trained(model, tokenizer, base, tmp)
+        (tmp / "history.json").write_text(json.dumps(history, indent=1))
+        (tmp / "weight_norms.json").write_text(json.dumps(norms, indent=1))
+        plot_loss(history, tmp / "loss.png")
+        title = "Trained adapter weight norm per layer" if adapter else "Weight change per layer (trained - base)"
+        plot_layer_norms(norms, title, tmp / "weight_norms.png")
 
-        model = PeftModel.from_pretrained(model, str(base.adapter_path), is_trainable=True)
+
+def check_hardware(cfg: TrainConfig) -> None:
+    """Refuse, before any work, a precision this machine cannot train in (a GPU may be absent where the recipe
+    was written)."""
+    import torch
+
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("train.mixed_precision: fp16 needs a CUDA GPU and this machine has none; use bf16 (runs on "
+                        "CPU) or no")
+    if cfg.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise UserError("train.mixed_precision: bf16 is not supported by this GPU; use fp16 or no")
+
+
+def load_for_training(base: ModelOutput):
+    """The model to train (a 4-bit base for qlora) with the init stage's adapter, or the base for full FT."""
+    tokenizer = load_tokenizer(base.base_path)
+    model = load_trainable(base.base_path, base.adapter_path, read_method_spec(base.path), tokenizer)
     return model, tokenizer
 
 
-def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, work_dir: Path):
+def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore):
+    """The SFTTrainer, writing checkpoints into `store`, and its analytics callback (for the session's tokens)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
+    from ftcore.training.callbacks import CommitCheckpoints, EarlyStopping, ProgressBarOnly, StepAnalytics
+
+    periodic_eval = cfg.eval_steps is not None and eval_rows is not None
     args = SFTConfig(
-        output_dir=str(work_dir),
+        output_dir=str(store.incoming),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size,
@@ -85,14 +135,23 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, wor
         warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a float < 1 as a ratio of total steps
         weight_decay=cfg.weight_decay,
         max_length=cfg.max_length,
+        packing=cfg.packing,
         seed=cfg.seed,
         logging_steps=cfg.logging_steps,
-        eval_strategy="no",
-        save_strategy="no",
+        eval_strategy="steps" if periodic_eval else "no",
+        eval_steps=cfg.eval_steps if periodic_eval else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=None,  # the store keeps the newest cfg.save_total_limit complete checkpoints
+        include_num_input_tokens_seen="non_padding",  # restored from checkpoints, unlike TRL's per-session count
         report_to="none",
         use_cpu=_cpu_only(),
-        bf16=False,
-        gradient_checkpointing=False,
+        bf16=cfg.mixed_precision == "bf16",
+        fp16=cfg.mixed_precision == "fp16",
+        # transformers 5 names gradient checkpointing `activation_checkpointing` (the old name is a deprecated alias).
+        activation_checkpointing=cfg.gradient_checkpointing,
+        # Non-reentrant checkpointing needs no input that requires grad, which a frozen base under an adapter lacks.
+        activation_checkpointing_kwargs={"use_reentrant": False},
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=False,  # else transformers derives it from its log level and prints every log dict instead
@@ -104,30 +163,35 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, wor
         eval_dataset=eval_rows,
         processing_class=tokenizer,
     )
-    _show_progress_bar_only(trainer)
-    return trainer
-
-
-def _show_progress_bar_only(trainer) -> None:
-    """Keep the training progress bar but drop the dict it prints at every logging step (history.json and
-    MLflow keep those)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    class ProgressBarOnly(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass
-
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ProgressBarOnly())
+    analytics = StepAnalytics()
+    for callback in (ProgressBarOnly(), CommitCheckpoints(store, cfg.save_steps), analytics):
+        trainer.add_callback(callback)
+    if cfg.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStopping(cfg.early_stopping_patience))
+    return trainer, analytics
+
+
+def _final_eval_loss(trainer, eval_rows) -> float | None:
+    """The validation loss at the last step: logged already when evaluation is periodic (the Trainer evaluates at
+    the last step too), else computed now."""
+    if eval_rows is None:
+        return None
+    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evals and evals[-1]["step"] == trainer.state.global_step:
+        return evals[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
 
 
 def save_trained(model, tokenizer, base: ModelOutput, out: Path) -> None:
-    """`model/` is self-contained (adapters merged into the base); `adapter/` keeps the small adapter too."""
-    if base.adapter_path is not None:
+    """`model/` is self-contained: merged into the fp32 base where the adapter merges, else the base with the
+    adapter in `model/adapter/`; `adapter/` keeps the small adapter too."""
+    if base.adapter_path is None:
+        model.save_pretrained(out / "model", safe_serialization=True)
+    else:
         model.save_pretrained(out / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(out / "model", safe_serialization=True)
+        export_model(read_method_spec(base.path), base.base_path, out / "adapter", out / "model")
     tokenizer.save_pretrained(out / "model")
 
 

@@ -32,7 +32,7 @@ def test_full_run_then_cached_rerun_then_evaluate_change():
     assert ev["candidate.exact_match"] > ev["base.exact_match"]
     assert ev["candidate.perplexity"] < ev["base.perplexity"] / 10
     train = first["stages"]["train"]["metrics"]
-    assert train["train_loss"] < train["first_logged_loss"]
+    assert train["train_loss"] < train["train_loss_first"]
     assert first["model"] == {"name": "clinical-qa", "version": "1", "aliases": ["challenger", "champion"],
                               "uri": "models:/clinical-qa/1"}
     assert first["gate"]["passed"] is True

@@ -55,7 +55,7 @@ def test_lora_training_lowers_the_loss_changes_the_adapter_and_leaves_the_base_f
 
 
 def test_full_fine_tuning_updates_every_weight(tmp_path):
-    prepared = prepare(tmp_path, "method.name=full", "train.max_steps=3")
+    prepared = prepare(tmp_path, "method={name: full}", "train.max_steps=3")
     assert prepared.base.adapter_path is None and prepared.base.metrics["trainable_fraction"] == 1.0
     trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
     assert trained.metrics["steps"] == 3
@@ -81,3 +81,23 @@ def test_pretrained_source_that_does_not_load_is_a_user_error(tmp_path, lora_run
     recipe = load_recipe(DEMO_RECIPE, ["model.source=pretrained", f"model.name_or_path={empty}"])
     with pytest.raises(UserError, match=r"model\.name_or_path: cannot load"):
         init_model(recipe.model, recipe.method, prepared.dataset, tmp_path / "init")
+
+
+@pytest.mark.parametrize("method", ["qlora", "adapter", "prefix", "prompt", "p_tuning"])
+def test_methods_that_need_their_own_loading_train_export_and_reload(tmp_path, method):
+    """QLoRA trains on a 4-bit base and merges into the fp32 one; adapters and prompt methods cannot merge, so
+    `model/` carries them beside the base. Each exported model loads and answers differently from the base."""
+    import torch
+
+    from ftcore.models.load import load_causal_lm, load_trained
+
+    prepared = prepare(tmp_path, f"method={{name: {method}}}", "train.max_steps=6", "train.logging_steps=1",
+                       "train.learning_rate=5e-2")
+    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    model, tokenizer = load_trained(trained.model_path)
+    base = load_causal_lm(prepared.base.base_path)
+    inputs = tokenizer(["Question: What does MI stand for?\nAnswer:"], return_tensors="pt")
+    with torch.no_grad():
+        # The next-token logits: prompt methods prepend virtual tokens, so whole sequences differ in length.
+        assert not torch.allclose(model(**inputs).logits[:, -1], base(**inputs).logits[:, -1])
+    assert (trained.model_path / "adapter").is_dir() == (method != "qlora")

@@ -1,0 +1,1 @@
+"""Method advisor: parameters, memory and compute of a recipe's model and method on this machine."""

@@ -1,0 +1,240 @@
+"""`ftflow plan`: parameters, memory and compute of a recipe's model under each fine-tuning method on this
+machine, and the method to use.
+
+The recipe's own method is counted by the pipeline's `apply_method` on a meta model; the alternatives (full, LoRA,
+QLoRA, prompt tuning, few-shot) with the recipe's LoRA rank and targets where it has them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftcore.config import ModelConfig, Recipe, TrainConfig
+from ftcore.planning.advisor import (
+    FEW_SHOT_MAX_ROWS,
+    MethodEstimate,
+    Recommendation,
+    Variant,
+    adamw_8bit_needs,
+    human_bytes,
+    human_count,
+    needs,
+    recommend,
+)
+from ftcore.planning.data import DataStats, data_stats
+from ftcore.planning.estimate import Kind, Setup, quantized_base_bytes, training_flops, training_memory
+from ftcore.planning.hardware import Hardware, detect_hardware
+from ftcore.planning.shape import (
+    DTYPE_BYTES,
+    ModelShape,
+    lora_config,
+    method_trainable,
+    model_shape,
+    peft_trainable,
+    prompt_tuning_config,
+)
+
+DEFAULT_LORA_R = 8
+# Lester et al. (2021) tune 20-100 virtual tokens; 20 is also PEFT's documented example.
+PROMPT_VIRTUAL_TOKENS = 20
+# Methods with a LoRA rank and targets (the alternatives copy them).
+LORA_NAMES = ("lora", "dora", "qlora")
+# Recipe methods that are not trained like adapters on a full-precision base.
+KINDS: dict[str, Kind] = {"full": "full", "qlora": "qlora", "prompt": "prompt", "prefix": "prompt",
+                          "p_tuning": "prompt"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: str
+    model: ModelShape
+    hardware: Hardware
+    data: DataStats
+    budget_bytes: float
+    budget_source: str
+    sequences_seen: float | None  # sequences the trainer processes over the whole run
+    tokens_seen: float | None
+    estimates: dict[str, MethodEstimate]
+    recipe_method: str
+    recommendation: Recommendation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "model": self.model.to_dict(),
+            "hardware": self.hardware.to_dict(),
+            "data": {**self.data.to_dict(), "sequences_seen": self.sequences_seen, "tokens_seen": self.tokens_seen},
+            "budget": {"bytes": self.budget_bytes, "source": self.budget_source},
+            "estimates": {name: e.to_dict() for name, e in self.estimates.items()},
+            "recipe_method": self.recipe_method,
+            "recommendation": {"method": self.recommendation.method, "settings": self.recommendation.settings,
+                               "reasons": self.recommendation.reasons},
+        }
+
+
+def make_plan(recipe: Recipe, recipe_path: Path, memory_gb: float | None = None) -> Plan:
+    data = data_stats(recipe, recipe_path)
+    model = recipe.model
+    if data.vocab_size:  # the scratch model init builds has the vocabulary its tokenizer reached on the split
+        model = model.model_copy(update={"scratch": model.scratch.model_copy(update={"vocab_size": data.vocab_size})})
+    shape = model_shape(model)
+    hardware = detect_hardware()  # after the imports above, so the process's memory includes torch and friends
+    if memory_gb is not None:
+        budget, source = memory_gb * 1e9, "--memory-gb"
+    else:
+        budget, source = hardware.memory_bytes, hardware.device if hardware.gpus else "RAM"
+    planner = _Planner(shape, data, recipe.train, hardware, budget)
+    specs = method_specs(recipe, model, shape, bool(hardware.gpus))
+    estimates = {name: planner.estimate(spec) for name, spec in specs.items()}
+    advice = recommend(estimates, data.rows_train, recipe.model.source == "pretrained", budget,
+                       _variants(planner, specs, estimates))
+    mine = estimates[recipe.method.name]
+    advice = Recommendation(advice.method, [*_model_lines(shape, mine), *advice.reasons], advice.settings)
+    return Plan(str(recipe_path), shape, hardware, data, budget, source, planner.sequences_seen, planner.tokens_seen,
+                estimates, recipe.method.name, advice)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as the estimates see it."""
+
+    label: str
+    kind: Kind
+    trainable: int
+    counted: str  # how `trainable` was counted
+    virtual_tokens: int = 0  # prompt methods: added to every sequence
+    compute_dtype: str | None = None  # the dtype activations take; None: the base's (qlora: float32)
+    is_recipe: bool = False
+    setting: str | None = None  # the `--set` that makes the recipe use this method
+
+
+def method_specs(recipe: Recipe, model: ModelConfig, shape: ModelShape, gpu: bool) -> dict[str, MethodSpec]:
+    """full, lora, qlora, prompt and few_shot on `model`, with the recipe's own method in place of its namesake (or
+    added)."""
+    method = recipe.method
+    lora_like = method.name in LORA_NAMES  # the alternatives take its rank and targets
+    lora_options = {"r": method.r, "target_modules": method.target_modules} if lora_like else {}
+    r, targets = lora_options.get("r", DEFAULT_LORA_R), lora_options.get("target_modules", "all-linear")
+    tokens = getattr(method, "num_virtual_tokens", PROMPT_VIRTUAL_TOKENS)
+    where = targets if isinstance(targets, str) else ", ".join(targets)
+    # On a GPU, QLoRA computes in the base's 16 bits where it has them; on the CPU in float32 (QLoraMethod's default)
+    compute = shape.dtype if gpu and shape.bytes_per_param == 2 else "float32"
+    exact = "exact (PEFT on a meta model)"
+    lora = peft_trainable(model, lora_config(r, targets))
+    specs = {
+        "full": MethodSpec("full fine-tuning", "full", shape.total_params, "exact (meta model)",
+                           setting=_method_setting("full")),
+        "lora": MethodSpec(f"LoRA r={r} ({where})", "adapter", lora, exact,
+                           setting=_method_setting("lora", **lora_options)),
+        "qlora": MethodSpec(f"QLoRA r={r} (4-bit base, {compute} compute)", "qlora", lora, exact,
+                            compute_dtype=compute,
+                            setting=_method_setting("qlora", **lora_options, compute_dtype=compute)),
+        "prompt": MethodSpec(f"prompt tuning ({tokens} virtual tokens)", "prompt",
+                             peft_trainable(model, prompt_tuning_config(tokens)), exact, tokens,
+                             setting=_method_setting("prompt", num_virtual_tokens=tokens)),
+        "few_shot": MethodSpec("few-shot prompting (no training)", "few_shot", 0, "nothing trains"),
+    }
+    # The recipe's own method, counted as init will count it
+    trainable, counted = method_trainable(model, method)
+    kind = KINDS.get(method.name, "adapter")
+    compute = getattr(method, "compute_dtype", None)
+    if compute:
+        label = f"QLoRA r={r} (4-bit base, {compute} compute)"
+    else:
+        label = specs[method.name].label if method.name in specs else _label(method)
+    specs[method.name] = MethodSpec(label, kind, trainable, counted, tokens if kind == "prompt" else 0, compute,
+                                    is_recipe=True)
+    return specs
+
+
+def _variants(planner: _Planner, specs: dict[str, MethodSpec],
+              estimates: dict[str, MethodEstimate]) -> dict[str, list[Variant]]:
+    """Each method with a setting that saves memory: gradient checkpointing where it is off; for full fine-tuning
+    on a GPU, 8-bit optimizer states (which the train stage does not offer: named for the reader only)."""
+    variants: dict[str, list[Variant]] = {}
+    if not planner.train.gradient_checkpointing:
+        checkpointed = replace(planner, train=planner.train.model_copy(update={"gradient_checkpointing": True}))
+        for name, spec in specs.items():
+            if spec.kind != "few_shot":
+                planned = checkpointed.estimate(spec).planned_bytes
+                variants[name] = [Variant("with train.gradient_checkpointing: true", planned,
+                                          "train.gradient_checkpointing=true")]
+    if planner.hardware.gpus:
+        variants.setdefault("full", []).append(Variant(
+            "with 8-bit AdamW states (bitsandbytes; not an option of the train stage)",
+            adamw_8bit_needs(estimates["full"], planner.hardware), None))
+    return variants
+
+
+@dataclass(frozen=True)
+class _Planner:
+    """What every method's estimate shares: the model, the data, the training options, the memory there is."""
+
+    shape: ModelShape
+    data: DataStats
+    train: TrainConfig
+    hardware: Hardware
+    budget: float
+
+    @property
+    def sequences_seen(self) -> float | None:
+        """Sequences the trainer processes: max_steps batches when set (it overrides epochs), else every train row
+        (or, packed, every max_length of train tokens) once per epoch."""
+        train = self.train
+        if train.max_steps:
+            return train.max_steps * train.batch_size * train.gradient_accumulation_steps
+        if self.data.rows_train is None:
+            return None
+        rows = self.data.rows_train * train.epochs
+        return rows * self.data.tokens_per_row / train.max_length if train.packing else rows
+
+    @property
+    def tokens_seen(self) -> float | None:
+        sequences = self.sequences_seen
+        if sequences is None:
+            return None
+        return sequences * (self.train.max_length if self.train.packing else self.data.tokens_per_row)
+
+    def estimate(self, spec: MethodSpec) -> MethodEstimate:
+        data, train, shape = self.data, self.train, self.shape
+        if spec.kind == "few_shot":  # the examples in the prompt, then the question
+            examples = min(data.rows_train or 0, FEW_SHOT_MAX_ROWS) + 1
+            seq = min(shape.max_positions, int(examples * data.tokens_per_row))
+        else:  # packing fills every sequence to max_length
+            seq = (train.max_length if train.packing else data.seq_len) + spec.virtual_tokens
+        compute = spec.compute_dtype or ("float32" if spec.kind == "qlora" else shape.dtype)
+        setup = Setup(train.batch_size, seq, DTYPE_BYTES[compute], train.gradient_checkpointing,
+                      autocast=train.mixed_precision != "no")
+        memory = training_memory(spec.kind, shape, spec.trainable, setup)
+        flops = None
+        if self.tokens_seen is not None:
+            tokens = self.tokens_seen + self.sequences_seen * spec.virtual_tokens
+            flops = training_flops(spec.kind, shape, spec.trainable, tokens, data.tokens_per_row + spec.virtual_tokens)
+        planned = needs(memory, self.hardware)
+        return MethodEstimate(spec.label, spec.kind, spec.trainable, spec.counted, memory, flops, planned,
+                              planned <= self.budget, spec.is_recipe, spec.setting)
+
+
+def _method_setting(name: str, **options: Any) -> str:
+    """`method={name: qlora, r: 8, ...}`: the whole section, since each method accepts only its own fields."""
+    return "method=" + yaml.safe_dump({"name": name, **options}, default_flow_style=True, sort_keys=False).strip()
+
+
+def _label(method) -> str:
+    r = getattr(method, "r", None)
+    return method.name if r is None else f"{method.name} r={r}"
+
+
+def _model_lines(shape: ModelShape, recipe: MethodEstimate) -> list[str]:
+    """What the base costs, and what the recipe's method adds to it."""
+    lines = [f"base {shape.dtype}: {human_bytes(shape.total_params * shape.bytes_per_param)} "
+             f"({human_count(shape.total_params)} parameters); 4-bit: {human_bytes(quantized_base_bytes(shape))}"]
+    if recipe.kind != "full":
+        # The fraction as init reports it: of all parameters, the adapter's included
+        lines.append(f"{recipe.label} adds {human_count(recipe.trainable)} trainable parameters "
+                     f"({recipe.trainable / (shape.total_params + recipe.trainable):.2%} of all)")
+    return lines

@@ -1,0 +1,246 @@
+"""Resuming the train stage: a training process killed with SIGKILL, a checkpoint damaged on disk, and a Prefect retry
+all continue from the last complete checkpoint and end where an uninterrupted run with the same seed ends.
+
+A tiny LoRA model on the demo data, 24 steps, a checkpoint every 4 (see docs/training.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from ftcore import tracking
+from ftcore.config import Stage, TrainConfig
+from ftcore.outputs import TrainOutput
+from ftcore.training import sft
+from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
+from tests.conftest import DEMO_RECIPE, REPO, TINY_OVERRIDES
+from tests.ftcore.pipeline_fixtures import Prepared, prepare
+
+pytestmark = pytest.mark.e2e
+
+SCHEDULE = {"max_steps": 24, "save_steps": 4, "save_total_limit": 2, "logging_steps": 2, "eval_steps": 8}
+STAGE_METRICS = {"trainable_params", "total_params", "trainable_fraction", "train_loss_first", "train_loss_last",
+                 "tokens_per_second", "peak_memory_mb", "resumed_from_step"}
+
+# Runs train_sft in a fresh interpreter, writing the step it has reached to a file after every step and pausing a
+# little so that the test can kill it between two checkpoints.
+KILLABLE = """
+import json, sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from ftcore.config import TrainConfig
+from ftcore.outputs import ModelOutput
+from ftcore.training import sft
+
+base, splits, cfg, out_dir, progress = json.loads(sys.argv[1])
+
+class Progress(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        Path(progress).write_text(str(state.global_step))
+        time.sleep(0.3)
+
+build = sft.build_trainer
+def build_with_progress(*args, **kwargs):
+    trainer, analytics = build(*args, **kwargs)
+    trainer.add_callback(Progress())
+    return trainer, analytics
+
+sft.build_trainer = build_with_progress
+sft.train_sft(ModelOutput.model_validate(base), {k: Path(v) for k, v in splits.items()},
+              TrainConfig.model_validate(cfg), Path(out_dir))
+"""
+
+
+class Crash(Exception):
+    """Injected into training at a given step."""
+
+
+def crash_at(step: int, times: int = 1):
+    """A callback that raises Crash when training reaches `step`, the first `times` times."""
+    from transformers import TrainerCallback
+
+    class CrashAt(TrainerCallback):
+        crashes = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step and CrashAt.crashes < times:
+                CrashAt.crashes += 1
+                raise Crash(f"injected crash at step {step}")
+
+    return CrashAt
+
+
+def add_callback(monkeypatch: pytest.MonkeyPatch, callback_class) -> None:
+    build = sft.build_trainer
+
+    def build_with_callback(*args, **kwargs):
+        trainer, analytics = build(*args, **kwargs)
+        trainer.add_callback(callback_class())
+        return trainer, analytics
+
+    monkeypatch.setattr(sft, "build_trainer", build_with_callback)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Prepared:
+    return prepare(tmp_path_factory.mktemp("resume"))
+
+
+@pytest.fixture(scope="module")
+def cfg(prepared) -> TrainConfig:
+    return prepared.recipe.train.model_copy(update=SCHEDULE)
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, cfg, tmp_path_factory) -> TrainOutput:
+    """The uninterrupted run every resumed run must match."""
+    return sft.train_sft(prepared.base, prepared.dataset.splits, cfg, tmp_path_factory.mktemp("reference") / "train")
+
+
+def assert_same_training(resumed: TrainOutput, reference: TrainOutput) -> None:
+    assert resumed.metrics["steps"] == reference.metrics["steps"] == SCHEDULE["max_steps"]
+    for metric in ("train_loss_first", "train_loss_last", "eval_loss"):
+        assert resumed.metrics[metric] == pytest.approx(reference.metrics[metric], rel=1e-4), metric
+    history, expected = ([(h["step"], key, h[key]) for h in json.loads(o.history_path.read_text())
+                          for key in ("loss", "eval_loss") if key in h] for o in (resumed, reference))
+    assert [entry[:2] for entry in history] == [entry[:2] for entry in expected]
+    assert [entry[2] for entry in history] == pytest.approx([entry[2] for entry in expected], rel=1e-4)
+    after, wanted = (load_file(o.adapter_path / "adapter_model.safetensors") for o in (resumed, reference))
+    assert after.keys() == wanted.keys()
+    for name in wanted:
+        torch.testing.assert_close(after[name], wanted[name], rtol=1e-4, atol=1e-5)
+    assert not checkpoint_root(resumed.path).exists()  # removed once the output is complete
+
+
+def test_an_uninterrupted_run_reports_its_analytics(reference):
+    assert reference.metrics.keys() >= STAGE_METRICS
+    assert reference.metrics["resumed_from_step"] == 0
+    assert 0 < reference.metrics["trainable_fraction"] < 1 and reference.metrics["tokens_per_second"] > 0
+    assert reference.metrics["peak_memory_mb"] > 50
+    steps = [h for h in json.loads(reference.history_path.read_text()) if "loss" in h]
+    assert [h["step"] for h in steps] == list(range(2, 25, 2))
+    for entry in steps:
+        assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "peak_memory_mb"} <= entry.keys()
+        assert entry["tokens_per_second"] > 0
+    norms = json.loads((reference.path / "weight_norms.json").read_text())
+    assert list(norms) == ["layer 0", "layer 1"] and all(v > 0 for v in norms.values())  # 2 layers, all LoRA
+    for artifact in ("loss_plot", "weight_norm_plot"):
+        assert reference.artifacts[artifact].stat().st_size > 1000
+    assert not checkpoint_root(reference.path).exists()
+
+
+def _reached(progress: Path) -> int:
+    text = progress.read_text().strip() if progress.exists() else ""
+    return int(text) if text.isdigit() else 0
+
+
+def test_a_training_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(prepared, cfg, reference, tmp_path):
+    out_dir, progress = tmp_path / "train", tmp_path / "progress"
+    payload = [prepared.base.model_dump(mode="json"), {k: str(v) for k, v in prepared.dataset.splits.items()},
+               cfg.model_dump(mode="json"), str(out_dir), str(progress)]
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(payload)], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            deadline = time.monotonic() + 300
+            # Two checkpoints (steps 4 and 8) are complete once step 10 is reached; kill between 8 and 12.
+            while _reached(progress) < 10:
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "training did not reach step 10 in 300 s"
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    reached = _reached(progress)
+    assert reached < SCHEDULE["max_steps"] and not out_dir.exists()
+    left = [c.step for c in CheckpointStore(checkpoint_root(out_dir), keep=2).all()]
+    assert len(left) == cfg.save_total_limit and left[0] >= 8
+
+    resumed = sft.train_sft(prepared.base, prepared.dataset.splits, cfg, out_dir)
+
+    assert resumed.metrics["resumed_from_step"] == left[0]
+    assert 0 <= reached - left[0] <= cfg.save_steps  # at most one checkpoint interval of steps ran twice
+    assert_same_training(resumed, reference)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(prepared, cfg, reference, tmp_path, monkeypatch,
+                                                                    caplog):
+    out_dir = tmp_path / "train"
+    add_callback(monkeypatch, crash_at(14))
+    with pytest.raises(Crash):
+        sft.train_sft(prepared.base, prepared.dataset.splits, cfg, out_dir)
+    monkeypatch.undo()
+    store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
+    assert [c.step for c in store.all()] == [12, 8]  # the newest save_total_limit
+    weights = store.all()[0].path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated, as by a full disk
+
+    with caplog.at_level("WARNING", logger="ftcore.training.checkpoints"):
+        resumed = sft.train_sft(prepared.base, prepared.dataset.splits, cfg, out_dir)
+
+    assert resumed.metrics["resumed_from_step"] == 8
+    assert any("skipping checkpoint" in r.getMessage() and "checkpoint-12" in r.getMessage() for r in caplog.records)
+    assert_same_training(resumed, reference)
+
+
+def test_early_stopping_ends_training_once_the_validation_loss_stops_improving(prepared, tmp_path):
+    # A learning rate high enough for the validation loss to turn up well before max_steps.
+    cfg = prepared.recipe.train.model_copy(update={"max_steps": 60, "eval_steps": 2, "early_stopping_patience": 1,
+                                                   "learning_rate": 1.0, "logging_steps": 2})
+    out = sft.train_sft(prepared.base, prepared.dataset.splits, cfg, tmp_path / "train")
+    evals = [h["eval_loss"] for h in json.loads(out.history_path.read_text()) if "eval_loss" in h]
+    assert out.metrics["steps"] < 60 and out.metrics["steps"] == 2 * len(evals)
+    assert evals[-1] >= min(evals[:-1])  # the last evaluation did not improve: patience 1 is used up
+    assert all(evals[i] < min(evals[:i]) for i in range(1, len(evals) - 1))  # every earlier one improved
+    assert out.metrics["eval_loss"] == evals[-1]
+
+
+# --- through the flow -------------------------------------------------------------------------------------------
+
+
+def run_flow(*overrides: str, until: Stage | None = None) -> dict:
+    from flows.finetune import finetune
+
+    return finetune(str(DEMO_RECIPE), [*TINY_OVERRIDES, *overrides], until)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_prefect_retry_of_the_train_stage_resumes_and_mlflow_records_it(monkeypatch):
+    add_callback(monkeypatch, crash_at(10))
+    summary = run_flow("stages.retries=1", "train.max_steps=12", "train.save_steps=4", until=Stage.train)
+
+    train = summary["stages"]["train"]
+    assert train["status"] == "completed"
+    assert train["metrics"]["resumed_from_step"] == 8 and train["metrics"]["steps"] == 12
+    assert train["metrics"].keys() >= STAGE_METRICS
+    client = tracking.client()
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["train.resumed_from_step"] == 8
+    assert {"train/tokens_per_second", "train/peak_memory_mb", "train/grad_norm"} <= run.data.metrics.keys()
+    artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "stages/train")}
+    assert {"stages/train/loss.png", "stages/train/weight_norms.png", "stages/train/history.json"} <= artifacts
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU can train in fp16")
+def test_fp16_on_a_machine_without_a_gpu_fails_the_train_stage_in_one_line_with_exit_2():
+    from flows.cli import app
+
+    sets = [arg for item in [*TINY_OVERRIDES, "train.mixed_precision=fp16"] for arg in ("--set", item)]
+    result = CliRunner().invoke(app, ["run", str(DEMO_RECIPE), *sets, "--until", "train"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2
+    assert errors == ["error: stage train failed: UserError: train.mixed_precision: fp16 needs a CUDA GPU and this "
+                      "machine has none; use bf16 (runs on CPU) or no"]
