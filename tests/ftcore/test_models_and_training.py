@@ -101,3 +101,14 @@ def test_methods_that_need_their_own_loading_train_export_and_reload(tmp_path, m
         # The next-token logits: prompt methods prepend virtual tokens, so whole sequences differ in length.
         assert not torch.allclose(model(**inputs).logits[:, -1], base(**inputs).logits[:, -1])
     assert (trained.model_path / "adapter").is_dir() == (method != "qlora")
+
+
+def test_a_scratch_mixture_of_experts_trains_with_lora(tmp_path):
+    """architecture: mixtral builds a Mixtral-style MoE (router + experts per layer) that the pipeline trains."""
+    prepared = prepare(tmp_path, "model.scratch.architecture=mixtral", "model.scratch.num_experts=4",
+                       "train.max_steps=12", "train.logging_steps=2")
+    config = json.loads((prepared.base.base_path / "config.json").read_text())
+    assert config["model_type"] == "mixtral" and config["num_local_experts"] == 4
+    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    losses = [h["loss"] for h in json.loads(trained.history_path.read_text()) if "loss" in h]
+    assert losses[-1] < 0.9 * losses[0]
