@@ -86,7 +86,7 @@ def train_sft(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_
 def write_output(model, tokenizer, base: ModelOutput, history: list[dict], out_dir: Path) -> None:
     """The stage's output folder, written atomically: the trained model, the history and the plots."""
     adapter = base.adapter_path is not None
-    norms = layer_weight_norms(model, base.base_path, adapter)  # before save_trained merges the adapter away
+    norms = layer_weight_norms(model, base.base_path, adapter)
     with atomic_dir(out_dir) as tmp:
         save_trained(model, tokenizer, base, tmp)
         (tmp / "history.json").write_text(json.dumps(history, indent=1))
