@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -18,16 +18,14 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
 
-from ftcore.data.sources.config import SOURCE_TYPES, FileSource, Source, Strict
+from ftcore.data.sources.config import SOURCE_TYPES, FileSource, Fraction, Source, Strict
 from ftcore.errors import DataError, RecipeError
 from ftcore.hashing import hash_obj
+from ftcore.method_config import LoraMethod, MethodConfig
 
 
 class Stage(StrEnum):
@@ -42,8 +40,6 @@ class Stage(StrEnum):
 
 STAGES: list[Stage] = list(Stage)
 
-
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 # Canonical columns of each data format; sources map their own columns onto these. Cleaning steps rewrite only
 # the text columns (a label is not text to clean). A `messages` cell is a JSON list of {role, content}.
@@ -275,183 +271,6 @@ class ModelConfig(Strict):
         if self.source == "pretrained" and not self.name_or_path:
             raise ValueError("source: pretrained needs name_or_path (a local folder or a hub id)")
         return self
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Fine-tuning methods: one model per `method.name`, so each method accepts exactly its own options (docs/methods.md).
-
-
-def bitsandbytes_installed() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("bitsandbytes") is not None
-
-
-class FullMethod(Strict):
-    """Every weight trains; no adapter."""
-
-    name: Literal["full"] = "full"
-
-
-class PeftMethod(Strict):
-    """A method that wraps the base with a PEFT adapter."""
-
-    seed: int = Field(0, description="seed of the adapter's initial weights")
-
-
-class LoraMethod(PeftMethod):
-    name: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1)
-    alpha: int | None = Field(None, ge=1, description="LoRA alpha; defaults to 2*r")
-    dropout: Fraction = 0.0
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-
-class DoraMethod(LoraMethod):
-    """LoRA with weight decomposition: the update's direction and magnitude train separately."""
-
-    name: Literal["dora"] = "dora"
-
-
-class QLoraMethod(LoraMethod):
-    """LoRA on a base quantised to 4 bits by bitsandbytes."""
-
-    name: Literal["qlora"] = "qlora"
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = Field(True, description="quantise the quantisation constants too (~0.4 bit per weight)")
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype the 4-bit weights are dequantised to for each matmul; float32 on CPU")
-
-    @field_validator("name")
-    @classmethod
-    def _bitsandbytes_installed(cls, name: str) -> str:
-        if not bitsandbytes_installed():
-            raise ValueError("qlora needs the bitsandbytes package: pip install 'bitsandbytes>=0.50,<0.51'")
-        return name
-
-
-class Ia3Method(PeftMethod):
-    name: Literal["ia3"] = "ia3"
-    target_modules: list[str] | None = Field(
-        None, description="layers whose activations are rescaled; default: PEFT's choice for the architecture "
-                          "(Llama: k_proj, v_proj, down_proj)")
-    feedforward_modules: list[str] | None = Field(
-        None, description="those of target_modules rescaled on their input (feed-forward layers) rather than their "
-                          "output; default: PEFT's choice for the architecture (Llama: down_proj)")
-
-    @model_validator(mode="after")
-    def _feedforward_is_a_subset(self) -> Ia3Method:
-        if self.feedforward_modules is not None:
-            if self.target_modules is None:
-                raise ValueError("feedforward_modules needs target_modules (it must be a subset of them)")
-            if extra := sorted(set(self.feedforward_modules) - set(self.target_modules)):
-                raise ValueError(f"feedforward_modules {extra} are not in target_modules")
-        return self
-
-
-class LycorisMethod(PeftMethod):
-    """LoHa and LoKr: low-rank Hadamard / Kronecker products instead of LoRA's B @ A."""
-
-    r: int = Field(8, ge=1)
-    alpha: int | None = Field(None, ge=1, description="scaling numerator (scale = alpha / r); defaults to r")
-    rank_dropout: Fraction = 0.0
-    module_dropout: Fraction = 0.0
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-
-class LohaMethod(LycorisMethod):
-    name: Literal["loha"] = "loha"
-
-
-class LokrMethod(LycorisMethod):
-    name: Literal["lokr"] = "lokr"
-
-
-class PromptLearningMethod(PeftMethod):
-    num_virtual_tokens: int = Field(20, ge=1, description="trained virtual tokens put before every input")
-
-
-class PrefixMethod(PromptLearningMethod):
-    """Prefix tuning: trained keys and values at every layer (deep prompts, as in P-tuning v2)."""
-
-    name: Literal["prefix"] = "prefix"
-    prefix_projection: bool = Field(False, description="produce the prefixes through a trained MLP")
-    encoder_hidden_size: int | None = Field(
-        None, ge=1, description="prefix_projection: hidden width of the MLP; defaults to the model's hidden size")
-
-    @model_validator(mode="after")
-    def _width_needs_the_projection(self) -> PrefixMethod:
-        if self.encoder_hidden_size is not None and not self.prefix_projection:
-            raise ValueError("encoder_hidden_size applies only with prefix_projection: true")
-        return self
-
-
-class PromptMethod(PromptLearningMethod):
-    """Prompt tuning: trained embeddings before the input, at the first layer only."""
-
-    name: Literal["prompt"] = "prompt"
-    init: Literal["random", "text"] = "random"
-    init_text: str | None = Field(None, min_length=1, description="init: text, the text whose embeddings start "
-                                                                  "the virtual tokens (repeated or cut to fit)")
-
-    @model_validator(mode="after")
-    def _text_with_text_init(self) -> PromptMethod:
-        if self.init == "text" and self.init_text is None:
-            raise ValueError("init: text needs init_text")
-        if self.init == "random" and self.init_text is not None:
-            raise ValueError("init_text applies only with init: text")
-        return self
-
-
-class PTuningMethod(PromptLearningMethod):
-    """P-tuning: virtual token embeddings produced by a trained encoder (MLP or LSTM), at the first layer."""
-
-    name: Literal["p_tuning"] = "p_tuning"
-    encoder_hidden_size: int = Field(128, ge=1, description="hidden width of the prompt encoder")
-    encoder_reparameterization_type: Literal["mlp", "lstm"] = "mlp"
-
-
-class BottleneckAdapterMethod(PeftMethod):
-    """Houlsby-style bottleneck adapters (down-projection, non-linearity, up-projection, residual)."""
-
-    name: Literal["adapter"] = "adapter"
-    bottleneck_size: int = Field(16, ge=1, description="width of the bottleneck")
-    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
-    dropout: Fraction = 0.0
-    target_modules: list[str] | None = Field(
-        None, description="sub-blocks followed by an adapter; default: the attention output and MLP output of each "
-                          "decoder layer (Llama: o_proj, down_proj; Mixtral: o_proj, mlp)")
-
-
-def _one_method(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """Validate `method` against the model its `name` picks (lora when absent), and phrase the errors for the
-    user: `method.FIELD: unknown field for method NAME` rather than pydantic's tagged locations."""
-    if isinstance(value, dict) and "name" not in value:
-        value = {**value, "name": "lora"}
-    try:
-        return handler(value)
-    except ValidationError as e:
-        raise ValidationError.from_exception_data(e.title, [_method_error(err) for err in e.errors()]) from None
-
-
-def _method_error(err: ErrorDetails) -> dict[str, Any]:
-    if err["type"] == "union_tag_invalid":
-        message = f"must be one of {', '.join(METHOD_NAMES)}, got {err['ctx']['tag']!r}"
-        return {"type": PydanticCustomError("method_name", message), "loc": ("name",), "input": err["input"]}
-    loc = err["loc"]
-    if loc and loc[0] in METHOD_NAMES:  # pydantic puts the tag (the method's name) first: drop it
-        method, loc = loc[0], loc[1:]
-        if err["type"] == "extra_forbidden":
-            return {"type": PydanticCustomError("method_field", f"unknown field for method {method}"), "loc": loc,
-                    "input": err["input"]}
-    return {"type": err["type"], "loc": loc, "input": err["input"], **({"ctx": err["ctx"]} if "ctx" in err else {})}
-
-
-METHODS = (FullMethod, LoraMethod, QLoraMethod, DoraMethod, Ia3Method, PrefixMethod, PromptMethod, PTuningMethod,
-           BottleneckAdapterMethod, LohaMethod, LokrMethod)
-METHOD_NAMES = [method.model_fields["name"].default for method in METHODS]
-# The recipe's `method` section: the model its `name` picks.
-MethodConfig = Annotated[Union[METHODS], Field(discriminator="name"), WrapValidator(_one_method)]  # noqa: UP007
 
 
 class TrainConfig(Strict):

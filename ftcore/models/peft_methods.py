@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from ftcore.config import (
+from ftcore.errors import UserError, first_line
+from ftcore.method_config import (
     BottleneckAdapterMethod,
     DoraMethod,
     FullMethod,
@@ -34,7 +35,6 @@ from ftcore.config import (
     QLoraMethod,
     bitsandbytes_installed,
 )
-from ftcore.errors import UserError, first_line
 from ftcore.models.load import _loaded, load_causal_lm
 
 SPEC_FILE = "method.json"

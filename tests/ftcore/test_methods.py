@@ -12,8 +12,9 @@ import torch
 from pydantic import TypeAdapter
 from safetensors.torch import load_file
 
-from ftcore.config import METHOD_NAMES, MethodConfig, ModelConfig, QLoraMethod, ScratchModelConfig, load_recipe
+from ftcore.config import ModelConfig, ScratchModelConfig, load_recipe
 from ftcore.errors import RecipeError, UserError
+from ftcore.method_config import METHOD_NAMES, MethodConfig, QLoraMethod
 from ftcore.models.init import init_model
 from ftcore.models.load import load_tokenizer
 from ftcore.models.peft_methods import (

@@ -21,6 +21,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class SourceBase(Strict):
     columns: dict[str, str] = Field(default_factory=dict, description="canonical column -> column in this source")
     name: str | None = Field(None, description="tag for this source's rows (column `source`); default: file/URL")
