@@ -2,11 +2,11 @@
 complete checkpoint), against an uninterrupted run of the same work with the same seed.
 
 Each repeat, in fresh processes on one prepared base and dataset (the demo recipe's data and model, 25 epochs):
-1. an uninterrupted `train_sft`;
+1. an uninterrupted `train_model`;
 2. the same call in a new process, killed with SIGKILL when it has done 50% of (1)'s steps;
 3. the same call again in a new process: it resumes from the last complete checkpoint and finishes.
 
-Times are those of the `train_sft` call (loading the model and data, training, writing the output); the library
+Times are those of the `train_model` call (loading the model and data, training, writing the output); the library
 imports are done before the clock starts in every process, as a Prefect retry runs in the process that already
 imported them. Prints (2 + 3) / 1 per repeat and the median (target <= 1.15), in wall-clock time and in the
 processes' CPU time (which other load on a shared machine disturbs far less), and checks that the resumed run ends
@@ -54,7 +54,7 @@ def prepare(recipe: Path, overrides: list[str], root: Path) -> Path:
 
 
 def train_child(inputs: Path, out_dir: Path, report: Path) -> None:
-    """One training process: imports first, then the timed `train_sft` call; the start time goes to `report` before
+    """One training process: imports first, then the timed `train_model` call; the start time goes to `report` before
     training (so a killed process leaves it) and the result after. The step reached is written to `<report>.step`
     after every step (in every run, so that all pay the same), for the parent to kill it at a given step."""
     import peft  # noqa: F401
@@ -63,24 +63,24 @@ def train_child(inputs: Path, out_dir: Path, report: Path) -> None:
 
     from ftcore.config import TrainConfig
     from ftcore.outputs import ModelOutput
-    from ftcore.training import sft
+    from ftcore.training import train
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             report.with_suffix(".step").write_text(str(state.global_step))
 
-    build = sft.build_trainer
+    build = train.build_trainer
 
     def build_with_progress(*args, **kwargs):
         trainer, analytics = build(*args, **kwargs)
         trainer.add_callback(Progress())
         return trainer, analytics
 
-    sft.build_trainer = build_with_progress
+    train.build_trainer = build_with_progress
     spec = json.loads(inputs.read_text())
     started, started_cpu = time.time(), time.process_time()
     report.write_text(json.dumps({"started": started, "started_cpu": started_cpu}))
-    out = sft.train_sft(ModelOutput.model_validate(spec["base"]), {k: Path(v) for k, v in spec["splits"].items()},
+    out = train.train_model(ModelOutput.model_validate(spec["base"]), {k: Path(v) for k, v in spec["splits"].items()},
                     TrainConfig.model_validate(spec["train"]), out_dir)
     report.write_text(json.dumps({"seconds": time.time() - started, "cpu_seconds": time.process_time() - started_cpu,
                                   "metrics": out.metrics}))
@@ -117,7 +117,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def killed_at(inputs: Path, out_dir: Path, report: Path, step: int) -> dict:
-    """Start training and SIGKILL it once it has done `step` steps: the seconds and CPU seconds `train_sft` ran,
+    """Start training and SIGKILL it once it has done `step` steps: the seconds and CPU seconds `train_model` ran,
     and the step it reached."""
     proc = spawn(inputs, out_dir, report)
     while _step(report) < step:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from flows.settings import configure_environment, quiet_libraries
-from ftcore.config import Stage, check_runnable, load_recipe
+from ftcore.config import STAGES, Stage, check_runnable, load_recipe
 from ftcore.errors import RecipeError, UserError
 from ftcore.paths import home
 
@@ -40,6 +40,8 @@ def run(
         check_runnable(loaded, until)
     except RecipeError as e:
         _fail(f"{recipe}: {e}")
+    if until is None or STAGES.index(until) >= STAGES.index(Stage.train):
+        _check_hardware(loaded, recipe, fail=True)
     configure_environment()
     from flows.finetune import StageFailed, finetune
     from flows.summary import render_table
@@ -78,6 +80,19 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     loaded = _validated(recipe, set_ or [])
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r}, task {loaded.task}, "
                   f"{len(loaded.data.sources)} source(s), method {loaded.method.name}")
+    _check_hardware(loaded, recipe, fail=False)  # the recipe may be meant for other hardware: warn only
+
+
+def _check_hardware(loaded, recipe: Path, fail: bool) -> None:
+    """Whether this machine can train in the recipe's train.mixed_precision (fp16 needs a CUDA GPU)."""
+    from ftcore.training.train import check_hardware
+
+    try:
+        check_hardware(loaded.train)
+    except UserError as e:
+        if fail:
+            _fail(f"{recipe}: {e}")
+        err_console.print(f"[yellow]warning:[/] {recipe}: {e} (on this machine)", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -51,9 +51,10 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
                                runtime=recipe.runtime)
         dataset = stages.run(clean_balance, collected=collected, clean=recipe.clean, balance=recipe.balance,
                              data=recipe.data, runtime=recipe.runtime)
-        base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset)
-        trained = stages.run(train, base=base, dataset=dataset, train=recipe.train)
-        evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate)
+        base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset, task=recipe.task)
+        trained = stages.run(train, base=base, dataset=dataset, train=recipe.train, task=recipe.task)
+        evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate,
+                                task=recipe.task)
         deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
                               registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
                               mlflow_run_id=summary.mlflow_run_id, run_tags=version_tags(summary, dataset))

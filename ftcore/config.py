@@ -58,9 +58,11 @@ TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt_completion", "messages"),
     "dapt": ("text",),
     "classification": ("text_label",),
+    "multitask": ("prompt_completion", "messages"),
     "dpo": ("preference",),
 }
-TRAINABLE = {("sft", "prompt_completion")}
+Task = Literal["sft", "dapt", "classification", "multitask", "dpo"]
+TRAINABLE = {(task, fmt) for task, formats in TASK_FORMATS.items() if task != "dpo" for fmt in formats}
 
 
 class SplitConfig(Strict):
@@ -79,6 +81,27 @@ class SplitConfig(Strict):
         return 0.1 if self.test is None else self.test
 
 
+class TaskMix(Strict):
+    """One task of a multitask recipe: its share of the training rows and, optionally, its own instruction."""
+
+    weight: float = Field(1.0, gt=0, description="sampling weight: the task's share of the train split is "
+                                                 "weight / sum of weights (rows are repeated or left out to fit)")
+    prompt_template: str | None = Field(None, description="default: data.prompt_template")
+    completion_template: str | None = Field(None, description="default: data.completion_template")
+
+    @field_validator("prompt_template", "completion_template")
+    @classmethod
+    def _has_its_placeholder(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return v if v is None else _check_placeholder(v, info.field_name)
+
+
+def _check_placeholder(template: str, field_name: str) -> str:
+    placeholder = "{" + field_name.removesuffix("_template") + "}"
+    if placeholder not in template:
+        raise ValueError(f"must contain the placeholder {placeholder}")
+    return template
+
+
 class DataConfig(Strict):
     sources: list[Source] = Field(min_length=1)
     test_sources: list[Source] = Field(
@@ -89,14 +112,23 @@ class DataConfig(Strict):
     # what the model sees.
     prompt_template: str = "Question: {prompt}\nAnswer:"
     completion_template: str = " {completion}"
+    tasks: dict[str, TaskMix] = Field(
+        default_factory=dict, description="task multitask: the tasks that sources name with `task:`, with their "
+                                          "sampling weights and instructions (docs/training.md)")
 
     @field_validator("prompt_template", "completion_template")
     @classmethod
     def _has_its_placeholder(cls, v: str, info: ValidationInfo) -> str:
-        placeholder = "{" + info.field_name.removesuffix("_template") + "}"
-        if placeholder not in v:
-            raise ValueError(f"must contain the placeholder {placeholder}")
-        return v
+        return _check_placeholder(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _sources_name_known_tasks(self) -> DataConfig:
+        for i, source in enumerate(self.all_sources()):
+            if source.task is not None and source.task not in self.tasks:
+                known = ", ".join(sorted(self.tasks)) or "none: add data.tasks"
+                raise ValueError(f"source {i} ({source.label()}): task {source.task!r} is not in data.tasks "
+                                 f"(known: {known})")
+        return self
 
     @model_validator(mode="after")
     def _one_test_set(self) -> DataConfig:
@@ -317,18 +349,29 @@ class TrainConfig(Strict):
         return self
 
 
-Metric = Literal["exact_match", "token_f1", "perplexity"]
+Metric = Literal["exact_match", "token_f1", "perplexity", "accuracy", "macro_f1"]
 LOWER_IS_BETTER = {"perplexity"}
+# The metrics each task can be evaluated with; the first is the default gate metric.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "sft": ("exact_match", "token_f1", "perplexity"),
+    "multitask": ("exact_match", "token_f1", "perplexity"),
+    "dapt": ("perplexity",),
+    "classification": ("macro_f1", "accuracy"),
+    "dpo": ("exact_match", "token_f1", "perplexity"),
+}
 
 
 class EvaluateConfig(Strict):
-    metrics: list[Metric] = Field(default_factory=lambda: ["exact_match", "token_f1", "perplexity"], min_length=1)
+    # A recipe's default is every metric of its task (Recipe._task_defaults); sft's on its own.
+    metrics: list[Metric] = Field(default_factory=lambda: list(TASK_METRICS["sft"]), min_length=1,
+                                  description="default: every metric of the task")
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
 
 
 class GateConfig(Strict):
-    metric: Metric = "exact_match"
+    metric: Metric = Field("exact_match", description="default: exact_match (sft, multitask), perplexity (dapt), "
+                                                      "macro_f1 (classification)")
     min_improvement: float = Field(0.0, ge=0)
 
 
@@ -366,7 +409,7 @@ class StagesConfig(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["sft", "dapt", "classification", "dpo"] = "sft"
+    task: Task = "sft"
     data: DataConfig
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
@@ -398,7 +441,51 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
-    def _gate_metric_is_evaluated(self) -> Recipe:
+    def _packing_fits_the_task(self) -> Recipe:
+        if self.train.packing and self.task == "classification":
+            raise ValueError("train.packing: a classifier sees one text per sequence; remove packing for task "
+                             "classification")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_only_for_multitask(self) -> Recipe:
+        tagged = [s.label() for s in self.data.all_sources() if s.task is not None]
+        if self.task != "multitask":
+            if self.data.tasks or tagged:
+                raise ValueError(f"data.tasks and a source's task: apply to task multitask, not {self.task!r}")
+            return self
+        untagged = [s.label() for s in self.data.all_sources() if s.task is None]
+        if not self.data.tasks or untagged:
+            raise ValueError("task multitask: every source needs `task:` naming one of data.tasks"
+                             + (f" (missing on {', '.join(untagged)})" if untagged else ""))
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: Any) -> Any:
+        """Fill in the task's metrics and gate metric where the recipe leaves them out (TASK_METRICS)."""
+        task = raw.get("task", "sft") if isinstance(raw, dict) else None
+        if task not in TASK_METRICS:
+            return raw  # not a mapping, or an unknown task: validation reports it
+        raw = dict(raw)
+        evaluate, deploy = raw.get("evaluate") or {}, raw.get("deploy") or {}
+        if isinstance(evaluate, dict) and evaluate.get("metrics") is None:
+            raw["evaluate"] = evaluate = {**evaluate, "metrics": list(TASK_METRICS[task])}
+        gate = deploy.get("gate") or {} if isinstance(deploy, dict) else None
+        if isinstance(gate, dict) and gate.get("metric") is None and isinstance(evaluate, dict):
+            metrics = evaluate.get("metrics") or []
+            default = TASK_METRICS[task][0]
+            raw["deploy"] = {**deploy, "gate": {**gate, "metric": default if default in metrics else
+                                                (metrics[0] if metrics else default)}}
+        return raw
+
+    @model_validator(mode="after")
+    def _metrics_fit_the_task(self) -> Recipe:
+        allowed = TASK_METRICS[self.task]
+        unfit = [m for m in self.evaluate.metrics if m not in allowed]
+        if unfit:
+            raise ValueError(f"evaluate.metrics: {', '.join(unfit)} cannot score task {self.task!r}; use "
+                             f"{', '.join(allowed)}")
         if self.deploy.gate.metric not in self.evaluate.metrics:
             metric, evaluated = self.deploy.gate.metric, self.evaluate.metrics
             raise ValueError(f"deploy.gate.metric {metric!r} must be one of evaluate.metrics {evaluated}")

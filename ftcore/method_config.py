@@ -42,12 +42,23 @@ class LoraMethod(PeftMethod):
     alpha: int | None = Field(None, ge=1, description="LoRA alpha; defaults to 2*r")
     dropout: Fraction = 0.0
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_parameters: list[str] = Field(
+        default_factory=list, description="weights that are parameters rather than linear layers, e.g. the fused "
+                                          "experts of a mixture of experts (mlp.experts.gate_up_proj, "
+                                          "mlp.experts.down_proj); LoRA is added to them too")
 
 
 class DoraMethod(LoraMethod):
     """LoRA with weight decomposition: the update's direction and magnitude train separately."""
 
     name: Literal["dora"] = "dora"
+
+    @field_validator("target_parameters")
+    @classmethod
+    def _no_parameters(cls, names: list[str]) -> list[str]:
+        if names:
+            raise ValueError("dora decomposes linear layers only (PEFT has no DoRA for parameters); use lora")
+        return names
 
 
 class QLoraMethod(LoraMethod):

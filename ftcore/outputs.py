@@ -33,6 +33,7 @@ class ModelOutput(StageOutput):
     base_path: Path
     adapter_path: Path | None = None
     method: str
+    classes: list[str] = []  # a sequence classifier's classes in label-id order; empty for a causal LM
 
 
 class TrainOutput(StageOutput):
@@ -45,6 +46,7 @@ class TrainOutput(StageOutput):
 
 class EvalOutput(StageOutput):
     predictions_path: Path
+    reference: str = "base"  # the scored model the gate compares with when there is no champion
 
 
 class DeployOutput(StageOutput):

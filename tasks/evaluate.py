@@ -9,14 +9,18 @@ from tasks.common import stage_inputs, stage_task
 
 
 @stage_task("evaluate", code=[ftcore.evaluation])
-def evaluate(base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput, evaluate: EvaluateConfig) -> EvalOutput:
-    """Score the base model and the fine-tuned candidate on the same test split."""
+def evaluate(base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput, evaluate: EvaluateConfig,
+             task: str) -> EvalOutput:
+    """Score the fine-tuned candidate on the test split against the base model (classification: against a TF-IDF
+    baseline)."""
     out_dir = stage_dir("evaluate", stage_inputs(base=base.content_hash, trained=trained.content_hash,
-                                                 dataset=dataset.content_hash, evaluate=evaluate))
-    models = {"base": base.base_path, "candidate": trained.model_path}
-    out = evaluate_models(models, dataset.splits["test"], evaluate, out_dir)
+                                                 dataset=dataset.content_hash, evaluate=evaluate, task=task))
+    models = {"candidate": trained.model_path}
+    if task != "classification":
+        models = {"base": base.base_path, **models}
+    out = evaluate_models(models, dataset.splits, evaluate, out_dir, task)
     logger = get_run_logger()
     for metric in evaluate.metrics:
-        logger.info("%s: base %.4g -> fine-tuned %.4g", metric, out.metrics[f"base.{metric}"],
+        logger.info("%s: %s %.4g -> fine-tuned %.4g", metric, out.reference, out.metrics[f"{out.reference}.{metric}"],
                     out.metrics[f"candidate.{metric}"])
     return out

@@ -9,10 +9,11 @@ from tasks.common import stage_inputs, stage_task
 
 
 @stage_task("init", code=[ftcore.models])
-def init(model: ModelConfig, method: MethodConfig, dataset: DatasetOutput) -> ModelOutput:
-    """Build or load the base model and tokenizer and wrap it with the fine-tuning method."""
-    out_dir = stage_dir("init", stage_inputs(model=model, method=method, dataset=dataset.content_hash))
-    out = init_model(model, method, dataset, out_dir)
+def init(model: ModelConfig, method: MethodConfig, dataset: DatasetOutput, task: str) -> ModelOutput:
+    """Build or load the base model and tokenizer (with a classification head for task classification) and wrap it
+    with the fine-tuning method."""
+    out_dir = stage_dir("init", stage_inputs(model=model, method=method, dataset=dataset.content_hash, task=task))
+    out = init_model(model, method, dataset, out_dir, task)
     m = out.metrics
     get_run_logger().info("%s base, method %s: %d of %d parameters trainable (%.2f%%)", model.source, method.name,
                           m["trainable_params"], m["total_params"], 100 * m["trainable_fraction"])

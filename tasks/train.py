@@ -1,18 +1,22 @@
+import json
+
 from prefect import get_run_logger
 
 import ftcore.training
 from ftcore.config import TrainConfig
 from ftcore.outputs import DatasetOutput, ModelOutput, TrainOutput
 from ftcore.paths import stage_dir
-from ftcore.training.sft import train_sft
+from ftcore.training.train import train_model
 from tasks.common import stage_inputs, stage_task
 
 
 @stage_task("train", code=[ftcore.training])
-def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig) -> TrainOutput:
-    """Fine-tune the init stage's model on the train split."""
-    out_dir = stage_dir("train", stage_inputs(base=base.content_hash, dataset=dataset.content_hash, train=train))
-    out = train_sft(base, dataset.splits, train, out_dir)
+def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig, task: str) -> TrainOutput:
+    """Fine-tune the init stage's model on the train split for the recipe's task."""
+    out_dir = stage_dir("train", stage_inputs(base=base.content_hash, dataset=dataset.content_hash, train=train,
+                                              task=task))
+    loss = dataset.artifacts.get("loss")
+    out = train_model(base, dataset.splits, train, out_dir, task, json.loads(loss.read_text()) if loss else None)
     m = out.metrics
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
     get_run_logger().info("trained %d steps in %.1f s%s; loss %.3f -> %.3f", m["steps"], m["runtime_s"], resumed,

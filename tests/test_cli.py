@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -48,6 +49,16 @@ def test_run_rejects_a_bad_override_before_starting_anything():
     result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--set", "train.epochs=-1"])
     assert result.exit_code == 2
     assert "train.epochs: Input should be greater than 0" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only without a CUDA GPU")
+def test_fp16_without_a_gpu_is_refused_before_anything_runs_and_only_warned_by_validate(ftflow_home):
+    result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--set", "train.mixed_precision=fp16"])
+    assert result.exit_code == 2
+    assert "train.mixed_precision: fp16 needs a CUDA GPU" in result.output
+    assert not (ftflow_home / "runs").exists()  # refused before the flow started
+    validated = runner.invoke(app, ["validate", str(DEMO_RECIPE), "--set", "train.mixed_precision=fp16"])
+    assert validated.exit_code == 0 and "warning:" in validated.output and "fp16 needs a CUDA GPU" in validated.output
 
 
 @pytest.mark.usefixtures("prefect_harness")

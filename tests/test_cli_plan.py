@@ -46,3 +46,12 @@ def test_plan_does_not_import_prefect():
             "print(r.exit_code, 'prefect' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]
+
+
+def test_plan_refuses_a_classification_recipe_in_one_line(tmp_path):
+    from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
+
+    recipe = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "classification"))
+    result = runner.invoke(app, ["plan", str(recipe)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: task: classification is not estimated yet")

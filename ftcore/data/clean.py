@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from ftcore.config import TEXT_COLUMNS, BalanceConfig, CleanConfig, DataConfig, StepSpec
 from ftcore.data.balance import balance_rows, with_features
 from ftcore.data.card import collect_card_stats, render_data_card
-from ftcore.data.formats import HOLDOUT
+from ftcore.data.formats import HOLDOUT, TASK
 from ftcore.data.parquet_io import ParquetSink, frame_hash, iter_frames, num_rows, read_column
 from ftcore.data.sources.config import FileSource
-from ftcore.data.split import SPLITS, assign_splits, format_for_model
+from ftcore.data.split import SPLITS, assign_splits, format_for_model, mix_tasks
 from ftcore.errors import DataError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_obj
@@ -234,10 +234,12 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
     Only the label and holdout columns are read whole (to assign splits); rows move a part at a time. Balancing
     reads the train split into memory, so it is meant for classification-sized data; without it nothing is.
     """
-    labels = _concat_column(kept_parts, "label") if data.format == "text_label" else None
+    # Stratified by class, or in a multitask recipe by task, so every task is in every split.
+    strata = "label" if data.format == "text_label" else TASK if data.tasks else None
+    labels = _concat_column(kept_parts, strata) if strata else None
     holdout = _concat_column(kept_parts, HOLDOUT).to_numpy(dtype=bool)
     assignment = assign_splits(len(holdout), labels, holdout, data.split, data.test_fraction)
-    rebalance = needs_balancing(balance)
+    rebalance = needs_balancing(balance) or bool(data.tasks)
     # The train split is balanced before the templates are applied, so resampling and augmentation see raw text.
     def prepare(name: str, rows: pd.DataFrame) -> pd.DataFrame:
         if rebalance and name == "train":
@@ -259,11 +261,16 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
     written = SplitsWritten({n: s.rows for n, s in sinks.items()}, {n: s.content_hash for n, s in sinks.items()},
                             {}, None)
     if rebalance:
-        result = balance_rows(pd.read_parquet(out / "train.parquet"), balance, data.format)
-        train = format_for_model(result.frame, data)
+        train = pd.read_parquet(out / "train.parquet")
+        if needs_balancing(balance):
+            result = balance_rows(train, balance, data.format)
+            train, written.balance_metrics, written.loss = result.frame, result.metrics, result.loss
+        if data.tasks:
+            train, mixture = mix_tasks(train, data, data.split.seed)
+            written.balance_metrics = {**written.balance_metrics, **mixture}
+        train = format_for_model(train, data)
         train.to_parquet(out / "train.parquet", index=False)
         written.rows["train"], written.hashes["train"] = len(train), frame_hash(train)
-        written.balance_metrics, written.loss = result.metrics, result.loss
     return written
 
 

@@ -19,6 +19,7 @@ from ftcore.errors import DataError
 
 COLLECT = "collect"
 SOURCE = "source"
+TASK = "task"  # task multitask: the data.tasks entry a row belongs to
 HOLDOUT = "holdout"  # the row comes from data.test_sources: it always lands in the test split
 QUARANTINE_COLUMNS = {SOURCE: "str", ROW_ID: "int64", "raw": "str", "step": "str", "reason": "str"}
 ASSISTANT_TURN = "\n\nAssistant:"
@@ -53,6 +54,8 @@ def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool) -> t
         frame, problems = _derive_prompt(frame, problems)
     ok = problems == ""
     canonical = frame[ok].assign(**{SOURCE: tag, ROW_ID: rows.loc[ok, ROW_ID].astype("int64"), HOLDOUT: holdout})
+    if source.task is not None:
+        canonical[TASK] = source.task
     quarantined = pd.DataFrame({
         SOURCE: tag, ROW_ID: rows.loc[~ok, ROW_ID].astype("int64"),
         "raw": rows.loc[~ok].drop(columns=[ROW_ID]).apply(_raw, axis=1) if (~ok).any() else pd.Series(dtype=str),

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ftcore.config import LABEL_COLUMN, DataConfig, SplitConfig
+from ftcore.data.formats import TASK
 
 SPLITS = ("train", "validation", "test")
 
@@ -46,12 +47,43 @@ def _count(n: int, fraction: float) -> int:
 
 
 def format_for_model(rows: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
-    """`prompt`/`completion` become exactly what the model sees; the cleaned originals stay as `raw_*`."""
+    """`prompt`/`completion` become exactly what the model sees; the cleaned originals stay as `raw_*`. In a
+    multitask recipe each row gets its task's templates (data.tasks), else data's."""
     if cfg.format != "prompt_completion":
         return rows
-    return rows.assign(
-        raw_prompt=rows["prompt"],
-        raw_completion=rows["completion"],
-        prompt=rows["prompt"].map(lambda p: cfg.prompt_template.replace("{prompt}", p)),
-        completion=rows["completion"].map(lambda c: cfg.completion_template.replace("{completion}", c)),
-    )
+    tasks = rows[TASK] if TASK in rows else pd.Series(None, index=rows.index, dtype=object)
+
+    def templated(column: str) -> list[str]:
+        default = getattr(cfg, f"{column}_template")
+        return [_template(cfg, task, column, default).replace("{" + column + "}", value)
+                for value, task in zip(rows[column], tasks, strict=True)]
+
+    return rows.assign(raw_prompt=rows["prompt"], raw_completion=rows["completion"],
+                       prompt=templated("prompt"), completion=templated("completion"))
+
+
+def _template(cfg: DataConfig, task: str | None, column: str, default: str) -> str:
+    own = getattr(cfg.tasks[task], f"{column}_template") if task in cfg.tasks else None
+    return own or default
+
+
+def mix_tasks(train: pd.DataFrame, cfg: DataConfig, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The train split resampled so that each task's share of the rows is its weight over the sum of weights
+    (data.tasks), keeping the split's size: a task with too few rows for its share is repeated (every row as often
+    as it fits, the remainder drawn without replacement), one with too many is subsampled. Seeded."""
+    rng = np.random.default_rng(seed)
+    total = sum(mix.weight for mix in cfg.tasks.values())
+    picked, metrics = [], {}
+    for task, mix in sorted(cfg.tasks.items()):
+        rows = np.flatnonzero(train[TASK].to_numpy() == task)
+        want = round(len(train) * mix.weight / total)
+        if len(rows) == 0 or want == 0:
+            metrics[f"mixture.{task}.rows"] = 0
+            continue
+        repeats, rest = divmod(want, len(rows))
+        chosen = np.concatenate([np.tile(rows, repeats), rng.choice(rows, rest, replace=False)])
+        picked.append(chosen)
+        metrics[f"mixture.{task}.rows"] = len(chosen)
+        metrics[f"mixture.{task}.available"] = len(rows)
+    order = np.concatenate(picked)
+    return train.iloc[rng.permutation(order)].reset_index(drop=True), metrics

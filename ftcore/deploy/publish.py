@@ -12,7 +12,8 @@ from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
 
-CANDIDATE, BASE = "candidate", "base"
+CANDIDATE = "candidate"
+REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic regression baseline"}
 
 
 def publish(
@@ -62,8 +63,10 @@ def publish(
 
 
 def gate_reference(registered_model: str, metric: str, evaluation: EvalOutput) -> tuple[str, float]:
-    """The current champion's recorded metric, or the base model's on this test set when there is no champion."""
+    """The current champion's recorded metric, or when there is no champion the evaluate stage's reference on this
+    test set (the base model; for classification the TF-IDF baseline)."""
     champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
     if champion and f"metric.{metric}" in champion["tags"]:
         return f"champion v{champion['version']}", float(champion["tags"][f"metric.{metric}"])
-    return "the base model", evaluation.metrics[f"{BASE}.{metric}"]
+    name = evaluation.reference
+    return REFERENCE_NAMES.get(name, name), evaluation.metrics[f"{name}.{metric}"]

@@ -1,57 +1,138 @@
-"""evaluate stage: the same test questions through the base model and the fine-tuned candidate."""
+"""evaluate stage: the same test split through the base model and the fine-tuned candidate, scored for the task.
+
+Language-model tasks (sft, multitask, dapt) are scored on what the model generates (exact match, token F1) and on
+the likelihood of the reference (perplexity); a multitask recipe also gets every metric per task
+(`<model>.<metric>.<task>`). Classification is scored with accuracy and F1 per class against a TF-IDF + logistic
+regression baseline trained on the same train split, which is then the gate's reference when there is no champion
+(an encoder without its trained head cannot classify, so there is no meaningful "base" score).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from ftcore.config import EvaluateConfig
+from ftcore.evaluation.classification import classification_metrics, classify, tfidf_baseline
 from ftcore.evaluation.generate import completion_nll, generate
 from ftcore.evaluation.metrics import exact_match, perplexity, token_f1
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
-from ftcore.models.load import load_trained
+from ftcore.models.load import load_trained, render_chat
 from ftcore.outputs import EvalOutput
 
 GENERATION_METRICS = {"exact_match": exact_match, "token_f1": token_f1}
+BASELINE = "tfidf"
+TASK = "task"
 
 
-def evaluate_models(models: dict[str, Path], test_split: Path, cfg: EvaluateConfig, out_dir: Path) -> EvalOutput:
+def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,
+                    task: str = "sft") -> EvalOutput:
     """Score each named model folder (e.g. base, candidate) on the test split. Metrics are `<model>.<metric>`."""
-    test = pd.read_parquet(test_split)
-    metrics: dict[str, float] = {"test_rows": len(test)}
-    predictions = test[["raw_prompt", "raw_completion"]].copy()
-    for name, path in models.items():
-        scores, outputs = score_model(path, test, cfg)
-        metrics.update({f"{name}.{k}": v for k, v in scores.items()})
-        if outputs is not None:
-            predictions[name] = outputs
+    test = pd.read_parquet(splits["test"])
+    if task == "classification":
+        metrics, predictions = evaluate_classifiers(models, test, pd.read_parquet(splits["train"]))
+        reference = BASELINE
+    else:
+        metrics, predictions = evaluate_language_models(models, test, cfg, task)
+        reference = "base"
     with atomic_dir(out_dir) as tmp:
         predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
     return EvalOutput(
         path=out_dir,
         content_hash=hash_dir(out_dir),
         predictions_path=out_dir / "predictions.jsonl",
-        metrics=metrics,
+        reference=reference,
+        metrics={"test_rows": len(test), **metrics},
         artifacts={"predictions": out_dir / "predictions.jsonl"},
     )
 
 
-def score_model(path: Path, test: pd.DataFrame, cfg: EvaluateConfig) -> tuple[dict[str, float], list[str] | None]:
-    model, tokenizer = load_trained(path)
+# ---------------------------------------------------------------------------------------------------------------
+# Classification
+
+
+def evaluate_classifiers(models: dict[str, Path], test: pd.DataFrame,
+                         train: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
+    """Every model and the TF-IDF baseline: `accuracy`, `macro_f1`, `micro_f1` and per class `f1_<label>`,
+    `precision_<label>`, `recall_<label>`."""
+    texts, references = test["text"].astype(str).tolist(), test["label"].astype(str).tolist()
+    predictions = pd.DataFrame({"text": texts, "label": references})
+    predictions[BASELINE] = tfidf_baseline(train["text"].astype(str).tolist(), train["label"].astype(str).tolist(),
+                                           texts)
+    for name, path in models.items():
+        model, tokenizer = load_trained(path)
+        predictions[name] = classify(model, tokenizer, texts)
+    classes = sorted(set(references) | set(train["label"].astype(str)))
+    metrics = {f"{name}.{metric}": value
+               for name in [BASELINE, *models]
+               for metric, value in classification_metrics(references, predictions[name], classes).items()}
+    return metrics, predictions
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Language models
+
+
+def evaluate_language_models(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
+                             task: str) -> tuple[dict[str, float], pd.DataFrame]:
+    metrics: dict[str, float] = {}
+    predictions = None
+    for name, path in models.items():
+        model, tokenizer = load_trained(path)
+        examples = eval_examples(test, tokenizer, task)
+        if predictions is None:
+            predictions = examples.drop(columns=["prompt", "completion"])
+        groups = [(None, examples)]
+        if TASK in examples:  # multitask: every metric overall and per task
+            groups += list(examples.groupby(TASK, sort=True))
+        for group, rows in groups:
+            scores, outputs = score_model(model, tokenizer, rows, cfg)
+            suffix = "" if group is None else f".{group}"
+            metrics.update({f"{name}.{metric}{suffix}": value for metric, value in scores.items()})
+            if group is None and outputs is not None:
+                predictions[name] = outputs
+    return metrics, predictions
+
+
+def eval_examples(test: pd.DataFrame, tokenizer, task: str) -> pd.DataFrame:
+    """What each test row asks the model (`prompt`) and the reference answer, as the model sees them (`completion`)
+    and as written (`raw_prompt`, `raw_completion`, for the metrics and the predictions file)."""
+    if task == "dapt":  # the whole text is the reference: perplexity only
+        return pd.DataFrame({"prompt": "", "completion": test["text"], "raw_prompt": "",
+                             "raw_completion": test["text"]})
+    if "messages" in test:
+        return pd.DataFrame([chat_question(json.loads(chat), tokenizer) for chat in test["messages"]])
+    columns = ["prompt", "completion", "raw_prompt", "raw_completion"] + ([TASK] if TASK in test else [])
+    return test[columns].reset_index(drop=True)
+
+
+def chat_question(messages: list[dict[str, str]], tokenizer) -> dict[str, str]:
+    """A chat up to its last assistant turn: that turn is the reference answer to the rendered turns before it."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    before = [m for m in messages[:last] if m["role"] == "user"]
+    answer = messages[last]["content"]
+    return {"prompt": render_chat(tokenizer, messages[:last], generation_prompt=True), "completion": answer,
+            "raw_prompt": before[-1]["content"] if before else "", "raw_completion": answer}
+
+
+def score_model(model, tokenizer, examples: pd.DataFrame,
+                cfg: EvaluateConfig) -> tuple[dict[str, float], list[str] | None]:
     scores: dict[str, float] = {}
     outputs = None
     wanted = [m for m in cfg.metrics if m in GENERATION_METRICS]
     if wanted:
         outputs = [
             o.strip()
-            for o in generate(model, tokenizer, test["prompt"].tolist(), cfg.max_new_tokens, cfg.batch_size)
+            for o in generate(model, tokenizer, examples["prompt"].tolist(), cfg.max_new_tokens, cfg.batch_size)
         ]
         for metric in wanted:
             fn = GENERATION_METRICS[metric]
-            scores[metric] = sum(map(fn, outputs, test["raw_completion"])) / len(test)
+            scores[metric] = sum(map(fn, outputs, examples["raw_completion"])) / len(examples)
     if "perplexity" in cfg.metrics:
-        nll, n = completion_nll(model, tokenizer, test["prompt"].tolist(), test["completion"].tolist(), cfg.batch_size)
+        nll, n = completion_nll(model, tokenizer, examples["prompt"].tolist(), examples["completion"].tolist(),
+                                cfg.batch_size)
         scores["perplexity"] = perplexity(nll, n)
     return scores, outputs

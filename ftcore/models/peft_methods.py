@@ -35,7 +35,7 @@ from ftcore.method_config import (
     QLoraMethod,
     bitsandbytes_installed,
 )
-from ftcore.models.load import _loaded, load_causal_lm
+from ftcore.models.load import load_model, saved_classes
 
 SPEC_FILE = "method.json"
 EXPORTED_ADAPTER = "adapter"  # in an exported model folder: an adapter that cannot be merged, next to the base
@@ -54,6 +54,7 @@ def apply_method(model, cfg: MethodConfig, tokenizer=None):
     import torch
     from peft import get_peft_model
 
+    _check_fits_the_model(model, cfg)
     torch.manual_seed(cfg.seed)
     try:
         wrapped = get_peft_model(model, _peft_config(cfg, model))
@@ -72,6 +73,28 @@ def parameter_counts(model) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
+
+
+def is_classifier(model) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def pools_last_token(model) -> bool:
+    """Whether a classifier reads its sequence's last token (decoder models: Llama, Mistral, GPT-2, ...) rather
+    than the first (encoders with a [CLS] token: BERT, RoBERTa, ...), told apart by the encoders' masked-LM head."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return is_classifier(model) and model.config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _check_fits_the_model(model, cfg: MethodConfig) -> None:
+    """Prompt tuning and P-tuning feed the model embeddings rather than token ids. A decoder's classifier finds each
+    text's last token by the padding in the ids, so it would read a pad for every text shorter than its batch's
+    longest (and left padding would move the virtual tokens away from short texts instead)."""
+    if isinstance(cfg, PromptMethod | PTuningMethod) and pools_last_token(model):
+        raise UserError(f"method.name: {cfg.name} does not fit a classifier on a decoder model "
+                        f"({model.config.model_type}): it passes embeddings, from which the classifier cannot find "
+                        f"each text's last token in a padded batch; use prefix, lora or another adapter method")
 
 
 def can_merge(cfg: MethodConfig) -> bool:
@@ -113,21 +136,20 @@ def quantization_config(cfg: MethodConfig):
     )
 
 
-def load_base(path: str | Path, cfg: MethodConfig, trust_remote_code: bool = False):
+def load_base(path: str | Path, cfg: MethodConfig, trust_remote_code: bool = False,
+              classes: list[str] | None = None):
     """The base as the method trains it: as saved, or for qlora quantised to 4 bits while loading and prepared for
-    k-bit training (frozen, norms and head in float32)."""
+    k-bit training (frozen, norms and head in float32). With `classes`, a sequence classifier (`load_model`)."""
     quantization = quantization_config(cfg)
     if quantization is None:
-        return load_causal_lm(path, trust_remote_code)
+        return load_model(path, trust_remote_code, classes)
     import torch
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
 
     # bitsandbytes places 4-bit weights when loading: on the GPU when there is one, else on the CPU.
     device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
-    model = _loaded("model", path, lambda: AutoModelForCausalLM.from_pretrained(
-        str(path), trust_remote_code=trust_remote_code, use_safetensors=True, quantization_config=quantization,
-        device_map=device_map, dtype=torch.float32))
+    model = load_model(path, trust_remote_code, classes, quantization_config=quantization, device_map=device_map,
+                       dtype=torch.float32)
     _keep_the_trainable_4bit_kernel(model)
     # Gradient checkpointing is the trainer's setting (train.*), not the method's: PEFT would turn it on here.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -147,7 +169,7 @@ def _keep_the_trainable_4bit_kernel(model) -> None:
 
 
 def load_trainable(base_path: str | Path, adapter_path: str | Path | None, cfg: MethodConfig, tokenizer,
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, classes: list[str] | None = None):
     """What the train stage trains: the base as the method needs it (`load_base`) with the init stage's adapter.
 
     Prompt-learning adapters are built again from the spec instead: PEFT refuses to load them trainable, and saves
@@ -155,7 +177,9 @@ def load_trainable(base_path: str | Path, adapter_path: str | Path | None, cfg: 
     prefix_projection's MLP), which training must keep reparameterising. The seed gives the same weights the init
     stage saved.
     """
-    model = load_base(base_path, cfg, trust_remote_code)
+    model = load_base(base_path, cfg, trust_remote_code, classes)
+    if model.config.pad_token_id is None:  # a classifier finds each sequence's last token by the padding
+        model.config.pad_token_id = tokenizer.pad_token_id
     if isinstance(cfg, FullMethod):
         return model
     if isinstance(cfg, PromptLearningMethod):
@@ -172,25 +196,27 @@ def attach_adapter(model, adapter_path: str | Path, trainable: bool):
     return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
 
 
-def merged_model(base_path: str | Path, adapter_path: str | Path):
+def merged_model(base_path: str | Path, adapter_path: str | Path, classes: list[str] | None = None):
     """The full-precision base with the trained adapter folded into its weights. The base is loaded again rather
     than merged in place: a qlora base is 4-bit, and merging into it would re-quantise the result."""
-    return attach_adapter(load_causal_lm(base_path), adapter_path, trainable=False).merge_and_unload()
+    return attach_adapter(load_model(base_path, classes=classes), adapter_path, trainable=False).merge_and_unload()
 
 
-def export_model(cfg: MethodConfig, base_path: str | Path, adapter_path: Path, out: Path) -> None:
+def export_model(cfg: MethodConfig, base_path: str | Path, adapter_path: Path, out: Path,
+                 classes: list[str] | None = None) -> None:
     """Write the trained model as one folder: the merged weights when the adapter merges, else the base weights
-    with the adapter in `out/adapter` (load it with `load_exported`)."""
+    with the adapter in `out/adapter` (load it with `load_exported`). A classifier's trained head is part of the
+    adapter (PEFT's modules_to_save), so both forms carry it."""
     if can_merge(cfg):
-        merged_model(base_path, adapter_path).save_pretrained(out, safe_serialization=True)
+        merged_model(base_path, adapter_path, classes).save_pretrained(out, safe_serialization=True)
         return
-    load_causal_lm(base_path).save_pretrained(out, safe_serialization=True)
+    load_model(base_path, classes=classes).save_pretrained(out, safe_serialization=True)
     shutil.copytree(adapter_path, out / EXPORTED_ADAPTER)
 
 
 def load_exported(path: Path):
     """A model folder written by `export_model`: with its adapter attached when it could not be merged."""
-    model = load_causal_lm(path)
+    model = load_model(path, classes=saved_classes(path))
     if (path / EXPORTED_ADAPTER).is_dir():
         model = attach_adapter(model, path / EXPORTED_ADAPTER, trainable=False)
     return model
@@ -203,11 +229,12 @@ def load_exported(path: Path):
 def _peft_config(cfg: MethodConfig, model) -> Any:
     import peft
 
-    common = {"task_type": "CAUSAL_LM"}
+    common = {"task_type": "SEQ_CLS" if is_classifier(model) else "CAUSAL_LM"}
     match cfg:
         case LoraMethod():  # lora, dora and qlora (whose base is already 4-bit)
             return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r, lora_dropout=cfg.dropout,
-                                   target_modules=cfg.target_modules, use_dora=isinstance(cfg, DoraMethod), **common)
+                                   target_modules=cfg.target_modules, target_parameters=cfg.target_parameters or None,
+                                   use_dora=isinstance(cfg, DoraMethod), **common)
         case Ia3Method():
             return peft.IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules,
                                   **common)

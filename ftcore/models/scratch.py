@@ -27,19 +27,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
-def build_model(cfg: ScratchModelConfig, tokenizer):
+def build_model(cfg: ScratchModelConfig, tokenizer, classes: list[str] | None = None):
+    """A causal LM, or with `classes` a sequence classifier (the same body with a head over the last token)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, MixtralConfig
 
-    architecture = {"llama": (LlamaConfig, LlamaForCausalLM, {}),
-                    "mixtral": (MixtralConfig, MixtralForCausalLM, {
+    architecture = {"llama": (LlamaConfig, {}),
+                    "mixtral": (MixtralConfig, {
                         "num_local_experts": cfg.num_experts,
                         "num_experts_per_tok": cfg.experts_per_token,
                         "router_aux_loss_coef": cfg.router_aux_loss_coef,
                         # The model adds the load-balancing loss to its loss and returns it as `aux_loss`.
                         "output_router_logits": True,
                     })}
-    config_class, model_class, extra = architecture[cfg.architecture]
+    config_class, extra = architecture[cfg.architecture]
+    if classes is not None:
+        extra |= {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
+                  "label2id": {name: i for i, name in enumerate(classes)}}
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -56,4 +60,5 @@ def build_model(cfg: ScratchModelConfig, tokenizer):
         **extra,
     )
     torch.manual_seed(cfg.seed)
-    return model_class(config)
+    auto = AutoModelForCausalLM if classes is None else AutoModelForSequenceClassification
+    return auto.from_config(config)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +15,13 @@ import pandas as pd
 
 from ftcore import tracking
 from ftcore.config import MonitorConfig
+from ftcore.evaluation.classification import classify
+from ftcore.evaluation.evaluate import chat_question
 from ftcore.evaluation.generate import generate
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.models.load import load_trained
+from ftcore.models.peft_methods import is_classifier
 from ftcore.monitor.toxicity import LexiconScorer
 from ftcore.outputs import MonitorOutput
 
@@ -32,11 +37,11 @@ class Probe:
 def monitor_version(
     registered_model: str, version: str, probe_split: Path, cfg: MonitorConfig, out_dir: Path
 ) -> MonitorOutput:
-    prompts = probe_prompts(probe_split, cfg.probe_size)
     with tempfile.TemporaryDirectory(prefix="ftflow-monitor-") as tmp:
         model_dir = tracking.download_version(registered_model, version, Path(tmp))
         model, tokenizer = load_trained(model_dir)
-        probes = [run_probe(model, tokenizer, p, cfg.max_new_tokens) for p in prompts]
+        respond = responder(model, tokenizer, cfg.max_new_tokens)
+        probes = [run_probe(respond, p) for p in probe_prompts(probe_split, cfg.probe_size, tokenizer)]
     metrics, breaches = summarize(probes, cfg, LexiconScorer())
     report = render_report(registered_model, version, metrics, breaches, probes, cfg)
     with atomic_dir(out_dir) as out:
@@ -50,15 +55,28 @@ def monitor_version(
     )
 
 
-def probe_prompts(split: Path, size: int) -> list[str]:
-    prompts = pd.read_parquet(split)["prompt"].tolist()
+def probe_prompts(split: Path, size: int, tokenizer) -> list[str]:
+    """`size` requests made of the split's inputs (repeated when it has fewer): prompts, chats up to their last
+    assistant turn (rendered with the model's chat template), or texts (to classify or continue)."""
+    rows = pd.read_parquet(split)
+    if "messages" in rows:
+        prompts = [chat_question(json.loads(chat), tokenizer)["prompt"] for chat in rows["messages"]]
+    else:
+        prompts = rows["prompt" if "prompt" in rows else "text"].tolist()
     return [prompts[i % len(prompts)] for i in range(size)] if prompts else []
 
 
-def run_probe(model, tokenizer, prompt: str, max_new_tokens: int) -> Probe:
+def responder(model, tokenizer, max_new_tokens: int) -> Callable[[str], str]:
+    """How the served model answers one request: its predicted class, or its greedy completion."""
+    if is_classifier(model):
+        return lambda text: classify(model, tokenizer, [text])[0]
+    return lambda prompt: generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1)[0]
+
+
+def run_probe(respond: Callable[[str], str], prompt: str) -> Probe:
     started = time.perf_counter()
     try:
-        output = generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1)[0]
+        output = respond(prompt)
         error = None
     except Exception as e:  # a failed request is what the error-rate objective counts
         output, error = None, f"{type(e).__name__}: {e}"

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ftcore.config import ModelConfig, Recipe, TrainConfig
+from ftcore.errors import UserError
 from ftcore.planning.advisor import (
     FEW_SHOT_MAX_ROWS,
     MethodEstimate,
@@ -77,6 +78,10 @@ class Plan:
 
 
 def make_plan(recipe: Recipe, recipe_path: Path, memory_gb: float | None = None) -> Plan:
+    if recipe.task == "classification":
+        raise UserError("task: classification is not estimated yet (the estimates model a causal language model's "
+                        "loss over its vocabulary, not a classification head); plan the recipe's model as "
+                        "task: sft, or measure with a short run (train.max_steps)")
     data = data_stats(recipe, recipe_path)
     model = recipe.model
     if data.vocab_size:  # the scratch model init builds has the vocabulary its tokenizer reached on the split

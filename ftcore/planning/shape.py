@@ -74,8 +74,10 @@ def build_meta_model(cfg: ModelConfig):
 def pretrained_config(cfg: ModelConfig):
     from transformers import AutoConfig
 
+    from ftcore.models.load import resolve_pretrained
+
     try:
-        return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+        return AutoConfig.from_pretrained(resolve_pretrained(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"model.name_or_path: cannot read the model config from {cfg.name_or_path!r} "
                         f"({first_line(e)}); give a local folder with config.json, or a hub id where a hub is "

@@ -43,3 +43,33 @@ def test_real_data_recipe_runs_until_clean_balance_and_loses_nothing(recipe):
     for s in steps:
         assert f"| {s} | {m[f'{s}.rows_in']:.0f} | {m[f'{s}.rows_kept']:.0f} | {m[f'{s}.rows_quarantined']:.0f} |" \
             in card
+
+
+def test_the_spam_recipe_fine_tunes_the_pretrained_minilm_with_lora_and_class_weights(tmp_path):
+    """The acceptance recipe, shortened to a few steps: the real encoder gets a two-class head, LoRA trains with the
+    class-weighted loss, and the evaluation has per-class F1 for the model and the TF-IDF baseline. (The full run,
+    where the model beats the baseline, takes ~10 minutes: docs/benchmarks.md.)"""
+    from ftcore.config import load_recipe
+    from ftcore.data.clean import clean_and_split
+    from ftcore.data.collect import collect
+    from ftcore.evaluation.evaluate import evaluate_models
+    from ftcore.models.init import init_model
+    from ftcore.training.train import train_model
+
+    recipe = load_recipe(SHARED_RECIPES / "sms_spam.yaml", ["train.max_steps=16", "train.logging_steps=1"])
+    dataset = clean_and_split(collect(recipe.data, tmp_path / "collect"), recipe.clean, recipe.balance, recipe.data,
+                              tmp_path / "clean")
+    loss = json.loads(dataset.artifacts["loss"].read_text())
+    assert loss["type"] == "weighted_cross_entropy" and loss["class_weights"]["spam"] > loss["class_weights"]["ham"]
+    base = init_model(recipe.model, recipe.method, dataset, tmp_path / "init", recipe.task)
+    assert base.classes == ["ham", "spam"] and base.metrics["total_params"] > 22e6
+    assert base.metrics["trainable_fraction"] < 0.05
+    trained = train_model(base, dataset.splits, recipe.train, tmp_path / "train", recipe.task, loss)
+    assert trained.metrics["train_loss_last"] < trained.metrics["train_loss_first"]
+    config = json.loads((trained.model_path / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "ham", "1": "spam"}
+    evaluation = evaluate_models({"candidate": trained.model_path}, dataset.splits, recipe.evaluate,
+                                 tmp_path / "eval", recipe.task)
+    assert {"candidate.f1_spam", "candidate.f1_ham", "candidate.macro_f1", "tfidf.f1_spam"} <= evaluation.metrics.keys()
+    assert evaluation.metrics["tfidf.f1_spam"] > 0.85  # the baseline to beat is a strong one

@@ -80,7 +80,7 @@ def test_a_transient_failure_is_retried_and_the_run_completes(monkeypatch):
     import tasks.train
 
     calls = []
-    real_train = tasks.train.train_sft
+    real_train = tasks.train.train_model
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -88,7 +88,7 @@ def test_a_transient_failure_is_retried_and_the_run_completes(monkeypatch):
             raise ConnectionError("injected transient failure")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.train, "train_sft", flaky)
+    monkeypatch.setattr(tasks.train, "train_model", flaky)
     summary = run("stages.retries=2", "train.max_steps=3", until=Stage.train)
     assert len(calls) == 2
     assert statuses(summary)["train"] == "completed"

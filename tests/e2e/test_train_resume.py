@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from ftcore import tracking
 from ftcore.config import Stage, TrainConfig
 from ftcore.outputs import TrainOutput
-from ftcore.training import sft
+from ftcore.training import train
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
 from tests.conftest import DEMO_RECIPE, REPO, TINY_OVERRIDES
 from tests.ftcore.pipeline_fixtures import Prepared, prepare
@@ -32,7 +31,7 @@ SCHEDULE = {"max_steps": 24, "save_steps": 4, "save_total_limit": 2, "logging_st
 STAGE_METRICS = {"trainable_params", "total_params", "trainable_fraction", "train_loss_first", "train_loss_last",
                  "tokens_per_second", "peak_memory_mb", "resumed_from_step"}
 
-# Runs train_sft in a fresh interpreter, writing the step it has reached to a file after every step and pausing a
+# Runs train_model in a fresh interpreter, writing the step it has reached to a file after every step and pausing a
 # little so that the test can kill it between two checkpoints.
 KILLABLE = """
 import json, sys, time
@@ -40,7 +39,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from ftcore.config import TrainConfig
 from ftcore.outputs import ModelOutput
-from ftcore.training import sft
+from ftcore.training import train
 
 base, splits, cfg, out_dir, progress = json.loads(sys.argv[1])
 
@@ -49,14 +48,14 @@ class Progress(TrainerCallback):
         Path(progress).write_text(str(state.global_step))
         time.sleep(0.3)
 
-build = sft.build_trainer
+build = train.build_trainer
 def build_with_progress(*args, **kwargs):
     trainer, analytics = build(*args, **kwargs)
     trainer.add_callback(Progress())
     return trainer, analytics
 
-sft.build_trainer = build_with_progress
-sft.train_sft(ModelOutput.model_validate(base), {k: Path(v) for k, v in splits.items()},
+train.build_trainer = build_with_progress
+train.train_model(ModelOutput.model_validate(base), {k: Path(v) for k, v in splits.items()},
               TrainConfig.model_validate(cfg), Path(out_dir))
 """
 
@@ -81,14 +80,14 @@ def crash_at(step: int, times: int = 1):
 
 
 def add_callback(monkeypatch: pytest.MonkeyPatch, callback_class) -> None:
-    build = sft.build_trainer
+    build = train.build_trainer
 
     def build_with_callback(*args, **kwargs):
         trainer, analytics = build(*args, **kwargs)
         trainer.add_callback(callback_class())
         return trainer, analytics
 
-    monkeypatch.setattr(sft, "build_trainer", build_with_callback)
+    monkeypatch.setattr(train, "build_trainer", build_with_callback)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +103,8 @@ def cfg(prepared) -> TrainConfig:
 @pytest.fixture(scope="module")
 def reference(prepared, cfg, tmp_path_factory) -> TrainOutput:
     """The uninterrupted run every resumed run must match."""
-    return sft.train_sft(prepared.base, prepared.dataset.splits, cfg, tmp_path_factory.mktemp("reference") / "train")
+    out_dir = tmp_path_factory.mktemp("reference") / "train"
+    return train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
 
 
 def assert_same_training(resumed: TrainOutput, reference: TrainOutput) -> None:
@@ -168,7 +168,7 @@ def test_a_training_killed_with_sigkill_resumes_from_its_last_complete_checkpoin
     left = [c.step for c in CheckpointStore(checkpoint_root(out_dir), keep=2).all()]
     assert len(left) == cfg.save_total_limit and left[0] >= 8
 
-    resumed = sft.train_sft(prepared.base, prepared.dataset.splits, cfg, out_dir)
+    resumed = train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
 
     assert resumed.metrics["resumed_from_step"] == left[0]
     assert 0 <= reached - left[0] <= cfg.save_steps  # at most one checkpoint interval of steps ran twice
@@ -180,7 +180,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(prepared, cfg
     out_dir = tmp_path / "train"
     add_callback(monkeypatch, crash_at(14))
     with pytest.raises(Crash):
-        sft.train_sft(prepared.base, prepared.dataset.splits, cfg, out_dir)
+        train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
     monkeypatch.undo()
     store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
     assert [c.step for c in store.all()] == [12, 8]  # the newest save_total_limit
@@ -188,7 +188,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(prepared, cfg
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated, as by a full disk
 
     with caplog.at_level("WARNING", logger="ftcore.training.checkpoints"):
-        resumed = sft.train_sft(prepared.base, prepared.dataset.splits, cfg, out_dir)
+        resumed = train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
 
     assert resumed.metrics["resumed_from_step"] == 8
     assert any("skipping checkpoint" in r.getMessage() and "checkpoint-12" in r.getMessage() for r in caplog.records)
@@ -199,7 +199,7 @@ def test_early_stopping_ends_training_once_the_validation_loss_stops_improving(p
     # A learning rate high enough for the validation loss to turn up well before max_steps.
     cfg = prepared.recipe.train.model_copy(update={"max_steps": 60, "eval_steps": 2, "early_stopping_patience": 1,
                                                    "learning_rate": 1.0, "logging_steps": 2})
-    out = sft.train_sft(prepared.base, prepared.dataset.splits, cfg, tmp_path / "train")
+    out = train.train_model(prepared.base, prepared.dataset.splits, cfg, tmp_path / "train")
     evals = [h["eval_loss"] for h in json.loads(out.history_path.read_text()) if "eval_loss" in h]
     assert out.metrics["steps"] < 60 and out.metrics["steps"] == 2 * len(evals)
     assert evals[-1] >= min(evals[:-1])  # the last evaluation did not improve: patience 1 is used up
@@ -235,12 +235,14 @@ def test_a_prefect_retry_of_the_train_stage_resumes_and_mlflow_records_it(monkey
 
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU can train in fp16")
-def test_fp16_on_a_machine_without_a_gpu_fails_the_train_stage_in_one_line_with_exit_2():
-    from flows.cli import app
+def test_fp16_on_a_machine_without_a_gpu_fails_the_train_stage_once_in_one_line():
+    """Started as a flow (the Prefect dashboard's way; `ftflow run` refuses before the flow starts, test_cli.py),
+    the train stage refuses, is not retried, and the summary names the field."""
+    from flows.finetune import StageFailed, finetune
 
-    sets = [arg for item in [*TINY_OVERRIDES, "train.mixed_precision=fp16"] for arg in ("--set", item)]
-    result = CliRunner().invoke(app, ["run", str(DEMO_RECIPE), *sets, "--until", "train"])
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 2
-    assert errors == ["error: stage train failed: UserError: train.mixed_precision: fp16 needs a CUDA GPU and this "
-                      "machine has none; use bf16 (runs on CPU) or no"]
+    with pytest.raises(StageFailed) as failed:
+        finetune(str(DEMO_RECIPE), [*TINY_OVERRIDES, "train.mixed_precision=fp16"], Stage.train)
+    summary = failed.value.summary
+    assert summary["failure"] == ("stage train failed: UserError: train.mixed_precision: fp16 needs a CUDA GPU and "
+                                  "this machine has none; use bf16 (runs on CPU) or no")
+    assert summary["failure_is_user_error"]

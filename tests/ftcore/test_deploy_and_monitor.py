@@ -11,7 +11,7 @@ from ftcore.deploy.publish import publish
 from ftcore.monitor.probe import Probe, monitor_version, summarize
 from ftcore.monitor.toxicity import LexiconScorer
 from ftcore.outputs import EvalOutput
-from ftcore.training.sft import train_sft
+from ftcore.training.train import train_model
 from tests.ftcore.pipeline_fixtures import prepare
 
 
@@ -30,7 +30,7 @@ def test_gate_needs_a_strict_improvement_beyond_the_margin():
 def trained(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("deploy")
     prepared = prepare(root, "train.max_steps=2")
-    return prepared, train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+    return prepared, train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
 
 
 def _evaluation(tmp: Path, base: float, candidate: float) -> EvalOutput:

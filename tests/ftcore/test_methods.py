@@ -386,3 +386,14 @@ def test_target_modules_that_match_nothing_are_a_user_error(base):
     path, _ = base
     with pytest.raises(UserError, match=r"^method: lora does not fit this model: Target modules"):
         apply_method(load_base(path, method("full")), method("lora", target_modules=["no_such_proj"]))
+
+
+def test_qlora_gets_the_paged_8bit_optimizer_only_on_a_gpu(base, monkeypatch):
+    from ftcore.training.train import optimizer_name
+
+    path, _ = base
+    qlora = apply_method(load_base(path, method("qlora")), method("qlora"))
+    lora = apply_method(load_base(path, method("lora")), method("lora"))
+    assert optimizer_name(qlora) == optimizer_name(lora) == "adamw_torch"  # paged optimizers need CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert optimizer_name(qlora) == "paged_adamw_8bit" and optimizer_name(lora) == "adamw_torch"

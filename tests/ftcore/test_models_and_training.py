@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from ftcore.config import load_recipe
 from ftcore.errors import UserError
 from ftcore.models.init import init_model
-from ftcore.training.sft import train_sft
+from ftcore.training.train import train_model
 from tests.conftest import DEMO_RECIPE
 from tests.ftcore.pipeline_fixtures import prepare
 
@@ -15,7 +15,7 @@ from tests.ftcore.pipeline_fixtures import prepare
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     prepared = prepare(root)
-    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
     return prepared, trained
 
 
@@ -57,7 +57,7 @@ def test_lora_training_lowers_the_loss_changes_the_adapter_and_leaves_the_base_f
 def test_full_fine_tuning_updates_every_weight(tmp_path):
     prepared = prepare(tmp_path, "method={name: full}", "train.max_steps=3")
     assert prepared.base.adapter_path is None and prepared.base.metrics["trainable_fraction"] == 1.0
-    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
     assert trained.metrics["steps"] == 3
     base = load_file(prepared.base.base_path / "model.safetensors")
     after = load_file(trained.model_path / "model.safetensors")
@@ -89,13 +89,13 @@ def test_methods_that_need_their_own_loading_train_export_and_reload(tmp_path, m
     `model/` carries them beside the base. Each exported model loads and answers differently from the base."""
     import torch
 
-    from ftcore.models.load import load_causal_lm, load_trained
+    from ftcore.models.load import load_model, load_trained
 
     prepared = prepare(tmp_path, f"method={{name: {method}}}", "train.max_steps=6", "train.logging_steps=1",
                        "train.learning_rate=5e-2")
-    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
     model, tokenizer = load_trained(trained.model_path)
-    base = load_causal_lm(prepared.base.base_path)
+    base = load_model(prepared.base.base_path)
     inputs = tokenizer(["Question: What does MI stand for?\nAnswer:"], return_tensors="pt")
     with torch.no_grad():
         # The next-token logits: prompt methods prepend virtual tokens, so whole sequences differ in length.
@@ -103,12 +103,23 @@ def test_methods_that_need_their_own_loading_train_export_and_reload(tmp_path, m
     assert (trained.model_path / "adapter").is_dir() == (method != "qlora")
 
 
-def test_a_scratch_mixture_of_experts_trains_with_lora(tmp_path):
-    """architecture: mixtral builds a Mixtral-style MoE (router + experts per layer) that the pipeline trains."""
+def test_a_scratch_mixture_of_experts_trains_lora_on_attention_and_experts_and_logs_the_router_loss(tmp_path):
+    """architecture: mixtral builds a Mixtral-style MoE (router + fused experts per layer); LoRA goes on the
+    attention and MLP linear layers and, through target_parameters, on the experts' fused weights."""
+    experts = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
     prepared = prepare(tmp_path, "model.scratch.architecture=mixtral", "model.scratch.num_experts=4",
-                       "train.max_steps=12", "train.logging_steps=2")
+                       f"method.target_parameters={experts}", "train.max_steps=12", "train.logging_steps=2")
     config = json.loads((prepared.base.base_path / "config.json").read_text())
     assert config["model_type"] == "mixtral" and config["num_local_experts"] == 4
-    trained = train_sft(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
-    losses = [h["loss"] for h in json.loads(trained.history_path.read_text()) if "loss" in h]
+    before = load_file(prepared.base.adapter_path / "adapter_model.safetensors")
+    assert any("experts" in k for k in before) and any("self_attn.q_proj" in k for k in before)
+    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    history = json.loads(trained.history_path.read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < 0.9 * losses[0]
+    after = load_file(trained.adapter_path / "adapter_model.safetensors")
+    expert_lora = [k for k in before if "experts" in k and "lora_B" in k]
+    assert expert_lora and all(not after[k].equal(before[k]) for k in expert_lora)  # the experts' LoRA trained
+    router_losses = [h["aux_loss"] for h in history if "aux_loss" in h]
+    assert len(router_losses) == len(losses) and all(loss > 0 for loss in router_losses)
+    assert trained.metrics["router_aux_loss_last"] == router_losses[-1]

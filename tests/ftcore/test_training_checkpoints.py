@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from ftcore.config import TrainConfig, load_recipe
 from ftcore.errors import RecipeError, UserError
 from ftcore.training.checkpoints import MARKER, CheckpointStore, checkpoint_root, problem_with
-from ftcore.training.sft import check_hardware
+from ftcore.training.train import check_hardware
 from tests.conftest import DEMO_RECIPE
 
 

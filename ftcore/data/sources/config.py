@@ -27,6 +27,8 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 class SourceBase(Strict):
     columns: dict[str, str] = Field(default_factory=dict, description="canonical column -> column in this source")
     name: str | None = Field(None, description="tag for this source's rows (column `source`); default: file/URL")
+    task: str | None = Field(None, description="task multitask: the data.tasks entry this source's rows belong to "
+                                               "(column `task`)")
     derive_prompt: bool = Field(
         False, description="preference format: the prompt is the dialogue both answers share, up to the last "
                            "'Assistant:' turn (HH-RLHF style full dialogues in chosen/rejected)")

@@ -1,4 +1,6 @@
-"""Supervised fine-tuning on prompt/completion rows through TRL's SFTTrainer (loss on completions only).
+"""The train stage: one loop for every objective (`task`), on TRL's SFTTrainer for the language-model objectives
+and a Trainer with the balance stage's loss for classification (ftcore/training/examples.py says what each trains
+on).
 
 Per-step metrics go to `history.json` in the output folder rather than straight to MLflow, so the same record is
 logged whether the stage ran now or came from the cache (and ftcore.tracking stays the only MLflow caller).
@@ -14,8 +16,6 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from ftcore.config import TrainConfig
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
@@ -25,6 +25,7 @@ from ftcore.models.peft_methods import export_model, load_trainable, read_method
 from ftcore.outputs import ModelOutput, TrainOutput
 from ftcore.training.analytics import layer_weight_norms, peak_memory_mb
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
+from ftcore.training.examples import read_split, training_dataset
 from ftcore.training.plots import plot_layer_norms, plot_loss
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,24 @@ OUTPUT_ARTIFACTS = {"loss_plot": "loss.png", "history": "history.json", "weight_
                     "weight_norms": "weight_norms.json"}
 
 
-def train_sft(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path) -> TrainOutput:
+def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path, task: str = "sft",
+                loss_spec: dict | None = None) -> TrainOutput:
+    """Train the init stage's model on the train split for `task`; `loss_spec` is the balance stage's loss.json
+    (class weights or focal loss, classification only)."""
     check_hardware(cfg)
     model, tokenizer = load_for_training(base)
-    train_rows, eval_rows = _load_split(splits["train"]), _load_split(splits.get("validation"))
+    train_rows, eval_rows = (training_dataset(read_split(splits.get(name)), task, tokenizer, cfg.max_length,
+                                              base.classes) for name in ("train", "validation"))
+    if train_rows is None:
+        raise UserError("data: the train split is empty; add rows or lower data.split.validation/test")
     if cfg.early_stopping_patience is not None and eval_rows is None:
         raise UserError("train.early_stopping_patience: the dataset has no validation rows to evaluate; set "
                         "data.split.validation above 0 or remove early_stopping_patience")
     store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
     resume = store.latest_complete()
     store.prepare()
-    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store)
+    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store, task,
+                                       class_loss(loss_spec, base.classes) if task == "classification" else None)
     resumed_from = resume.step if resume else 0
     if resume is not None:
         log.info("resuming training from %s (step %d)", resume.path, resume.step)
@@ -57,6 +65,8 @@ def train_sft(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_
     write_output(trainer.model, tokenizer, base, history, out_dir)
     store.remove()  # the output is complete: nothing left to resume
     losses = [h["loss"] for h in history if "loss" in h] or [result.training_loss]
+    # Mixture-of-experts models: the router's load-balancing loss, which TRL logs as aux_loss.
+    router_loss = [h["aux_loss"] for h in history if "aux_loss" in h]
     # What this attempt did: a resumed attempt trained only the steps after its checkpoint.
     share = 1 - resumed_from / result.global_step
     metrics = {
@@ -71,6 +81,7 @@ def train_sft(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_
         "peak_memory_mb": peak_memory_mb(),
         "resumed_from_step": resumed_from,
         **({} if eval_loss is None else {"eval_loss": eval_loss}),
+        **({"router_aux_loss_last": router_loss[-1]} if router_loss else {}),
     }
     return TrainOutput(
         path=out_dir,
@@ -108,23 +119,74 @@ def check_hardware(cfg: TrainConfig) -> None:
         raise UserError("train.mixed_precision: bf16 is not supported by this GPU; use fp16 or no")
 
 
+def class_loss(loss_spec: dict | None, classes: list[str]):
+    from ftcore.training.classification import loss_for  # imports transformers' Trainer: only when training
+
+    return loss_for(loss_spec, classes)
+
+
 def load_for_training(base: ModelOutput):
     """The model to train (a 4-bit base for qlora) with the init stage's adapter, or the base for full FT."""
     tokenizer = load_tokenizer(base.base_path)
-    model = load_trainable(base.base_path, base.adapter_path, read_method_spec(base.path), tokenizer)
+    model = load_trainable(base.base_path, base.adapter_path, read_method_spec(base.path), tokenizer,
+                           classes=base.classes or None)
     return model, tokenizer
 
 
-def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore):
-    """The SFTTrainer, writing checkpoints into `store`, and its analytics callback (for the session's tokens)."""
+def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore,
+                  task: str = "sft", loss_fn=None):
+    """The trainer for `task`, writing checkpoints into `store`, and its analytics callback (for the session's
+    tokens)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import SFTConfig, SFTTrainer
 
     from ftcore.training.callbacks import CommitCheckpoints, EarlyStopping, ProgressBarOnly, StepAnalytics
 
-    periodic_eval = cfg.eval_steps is not None and eval_rows is not None
+    if task == "classification":
+        trainer = classification_trainer(model, tokenizer, train_rows, eval_rows, cfg, store, loss_fn)
+    else:
+        trainer = language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg, store)
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    analytics = StepAnalytics()
+    for callback in (ProgressBarOnly(), CommitCheckpoints(store, cfg.save_steps), analytics):
+        trainer.add_callback(callback)
+    if cfg.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStopping(cfg.early_stopping_patience))
+    return trainer, analytics
+
+
+def language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore):
+    """TRL's SFTTrainer: loss on completions (prompt_completion), on assistant turns (messages, whose mask comes with
+    the rows) or on every token (dapt's text)."""
+    from trl import SFTConfig, SFTTrainer
+
     args = SFTConfig(
+        **trainer_arguments(model, cfg, store, eval_rows),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        completion_only_loss=True,
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                      processing_class=tokenizer)
+
+
+def classification_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore,
+                           loss_fn):
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from ftcore.training.classification import ClassLossTrainer
+
+    return ClassLossTrainer(model=model, args=TrainingArguments(**trainer_arguments(model, cfg, store, eval_rows)),
+                            train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer,
+                            data_collator=DataCollatorWithPadding(tokenizer), loss_fn=loss_fn)
+
+
+def trainer_arguments(model, cfg: TrainConfig, store: CheckpointStore, eval_rows) -> dict:
+    """The TrainingArguments every objective shares."""
+    periodic_eval = cfg.eval_steps is not None and eval_rows is not None
+    return dict(
         output_dir=str(store.incoming),
+        optim=optimizer_name(model),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size,
@@ -134,8 +196,6 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, sto
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a float < 1 as a ratio of total steps
         weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
-        packing=cfg.packing,
         seed=cfg.seed,
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if periodic_eval else "no",
@@ -152,25 +212,20 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, sto
         activation_checkpointing=cfg.gradient_checkpointing,
         # Non-reentrant checkpointing needs no input that requires grad, which a frozen base under an adapter lacks.
         activation_checkpointing_kwargs={"use_reentrant": False},
-        completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=False,  # else transformers derives it from its log level and prints every log dict instead
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        processing_class=tokenizer,
-    )
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    analytics = StepAnalytics()
-    for callback in (ProgressBarOnly(), CommitCheckpoints(store, cfg.save_steps), analytics):
-        trainer.add_callback(callback)
-    if cfg.early_stopping_patience is not None:
-        trainer.add_callback(EarlyStopping(cfg.early_stopping_patience))
-    return trainer, analytics
+
+
+def optimizer_name(model) -> str:
+    """AdamW; for a 4-bit (qlora) base on a GPU, bitsandbytes' paged 8-bit AdamW as in the QLoRA paper: its states
+    take a quarter of the memory and page to CPU memory instead of failing when the GPU runs short. Paged
+    optimizers need CUDA, so on a CPU qlora trains with plain AdamW."""
+    import torch
+
+    if getattr(model, "is_loaded_in_4bit", False) and torch.cuda.is_available():
+        return "paged_adamw_8bit"
+    return "adamw_torch"
 
 
 def _final_eval_loss(trainer, eval_rows) -> float | None:
@@ -191,17 +246,9 @@ def save_trained(model, tokenizer, base: ModelOutput, out: Path) -> None:
         model.save_pretrained(out / "model", safe_serialization=True)
     else:
         model.save_pretrained(out / "adapter")
-        export_model(read_method_spec(base.path), base.base_path, out / "adapter", out / "model")
+        export_model(read_method_spec(base.path), base.base_path, out / "adapter", out / "model",
+                     base.classes or None)
     tokenizer.save_pretrained(out / "model")
-
-
-def _load_split(path: Path | None):
-    if path is None:
-        return None
-    from datasets import Dataset
-
-    rows = pd.read_parquet(path)[["prompt", "completion"]]
-    return Dataset.from_pandas(rows, preserve_index=False) if len(rows) else None
 
 
 def _cpu_only() -> bool:

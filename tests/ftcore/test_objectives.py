@@ -1,0 +1,224 @@
+"""Every objective (`task`) through collect -> clean -> init -> train on a tiny scratch model: what it trains on,
+that the trainable weights move and the frozen ones do not, and that the loss falls. Plus the pieces each objective
+adds: the assistant-turn mask of chats, the multitask mixture, classification evaluation against its baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ftcore.config import load_recipe
+from ftcore.data.clean import clean_and_split
+from ftcore.data.collect import collect
+from ftcore.errors import RecipeError, UserError
+from ftcore.evaluation.evaluate import evaluate_models
+from ftcore.models.init import init_model
+from ftcore.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+from ftcore.training import train
+from ftcore.training.examples import chat_example
+from tests.ftcore.objective_fixtures import ABBREVIATIONS, chat_rows, objective_recipe, recipe_file, write_jsonl
+
+TRAINING = ["train.max_steps=15", "train.batch_size=8", "train.learning_rate=1e-2", "train.logging_steps=1",
+            "train.max_length=64", "train.save_steps=100"]
+
+
+def prepare(root: Path, task: str, *overrides: str):
+    recipe = load_recipe(recipe_file(root, objective_recipe(root / "data", task)), [*TRAINING, *overrides])
+    dataset = clean_and_split(collect(recipe.data, root / "collect"), recipe.clean, recipe.balance, recipe.data,
+                              root / "clean")
+    base = init_model(recipe.model, recipe.method, dataset, root / "init", recipe.task)
+    return recipe, dataset, base
+
+
+def train_watching(monkeypatch, root: Path, recipe, dataset, base):
+    """train_model, keeping the trained model and its parameters as they were before training."""
+    seen = {}
+    build = train.build_trainer
+
+    def build_and_keep(model, *args, **kwargs):
+        seen["model"] = model
+        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return build(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "build_trainer", build_and_keep)
+    loss = dataset.artifacts.get("loss")
+    out = train.train_model(base, dataset.splits, recipe.train, root / "train", recipe.task,
+                            json.loads(loss.read_text()) if loss else None)
+    return out, seen["model"], seen["before"]
+
+
+@pytest.mark.parametrize("task", ["sft", "sft_messages", "dapt", "classification", "multitask"])
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_objective_trains_its_trainable_weights_only_and_the_loss_falls(task, method, tmp_path, monkeypatch):
+    recipe, dataset, base = prepare(tmp_path, task, f"method={{name: {method}}}")
+    out, model, before = train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    params = dict(model.named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    frozen = [n for n, p in params.items() if not p.requires_grad]
+    assert trainable
+    moved = [n for n in trainable if not params[n].detach().equal(before[n])]
+    # Every trainable tensor moves, but a token embedding row or bias may stay when a batch never reaches it.
+    assert len(moved) >= 0.9 * len(trainable), sorted(set(trainable) - set(moved))
+    assert all(params[n].detach().equal(before[n]) for n in frozen)
+    assert (method == "full") == (not frozen)
+    m = out.metrics
+    assert m["train_loss_last"] < 0.9 * m["train_loss_first"], (m["train_loss_first"], m["train_loss_last"])
+    assert m["trainable_params"] == sum(params[n].numel() for n in trainable)
+    assert m["tokens_per_second"] > 0 and m["steps"] == 15
+
+
+def test_a_chat_puts_the_loss_on_every_assistant_turn_and_nothing_else(tmp_path):
+    _, _, base = prepare(tmp_path, "sft_messages", "train.max_steps=1")
+    tokenizer = load_tokenizer(base.base_path)
+    assert tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE  # the scratch tokenizer has none: ftflow supplies one
+    chat = chat_rows()[0]["messages"]
+    example = chat_example(chat, tokenizer)
+    trained_on = tokenizer.decode([t for t, m in zip(example["input_ids"], example["assistant_masks"], strict=True)
+                                   if m])
+    eos = tokenizer.eos_token
+    assert trained_on == f"{chat[2]['content']}{eos}\n{chat[4]['content']}{eos}\n"
+    assert "What does" not in trained_on and "abbreviations" not in trained_on
+
+
+def test_dapt_packs_several_texts_into_each_sequence(tmp_path, monkeypatch):
+    recipe, dataset, base = prepare(tmp_path, "dapt", "train.max_steps=2")
+    seen = {}
+    build = train.build_trainer
+
+    def build_and_keep(*args, **kwargs):
+        trainer, analytics = build(*args, **kwargs)
+        seen["rows"] = trainer.train_dataset
+        return trainer, analytics
+
+    monkeypatch.setattr(train, "build_trainer", build_and_keep)
+    train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", "dapt")
+    texts = len(pd.read_parquet(dataset.splits["train"]))
+    rows = seen["rows"]
+    assert len(rows) < texts  # packed: fewer, fuller sequences
+    assert sum(map(len, rows["seq_lengths"])) == texts and max(map(len, rows["seq_lengths"])) >= 2
+    assert max(len(ids) for ids in rows["input_ids"]) <= 64
+
+
+def test_multitask_mixes_the_tasks_by_weight_with_their_own_instructions(tmp_path):
+    _, dataset, _ = prepare(tmp_path, "multitask", "train.max_steps=1")
+    train_rows = pd.read_parquet(dataset.splits["train"])
+    shares = train_rows["task"].value_counts(normalize=True)
+    assert shares["expand"] == pytest.approx(2 / 3, abs=0.02) and shares["spam"] == pytest.approx(1 / 3, abs=0.02)
+    spam = train_rows[train_rows["task"] == "spam"]
+    assert spam["prompt"].str.startswith("Is this message spam or ham?").all()
+    assert set(spam["raw_completion"]) == {"spam", "ham"}
+    assert dataset.metrics["mixture.expand.rows"] + dataset.metrics["mixture.spam.rows"] == len(train_rows)
+    test = pd.read_parquet(dataset.splits["test"])
+    assert set(test["task"]) == {"expand", "spam"}  # the split is stratified by task
+
+
+def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path, monkeypatch):
+    recipe, dataset, base = prepare(tmp_path, "classification", "train.max_steps=30")
+    assert base.classes == ["ham", "spam"]
+    out, _, _ = train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    evaluation = evaluate_models({"candidate": out.model_path}, dataset.splits, recipe.evaluate, tmp_path / "eval",
+                                 "classification")
+    assert evaluation.reference == "tfidf"
+    for model in ("candidate", "tfidf"):
+        for metric in ("accuracy", "macro_f1", "f1_spam", "f1_ham"):
+            assert 0 <= evaluation.metrics[f"{model}.{metric}"] <= 1
+    predictions = pd.read_json(evaluation.predictions_path, lines=True)
+    assert set(predictions["candidate"]) <= {"spam", "ham"} and len(predictions) == evaluation.metrics["test_rows"]
+    assert recipe.deploy.gate.metric == "macro_f1" and recipe.evaluate.metrics == ["macro_f1", "accuracy"]
+
+
+@pytest.mark.parametrize("method", ["prefix", "lora", "adapter"])
+def test_a_decoder_classifier_scores_a_text_the_same_alone_and_padded_in_a_batch(method, tmp_path):
+    """A Llama classifier reads each text's last token, found by the padding in the token ids."""
+    from ftcore.evaluation.classification import class_logits
+    from ftcore.models.load import load_trained
+
+    recipe, dataset, base = prepare(tmp_path, "classification", f"method={{name: {method}}}", "train.max_steps=2")
+    out = train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", "classification")
+    model, tokenizer = load_trained(out.model_path)
+    texts = ["ok see you", "URGENT! You have won 1000 pounds, text CLAIM to 80000 now for your free entry"]
+    alone, batch = class_logits(model, tokenizer, texts[:1])[0], class_logits(model, tokenizer, texts)[0]
+    assert torch.allclose(alone, batch, atol=1e-4), (alone, batch)
+
+
+@pytest.mark.parametrize("method", ["prompt", "p_tuning"])
+def test_prompt_tuning_a_decoder_classifier_is_refused_naming_the_method(method, tmp_path):
+    """Those methods pass embeddings, so the classifier could not find a short text's last token in a batch."""
+    with pytest.raises(UserError, match=rf"^method.name: {method} does not fit a classifier on a decoder model "
+                                        r"\(llama\)"):
+        prepare(tmp_path, "classification", f"method={{name: {method}}}")
+
+
+def test_classification_with_focal_loss_trains_with_the_balance_stage_loss(tmp_path, monkeypatch):
+    import ftcore.training.losses as losses
+
+    calls = []
+    focal = losses.focal_loss
+    monkeypatch.setattr(losses, "focal_loss", lambda *a, **k: calls.append(1) or focal(*a, **k))
+    recipe, dataset, base = prepare(tmp_path, "classification", "balance={strategy: focal_loss, focal_gamma: 2}",
+                                    "train.max_steps=3")
+    train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    assert len(calls) >= 3
+
+
+def test_messages_are_evaluated_on_their_last_assistant_turn(tmp_path, monkeypatch):
+    recipe, dataset, base = prepare(tmp_path, "sft_messages", "train.max_steps=2", "evaluate.max_new_tokens=4")
+    out, _, _ = train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    evaluation = evaluate_models({"base": base.base_path, "candidate": out.model_path}, dataset.splits,
+                                 recipe.evaluate, tmp_path / "eval", "sft")
+    predictions = pd.read_json(evaluation.predictions_path, lines=True)
+    assert predictions["raw_prompt"].str.startswith("And ").all()
+    assert set(predictions["raw_completion"]) <= set(ABBREVIATIONS.values())
+    assert evaluation.metrics["candidate.perplexity"] > 0
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    ({"task": "multitask", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}]}},
+     "every source needs `task:`"),
+    ({"task": "sft", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl", "task": "qa"}],
+                              "tasks": {"qa": {}}}}, "apply to task multitask"),
+    ({"task": "multitask", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl", "task": "qa"}],
+                                    "tasks": {"summarise": {}}}}, "task 'qa' is not in data.tasks"),
+    ({"task": "dapt", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text"},
+      "evaluate": {"metrics": ["exact_match"]}}, "exact_match cannot score task 'dapt'"),
+    ({"task": "classification", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text_label"},
+      "deploy": {"gate": {"metric": "perplexity"}}}, "deploy.gate.metric 'perplexity' must be one of"),
+])
+def test_a_task_misconfigured_fails_in_one_line_naming_the_field(tmp_path, body, problem):
+    write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe_file(tmp_path, body))
+    assert problem in str(e.value)
+
+
+def test_each_task_defaults_to_its_own_metrics_and_gate(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
+    dapt = load_recipe(recipe_file(tmp_path, {"task": "dapt", "data": {
+        "sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text"}}))
+    assert dapt.evaluate.metrics == ["perplexity"] and dapt.deploy.gate.metric == "perplexity"
+
+
+@pytest.mark.parametrize("task", ["sft", "sft_messages"])
+def test_a_max_length_that_leaves_no_room_for_the_answer_fails_naming_the_field(task, tmp_path):
+    recipe, dataset, base = prepare(tmp_path, task, "train.max_length=8")
+    with pytest.raises(UserError, match=r"^train\.max_length: 8 tokens leaves no room for the answer .* raise "
+                                        r"max_length \(to about \d+"):
+        train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", recipe.task)
+    assert not (tmp_path / "train").exists()
+
+
+def test_packing_a_classifier_is_refused_naming_the_field(tmp_path):
+    with pytest.raises(RecipeError, match=r"train\.packing: a classifier"):
+        prepare(tmp_path, "classification", "train.packing=true")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
