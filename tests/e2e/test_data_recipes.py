@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness", "share
 SHARED_RECIPES = REPO / "data_recipes" / "recipes" / "shared"
 
 
-@pytest.mark.parametrize("recipe", ["medquad_qa.yaml", "sms_spam.yaml", "hh_rlhf_preference.yaml"])
+@pytest.mark.parametrize("recipe", ["medquad_qa.yaml", "sms_spam.yaml", "hh_rlhf_preference.yaml",
+                                    "multitask_medical.yaml", "dapt_medquad.yaml"])
 def test_real_data_recipe_runs_until_clean_balance_and_loses_nothing(recipe):
     from flows.finetune import finetune
 
