@@ -69,19 +69,11 @@ def train_child(inputs: Path, out_dir: Path, report: Path) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             report.with_suffix(".step").write_text(str(state.global_step))
 
-    build = train.build_trainer
-
-    def build_with_progress(*args, **kwargs):
-        trainer, analytics = build(*args, **kwargs)
-        trainer.add_callback(Progress())
-        return trainer, analytics
-
-    train.build_trainer = build_with_progress
     spec = json.loads(inputs.read_text())
     started, started_cpu = time.time(), time.process_time()
     report.write_text(json.dumps({"started": started, "started_cpu": started_cpu}))
     out = train.train_model(ModelOutput.model_validate(spec["base"]), {k: Path(v) for k, v in spec["splits"].items()},
-                    TrainConfig.model_validate(spec["train"]), out_dir)
+                    TrainConfig.model_validate(spec["train"]), out_dir, callbacks=[Progress()])
     report.write_text(json.dumps({"seconds": time.time() - started, "cpu_seconds": time.process_time() - started_cpu,
                                   "metrics": out.metrics}))
 

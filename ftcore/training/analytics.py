@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import resource
 import sys
@@ -12,12 +13,28 @@ from pathlib import Path
 _LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
+def reset_peak_memory() -> None:
+    """Start counting the peak anew, so that it is the stage's own: a flow runs every stage in one process, and a
+    child process's ru_maxrss starts at its parent's. On Linux, writing 5 to clear_refs resets the peak resident set
+    (VmHWM); elsewhere the peak stays the process's."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory_mb() -> float:
-    """Peak memory so far: allocated GPU memory when training on CUDA, else the process's peak resident set."""
+    """Peak memory since `reset_peak_memory`: allocated GPU memory when training on CUDA, else the peak resident set
+    (VmHWM on Linux, the process's ru_maxrss elsewhere)."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 

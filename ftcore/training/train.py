@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ftcore.config import TrainConfig
@@ -23,7 +24,7 @@ from ftcore.hashing import hash_dir
 from ftcore.models.load import load_tokenizer
 from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec
 from ftcore.outputs import ModelOutput, TrainOutput
-from ftcore.training.analytics import layer_weight_norms, peak_memory_mb
+from ftcore.training.analytics import layer_weight_norms, peak_memory_mb, reset_peak_memory
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
 from ftcore.training.examples import read_split, training_dataset
 from ftcore.training.plots import plot_layer_norms, plot_loss
@@ -37,10 +38,12 @@ OUTPUT_ARTIFACTS = {"loss_plot": "loss.png", "history": "history.json", "weight_
 
 
 def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path, task: str = "sft",
-                loss_spec: dict | None = None) -> TrainOutput:
+                loss_spec: dict | None = None, callbacks: Sequence = ()) -> TrainOutput:
     """Train the init stage's model on the train split for `task`; `loss_spec` is the balance stage's loss.json
-    (class weights or focal loss, classification only)."""
+    (class weights or focal loss, classification only). `callbacks` (transformers TrainerCallbacks) join the
+    trainer's own, e.g. to watch the steps from a benchmark."""
     check_hardware(cfg)
+    reset_peak_memory()
     model, tokenizer = load_for_training(base)
     train_rows, eval_rows = (training_dataset(read_split(splits.get(name)), task, tokenizer, cfg.max_length,
                                               base.classes) for name in ("train", "validation"))
@@ -54,6 +57,8 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
     store.prepare()
     trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store, task,
                                        class_loss(loss_spec, base.classes) if task == "classification" else None)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     resumed_from = resume.step if resume else 0
     if resume is not None:
         log.info("resuming training from %s (step %d)", resume.path, resume.step)
@@ -166,8 +171,39 @@ def language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainCo
         packing=cfg.packing,
         completion_only_loss=True,
     )
-    return SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                      processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                         processing_class=tokenizer)
+    if cfg.packing and not uses_flash_attention(model):
+        trainer.data_collator = packed_rows_collator(tokenizer)
+    return trainer
+
+
+def uses_flash_attention(model) -> bool:
+    return "flash" in str(getattr(model.config, "_attn_implementation", "") or "")
+
+
+def packed_rows_collator(tokenizer):
+    """Packed batches as rows of at most max_length tokens, each example in its row marked by positions that
+    restart at 0 and no attention mask, from which transformers builds a block-diagonal causal mask: an example
+    attends only to itself.
+
+    TRL's packing instead joins the whole batch into one sequence (padding-free), which FlashAttention's
+    variable-length kernels run as separate sequences, but SDPA and eager attention (CPU, most GPUs without
+    flash-attn) compute over the whole joined sequence: 8 rows of 256 tokens cost as one of 2,048, 8x the attention
+    work. Measured on bench/train_methods.py's 33.5M Llama (1 thread): joined 0.95x the tokens/s of padding, rows
+    1.49x, with the same loss (docs/benchmarks.md)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, return_position_ids=True)
+
+    def collate(examples: list[dict]) -> dict:
+        batch = rows(examples)
+        batch.pop("attention_mask")  # with a mask, transformers would not look for packed sequences in the positions
+        # An example's first token is not predicted from the end of the example before it (as TRL does when joined).
+        batch["labels"][batch["position_ids"] == 0] = -100
+        return batch
+
+    return collate
 
 
 def classification_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore,

@@ -34,28 +34,28 @@ def prepare(root: Path, task: str, *overrides: str):
     return recipe, dataset, base
 
 
-def train_watching(monkeypatch, root: Path, recipe, dataset, base):
+def train_watching(root: Path, recipe, dataset, base):
     """train_model, keeping the trained model and its parameters as they were before training."""
+    from transformers import TrainerCallback
+
     seen = {}
-    build = train.build_trainer
 
-    def build_and_keep(model, *args, **kwargs):
-        seen["model"] = model
-        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        return build(model, *args, **kwargs)
+    class Keep(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen["model"] = model
+            seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    monkeypatch.setattr(train, "build_trainer", build_and_keep)
     loss = dataset.artifacts.get("loss")
     out = train.train_model(base, dataset.splits, recipe.train, root / "train", recipe.task,
-                            json.loads(loss.read_text()) if loss else None)
+                            json.loads(loss.read_text()) if loss else None, callbacks=[Keep()])
     return out, seen["model"], seen["before"]
 
 
 @pytest.mark.parametrize("task", ["sft", "sft_messages", "dapt", "classification", "multitask"])
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_objective_trains_its_trainable_weights_only_and_the_loss_falls(task, method, tmp_path, monkeypatch):
+def test_objective_trains_its_trainable_weights_only_and_the_loss_falls(task, method, tmp_path):
     recipe, dataset, base = prepare(tmp_path, task, f"method={{name: {method}}}")
-    out, model, before = train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    out, model, before = train_watching(tmp_path, recipe, dataset, base)
     params = dict(model.named_parameters())
     trainable = [n for n, p in params.items() if p.requires_grad]
     frozen = [n for n, p in params.items() if not p.requires_grad]
@@ -84,18 +84,17 @@ def test_a_chat_puts_the_loss_on_every_assistant_turn_and_nothing_else(tmp_path)
     assert "What does" not in trained_on and "abbreviations" not in trained_on
 
 
-def test_dapt_packs_several_texts_into_each_sequence(tmp_path, monkeypatch):
+def test_dapt_packs_several_texts_into_each_sequence(tmp_path):
+    from transformers import TrainerCallback
+
     recipe, dataset, base = prepare(tmp_path, "dapt", "train.max_steps=2")
     seen = {}
-    build = train.build_trainer
 
-    def build_and_keep(*args, **kwargs):
-        trainer, analytics = build(*args, **kwargs)
-        seen["rows"] = trainer.train_dataset
-        return trainer, analytics
+    class Keep(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            seen["rows"] = train_dataloader.dataset
 
-    monkeypatch.setattr(train, "build_trainer", build_and_keep)
-    train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", "dapt")
+    train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", "dapt", callbacks=[Keep()])
     texts = len(pd.read_parquet(dataset.splits["train"]))
     rows = seen["rows"]
     assert len(rows) < texts  # packed: fewer, fuller sequences
@@ -116,10 +115,10 @@ def test_multitask_mixes_the_tasks_by_weight_with_their_own_instructions(tmp_pat
     assert set(test["task"]) == {"expand", "spam"}  # the split is stratified by task
 
 
-def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path, monkeypatch):
+def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path):
     recipe, dataset, base = prepare(tmp_path, "classification", "train.max_steps=30")
     assert base.classes == ["ham", "spam"]
-    out, _, _ = train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    out, _, _ = train_watching(tmp_path, recipe, dataset, base)
     evaluation = evaluate_models({"candidate": out.model_path}, dataset.splits, recipe.evaluate, tmp_path / "eval",
                                  "classification")
     assert evaluation.reference == "tfidf"
@@ -161,13 +160,13 @@ def test_classification_with_focal_loss_trains_with_the_balance_stage_loss(tmp_p
     monkeypatch.setattr(losses, "focal_loss", lambda *a, **k: calls.append(1) or focal(*a, **k))
     recipe, dataset, base = prepare(tmp_path, "classification", "balance={strategy: focal_loss, focal_gamma: 2}",
                                     "train.max_steps=3")
-    train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    train_watching(tmp_path, recipe, dataset, base)
     assert len(calls) >= 3
 
 
-def test_messages_are_evaluated_on_their_last_assistant_turn(tmp_path, monkeypatch):
+def test_messages_are_evaluated_on_their_last_assistant_turn(tmp_path):
     recipe, dataset, base = prepare(tmp_path, "sft_messages", "train.max_steps=2", "evaluate.max_new_tokens=4")
-    out, _, _ = train_watching(monkeypatch, tmp_path, recipe, dataset, base)
+    out, _, _ = train_watching(tmp_path, recipe, dataset, base)
     evaluation = evaluate_models({"base": base.base_path, "candidate": out.model_path}, dataset.splits,
                                  recipe.evaluate, tmp_path / "eval", "sft")
     predictions = pd.read_json(evaluation.predictions_path, lines=True)
@@ -222,3 +221,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_packed_rows_keep_each_example_to_itself(tmp_path):
+    """Each example in a packed row is scored exactly as it would be alone: the positions restart and transformers'
+    block-diagonal mask keeps it from attending to the example before it."""
+    from ftcore.models.load import load_model
+    from ftcore.training.train import packed_rows_collator
+
+    _, _, base = prepare(tmp_path, "dapt", "train.max_steps=1")
+    tokenizer, model = load_tokenizer(base.base_path), load_model(base.base_path).eval()
+    first, second = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("MI stands for", "BP is high"))
+    batch = packed_rows_collator(tokenizer)([{"input_ids": first + second, "seq_lengths": [len(first), len(second)]},
+                                             {"input_ids": second, "seq_lengths": [len(second)]}])
+    assert "attention_mask" not in batch and batch["input_ids"].shape == (2, len(first) + len(second))
+    assert batch["labels"][0, len(first)] == -100  # the second example's first token is not a target
+    with torch.no_grad():
+        # As the trainer calls it: without a cache (with one, transformers does not look for packed sequences).
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = model(input_ids=torch.tensor([second])).logits
+    assert torch.allclose(packed[0, len(first):], alone[0], atol=1e-5)
+    assert torch.allclose(packed[1, : len(second)], alone[0], atol=1e-5)
