@@ -180,3 +180,17 @@ def _is_glob(path: Path) -> bool:
 
 def _expand(pattern: Path) -> list[Path]:
     return sorted(p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_file())
+
+
+def describe_error(err: dict) -> str:
+    """A pydantic error as `field.path: what was expected`, for one line of a recipe error."""
+    # A source's `type` picks its model; pydantic puts that tag in the location (sources.0.csv.path): drop it.
+    loc = err["loc"]
+    parts = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in SOURCE_TYPES)]
+    loc = ".".join(str(p) for p in parts) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see docs/recipes.md for the fields)"
+    elif err["type"] == "literal_error":
+        msg = f"{msg}, got {err['input']!r}"
+    return f"{loc}: {msg}"
