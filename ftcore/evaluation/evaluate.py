@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ftcore.config import EvaluateConfig
+from ftcore.data.formats import TASK
 from ftcore.evaluation.classification import classification_metrics, classify, tfidf_baseline
 from ftcore.evaluation.generate import completion_nll, generate
 from ftcore.evaluation.metrics import exact_match, perplexity, token_f1
@@ -25,7 +26,6 @@ from ftcore.outputs import EvalOutput
 
 GENERATION_METRICS = {"exact_match": exact_match, "token_f1": token_f1}
 BASELINE = "tfidf"
-TASK = "task"
 
 
 def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,

@@ -91,6 +91,9 @@ def chat_example(messages: list[dict[str, str]], tokenizer) -> dict[str, list[in
     it: the characters in between are that turn's answer and end-of-turn tokens. This works for any template whose
     renderings of a longer chat extend those of a shorter one, unlike `return_assistant_tokens_mask`, which needs
     `{% generation %}` markers that few templates have."""
+    if not tokenizer.is_fast:
+        raise DataError("data.format messages: the tokenizer has no fast (Rust) version, which locating the assistant "
+                        "turns needs (character offsets); use a model folder with tokenizer.json")
     text = render_chat(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):

@@ -99,13 +99,17 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def train(model, batch: dict[str, torch.Tensor], lr: float) -> list[float]:
-    """A plain loop on one fixed batch: deterministic, and the loss of a model that learns must fall on it."""
+def train(model, batch: dict[str, torch.Tensor], lr: float, steps: int = STEPS,
+          evaluate_at: int | None = None) -> list[float]:
+    """A plain loop on one fixed batch: deterministic, and the loss of a model that learns must fall on it.
+    `evaluate_at`: a forward pass without gradients before that step, as an evaluation in between does."""
     torch.manual_seed(0)
-    model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     losses = []
-    for _ in range(STEPS):
+    for step in range(steps):
+        if step == evaluate_at:
+            logits(model, batch)
+        model.train()
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -232,20 +236,8 @@ def test_qlora_training_is_unaffected_by_an_evaluation_in_between(base, batch):
     path, _ = base
 
     def losses(evaluate_at: int | None) -> list[float]:
-        model = apply_method(load_base(path, method("qlora")), method("qlora"))
-        torch.manual_seed(0)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-        out = []
-        for step in range(12):
-            if step == evaluate_at:
-                logits(model, batch)  # bitsandbytes' CPU repacking would start here (see load_base)
-            model.train()
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            out.append(loss.item())
-        return out
+        # bitsandbytes' CPU repacking would start at the evaluation (see load_base)
+        return train(apply_method(load_base(path, method("qlora")), method("qlora")), batch, 3e-2, 12, evaluate_at)
 
     assert losses(evaluate_at=6) == losses(evaluate_at=None)
 

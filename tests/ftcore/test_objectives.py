@@ -122,11 +122,18 @@ def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path
     evaluation = evaluate_models({"candidate": out.model_path}, dataset.splits, recipe.evaluate, tmp_path / "eval",
                                  "classification")
     assert evaluation.reference == "tfidf"
-    for model in ("candidate", "tfidf"):
-        for metric in ("accuracy", "macro_f1", "f1_spam", "f1_ham"):
-            assert 0 <= evaluation.metrics[f"{model}.{metric}"] <= 1
     predictions = pd.read_json(evaluation.predictions_path, lines=True)
     assert set(predictions["candidate"]) <= {"spam", "ham"} and len(predictions) == evaluation.metrics["test_rows"]
+    for model in ("candidate", "tfidf"):  # the metrics are those of the predictions written beside them
+        right = predictions[model] == predictions["label"]
+        assert evaluation.metrics[f"{model}.accuracy"] == pytest.approx(right.mean())
+        spam = predictions["label"] == "spam"
+        said_spam = predictions[model] == "spam"
+        hits = (spam & said_spam).sum()
+        f1 = 2 * hits / (spam.sum() + said_spam.sum())
+        assert evaluation.metrics[f"{model}.f1_spam"] == pytest.approx(f1)
+        assert evaluation.metrics[f"{model}.macro_f1"] == pytest.approx(
+            (evaluation.metrics[f"{model}.f1_spam"] + evaluation.metrics[f"{model}.f1_ham"]) / 2)
     assert recipe.deploy.gate.metric == "macro_f1" and recipe.evaluate.metrics == ["macro_f1", "accuracy"]
 
 
