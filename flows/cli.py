@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from flows.settings import configure_environment, quiet_libraries
-from ftcore.config import STAGES, Stage, check_runnable, load_recipe
+from ftcore.config import STAGES, Stage, load_recipe
 from ftcore.errors import RecipeError, UserError
 from ftcore.paths import home
 
@@ -36,10 +36,6 @@ def run(
     """Run the seven-stage finetune flow on RECIPE."""
     overrides = set_ or []
     loaded = _validated(recipe, overrides)  # fail fast, before Prefect's server starts
-    try:
-        check_runnable(loaded, until)
-    except RecipeError as e:
-        _fail(f"{recipe}: {e}")
     if until is None or STAGES.index(until) >= STAGES.index(Stage.train):
         _check_hardware(loaded, recipe, fail=True)
     configure_environment()

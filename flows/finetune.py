@@ -12,11 +12,12 @@ from prefect.tasks import exponential_backoff
 import ftcore
 from flows.summary import RunSummary
 from ftcore import tracking
-from ftcore.config import Recipe, Stage, StagesConfig, check_runnable, load_recipe
+from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
 from ftcore.data.sources.config import FileSource, HfDatasetSource
 from ftcore.errors import UserError
 from ftcore.hashing import hash_dir, hash_file
-from ftcore.outputs import DatasetOutput, StageOutput
+from ftcore.models.registered import ModelRef, pin_reference, pin_registered
+from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput
 from ftcore.paths import home
 from tasks.clean_balance import clean_balance
 from tasks.collect import collect
@@ -43,7 +44,7 @@ class StageFailed(Exception):
 @flow(name="finetune", log_prints=False, validate_parameters=False)
 def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None) -> dict:
     recipe = load_recipe(recipe_path, overrides)
-    check_runnable(recipe, until)
+    start, reward_model = starting_version(recipe), pinned_reward_model(recipe)  # pinned before any stage runs
     summary = start_run(recipe, recipe_path)
     stages = StageRunner(recipe.stages, summary, until)
     try:
@@ -51,13 +52,16 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
                                runtime=recipe.runtime)
         dataset = stages.run(clean_balance, collected=collected, clean=recipe.clean, balance=recipe.balance,
                              data=recipe.data, runtime=recipe.runtime)
-        base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset, task=recipe.task)
-        trained = stages.run(train, base=base, dataset=dataset, train=recipe.train, task=recipe.task)
+        base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset, task=recipe.task,
+                          start=start)
+        trained = stages.run(train, base=base, dataset=dataset, train=recipe.train, task=recipe.task,
+                             reward=recipe.reward, reward_model=reward_model)
         evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate,
-                                task=recipe.task)
+                                task=recipe.task, reward=recipe.reward, reward_model=reward_model)
         deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
                               registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
-                              mlflow_run_id=summary.mlflow_run_id, run_tags=version_tags(summary, dataset))
+                              mlflow_run_id=summary.mlflow_run_id,
+                              run_tags=version_tags(summary, dataset, base, reward_model))
         stages.run(monitor, deployed=deployed, dataset=dataset, monitor=recipe.monitor)
     except StopPipeline:
         pass
@@ -110,9 +114,29 @@ def source_fingerprints(recipe: Recipe) -> dict[str, str]:
     return fingerprints
 
 
-def version_tags(summary: RunSummary, dataset: DatasetOutput) -> dict[str, str]:
+def starting_version(recipe: Recipe) -> ModelRef | None:
+    """model.source champion: the version to continue from (the champion now, or model.version)."""
+    if recipe.model.source != "champion":
+        return None
+    name = recipe.model.registered_model or recipe.registered_model
+    return pin_registered(name, tracking.CHAMPION, recipe.model.version, "model.source: champion")
+
+
+def pinned_reward_model(recipe: Recipe) -> ModelRef | None:
+    if recipe.reward is None or recipe.reward.model is None:
+        return None
+    return pin_reference(recipe.reward.model, "reward.model")
+
+
+def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput,
+                 reward_model: ModelRef | None) -> dict[str, str]:
+    """The registered version's tags: what made it, and its lineage (the version it started from, the reward model
+    it was optimised against)."""
+    lineage = {"started_from": base.started_from} if base.started_from else {}
+    if reward_model is not None:
+        lineage["reward_model"] = reward_model.label
     return {"recipe_hash": summary.recipe_hash, "dataset_hash": dataset.content_hash,
-            "git_commit": tracking.git_commit(), "ftflow_version": ftcore.__version__}
+            "git_commit": tracking.git_commit(), "ftflow_version": ftcore.__version__, **lineage}
 
 
 class StageRunner:

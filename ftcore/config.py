@@ -19,6 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from ftcore.alignment_config import (  # noqa: F401  re-exported: the recipe's alignment sections
+    PreferenceConfig,
+    RewardConfig,
+    RewardFunctionSpec,
+    RlConfig,
+)
 from ftcore.data.sources.config import Fraction, Strict, describe_error
 from ftcore.data_config import (  # noqa: F401  re-exported: the recipe's data sections, split from here
     FORMAT_COLUMNS,
@@ -51,16 +57,18 @@ class Stage(StrEnum):
 STAGES: list[Stage] = list(Stage)
 
 
-# The data formats each task trains on, and the (task, format) pairs whose train stage exists today.
+# The data formats each task trains on. Task rl reads only the prompts (and passes the other columns, e.g. a
+# reference completion, to the reward functions).
 TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt_completion", "messages"),
     "dapt": ("text",),
     "classification": ("text_label",),
     "multitask": ("prompt_completion", "messages"),
     "dpo": ("preference",),
+    "reward_model": ("preference",),
+    "rl": ("prompt_completion", "preference"),
 }
-Task = Literal["sft", "dapt", "classification", "multitask", "dpo"]
-TRAINABLE = {(task, fmt) for task, formats in TASK_FORMATS.items() if task != "dpo" for fmt in formats}
+Task = Literal["sft", "dapt", "classification", "multitask", "dpo", "reward_model", "rl"]
 
 
 class ScratchModelConfig(Strict):
@@ -100,15 +108,23 @@ class ScratchModelConfig(Strict):
 
 
 class ModelConfig(Strict):
-    source: Literal["scratch", "pretrained"] = "scratch"
+    source: Literal["scratch", "pretrained", "champion"] = Field(
+        "scratch", description="champion: continue from a registered model's champion (or `version`): its "
+                               "weights (merged with its adapter) are the new base, and the method starts afresh")
     name_or_path: str | None = None
     trust_remote_code: bool = False
     scratch: ScratchModelConfig = ScratchModelConfig()
-
+    registered_model: str | None = Field(None, description="source champion: the registered model to start from; "
+                                                           "default: this recipe's own (continual retraining)")
+    version: str | None = Field(None, pattern=r"^\d+$", description="source champion: this version instead of the "
+                                                                     "champion (a chain pins the one it produced)")
     @model_validator(mode="after")
-    def _pretrained_needs_a_name(self) -> ModelConfig:
+    def _source_has_what_it_needs(self) -> ModelConfig:
         if self.source == "pretrained" and not self.name_or_path:
             raise ValueError("source: pretrained needs name_or_path (a local folder or a hub id)")
+        champion_only = {"registered_model", "version"} & self.model_fields_set
+        if self.source != "champion" and champion_only:
+            raise ValueError(f"{', '.join(sorted(champion_only))}: only for source: champion")
         return self
 
 
@@ -137,6 +153,8 @@ class TrainConfig(Strict):
         "no", description="bf16 runs on CPU and recent GPUs; fp16 needs a CUDA GPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "
                                                             "slower steps")
+    preference: PreferenceConfig = PreferenceConfig()
+    rl: RlConfig = RlConfig()
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -156,7 +174,7 @@ class TrainConfig(Strict):
         return self
 
 
-Metric = Literal["exact_match", "token_f1", "perplexity", "accuracy", "macro_f1"]
+Metric = Literal["exact_match", "token_f1", "perplexity", "accuracy", "macro_f1", "reward_accuracy", "mean_reward"]
 LOWER_IS_BETTER = {"perplexity"}
 # The metrics each task can be evaluated with; the first is the default gate metric.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -164,7 +182,9 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "multitask": ("exact_match", "token_f1", "perplexity"),
     "dapt": ("perplexity",),
     "classification": ("macro_f1", "accuracy"),
-    "dpo": ("exact_match", "token_f1", "perplexity"),
+    "dpo": ("reward_accuracy", "perplexity"),
+    "reward_model": ("reward_accuracy",),
+    "rl": ("mean_reward",),
 }
 
 
@@ -178,7 +198,8 @@ class EvaluateConfig(Strict):
 
 class GateConfig(Strict):
     metric: Metric = Field("exact_match", description="default: exact_match (sft, multitask), perplexity (dapt), "
-                                                      "macro_f1 (classification)")
+                                                      "macro_f1 (classification), reward_accuracy (dpo, "
+                                                      "reward_model), mean_reward (rl)")
     min_improvement: float = Field(0.0, ge=0)
 
 
@@ -222,6 +243,7 @@ class Recipe(Strict):
     balance: BalanceConfig = BalanceConfig()
     model: ModelConfig = ModelConfig()
     method: MethodConfig = LoraMethod()
+    reward: RewardConfig | None = Field(None, description="task rl: what the policy is rewarded for")
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()
@@ -249,9 +271,21 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _packing_fits_the_task(self) -> Recipe:
-        if self.train.packing and self.task == "classification":
-            raise ValueError("train.packing: a classifier sees one text per sequence; remove packing for task "
-                             "classification")
+        if self.train.packing and self.task not in ("sft", "dapt", "multitask"):
+            raise ValueError(f"train.packing: task {self.task} scores one sequence at a time; remove packing")
+        return self
+
+    @model_validator(mode="after")
+    def _alignment_options_fit_the_task(self) -> Recipe:
+        if (self.task == "rl") != (self.reward is not None):
+            raise ValueError("reward: task rl needs it (what the policy is rewarded for), other tasks take none")
+        for section, task in (("preference", "dpo"), ("rl", "rl")):
+            if section in self.train.model_fields_set and self.task != task:
+                raise ValueError(f"train.{section}: only for task {task}")
+        if self.task == "rl" and self.train.batch_size % self.train.rl.num_generations:
+            raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                             f"train.rl.num_generations ({self.train.rl.num_generations}): each batch holds whole "
+                             "groups of answers to one prompt")
         return self
 
     @model_validator(mode="after")
@@ -308,15 +342,6 @@ class Recipe(Strict):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
-
-
-def check_runnable(recipe: Recipe, until: Stage | None) -> None:
-    """Refuse, before anything runs, a recipe whose task has no train stage yet unless it stops before init."""
-    stops_early = until is not None and STAGES.index(until) <= STAGES.index(Stage.clean_balance)
-    if (recipe.task, recipe.data.format) not in TRAINABLE and not stops_early:
-        trainable = ", ".join(f"{task} on {fmt}" for task, fmt in sorted(TRAINABLE))
-        raise RecipeError([f"task: {recipe.task!r} on data.format {recipe.data.format!r} prepares data but cannot "
-                           f"be trained yet (only {trainable}); run with --until clean_balance"])
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

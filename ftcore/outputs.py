@@ -34,6 +34,7 @@ class ModelOutput(StageOutput):
     adapter_path: Path | None = None
     method: str
     classes: list[str] = []  # a sequence classifier's classes in label-id order; empty for a causal LM
+    started_from: str | None = None  # source champion: the registered version (NAME/VERSION) it continues
 
 
 class TrainOutput(StageOutput):

@@ -153,6 +153,16 @@ def version_for_alias(name: str, alias: str) -> dict[str, Any] | None:
     return {"version": str(mv.version), "tags": dict(mv.tags)}
 
 
+def version_exists(name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
+
+
 def aliases_of(name: str, version: str) -> list[str]:
     return sorted(client().get_model_version(name, version).aliases)
 

@@ -1,8 +1,9 @@
 from prefect import get_run_logger
 
 import ftcore.evaluation
-from ftcore.config import EvaluateConfig
+from ftcore.config import EvaluateConfig, RewardConfig
 from ftcore.evaluation.evaluate import evaluate_models
+from ftcore.models.registered import ModelRef, model_folder
 from ftcore.outputs import DatasetOutput, EvalOutput, ModelOutput, TrainOutput
 from ftcore.paths import stage_dir
 from tasks.common import stage_inputs, stage_task
@@ -10,15 +11,17 @@ from tasks.common import stage_inputs, stage_task
 
 @stage_task("evaluate", code=[ftcore.evaluation])
 def evaluate(base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput, evaluate: EvaluateConfig,
-             task: str) -> EvalOutput:
+             task: str, reward: RewardConfig | None = None, reward_model: ModelRef | None = None) -> EvalOutput:
     """Score the fine-tuned candidate on the test split against the base model (classification: against a TF-IDF
-    baseline)."""
+    baseline; reward_model: against preferring the longer answer)."""
     out_dir = stage_dir("evaluate", stage_inputs(base=base.content_hash, trained=trained.content_hash,
-                                                 dataset=dataset.content_hash, evaluate=evaluate, task=task))
+                                                 dataset=dataset.content_hash, evaluate=evaluate, task=task,
+                                                 reward=reward, reward_model=reward_model))
     models = {"candidate": trained.model_path}
-    if task != "classification":
+    if task not in ("classification", "reward_model"):  # their base has an untrained head: nothing to compare
         models = {"base": base.base_path, **models}
-    out = evaluate_models(models, dataset.splits, evaluate, out_dir, task)
+    out = evaluate_models(models, dataset.splits, evaluate, out_dir, task, reward,
+                          model_folder(reward_model) if reward_model else None)
     logger = get_run_logger()
     for metric in evaluate.metrics:
         logger.info("%s: %s %.4g -> fine-tuned %.4g", metric, out.reference, out.metrics[f"{out.reference}.{metric}"],

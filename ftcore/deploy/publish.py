@@ -13,7 +13,8 @@ from ftcore.hashing import hash_dir
 from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
 
 CANDIDATE = "candidate"
-REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic regression baseline"}
+REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic regression baseline",
+                   "length": "the baseline preferring the longer answer"}
 
 
 def publish(

@@ -4,7 +4,8 @@ Language-model tasks (sft, multitask, dapt) are scored on what the model generat
 the likelihood of the reference (perplexity); a multitask recipe also gets every metric per task
 (`<model>.<metric>.<task>`). Classification is scored with accuracy and F1 per class against a TF-IDF + logistic
 regression baseline trained on the same train split, which is then the gate's reference when there is no champion
-(an encoder without its trained head cannot classify, so there is no meaningful "base" score).
+(an encoder without its trained head cannot classify, so there is no meaningful "base" score). The alignment
+tasks (dpo, reward_model, rl) are scored in ftcore/evaluation/preference.py.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftcore.config import EvaluateConfig
+from ftcore.config import EvaluateConfig, RewardConfig
 from ftcore.data.formats import TASK
 from ftcore.evaluation.classification import classification_metrics, classify, tfidf_baseline
 from ftcore.evaluation.generate import completion_nll, generate
 from ftcore.evaluation.metrics import exact_match, perplexity, token_f1
+from ftcore.evaluation.preference import (
+    LENGTH_BASELINE,
+    evaluate_policies_on_pairs,
+    evaluate_policies_on_reward,
+    evaluate_reward_models,
+)
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.models.load import load_trained, render_chat
@@ -29,15 +36,28 @@ BASELINE = "tfidf"
 
 
 def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,
-                    task: str = "sft") -> EvalOutput:
-    """Score each named model folder (e.g. base, candidate) on the test split. Metrics are `<model>.<metric>`."""
+                    task: str = "sft", reward: RewardConfig | None = None,
+                    reward_model_dir: Path | None = None) -> EvalOutput:
+    """Score each named model folder (e.g. base, candidate) on the test split. Metrics are `<model>.<metric>`.
+    Task rl scores with `reward` (and the reward model in `reward_model_dir`); dpo's first model is the reference
+    of the implicit reward."""
     test = pd.read_parquet(splits["test"])
-    if task == "classification":
-        metrics, predictions = evaluate_classifiers(models, test, pd.read_parquet(splits["train"]))
-        reference = BASELINE
-    else:
-        metrics, predictions = evaluate_language_models(models, test, cfg, task)
-        reference = "base"
+    reference = "base"
+    match task:
+        case "classification":
+            metrics, predictions = evaluate_classifiers(models, test, pd.read_parquet(splits["train"]))
+            reference = BASELINE
+        case "dpo":
+            metrics, predictions = evaluate_policies_on_pairs(models, test, cfg)
+        case "reward_model":
+            metrics, predictions = evaluate_reward_models(models, test, cfg)
+            reference = LENGTH_BASELINE
+        case "rl":
+            if reward is None:
+                raise ValueError("task rl is evaluated with the recipe's reward")
+            metrics, predictions = evaluate_policies_on_reward(models, test, cfg, reward, reward_model_dir)
+        case _:
+            metrics, predictions = evaluate_language_models(models, test, cfg, task)
     with atomic_dir(out_dir) as tmp:
         predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
     return EvalOutput(

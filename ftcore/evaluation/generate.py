@@ -33,9 +33,17 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 
 def completion_nll(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> tuple[float, int]:
     """Summed negative log-likelihood of the completion tokens (EOS included) given the prompts, and their count."""
+    per_example = completion_nlls(model, tokenizer, prompts, completions, batch_size)
+    return sum(nll for nll, _ in per_example), sum(n for _, n in per_example)
+
+
+def completion_nlls(model, tokenizer, prompts: list[str], completions: list[str],
+                    batch_size: int) -> list[tuple[float, int]]:
+    """Per example: the negative log-likelihood of its completion tokens (EOS included) given its prompt, summed,
+    and their count."""
     import torch
 
-    total, count = 0.0, 0
+    results: list[tuple[float, int]] = []
     model.eval()
     for pairs in _batches(list(zip(prompts, completions, strict=True)), batch_size):
         ids, labels = [], []
@@ -49,11 +57,8 @@ def completion_nll(model, tokenizer, prompts: list[str], completions: list[str],
         label_ids = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
         attention = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids])[:, None]).long()
         with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
         target = label_ids[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        total += nll.item()
-        count += int((target != -100).sum())
-    return total, count
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        results.extend(zip(nll.sum(dim=1).tolist(), (target != -100).sum(dim=1).tolist(), strict=True))
+    return results

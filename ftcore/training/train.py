@@ -1,6 +1,6 @@
-"""The train stage: one loop for every objective (`task`), on TRL's SFTTrainer for the language-model objectives
-and a Trainer with the balance stage's loss for classification (ftcore/training/examples.py says what each trains
-on).
+"""The train stage: one loop for every objective (`task`), on TRL's SFTTrainer for the language-model objectives,
+a Trainer with the balance stage's loss for classification, and TRL's alignment trainers for dpo, reward_model and
+rl (ftcore/alignment/trainers.py). ftcore/training/examples.py says what each trains on.
 
 Per-step metrics go to `history.json` in the output folder rather than straight to MLflow, so the same record is
 logged whether the stage ran now or came from the cache (and ftcore.tracking stays the only MLflow caller).
@@ -15,9 +15,10 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftcore.config import TrainConfig
+from ftcore.config import RewardConfig, TrainConfig
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
@@ -37,16 +38,31 @@ OUTPUT_ARTIFACTS = {"loss_plot": "loss.png", "history": "history.json", "weight_
                     "weight_norms": "weight_norms.json"}
 
 
+@dataclass
+class Objective:
+    """What a task trains with beyond the rows: the balance stage's loss (classification), the starting weights
+    (the reference of preference optimisation without an adapter), the rewards and their weights (rl)."""
+
+    task: str = "sft"
+    loss_fn: object = None
+    reference_path: Path | None = None
+    rewards: list = field(default_factory=list)
+    reward_weights: list[float] = field(default_factory=list)
+
+
 def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path, task: str = "sft",
-                loss_spec: dict | None = None, callbacks: Sequence = ()) -> TrainOutput:
+                loss_spec: dict | None = None, callbacks: Sequence = (), reward: RewardConfig | None = None,
+                reward_model_dir: Path | None = None) -> TrainOutput:
     """Train the init stage's model on the train split for `task`; `loss_spec` is the balance stage's loss.json
-    (class weights or focal loss, classification only). `callbacks` (transformers TrainerCallbacks) join the
-    trainer's own, e.g. to watch the steps from a benchmark."""
+    (class weights or focal loss, classification only); `reward` and the reward model's folder are task rl's.
+    `callbacks` (transformers TrainerCallbacks) join the trainer's own, e.g. to watch the steps from a benchmark."""
     check_hardware(cfg)
     reset_peak_memory()
     model, tokenizer = load_for_training(base)
     train_rows, eval_rows = (training_dataset(read_split(splits.get(name)), task, tokenizer, cfg.max_length,
                                               base.classes) for name in ("train", "validation"))
+    if task == "rl":
+        eval_rows = None  # evaluating a policy means sampling answers: the evaluate stage does it once
     if train_rows is None:
         raise UserError("data: the train split is empty; add rows or lower data.split.validation/test")
     if cfg.early_stopping_patience is not None and eval_rows is None:
@@ -55,8 +71,8 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
     store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
     resume = store.latest_complete()
     store.prepare()
-    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store, task,
-                                       class_loss(loss_spec, base.classes) if task == "classification" else None)
+    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store,
+                                       objective(task, base, loss_spec, reward, reward_model_dir))
     for callback in callbacks:
         trainer.add_callback(callback)
     resumed_from = resume.step if resume else 0
@@ -87,6 +103,7 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
         "resumed_from_step": resumed_from,
         **({} if eval_loss is None else {"eval_loss": eval_loss}),
         **({"router_aux_loss_last": router_loss[-1]} if router_loss else {}),
+        **alignment_metrics(history),
     }
     return TrainOutput(
         path=out_dir,
@@ -124,10 +141,46 @@ def check_hardware(cfg: TrainConfig) -> None:
         raise UserError("train.mixed_precision: bf16 is not supported by this GPU; use fp16 or no")
 
 
-def class_loss(loss_spec: dict | None, classes: list[str]):
-    from ftcore.training.classification import loss_for  # imports transformers' Trainer: only when training
+def objective(task: str, base: ModelOutput, loss_spec: dict | None, reward: RewardConfig | None,
+              reward_model_dir: Path | None) -> Objective:
+    if task == "classification":
+        from ftcore.training.classification import loss_for  # imports transformers' Trainer: only when training
 
-    return loss_for(loss_spec, classes)
+        return Objective(task, loss_fn=loss_for(loss_spec, base.classes))
+    if task == "rl":
+        from ftcore.alignment.trainers import reward_functions
+
+        if reward is None:
+            raise UserError("reward: task rl needs a reward model or reward functions")
+        rewards, weights = reward_functions(reward, reward_model_dir)
+        return Objective(task, rewards=rewards, reward_weights=weights)
+    return Objective(task, reference_path=base.base_path)
+
+
+# Per-step alignment metrics TRL logs (history keys) -> the train stage's summary metric of their last value.
+ALIGNMENT_METRICS = {
+    "rewards/accuracies": "reward_accuracy_last",  # dpo, kto, orpo: implicit reward of chosen above rejected
+    "rewards/margins": "reward_margin_last",
+    "eval_rewards/accuracies": "eval_reward_accuracy",
+    "eval_rewards/margins": "eval_reward_margin",
+    "accuracy": "reward_accuracy_last",  # reward_model: its score of chosen above rejected
+    "margin": "reward_margin_last",
+    "eval_accuracy": "eval_reward_accuracy",
+    "eval_margin": "eval_reward_margin",
+    "reward": "mean_reward_last",  # rl: mean reward of the sampled answers
+}
+
+
+def alignment_metrics(history: list[dict]) -> dict[str, float]:
+    """The last logged value of each alignment metric, and for rl the first too (the reward should rise)."""
+    metrics = {}
+    for key, name in ALIGNMENT_METRICS.items():
+        values = [h[key] for h in history if key in h]
+        if values:
+            metrics[name] = values[-1]
+            if key == "reward":
+                metrics["mean_reward_first"] = values[0]
+    return metrics
 
 
 def load_for_training(base: ModelOutput):
@@ -139,17 +192,29 @@ def load_for_training(base: ModelOutput):
 
 
 def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore,
-                  task: str = "sft", loss_fn=None):
-    """The trainer for `task`, writing checkpoints into `store`, and its analytics callback (for the session's
-    tokens)."""
+                  goal: Objective | None = None):
+    """The trainer for the objective, writing checkpoints into `store`, and its analytics callback (for the
+    session's tokens)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from ftcore.alignment import trainers as alignment
     from ftcore.training.callbacks import CommitCheckpoints, EarlyStopping, ProgressBarOnly, StepAnalytics
 
-    if task == "classification":
-        trainer = classification_trainer(model, tokenizer, train_rows, eval_rows, cfg, store, loss_fn)
-    else:
-        trainer = language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg, store)
+    goal = goal or Objective()
+    shared = trainer_arguments(model, cfg, store, eval_rows)
+    match goal.task:
+        case "classification":
+            trainer = classification_trainer(model, tokenizer, train_rows, eval_rows, shared, goal.loss_fn)
+        case "dpo":
+            trainer = alignment.preference_trainer(model, tokenizer, train_rows, eval_rows, cfg, shared,
+                                                   goal.reference_path)
+        case "reward_model":
+            trainer = alignment.reward_model_trainer(model, tokenizer, train_rows, eval_rows, cfg, shared)
+        case "rl":
+            trainer = alignment.rl_trainer(model, tokenizer, train_rows, cfg, shared, goal.rewards,
+                                           goal.reward_weights)
+        case _:
+            trainer = language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg, shared)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     analytics = StepAnalytics()
@@ -160,13 +225,13 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, sto
     return trainer, analytics
 
 
-def language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore):
+def language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, shared: dict):
     """TRL's SFTTrainer: loss on completions (prompt_completion), on assistant turns (messages, whose mask comes with
     the rows) or on every token (dapt's text)."""
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
-        **trainer_arguments(model, cfg, store, eval_rows),
+        **shared,
         max_length=cfg.max_length,
         packing=cfg.packing,
         completion_only_loss=True,
@@ -206,13 +271,12 @@ def packed_rows_collator(tokenizer):
     return collate
 
 
-def classification_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore,
-                           loss_fn):
+def classification_trainer(model, tokenizer, train_rows, eval_rows, shared: dict, loss_fn):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from ftcore.training.classification import ClassLossTrainer
 
-    return ClassLossTrainer(model=model, args=TrainingArguments(**trainer_arguments(model, cfg, store, eval_rows)),
+    return ClassLossTrainer(model=model, args=TrainingArguments(**shared),
                             train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer,
                             data_collator=DataCollatorWithPadding(tokenizer), loss_fn=loss_fn)
 

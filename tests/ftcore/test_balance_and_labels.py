@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from ftcore.config import BalanceConfig, DataConfig, SplitConfig, Stage, check_runnable, load_recipe
+from ftcore.config import BalanceConfig, DataConfig, SplitConfig, load_recipe
 from ftcore.data.balance import balance_rows
 from ftcore.data.clean import clean_and_split
 from ftcore.data.collect import collect
@@ -62,13 +62,6 @@ def test_task_and_format_must_match():
     with pytest.raises(RecipeError, match=r"task 'sft' trains on data\.format 'prompt_completion' or 'messages', not "
                                           r"'text_label'"):
         load_recipe(DEMO_RECIPE, ["data.format=text_label"])
-
-
-def test_untrainable_tasks_run_only_until_clean_balance(shared_data):
-    recipe = load_recipe(SMS_RECIPE.with_name("hh_rlhf_preference.yaml"))  # dpo trains in a later issue
-    check_runnable(recipe, Stage.clean_balance)
-    with pytest.raises(RecipeError, match="run with --until clean_balance"):
-        check_runnable(recipe, None)
 
 
 def test_sms_spam_recipe_on_real_data_oversampled(tmp_path, shared_data):

@@ -218,7 +218,7 @@ def test_a_max_length_that_leaves_no_room_for_the_answer_fails_naming_the_field(
 
 
 def test_packing_a_classifier_is_refused_naming_the_field(tmp_path):
-    with pytest.raises(RecipeError, match=r"train\.packing: a classifier"):
+    with pytest.raises(RecipeError, match=r"train\.packing: task classification scores one sequence"):
         prepare(tmp_path, "classification", "train.packing=true")
 
 

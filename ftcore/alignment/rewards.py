@@ -1,0 +1,136 @@
+"""The reward-function registry: `@reward_function` registers `fn(prompts, completions, params, columns)` returning
+one score per completion, configured in a recipe as `reward: {functions: [{function: NAME, weight: W, ...}]}`.
+
+Like cleaning steps, reward functions come from ftcore's built-ins (below) and from any installed package's
+`ftflow.reward_functions` entry point (ftflow's own `data_recipes.rewards` is one), so a data engineer adds one by
+writing one decorated function. `columns` holds the row's other dataset columns (e.g. the reference `completion`),
+one value per completion.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENTRY_POINT_GROUP = "ftflow.reward_functions"
+
+
+class RewardParams(BaseModel):
+    """Base class of a reward function's parameters; unknown keys in the recipe are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+RewardFn = Callable[[list[str], list[str], RewardParams, dict[str, list]], list[float]]
+
+
+@dataclass(frozen=True)
+class RegisteredReward:
+    name: str
+    fn: RewardFn
+    params: type[RewardParams]
+    module: str
+
+    @property
+    def doc(self) -> str:
+        return next(iter((self.fn.__doc__ or "").strip().splitlines()), "")
+
+
+_REWARDS: dict[str, RegisteredReward] = {}
+_discovered = False
+
+
+def reward_function(name: str, params: type[RewardParams] = RewardParams) -> Callable[[RewardFn], RewardFn]:
+    def register(fn: RewardFn) -> RewardFn:
+        existing = _REWARDS.get(name)
+        if existing and existing.module != fn.__module__:
+            raise ValueError(f"reward function {name!r} is registered twice: {existing.module} and {fn.__module__}")
+        _REWARDS[name] = RegisteredReward(name=name, fn=fn, params=params, module=fn.__module__)
+        return fn
+
+    return register
+
+
+def discover_rewards() -> dict[str, RegisteredReward]:
+    """ftcore's built-ins plus every `ftflow.reward_functions` entry point, loaded once."""
+    global _discovered
+    if not _discovered:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
+        _discovered = True
+    return dict(_REWARDS)
+
+
+def get_reward_function(name: str) -> RegisteredReward:
+    rewards = discover_rewards()
+    if name not in rewards:
+        raise KeyError(f"unknown reward function {name!r}; available: {', '.join(sorted(rewards))}")
+    return rewards[name]
+
+
+def score(name: str, params: dict, prompts: Sequence[str], completions: Sequence[str],
+          columns: dict[str, list] | None = None) -> list[float]:
+    """One registered function's scores, its output checked: a function returning the wrong number of scores is
+    a bug in that function, reported by name."""
+    registered = get_reward_function(name)
+    scores = registered.fn(list(prompts), list(completions), registered.params.model_validate(params),
+                           columns or {})
+    if len(scores) != len(completions):
+        raise ValueError(f"reward function {name!r} ({registered.module}) returned {len(scores)} scores for "
+                         f"{len(completions)} completions")
+    return [float(s) for s in scores]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built-ins
+
+_WORD = re.compile(r"\w+")
+
+
+class LengthParams(RewardParams):
+    target_words: int = Field(20, ge=1)
+
+
+@reward_function("length", params=LengthParams)
+def length(prompts: list[str], completions: list[str], p: LengthParams, columns: dict[str, list]) -> list[float]:
+    """1 at target_words words, falling linearly to 0 at none or twice as many."""
+    return [max(0.0, 1 - abs(len(_WORD.findall(c)) - p.target_words) / p.target_words) for c in completions]
+
+
+class ContainsParams(RewardParams):
+    words: list[str] = Field(min_length=1)
+
+
+@reward_function("contains", params=ContainsParams)
+def contains(prompts: list[str], completions: list[str], p: ContainsParams, columns: dict[str, list]) -> list[float]:
+    """The share of `words` the answer contains (whole words, any case)."""
+    wanted = {w.lower() for w in p.words}
+    return [len(wanted & {w.lower() for w in _WORD.findall(c)}) / len(wanted) for c in completions]
+
+
+class ReferenceParams(RewardParams):
+    column: str = Field("completion", description="the dataset column holding the reference answer")
+
+
+@reward_function("reference_f1", params=ReferenceParams)
+def reference_f1(prompts: list[str], completions: list[str], p: ReferenceParams,
+                 columns: dict[str, list]) -> list[float]:
+    """Token F1 of the answer against the row's reference answer (the `completion` column by default)."""
+    from ftcore.evaluation.metrics import token_f1
+
+    if p.column not in columns:
+        raise ValueError(f"reward function reference_f1: the dataset has no column {p.column!r} (has "
+                         f"{', '.join(sorted(columns)) or 'none'}); set column: to the reference answer's column")
+    return [token_f1(c, str(ref)) for c, ref in zip(completions, columns[p.column], strict=True)]
+
+
+@reward_function("non_toxic")
+def non_toxic(prompts: list[str], completions: list[str], p: RewardParams, columns: dict[str, list]) -> list[float]:
+    """1 minus the lexicon toxicity score of the answer (the scorer the safety screen uses)."""
+    from ftcore.safety.toxicity import lexicon_scores
+
+    return [1.0 - s for s in lexicon_scores(completions)]

@@ -1,0 +1,123 @@
+"""TRL's alignment trainers, built from the recipe's train section with the arguments every objective shares
+(ftcore.training.train.trainer_arguments):
+
+- task dpo: DPOTrainer, KTOTrainer (the pairs unpaired into desirable and undesirable answers) or ORPOTrainer. With
+  an adapter the reference model is the model with the adapter switched off, so no second copy is loaded; full
+  fine-tuning loads the starting weights again as the reference.
+- task reward_model: RewardTrainer on a sequence classifier with one output (Bradley-Terry loss on the pairs).
+- task rl: GRPOTrainer or RLOOTrainer, sampling answers online and scoring them with the recipe's reward model and
+  reward functions (ftcore.alignment.rewards).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftcore.config import RewardConfig, TrainConfig
+
+
+def preference_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, shared: dict, base_path: Path):
+    pref = cfg.preference
+    if pref.algorithm == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        args = KTOConfig(**shared, max_length=cfg.max_length, beta=pref.beta)
+        return KTOTrainer(model=model, ref_model=_reference(model, base_path), args=args, train_dataset=train_rows,
+                          eval_dataset=eval_rows, processing_class=tokenizer)
+    if pref.algorithm == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        args = ORPOConfig(**shared, max_length=cfg.max_length, beta=pref.beta)
+        return ORPOTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                           processing_class=tokenizer)
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(**shared, max_length=cfg.max_length, beta=pref.beta, loss_type=list(pref.loss_type),
+                     loss_weights=pref.loss_weights, label_smoothing=pref.label_smoothing)
+    return DPOTrainer(model=model, ref_model=_reference(model, base_path), args=args, train_dataset=train_rows,
+                      eval_dataset=eval_rows, processing_class=tokenizer)
+
+
+def _reference(model, base_path: Path):
+    """None with an adapter (TRL switches it off for the reference), else the starting weights loaded again."""
+    from accelerate.utils import is_peft_model
+
+    from ftcore.models.load import load_model
+
+    if is_peft_model(model):
+        return None
+    reference = load_model(base_path, dtype=model.dtype)
+    reference.config.pad_token_id = model.config.pad_token_id
+    return reference
+
+
+def reward_model_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, shared: dict):
+    from trl import RewardConfig as TrlRewardConfig
+    from trl import RewardTrainer
+
+    args = TrlRewardConfig(**shared, max_length=cfg.max_length)
+    return RewardTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                         processing_class=tokenizer)
+
+
+def rl_trainer(model, tokenizer, train_rows, cfg: TrainConfig, shared: dict, rewards: list, weights: list[float]):
+    """GRPO or RLOO against `rewards` (callables and reward models, from `reward_functions`)."""
+    rl = cfg.rl
+    options = dict(max_completion_length=rl.max_completion_length, num_generations=rl.num_generations,
+                   temperature=rl.temperature, beta=rl.kl_beta, reward_weights=weights,
+                   # The tiny models of tests and demos rarely emit EOS: keep their clipped answers in the loss.
+                   mask_truncated_completions=False, log_completions=False)
+    if rl.algorithm == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        return RLOOTrainer(model=model, reward_funcs=rewards, args=RLOOConfig(**shared, **options),
+                           train_dataset=train_rows, processing_class=tokenizer,
+                           reward_processing_classes=_reward_tokenizers(rewards))
+    from trl import GRPOConfig, GRPOTrainer
+
+    return GRPOTrainer(model=model, reward_funcs=rewards, args=GRPOConfig(**shared, **options),
+                       train_dataset=train_rows, processing_class=tokenizer,
+                       reward_processing_classes=_reward_tokenizers(rewards))
+
+
+def _reward_tokenizers(rewards: list) -> list:
+    return [getattr(r, "ftflow_tokenizer", None) for r in rewards]
+
+
+def reward_functions(reward: RewardConfig, reward_model_dir: Path | None) -> tuple[list, list[float]]:
+    """TRL's reward_funcs and their weights: the reward model (a sequence classifier with one output, its
+    tokenizer attached for TRL) and one callable per registered reward function."""
+    rewards, weights = [], []
+    if reward_model_dir is not None:
+        rewards.append(load_reward_model(reward_model_dir))
+        weights.append(reward.model_weight)
+    for spec in reward.functions:
+        rewards.append(_trl_reward(spec.function, spec.params()))
+        weights.append(spec.weight)
+    return rewards, weights
+
+
+def load_reward_model(path: Path):
+    from ftcore.models.load import load_trained
+
+    model, tokenizer = load_trained(path)
+    if model.config.num_labels != 1:
+        raise ValueError(f"reward.model: {path} is a classifier with {model.config.num_labels} outputs; a reward "
+                         "model has one (train it with task: reward_model)")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    model.ftflow_tokenizer = tokenizer
+    return model
+
+
+def _trl_reward(name: str, params: dict):
+    """A registered reward function as TRL calls one: `(prompts, completions, **columns) -> scores`."""
+    from ftcore.alignment.rewards import score
+
+    def reward(prompts, completions, **columns):
+        rows = {k: v for k, v in columns.items() if isinstance(v, list) and len(v) == len(completions)}
+        return score(name, params, prompts, completions, rows)
+
+    reward.__name__ = name  # TRL logs each function's mean as rewards/<name>/mean
+    return reward

@@ -1,0 +1,115 @@
+"""Scoring the alignment tasks on the test split (docs/alignment.md):
+
+- dpo: `reward_accuracy`, the share of held-out pairs whose chosen answer gets the higher implicit reward
+  log pi(answer) - log pi_ref(answer), with the starting model (`base`) as the reference; ties count half, so the
+  base itself scores exactly 0.5. `reward_margin` is the mean chosen-minus-rejected implicit reward in nats (beta
+  1), and `perplexity` that of the chosen answers.
+- reward_model: `reward_accuracy`, the share of pairs the model scores chosen above rejected, against the
+  baseline that prefers the longer answer (`length`, the gate's reference while there is no champion: an untrained
+  head scores at random).
+- rl: `mean_reward`, the recipe's reward of each model's greedy answers to the test prompts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ftcore.config import EvaluateConfig, RewardConfig
+from ftcore.evaluation.generate import completion_nlls, generate
+from ftcore.evaluation.metrics import perplexity
+from ftcore.models.load import load_trained
+
+LENGTH_BASELINE = "length"
+
+
+def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
+    """Share of pairs with chosen scored above rejected, ties counting half."""
+    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def evaluate_policies_on_pairs(models: dict[str, Path], test: pd.DataFrame,
+                               cfg: EvaluateConfig) -> tuple[dict[str, float], pd.DataFrame]:
+    """dpo: every model's implicit reward accuracy and margin against the first model (the starting one)."""
+    prompts = test["prompt"].tolist()
+    logps: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    for name, path in models.items():
+        model, tokenizer = load_trained(path)
+        chosen = completion_nlls(model, tokenizer, prompts, test["chosen"].tolist(), cfg.batch_size)
+        rejected = completion_nlls(model, tokenizer, prompts, test["rejected"].tolist(), cfg.batch_size)
+        logps[name] = (-np.array([nll for nll, _ in chosen]), -np.array([nll for nll, _ in rejected]),
+                       sum(n for _, n in chosen))
+    reference_chosen, reference_rejected, _ = next(iter(logps.values()))
+    metrics: dict[str, float] = {}
+    predictions = test[["prompt", "chosen", "rejected"]].reset_index(drop=True)
+    for name, (chosen, rejected, tokens) in logps.items():
+        margin = (chosen - reference_chosen) - (rejected - reference_rejected)
+        metrics[f"{name}.reward_accuracy"] = pairwise_accuracy(margin, np.zeros_like(margin))
+        metrics[f"{name}.reward_margin"] = float(margin.mean())
+        if "perplexity" in cfg.metrics:
+            metrics[f"{name}.perplexity"] = perplexity(float(-chosen.sum()), tokens)
+        predictions[f"{name}.margin"] = margin
+    return metrics, predictions
+
+
+def evaluate_reward_models(models: dict[str, Path], test: pd.DataFrame,
+                           cfg: EvaluateConfig) -> tuple[dict[str, float], pd.DataFrame]:
+    """reward_model: every model's pairwise accuracy, and the longer-answer baseline's."""
+    predictions = test[["prompt", "chosen", "rejected"]].reset_index(drop=True)
+    lengths = {side: test[side].str.len().to_numpy() for side in ("chosen", "rejected")}
+    metrics = {f"{LENGTH_BASELINE}.reward_accuracy": pairwise_accuracy(lengths["chosen"], lengths["rejected"])}
+    for name, path in models.items():
+        model, tokenizer = load_trained(path)
+        scores = {side: reward_scores(model, tokenizer, test["prompt"].tolist(), test[side].tolist(), cfg.batch_size)
+                  for side in ("chosen", "rejected")}
+        metrics[f"{name}.reward_accuracy"] = pairwise_accuracy(scores["chosen"], scores["rejected"])
+        metrics[f"{name}.reward_margin"] = float((scores["chosen"] - scores["rejected"]).mean())
+        for side, values in scores.items():
+            predictions[f"{name}.{side}_score"] = values
+    return metrics, predictions
+
+
+def reward_scores(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int) -> np.ndarray:
+    """A reward model's score of each prompt followed by its answer (the text RewardTrainer trains on)."""
+    from ftcore.evaluation.classification import class_logits
+
+    texts = [p + a for p, a in zip(prompts, answers, strict=True)]
+    return class_logits(model, tokenizer, texts, batch_size).squeeze(-1).numpy()
+
+
+def evaluate_policies_on_reward(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
+                                reward: RewardConfig,
+                                reward_model_dir: Path | None) -> tuple[dict[str, float], pd.DataFrame]:
+    """rl: the mean reward of every model's greedy answers to the test prompts."""
+    from ftcore.alignment.trainers import reward_functions
+
+    rewards, weights = reward_functions(reward, reward_model_dir)
+    prompts = test["prompt"].tolist()
+    columns = {c: test[c].tolist() for c in test.columns if c != "prompt"}
+    predictions = pd.DataFrame({"prompt": prompts})
+    metrics: dict[str, float] = {}
+    for name, path in models.items():
+        model, tokenizer = load_trained(path)
+        answers = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
+        total = np.zeros(len(prompts))
+        for fn, weight in zip(rewards, weights, strict=True):
+            scores = score_answers(fn, prompts, answers, columns, cfg.batch_size)
+            metrics[f"{name}.reward.{_reward_name(fn)}"] = float(np.mean(scores))
+            total += weight * np.asarray(scores)
+        metrics[f"{name}.mean_reward"] = float(total.mean())
+        predictions[name], predictions[f"{name}.reward"] = answers, total
+    return metrics, predictions
+
+
+def score_answers(fn, prompts: list[str], answers: list[str], columns: dict[str, list], batch_size: int) -> list:
+    """One reward's scores: a reward model's (with its own tokenizer) or a reward function's."""
+    tokenizer = getattr(fn, "ftflow_tokenizer", None)
+    if tokenizer is not None:
+        return reward_scores(fn, tokenizer, prompts, answers, batch_size).tolist()
+    return fn(prompts, answers, **columns)
+
+
+def _reward_name(fn) -> str:
+    return "model" if getattr(fn, "ftflow_tokenizer", None) is not None else fn.__name__
