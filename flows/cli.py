@@ -28,22 +28,30 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a fiel
 
 @app.command()
 def run(
-    recipe: RecipeArg,
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML file; several run in order as a chain.")],
     set_: SetOpt = None,
-    until: Annotated[Stage | None, typer.Option(help="Stop after this stage.")] = None,
+    until: Annotated[Stage | None, typer.Option(help="Stop after this stage (one recipe only).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
 ) -> None:
-    """Run the seven-stage finetune flow on RECIPE."""
+    """Run the seven-stage finetune flow on RECIPE; several recipes run in order, each continuing from the models
+    the ones before it registered (e.g. SFT, reward model, RL)."""
     overrides = set_ or []
-    loaded = _validated(recipe, overrides)  # fail fast, before Prefect's server starts
-    if until is None or STAGES.index(until) >= STAGES.index(Stage.train):
-        _check_hardware(loaded, recipe, fail=True)
+    if until is not None and len(recipes) > 1:
+        _fail("--until: a chain runs every recipe to the end; give one recipe to stop early")
+    for recipe in recipes:
+        loaded = _validated(recipe, overrides)  # fail fast, before Prefect's server starts
+        if until is None or STAGES.index(until) >= STAGES.index(Stage.train):
+            _check_hardware(loaded, recipe, fail=True)
     configure_environment()
+    from flows.chain import chain
     from flows.finetune import StageFailed, finetune
     from flows.summary import render_table
 
     try:
-        summary = finetune(str(recipe), overrides, until)
+        if len(recipes) == 1:
+            summaries = [finetune(str(recipes[0]), overrides, until)]
+        else:
+            summaries = chain([str(r) for r in recipes], overrides)
     except StageFailed as failed:
         _report(failed.summary, as_json, render_table)
         err_console.print(f"[red]error:[/] {failed.summary['failure']}", highlight=False, soft_wrap=True)
@@ -51,7 +59,10 @@ def run(
         raise typer.Exit(2 if failed.summary["failure_is_user_error"] else 1) from None
     except UserError as e:
         _fail(str(e))
-    _report(summary, as_json, render_table)
+    for summary in summaries:
+        _report(summary, as_json and len(summaries) == 1, render_table)
+    if as_json and len(summaries) > 1:
+        print(json.dumps(summaries, indent=2))
 
 
 def _report(summary: dict, as_json: bool, render_table) -> None:
@@ -120,10 +131,23 @@ def steps() -> None:
     """List the cleaning steps a recipe can use (built-in and from installed packages)."""
     from ftcore.registry import discover_steps
 
-    for name, step in sorted(discover_steps().items()):
-        params = ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}"
-                           for k, f in step.params.model_fields.items())
-        console.print(f"[bold]{name}[/]({params})  {step.doc}  [dim]{step.module}[/]")
+    _print_registered(discover_steps())
+
+
+@app.command()
+def rewards() -> None:
+    """List the reward functions task rl can use (built-in and from installed packages)."""
+    from ftcore.alignment.rewards import discover_rewards
+
+    _print_registered(discover_rewards())
+
+
+def _print_registered(entries: dict) -> None:
+    """One line per registered step or reward function: name(params with defaults), first doc line, module."""
+    for name, entry in sorted(entries.items()):
+        params = ", ".join(f"{k}={'required' if f.is_required() else repr(f.get_default(call_default_factory=True))}"
+                           for k, f in entry.params.model_fields.items())
+        console.print(f"[bold]{name}[/]({params})  {entry.doc}  [dim]{entry.module}[/]")
 
 
 @app.command()

@@ -119,7 +119,8 @@ def starting_version(recipe: Recipe) -> ModelRef | None:
     if recipe.model.source != "champion":
         return None
     name = recipe.model.registered_model or recipe.registered_model
-    return pin_registered(name, tracking.CHAMPION, recipe.model.version, "model.source: champion")
+    version = None if recipe.model.version is None else str(recipe.model.version)
+    return pin_registered(name, tracking.CHAMPION, version, "model.source: champion")
 
 
 def pinned_reward_model(recipe: Recipe) -> ModelRef | None:

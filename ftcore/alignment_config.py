@@ -1,7 +1,7 @@
-"""The recipe's alignment options (docs/alignment.md): how preference pairs train a policy (`train.preference`),
-how a policy is optimised online (`train.rl`), and what rewards it (`reward`, shared by the train and evaluate
-stages so that evaluation scores with the reward training optimised). Split from ftcore.config, which re-exports
-them."""
+"""The recipe's alignment and continual-learning options (docs/alignment.md, docs/continual.md): how preference
+pairs train a policy (`train.preference`), how a policy is optimised online (`train.rl`), what rewards it (`reward`,
+shared by the train and evaluate stages so that evaluation scores with the reward training optimised), and what a
+retrained model must not forget (`continual`). Split from ftcore.config, which re-exports them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from ftcore.data.sources.config import Strict, describe_error
+from ftcore.data.sources.config import Fraction, Strict, describe_error
 
 # TRL's DPO loss variants (DPOConfig.loss_type); several combine with loss_weights.
 DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -102,3 +102,25 @@ class RewardConfig(Strict):
         """(name, alias, version) of a models:/ URI, else None (a folder)."""
         match = MODEL_URI.match(self.model or "")
         return (match["name"], match["alias"], match["version"]) if match else None
+
+
+class RegularizerConfig(Strict):
+    """A penalty pulling the trainable weights toward their values at the start of training."""
+
+    method: Literal["l2sp", "ewc"] = Field(
+        "l2sp", description="l2sp: squared distance to the starting weights; ewc: the same, each weight scaled by "
+                            "its diagonal Fisher information on the retained data (how much the old task needs it)")
+    weight: float = Field(0.01, gt=0, description="the penalty's weight in the loss")
+    fisher_batches: int = Field(8, ge=1, description="ewc: batches of retained rows the Fisher is estimated on")
+
+
+class ContinualConfig(Strict):
+    """Retraining without forgetting: the retained data (what the model knew), how much of it to replay, a
+    regulariser, and the forgetting the evaluate stage measures on the retained data's test part."""
+
+    data: str = Field("champion", description="champion: the dataset the starting version was trained on (its train "
+                                              "split replays, its test split measures forgetting); or a .jsonl or "
+                                              ".parquet file of general data in data.format's columns (80% replays, "
+                                              "20% measures forgetting)")
+    replay: Fraction = Field(0.0, description="share of the training rows drawn from the retained data (0: none)")
+    regularizer: RegularizerConfig | None = None

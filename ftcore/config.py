@@ -20,7 +20,9 @@ from pydantic import (
 )
 
 from ftcore.alignment_config import (  # noqa: F401  re-exported: the recipe's alignment sections
+    ContinualConfig,
     PreferenceConfig,
+    RegularizerConfig,
     RewardConfig,
     RewardFunctionSpec,
     RlConfig,
@@ -69,6 +71,8 @@ TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "rl": ("prompt_completion", "preference"),
 }
 Task = Literal["sft", "dapt", "classification", "multitask", "dpo", "reward_model", "rl"]
+# Language-model tasks whose forgetting the evaluate stage measures with their own metrics.
+CONTINUAL_TASKS = ("sft", "dapt", "multitask")
 
 
 class ScratchModelConfig(Strict):
@@ -116,8 +120,8 @@ class ModelConfig(Strict):
     scratch: ScratchModelConfig = ScratchModelConfig()
     registered_model: str | None = Field(None, description="source champion: the registered model to start from; "
                                                            "default: this recipe's own (continual retraining)")
-    version: str | None = Field(None, pattern=r"^\d+$", description="source champion: this version instead of the "
-                                                                     "champion (a chain pins the one it produced)")
+    version: int | None = Field(None, ge=1, description="source champion: this version instead of the champion (a "
+                                                         "chain pins the one it produced)")
     @model_validator(mode="after")
     def _source_has_what_it_needs(self) -> ModelConfig:
         if self.source == "pretrained" and not self.name_or_path:
@@ -244,6 +248,8 @@ class Recipe(Strict):
     model: ModelConfig = ModelConfig()
     method: MethodConfig = LoraMethod()
     reward: RewardConfig | None = Field(None, description="task rl: what the policy is rewarded for")
+    continual: ContinualConfig | None = Field(None, description="replay, regulariser and forgetting (sft, dapt, "
+                                                                "multitask)")
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()
@@ -282,6 +288,12 @@ class Recipe(Strict):
         for section, task in (("preference", "dpo"), ("rl", "rl")):
             if section in self.train.model_fields_set and self.task != task:
                 raise ValueError(f"train.{section}: only for task {task}")
+        if self.continual is not None:
+            if self.task not in CONTINUAL_TASKS:
+                raise ValueError(f"continual: for tasks {', '.join(CONTINUAL_TASKS)}, not {self.task!r}")
+            if self.continual.data == "champion" and self.model.source != "champion":
+                raise ValueError("continual.data: champion is the dataset of the version the model starts from; set "
+                                 "model.source: champion, or give a file of general data")
         if self.task == "rl" and self.train.batch_size % self.train.rl.num_generations:
             raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of "
                              f"train.rl.num_generations ({self.train.rl.num_generations}): each batch holds whole "

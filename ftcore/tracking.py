@@ -30,12 +30,11 @@ def artifact_root() -> str:
 
 
 def client():
-    import mlflow
+    """A client of this FTFLOW_HOME's store (or MLFLOW_TRACKING_URI's server). MLflow's global set_tracking_uri is
+    not used: it writes MLFLOW_TRACKING_URI into the environment, which would then outrank a later FTFLOW_HOME."""
     from mlflow import MlflowClient
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     if uri.startswith("sqlite:///"):
         home().mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -168,11 +167,18 @@ def aliases_of(name: str, version: str) -> list[str]:
 
 
 def download_version(name: str, version: str, dst: Path) -> Path:
-    """Download a registered version's files (a model folder) into `dst`."""
+    """Download a registered version's files (a model folder) as the new folder `dst`, atomically: they are fetched
+    beside it and renamed into place."""
+    import tempfile
+
     import mlflow
 
-    client()  # sets the tracking and registry URIs
-    return Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst)))
+    source = client().get_model_version_download_uri(name, version)  # models:/ URIs would need the global registry
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
+        Path(mlflow.artifacts.download_artifacts(source, dst_path=tmp, tracking_uri=tracking_uri())).rename(dst)
+    return dst
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------

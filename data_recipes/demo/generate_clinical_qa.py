@@ -1,9 +1,11 @@
-"""Write the demo dataset: clinical questions that use abbreviations, with some messy rows.
+"""Write the demo datasets: clinical questions that use abbreviations, with some messy rows, and preference pairs
+over the same questions.
 
 The answer to every question is the expansion of the abbreviation it asks about, phrased in several ways, so a
 model that learns the abbreviations answers held-out phrasings exactly. A share of rows is deliberately messy
 (duplicates, empty answers, stray whitespace and HTML markup) so the cleaning stage visibly removes or repairs
-something. Deterministic: the committed `clinical_qa.jsonl` is this script's output.
+something. The preference pairs (`clinical_preferences.jsonl`, for the reward-model and DPO demos) prefer the right
+expansion to the expansion of another abbreviation. Deterministic: the committed files are this script's output.
 
     python data_recipes/demo/generate_clinical_qa.py
 """
@@ -68,6 +70,7 @@ TEMPLATES = [
 
 SEED = 0
 OUT = Path(__file__).with_name("clinical_qa.jsonl")
+PREFERENCES = Path(__file__).with_name("clinical_preferences.jsonl")
 
 
 def clean_rows() -> list[dict]:
@@ -91,13 +94,27 @@ def messy_rows(rows: list[dict], rng: random.Random) -> list[dict]:
     return duplicates + empty + noisy
 
 
+def preference_rows(rows: list[dict], rng: random.Random) -> list[dict]:
+    """Each question with its right answer (`good`) and a wrong one (`bad`: another abbreviation's expansion)."""
+    expansions = sorted(set(ABBREVIATIONS.values()))
+    return [{"question": r["question"], "good": r["answer"],
+             "bad": rng.choice([e for e in expansions if e != r["answer"]])} for r in rows]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    print(f"wrote {len(rows)} rows to {path}")
+
+
 def main() -> None:
     rng = random.Random(SEED)
     rows = clean_rows()
     rows += messy_rows(rows, rng)
     rng.shuffle(rows)
-    OUT.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    print(f"wrote {len(rows)} rows to {OUT}")
+    write_jsonl(OUT, rows)
+    pairs = preference_rows(clean_rows(), random.Random(SEED + 1))
+    random.Random(SEED + 1).shuffle(pairs)
+    write_jsonl(PREFERENCES, pairs)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ one score per completion, configured in a recipe as `reward: {functions: [{funct
 
 Like cleaning steps, reward functions come from ftcore's built-ins (below) and from any installed package's
 `ftflow.reward_functions` entry point (ftflow's own `data_recipes.rewards` is one), so a data engineer adds one by
-writing one decorated function. `columns` holds the row's other dataset columns (e.g. the reference `completion`),
-one value per completion.
+writing one decorated function. `columns` holds the row's other dataset columns, one value per completion
+(`reward_columns`): the reference answer as `reference` (a prompt_completion row's completion) or the pair's
+`chosen` and `rejected`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 ENTRY_POINT_GROUP = "ftflow.reward_functions"
@@ -30,6 +32,8 @@ RewardFn = Callable[[list[str], list[str], RewardParams, dict[str, list]], list[
 
 @dataclass(frozen=True)
 class RegisteredReward:
+    """A reward function with its params model, as `ftflow rewards` lists it."""
+
     name: str
     fn: RewardFn
     params: type[RewardParams]
@@ -85,6 +89,16 @@ def score(name: str, params: dict, prompts: Sequence[str], completions: Sequence
     return [float(s) for s in scores]
 
 
+# The reference answer's name for reward functions: TRL reserves `completion` for the sampled answer.
+REFERENCE = "reference"
+
+
+def reward_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """The columns of split rows that reward functions see besides the prompt."""
+    columns = rows[[c for c in ("completion", "chosen", "rejected") if c in rows]]
+    return columns.rename(columns={"completion": REFERENCE}).reset_index(drop=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Built-ins
 
@@ -113,13 +127,14 @@ def contains(prompts: list[str], completions: list[str], p: ContainsParams, colu
 
 
 class ReferenceParams(RewardParams):
-    column: str = Field("completion", description="the dataset column holding the reference answer")
+    column: str = Field(REFERENCE, description="the column holding the reference answer: reference (a "
+                                               "prompt_completion row's completion) or chosen")
 
 
 @reward_function("reference_f1", params=ReferenceParams)
 def reference_f1(prompts: list[str], completions: list[str], p: ReferenceParams,
                  columns: dict[str, list]) -> list[float]:
-    """Token F1 of the answer against the row's reference answer (the `completion` column by default)."""
+    """Token F1 of the answer against the row's reference answer (or `column`, e.g. a pair's chosen answer)."""
     from ftcore.evaluation.metrics import token_f1
 
     if p.column not in columns:

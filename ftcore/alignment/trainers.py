@@ -106,6 +106,7 @@ def load_reward_model(path: Path):
                          "model has one (train it with task: reward_model)")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    model.config._name_or_path = "reward_model"  # TRL logs its scores as rewards/<last part of this>/mean
     model.eval()
     model.ftflow_tokenizer = tokenizer
     return model

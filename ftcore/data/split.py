@@ -48,7 +48,11 @@ def _count(n: int, fraction: float) -> int:
 
 def format_for_model(rows: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     """`prompt`/`completion` become exactly what the model sees; the cleaned originals stay as `raw_*`. In a
-    multitask recipe each row gets its task's templates (data.tasks), else data's."""
+    multitask recipe each row gets its task's templates (data.tasks), else data's. Preference pairs are templated
+    only when the recipe sets a template (their prompts usually come formatted, e.g. HH-RLHF's dialogues): then the
+    prompt gets prompt_template and both answers completion_template, so pairs read like the SFT data before them."""
+    if cfg.format == "preference":
+        return templated_pairs(rows, cfg) if {"prompt_template", "completion_template"} & cfg.model_fields_set else rows
     if cfg.format != "prompt_completion":
         return rows
     tasks = rows[TASK] if TASK in rows else pd.Series(None, index=rows.index, dtype=object)
@@ -60,6 +64,15 @@ def format_for_model(rows: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
 
     return rows.assign(raw_prompt=rows["prompt"], raw_completion=rows["completion"],
                        prompt=templated("prompt"), completion=templated("completion"))
+
+
+def templated_pairs(rows: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    def fill(template: str, column: str, placeholder: str) -> list[str]:
+        return [template.replace("{" + placeholder + "}", value) for value in rows[column]]
+
+    return rows.assign(raw_prompt=rows["prompt"], prompt=fill(cfg.prompt_template, "prompt", "prompt"),
+                       chosen=fill(cfg.completion_template, "chosen", "completion"),
+                       rejected=fill(cfg.completion_template, "rejected", "completion"))
 
 
 def _template(cfg: DataConfig, task: str | None, column: str, default: str) -> str:

@@ -83,11 +83,12 @@ def evaluate_policies_on_reward(models: dict[str, Path], test: pd.DataFrame, cfg
                                 reward: RewardConfig,
                                 reward_model_dir: Path | None) -> tuple[dict[str, float], pd.DataFrame]:
     """rl: the mean reward of every model's greedy answers to the test prompts."""
+    from ftcore.alignment.rewards import reward_columns
     from ftcore.alignment.trainers import reward_functions
 
     rewards, weights = reward_functions(reward, reward_model_dir)
     prompts = test["prompt"].tolist()
-    columns = {c: test[c].tolist() for c in test.columns if c != "prompt"}
+    columns = reward_columns(test).to_dict(orient="list")
     predictions = pd.DataFrame({"prompt": prompts})
     metrics: dict[str, float] = {}
     for name, path in models.items():

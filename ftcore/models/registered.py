@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict
 from ftcore import tracking
 from ftcore.alignment_config import MODEL_URI
 from ftcore.errors import UserError
-from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.paths import home
 
@@ -69,6 +68,5 @@ def model_folder(ref: ModelRef) -> Path:
         return ref.path
     folder = home() / "registry" / str(ref.name) / str(ref.version)
     if not (folder / "config.json").is_file():
-        with atomic_dir(folder) as tmp:
-            tracking.download_version(str(ref.name), str(ref.version), tmp)
+        tracking.download_version(str(ref.name), str(ref.version), folder)
     return folder

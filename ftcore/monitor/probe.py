@@ -38,7 +38,7 @@ def monitor_version(
     registered_model: str, version: str, probe_split: Path, cfg: MonitorConfig, out_dir: Path
 ) -> MonitorOutput:
     with tempfile.TemporaryDirectory(prefix="ftflow-monitor-") as tmp:
-        model_dir = tracking.download_version(registered_model, version, Path(tmp))
+        model_dir = tracking.download_version(registered_model, version, Path(tmp) / "model")
         model, tokenizer = load_trained(model_dir)
         respond = responder(model, tokenizer, cfg.max_new_tokens)
         probes = [run_probe(respond, p) for p in probe_prompts(probe_split, cfg.probe_size, tokenizer)]

@@ -7,8 +7,8 @@
 - `dapt`: raw `text`; TRL tokenises it (EOS appended) and trains on every token, packed when train.packing is on.
 - `classification`: `text` tokenised here with the class id as `labels`.
 - `dpo`, `reward_model`: `prompt`/`chosen`/`rejected` text; TRL tokenises each pair.
-- `rl`: the `prompt` to sample answers to, with the row's other columns for the reward functions (a reference
-  `completion`, or `chosen`/`rejected`).
+- `rl`: the `prompt` to sample answers to, with the columns the reward functions see (the reference answer as
+  `reference`, or `chosen`/`rejected`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from ftcore.models.load import render_chat
 log = logging.getLogger(__name__)
 TRAIN_COLUMNS = {"prompt_completion": ["prompt", "completion"], "text": ["text"],
                  "preference": ["prompt", "chosen", "rejected"]}
-# Columns a task rl row passes to the reward functions besides the prompt.
-REWARD_COLUMNS = ("completion", "chosen", "rejected")
 
 
 def read_split(path: Path | None) -> pd.DataFrame | None:
@@ -54,7 +52,10 @@ def training_dataset(rows: pd.DataFrame | None, task: str, tokenizer, max_length
     prompt_tokens = [len(ids) for ids in tokenizer(rows["prompt"].tolist(), add_special_tokens=False)["input_ids"]]
     check_room_for_answers(prompt_tokens, max_length)
     if task == "rl":
-        return Dataset.from_pandas(rows[["prompt", *(c for c in REWARD_COLUMNS if c in rows)]], preserve_index=False)
+        from ftcore.alignment.rewards import reward_columns
+
+        prompts = rows[["prompt"]].reset_index(drop=True)
+        return Dataset.from_pandas(pd.concat([prompts, reward_columns(rows)], axis=1), preserve_index=False)
     columns = TRAIN_COLUMNS["preference" if task in ("dpo", "reward_model") else "prompt_completion"]
     return Dataset.from_pandas(rows[columns], preserve_index=False)
 

@@ -44,6 +44,12 @@ def sms_rows() -> list[dict]:
             + [{"label": "ham", "text": t.format(n=n)} for t in HAM for n in range(12)])
 
 
+def preference_rows() -> list[dict]:
+    """Each question with its expansion preferred to an evasive answer."""
+    return [{"question": f"What does {a} mean?", "good": m, "bad": "I am not sure what that is."}
+            for a, m in ABBREVIATIONS.items()] * 3
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -80,4 +86,16 @@ def objective_recipe(root: Path, task: str) -> dict:
         tasks = {"expand": {"weight": 2.0},
                  "spam": {"weight": 1.0, "prompt_template": "Is this message spam or ham? {prompt}\nLabel:"}}
         return {"task": "multitask", "data": {"sources": [qa, sms], "tasks": tasks}}
+    if task in ("dpo", "reward_model"):
+        source = {"type": "jsonl", "path": str(write_jsonl(root / "pairs.jsonl", preference_rows())),
+                  "columns": {"prompt": "question", "chosen": "good", "rejected": "bad"}}
+        return {"task": task, "data": {"sources": [source], "format": "preference"}}
+    if task == "rl":
+        source = {"type": "jsonl", "path": str(write_jsonl(root / "qa.jsonl", qa_rows())),
+                  "columns": {"prompt": "question", "completion": "answer"}}
+        return {"task": "rl", "data": {"sources": [source]},
+                # Graded on any output, so a random policy already gets different rewards for its samples to learn
+                # from; the reference overlap adds the task's own signal.
+                "reward": {"functions": [{"function": "length", "target_words": 2},
+                                         {"function": "reference_f1", "weight": 0.5}]}}
     raise ValueError(task)

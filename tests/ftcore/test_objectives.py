@@ -47,7 +47,7 @@ def train_watching(root: Path, recipe, dataset, base):
 
     loss = dataset.artifacts.get("loss")
     out = train.train_model(base, dataset.splits, recipe.train, root / "train", recipe.task,
-                            json.loads(loss.read_text()) if loss else None, callbacks=[Keep()])
+                            json.loads(loss.read_text()) if loss else None, callbacks=[Keep()], reward=recipe.reward)
     return out, seen["model"], seen["before"]
 
 
@@ -56,6 +56,13 @@ def train_watching(root: Path, recipe, dataset, base):
 def test_objective_trains_its_trainable_weights_only_and_the_loss_falls(task, method, tmp_path):
     recipe, dataset, base = prepare(tmp_path, task, f"method={{name: {method}}}")
     out, model, before = train_watching(tmp_path, recipe, dataset, base)
+    assert_only_trainable_weights_moved(model, before, out.metrics, full=method == "full")
+    m = out.metrics
+    assert m["train_loss_last"] < 0.9 * m["train_loss_first"], (m["train_loss_first"], m["train_loss_last"])
+    assert m["tokens_per_second"] > 0 and m["steps"] == 15
+
+
+def assert_only_trainable_weights_moved(model, before: dict, metrics: dict, full: bool) -> None:
     params = dict(model.named_parameters())
     trainable = [n for n, p in params.items() if p.requires_grad]
     frozen = [n for n, p in params.items() if not p.requires_grad]
@@ -64,11 +71,8 @@ def test_objective_trains_its_trainable_weights_only_and_the_loss_falls(task, me
     # Every trainable tensor moves, but a token embedding row or bias may stay when a batch never reaches it.
     assert len(moved) >= 0.9 * len(trainable), sorted(set(trainable) - set(moved))
     assert all(params[n].detach().equal(before[n]) for n in frozen)
-    assert (method == "full") == (not frozen)
-    m = out.metrics
-    assert m["train_loss_last"] < 0.9 * m["train_loss_first"], (m["train_loss_first"], m["train_loss_last"])
-    assert m["trainable_params"] == sum(params[n].numel() for n in trainable)
-    assert m["tokens_per_second"] > 0 and m["steps"] == 15
+    assert full == (not frozen)
+    assert metrics["trainable_params"] == sum(params[n].numel() for n in trainable)
 
 
 def test_a_chat_puts_the_loss_on_every_assistant_turn_and_nothing_else(tmp_path):

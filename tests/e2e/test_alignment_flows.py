@@ -1,0 +1,87 @@
+"""Alignment through the whole flow (Prefect test harness, MLflow on a temporary SQLite store): DPO on real
+HH-RLHF preference pairs, and the RLHF demo as a chain of three recipes (SFT -> reward model -> GRPO) whose
+registered versions record their lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftcore import tracking
+from ftcore.config import STAGES, load_recipe
+from ftcore.errors import UserError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+RECIPES = Path(__file__).parents[2] / "data_recipes" / "recipes"
+RLHF_CHAIN = [RECIPES / "clinical_qa.yaml", RECIPES / "clinical_reward.yaml", RECIPES / "clinical_rl.yaml"]
+
+
+def all_completed(summary: dict) -> bool:
+    """Every stage ran (or came from the cache: the RL recipe collects the SFT recipe's data again)."""
+    statuses = {name: s["status"] for name, s in summary["stages"].items()}
+    return statuses.keys() == {s.value for s in STAGES} and set(statuses.values()) <= {"completed", "cached"}
+
+
+def test_dpo_on_hh_rlhf_raises_held_out_reward_accuracy_above_half(shared_data):
+    from flows.finetune import finetune
+
+    summary = finetune(str(RECIPES / "shared" / "hh_rlhf_preference.yaml"),
+                       ["train.max_steps=100", "train.eval_steps=50", "monitor.probe_size=2", "evaluate.batch_size=32"])
+    assert all_completed(summary)
+    # Held-out pairs (the validation split) during training, as logged to MLflow.
+    history = tracking.client().get_metric_history(summary["mlflow_run_id"], "train/eval_rewards/accuracies")
+    accuracies = [m.value for m in sorted(history, key=lambda m: m.step)]
+    print(f"held-out DPO reward accuracy at steps 50, 100: {accuracies}")
+    assert len(accuracies) == 2 and max(accuracies) > 0.5
+    evaluation = summary["stages"]["evaluate"]["metrics"]
+    print(f"test pairs: candidate {evaluation['candidate.reward_accuracy']:.3f}, base 0.5")
+    assert evaluation["base.reward_accuracy"] == 0.5  # the implicit reward's reference is the base itself
+    assert 0 <= evaluation["candidate.reward_accuracy"] <= 1 and "candidate.reward_margin" in evaluation
+
+
+def test_the_rlhf_chain_trains_sft_then_a_reward_model_then_the_policy_against_it():
+    from flows.chain import chain
+
+    sft, reward, rl = chain([str(path) for path in RLHF_CHAIN])
+    assert all(map(all_completed, (sft, reward, rl)))
+
+    rm = reward["stages"]["evaluate"]["metrics"]
+    print(f"reward model held-out pairwise accuracy {rm['candidate.reward_accuracy']:.3f} "
+          f"(longer-answer baseline {rm['length.reward_accuracy']:.3f})")
+    assert rm["candidate.reward_accuracy"] > max(0.5, rm["length.reward_accuracy"])
+
+    steps = json.loads(Path(rl["stages"]["train"]["artifacts"]["history"]).read_text())
+    rewards = [h["reward"] for h in steps if "reward" in h]
+    quarter = len(rewards) // 4
+    first, last = np.mean(rewards[:quarter]), np.mean(rewards[-quarter:])
+    print(f"RL mean reward over the first quarter of the steps {first:.3f}, the last {last:.3f}")
+    assert last > first
+    evaluation = rl["stages"]["evaluate"]["metrics"]
+    assert evaluation["candidate.mean_reward"] > evaluation["base.mean_reward"]  # base: the SFT model
+
+    client = tracking.client()
+    assert client.get_model_version("clinical-reward", "1").tags["started_from"] == "clinical-qa/1"
+    policy = client.get_model_version("clinical-rl", "1").tags
+    assert policy["started_from"] == "clinical-qa/1" and policy["reward_model"] == "clinical-reward/1"
+
+
+def test_a_chain_pins_the_versions_it_produced_and_leaves_explicit_ones():
+    from flows.chain import pinned_versions
+
+    rl = load_recipe(RLHF_CHAIN[2])
+    assert pinned_versions(rl, {"clinical-qa": 3, "clinical-reward": 2}) == [
+        "model.version=3", "reward.model=models:/clinical-reward/2"]
+    assert pinned_versions(rl, {}) == []
+    explicit = load_recipe(RLHF_CHAIN[2], ["model.version=1", "reward.model=models:/clinical-reward/1"])
+    assert pinned_versions(explicit, {"clinical-qa": 3, "clinical-reward": 2}) == []
+
+
+def test_starting_from_a_champion_that_does_not_exist_fails_before_any_stage():
+    from flows.finetune import finetune
+
+    with pytest.raises(UserError, match=r"model\.source: champion: registered model 'clinical-qa' has no version "
+                                        r"with alias 'champion'"):
+        finetune(str(RLHF_CHAIN[2]))
