@@ -12,7 +12,9 @@ from prefect.tasks import exponential_backoff
 import ftcore
 from flows.summary import RunSummary
 from ftcore import tracking
+from ftcore.alignment_config import CHAMPION_DATA
 from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
+from ftcore.data.retained import RetainedData, champion_data, file_data
 from ftcore.data.sources.config import FileSource, HfDatasetSource
 from ftcore.errors import UserError
 from ftcore.hashing import hash_dir, hash_file
@@ -44,7 +46,9 @@ class StageFailed(Exception):
 @flow(name="finetune", log_prints=False, validate_parameters=False)
 def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None) -> dict:
     recipe = load_recipe(recipe_path, overrides)
-    start, reward_model = starting_version(recipe), pinned_reward_model(recipe)  # pinned before any stage runs
+    # Registered models and retained data are pinned before any stage runs (ftcore/models/registered.py).
+    start, reward_model = starting_version(recipe), pinned_reward_model(recipe)
+    retained = retained_data(recipe, start)
     summary = start_run(recipe, recipe_path)
     stages = StageRunner(recipe.stages, summary, until)
     try:
@@ -55,9 +59,10 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
         base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset, task=recipe.task,
                           start=start)
         trained = stages.run(train, base=base, dataset=dataset, train=recipe.train, task=recipe.task,
-                             reward=recipe.reward, reward_model=reward_model)
+                             reward=recipe.reward, reward_model=reward_model, continual=recipe.continual,
+                             retained=retained)
         evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate,
-                                task=recipe.task, reward=recipe.reward, reward_model=reward_model)
+                                task=recipe.task, reward=recipe.reward, reward_model=reward_model, retained=retained)
         deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
                               registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
                               mlflow_run_id=summary.mlflow_run_id,
@@ -127,6 +132,15 @@ def pinned_reward_model(recipe: Recipe) -> ModelRef | None:
     if recipe.reward is None or recipe.reward.model is None:
         return None
     return pin_reference(recipe.reward.model, "reward.model")
+
+
+def retained_data(recipe: Recipe, start: ModelRef | None) -> RetainedData | None:
+    """continual: the champion's own dataset, or a file of general data."""
+    if recipe.continual is None:
+        return None
+    if recipe.continual.data == CHAMPION_DATA:
+        return champion_data(start)
+    return file_data(Path(recipe.continual.data), recipe.data, recipe.data.split.seed)
 
 
 def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput,

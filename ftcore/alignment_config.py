@@ -6,11 +6,12 @@ retrained model must not forget (`continual`). Split from ftcore.config, which r
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ftcore.data.sources.config import Fraction, Strict, describe_error
+from ftcore.data.sources.config import Fraction, Strict, describe_error, resolve_relative
 
 # TRL's DPO loss variants (DPOConfig.loss_type); several combine with loss_weights.
 DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -124,3 +125,18 @@ class ContinualConfig(Strict):
                                               "20% measures forgetting)")
     replay: Fraction = Field(0.0, description="share of the training rows drawn from the retained data (0: none)")
     regularizer: RegularizerConfig | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _champion_or_a_file(cls, v: str, info: ValidationInfo) -> str:
+        if v == CHAMPION_DATA:
+            return v
+        path = resolve_relative(Path(v), info)
+        if path.suffix not in (".jsonl", ".parquet"):
+            raise ValueError(f"{v!r}: give champion, or a .jsonl or .parquet file of general data")
+        if not path.is_file():
+            raise ValueError(f"file not found: {path} (paths are relative to the recipe's folder)")
+        return str(path)
+
+
+CHAMPION_DATA = "champion"

@@ -162,6 +162,19 @@ def version_exists(name: str, version: str) -> bool:
     return True
 
 
+def version_run_id(name: str, version: str) -> str:
+    """The pipeline run that registered the version."""
+    return str(client().get_model_version(name, version).run_id)
+
+
+def download_run_artifact(run_id: str, artifact_path: str, dst: Path) -> Path:
+    """One artifact of a run (a file or folder) into the existing folder `dst`; returns its local path."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst),
+                                                    tracking_uri=tracking_uri()))
+
+
 def aliases_of(name: str, version: str) -> list[str]:
     return sorted(client().get_model_version(name, version).aliases)
 

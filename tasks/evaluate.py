@@ -2,6 +2,7 @@ from prefect import get_run_logger
 
 import ftcore.evaluation
 from ftcore.config import EvaluateConfig, RewardConfig
+from ftcore.data.retained import RetainedData
 from ftcore.evaluation.evaluate import evaluate_models
 from ftcore.models.registered import ModelRef, model_folder
 from ftcore.outputs import DatasetOutput, EvalOutput, ModelOutput, TrainOutput
@@ -11,17 +12,19 @@ from tasks.common import stage_inputs, stage_task
 
 @stage_task("evaluate", code=[ftcore.evaluation])
 def evaluate(base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput, evaluate: EvaluateConfig,
-             task: str, reward: RewardConfig | None = None, reward_model: ModelRef | None = None) -> EvalOutput:
+             task: str, reward: RewardConfig | None = None, reward_model: ModelRef | None = None,
+             retained: RetainedData | None = None) -> EvalOutput:
     """Score the fine-tuned candidate on the test split against the base model (classification: against a TF-IDF
-    baseline; reward_model: against preferring the longer answer)."""
+    baseline; reward_model: against preferring the longer answer), and with retained data its forgetting."""
     out_dir = stage_dir("evaluate", stage_inputs(base=base.content_hash, trained=trained.content_hash,
                                                  dataset=dataset.content_hash, evaluate=evaluate, task=task,
-                                                 reward=reward, reward_model=reward_model))
+                                                 reward=reward, reward_model=reward_model,
+                                                 retained=retained and retained.fingerprint))
     models = {"candidate": trained.model_path}
     if task not in ("classification", "reward_model"):  # their base has an untrained head: nothing to compare
         models = {"base": base.base_path, **models}
     out = evaluate_models(models, dataset.splits, evaluate, out_dir, task, reward,
-                          model_folder(reward_model) if reward_model else None)
+                          model_folder(reward_model) if reward_model else None, retained.test if retained else None)
     logger = get_run_logger()
     for metric in evaluate.metrics:
         logger.info("%s: %s %.4g -> fine-tuned %.4g", metric, out.reference, out.metrics[f"{out.reference}.{metric}"],

@@ -3,7 +3,8 @@ import json
 from prefect import get_run_logger
 
 import ftcore.training
-from ftcore.config import RewardConfig, TrainConfig
+from ftcore.config import ContinualConfig, RewardConfig, TrainConfig
+from ftcore.data.retained import RetainedData
 from ftcore.models.registered import ModelRef, model_folder
 from ftcore.outputs import DatasetOutput, ModelOutput, TrainOutput
 from ftcore.paths import stage_dir
@@ -13,14 +14,17 @@ from tasks.common import stage_inputs, stage_task
 
 @stage_task("train", code=[ftcore.training])
 def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig, task: str, reward: RewardConfig | None = None,
-          reward_model: ModelRef | None = None) -> TrainOutput:
+          reward_model: ModelRef | None = None, continual: ContinualConfig | None = None,
+          retained: RetainedData | None = None) -> TrainOutput:
     """Fine-tune the init stage's model on the train split for the recipe's task (task rl: against `reward`, with
-    the pinned reward model)."""
+    the pinned reward model; continual: replaying and anchored to the retained data)."""
     out_dir = stage_dir("train", stage_inputs(base=base.content_hash, dataset=dataset.content_hash, train=train,
-                                              task=task, reward=reward, reward_model=reward_model))
+                                              task=task, reward=reward, reward_model=reward_model,
+                                              continual=continual, retained=retained and retained.fingerprint))
     loss = dataset.artifacts.get("loss")
     out = train_model(base, dataset.splits, train, out_dir, task, json.loads(loss.read_text()) if loss else None,
-                      reward=reward, reward_model_dir=model_folder(reward_model) if reward_model else None)
+                      reward=reward, reward_model_dir=model_folder(reward_model) if reward_model else None,
+                      continual=continual, retained_train=retained.train if retained else None)
     m = out.metrics
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
     get_run_logger().info("trained %d steps in %.1f s%s; loss %.3f -> %.3f", m["steps"], m["runtime_s"], resumed,

@@ -5,7 +5,9 @@ The answer to every question is the expansion of the abbreviation it asks about,
 model that learns the abbreviations answers held-out phrasings exactly. A share of rows is deliberately messy
 (duplicates, empty answers, stray whitespace and HTML markup) so the cleaning stage visibly removes or repairs
 something. The preference pairs (`clinical_preferences.jsonl`, for the reward-model and DPO demos) prefer the right
-expansion to the expansion of another abbreviation. Deterministic: the committed files are this script's output.
+expansion to the expansion of another abbreviation. The continual-learning demo splits the abbreviations in two
+tasks (`clinical_abbrev_a.jsonl`, `clinical_abbrev_b.jsonl`). Deterministic: the committed files are this script's
+output.
 
     python data_recipes/demo/generate_clinical_qa.py
 """
@@ -115,6 +117,9 @@ def main() -> None:
     pairs = preference_rows(clean_rows(), random.Random(SEED + 1))
     random.Random(SEED + 1).shuffle(pairs)
     write_jsonl(PREFERENCES, pairs)
+    half = len(ABBREVIATIONS) // 2
+    for suffix, task in (("a", clean_rows()[: half * len(TEMPLATES)]), ("b", clean_rows()[half * len(TEMPLATES):])):
+        write_jsonl(OUT.with_name(f"clinical_abbrev_{suffix}.jsonl"), task)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftcore.config import EvaluateConfig, RewardConfig
+from ftcore.config import LOWER_IS_BETTER, EvaluateConfig, RewardConfig
 from ftcore.data.formats import TASK
 from ftcore.evaluation.classification import classification_metrics, classify, tfidf_baseline
 from ftcore.evaluation.generate import completion_nll, generate
@@ -37,10 +37,11 @@ BASELINE = "tfidf"
 
 def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,
                     task: str = "sft", reward: RewardConfig | None = None,
-                    reward_model_dir: Path | None = None) -> EvalOutput:
+                    reward_model_dir: Path | None = None, retained_test: Path | None = None) -> EvalOutput:
     """Score each named model folder (e.g. base, candidate) on the test split. Metrics are `<model>.<metric>`.
     Task rl scores with `reward` (and the reward model in `reward_model_dir`); dpo's first model is the reference
-    of the implicit reward."""
+    of the implicit reward. With `retained_test` (continual fine-tuning) the models are scored on it too, and
+    `forgetting.<metric>` is how much worse the candidate does there than the first model (the starting one)."""
     test = pd.read_parquet(splits["test"])
     reference = "base"
     match task:
@@ -58,6 +59,8 @@ def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: Evalu
             metrics, predictions = evaluate_policies_on_reward(models, test, cfg, reward, reward_model_dir)
         case _:
             metrics, predictions = evaluate_language_models(models, test, cfg, task)
+    if retained_test is not None:
+        metrics.update(forgetting(models, pd.read_parquet(retained_test), cfg, task))
     with atomic_dir(out_dir) as tmp:
         predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
     return EvalOutput(
@@ -115,6 +118,18 @@ def evaluate_language_models(models: dict[str, Path], test: pd.DataFrame, cfg: E
             if group is None and outputs is not None:
                 predictions[name] = outputs
     return metrics, predictions
+
+
+def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateConfig, task: str) -> dict[str, float]:
+    """`retained.<model>.<metric>` on the retained test rows, and `forgetting.<metric>`: the starting model's score
+    minus the candidate's (for perplexity the candidate's minus the start's), so a positive value is lost ground."""
+    scores, _ = evaluate_language_models(models, retained, cfg, task)
+    start, candidate = next(iter(models)), list(models)[-1]
+    lost = {}
+    for metric in cfg.metrics:
+        before, after = scores[f"{start}.{metric}"], scores[f"{candidate}.{metric}"]
+        lost[f"forgetting.{metric}"] = after - before if metric in LOWER_IS_BETTER else before - after
+    return {**{f"retained.{k}": v for k, v in scores.items()}, **lost}
 
 
 def eval_examples(test: pd.DataFrame, tokenizer, task: str) -> pd.DataFrame:

@@ -45,6 +45,21 @@ def completion_nlls(model, tokenizer, prompts: list[str], completions: list[str]
 
     results: list[tuple[float, int]] = []
     model.eval()
+    for input_ids, attention, label_ids in completion_batches(tokenizer, prompts, completions, batch_size):
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device),
+                           attention_mask=attention.to(model.device)).logits[:, :-1].float().cpu()
+        target = label_ids[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        results.extend(zip(nll.sum(dim=1).tolist(), (target != -100).sum(dim=1).tolist(), strict=True))
+    return results
+
+
+def completion_batches(tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> Iterator[tuple]:
+    """(input_ids, attention_mask, labels) tensors of prompt + completion + EOS, right-padded, with the labels
+    -100 on the prompt and the padding: the loss falls on the completion only."""
+    import torch
+
     for pairs in _batches(list(zip(prompts, completions, strict=True)), batch_size):
         ids, labels = [], []
         for prompt, completion in pairs:
@@ -56,9 +71,4 @@ def completion_nlls(model, tokenizer, prompts: list[str], completions: list[str]
         input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
         label_ids = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
         attention = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids])[:, None]).long()
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-        target = label_ids[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
-        results.extend(zip(nll.sum(dim=1).tolist(), (target != -100).sum(dim=1).tolist(), strict=True))
-    return results
+        yield input_ids, attention, label_ids

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftcore.config import RewardConfig, TrainConfig
+import pandas as pd
+
+from ftcore.config import ContinualConfig, RewardConfig, TrainConfig
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
@@ -27,6 +29,7 @@ from ftcore.models.peft_methods import export_model, load_trainable, read_method
 from ftcore.outputs import ModelOutput, TrainOutput
 from ftcore.training.analytics import layer_weight_norms, peak_memory_mb, reset_peak_memory
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
+from ftcore.training.continual import anchor_to_start, diagonal_fisher, with_replay
 from ftcore.training.examples import read_split, training_dataset
 from ftcore.training.plots import plot_layer_norms, plot_loss
 
@@ -52,15 +55,20 @@ class Objective:
 
 def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path, task: str = "sft",
                 loss_spec: dict | None = None, callbacks: Sequence = (), reward: RewardConfig | None = None,
-                reward_model_dir: Path | None = None) -> TrainOutput:
+                reward_model_dir: Path | None = None, continual: ContinualConfig | None = None,
+                retained_train: Path | None = None) -> TrainOutput:
     """Train the init stage's model on the train split for `task`; `loss_spec` is the balance stage's loss.json
-    (class weights or focal loss, classification only); `reward` and the reward model's folder are task rl's.
-    `callbacks` (transformers TrainerCallbacks) join the trainer's own, e.g. to watch the steps from a benchmark."""
+    (class weights or focal loss, classification only); `reward` and the reward model's folder are task rl's;
+    `continual` replays rows of `retained_train` and anchors the weights (docs/continual.md). `callbacks`
+    (transformers TrainerCallbacks) join the trainer's own, e.g. to watch the steps from a benchmark."""
     check_hardware(cfg)
     reset_peak_memory()
     model, tokenizer = load_for_training(base)
-    train_rows, eval_rows = (training_dataset(read_split(splits.get(name)), task, tokenizer, cfg.max_length,
-                                              base.classes) for name in ("train", "validation"))
+    train_frame, replayed = read_split(splits.get("train")), 0
+    if continual is not None and train_frame is not None:
+        train_frame, replayed = with_replay(train_frame, pd.read_parquet(retained_train), continual.replay, cfg.seed)
+    train_rows, eval_rows = (training_dataset(frame, task, tokenizer, cfg.max_length, base.classes)
+                             for frame in (train_frame, read_split(splits.get("validation"))))
     if task == "rl":
         eval_rows = None  # evaluating a policy means sampling answers: the evaluate stage does it once
     if train_rows is None:
@@ -73,6 +81,8 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
     store.prepare()
     trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store,
                                        objective(task, base, loss_spec, reward, reward_model_dir))
+    if continual is not None and continual.regularizer is not None:
+        anchor(trainer, tokenizer, continual, retained_train, cfg)
     for callback in callbacks:
         trainer.add_callback(callback)
     resumed_from = resume.step if resume else 0
@@ -104,6 +114,7 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
         **({} if eval_loss is None else {"eval_loss": eval_loss}),
         **({"router_aux_loss_last": router_loss[-1]} if router_loss else {}),
         **alignment_metrics(history),
+        **({} if continual is None else {"replayed_rows": replayed}),
     }
     return TrainOutput(
         path=out_dir,
@@ -139,6 +150,16 @@ def check_hardware(cfg: TrainConfig) -> None:
                         "CPU) or no")
     if cfg.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise UserError("train.mixed_precision: bf16 is not supported by this GPU; use fp16 or no")
+
+
+def anchor(trainer, tokenizer, continual: ContinualConfig, retained_train: Path, cfg: TrainConfig) -> None:
+    """The continual regulariser on the trainer's loss; for ewc with the Fisher on the retained rows."""
+    regularizer = continual.regularizer
+    fisher = None
+    if regularizer.method == "ewc":
+        fisher = diagonal_fisher(trainer.model, tokenizer, pd.read_parquet(retained_train), regularizer,
+                                 cfg.batch_size, cfg.seed)
+    anchor_to_start(trainer, regularizer, fisher)
 
 
 def objective(task: str, base: ModelOutput, loss_spec: dict | None, reward: RewardConfig | None,

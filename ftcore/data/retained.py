@@ -1,0 +1,85 @@
+"""The retained data of continual fine-tuning (docs/continual.md): what a retrained model must not forget.
+
+`continual.data: champion` is the dataset the starting version was trained on, fetched from its MLflow run (the
+clean_balance stage's `dataset.parquet`, whose `split` column says which rows trained it and which tested it).
+A file of general data is templated like the recipe's own rows and split 80/20, seeded. Either way the result is a
+`train` part (replayed) and a `test` part (forgetting is measured on it), pinned by content hash before any stage
+runs, so the train and evaluate stages that read it are cached on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from ftcore import tracking
+from ftcore.config import FORMAT_COLUMNS, DataConfig
+from ftcore.data.split import format_for_model
+from ftcore.errors import DataError, UserError
+from ftcore.fs import atomic_dir
+from ftcore.hashing import hash_dir, hash_file, hash_obj, short
+from ftcore.models.registered import ModelRef
+from ftcore.paths import home
+
+DATASET_ARTIFACT = "stages/clean_balance/dataset.parquet"
+HELD_OUT = 0.2  # the share of a general-data file kept to measure forgetting
+
+
+class RetainedData(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train: Path
+    test: Path
+    fingerprint: str
+    origin: str  # NAME/VERSION's dataset, or the file
+
+
+def champion_data(start: ModelRef) -> RetainedData:
+    """The train and test splits of the dataset the version `start` was trained on, fetched once."""
+    folder = home() / "registry" / str(start.name) / f"{start.version}-data"
+    if not (folder / "test.parquet").is_file():
+        with atomic_dir(folder) as tmp:
+            run_id = tracking.version_run_id(str(start.name), str(start.version))
+            try:
+                downloaded = tracking.download_run_artifact(run_id, DATASET_ARTIFACT, tmp)
+            except OSError as e:
+                raise UserError(f"continual.data: champion: the run {run_id} that registered {start.label} has no "
+                                f"{DATASET_ARTIFACT} ({e}); give a file of the data to retain instead") from None
+            dataset = pd.read_parquet(downloaded)
+            downloaded.unlink()
+            _write_parts(dataset[dataset["split"] == "train"], dataset[dataset["split"] == "test"], tmp)
+    return _retained(folder, f"the dataset of {start.label}")
+
+
+def file_data(path: Path, data: DataConfig, seed: int) -> RetainedData:
+    """A file of general data in data.format's columns, templated like the recipe's rows, split 80/20."""
+    rows = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
+    missing = [c for c in FORMAT_COLUMNS[data.format] if c not in rows]
+    if missing:
+        raise DataError(f"continual.data: {path} lacks the column(s) {', '.join(missing)} of data.format "
+                        f"{data.format} (it has {', '.join(map(str, rows.columns))})")
+    if len(rows) < 5:
+        raise DataError(f"continual.data: {path} has {len(rows)} rows; at least 5 are needed to replay some and "
+                        "measure forgetting on others")
+    rows = format_for_model(rows[FORMAT_COLUMNS[data.format]].astype(str), data).sample(frac=1.0, random_state=seed)
+    held_out = max(1, int(len(rows) * HELD_OUT))
+    key = hash_obj([hash_file(path), data.format, data.prompt_template, data.completion_template, seed])
+    folder = home() / "retained" / short(key)
+    with atomic_dir(folder) as tmp:
+        _write_parts(rows.iloc[held_out:], rows.iloc[:held_out], tmp)
+    return _retained(folder, str(path))
+
+
+def _write_parts(train: pd.DataFrame, test: pd.DataFrame, folder: Path) -> None:
+    if train.empty or test.empty:
+        raise DataError(f"continual.data: the retained data has {len(train)} training and {len(test)} test rows; "
+                        "both are needed (replay draws on the first, forgetting is measured on the second)")
+    train.to_parquet(folder / "train.parquet", index=False)
+    test.to_parquet(folder / "test.parquet", index=False)
+
+
+def _retained(folder: Path, origin: str) -> RetainedData:
+    return RetainedData(train=folder / "train.parquet", test=folder / "test.parquet", fingerprint=hash_dir(folder),
+                        origin=origin)

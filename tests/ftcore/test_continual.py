@@ -1,0 +1,108 @@
+"""The pieces of continual fine-tuning: replay mixing, the regulariser's penalty, the EWC Fisher, forgetting's sign,
+general-data files as retained data, and the recipe checks."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from ftcore.config import RegularizerConfig, load_recipe
+from ftcore.data.retained import file_data
+from ftcore.errors import DataError, RecipeError
+from ftcore.evaluation.evaluate import evaluate_models
+from ftcore.training.continual import anchor_to_start, diagonal_fisher, with_replay
+from ftcore.training.train import load_for_training
+from tests.ftcore.objective_fixtures import objective_recipe, qa_rows, recipe_file, write_jsonl
+from tests.ftcore.test_objectives import prepare
+
+
+def frame(n: int, tag: str) -> pd.DataFrame:
+    return pd.DataFrame({"prompt": [f"{tag} q{i}" for i in range(n)], "completion": [f"a{i}" for i in range(n)],
+                         "raw_prompt": "x"})
+
+
+def test_replay_adds_the_share_of_retained_rows_and_only_the_format_columns():
+    mixed, n = with_replay(frame(70, "new"), frame(10, "old"), 0.3, seed=0)
+    assert n == 30 and len(mixed) == 100
+    assert mixed["prompt"].str.startswith("old").sum() == 30  # 10 retained rows drawn with replacement
+    assert mixed.loc[70:, "raw_prompt"].isna().all()  # only the columns the task trains on come along
+    unchanged, none = with_replay(frame(5, "new"), frame(3, "old"), 0.0, seed=0)
+    assert none == 0 and len(unchanged) == 5
+    with pytest.raises(DataError, match="the retained rows lack prompt, completion"):
+        with_replay(frame(5, "new"), pd.DataFrame({"text": ["t"]}), 0.5, seed=0)
+
+
+class ToyTrainer:
+    def __init__(self):
+        self.model = torch.nn.Linear(2, 1, bias=False)
+        self.model.weight.data = torch.tensor([[1.0, 2.0]])
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        loss = torch.tensor(0.5)
+        return (loss, "outputs") if return_outputs else loss
+
+
+@pytest.mark.parametrize("fisher", [None, {"weight": torch.tensor([[4.0, 0.0]])}])
+def test_the_regulariser_penalises_the_distance_from_the_starting_weights(fisher):
+    trainer = ToyTrainer()
+    anchor_to_start(trainer, RegularizerConfig(weight=0.1), fisher)
+    assert trainer.compute_loss(trainer.model, {}).item() == pytest.approx(0.5)  # at the start: no penalty
+    trainer.model.weight.data += torch.tensor([[1.0, 3.0]])
+    squared = torch.tensor([[1.0, 9.0]]) * (fisher["weight"] if fisher else 1)
+    loss, outputs = trainer.compute_loss(trainer.model, {}, return_outputs=True)
+    assert loss.item() == pytest.approx(0.5 + 0.1 * squared.sum().item()) and outputs == "outputs"
+
+
+def test_the_fisher_is_positive_on_the_adapter_and_averages_one(tmp_path):
+    _, dataset, base = prepare(tmp_path, "sft")
+    model, tokenizer = load_for_training(base)
+    fisher = diagonal_fisher(model, tokenizer, pd.read_parquet(dataset.splits["train"]),
+                             RegularizerConfig(method="ewc", fisher_batches=2), batch_size=4, seed=0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert fisher.keys() == trainable
+    values = torch.cat([f.flatten() for f in fisher.values()])
+    assert values.mean().item() == pytest.approx(1.0, rel=1e-4) and (values >= 0).all() and values.max() > 1
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # no gradient left behind
+
+
+def test_forgetting_is_the_ground_lost_on_the_retained_rows(tmp_path):
+    recipe, dataset, base = prepare(tmp_path, "sft")
+    retained = tmp_path / "retained.parquet"
+    pd.read_parquet(dataset.splits["test"]).to_parquet(retained)
+    # The same folder twice: nothing can be lost.
+    same = evaluate_models({"base": base.base_path, "candidate": base.base_path}, dataset.splits, recipe.evaluate,
+                           tmp_path / "evaluate", "sft", retained_test=retained).metrics
+    assert same["forgetting.exact_match"] == 0 and same["forgetting.perplexity"] == 0
+    assert same["retained.base.perplexity"] == same["base.perplexity"]  # the same rows as the test split
+
+
+def test_a_general_data_file_is_templated_and_split_80_20(tmp_path):
+    recipe = load_recipe(recipe_file(tmp_path, objective_recipe(tmp_path / "data", "sft")))
+    general = write_jsonl(tmp_path / "general.jsonl", [{"prompt": r["question"], "completion": r["answer"]}
+                                                       for r in qa_rows()])
+    retained = file_data(general, recipe.data, seed=0)
+    train, test = pd.read_parquet(retained.train), pd.read_parquet(retained.test)
+    assert (len(train), len(test)) == (36, 9)
+    assert test["prompt"].str.startswith("Question: ").all() and "raw_completion" in test
+    assert file_data(general, recipe.data, seed=0).fingerprint == retained.fingerprint
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(DataError, match="lacks the column"):
+        file_data(tmp_path / "bad.jsonl", recipe.data, seed=0)
+
+
+@pytest.mark.parametrize(("task", "override", "message"), [
+    ("classification", "continual={data: champion}", "continual: for tasks sft, dapt, multitask"),
+    ("sft", "continual={data: champion}", "continual.data: champion is the dataset of the version"),
+    ("sft", "continual={data: general.csv}", "give champion, or a .jsonl or .parquet file"),
+    ("sft", "continual={data: missing.jsonl}", "file not found"),
+    ("sft", "continual={data: champion, replay: 1.0}", "replay"),
+    ("sft", "continual={data: champion, regularizer: {method: sgd}}", "regularizer.method"),
+])
+def test_continual_options_that_cannot_work_are_refused(tmp_path, task, override, message):
+    path = recipe_file(tmp_path, objective_recipe(tmp_path / "data", task))
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path, ["model.source=champion" if "champion is" not in message else "model.source=scratch",
+                           override])
