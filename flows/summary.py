@@ -16,8 +16,11 @@ KEY_METRICS = {
     "collect": ["rows_in", "rows_quarantined"],
     "clean_balance": ["rows_kept", "rows_quarantined", "rows_train", "rows_test"],
     "init": ["trainable_params", "trainable_fraction"],
-    "train": ["steps", "train_loss_first", "train_loss_last", "eval_loss"],
-    "evaluate": ["base.exact_match", "candidate.exact_match", "base.perplexity", "candidate.perplexity"],
+    "train": ["steps", "train_loss_first", "train_loss_last", "eval_loss", "eval_reward_accuracy", "mean_reward_first",
+              "mean_reward_last", "replayed_rows"],
+    "evaluate": ["base.exact_match", "candidate.exact_match", "base.perplexity", "candidate.perplexity",
+                 "candidate.reward_accuracy", "length.reward_accuracy", "base.mean_reward", "candidate.mean_reward",
+                 "forgetting.exact_match", "forgetting.perplexity"],
     "deploy": ["version", "gate_passed"],
     "monitor": ["latency_p95_s", "error_rate", "toxicity_rate"],
 }

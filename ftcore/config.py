@@ -113,8 +113,7 @@ class ScratchModelConfig(Strict):
 
 class ModelConfig(Strict):
     source: Literal["scratch", "pretrained", "champion"] = Field(
-        "scratch", description="champion: continue from a registered model's champion (or `version`): its "
-                               "weights (merged with its adapter) are the new base, and the method starts afresh")
+        "scratch", description="champion: continue from a registered model's champion (or `version`)")
     name_or_path: str | None = None
     trust_remote_code: bool = False
     scratch: ScratchModelConfig = ScratchModelConfig()
@@ -122,11 +121,14 @@ class ModelConfig(Strict):
                                                            "default: this recipe's own (continual retraining)")
     version: int | None = Field(None, ge=1, description="source champion: this version instead of the champion (a "
                                                          "chain pins the one it produced)")
+    start: Literal["merged", "adapter"] = Field(
+        "merged", description="source champion: merged: its weights, merged with its adapter, are the new base and "
+                              "the method starts afresh on them; adapter: keep training its own adapter on its base")
     @model_validator(mode="after")
     def _source_has_what_it_needs(self) -> ModelConfig:
         if self.source == "pretrained" and not self.name_or_path:
             raise ValueError("source: pretrained needs name_or_path (a local folder or a hub id)")
-        champion_only = {"registered_model", "version"} & self.model_fields_set
+        champion_only = {"registered_model", "version", "start"} & self.model_fields_set
         if self.source != "champion" and champion_only:
             raise ValueError(f"{', '.join(sorted(champion_only))}: only for source: champion")
         return self
@@ -279,6 +281,16 @@ class Recipe(Strict):
     def _packing_fits_the_task(self) -> Recipe:
         if self.train.packing and self.task not in ("sft", "dapt", "multitask"):
             raise ValueError(f"train.packing: task {self.task} scores one sequence at a time; remove packing")
+        return self
+
+    @model_validator(mode="after")
+    def _the_adapter_can_be_continued(self) -> Recipe:
+        from ftcore.models.peft_methods import can_continue  # imports no PEFT until a model is built
+
+        if self.model.start == "adapter" and not can_continue(self.method):
+            raise ValueError(f"model.start: adapter continues the champion's adapter, which method {self.method.name} "
+                             "cannot (lora, qlora, ia3, loha, lokr and adapter can; dora, prompt learning and full "
+                             "cannot); use start: merged")
         return self
 
     @model_validator(mode="after")

@@ -29,10 +29,11 @@ def publish(
     candidate = evaluation.metrics[f"{CANDIDATE}.{gate.metric}"]
     reference_name, reference = gate_reference(registered_model, gate.metric, evaluation)
     decision = decide(gate, candidate, reference, reference_name)
+    # The candidate's own metrics, and what it forgot (continual fine-tuning), as the version's tags.
     candidate_metrics = {
         f"metric.{k.removeprefix(CANDIDATE + '.')}": f"{v:.6g}"
         for k, v in evaluation.metrics.items()
-        if k.startswith(CANDIDATE + ".")
+        if k.startswith((CANDIDATE + ".", "forgetting."))
     }
     version = tracking.register_version(
         mlflow_run_id,

@@ -14,10 +14,13 @@ from ftcore.hashing import hash_dir, hash_obj
 from ftcore.models.load import load_tokenizer, resolve_pretrained
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,
+    TRAINED_ADAPTER,
     apply_method,
+    attach_adapter,
     load_base,
     parameter_counts,
     quantization_config,
+    unmerged_base,
     write_method_spec,
 )
 from ftcore.models.registered import ModelRef, model_folder
@@ -43,13 +46,21 @@ def init_model(model_cfg: ModelConfig, method_cfg: MethodConfig, dataset: Datase
                 # The base stays saved in full precision (4-bit weights cannot be saved as a base to merge into);
                 # the adapter is built on the base as the train stage will load it.
                 model = load_base(tmp / "base", method_cfg, classes=classes)
+        elif start is not None and model_cfg.start == "adapter":
+            load_from, adapter = continued_adapter(start, tmp, classes)
+            model = load_base(load_from, method_cfg, classes=classes)
+            tokenizer = load_tokenizer(load_from)
+            base_path = out_dir / "base" if load_from == tmp / "base" else load_from
         else:
             base_path = starting_folder(start) if start else resolve_pretrained(model_cfg.name_or_path)
             model = load_base(base_path, method_cfg, model_cfg.trust_remote_code, classes)
             tokenizer = load_tokenizer(base_path, model_cfg.trust_remote_code)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        wrapped = apply_method(model, method_cfg, tokenizer)
+        if start is not None and model_cfg.start == "adapter":
+            wrapped = attach_adapter(model, adapter, trainable=True)
+        else:
+            wrapped = apply_method(model, method_cfg, tokenizer)
         adapter_path = None
         if wrapped is not model:
             wrapped.save_pretrained(tmp / "adapter")
@@ -87,6 +98,22 @@ def starting_folder(start: ModelRef) -> Path:
                         "method cannot be merged), so it has no merged weights to continue from; start from a "
                         "version trained with lora, dora, ia3, loha, lokr or full")
     return folder
+
+
+def continued_adapter(start: ModelRef, tmp: Path, classes: list[str] | None) -> tuple[Path, Path]:
+    """(base folder, adapter folder) to keep training the version's own adapter: a version of merged weights keeps
+    its adapter in `trained_adapter/`, and its base is recovered by subtracting it (written to `base/` of the init
+    output); one whose adapter cannot be merged keeps the base's weights with the adapter in `adapter/`."""
+    folder = model_folder(start)
+    if (folder / EXPORTED_ADAPTER).is_dir():
+        return folder, folder / EXPORTED_ADAPTER
+    if not (folder / TRAINED_ADAPTER).is_dir():
+        raise UserError(f"model.start: adapter: version {start.label} has no adapter to continue (trained with full "
+                        "fine-tuning, or registered before ftflow kept adapters); use start: merged")
+    base = unmerged_base(folder, folder / TRAINED_ADAPTER, classes)
+    base.save_pretrained(tmp / "base", safe_serialization=True)
+    load_tokenizer(folder).save_pretrained(tmp / "base")
+    return tmp / "base", folder / TRAINED_ADAPTER
 
 
 # A reward model is a sequence classifier with one output: the score of a (prompt, answer) text.

@@ -39,6 +39,9 @@ from ftcore.models.load import load_model, saved_classes
 
 SPEC_FILE = "method.json"
 EXPORTED_ADAPTER = "adapter"  # in an exported model folder: an adapter that cannot be merged, next to the base
+# In an exported folder of merged weights: the trained adapter itself, so a later run can continue training it
+# (model.start: adapter) on the base recovered by subtracting it again (`unmerged_base`).
+TRAINED_ADAPTER = "trained_adapter"
 # Methods whose trained update is a change of the linear weights, so it folds into them: the merged model is a
 # plain transformers model. Prompt learning adds virtual tokens and bottleneck adapters add layers: nothing to fold.
 _MERGEABLE = (LoraMethod, Ia3Method, LycorisMethod)
@@ -95,6 +98,13 @@ def _check_fits_the_model(model, cfg: MethodConfig) -> None:
         raise UserError(f"method.name: {cfg.name} does not fit a classifier on a decoder model "
                         f"({model.config.model_type}): it passes embeddings, from which the classifier cannot find "
                         f"each text's last token in a padded batch; use prefix, lora or another adapter method")
+
+
+def can_continue(cfg: MethodConfig) -> bool:
+    """Whether a registered version's adapter of this method can be trained further (model.start: adapter): the
+    adapters whose delta subtracts exactly from merged weights, and bottleneck adapters, which are kept apart. DoRA's
+    merge rescales by a norm that is not saved; prompt learning saves only its final virtual tokens."""
+    return isinstance(cfg, (*_MERGEABLE, BottleneckAdapterMethod)) and not isinstance(cfg, DoraMethod)
 
 
 def can_merge(cfg: MethodConfig) -> bool:
@@ -209,9 +219,23 @@ def export_model(cfg: MethodConfig, base_path: str | Path, adapter_path: Path, o
     adapter (PEFT's modules_to_save), so both forms carry it."""
     if can_merge(cfg):
         merged_model(base_path, adapter_path, classes).save_pretrained(out, safe_serialization=True)
+        shutil.copytree(adapter_path, out / TRAINED_ADAPTER)
         return
     load_model(base_path, classes=classes).save_pretrained(out, safe_serialization=True)
     shutil.copytree(adapter_path, out / EXPORTED_ADAPTER)
+
+
+def unmerged_base(path: Path, adapter_path: Path, classes: list[str] | None = None):
+    """The base that `export_model` merged the adapter at `adapter_path` into: the exported weights with the
+    adapter's delta subtracted (in float32, exact up to rounding)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = attach_adapter(load_model(path, classes=classes), adapter_path, trainable=False)
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merged_adapters = list(module.active_adapters)  # marks the delta as already in the weights
+    model.unmerge_adapter()
+    return model.unload()
 
 
 def load_exported(path: Path):

@@ -77,11 +77,20 @@ class Plan:
         }
 
 
+ESTIMATED_TASKS = ("sft", "dapt", "multitask")
+UNESTIMATED = {
+    "classification": "a classifier has a head over its classes, not its vocabulary",
+    "reward_model": "a reward model has a one-output head, and scores two answers per example",
+    "dpo": "preference optimisation runs the chosen and the rejected answer, and a reference model",
+    "rl": "online RL generates several answers per prompt and scores them with reward models",
+}
+
+
 def make_plan(recipe: Recipe, recipe_path: Path, memory_gb: float | None = None) -> Plan:
-    if recipe.task == "classification":
-        raise UserError("task: classification is not estimated yet (the estimates model a causal language model's "
-                        "loss over its vocabulary, not a classification head); plan the recipe's model as "
-                        "task: sft, or measure with a short run (train.max_steps)")
+    if recipe.task not in ESTIMATED_TASKS:
+        raise UserError(f"task: {recipe.task} is not estimated yet (the estimates model one causal language model "
+                        f"trained on one sequence per example: {UNESTIMATED[recipe.task]}); plan the recipe's model "
+                        "as task: sft, or measure with a short run (train.max_steps)")
     data = data_stats(recipe, recipe_path)
     model = recipe.model
     if data.vocab_size:  # the scratch model init builds has the vocabulary its tokenizer reached on the split

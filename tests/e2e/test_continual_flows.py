@@ -31,6 +31,7 @@ def test_replay_keeps_task_a_while_learning_task_b(tmp_path):
             0.3 / 0.7 * summary["stages"]["clean_balance"]["metrics"]["rows_train"], abs=1))
         tags = tracking.client().get_model_version("clinical-abbreviations", summary["model"]["version"]).tags
         assert tags["started_from"] == "clinical-abbreviations/1"
+        assert tags["metric.forgetting.exact_match"] == f"{results[replay]['forgetting.exact_match']:.6g}"
 
     for replay, e in results.items():
         print(f"replay {replay}: task A exact match {e['retained.base.exact_match']:.3f} -> "

@@ -106,3 +106,45 @@ def test_continual_options_that_cannot_work_are_refused(tmp_path, task, override
     with pytest.raises(RecipeError, match=message):
         load_recipe(path, ["model.source=champion" if "champion is" not in message else "model.source=scratch",
                            override])
+
+
+def test_start_adapter_continues_the_champions_own_adapter_on_its_recovered_base(tmp_path):
+    from safetensors.torch import load_file
+
+    from ftcore import tracking
+    from ftcore.config import ModelConfig
+    from ftcore.models.init import init_model
+    from ftcore.models.load import load_model, load_trained
+    from ftcore.models.peft_methods import attach_adapter
+    from ftcore.models.registered import pin_registered
+    from ftcore.training.train import train_model
+
+    recipe, dataset, base = prepare(tmp_path, "sft")
+    trained = train_model(base, dataset.splits, recipe.train, tmp_path / "train")
+    run_id = tracking.start_pipeline_run("continual", "run", {}, {})
+    version = tracking.register_version(run_id, "continued", trained.model_path, {})
+    tracking.set_alias("continued", tracking.CHAMPION, version)
+    start = pin_registered("continued", tracking.CHAMPION, None, "model.source: champion")
+    cfg = ModelConfig(source="champion", start="adapter")
+    continued = init_model(cfg, recipe.method, dataset, tmp_path / "init", "sft", start)
+
+    original, recovered = (load_file(p / "model.safetensors") for p in (base.base_path, continued.base_path))
+    assert continued.base_path == tmp_path / "init" / "base" and original.keys() == recovered.keys()
+    assert max((original[k] - recovered[k]).abs().max().item() for k in original) < 1e-5  # the delta subtracted
+    champion_adapter = load_file(trained.adapter_path / "adapter_model.safetensors")
+    initial_adapter = load_file(continued.adapter_path / "adapter_model.safetensors")
+    assert all(torch.equal(champion_adapter[k], initial_adapter[k]) for k in champion_adapter)
+    # Base + continued adapter is the champion: training picks up exactly where it stopped.
+    resumed = attach_adapter(load_model(continued.base_path), continued.adapter_path, trainable=False)
+    champion, tokenizer = load_trained(trained.model_path)
+    ids = tokenizer(["Question: What does MI mean?\nAnswer:"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(resumed(**ids).logits, champion(**ids).logits, atol=1e-4)
+
+
+def test_start_adapter_needs_a_method_whose_adapter_can_be_continued(tmp_path):
+    path = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "sft"))
+    with pytest.raises(RecipeError, match=r"model\.start: adapter continues the champion's adapter, which method dora"):
+        load_recipe(path, ["model={source: champion, start: adapter}", "method={name: dora}"])
+    with pytest.raises(RecipeError, match="start: only for source: champion"):
+        load_recipe(path, ["model.start=adapter"])
