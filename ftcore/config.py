@@ -180,12 +180,14 @@ class TrainConfig(Strict):
         return self
 
 
-Metric = Literal["exact_match", "token_f1", "perplexity", "accuracy", "macro_f1", "reward_accuracy", "mean_reward"]
+Metric = Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "perplexity", "accuracy",
+                 "macro_f1", "reward_accuracy", "mean_reward"]
+GENERATION = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf")
 LOWER_IS_BETTER = {"perplexity"}
 # The metrics each task can be evaluated with; the first is the default gate metric.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "sft": ("exact_match", "token_f1", "perplexity"),
-    "multitask": ("exact_match", "token_f1", "perplexity"),
+    "sft": (*GENERATION, "perplexity"),
+    "multitask": (*GENERATION, "perplexity"),
     "dapt": ("perplexity",),
     "classification": ("macro_f1", "accuracy"),
     "dpo": ("reward_accuracy", "perplexity"),
@@ -200,6 +202,9 @@ class EvaluateConfig(Strict):
                                   description="default: every metric of the task")
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the test examples for each metric's "
+                                                              "confidence interval (0: no intervals)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the intervals (<metric>.ci_low/ci_high)")
 
 
 class GateConfig(Strict):

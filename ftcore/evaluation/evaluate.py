@@ -11,27 +11,29 @@ tasks (dpo, reward_model, rl) are scored in ftcore/evaluation/preference.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ftcore.config import LOWER_IS_BETTER, EvaluateConfig, RewardConfig
 from ftcore.data.formats import TASK
+from ftcore.evaluation.bootstrap import bootstrap_interval, perplexity_of
 from ftcore.evaluation.classification import classification_metrics, classify, tfidf_baseline
-from ftcore.evaluation.generate import completion_nll, generate
-from ftcore.evaluation.metrics import exact_match, perplexity, token_f1
+from ftcore.evaluation.generate import completion_nlls, generate
 from ftcore.evaluation.preference import (
     LENGTH_BASELINE,
     evaluate_policies_on_pairs,
     evaluate_policies_on_reward,
     evaluate_reward_models,
 )
+from ftcore.evaluation.scoring import GENERATION_METRICS, score
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.models.load import load_trained, render_chat
 from ftcore.outputs import EvalOutput
 
-GENERATION_METRICS = {"exact_match": exact_match, "token_f1": token_f1}
 BASELINE = "tfidf"
 
 
@@ -101,6 +103,9 @@ def evaluate_classifiers(models: dict[str, Path], test: pd.DataFrame,
 
 def evaluate_language_models(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
                              task: str) -> tuple[dict[str, float], pd.DataFrame]:
+    """Every model's metrics on the test rows (`<model>.<metric>`, with `.ci_low`/`.ci_high`), and per task for a
+    multitask recipe (`<model>.<metric>.<task>`). The predictions carry each model's output and per-example
+    scores."""
     metrics: dict[str, float] = {}
     predictions = None
     for name, path in models.items():
@@ -108,15 +113,19 @@ def evaluate_language_models(models: dict[str, Path], test: pd.DataFrame, cfg: E
         examples = eval_examples(test, tokenizer, task)
         if predictions is None:
             predictions = examples.drop(columns=["prompt", "completion"])
-        groups = [(None, examples)]
-        if TASK in examples:  # multitask: every metric overall and per task
-            groups += list(examples.groupby(TASK, sort=True))
-        for group, rows in groups:
-            scores, outputs = score_model(model, tokenizer, rows, cfg)
-            suffix = "" if group is None else f".{group}"
-            metrics.update({f"{name}.{metric}{suffix}": value for metric, value in scores.items()})
-            if group is None and outputs is not None:
-                predictions[name] = outputs
+        rows, outputs = example_rows(model, tokenizer, examples, cfg)
+        if outputs is not None:
+            predictions[name] = outputs
+        for metric, (stats, aggregate) in rows.items():
+            if stats.ndim == 1:
+                predictions[f"{name}.{metric}"] = stats
+            metrics[f"{name}.{metric}"] = aggregate(stats)
+            low, high = bootstrap_interval(stats, aggregate, cfg.bootstrap_resamples, cfg.confidence)
+            if cfg.bootstrap_resamples:
+                metrics[f"{name}.{metric}.ci_low"], metrics[f"{name}.{metric}.ci_high"] = low, high
+            if TASK in examples:  # multitask: every metric per task too
+                for group, index in examples.groupby(TASK, sort=True).indices.items():
+                    metrics[f"{name}.{metric}.{group}"] = aggregate(stats[index])
     return metrics, predictions
 
 
@@ -153,9 +162,11 @@ def chat_question(messages: list[dict[str, str]], tokenizer) -> dict[str, str]:
             "raw_prompt": before[-1]["content"] if before else "", "raw_completion": answer}
 
 
-def score_model(model, tokenizer, examples: pd.DataFrame,
-                cfg: EvaluateConfig) -> tuple[dict[str, float], list[str] | None]:
-    scores: dict[str, float] = {}
+def example_rows(model, tokenizer, examples: pd.DataFrame,
+                 cfg: EvaluateConfig) -> tuple[dict[str, tuple[np.ndarray, Callable]], list[str] | None]:
+    """Per metric: one row of statistics per example and the function that turns any subset of rows into the
+    metric (ftcore/evaluation/scoring.py); and the greedy outputs when a generation metric needs them."""
+    rows: dict[str, tuple[np.ndarray, Callable]] = {}
     outputs = None
     wanted = [m for m in cfg.metrics if m in GENERATION_METRICS]
     if wanted:
@@ -164,10 +175,10 @@ def score_model(model, tokenizer, examples: pd.DataFrame,
             for o in generate(model, tokenizer, examples["prompt"].tolist(), cfg.max_new_tokens, cfg.batch_size)
         ]
         for metric in wanted:
-            fn = GENERATION_METRICS[metric]
-            scores[metric] = sum(map(fn, outputs, examples["raw_completion"])) / len(examples)
+            _, stats, module = score(metric, outputs, examples["raw_completion"].astype(str).tolist())
+            rows[metric] = (stats, module.aggregate)
     if "perplexity" in cfg.metrics:
-        nll, n = completion_nll(model, tokenizer, examples["prompt"].tolist(), examples["completion"].tolist(),
-                                cfg.batch_size)
-        scores["perplexity"] = perplexity(nll, n)
-    return scores, outputs
+        nlls = completion_nlls(model, tokenizer, examples["prompt"].tolist(), examples["completion"].tolist(),
+                               cfg.batch_size)
+        rows["perplexity"] = (np.array(nlls, dtype=float), perplexity_of)
+    return rows, outputs

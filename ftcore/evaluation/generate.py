@@ -31,12 +31,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return outputs
 
 
-def completion_nll(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> tuple[float, int]:
-    """Summed negative log-likelihood of the completion tokens (EOS included) given the prompts, and their count."""
-    per_example = completion_nlls(model, tokenizer, prompts, completions, batch_size)
-    return sum(nll for nll, _ in per_example), sum(n for _, n in per_example)
-
-
 def completion_nlls(model, tokenizer, prompts: list[str], completions: list[str],
                     batch_size: int) -> list[tuple[float, int]]:
     """Per example: the negative log-likelihood of its completion tokens (EOS included) given its prompt, summed,
