@@ -16,10 +16,11 @@ from ftcore.alignment_config import CHAMPION_DATA
 from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
 from ftcore.data.retained import RetainedData, champion_data, file_data
 from ftcore.data.sources.config import FileSource, HfDatasetSource
+from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError
 from ftcore.hashing import hash_dir, hash_file
 from ftcore.models.registered import ModelRef, pin_reference, pin_registered
-from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput
+from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
 from ftcore.paths import home
 from tasks.clean_balance import clean_balance
 from tasks.collect import collect
@@ -48,7 +49,7 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
     recipe = load_recipe(recipe_path, overrides)
     # Registered models and retained data are pinned before any stage runs (ftcore/models/registered.py).
     start, reward_model = starting_version(recipe), pinned_reward_model(recipe)
-    retained = retained_data(recipe, start)
+    champion, retained = current_champion(recipe), retained_data(recipe, start)
     summary = start_run(recipe, recipe_path)
     stages = StageRunner(recipe.stages, summary, until)
     try:
@@ -62,11 +63,12 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
                              reward=recipe.reward, reward_model=reward_model, continual=recipe.continual,
                              retained=retained)
         evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate,
-                                task=recipe.task, reward=recipe.reward, reward_model=reward_model, retained=retained)
+                                task=recipe.task, reward=recipe.reward, reward_model=reward_model, retained=retained,
+                                start=start, champion=rival(champion, trained))
         deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
                               registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
                               mlflow_run_id=summary.mlflow_run_id,
-                              run_tags=version_tags(summary, dataset, base, reward_model))
+                              run_tags=version_tags(summary, dataset, base, trained, reward_model))
         stages.run(monitor, deployed=deployed, dataset=dataset, monitor=recipe.monitor)
     except StopPipeline:
         pass
@@ -128,6 +130,24 @@ def starting_version(recipe: Recipe) -> ModelRef | None:
     return pin_registered(name, tracking.CHAMPION, version, "model.source: champion")
 
 
+def current_champion(recipe: Recipe) -> tuple[ModelRef, str | None] | None:
+    """The champion the candidate must beat and the hash of its model (its `model_hash` tag); None before the first
+    version."""
+    found = tracking.version_for_alias(recipe.registered_model, tracking.CHAMPION)
+    if found is None:
+        return None
+    ref = pin_registered(recipe.registered_model, None, found["version"], "deploy.registered_model")
+    return ref, found["tags"].get(MODEL_HASH_TAG)
+
+
+def rival(champion: tuple[ModelRef, str | None] | None, trained: TrainOutput) -> ModelRef | None:
+    """The champion to score beside the candidate on this test set, unless it is the candidate itself (an unchanged
+    recipe run again): then nothing changes for the evaluate stage, whose cached result stands."""
+    if champion is None or champion[1] == trained.content_hash:
+        return None
+    return champion[0]
+
+
 def pinned_reward_model(recipe: Recipe) -> ModelRef | None:
     if recipe.reward is None or recipe.reward.model is None:
         return None
@@ -143,15 +163,17 @@ def retained_data(recipe: Recipe, start: ModelRef | None) -> RetainedData | None
     return file_data(Path(recipe.continual.data), recipe.data, recipe.data.split.seed)
 
 
-def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput,
+def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput, trained: TrainOutput,
                  reward_model: ModelRef | None) -> dict[str, str]:
-    """The registered version's tags: what made it, and its lineage (the version it started from, the reward model
-    it was optimised against)."""
+    """The registered version's tags: what made it (the model's content hash among them, so a later run knows when
+    its candidate is this version), and its lineage (the version it started from, the reward model it was optimised
+    against)."""
     lineage = {"started_from": base.started_from} if base.started_from else {}
     if reward_model is not None:
         lineage["reward_model"] = reward_model.label
     return {"recipe_hash": summary.recipe_hash, "dataset_hash": dataset.content_hash,
-            "git_commit": tracking.git_commit(), "ftflow_version": ftcore.__version__, **lineage}
+            MODEL_HASH_TAG: trained.content_hash, "git_commit": tracking.git_commit(),
+            "ftflow_version": ftcore.__version__, **lineage}
 
 
 class StageRunner:

@@ -48,6 +48,7 @@ class TrainOutput(StageOutput):
 class EvalOutput(StageOutput):
     predictions_path: Path
     reference: str = "base"  # the scored model the gate compares with when there is no champion
+    champion: str | None = None  # NAME/VERSION of the champion scored on this test set as `champion`
 
 
 class DeployOutput(StageOutput):

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from ftcore import tracking
 from ftcore.config import GateConfig
-from ftcore.deploy.gate import decide
+from ftcore.deploy.gate import GateDecision, decide
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
 
 CANDIDATE = "candidate"
+MODEL_HASH_TAG = "model_hash"  # a version's tag: the content hash of the train stage's output it registered
 REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic regression baseline",
                    "length": "the baseline preferring the longer answer"}
 
@@ -27,8 +28,14 @@ def publish(
     out_dir: Path,
 ) -> DeployOutput:
     candidate = evaluation.metrics[f"{CANDIDATE}.{gate.metric}"]
-    reference_name, reference = gate_reference(registered_model, gate.metric, evaluation)
-    decision = decide(gate, candidate, reference, reference_name)
+    champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
+    if champion and champion["tags"].get(MODEL_HASH_TAG) == trained.content_hash:
+        reference_name = f"champion v{champion['version']}"
+        decision = GateDecision(False, f"the candidate is {reference_name} itself (the same trained model): "
+                                       "nothing to promote", 0.0)
+    else:
+        reference_name, reference = gate_reference(gate.metric, evaluation, champion)
+        decision = decide(gate, candidate, reference, reference_name)
     # The candidate's own metrics, and what it forgot (continual fine-tuning), as the version's tags.
     candidate_metrics = {
         f"metric.{k.removeprefix(CANDIDATE + '.')}": f"{v:.6g}"
@@ -64,11 +71,14 @@ def publish(
     )
 
 
-def gate_reference(registered_model: str, metric: str, evaluation: EvalOutput) -> tuple[str, float]:
-    """The current champion's recorded metric, or when there is no champion the evaluate stage's reference on this
-    test set (the base model; for classification the TF-IDF baseline)."""
-    champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
+def gate_reference(metric: str, evaluation: EvalOutput, champion: dict | None) -> tuple[str, float]:
+    """The champion's score on this test set (the evaluate stage scored it beside the candidate); its recorded
+    score if it moved after this run pinned it; with no champion, the evaluate stage's reference (the base model;
+    for classification the TF-IDF baseline; for a reward model the longer-answer baseline)."""
+    if evaluation.champion is not None:
+        version = evaluation.champion.rsplit("/", 1)[-1]
+        return f"champion v{version}", evaluation.metrics[f"champion.{metric}"]
     if champion and f"metric.{metric}" in champion["tags"]:
-        return f"champion v{champion['version']}", float(champion["tags"][f"metric.{metric}"])
+        return f"champion v{champion['version']} (its recorded score)", float(champion["tags"][f"metric.{metric}"])
     name = evaluation.reference
     return REFERENCE_NAMES.get(name, name), evaluation.metrics[f"{name}.{metric}"]

@@ -39,19 +39,24 @@ BASELINE = "tfidf"
 
 def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,
                     task: str = "sft", reward: RewardConfig | None = None,
-                    reward_model_dir: Path | None = None, retained_test: Path | None = None) -> EvalOutput:
-    """Score each named model folder (e.g. base, candidate) on the test split. Metrics are `<model>.<metric>`.
-    Task rl scores with `reward` (and the reward model in `reward_model_dir`); dpo's first model is the reference
-    of the implicit reward. With `retained_test` (continual fine-tuning) the models are scored on it too, and
-    `forgetting.<metric>` is how much worse the candidate does there than the first model (the starting one)."""
+                    reward_model_dir: Path | None = None, retained_test: Path | None = None,
+                    champion: str | None = None) -> EvalOutput:
+    """Score each named model folder on the test split: `base`, `start` (the registered version a recipe continues),
+    `champion` (the current champion, NAME/VERSION in `champion`), `candidate`. Metrics are `<model>.<metric>`.
+    Names given the same folder are scored once and reported under each. Task rl scores with `reward` (and the
+    reward model in `reward_model_dir`). The starting model (`start`, else the first) is dpo's implicit-reward
+    reference and, with `retained_test` (continual fine-tuning), the reference of `forgetting.<metric>`."""
     test = pd.read_parquet(splits["test"])
     reference = "base"
+    aliases = same_folders(models)
+    models = {name: path for name, path in models.items() if name not in aliases}
+    start = aliases.get("start", "start" if "start" in models else next(iter(models)))
     match task:
         case "classification":
             metrics, predictions = evaluate_classifiers(models, test, pd.read_parquet(splits["train"]))
             reference = BASELINE
         case "dpo":
-            metrics, predictions = evaluate_policies_on_pairs(models, test, cfg)
+            metrics, predictions = evaluate_policies_on_pairs(models, test, cfg, start)
         case "reward_model":
             metrics, predictions = evaluate_reward_models(models, test, cfg)
             reference = LENGTH_BASELINE
@@ -62,7 +67,8 @@ def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: Evalu
         case _:
             metrics, predictions = evaluate_language_models(models, test, cfg, task)
     if retained_test is not None:
-        metrics.update(forgetting(models, pd.read_parquet(retained_test), cfg, task))
+        metrics.update(forgetting(models, pd.read_parquet(retained_test), cfg, task, start))
+    metrics.update(aliased_metrics(metrics, aliases))
     with atomic_dir(out_dir) as tmp:
         predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
     return EvalOutput(
@@ -70,6 +76,7 @@ def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: Evalu
         content_hash=hash_dir(out_dir),
         predictions_path=out_dir / "predictions.jsonl",
         reference=reference,
+        champion=champion,
         metrics={"test_rows": len(test), **metrics},
         artifacts={"predictions": out_dir / "predictions.jsonl"},
     )
@@ -129,11 +136,35 @@ def evaluate_language_models(models: dict[str, Path], test: pd.DataFrame, cfg: E
     return metrics, predictions
 
 
-def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateConfig, task: str) -> dict[str, float]:
+def same_folders(models: dict[str, Path]) -> dict[str, str]:
+    """name -> the earlier name given the same folder (e.g. `start` when the base is the continued version)."""
+    first: dict[Path, str] = {}
+    aliases = {}
+    for name, path in models.items():
+        key = Path(path).resolve()
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
+def aliased_metrics(metrics: dict[str, float], aliases: dict[str, str]) -> dict[str, float]:
+    """Each scored model's metrics again under the names that shared its folder (also `retained.<model>.*`)."""
+    copied = {}
+    for alias, original in aliases.items():
+        for prefix in ("", "retained."):
+            head = f"{prefix}{original}."
+            copied.update({f"{prefix}{alias}.{k[len(head):]}": v for k, v in metrics.items() if k.startswith(head)})
+    return copied
+
+
+def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateConfig, task: str,
+               start: str) -> dict[str, float]:
     """`retained.<model>.<metric>` on the retained test rows, and `forgetting.<metric>`: the starting model's score
     minus the candidate's (for perplexity the candidate's minus the start's), so a positive value is lost ground."""
     scores, _ = evaluate_language_models(models, retained, cfg, task)
-    start, candidate = next(iter(models)), list(models)[-1]
+    candidate = list(models)[-1]
     lost = {}
     for metric in cfg.metrics:
         before, after = scores[f"{start}.{metric}"], scores[f"{candidate}.{metric}"]

@@ -30,9 +30,9 @@ def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def evaluate_policies_on_pairs(models: dict[str, Path], test: pd.DataFrame,
-                               cfg: EvaluateConfig) -> tuple[dict[str, float], pd.DataFrame]:
-    """dpo: every model's implicit reward accuracy and margin against the first model (the starting one)."""
+def evaluate_policies_on_pairs(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
+                               reference: str) -> tuple[dict[str, float], pd.DataFrame]:
+    """dpo: every model's implicit reward accuracy and margin against the `reference` model (the starting one)."""
     prompts = test["prompt"].tolist()
     logps: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
     for name, path in models.items():
@@ -41,7 +41,7 @@ def evaluate_policies_on_pairs(models: dict[str, Path], test: pd.DataFrame,
         rejected = completion_nlls(model, tokenizer, prompts, test["rejected"].tolist(), cfg.batch_size)
         logps[name] = (-np.array([nll for nll, _ in chosen]), -np.array([nll for nll, _ in rejected]),
                        sum(n for _, n in chosen))
-    reference_chosen, reference_rejected, _ = next(iter(logps.values()))
+    reference_chosen, reference_rejected, _ = logps[reference]
     metrics: dict[str, float] = {}
     predictions = test[["prompt", "chosen", "rejected"]].reset_index(drop=True)
     for name, (chosen, rejected, tokens) in logps.items():

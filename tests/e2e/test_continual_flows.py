@@ -29,6 +29,10 @@ def test_replay_keeps_task_a_while_learning_task_b(tmp_path):
         results[replay] = summary["stages"]["evaluate"]["metrics"]
         assert summary["stages"]["train"]["metrics"]["replayed_rows"] == (0 if replay == 0 else pytest.approx(
             0.3 / 0.7 * summary["stages"]["clean_balance"]["metrics"]["rows_train"], abs=1))
+        # The gate compares with the champion scored on task B's test set, not with its own task A score.
+        champion = results[replay]["champion.exact_match"]
+        assert summary["gate"]["reason"].startswith(f"exact_match {results[replay]['candidate.exact_match']:.4g} ")
+        assert f"champion v{1 if replay == 0 else 2} {champion:.4g}" in summary["gate"]["reason"]
         tags = tracking.client().get_model_version("clinical-abbreviations", summary["model"]["version"]).tags
         assert tags["started_from"] == "clinical-abbreviations/1"
         assert tags["metric.forgetting.exact_match"] == f"{results[replay]['forgetting.exact_match']:.6g}"

@@ -71,9 +71,11 @@ def test_full_run_then_cached_rerun_then_evaluate_change():
     assert statuses(changed) == {"collect": "cached", "clean_balance": "cached", "init": "cached",
                                  "train": "cached", "evaluate": "completed", "deploy": "completed",
                                  "monitor": "completed"}
-    assert changed["model"]["version"] == "2" and "challenger" in changed["model"]["aliases"]
-    champion = tracking.version_for_alias("clinical-qa", "champion")["version"]
-    assert champion == ("2" if changed["gate"]["passed"] else "1")
+    assert changed["model"]["version"] == "2" and changed["model"]["aliases"] == ["challenger"]
+    # The same trained model, evaluated anew: it is the champion already, so there is nothing to promote.
+    assert not changed["gate"]["passed"] and "the candidate is champion v1 itself" in changed["gate"]["reason"]
+    assert tracking.version_for_alias("clinical-qa", "champion")["version"] == "1"
+    assert version.tags["model_hash"] == client.get_model_version("clinical-qa", "2").tags["model_hash"]
 
 
 def test_a_transient_failure_is_retried_and_the_run_completes(monkeypatch):

@@ -33,9 +33,13 @@ def trained(tmp_path_factory) -> tuple:
     return prepared, train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
 
 
-def _evaluation(tmp: Path, base: float, candidate: float) -> EvalOutput:
-    return EvalOutput(path=tmp, content_hash="x", predictions_path=tmp / "p.jsonl",
-                      metrics={"base.exact_match": base, "candidate.exact_match": candidate})
+def _evaluation(tmp: Path, base: float, candidate: float, champion: tuple[str, float] | None = None) -> EvalOutput:
+    """What the evaluate stage hands deploy: with a champion, its score on the same test set."""
+    metrics = {"base.exact_match": base, "candidate.exact_match": candidate}
+    if champion:
+        metrics["champion.exact_match"] = champion[1]
+    return EvalOutput(path=tmp, content_hash="x", predictions_path=tmp / "p.jsonl", metrics=metrics,
+                      champion=champion[0] if champion else None)
 
 
 def _new_run() -> str:
@@ -46,8 +50,8 @@ def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
     _, model = trained
     gate = GateConfig(metric="exact_match")
 
-    def deploy(base: float, candidate: float, n: int):
-        return publish(model, _evaluation(tmp_path, base, candidate), gate, "clinical", _new_run(),
+    def deploy(base: float, candidate: float, n: int, champion: tuple[str, float] | None = None):
+        return publish(model, _evaluation(tmp_path, base, candidate, champion), gate, "clinical", _new_run(),
                        {"recipe_hash": "r", "dataset_hash": "d", "git_commit": "g", "ftflow_version": "v"},
                        tmp_path / f"deploy{n}")
 
@@ -55,16 +59,27 @@ def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
     assert (first.version, first.aliases, first.gate_passed) == ("1", ["challenger", "champion"], True)
     assert "the base model" in first.gate_reason
 
-    worse = deploy(base=0.0, candidate=0.4, n=2)
+    # The champion as scored again on this run's test set (0.45), not as it scored on its own (0.5).
+    worse = deploy(base=0.0, candidate=0.4, n=2, champion=("clinical/1", 0.45))
     assert (worse.version, worse.aliases, worse.gate_passed) == ("2", ["challenger"], False)
-    assert "does not beat champion v1" in worse.gate_reason
+    assert "does not beat champion v1 0.45" in worse.gate_reason
     assert tracking.version_for_alias("clinical", "champion")["version"] == "1"
     assert tracking.aliases_of("clinical", "1") == ["champion"]  # challenger moved on to v2
 
-    better = deploy(base=0.0, candidate=0.9, n=3)
+    better = deploy(base=0.0, candidate=0.9, n=3, champion=("clinical/1", 0.45))
     assert (better.version, better.aliases) == ("3", ["challenger", "champion"])
     tags = tracking.version_for_alias("clinical", "champion")["tags"]
     assert tags["metric.exact_match"] == "0.9" and tags["recipe_hash"] == "r" and tags["gate.passed"] == "True"
+
+
+def test_a_candidate_that_is_the_champion_itself_is_not_promoted_again(tmp_path, trained):
+    _, model = trained
+    tags = {"model_hash": model.content_hash}
+    first = publish(model, _evaluation(tmp_path, 0.0, 0.5), GateConfig(), "same", _new_run(), tags, tmp_path / "1")
+    assert first.gate_passed
+    again = publish(model, _evaluation(tmp_path, 0.0, 0.5), GateConfig(), "same", _new_run(), tags, tmp_path / "2")
+    assert not again.gate_passed and again.aliases == ["challenger"]
+    assert again.gate_reason == "the candidate is champion v1 itself (the same trained model): nothing to promote"
 
 
 def test_monitor_probes_the_registered_version(tmp_path, trained):
