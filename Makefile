@@ -6,7 +6,7 @@ RECIPE ?= data_recipes/recipes/clinical_qa.yaml
 BENCH_ARGS ?= --repeats 3
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint bench bench-pipeline bench-data bench-train bench-continual ui clean install install-dev
+.PHONY: run test lint bench bench-pipeline bench-data bench-train bench-continual bench-evaluate ui clean install install-dev
 
 # Stamp files make installs incremental: pyproject changes trigger a reinstall, nothing else does.
 $(BIN)/python:
@@ -32,7 +32,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-bench: bench-pipeline bench-data bench-train bench-continual
+bench: bench-pipeline bench-data bench-train bench-continual bench-evaluate
 
 bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
@@ -50,6 +50,10 @@ bench-train: install-dev
 # Continual fine-tuning: forgetting of task A after learning task B, plain against replay, L2-SP and EWC.
 bench-continual: install-dev
 	$(BIN)/python bench/continual.py
+
+# The evaluate stage: 1,000 examples, batched generation against one request at a time, and the whole stage.
+bench-evaluate: install-dev
+	$(BIN)/python bench/evaluate_throughput.py
 
 ui: install
 	$(BIN)/ftflow ui
