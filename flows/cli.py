@@ -127,6 +127,40 @@ def plan(
 
 
 @app.command()
+def compare(
+    version_a: Annotated[str, typer.Argument(help="A registered version: NAME/VERSION or NAME@ALIAS.")],
+    version_b: Annotated[str, typer.Argument(help="The version to compare with it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False,
+) -> None:
+    """Print the metric differences between two registered versions (B minus A)."""
+    configure_environment()
+    from ftcore.deploy.compare import compare_versions
+
+    try:
+        label_a, label_b, diffs = compare_versions(version_a, version_b)
+    except UserError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps([{"metric": d.metric, label_a: d.a, label_b: d.b, "change": d.change} for d in diffs],
+                         indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{label_b} against {label_a}", title_justify="left")
+    for column in ("metric", label_a, label_b, "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    better = {"a": "red", "b": "green", "": "white"}  # green: B does better on this metric
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    for d in diffs:
+        change = "-" if d.change is None else f"[{better[d.better]}]{d.change:+.4g}[/]"
+        table.add_row(d.metric, fmt(d.a), fmt(d.b), change)
+    console.print(table)
+
+
+@app.command()
 def steps() -> None:
     """List the cleaning steps a recipe can use (built-in and from installed packages)."""
     from ftcore.registry import discover_steps

@@ -162,6 +162,10 @@ def version_exists(name: str, version: str) -> bool:
     return True
 
 
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(client().get_model_version(name, version).tags)
+
+
 def version_run_id(name: str, version: str) -> str:
     """The pipeline run that registered the version."""
     return str(client().get_model_version(name, version).run_id)

@@ -107,3 +107,47 @@ def test_bad_data_fails_its_stage_once_and_exits_2_naming_the_file(tmp_path, mon
     assert result.exit_code == 2
     assert f"stage collect failed: DataError: {data}: missing completion (from column 'answer')" in result.output
     assert len(attempts) == 1  # a user error is not retried
+
+
+def _register(tmp_path: Path, name: str, metrics: dict[str, float]) -> str:
+    from ftcore import tracking
+
+    folder = tmp_path / f"{name}-{len(metrics)}"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    run_id = tracking.start_pipeline_run("compare", "run", {}, {})
+    tags = {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}
+    return tracking.register_version(run_id, name, folder, tags)
+
+
+def test_compare_prints_the_metric_differences_between_two_versions(tmp_path):
+    from ftcore import tracking
+
+    _register(tmp_path, "qa", {"exact_match": 0.5, "perplexity": 3.0})
+    _register(tmp_path, "qa", {"exact_match": 0.75, "perplexity": 4.0, "forgetting.exact_match": 0.1})
+    tracking.set_alias("qa", "champion", "2")
+    result = runner.invoke(app, ["compare", "qa/1", "qa@champion", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["metric"]: r for r in json.loads(result.output)}
+    assert rows["exact_match"] == {"metric": "exact_match", "qa/1": 0.5, "qa/2": 0.75, "change": 0.25}
+    assert rows["perplexity"]["change"] == 1.0 and rows["forgetting.exact_match"]["qa/1"] is None
+    table = runner.invoke(app, ["compare", "models:/qa/1", "qa/2"])
+    assert table.exit_code == 0 and "qa/2 against qa/1" in table.output and "+0.25" in table.output
+
+
+@pytest.mark.parametrize(("ref", "message"), [("qa", "name a registered version as NAME/VERSION or NAME@ALIAS"),
+                                              ("qa/7", "registered model 'qa' has no version 7")])
+def test_compare_names_a_bad_version_in_one_line_and_exits_2(tmp_path, ref, message):
+    _register(tmp_path, "qa", {"exact_match": 0.5})
+    result = runner.invoke(app, ["compare", "qa/1", ref])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) <= 2
+
+
+def test_better_marks_the_version_each_metric_favours():
+    from ftcore.deploy.compare import MetricDiff
+
+    assert MetricDiff("exact_match", 0.5, 0.7).better == "b"
+    assert MetricDiff("perplexity", 3.0, 4.0).better == "a"
+    assert MetricDiff("forgetting.exact_match", 0.3, 0.1).better == "b"
+    assert MetricDiff("exact_match.ci_low", 0.1, 0.2).better == ""
+    assert MetricDiff("exact_match", 0.5, None).better == ""
