@@ -37,6 +37,26 @@ def confusion(references: Sequence[str], predictions: Sequence[str], labels: Seq
     return confusion_matrix(references, predictions, labels=list(labels))
 
 
+def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path) -> None:
+    """The confusion matrix as a heat map with the counts written in: true classes down, predicted across."""
+    from ftcore.training.plots import pyplot
+
+    plt = pyplot()
+    size = max(3.5, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), list(labels), rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def tfidf_baseline(train_texts: Sequence[str], train_labels: Sequence[str], test_texts: Sequence[str],
                    seed: int = 0) -> list[str]:
     """Predictions of TF-IDF + class-balanced logistic regression: what a classifier has to beat to be worth it."""

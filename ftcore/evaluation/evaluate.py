@@ -20,7 +20,13 @@ import pandas as pd
 from ftcore.config import LOWER_IS_BETTER, EvaluateConfig, RewardConfig
 from ftcore.data.formats import TASK
 from ftcore.evaluation.bootstrap import bootstrap_interval, perplexity_of
-from ftcore.evaluation.classification import classification_metrics, classify, tfidf_baseline
+from ftcore.evaluation.classification import (
+    classification_metrics,
+    classify,
+    confusion,
+    plot_confusion,
+    tfidf_baseline,
+)
 from ftcore.evaluation.generate import completion_nlls, generate
 from ftcore.evaluation.preference import (
     LENGTH_BASELINE,
@@ -35,6 +41,7 @@ from ftcore.models.load import load_trained, render_chat
 from ftcore.outputs import EvalOutput
 
 BASELINE = "tfidf"
+CANDIDATE = "candidate"
 
 
 def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,
@@ -69,8 +76,12 @@ def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: Evalu
     if retained_test is not None:
         metrics.update(forgetting(models, pd.read_parquet(retained_test), cfg, task, start))
     metrics.update(aliased_metrics(metrics, aliases))
+    artifacts = {"predictions": out_dir / "predictions.jsonl"}
     with atomic_dir(out_dir) as tmp:
         predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+        if task == "classification":
+            write_confusion(predictions, tmp)
+            artifacts |= {name: out_dir / file for name, file in CONFUSION_FILES.items()}
     return EvalOutput(
         path=out_dir,
         content_hash=hash_dir(out_dir),
@@ -78,7 +89,7 @@ def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: Evalu
         reference=reference,
         champion=champion,
         metrics={"test_rows": len(test), **metrics},
-        artifacts={"predictions": out_dir / "predictions.jsonl"},
+        artifacts=artifacts,
     )
 
 
@@ -102,6 +113,19 @@ def evaluate_classifiers(models: dict[str, Path], test: pd.DataFrame,
                for name in [BASELINE, *models]
                for metric, value in classification_metrics(references, predictions[name], classes).items()}
     return metrics, predictions
+
+
+CONFUSION_FILES = {"confusion_matrix": "confusion_matrix.png", "confusion_counts": "confusion_matrix.json"}
+
+
+def write_confusion(predictions: pd.DataFrame, folder: Path) -> None:
+    """The candidate's confusion matrix on the test split, as an image and as counts (true -> predicted -> n)."""
+    labels = sorted(set(predictions["label"]) | set(predictions[CANDIDATE]))
+    matrix = confusion(predictions["label"], predictions[CANDIDATE], labels)
+    plot_confusion(matrix, labels, "Candidate on the test split", folder / CONFUSION_FILES["confusion_matrix"])
+    counts = {true: {predicted: int(matrix[i, j]) for j, predicted in enumerate(labels)}
+              for i, true in enumerate(labels)}
+    (folder / CONFUSION_FILES["confusion_counts"]).write_text(json.dumps(counts, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
@@ -15,7 +16,7 @@ def _pyplot():
 
 
 def plot_loss(history: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     steps = [h["step"] for h in history if "loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -35,7 +36,7 @@ def plot_loss(history: list[dict], path: Path) -> None:
 
 def plot_layer_norms(norms: dict[str, float], title: str, path: Path) -> None:
     """One bar per layer (and per group outside the layers), in the order given."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(norms)), 3.5))
     ax.bar(range(len(norms)), list(norms.values()))
     ax.set_xticks(range(len(norms)), list(norms), rotation=60, ha="right", fontsize=8)

@@ -33,6 +33,8 @@ def test_a_classifier_runs_every_stage_and_is_gated_against_the_tfidf_baseline(t
     assert version.tags["metric.f1_spam"] == f"{evaluation['candidate.f1_spam']:.6g}"
     monitor = summary["stages"]["monitor"]["metrics"]
     assert monitor["error_rate"] == 0  # the probes were classified, not sent to generate()
+    logged = {f.path for f in tracking.client().list_artifacts(summary["mlflow_run_id"], "stages/evaluate")}
+    assert {"stages/evaluate/confusion_matrix.png", "stages/evaluate/confusion_matrix.json"} <= logged
 
 
 def test_a_chat_model_runs_every_stage(tmp_path):

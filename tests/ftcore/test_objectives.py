@@ -139,6 +139,11 @@ def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path
         assert evaluation.metrics[f"{model}.macro_f1"] == pytest.approx(
             (evaluation.metrics[f"{model}.f1_spam"] + evaluation.metrics[f"{model}.f1_ham"]) / 2)
     assert recipe.deploy.gate.metric == "macro_f1" and recipe.evaluate.metrics == ["macro_f1", "accuracy"]
+    # The confusion matrix counts the candidate's predictions (true -> predicted), and is drawn for MLflow.
+    counts = json.loads(evaluation.artifacts["confusion_counts"].read_text())
+    expected = predictions.groupby(["label", "candidate"]).size()
+    assert {(t, p): n for t, row in counts.items() for p, n in row.items() if n} == expected.to_dict()
+    assert evaluation.artifacts["confusion_matrix"].read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("method", ["prefix", "lora", "adapter"])
