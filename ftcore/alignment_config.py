@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ftcore.data.sources.config import Fraction, Strict, describe_error, resolve_relative
+from ftcore.data.sources.config import Fraction, Strict, params_problems, resolve_relative
 
 # TRL's DPO loss variants (DPOConfig.loss_type); several combine with loss_weights.
 DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -74,10 +74,9 @@ class RewardFunctionSpec(Strict):
             registered = get_reward_function(self.function)
         except KeyError as e:
             raise ValueError(e.args[0]) from None
-        try:
-            registered.params.model_validate(self.params())
-        except ValidationError as e:
-            raise ValueError("; ".join(describe_error(err) for err in e.errors())) from None
+        problems = params_problems(registered.params, self.params())
+        if problems:
+            raise ValueError(problems)
         return self
 
     def params(self) -> dict[str, Any]:

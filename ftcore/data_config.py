@@ -11,13 +11,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from ftcore.data.sources.config import FileSource, Fraction, Source, Strict, describe_error
+from ftcore.data.sources.config import FileSource, Fraction, Source, Strict, params_problems
 
 # Canonical columns of each data format; sources map their own columns onto these. Cleaning steps rewrite only
 # the text columns (a label is not text to clean). A `messages` cell is a JSON list of {role, content}.
@@ -134,10 +133,9 @@ class StepSpec(BaseModel):
             registered = get_step(self.step)
         except KeyError as e:
             raise ValueError(e.args[0]) from None
-        try:
-            registered.params.model_validate(self.params)
-        except ValidationError as e:
-            raise ValueError(f"step {self.step!r}: " + "; ".join(describe_error(err) for err in e.errors())) from None
+        problems = params_problems(registered.params, self.params)
+        if problems:
+            raise ValueError(f"step {self.step!r}: {problems}")
         return self
 
 

@@ -12,11 +12,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from typing import TypeVar
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 ENTRY_POINT_GROUP = "ftflow.cleaning_steps"
+T = TypeVar("T")
 
 
 class StepParams(BaseModel):
@@ -135,14 +137,23 @@ def discover_steps() -> dict[str, RegisteredStep]:
     if not _discovered:
         for module in BUILTIN_STEP_MODULES:
             importlib.import_module(module)
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            ep.load()
+        load_plugins(ENTRY_POINT_GROUP)
         _discovered = True
     return dict(_STEPS)
 
 
 def get_step(name: str) -> RegisteredStep:
-    steps = discover_steps()
-    if name not in steps:
-        raise KeyError(f"unknown cleaning step {name!r}; available: {', '.join(sorted(steps))}")
-    return steps[name]
+    return lookup("cleaning step", name, discover_steps())
+
+
+def load_plugins(group: str) -> None:
+    """Import every module that installed packages declare in the entry-point `group`: they register on import."""
+    for ep in entry_points(group=group):
+        ep.load()
+
+
+def lookup(kind: str, name: str, registered: dict[str, T]) -> T:
+    """`registered[name]`, or a KeyError listing what is registered."""
+    if name not in registered:
+        raise KeyError(f"unknown {kind} {name!r}; available: {', '.join(sorted(registered))}")
+    return registered[name]

@@ -172,11 +172,16 @@ def version_run_id(name: str, version: str) -> str:
 
 
 def download_run_artifact(run_id: str, artifact_path: str, dst: Path) -> Path:
-    """One artifact of a run (a file or folder) into the existing folder `dst`; returns its local path."""
+    """One artifact of a run (a file or folder) into the existing folder `dst`; returns its local path. A missing
+    artifact raises FileNotFoundError."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst),
-                                                    tracking_uri=tracking_uri()))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                        dst_path=str(dst), tracking_uri=tracking_uri()))
+    except (MlflowException, OSError) as e:
+        raise FileNotFoundError(f"{artifact_path} of run {run_id}: {str(e).splitlines()[0]}") from None
 
 
 def aliases_of(name: str, version: str) -> list[str]:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+
+from ftcore.errors import DataError
+from ftcore.registry import load_plugins, lookup
 
 ENTRY_POINT_GROUP = "ftflow.reward_functions"
 
@@ -63,17 +65,13 @@ def discover_rewards() -> dict[str, RegisteredReward]:
     """ftcore's built-ins plus every `ftflow.reward_functions` entry point, loaded once."""
     global _discovered
     if not _discovered:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            ep.load()
+        load_plugins(ENTRY_POINT_GROUP)
         _discovered = True
     return dict(_REWARDS)
 
 
 def get_reward_function(name: str) -> RegisteredReward:
-    rewards = discover_rewards()
-    if name not in rewards:
-        raise KeyError(f"unknown reward function {name!r}; available: {', '.join(sorted(rewards))}")
-    return rewards[name]
+    return lookup("reward function", name, discover_rewards())
 
 
 def score(name: str, params: dict, prompts: Sequence[str], completions: Sequence[str],
@@ -138,7 +136,7 @@ def reference_f1(prompts: list[str], completions: list[str], p: ReferenceParams,
     from ftcore.evaluation.metrics import token_f1
 
     if p.column not in columns:
-        raise ValueError(f"reward function reference_f1: the dataset has no column {p.column!r} (has "
+        raise DataError(f"reward function reference_f1: the dataset has no column {p.column!r} (has "
                          f"{', '.join(sorted(columns)) or 'none'}); set column: to the reference answer's column")
     return [token_f1(c, str(ref)) for c, ref in zip(completions, columns[p.column], strict=True)]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftcore.config import RewardConfig, TrainConfig
+from ftcore.errors import UserError
 
 
 def preference_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, shared: dict, base_path: Path):
@@ -102,7 +103,7 @@ def load_reward_model(path: Path):
 
     model, tokenizer = load_trained(path)
     if model.config.num_labels != 1:
-        raise ValueError(f"reward.model: {path} is a classifier with {model.config.num_labels} outputs; a reward "
+        raise UserError(f"reward.model: {path} is a classifier with {model.config.num_labels} outputs; a reward "
                          "model has one (train it with task: reward_model)")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -44,9 +44,9 @@ def champion_data(start: ModelRef) -> RetainedData:
             run_id = tracking.version_run_id(str(start.name), str(start.version))
             try:
                 downloaded = tracking.download_run_artifact(run_id, DATASET_ARTIFACT, tmp)
-            except OSError as e:
+            except FileNotFoundError:
                 raise UserError(f"continual.data: champion: the run {run_id} that registered {start.label} has no "
-                                f"{DATASET_ARTIFACT} ({e}); give a file of the data to retain instead") from None
+                                f"{DATASET_ARTIFACT}; give a file of the data to retain instead") from None
             dataset = pd.read_parquet(downloaded)
             downloaded.unlink()
             _write_parts(dataset[dataset["split"] == "train"], dataset[dataset["split"] == "test"], tmp)

@@ -28,6 +28,7 @@ GENERATION_METRICS: dict[str, tuple[str, str | None]] = {
 }
 
 
+@functools.cache
 def _metric_base():
     import datasets
     import evaluate
@@ -58,13 +59,8 @@ def _metric_base():
 def __getattr__(name: str):
     # `evaluate` and `datasets` are imported only when a metric module asks for the base class.
     if name == "ExampleMetric":
-        return _example_metric()
+        return _metric_base()
     raise AttributeError(name)
-
-
-@functools.cache
-def _example_metric():
-    return _metric_base()
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import pytest
 
 from ftcore.alignment.rewards import discover_rewards, reward_columns, score
 from ftcore.config import load_recipe
-from ftcore.errors import RecipeError
+from ftcore.errors import DataError, RecipeError
 from ftcore.evaluation.evaluate import evaluate_models
 from ftcore.evaluation.preference import pairwise_accuracy
 from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
@@ -108,7 +108,7 @@ def test_built_in_reward_functions_score_each_answer():
     f1 = score("reference_f1", {}, [""] * 3, answers, columns.to_dict(orient="list"))
     assert f1[0] == 1.0 and f1[1] == 0.0 and 0 < f1[2] < 1
     assert score("safe_refusal", {}, [""] * 3, answers) == [0.0, 1.0, 0.0]
-    with pytest.raises(ValueError, match="has no column 'reference'"):
+    with pytest.raises(DataError, match="has no column 'reference'"):
         score("reference_f1", {}, [""], ["x"], {})
 
 

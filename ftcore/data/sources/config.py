@@ -182,6 +182,18 @@ def _expand(pattern: Path) -> list[Path]:
     return sorted(p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_file())
 
 
+def params_problems(model: type[BaseModel], params: dict) -> str | None:
+    """Every problem of a registered step's or reward function's `params` against its params model, in one line;
+    None when they are valid."""
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(params)
+    except ValidationError as e:
+        return "; ".join(describe_error(err) for err in e.errors())
+    return None
+
+
 def describe_error(err: dict) -> str:
     """A pydantic error as `field.path: what was expected`, for one line of a recipe error."""
     # A source's `type` picks its model; pydantic puts that tag in the location (sources.0.csv.path): drop it.
