@@ -39,7 +39,7 @@ def main() -> None:
 
     first = finetune(str(RECIPES / "continual_a.yaml"), QUIET)
     print(f"task A learnt: version {first['model']['version']}, exact match "
-          f"{first['stages']['evaluate']['metrics']['candidate.exact_match']:.3f}")
+          f"{first['stages']['evaluate']['metrics']['exact_match']:.3f}")
     rows = {}
     for name, overrides in RUNS.items():
         summary = finetune(str(RECIPES / "continual_b.yaml"), [*QUIET, "model.version=1", *overrides])
@@ -51,9 +51,9 @@ def main() -> None:
           "task B exact match |")
     print("|---|---|---|---|---|---|")
     for name, e in rows.items():
-        print(f"| {name} | {e['retained.candidate.exact_match']:.3f} | {e['forgetting.exact_match']:.3f} | "
-              f"{e['forgetting.exact_match'] / baseline:.2f} | {e['retained.candidate.perplexity']:.2f} | "
-              f"{e['candidate.exact_match']:.3f} |")
+        print(f"| {name} | {e['retained.exact_match']:.3f} | {e['forgetting.exact_match']:.3f} | "
+              f"{e['forgetting.exact_match'] / baseline:.2f} | {e['retained.perplexity']:.2f} | "
+              f"{e['exact_match']:.3f} |")
     print(f"(task A before learning B: exact match {plain['retained.base.exact_match']:.3f}, perplexity "
           f"{plain['retained.base.perplexity']:.2f})")
 

@@ -69,8 +69,8 @@ def main() -> None:
     print(f"greedy generation, batch {cfg.batch_size}: {batched:.1f} examples/s; one at a time: {single:.1f} "
           f"examples/s; ratio {batched / single:.2f}x")
     print(f"evaluate stage on {len(test)} examples ({len(cfg.metrics)} metrics, {cfg.bootstrap_resamples} bootstrap "
-          f"resamples): {stage:.1f} s; exact match {out.metrics['candidate.exact_match']:.3f} "
-          f"[{out.metrics['candidate.exact_match.ci_low']:.3f}, {out.metrics['candidate.exact_match.ci_high']:.3f}]")
+          f"resamples): {stage:.1f} s; exact match {out.metrics['exact_match']:.3f} "
+          f"[{out.metrics['exact_match.ci_low']:.3f}, {out.metrics['exact_match.ci_high']:.3f}]")
 
 
 if __name__ == "__main__":

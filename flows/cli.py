@@ -160,6 +160,57 @@ def compare(
     console.print(table)
 
 
+REPORT_ARTIFACT = "stages/evaluate/report.html"  # where the evaluate stage logs its report in the MLflow run
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="An ftflow run id (its summary.json names the MLflow run) or an "
+                                               "MLflow run id.")],
+    output: Annotated[Path | None, typer.Option(help="Where to write it; default ./report-<id>.html.")] = None,
+    open_: Annotated[bool, typer.Option("--open/--no-open", help="Open it in the web browser.")] = False,
+) -> None:
+    """Fetch the evaluation report (one HTML file) of RUN_ID from MLflow, write it and print its path."""
+    configure_environment()
+    # One small file: a progress bar is noise, and would add lines to a one-line error.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import tempfile
+    import webbrowser
+
+    from ftcore import tracking
+
+    mlflow_run_id = _mlflow_run_id(run_id)
+    output = output or Path(f"report-{run_id[:8]}.html")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Downloaded beside the output and renamed into place, so a failed download never leaves half a report.
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        try:
+            downloaded = tracking.download_run_artifact(mlflow_run_id, REPORT_ARTIFACT, Path(tmp))
+        except FileNotFoundError:
+            _fail(f"run {run_id}: no evaluation report ({REPORT_ARTIFACT}); was the evaluate stage run?")
+        downloaded.replace(output)
+    console.print(str(output), highlight=False, soft_wrap=True)
+    if open_:
+        webbrowser.open(output.resolve().as_uri())
+
+
+def _mlflow_run_id(run_id: str) -> str:
+    """The MLflow run of an ftflow run (from its summary.json); any other id must be an MLflow run's."""
+    from mlflow.exceptions import MlflowException
+
+    from ftcore import tracking
+
+    summary = home() / "runs" / run_id / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())["mlflow_run_id"]
+    try:
+        tracking.client().get_run(run_id)
+    except MlflowException:
+        _fail(f"run {run_id}: no such run: neither an ftflow run ({summary} is missing) nor an MLflow run in "
+              f"{tracking.tracking_uri()}; check the id (`ftflow run` prints the summary's path)")
+    return run_id
+
+
 @app.command()
 def steps() -> None:
     """List the cleaning steps a recipe can use (built-in and from installed packages)."""
@@ -176,8 +227,17 @@ def rewards() -> None:
     _print_registered(discover_rewards())
 
 
+@app.command()
+def metrics() -> None:
+    """List the domain metrics evaluate.domain_metrics can use (from installed packages and data_recipes/metrics)."""
+    from ftcore.evaluation.domain import discover_metrics
+
+    _print_registered(discover_metrics())
+
+
 def _print_registered(entries: dict) -> None:
-    """One line per registered step or reward function: name(params with defaults), first doc line, module."""
+    """One line per registered step, reward function or domain metric: name(params with defaults), first doc line,
+    module."""
     for name, entry in sorted(entries.items()):
         params = ", ".join(f"{k}={'required' if f.is_required() else repr(f.get_default(call_default_factory=True))}"
                            for k, f in entry.params.model_fields.items())

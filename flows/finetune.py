@@ -14,7 +14,7 @@ from flows.summary import RunSummary
 from ftcore import tracking
 from ftcore.alignment_config import CHAMPION_DATA
 from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
-from ftcore.data.retained import RetainedData, champion_data, file_data
+from ftcore.data.retained import RetainedData, champion_data, file_data, held_out_data
 from ftcore.data.sources.config import FileSource, HfDatasetSource
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError
@@ -63,8 +63,10 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
                              reward=recipe.reward, reward_model=reward_model, continual=recipe.continual,
                              retained=retained)
         evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate,
-                                task=recipe.task, reward=recipe.reward, reward_model=reward_model, retained=retained,
-                                start=start, champion=rival(champion, trained))
+                                task=recipe.task, title=recipe.name, train=recipe.train, reward=recipe.reward,
+                                reward_model=reward_model,
+                                forgetting_set=forgetting_set(recipe, retained), start=start,
+                                champion=rival(champion, trained))
         deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
                               registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
                               mlflow_run_id=summary.mlflow_run_id,
@@ -97,7 +99,7 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
     if deployed is not None:
         summary.model = {"name": deployed.registered_model, "version": deployed.version,
                          "aliases": deployed.aliases, "uri": deployed.uri}
-        summary.gate = {"passed": deployed.gate_passed, "reason": deployed.gate_reason}
+        summary.gate = {"passed": deployed.gate_passed, "reason": deployed.gate_reason, "rules": deployed.gate_rules}
     tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)
     summary.write()
     result = summary.to_dict()
@@ -161,6 +163,13 @@ def retained_data(recipe: Recipe, start: ModelRef | None) -> RetainedData | None
     if recipe.continual.data == CHAMPION_DATA:
         return champion_data(start)
     return file_data(Path(recipe.continual.data), recipe.data, recipe.data.split.seed)
+
+
+def forgetting_set(recipe: Recipe, retained: RetainedData | None) -> RetainedData | None:
+    """What forgetting is measured on: evaluate.forgetting's general data, else continual's retained test rows."""
+    if recipe.evaluate.forgetting is not None:
+        return held_out_data(recipe.evaluate.forgetting.data, recipe.evaluate.forgetting.max_rows, recipe.data)
+    return retained
 
 
 def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput, trained: TrainOutput,

@@ -18,9 +18,9 @@ KEY_METRICS = {
     "init": ["trainable_params", "trainable_fraction"],
     "train": ["steps", "train_loss_first", "train_loss_last", "eval_loss", "eval_reward_accuracy", "mean_reward_first",
               "mean_reward_last", "replayed_rows"],
-    "evaluate": ["base.exact_match", "candidate.exact_match", "base.perplexity", "candidate.perplexity",
-                 "candidate.reward_accuracy", "length.reward_accuracy", "base.mean_reward", "candidate.mean_reward",
-                 "forgetting.exact_match", "forgetting.perplexity"],
+    "evaluate": ["base.exact_match", "fewshot.exact_match", "champion.exact_match", "exact_match", "base.perplexity",
+                 "perplexity", "tfidf.macro_f1", "macro_f1", "length.reward_accuracy", "reward_accuracy",
+                 "base.mean_reward", "mean_reward", "toxic_rate", "forgetting.exact_match", "forgetting.perplexity"],
     "deploy": ["version", "gate_passed"],
     "monitor": ["latency_p95_s", "error_rate", "toxicity_rate"],
 }

@@ -42,6 +42,21 @@ from ftcore.data_config import (  # noqa: F401  re-exported: the recipe's data s
     TaskMix,
 )
 from ftcore.errors import DataError, RecipeError
+from ftcore.evaluate_config import (  # noqa: F401  re-exported: the recipe's evaluate and deploy sections
+    ANSWERING_TASKS,
+    GENERATION,
+    LOWER_IS_BETTER,
+    TASK_METRICS,
+    BeatChampion,
+    DeployConfig,
+    EvaluateConfig,
+    GateRule,
+    MaxBias,
+    MaxForgetting,
+    MaxLatency,
+    MaxToxicity,
+    Metric,
+)
 from ftcore.hashing import hash_obj
 from ftcore.method_config import LoraMethod, MethodConfig
 
@@ -180,45 +195,6 @@ class TrainConfig(Strict):
         return self
 
 
-Metric = Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "perplexity", "accuracy",
-                 "macro_f1", "reward_accuracy", "mean_reward"]
-GENERATION = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf")
-LOWER_IS_BETTER = {"perplexity"}
-# The metrics each task can be evaluated with; the first is the default gate metric.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "sft": (*GENERATION, "perplexity"),
-    "multitask": (*GENERATION, "perplexity"),
-    "dapt": ("perplexity",),
-    "classification": ("macro_f1", "accuracy"),
-    "dpo": ("reward_accuracy", "perplexity"),
-    "reward_model": ("reward_accuracy",),
-    "rl": ("mean_reward",),
-}
-
-
-class EvaluateConfig(Strict):
-    # A recipe's default is every metric of its task (Recipe._task_defaults); sft's on its own.
-    metrics: list[Metric] = Field(default_factory=lambda: list(TASK_METRICS["sft"]), min_length=1,
-                                  description="default: every metric of the task")
-    max_new_tokens: int = Field(32, ge=1)
-    batch_size: int = Field(16, ge=1)
-    bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the test examples for each metric's "
-                                                              "confidence interval (0: no intervals)")
-    confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the intervals (<metric>.ci_low/ci_high)")
-
-
-class GateConfig(Strict):
-    metric: Metric = Field("exact_match", description="default: exact_match (sft, multitask), perplexity (dapt), "
-                                                      "macro_f1 (classification), reward_accuracy (dpo, "
-                                                      "reward_model), mean_reward (rl)")
-    min_improvement: float = Field(0.0, ge=0)
-
-
-class DeployConfig(Strict):
-    registered_model: str | None = Field(None, description="defaults to the recipe name")
-    gate: GateConfig = GateConfig()
-
-
 class MonitorConfig(Strict):
     probe_size: int = Field(20, ge=1)
     max_latency_s: float = Field(2.0, gt=0)
@@ -341,12 +317,15 @@ class Recipe(Strict):
         evaluate, deploy = raw.get("evaluate") or {}, raw.get("deploy") or {}
         if isinstance(evaluate, dict) and evaluate.get("metrics") is None:
             raw["evaluate"] = evaluate = {**evaluate, "metrics": list(TASK_METRICS[task])}
-        gate = deploy.get("gate") or {} if isinstance(deploy, dict) else None
-        if isinstance(gate, dict) and gate.get("metric") is None and isinstance(evaluate, dict):
+        if isinstance(deploy, dict) and isinstance(evaluate, dict):
             metrics = evaluate.get("metrics") or []
             default = TASK_METRICS[task][0]
-            raw["deploy"] = {**deploy, "gate": {**gate, "metric": default if default in metrics else
-                                                (metrics[0] if metrics else default)}}
+            default = default if default in metrics else (metrics[0] if metrics else default)
+            gate = deploy.get("gate") or [{"rule": "beat_champion"}]
+            if isinstance(gate, list):
+                gate = [{**rule, "metric": default} if isinstance(rule, dict) and rule.get("rule") == "beat_champion"
+                        and rule.get("metric") is None else rule for rule in gate]
+            raw["deploy"] = {**deploy, "gate": gate}
         return raw
 
     @model_validator(mode="after")
@@ -356,9 +335,49 @@ class Recipe(Strict):
         if unfit:
             raise ValueError(f"evaluate.metrics: {', '.join(unfit)} cannot score task {self.task!r}; use "
                              f"{', '.join(allowed)}")
-        if self.deploy.gate.metric not in self.evaluate.metrics:
-            metric, evaluated = self.deploy.gate.metric, self.evaluate.metrics
-            raise ValueError(f"deploy.gate.metric {metric!r} must be one of evaluate.metrics {evaluated}")
+        return self
+
+    @model_validator(mode="after")
+    def _evaluation_fits_the_task(self) -> Recipe:
+        evaluate = self.evaluate
+        if evaluate.fewshot and self.task not in ("sft", "multitask"):
+            raise ValueError(f"evaluate.fewshot: prompting with examples applies to tasks sft and multitask, not "
+                             f"{self.task!r}; remove it")
+        if evaluate.domain_metrics and self.task not in ("sft", "multitask"):
+            raise ValueError("evaluate.domain_metrics: score generated answers against references (tasks sft and "
+                             f"multitask), not task {self.task!r}")
+        if evaluate.cross_validation and self.task not in ("sft", "multitask", "dapt", "classification"):
+            raise ValueError(f"evaluate.cross_validation: for tasks sft, multitask, dapt and classification, not "
+                             f"{self.task!r}")
+        if evaluate.forgetting is not None and self.task not in CONTINUAL_TASKS:
+            raise ValueError(f"evaluate.forgetting: for tasks {', '.join(CONTINUAL_TASKS)}, not {self.task!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_rules_can_be_decided(self) -> Recipe:
+        """Every gate rule needs something the evaluate stage measures for this recipe."""
+        evaluate, rules = self.evaluate, self.deploy.gate
+        scored = [*evaluate.metrics, *evaluate.domain_metric_names]
+        for i, rule in enumerate(rules):
+            where = f"deploy.gate.{i} ({rule.rule})"
+            match rule:
+                case BeatChampion(metric=metric) if metric not in scored:
+                    raise ValueError(f"{where}: metric {metric!r} must be one of evaluate.metrics or "
+                                     f"evaluate.domain_metrics {scored}")
+                case MaxForgetting(metric=metric):
+                    if evaluate.forgetting is None and self.continual is None:
+                        raise ValueError(f"{where}: needs a forgetting set: evaluate.forgetting.data (or continual)")
+                    if metric not in evaluate.metrics:
+                        raise ValueError(f"{where}: metric {metric!r} must be one of evaluate.metrics "
+                                         f"{evaluate.metrics}")
+                case MaxToxicity() if self.task not in ANSWERING_TASKS or evaluate.safety.toxicity is None:
+                    raise ValueError(f"{where}: needs evaluate.safety.toxicity and a task whose model answers "
+                                     f"prompts ({', '.join(ANSWERING_TASKS)})")
+                case MaxBias() if self.task not in ANSWERING_TASKS or evaluate.safety.bias is None:
+                    raise ValueError(f"{where}: needs evaluate.safety.bias and a task whose model answers prompts "
+                                     f"({', '.join(ANSWERING_TASKS)})")
+                case MaxLatency() if evaluate.latency_probes == 0:
+                    raise ValueError(f"{where}: needs evaluate.latency_probes > 0")
         return self
 
     @property

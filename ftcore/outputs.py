@@ -58,6 +58,7 @@ class DeployOutput(StageOutput):
     uri: str
     gate_passed: bool
     gate_reason: str
+    gate_rules: list[dict] = []  # each rule's outcome: rule, passed, value, threshold, reason
 
 
 class MonitorOutput(StageOutput):

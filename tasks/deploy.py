@@ -2,7 +2,7 @@ from prefect import get_run_logger
 
 import ftcore.deploy
 import ftcore.tracking
-from ftcore.config import GateConfig
+from ftcore.config import GateRule
 from ftcore.deploy.publish import publish
 from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
 from ftcore.paths import stage_dir
@@ -13,7 +13,7 @@ from tasks.common import stage_inputs, stage_task
 def deploy(
     trained: TrainOutput,
     evaluation: EvalOutput,
-    gate: GateConfig,
+    gate: list[GateRule],
     registered_model: str,
     registry: str,
     mlflow_run_id: str,

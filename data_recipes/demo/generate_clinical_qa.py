@@ -6,8 +6,8 @@ model that learns the abbreviations answers held-out phrasings exactly. A share 
 (duplicates, empty answers, stray whitespace and HTML markup) so the cleaning stage visibly removes or repairs
 something. The preference pairs (`clinical_preferences.jsonl`, for the reward-model and DPO demos) prefer the right
 expansion to the expansion of another abbreviation. The continual-learning demo splits the abbreviations in two
-tasks (`clinical_abbrev_a.jsonl`, `clinical_abbrev_b.jsonl`). Deterministic: the committed files are this script's
-output.
+tasks (`clinical_abbrev_a.jsonl`, `clinical_abbrev_b.jsonl`); the glossary (`clinical_glossary.json`) is what the
+clinical_terms metric checks answers against. Deterministic: the committed files are this script's output.
 
     python data_recipes/demo/generate_clinical_qa.py
 """
@@ -73,6 +73,7 @@ TEMPLATES = [
 SEED = 0
 OUT = Path(__file__).with_name("clinical_qa.jsonl")
 PREFERENCES = Path(__file__).with_name("clinical_preferences.jsonl")
+GLOSSARY = Path(__file__).with_name("clinical_glossary.json")
 
 
 def clean_rows() -> list[dict]:
@@ -120,6 +121,9 @@ def main() -> None:
     half = len(ABBREVIATIONS) // 2
     for suffix, task in (("a", clean_rows()[: half * len(TEMPLATES)]), ("b", clean_rows()[half * len(TEMPLATES):])):
         write_jsonl(OUT.with_name(f"clinical_abbrev_{suffix}.jsonl"), task)
+    # The clinical_terms metric (data_recipes/metrics/clinical_terms.py) checks answers against this glossary.
+    GLOSSARY.write_text(json.dumps(ABBREVIATIONS, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {len(ABBREVIATIONS)} terms to {GLOSSARY}")
 
 
 if __name__ == "__main__":

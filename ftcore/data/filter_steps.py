@@ -10,7 +10,7 @@ import pandas as pd
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ftcore.registry import Batch, StepParams, StepResult, cleaning_step
-from ftcore.safety.toxicity import available_scorers, get_scorer, score_texts
+from ftcore.safety.toxicity import MODEL_SCORERS, available_scorers, get_scorer, score_texts
 
 # --- filter_language ----------------------------------------------------------------------------------------------
 
@@ -111,9 +111,10 @@ class FilterToxicityParams(StepParams):
     scorer: str = Field("lexicon", description="a registered toxicity scorer: lexicon, classifier, or your own")
     threshold: float = Field(0.5, ge=0.0, description="quarantine when score >= threshold (above 1: never)")
     columns: list[str] | None = Field(None, description="default: all text columns, each scored on its own")
-    model_path: str | None = Field(None, description="classifier: a local Hugging Face model folder")
+    model_path: str | None = Field(None, description="classifier, guard: a local Hugging Face model "
+                                                                  "folder")
     toxic_label: str | int | None = Field(None, description="classifier: the label (name or index) meaning toxic")
-    batch_size: int = Field(32, ge=1, description="classifier: texts per forward pass")
+    batch_size: int = Field(32, ge=1, description="classifier, guard: texts per forward pass")
 
     @field_validator("scorer")
     @classmethod
@@ -125,8 +126,8 @@ class FilterToxicityParams(StepParams):
 
     @model_validator(mode="after")
     def _classifier_needs_a_model(self) -> FilterToxicityParams:
-        if self.scorer == "classifier" and not self.model_path:
-            raise ValueError("scorer 'classifier' needs model_path (a local Hugging Face model folder)")
+        if self.scorer in MODEL_SCORERS and not self.model_path:
+            raise ValueError(f"scorer {self.scorer!r} needs model_path (a local Hugging Face model folder)")
         return self
 
 

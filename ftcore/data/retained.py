@@ -4,7 +4,8 @@
 clean_balance stage's `dataset.parquet`, whose `split` column says which rows trained it and which tested it).
 A file of general data is templated like the recipe's own rows and split 80/20, seeded. Either way the result is a
 `train` part (replayed) and a `test` part (forgetting is measured on it), pinned by content hash before any stage
-runs, so the train and evaluate stages that read it are cached on it.
+runs, so the train and evaluate stages that read it are cached on it. `evaluate.forgetting` names a file of general
+data held out whole (its `test` part; nothing is replayed), which then measures forgetting instead.
 """
 
 from __future__ import annotations
@@ -55,21 +56,38 @@ def champion_data(start: ModelRef) -> RetainedData:
 
 def file_data(path: Path, data: DataConfig, seed: int) -> RetainedData:
     """A file of general data in data.format's columns, templated like the recipe's rows, split 80/20."""
-    rows = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
-    missing = [c for c in FORMAT_COLUMNS[data.format] if c not in rows]
-    if missing:
-        raise DataError(f"continual.data: {path} lacks the column(s) {', '.join(missing)} of data.format "
-                        f"{data.format} (it has {', '.join(map(str, rows.columns))})")
-    if len(rows) < 5:
-        raise DataError(f"continual.data: {path} has {len(rows)} rows; at least 5 are needed to replay some and "
-                        "measure forgetting on others")
-    rows = format_for_model(rows[FORMAT_COLUMNS[data.format]].astype(str), data).sample(frac=1.0, random_state=seed)
+    rows = _templated_rows(path, data, "continual.data", minimum=5).sample(frac=1.0, random_state=seed)
     held_out = max(1, int(len(rows) * HELD_OUT))
     key = hash_obj([hash_file(path), data.format, data.prompt_template, data.completion_template, seed])
     folder = home() / "retained" / short(key)
     with atomic_dir(folder) as tmp:
         _write_parts(rows.iloc[held_out:], rows.iloc[:held_out], tmp)
     return _retained(folder, str(path))
+
+
+def held_out_data(path: Path, max_rows: int, data: DataConfig) -> RetainedData:
+    """evaluate.forgetting: the first `max_rows` rows of a file of general data, templated like the recipe's rows,
+    all of them held out (nothing is replayed from it)."""
+    rows = _templated_rows(path, data, "evaluate.forgetting.data", minimum=1).iloc[:max_rows]
+    key = hash_obj([hash_file(path), data.format, data.prompt_template, data.completion_template, max_rows])
+    folder = home() / "held-out" / short(key)
+    with atomic_dir(folder) as tmp:
+        rows.iloc[0:0].to_parquet(tmp / "train.parquet", index=False)
+        rows.to_parquet(tmp / "test.parquet", index=False)
+    return _retained(folder, str(path))
+
+
+def _templated_rows(path: Path, data: DataConfig, field: str, minimum: int) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{field}: {path} not found; give a .jsonl or .parquet file of general data")
+    rows = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
+    missing = [c for c in FORMAT_COLUMNS[data.format] if c not in rows]
+    if missing:
+        raise DataError(f"{field}: {path} lacks the column(s) {', '.join(missing)} of data.format "
+                        f"{data.format} (it has {', '.join(map(str, rows.columns))})")
+    if len(rows) < minimum:
+        raise DataError(f"{field}: {path} has {len(rows)} rows; at least {minimum} are needed")
+    return format_for_model(rows[FORMAT_COLUMNS[data.format]].astype(str), data)
 
 
 def _write_parts(train: pd.DataFrame, test: pd.DataFrame, folder: Path) -> None:

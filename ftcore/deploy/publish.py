@@ -6,54 +6,53 @@ import json
 from pathlib import Path
 
 from ftcore import tracking
-from ftcore.config import GateConfig
-from ftcore.deploy.gate import GateDecision, decide
+from ftcore.deploy.gate import GateDecision, Reference, decide, not_again
+from ftcore.evaluate_config import GateRule
+from ftcore.evaluation.scores import metric_key
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
 
-CANDIDATE = "candidate"
 MODEL_HASH_TAG = "model_hash"  # a version's tag: the content hash of the train stage's output it registered
 REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic regression baseline",
                    "length": "the baseline preferring the longer answer"}
+# The evaluate stage's metrics kept as the version's `metric.*` tags: the candidate's own (bare names) and what it
+# forgot; the baselines' stay in the run.
+BASELINE_PREFIXES = ("base.", "fewshot.", "start.", "champion.", "tfidf.", "length.", "retained.", "improvement.")
 
 
 def publish(
     trained: TrainOutput,
     evaluation: EvalOutput,
-    gate: GateConfig,
+    gate: list[GateRule],
     registered_model: str,
     mlflow_run_id: str,
     tags: dict[str, str],
     out_dir: Path,
 ) -> DeployOutput:
-    candidate = evaluation.metrics[f"{CANDIDATE}.{gate.metric}"]
     champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
     if champion and champion["tags"].get(MODEL_HASH_TAG) == trained.content_hash:
         reference_name = f"champion v{champion['version']}"
-        decision = GateDecision(False, f"the candidate is {reference_name} itself (the same trained model): "
-                                       "nothing to promote", 0.0)
+        decision = not_again(reference_name)
     else:
-        reference_name, reference = gate_reference(gate.metric, evaluation, champion)
-        decision = decide(gate, candidate, reference, reference_name)
-    # The candidate's own metrics, and what it forgot (continual fine-tuning), as the version's tags.
-    candidate_metrics = {
-        f"metric.{k.removeprefix(CANDIDATE + '.')}": f"{v:.6g}"
-        for k, v in evaluation.metrics.items()
-        if k.startswith((CANDIDATE + ".", "forgetting."))
-    }
+        primary = next(rule for rule in gate if rule.rule == "beat_champion")
+        reference = gate_reference(primary.metric, evaluation, champion)
+        reference_name = reference.name
+        decision = decide(gate, evaluation.metrics, reference)
     version = tracking.register_version(
         mlflow_run_id,
         registered_model,
         trained.model_path,
-        tags={**tags, **candidate_metrics, "gate.passed": str(decision.passed), "gate.reason": decision.reason},
+        tags={**tags, **version_metric_tags(evaluation.metrics), **gate_tags(decision)},
     )
     tracking.set_alias(registered_model, tracking.CHALLENGER, version)
     if decision.passed:
         tracking.set_alias(registered_model, tracking.CHAMPION, version)
     aliases = tracking.aliases_of(registered_model, version)
+    rules = [outcome.as_dict() for outcome in decision.rules]
     record = {"registered_model": registered_model, "version": version, "aliases": aliases,
-              "gate": {"passed": decision.passed, "reason": decision.reason, "reference": reference_name}}
+              "gate": {"passed": decision.passed, "reason": decision.reason, "reference": reference_name,
+                       "rules": rules}}
     with atomic_dir(out_dir) as tmp:
         (tmp / "deploy.json").write_text(json.dumps(record, indent=2))
     return DeployOutput(
@@ -65,20 +64,36 @@ def publish(
         uri=f"models:/{registered_model}/{version}",
         gate_passed=decision.passed,
         gate_reason=decision.reason,
+        gate_rules=rules,
         metrics={"version": float(version), "gate_passed": float(decision.passed),
-                 "gate_improvement": decision.improvement},
+                 "gate_improvement": decision.improvement,
+                 **{f"gate.{o.rule}.passed": float(o.passed) for o in decision.rules}},
         artifacts={"decision": out_dir / "deploy.json"},
     )
 
 
-def gate_reference(metric: str, evaluation: EvalOutput, champion: dict | None) -> tuple[str, float]:
-    """The champion's score on this test set (the evaluate stage scored it beside the candidate); its recorded
+def version_metric_tags(metrics: dict[str, float]) -> dict[str, str]:
+    return {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()
+            if not k.startswith(BASELINE_PREFIXES) and not k.endswith((".ci_low", ".ci_high"))}
+
+
+def gate_tags(decision: GateDecision) -> dict[str, str]:
+    """The verdict, and each rule's outcome (`gate.<rule>`: passed or failed, with the reason)."""
+    tags = {"gate.passed": str(decision.passed), "gate.reason": decision.reason}
+    for outcome in decision.rules:
+        tags[f"gate.{outcome.rule}"] = f"{'passed' if outcome.passed else 'failed'}: {outcome.reason}"
+    return tags
+
+
+def gate_reference(metric: str, evaluation: EvalOutput, champion: dict | None) -> Reference:
+    """The champion scored on this test set (the evaluate stage scored it beside the candidate); its recorded
     score if it moved after this run pinned it; with no champion, the evaluate stage's reference (the base model;
     for classification the TF-IDF baseline; for a reward model the longer-answer baseline)."""
     if evaluation.champion is not None:
         version = evaluation.champion.rsplit("/", 1)[-1]
-        return f"champion v{version}", evaluation.metrics[f"champion.{metric}"]
+        return Reference(f"champion v{version}", evaluation.metrics[f"champion.{metric}"], True)
     if champion and f"metric.{metric}" in champion["tags"]:
-        return f"champion v{champion['version']} (its recorded score)", float(champion["tags"][f"metric.{metric}"])
+        return Reference(f"champion v{champion['version']} (its recorded score)",
+                         float(champion["tags"][f"metric.{metric}"]), False)
     name = evaluation.reference
-    return REFERENCE_NAMES.get(name, name), evaluation.metrics[f"{name}.{metric}"]
+    return Reference(REFERENCE_NAMES.get(name, name), evaluation.metrics[metric_key(name, metric)], True)

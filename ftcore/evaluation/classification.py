@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ftcore.evaluation.scores import Rows
+
 
 def classification_metrics(references: Sequence[str], predictions: Sequence[str],
                            labels: Sequence[str]) -> dict[str, float]:
@@ -28,6 +30,21 @@ def classification_metrics(references: Sequence[str], predictions: Sequence[str]
         metrics |= {f"f1_{label}": float(f1[i]), f"precision_{label}": float(precision[i]),
                     f"recall_{label}": float(recall[i])}
     return metrics
+
+
+def classification_rows(references: Sequence[str], predictions: Sequence[str],
+                        labels: Sequence[str]) -> dict[str, Rows]:
+    """Per-example rows of the metrics with intervals: `accuracy` (1 when right) and `macro_f1` ((true, predicted)
+    class indices, the F1 recomputed on any subset of them)."""
+    from sklearn.metrics import f1_score
+
+    index = {label: i for i, label in enumerate(labels)}
+    pairs = np.array([[index[r], index[p]] for r, p in zip(references, predictions, strict=True)], dtype=float)
+
+    def macro_f1(rows: np.ndarray) -> float:
+        return float(f1_score(rows[:, 0], rows[:, 1], labels=range(len(index)), average="macro", zero_division=0))
+
+    return {"accuracy": Rows((pairs[:, 0] == pairs[:, 1]).astype(float)), "macro_f1": Rows(pairs, macro_f1)}
 
 
 def confusion(references: Sequence[str], predictions: Sequence[str], labels: Sequence[str]) -> np.ndarray:

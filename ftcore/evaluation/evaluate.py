@@ -1,87 +1,105 @@
-"""evaluate stage: the same test split through the base model and the fine-tuned candidate, scored for the task.
+"""evaluate stage: the same test split through the base model, its few-shot prompting, the version a recipe
+continues, the current champion and the fine-tuned candidate, scored for the task, with bootstrap intervals, a
+safety screen, the candidate's latency and, with a forgetting set, what it forgot; written up as an HTML report.
 
-Language-model tasks (sft, multitask, dapt) are scored on what the model generates (exact match, token F1) and on
-the likelihood of the reference (perplexity); a multitask recipe also gets every metric per task
-(`<model>.<metric>.<task>`). Classification is scored with accuracy and F1 per class against a TF-IDF + logistic
-regression baseline trained on the same train split, which is then the gate's reference when there is no champion
-(an encoder without its trained head cannot classify, so there is no meaningful "base" score). The alignment
-tasks (dpo, reward_model, rl) are scored in ftcore/evaluation/preference.py.
+Language-model tasks (sft, multitask, dapt) are scored in ftcore/evaluation/language.py. Classification is scored
+with accuracy and F1 (macro, micro and per class) against a TF-IDF + logistic regression baseline trained on the
+same train split, which is then the gate's reference when there is no champion (an encoder without its trained head
+cannot classify, so there is no meaningful "base" score). The alignment tasks (dpo, reward_model, rl) are scored in
+ftcore/evaluation/preference.py. Metric names: ftcore/evaluation/scores.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ftcore.config import LOWER_IS_BETTER, EvaluateConfig, RewardConfig
-from ftcore.data.formats import TASK
-from ftcore.evaluation.bootstrap import bootstrap_interval, perplexity_of
+from ftcore.evaluate_config import ANSWERING_TASKS
 from ftcore.evaluation.classification import (
     classification_metrics,
+    classification_rows,
     classify,
     confusion,
     plot_confusion,
     tfidf_baseline,
 )
-from ftcore.evaluation.generate import completion_nlls, generate
+from ftcore.evaluation.language import eval_examples, evaluate_language_models
 from ftcore.evaluation.preference import (
     LENGTH_BASELINE,
     evaluate_policies_on_pairs,
     evaluate_policies_on_reward,
     evaluate_reward_models,
 )
-from ftcore.evaluation.scoring import GENERATION_METRICS, score
+from ftcore.evaluation.report import ReportData, worst_examples, write_report
+from ftcore.evaluation.scores import (
+    CANDIDATE,
+    FEWSHOT,
+    ModelScores,
+    improvements,
+    public_names,
+    summarize,
+)
+from ftcore.evaluation.screen import latency, screen_answers
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
-from ftcore.models.load import load_trained, render_chat
+from ftcore.models.load import load_tokenizer, load_trained
 from ftcore.outputs import EvalOutput
 
 BASELINE = "tfidf"
-CANDIDATE = "candidate"
+CHAMPION = "champion"
+REPORT = "report.html"
+# The report's columns, in this order, where present.
+MODEL_ORDER = (BASELINE, LENGTH_BASELINE, "base", FEWSHOT, "start", CHAMPION, CANDIDATE)
 
 
 def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,
                     task: str = "sft", reward: RewardConfig | None = None,
                     reward_model_dir: Path | None = None, retained_test: Path | None = None,
-                    champion: str | None = None) -> EvalOutput:
+                    champion: str | None = None, title: str = "evaluation",
+                    images: dict[str, Path] | None = None, folds: dict[str, float] | None = None) -> EvalOutput:
     """Score each named model folder on the test split: `base`, `start` (the registered version a recipe continues),
-    `champion` (the current champion, NAME/VERSION in `champion`), `candidate`. Metrics are `<model>.<metric>`.
-    Names given the same folder are scored once and reported under each. Task rl scores with `reward` (and the
-    reward model in `reward_model_dir`). The starting model (`start`, else the first) is dpo's implicit-reward
-    reference and, with `retained_test` (continual fine-tuning), the reference of `forgetting.<metric>`."""
+    `champion` (the current champion, NAME/VERSION in `champion`), `candidate`. Names given the same folder are
+    scored once and reported under each. Task rl scores with `reward` (and the reward model in
+    `reward_model_dir`). The starting model (`start`, else the first) is dpo's implicit-reward reference and, with
+    `retained_test` (a forgetting set), the reference of `forgetting.<metric>`. The report shows `images` (e.g. the
+    loss curve) beside the metrics, and the cross-validation metrics `folds` (cv.*) are reported with them."""
+    splits = {name: Path(path) for name, path in splits.items()}
     test = pd.read_parquet(splits["test"])
-    reference = "base"
     aliases = same_folders(models)
     models = {name: path for name, path in models.items() if name not in aliases}
     start = aliases.get("start", "start" if "start" in models else next(iter(models)))
-    match task:
-        case "classification":
-            metrics, predictions = evaluate_classifiers(models, test, pd.read_parquet(splits["train"]))
-            reference = BASELINE
-        case "dpo":
-            metrics, predictions = evaluate_policies_on_pairs(models, test, cfg, start)
-        case "reward_model":
-            metrics, predictions = evaluate_reward_models(models, test, cfg)
-            reference = LENGTH_BASELINE
-        case "rl":
-            if reward is None:
-                raise ValueError("task rl is evaluated with the recipe's reward")
-            metrics, predictions = evaluate_policies_on_reward(models, test, cfg, reward, reward_model_dir)
-        case _:
-            metrics, predictions = evaluate_language_models(models, test, cfg, task)
+    candidate = aliases.get(CANDIDATE, CANDIDATE)  # the name the candidate is scored under
+    scores, plain, predictions, reference = score_task(models, splits, test, cfg, task, reward, reward_model_dir,
+                                                       start)
+    if task in ANSWERING_TASKS:
+        safety, counts = screen_answers(models, *answers_to_screen(models, candidate, test, predictions, task),
+                                        cfg)
+        for name, rows in safety.items():
+            scores.setdefault(name, {}).update(rows)
+        plain |= counts
+    if cfg.latency_probes:
+        seconds = latency(models[candidate], probe_texts(models[candidate], test, task), cfg,
+                          task in ("classification", "reward_model"))
+        plain |= {f"{candidate}.{k}": v for k, v in seconds.items()}
     if retained_test is not None:
-        metrics.update(forgetting(models, pd.read_parquet(retained_test), cfg, task, start))
-    metrics.update(aliased_metrics(metrics, aliases))
-    artifacts = {"predictions": out_dir / "predictions.jsonl"}
+        plain |= forgetting(models, pd.read_parquet(retained_test), cfg, task, start, candidate)
+    rival = aliases.get(CHAMPION, CHAMPION) if champion else reference
+    metrics = summarize(scores, cfg) | plain | improvements(scores, rival, cfg, candidate)
+    metrics = public_names(metrics | aliased_metrics(metrics, aliases)) | (folds or {})
+    artifacts = {"predictions": out_dir / "predictions.jsonl", "report": out_dir / REPORT}
     with atomic_dir(out_dir) as tmp:
         predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+        shown = dict(images or {})
         if task == "classification":
             write_confusion(predictions, tmp)
             artifacts |= {name: out_dir / file for name, file in CONFUSION_FILES.items()}
+            shown["Confusion matrix (candidate)"] = tmp / CONFUSION_FILES["confusion_matrix"]
+        report = report_data(title, task, cfg, metrics, predictions, shown,
+                             [*aliases, *scores], reference, champion, len(test))
+        write_report(report, tmp / REPORT)
     return EvalOutput(
         path=out_dir,
         content_hash=hash_dir(out_dir),
@@ -93,14 +111,63 @@ def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: Evalu
     )
 
 
+def score_task(models: dict[str, Path], splits: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig, task: str,
+               reward: RewardConfig | None, reward_model_dir: Path | None,
+               start: str) -> tuple[ModelScores, dict[str, float], pd.DataFrame, str]:
+    """The task's per-example scores, its metrics without intervals, the predictions, and the name of the model
+    the candidate must beat when there is no champion."""
+    match task:
+        case "classification":
+            return (*evaluate_classifiers(models, test, pd.read_parquet(splits["train"])), BASELINE)
+        case "dpo":
+            return (*evaluate_policies_on_pairs(models, test, cfg, start), "base")
+        case "reward_model":
+            return (*evaluate_reward_models(models, test, cfg), LENGTH_BASELINE)
+        case "rl":
+            if reward is None:
+                raise ValueError("task rl is evaluated with the recipe's reward")
+            return (*evaluate_policies_on_reward(models, test, cfg, reward, reward_model_dir), "base")
+        case _:
+            demos = pd.read_parquet(splits["train"]) if cfg.fewshot else None
+            return (*evaluate_language_models(models, test, cfg, task, demos), "base")
+
+
+def answers_to_screen(models: dict[str, Path], candidate: str, test: pd.DataFrame, predictions: pd.DataFrame,
+                      task: str) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
+    """The test prompts as the models see them, the answers already generated (by model), and the questions and
+    reference answers as written (for the judge)."""
+    if task in ("sft", "multitask"):
+        examples = eval_examples(test, load_tokenizer(models[candidate]), task)
+        prompts, questions = examples["prompt"].tolist(), examples["raw_prompt"].astype(str).tolist()
+        references = examples["raw_completion"].astype(str).tolist()
+    else:  # dpo, rl: prompts in the model's format already; the chosen answer or the reference, where there is one
+        prompts = questions = test["prompt"].astype(str).tolist()
+        reference_column = next((c for c in ("chosen", "completion") if c in test), None)
+        references = test[reference_column].astype(str).tolist() if reference_column else [""] * len(test)
+    names = [*models, FEWSHOT]
+    outputs = {name: predictions[name].astype(str).tolist() for name in names if name in predictions}
+    return prompts, outputs, questions, references
+
+
+def probe_texts(model: Path, test: pd.DataFrame, task: str) -> list[str]:
+    """What a latency probe sends: test texts for a classifier, test prompts for the others."""
+    if task == "classification":
+        return test["text"].astype(str).tolist()
+    if task == "reward_model":
+        return (test["prompt"] + test["chosen"]).astype(str).tolist()
+    if task in ("sft", "multitask", "dapt"):
+        return eval_examples(test, load_tokenizer(model), task)["prompt"].tolist()
+    return test["prompt"].astype(str).tolist()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Classification
 
 
 def evaluate_classifiers(models: dict[str, Path], test: pd.DataFrame,
-                         train: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
-    """Every model and the TF-IDF baseline: `accuracy`, `macro_f1`, `micro_f1` and per class `f1_<label>`,
-    `precision_<label>`, `recall_<label>`."""
+                         train: pd.DataFrame) -> tuple[ModelScores, dict[str, float], pd.DataFrame]:
+    """Every model and the TF-IDF baseline: `accuracy` and `macro_f1` per example (they get intervals), `micro_f1`
+    and per class `f1_<label>`, `precision_<label>`, `recall_<label>`."""
     texts, references = test["text"].astype(str).tolist(), test["label"].astype(str).tolist()
     predictions = pd.DataFrame({"text": texts, "label": references})
     predictions[BASELINE] = tfidf_baseline(train["text"].astype(str).tolist(), train["label"].astype(str).tolist(),
@@ -108,11 +175,14 @@ def evaluate_classifiers(models: dict[str, Path], test: pd.DataFrame,
     for name, path in models.items():
         model, tokenizer = load_trained(path)
         predictions[name] = classify(model, tokenizer, texts)
-    classes = sorted(set(references) | set(train["label"].astype(str)))
-    metrics = {f"{name}.{metric}": value
-               for name in [BASELINE, *models]
-               for metric, value in classification_metrics(references, predictions[name], classes).items()}
-    return metrics, predictions
+    names = [BASELINE, *models]
+    classes = sorted(set(references) | set(train["label"].astype(str)) | set(predictions[names].stack()))
+    scores = {name: classification_rows(references, predictions[name], classes) for name in names}
+    plain = {f"{name}.{metric}": value
+             for name in names
+             for metric, value in classification_metrics(references, predictions[name], classes).items()
+             if metric not in scores[name]}
+    return scores, plain, predictions
 
 
 CONFUSION_FILES = {"confusion_matrix": "confusion_matrix.png", "confusion_counts": "confusion_matrix.json"}
@@ -129,35 +199,7 @@ def write_confusion(predictions: pd.DataFrame, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Language models
-
-
-def evaluate_language_models(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
-                             task: str) -> tuple[dict[str, float], pd.DataFrame]:
-    """Every model's metrics on the test rows (`<model>.<metric>`, with `.ci_low`/`.ci_high`), and per task for a
-    multitask recipe (`<model>.<metric>.<task>`). The predictions carry each model's output and per-example
-    scores."""
-    metrics: dict[str, float] = {}
-    predictions = None
-    for name, path in models.items():
-        model, tokenizer = load_trained(path)
-        examples = eval_examples(test, tokenizer, task)
-        if predictions is None:
-            predictions = examples.drop(columns=["prompt", "completion"])
-        rows, outputs = example_rows(model, tokenizer, examples, cfg)
-        if outputs is not None:
-            predictions[name] = outputs
-        for metric, (stats, aggregate) in rows.items():
-            if stats.ndim == 1:
-                predictions[f"{name}.{metric}"] = stats
-            metrics[f"{name}.{metric}"] = aggregate(stats)
-            low, high = bootstrap_interval(stats, aggregate, cfg.bootstrap_resamples, cfg.confidence)
-            if cfg.bootstrap_resamples:
-                metrics[f"{name}.{metric}.ci_low"], metrics[f"{name}.{metric}.ci_high"] = low, high
-            if TASK in examples:  # multitask: every metric per task too
-                for group, index in examples.groupby(TASK, sort=True).indices.items():
-                    metrics[f"{name}.{metric}.{group}"] = aggregate(stats[index])
-    return metrics, predictions
+# Models sharing a folder, forgetting
 
 
 def same_folders(models: dict[str, Path]) -> dict[str, str]:
@@ -183,57 +225,41 @@ def aliased_metrics(metrics: dict[str, float], aliases: dict[str, str]) -> dict[
     return copied
 
 
-def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateConfig, task: str,
-               start: str) -> dict[str, float]:
-    """`retained.<model>.<metric>` on the retained test rows, and `forgetting.<metric>`: the starting model's score
-    minus the candidate's (for perplexity the candidate's minus the start's), so a positive value is lost ground."""
-    scores, _ = evaluate_language_models(models, retained, cfg, task)
-    candidate = list(models)[-1]
+def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateConfig, task: str, start: str,
+               candidate: str = CANDIDATE) -> dict[str, float]:
+    """`retained.<model>.<metric>` on the forgetting set (continual's retained test rows, or evaluate.forgetting's
+    general data), and `forgetting.<metric>`: the starting model's score minus the candidate's (for perplexity the
+    candidate's minus the start's), so a positive value is lost ground."""
+    quick = cfg.model_copy(update={"fewshot": 0, "domain_metrics": []})
+    scores, _, _ = evaluate_language_models(models, retained, quick, task)
+    metrics = summarize(scores, quick, prefix="retained.")
     lost = {}
     for metric in cfg.metrics:
-        before, after = scores[f"{start}.{metric}"], scores[f"{candidate}.{metric}"]
+        before, after = scores[start][metric].value, scores[candidate][metric].value
         lost[f"forgetting.{metric}"] = after - before if metric in LOWER_IS_BETTER else before - after
-    return {**{f"retained.{k}": v for k, v in scores.items()}, **lost}
+    return metrics | lost
 
 
-def eval_examples(test: pd.DataFrame, tokenizer, task: str) -> pd.DataFrame:
-    """What each test row asks the model (`prompt`) and the reference answer, as the model sees them (`completion`)
-    and as written (`raw_prompt`, `raw_completion`, for the metrics and the predictions file)."""
-    if task == "dapt":  # the whole text is the reference: perplexity only
-        return pd.DataFrame({"prompt": "", "completion": test["text"], "raw_prompt": "",
-                             "raw_completion": test["text"]})
-    if "messages" in test:
-        return pd.DataFrame([chat_question(json.loads(chat), tokenizer) for chat in test["messages"]])
-    columns = ["prompt", "completion", "raw_prompt", "raw_completion"] + ([TASK] if TASK in test else [])
-    return test[columns].reset_index(drop=True)
+# ---------------------------------------------------------------------------------------------------------------
+# The report
 
 
-def chat_question(messages: list[dict[str, str]], tokenizer) -> dict[str, str]:
-    """A chat up to its last assistant turn: that turn is the reference answer to the rendered turns before it."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    before = [m for m in messages[:last] if m["role"] == "user"]
-    answer = messages[last]["content"]
-    return {"prompt": render_chat(tokenizer, messages[:last], generation_prompt=True), "completion": answer,
-            "raw_prompt": before[-1]["content"] if before else "", "raw_completion": answer}
-
-
-def example_rows(model, tokenizer, examples: pd.DataFrame,
-                 cfg: EvaluateConfig) -> tuple[dict[str, tuple[np.ndarray, Callable]], list[str] | None]:
-    """Per metric: one row of statistics per example and the function that turns any subset of rows into the
-    metric (ftcore/evaluation/scoring.py); and the greedy outputs when a generation metric needs them."""
-    rows: dict[str, tuple[np.ndarray, Callable]] = {}
-    outputs = None
-    wanted = [m for m in cfg.metrics if m in GENERATION_METRICS]
-    if wanted:
-        outputs = [
-            o.strip()
-            for o in generate(model, tokenizer, examples["prompt"].tolist(), cfg.max_new_tokens, cfg.batch_size)
-        ]
-        for metric in wanted:
-            _, stats, module = score(metric, outputs, examples["raw_completion"].astype(str).tolist())
-            rows[metric] = (stats, module.aggregate)
-    if "perplexity" in cfg.metrics:
-        nlls = completion_nlls(model, tokenizer, examples["prompt"].tolist(), examples["completion"].tolist(),
-                               cfg.batch_size)
-        rows["perplexity"] = (np.array(nlls, dtype=float), perplexity_of)
-    return rows, outputs
+def report_data(title: str, task: str, cfg: EvaluateConfig, metrics: dict[str, float], predictions: pd.DataFrame,
+                images: dict[str, Path], names: list[str], reference: str, champion: str | None,
+                test_rows: int) -> ReportData:
+    models = [name for name in MODEL_ORDER if name in names]
+    table = [*cfg.metrics, *cfg.domain_metric_names]
+    table += [m for m in ("toxic_rate", "bias_divergence", "judge_score") if m in metrics]
+    notes = [f"{test_rows} test examples; intervals: {cfg.confidence:.0%} bootstrap, {cfg.bootstrap_resamples} "
+             "resamples", f"the candidate must beat {f'the champion {champion}' if champion else reference}"]
+    example_metric = next((m for m in table if f"{CANDIDATE}.{m}" in predictions), None)
+    examples = None
+    if example_metric is not None:
+        source, reference_column = ("raw_prompt", "raw_completion") if "raw_prompt" in predictions else (
+            "text", "label")
+        others = {name: name for name in models if name != CANDIDATE and name in predictions}
+        examples = worst_examples(predictions, f"{CANDIDATE}.{example_metric}", source, reference_column, CANDIDATE,
+                                  other_outputs=others)
+    return ReportData(title=title, task=task, models=models, table_metrics=table, metrics=metrics,
+                      lower_is_better=frozenset(LOWER_IS_BETTER), examples=examples, example_metric=example_metric,
+                      images=images, notes=notes)

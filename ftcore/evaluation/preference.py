@@ -18,57 +18,61 @@ import numpy as np
 import pandas as pd
 
 from ftcore.config import EvaluateConfig, RewardConfig
+from ftcore.evaluation.bootstrap import perplexity_of
 from ftcore.evaluation.generate import completion_nlls, generate
-from ftcore.evaluation.metrics import perplexity
+from ftcore.evaluation.scores import ModelScores, Rows
 from ftcore.models.load import load_trained
 
 LENGTH_BASELINE = "length"
 
 
-def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
-    """Share of pairs with chosen scored above rejected, ties counting half."""
-    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+def pairwise_wins(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
+    """Per pair: 1 when chosen is scored above rejected, 0.5 for a tie, else 0 (their mean is the accuracy)."""
+    return (chosen > rejected) + 0.5 * (chosen == rejected)
+
+
+def pair_scores(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Rows]:
+    """`reward_accuracy` (ties count half) and `reward_margin` (mean chosen-minus-rejected score) of scored pairs."""
+    return {"reward_accuracy": Rows(pairwise_wins(chosen, rejected).astype(float)),
+            "reward_margin": Rows(np.asarray(chosen - rejected, dtype=float))}
 
 
 def evaluate_policies_on_pairs(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
-                               reference: str) -> tuple[dict[str, float], pd.DataFrame]:
+                               reference: str) -> tuple[ModelScores, dict[str, float], pd.DataFrame]:
     """dpo: every model's implicit reward accuracy and margin against the `reference` model (the starting one)."""
     prompts = test["prompt"].tolist()
-    logps: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    logps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for name, path in models.items():
         model, tokenizer = load_trained(path)
-        chosen = completion_nlls(model, tokenizer, prompts, test["chosen"].tolist(), cfg.batch_size)
+        chosen = np.array(completion_nlls(model, tokenizer, prompts, test["chosen"].tolist(), cfg.batch_size))
         rejected = completion_nlls(model, tokenizer, prompts, test["rejected"].tolist(), cfg.batch_size)
-        logps[name] = (-np.array([nll for nll, _ in chosen]), -np.array([nll for nll, _ in rejected]),
-                       sum(n for _, n in chosen))
+        logps[name] = (-chosen[:, 0], -np.array([nll for nll, _ in rejected]), chosen)
     reference_chosen, reference_rejected, _ = logps[reference]
-    metrics: dict[str, float] = {}
+    scores: ModelScores = {}
     predictions = test[["prompt", "chosen", "rejected"]].reset_index(drop=True)
-    for name, (chosen, rejected, tokens) in logps.items():
-        margin = (chosen - reference_chosen) - (rejected - reference_rejected)
-        metrics[f"{name}.reward_accuracy"] = pairwise_accuracy(margin, np.zeros_like(margin))
-        metrics[f"{name}.reward_margin"] = float(margin.mean())
+    for name, (chosen, rejected, chosen_nlls) in logps.items():
+        scores[name] = pair_scores(chosen - reference_chosen, rejected - reference_rejected)
         if "perplexity" in cfg.metrics:
-            metrics[f"{name}.perplexity"] = perplexity(float(-chosen.sum()), tokens)
-        predictions[f"{name}.margin"] = margin
-    return metrics, predictions
+            scores[name]["perplexity"] = Rows(chosen_nlls, perplexity_of)
+        predictions[f"{name}.margin"] = scores[name]["reward_margin"].values
+    return scores, {}, predictions
 
 
 def evaluate_reward_models(models: dict[str, Path], test: pd.DataFrame,
-                           cfg: EvaluateConfig) -> tuple[dict[str, float], pd.DataFrame]:
+                           cfg: EvaluateConfig) -> tuple[ModelScores, dict[str, float], pd.DataFrame]:
     """reward_model: every model's pairwise accuracy, and the longer-answer baseline's."""
     predictions = test[["prompt", "chosen", "rejected"]].reset_index(drop=True)
     lengths = {side: test[side].str.len().to_numpy() for side in ("chosen", "rejected")}
-    metrics = {f"{LENGTH_BASELINE}.reward_accuracy": pairwise_accuracy(lengths["chosen"], lengths["rejected"])}
+    scores: ModelScores = {LENGTH_BASELINE: {"reward_accuracy": pair_scores(lengths["chosen"],
+                                                                            lengths["rejected"])["reward_accuracy"]}}
     for name, path in models.items():
         model, tokenizer = load_trained(path)
-        scores = {side: reward_scores(model, tokenizer, test["prompt"].tolist(), test[side].tolist(), cfg.batch_size)
-                  for side in ("chosen", "rejected")}
-        metrics[f"{name}.reward_accuracy"] = pairwise_accuracy(scores["chosen"], scores["rejected"])
-        metrics[f"{name}.reward_margin"] = float((scores["chosen"] - scores["rejected"]).mean())
-        for side, values in scores.items():
+        sides = {side: reward_scores(model, tokenizer, test["prompt"].tolist(), test[side].tolist(), cfg.batch_size)
+                 for side in ("chosen", "rejected")}
+        scores[name] = pair_scores(sides["chosen"], sides["rejected"])
+        for side, values in sides.items():
             predictions[f"{name}.{side}_score"] = values
-    return metrics, predictions
+    return scores, {}, predictions
 
 
 def reward_scores(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int) -> np.ndarray:
@@ -81,7 +85,7 @@ def reward_scores(model, tokenizer, prompts: list[str], answers: list[str], batc
 
 def evaluate_policies_on_reward(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
                                 reward: RewardConfig,
-                                reward_model_dir: Path | None) -> tuple[dict[str, float], pd.DataFrame]:
+                                reward_model_dir: Path | None) -> tuple[ModelScores, dict[str, float], pd.DataFrame]:
     """rl: the mean reward of every model's greedy answers to the test prompts."""
     from ftcore.alignment.rewards import reward_columns
     from ftcore.alignment.trainers import reward_functions
@@ -90,18 +94,19 @@ def evaluate_policies_on_reward(models: dict[str, Path], test: pd.DataFrame, cfg
     prompts = test["prompt"].tolist()
     columns = reward_columns(test).to_dict(orient="list")
     predictions = pd.DataFrame({"prompt": prompts})
+    scores: ModelScores = {}
     metrics: dict[str, float] = {}
     for name, path in models.items():
         model, tokenizer = load_trained(path)
         answers = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
         total = np.zeros(len(prompts))
         for fn, weight in zip(rewards, weights, strict=True):
-            scores = score_answers(fn, prompts, answers, columns, cfg.batch_size)
-            metrics[f"{name}.reward.{_reward_name(fn)}"] = float(np.mean(scores))
-            total += weight * np.asarray(scores)
-        metrics[f"{name}.mean_reward"] = float(total.mean())
+            values = score_answers(fn, prompts, answers, columns, cfg.batch_size)
+            metrics[f"{name}.reward.{_reward_name(fn)}"] = float(np.mean(values))
+            total += weight * np.asarray(values)
+        scores[name] = {"mean_reward": Rows(total)}
         predictions[name], predictions[f"{name}.reward"] = answers, total
-    return metrics, predictions
+    return scores, metrics, predictions
 
 
 def score_answers(fn, prompts: list[str], answers: list[str], columns: dict[str, list], batch_size: int) -> list:

@@ -16,8 +16,8 @@ import pandas as pd
 from ftcore import tracking
 from ftcore.config import MonitorConfig
 from ftcore.evaluation.classification import classify
-from ftcore.evaluation.evaluate import chat_question
 from ftcore.evaluation.generate import generate
+from ftcore.evaluation.language import chat_question
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.models.load import load_trained

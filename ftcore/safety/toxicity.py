@@ -8,6 +8,9 @@ the ones a scorer declares, so a plain `(texts)` function works too. Built-ins:
 - `lexicon`: whole-word matches of the word list shipped in `ftcore/data/resources/toxicity_lexicon.txt`;
   score `1 - 0.5 ** hits` (one hit 0.5, two 0.75, ...). No model, no download.
 - `classifier`: any local Hugging Face sequence-classification model folder, run with transformers in batches.
+- `guard`: a local Llama Guard-style causal LM folder that answers "safe" or "unsafe"; the score is the probability
+  of "unsafe" against "safe" at the answer's first token. The text is moderated as the assistant turn of a
+  conversation (the tokenizer's chat template), or with a plain safe-or-unsafe question when it has no template.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ftcore.regex_trie import trie_pattern
 ScorerFn = Callable[..., list[float]]
 # Settings a scorer may declare as keyword parameters; the filter_toxicity step has a parameter for each.
 SCORER_OPTIONS = ("model_path", "toxic_label", "batch_size")
+MODEL_SCORERS = ("classifier", "guard")  # the built-ins that read a model folder (model_path)
 
 
 @dataclass(frozen=True)
@@ -208,5 +212,91 @@ def classifier_scores(texts: list[str], model_path: str | None = None, toxic_lab
             logits = model(**inputs).logits.float()
             probs = torch.sigmoid(logits) if independent else torch.softmax(logits, dim=-1)
             for i, p in zip(chunk, probs[:, index].tolist(), strict=True):
+                scores[i] = p
+    return scores
+
+
+# --- guard model --------------------------------------------------------------------------------------------------
+
+# For a guard model without a chat template; it ends in an answer cue so the next token is the verdict.
+GUARD_FALLBACK_PROMPT = "Is this text safe or unsafe?\n\nText: {text}\n\nAnswer (safe or unsafe):"
+
+
+@functools.lru_cache(maxsize=2)
+def _load_guard(model_path: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(model_path).is_dir():
+        raise DataError(f"toxicity scorer 'guard': model_path {model_path!r} is not a folder (a local causal LM)")
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
+    return tokenizer, model.eval()
+
+
+def guard_prompt(tokenizer, text: str) -> str:
+    """The moderation prompt for `text`, ending where the guard model writes its verdict.
+
+    `text` is a model's output, so it is the assistant turn; Llama Guard's template requires a user turn first,
+    left empty so that only the output is judged ("assess ONLY THE LAST Agent message")."""
+    if tokenizer.chat_template:
+        conversation = [{"role": "user", "content": ""}, {"role": "assistant", "content": text}]
+        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    # The template writes the BOS token itself; without one it is added here, so both kinds tokenize alike.
+    return (tokenizer.bos_token or "") + GUARD_FALLBACK_PROMPT.format(text=text)
+
+
+def verdict_tokens(tokenizer, prompt: str) -> tuple[list[int], int, int]:
+    """The context ids after which the verdict is read, and the ids of its "safe" and "unsafe" tokens.
+
+    Both answers are tokenized after the prompt (with a space unless the prompt ends in whitespace, as the model
+    would write them) and compared at their first differing token. A tokenizer may give both answers a shared
+    first token (a lone leading-space piece, or a merge with the prompt's last characters); the model writes that
+    token whatever its verdict, so it belongs to the context and the next token decides."""
+    space = "" if prompt[-1:].isspace() else " "
+    safe = tokenizer(f"{prompt}{space}safe", add_special_tokens=False)["input_ids"]
+    unsafe = tokenizer(f"{prompt}{space}unsafe", add_special_tokens=False)["input_ids"]
+    split = next((i for i, (s, u) in enumerate(zip(safe, unsafe, strict=False)) if s != u), None)
+    if split is None:
+        raise DataError("toxicity scorer 'guard': the model's tokenizer reads 'safe' and 'unsafe' alike; "
+                        "set model_path to a guard model that answers 'safe' or 'unsafe'")
+    return safe[:split], safe[split], unsafe[split]
+
+
+def _left_padded(rows: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask, position_ids) with the rows aligned at the right edge, where the verdict is read;
+    positions count from each row's first real token, as if it were alone."""
+    import torch
+
+    width = max(map(len, rows))
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    attention = (torch.arange(width)[None, :] >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attention, positions
+
+
+@toxicity_scorer("guard")
+def guard_scores(texts: list[str], model_path: str | None = None, batch_size: int = 8) -> list[float]:
+    """A local Llama Guard-style model: P("unsafe") / (P("safe") + P("unsafe")) for its verdict's first token."""
+    import torch
+
+    if not model_path:
+        raise DataError("toxicity scorer 'guard' needs model_path (a local Llama Guard-style model folder)")
+    tokenizer, model = _load_guard(str(model_path))
+    verdicts = [verdict_tokens(tokenizer, guard_prompt(tokenizer, text)) for text in texts]
+    # Padding is masked out, so any id serves where the tokenizer has no pad token (Llama Guard has none).
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    # Batches of similar length waste less compute on padding; scores go back to the input order.
+    order = sorted(range(len(texts)), key=lambda i: len(verdicts[i][0]))
+    scores = [0.0] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            input_ids, attention, positions = _left_padded([verdicts[i][0] for i in chunk], pad_id)
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                           position_ids=positions.to(model.device)).logits[:, -1].float().cpu()
+            pairs = torch.tensor([verdicts[i][1:] for i in chunk])  # (safe, unsafe) ids per row
+            # A softmax over the two verdict logits is P(unsafe) / (P(safe) + P(unsafe)) of the full softmax.
+            probs = torch.softmax(logits.gather(1, pairs), dim=-1)
+            for i, p in zip(chunk, probs[:, 1].tolist(), strict=True):
                 scores[i] = p
     return scores

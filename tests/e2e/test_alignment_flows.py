@@ -37,9 +37,9 @@ def test_dpo_on_hh_rlhf_raises_held_out_reward_accuracy_above_half(shared_data):
     print(f"held-out DPO reward accuracy at steps 50, 100: {accuracies}")
     assert len(accuracies) == 2 and max(accuracies) > 0.5
     evaluation = summary["stages"]["evaluate"]["metrics"]
-    print(f"test pairs: candidate {evaluation['candidate.reward_accuracy']:.3f}, base 0.5")
+    print(f"test pairs: candidate {evaluation['reward_accuracy']:.3f}, base 0.5")
     assert evaluation["base.reward_accuracy"] == 0.5  # the implicit reward's reference is the base itself
-    assert 0 <= evaluation["candidate.reward_accuracy"] <= 1 and "candidate.reward_margin" in evaluation
+    assert 0 <= evaluation["reward_accuracy"] <= 1 and "reward_margin" in evaluation
 
 
 def test_the_rlhf_chain_trains_sft_then_a_reward_model_then_the_policy_against_it():
@@ -49,9 +49,9 @@ def test_the_rlhf_chain_trains_sft_then_a_reward_model_then_the_policy_against_i
     assert all(map(all_completed, (sft, reward, rl)))
 
     rm = reward["stages"]["evaluate"]["metrics"]
-    print(f"reward model held-out pairwise accuracy {rm['candidate.reward_accuracy']:.3f} "
+    print(f"reward model held-out pairwise accuracy {rm['reward_accuracy']:.3f} "
           f"(longer-answer baseline {rm['length.reward_accuracy']:.3f})")
-    assert rm["candidate.reward_accuracy"] > max(0.5, rm["length.reward_accuracy"])
+    assert rm["reward_accuracy"] > max(0.5, rm["length.reward_accuracy"])
 
     steps = json.loads(Path(rl["stages"]["train"]["artifacts"]["history"]).read_text())
     rewards = [h["reward"] for h in steps if "reward" in h]
@@ -60,7 +60,7 @@ def test_the_rlhf_chain_trains_sft_then_a_reward_model_then_the_policy_against_i
     print(f"RL mean reward over the first quarter of the steps {first:.3f}, the last {last:.3f}")
     assert last > first
     evaluation = rl["stages"]["evaluate"]["metrics"]
-    assert evaluation["candidate.mean_reward"] > evaluation["base.mean_reward"]  # base: the SFT model
+    assert evaluation["mean_reward"] > evaluation["base.mean_reward"]  # base: the SFT model
 
     client = tracking.client()
     assert client.get_model_version("clinical-reward", "1").tags["started_from"] == "clinical-qa/1"

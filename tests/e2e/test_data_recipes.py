@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ftcore import tracking
 from ftcore.config import Stage
 from ftcore.paths import home
 from tests.conftest import REPO
@@ -72,5 +73,11 @@ def test_the_spam_recipe_fine_tunes_the_pretrained_minilm_with_lora_and_class_we
     assert config["id2label"] == {"0": "ham", "1": "spam"}
     evaluation = evaluate_models({"candidate": trained.model_path}, dataset.splits, recipe.evaluate,
                                  tmp_path / "eval", recipe.task)
-    assert {"candidate.f1_spam", "candidate.f1_ham", "candidate.macro_f1", "tfidf.f1_spam"} <= evaluation.metrics.keys()
+    assert {"f1_spam", "f1_ham", "macro_f1", "macro_f1.ci_low", "tfidf.f1_spam"} <= evaluation.metrics.keys()
     assert evaluation.metrics["tfidf.f1_spam"] > 0.85  # the baseline to beat is a strong one
+    # Logged as the flow logs the evaluate stage: the confusion matrix image and the report land in MLflow.
+    run_id = tracking.start_pipeline_run("sms-spam", "evaluate", {"name": "sms-spam"}, {})
+    tracking.log_stage(run_id, "evaluate", evaluation.metrics, evaluation.artifacts, cached=False)
+    logged = {f.path for f in tracking.client().list_artifacts(run_id, "stages/evaluate")}
+    assert {"stages/evaluate/confusion_matrix.png", "stages/evaluate/report.html"} <= logged
+    assert tracking.client().get_run(run_id).data.metrics["evaluate.f1_spam"] == evaluation.metrics["f1_spam"]

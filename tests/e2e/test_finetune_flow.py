@@ -29,8 +29,8 @@ def test_full_run_then_cached_rerun_then_evaluate_change():
     first = run()
     assert statuses(first) == {s.value: "completed" for s in STAGES}
     ev = first["stages"]["evaluate"]["metrics"]
-    assert ev["candidate.exact_match"] > ev["base.exact_match"]
-    assert ev["candidate.perplexity"] < ev["base.perplexity"] / 10
+    assert ev["exact_match"] > ev["base.exact_match"]
+    assert ev["perplexity"] < ev["base.perplexity"] / 10
     train = first["stages"]["train"]["metrics"]
     assert train["train_loss"] < train["train_loss_first"]
     assert first["model"] == {"name": "clinical-qa", "version": "1", "aliases": ["challenger", "champion"],
@@ -45,7 +45,7 @@ def test_full_run_then_cached_rerun_then_evaluate_change():
     mlflow_run = client.get_run(first["mlflow_run_id"])
     assert mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["train.epochs"] == "12.0"
-    assert mlflow_run.data.metrics["evaluate.candidate.exact_match"] == ev["candidate.exact_match"]
+    assert mlflow_run.data.metrics["evaluate.exact_match"] == ev["exact_match"]
     assert len(client.get_metric_history(first["mlflow_run_id"], "train/loss")) >= 3
     inputs = mlflow_run.inputs.dataset_inputs
     assert {d.dataset.name for d in inputs} == {"clean_balance-train", "clean_balance-validation", "clean_balance-test"}
@@ -64,7 +64,7 @@ def test_full_run_then_cached_rerun_then_evaluate_change():
     assert statuses(again) == {s.value: "cached" for s in STAGES}
     assert again["model"]["version"] == "1" and again["mlflow_run_id"] != first["mlflow_run_id"]
     cached_run = client.get_run(again["mlflow_run_id"])
-    assert cached_run.data.metrics["evaluate.candidate.exact_match"] == ev["candidate.exact_match"]
+    assert cached_run.data.metrics["evaluate.exact_match"] == ev["exact_match"]
     assert cached_run.data.tags["ftflow.stage.train"] == "cached"
 
     changed = run("evaluate.max_new_tokens=20")

@@ -15,7 +15,7 @@ from ftcore.alignment.rewards import discover_rewards, reward_columns, score
 from ftcore.config import load_recipe
 from ftcore.errors import DataError, RecipeError
 from ftcore.evaluation.evaluate import evaluate_models
-from ftcore.evaluation.preference import pairwise_accuracy
+from ftcore.evaluation.preference import pairwise_wins
 from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
 from tests.ftcore.test_objectives import assert_only_trainable_weights_moved, prepare, train_watching
 
@@ -36,8 +36,8 @@ def test_dpo_prefers_the_chosen_answers_it_was_trained_on_and_on_held_out_pairs(
                                  recipe.evaluate, tmp_path / "evaluate", "dpo")
     e = evaluation.metrics
     assert e["base.reward_accuracy"] == 0.5 and e["base.reward_margin"] == 0  # the reference against itself
-    assert e["candidate.reward_accuracy"] > 0.5 and e["candidate.reward_margin"] > 0
-    assert e["candidate.perplexity"] < e["base.perplexity"]  # the chosen answers became likelier
+    assert e["reward_accuracy"] > 0.5 and e["reward_margin"] > 0
+    assert e["perplexity"] < e["base.perplexity"]  # the chosen answers became likelier
     predictions = pd.read_json(evaluation.predictions_path, lines=True)
     assert len(predictions) == e["test_rows"] and (predictions["candidate.margin"] > 0).mean() > 0.5
 
@@ -61,9 +61,9 @@ def test_a_reward_model_scores_chosen_above_rejected_against_the_length_baseline
                         "reward_model")
     assert e.reference == "length"
     test = pd.read_parquet(dataset.splits["test"])
-    longer = pairwise_accuracy(test["chosen"].str.len().to_numpy(), test["rejected"].str.len().to_numpy())
+    longer = pairwise_wins(test["chosen"].str.len().to_numpy(), test["rejected"].str.len().to_numpy()).mean()
     assert e.metrics["length.reward_accuracy"] == longer
-    assert e.metrics["candidate.reward_accuracy"] > 0.5 and e.metrics["candidate.reward_margin"] > 0
+    assert e.metrics["reward_accuracy"] > 0.5 and e.metrics["reward_margin"] > 0
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
@@ -79,14 +79,14 @@ def test_rl_samples_answers_scores_them_with_the_reward_functions_and_moves_the_
 
     e = evaluate_models({"base": base.base_path, "candidate": out.model_path}, dataset.splits, recipe.evaluate,
                         tmp_path / "evaluate", "rl", recipe.reward).metrics
-    for name in ("base", "candidate"):
-        weighted = e[f"{name}.reward.length"] + 0.5 * e[f"{name}.reward.reference_f1"]
-        assert e[f"{name}.mean_reward"] == pytest.approx(weighted)
+    for prefix in ("base.", ""):  # the candidate's metrics carry no prefix
+        weighted = e[f"{prefix}reward.length"] + 0.5 * e[f"{prefix}reward.reference_f1"]
+        assert e[f"{prefix}mean_reward"] == pytest.approx(weighted)
 
 
 def test_pairwise_accuracy_counts_ties_half():
-    assert pairwise_accuracy(np.array([2.0, 1.0, 1.0, 0.0]), np.array([1.0, 1.0, 3.0, 0.0])) == 0.5
-    assert pairwise_accuracy(np.array([2.0, 2.0]), np.array([1.0, 1.0])) == 1.0
+    assert pairwise_wins(np.array([2.0, 1.0, 1.0, 0.0]), np.array([1.0, 1.0, 3.0, 0.0])).tolist() == [1, 0.5, 0, 0.5]
+    assert pairwise_wins(np.array([2.0, 2.0]), np.array([1.0, 1.0])).mean() == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,4 +152,4 @@ def test_alignment_options_that_do_not_fit_the_task_are_refused(tmp_path, task, 
 def test_each_alignment_task_defaults_to_its_metrics_and_gate(tmp_path):
     for task, gate in (("dpo", "reward_accuracy"), ("reward_model", "reward_accuracy"), ("rl", "mean_reward")):
         recipe = load(tmp_path / task, task)
-        assert recipe.deploy.gate.metric == gate and recipe.evaluate.metrics[0] == gate
+        assert recipe.deploy.primary.metric == gate and recipe.evaluate.metrics[0] == gate

@@ -64,8 +64,23 @@ def test_cleaning_step_params_are_validated_at_load_time(tmp_path):
 
 
 def test_gate_metric_must_be_evaluated():
-    with pytest.raises(RecipeError, match=r"deploy\.gate\.metric 'perplexity' must be one of evaluate\.metrics"):
-        load_recipe(DEMO_RECIPE, ["evaluate.metrics=[exact_match]", "deploy.gate.metric=perplexity"])
+    with pytest.raises(RecipeError, match=r"deploy\.gate\.0 \(beat_champion\): metric 'perplexity' must be one of "
+                                          r"evaluate\.metrics"):
+        load_recipe(DEMO_RECIPE, ["evaluate.metrics=[exact_match]", "deploy.gate.0.metric=perplexity"])
+
+
+def test_gate_rules_need_what_they_judge_measured():
+    with pytest.raises(RecipeError, match=r"needs a forgetting set: evaluate\.forgetting\.data"):
+        load_recipe(DEMO_RECIPE, ['deploy.gate=[{rule: beat_champion}, {rule: max_forgetting, max: 0.1}]'])
+    with pytest.raises(RecipeError, match="needs exactly one beat_champion rule"):
+        load_recipe(DEMO_RECIPE, ["deploy.gate=[{rule: max_toxicity}]"])
+    with pytest.raises(RecipeError, match="unknown domain metric 'nope'"):
+        load_recipe(DEMO_RECIPE, ["evaluate.domain_metrics=[{metric: nope}]"])
+    with pytest.raises(RecipeError, match=r"evaluate\.fewshot: prompting with examples applies to tasks sft"):
+        load_recipe(DEMO_RECIPE, ["task=dapt", "data.format=text", "evaluate.metrics=[perplexity]",
+                                  "deploy.gate=[{rule: beat_champion}]", "evaluate.fewshot=2"])
+    recipe = load_recipe(DEMO_RECIPE, ["deploy.gate=[{rule: beat_champion, metric: clinical_terms}]"])
+    assert recipe.deploy.primary.metric == "clinical_terms"
 
 
 def test_pretrained_without_a_name_is_rejected():

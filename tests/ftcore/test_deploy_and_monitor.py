@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from ftcore import tracking
-from ftcore.config import GateConfig, MonitorConfig
-from ftcore.deploy.gate import decide
+from ftcore.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity, MonitorConfig
+from ftcore.deploy.gate import Reference, decide
 from ftcore.deploy.publish import publish
 from ftcore.monitor.probe import Probe, monitor_version, summarize
 from ftcore.monitor.toxicity import LexiconScorer
@@ -14,16 +14,53 @@ from ftcore.outputs import EvalOutput
 from ftcore.training.train import train_model
 from tests.ftcore.pipeline_fixtures import prepare
 
+GATE = [BeatChampion(metric="exact_match")]
+
+
+def _recorded(value: float) -> Reference:
+    """A champion known only by its recorded score: no paired interval."""
+    return Reference("champion v1", value, scored_here=False)
+
 
 def test_gate_needs_a_strict_improvement_beyond_the_margin():
-    gate = GateConfig(metric="exact_match", min_improvement=0.05)
-    assert decide(gate, 0.80, 0.70, "champion v1").passed
-    assert not decide(gate, 0.74, 0.70, "champion v1").passed
-    assert not decide(GateConfig(metric="exact_match"), 0.7, 0.7, "champion v1").passed
-    lower_is_better = GateConfig(metric="perplexity")
-    assert decide(lower_is_better, 3.0, 9.0, "the base model").passed
-    assert not decide(lower_is_better, 9.0, 3.0, "the base model").passed
-    assert "does not beat champion v1" in decide(gate, 0.6, 0.7, "champion v1").reason
+    gate = [BeatChampion(metric="exact_match", margin=0.05)]
+    assert decide(gate, {"exact_match": 0.80}, _recorded(0.70)).passed
+    assert not decide(gate, {"exact_match": 0.74}, _recorded(0.70)).passed
+    assert not decide([BeatChampion(metric="exact_match")], {"exact_match": 0.7}, _recorded(0.7)).passed
+    lower_is_better = [BeatChampion(metric="perplexity")]
+    assert decide(lower_is_better, {"perplexity": 3.0}, _recorded(9.0)).passed
+    assert not decide(lower_is_better, {"perplexity": 9.0}, _recorded(3.0)).passed
+    assert "does not beat champion v1" in decide(gate, {"exact_match": 0.6}, _recorded(0.7)).reason
+
+
+def test_a_confident_gate_needs_the_lower_bound_of_the_improvement_above_the_margin():
+    metrics = {"exact_match": 0.6, "improvement.exact_match": 0.1, "improvement.exact_match.ci_low": -0.05}
+    scored = Reference("champion v1", 0.5, scored_here=True)
+    unsure = decide([BeatChampion(metric="exact_match")], metrics, scored)
+    assert not unsure.passed and "lower confidence bound -0.05 not above the margin" in unsure.reason
+    assert decide([BeatChampion(metric="exact_match", confident=False)], metrics, scored).passed
+    sure = decide([BeatChampion(metric="exact_match")], metrics | {"improvement.exact_match.ci_low": 0.02}, scored)
+    assert sure.passed and sure.improvement == 0.1
+
+
+def test_every_rule_must_pass_and_each_outcome_is_recorded():
+    rules = [BeatChampion(metric="exact_match", confident=False), MaxToxicity(max=0.01),
+             MaxForgetting(metric="perplexity", max=0.5), MaxLatency(max_s=2.0), MaxBias(max=0.3)]
+    good = {"exact_match": 0.9, "toxic_rate": 0.0, "forgetting.perplexity": 0.2, "latency_p95_s": 0.1,
+            "bias_divergence": 0.1}
+    passed = decide(rules, good, _recorded(0.5))
+    assert passed.passed and [o.passed for o in passed.rules] == [True] * 5
+    assert passed.reason.endswith("all 5 rules passed")
+    bad = decide(rules, good | {"toxic_rate": 0.2, "latency_p95_s": 3.5}, _recorded(0.5))
+    assert not bad.passed
+    assert [(o.rule, o.passed) for o in bad.rules] == [("beat_champion", True), ("max_toxicity", False),
+                                                       ("max_forgetting", True), ("max_latency", False),
+                                                       ("max_bias", True)]
+    toxic = bad.rules[1]
+    assert (toxic.value, toxic.threshold) == (0.2, 0.01) and "exceeds the maximum 0.01" in toxic.reason
+    assert bad.reason.startswith("max_toxicity failed: toxic-output rate 0.2 exceeds")
+    unmeasured = decide(rules, {k: v for k, v in good.items() if k != "bias_divergence"}, _recorded(0.5))
+    assert not unmeasured.passed and "no test or probe prompt had a term to swap" in unmeasured.rules[4].reason
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +72,9 @@ def trained(tmp_path_factory) -> tuple:
 
 def _evaluation(tmp: Path, base: float, candidate: float, champion: tuple[str, float] | None = None) -> EvalOutput:
     """What the evaluate stage hands deploy: with a champion, its score on the same test set."""
-    metrics = {"base.exact_match": base, "candidate.exact_match": candidate}
+    metrics = {"base.exact_match": base, "exact_match": candidate}
+    reference = champion[1] if champion else base
+    metrics |= {"improvement.exact_match": candidate - reference}
     if champion:
         metrics["champion.exact_match"] = champion[1]
     return EvalOutput(path=tmp, content_hash="x", predictions_path=tmp / "p.jsonl", metrics=metrics,
@@ -48,10 +87,8 @@ def _new_run() -> str:
 
 def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
     _, model = trained
-    gate = GateConfig(metric="exact_match")
-
     def deploy(base: float, candidate: float, n: int, champion: tuple[str, float] | None = None):
-        return publish(model, _evaluation(tmp_path, base, candidate, champion), gate, "clinical", _new_run(),
+        return publish(model, _evaluation(tmp_path, base, candidate, champion), GATE, "clinical", _new_run(),
                        {"recipe_hash": "r", "dataset_hash": "d", "git_commit": "g", "ftflow_version": "v"},
                        tmp_path / f"deploy{n}")
 
@@ -75,16 +112,16 @@ def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
 def test_a_candidate_that_is_the_champion_itself_is_not_promoted_again(tmp_path, trained):
     _, model = trained
     tags = {"model_hash": model.content_hash}
-    first = publish(model, _evaluation(tmp_path, 0.0, 0.5), GateConfig(), "same", _new_run(), tags, tmp_path / "1")
+    first = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "1")
     assert first.gate_passed
-    again = publish(model, _evaluation(tmp_path, 0.0, 0.5), GateConfig(), "same", _new_run(), tags, tmp_path / "2")
+    again = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "2")
     assert not again.gate_passed and again.aliases == ["challenger"]
     assert again.gate_reason == "the candidate is champion v1 itself (the same trained model): nothing to promote"
 
 
 def test_monitor_probes_the_registered_version(tmp_path, trained):
     prepared, model = trained
-    deployed = publish(model, _evaluation(tmp_path, 0.0, 0.1), GateConfig(), "probe-me", _new_run(), {},
+    deployed = publish(model, _evaluation(tmp_path, 0.0, 0.1), GATE, "probe-me", _new_run(), {},
                        tmp_path / "deploy")
     out = monitor_version("probe-me", deployed.version, prepared.dataset.splits["test"],
                           MonitorConfig(probe_size=4, max_new_tokens=8), tmp_path / "monitor")

@@ -135,7 +135,7 @@ def test_a_registered_scorer_is_used_by_name(shouting_scorer: str):
 
 
 def test_unknown_scorer_and_missing_model_are_recipe_errors():
-    with pytest.raises(ValidationError, match="unknown toxicity scorer 'nope'; available: classifier, lexicon"):
+    with pytest.raises(ValidationError, match="unknown toxicity scorer 'nope'; available: classifier, guard, lexicon"):
         run(qa_frame(["x"]), "filter_toxicity", scorer="nope")
     with pytest.raises(ValidationError, match="needs model_path"):
         run(qa_frame(["x"]), "filter_toxicity", scorer="classifier")

@@ -3,6 +3,8 @@ wrap, score any subset of examples as the corpus metric of that subset, and give
 
 from __future__ import annotations
 
+import functools
+
 import evaluate
 import numpy as np
 import pytest
@@ -69,6 +71,7 @@ def test_the_evaluate_stage_reports_every_metric_with_its_interval_overall_and_p
     import pandas as pd
 
     from ftcore.evaluation.evaluate import evaluate_models
+    from ftcore.evaluation.scores import metric_key
     from ftcore.training.train import train_model
     from tests.ftcore.test_objectives import prepare
 
@@ -80,13 +83,14 @@ def test_the_evaluate_stage_reports_every_metric_with_its_interval_overall_and_p
     predictions = pd.read_json(out.predictions_path, lines=True)
     assert recipe.evaluate.metrics == [*GENERATION_METRICS, "perplexity"]
     for name in ("base", "candidate"):
+        key = functools.partial(metric_key, name)  # the candidate's metrics carry no prefix
         for metric in recipe.evaluate.metrics:
-            value, low, high = (m[f"{name}.{metric}{suffix}"] for suffix in ("", ".ci_low", ".ci_high"))
+            value, low, high = (m[key(f"{metric}{suffix}")] for suffix in ("", ".ci_low", ".ci_high"))
             assert low <= value + 1e-9 and value <= high + 1e-9, (name, metric, low, value, high)
-            assert {f"{name}.{metric}.expand", f"{name}.{metric}.spam"} <= m.keys()
+            assert {key(f"{metric}.expand"), key(f"{metric}.spam")} <= m.keys()
         # The per-example scores in the predictions file average to the reported metric, overall and per task.
         for metric in ("exact_match", "token_f1", "rougeL"):
-            assert predictions[f"{name}.{metric}"].mean() == pytest.approx(m[f"{name}.{metric}"])
+            assert predictions[f"{name}.{metric}"].mean() == pytest.approx(m[key(metric)])
             for task, rows in predictions.groupby("task"):
-                assert rows[f"{name}.{metric}"].mean() == pytest.approx(m[f"{name}.{metric}.{task}"])
-    assert m["candidate.token_f1"] > m["base.token_f1"]
+                assert rows[f"{name}.{metric}"].mean() == pytest.approx(m[key(f"{metric}.{task}")])
+    assert m["token_f1"] > m["base.token_f1"]

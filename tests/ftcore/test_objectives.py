@@ -4,6 +4,7 @@ adds: the assistant-turn mask of chats, the multitask mixture, classification ev
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ftcore.data.clean import clean_and_split
 from ftcore.data.collect import collect
 from ftcore.errors import RecipeError, UserError
 from ftcore.evaluation.evaluate import evaluate_models
+from ftcore.evaluation.scores import metric_key
 from ftcore.models.init import init_model
 from ftcore.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
 from ftcore.training import train
@@ -128,17 +130,23 @@ def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path
     assert evaluation.reference == "tfidf"
     predictions = pd.read_json(evaluation.predictions_path, lines=True)
     assert set(predictions["candidate"]) <= {"spam", "ham"} and len(predictions) == evaluation.metrics["test_rows"]
+    metrics = evaluation.metrics
     for model in ("candidate", "tfidf"):  # the metrics are those of the predictions written beside them
+        key = functools.partial(metric_key, model)
         right = predictions[model] == predictions["label"]
-        assert evaluation.metrics[f"{model}.accuracy"] == pytest.approx(right.mean())
+        assert metrics[key("accuracy")] == pytest.approx(right.mean())
+        assert metrics[key("accuracy.ci_low")] <= metrics[key("accuracy")] <= metrics[key("accuracy.ci_high")]
         spam = predictions["label"] == "spam"
         said_spam = predictions[model] == "spam"
         hits = (spam & said_spam).sum()
         f1 = 2 * hits / (spam.sum() + said_spam.sum())
-        assert evaluation.metrics[f"{model}.f1_spam"] == pytest.approx(f1)
-        assert evaluation.metrics[f"{model}.macro_f1"] == pytest.approx(
-            (evaluation.metrics[f"{model}.f1_spam"] + evaluation.metrics[f"{model}.f1_ham"]) / 2)
-    assert recipe.deploy.gate.metric == "macro_f1" and recipe.evaluate.metrics == ["macro_f1", "accuracy"]
+        assert metrics[key("f1_spam")] == pytest.approx(f1)
+        assert metrics[key("macro_f1")] == pytest.approx((metrics[key("f1_spam")] + metrics[key("f1_ham")]) / 2)
+        assert metrics[key("macro_f1.ci_low")] <= metrics[key("macro_f1")] <= metrics[key("macro_f1.ci_high")]
+    # The candidate's improvement over the baseline, with its paired interval: what the gate reads.
+    assert metrics["improvement.macro_f1"] == pytest.approx(metrics["macro_f1"] - metrics["tfidf.macro_f1"])
+    assert metrics["improvement.macro_f1.ci_low"] <= metrics["improvement.macro_f1"]
+    assert recipe.deploy.primary.metric == "macro_f1" and recipe.evaluate.metrics == ["macro_f1", "accuracy"]
     # The confusion matrix counts the candidate's predictions (true -> predicted), and is drawn for MLflow.
     counts = json.loads(evaluation.artifacts["confusion_counts"].read_text())
     expected = predictions.groupby(["label", "candidate"]).size()
@@ -188,7 +196,7 @@ def test_messages_are_evaluated_on_their_last_assistant_turn(tmp_path):
     predictions = pd.read_json(evaluation.predictions_path, lines=True)
     assert predictions["raw_prompt"].str.startswith("And ").all()
     assert set(predictions["raw_completion"]) <= set(ABBREVIATIONS.values())
-    assert evaluation.metrics["candidate.perplexity"] > 0
+    assert evaluation.metrics["perplexity"] > 0
 
 
 @pytest.mark.parametrize(("body", "problem"), [
@@ -201,7 +209,8 @@ def test_messages_are_evaluated_on_their_last_assistant_turn(tmp_path):
     ({"task": "dapt", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text"},
       "evaluate": {"metrics": ["exact_match"]}}, "exact_match cannot score task 'dapt'"),
     ({"task": "classification", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text_label"},
-      "deploy": {"gate": {"metric": "perplexity"}}}, "deploy.gate.metric 'perplexity' must be one of"),
+      "deploy": {"gate": [{"rule": "beat_champion", "metric": "perplexity"}]}},
+     "deploy.gate.0 (beat_champion): metric 'perplexity' must be one of"),
 ])
 def test_a_task_misconfigured_fails_in_one_line_naming_the_field(tmp_path, body, problem):
     write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
@@ -214,7 +223,7 @@ def test_each_task_defaults_to_its_own_metrics_and_gate(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
     dapt = load_recipe(recipe_file(tmp_path, {"task": "dapt", "data": {
         "sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text"}}))
-    assert dapt.evaluate.metrics == ["perplexity"] and dapt.deploy.gate.metric == "perplexity"
+    assert dapt.evaluate.metrics == ["perplexity"] and dapt.deploy.primary.metric == "perplexity"
 
 
 @pytest.mark.parametrize("task", ["sft", "sft_messages"])
