@@ -54,8 +54,9 @@ def evaluate(base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput, ev
     folds = {}
     if evaluate.cross_validation:
         loss = dataset.artifacts.get("loss")
-        folds = cross_validate(base, dataset.splits["train"], train, evaluate, task, out_dir.with_name(f"{out_dir.name}-folds"),
-                               json.loads(loss.read_text()) if loss else None)
+        loss_spec = json.loads(loss.read_text()) if loss else None
+        folds = cross_validate(base, dataset.splits["train"], train, evaluate, task,
+                               out_dir.with_name(f"{out_dir.name}-folds"), loss_spec)
     out = evaluate_models(models, dataset.splits, evaluate, out_dir, task, reward,
                           model_folder(reward_model) if reward_model else None,
                           forgetting_set.test if forgetting_set else None, champion.label if champion else None,
