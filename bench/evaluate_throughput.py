@@ -33,8 +33,9 @@ def main() -> None:
     from ftcore.config import load_recipe
     from ftcore.data.clean import clean_and_split
     from ftcore.data.collect import collect
-    from ftcore.evaluation.evaluate import eval_examples, evaluate_models
+    from ftcore.evaluation.evaluate import evaluate_models
     from ftcore.evaluation.generate import generate
+    from ftcore.evaluation.language import eval_examples
     from ftcore.models.init import init_model
     from ftcore.models.load import load_trained
     from ftcore.training.train import train_model

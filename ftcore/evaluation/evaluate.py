@@ -128,7 +128,7 @@ def score_task(models: dict[str, Path], splits: dict[str, Path], test: pd.DataFr
                 raise ValueError("task rl is evaluated with the recipe's reward")
             return (*evaluate_policies_on_reward(models, test, cfg, reward, reward_model_dir), "base")
         case _:
-            demos = pd.read_parquet(splits["train"]) if cfg.fewshot else None
+            demos = pd.read_parquet(splits["train"]) if cfg.fewshot and "train" in splits else None
             return (*evaluate_language_models(models, test, cfg, task, demos), "base")
 
 
