@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from ftcore.data.sources.config import Fraction, Strict, params_problems, resolve_relative
+from ftcore.data.sources.config import Fraction, PluginSpec, Strict, resolve_relative
 
 # TRL's DPO loss variants (DPOConfig.loss_type); several combine with loss_weights.
 DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -58,29 +58,16 @@ class RlConfig(Strict):
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
 
-class RewardFunctionSpec(Strict):
+class RewardFunctionSpec(PluginSpec):
     """One registered reward function (`ftflow rewards` lists them) with its weight and parameters."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)  # the function's own params, validated below
 
     function: str
     weight: float = 1.0
 
-    @model_validator(mode="after")
-    def _params_fit_the_function(self) -> RewardFunctionSpec:
+    def params_model(self) -> type[BaseModel]:
         from ftcore.alignment.rewards import get_reward_function  # imported here: it imports the built-ins
 
-        try:
-            registered = get_reward_function(self.function)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-        problems = params_problems(registered.params, self.params())
-        if problems:
-            raise ValueError(problems)
-        return self
-
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        return get_reward_function(self.function).params
 
 
 class RewardConfig(Strict):

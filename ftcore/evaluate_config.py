@@ -7,11 +7,11 @@ Split from ftcore/config.py, which re-exports these classes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from ftcore.data.sources.config import Fraction, Strict, params_problems
+from ftcore.data.sources.config import Fraction, PluginSpec, Strict, resolve_relative
 
 Metric = Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "perplexity", "accuracy",
                  "macro_f1", "reward_accuracy", "mean_reward"]
@@ -32,34 +32,15 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 ANSWERING_TASKS = ("sft", "multitask", "rl", "dpo")
 
 
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    """A relative path is relative to the recipe file."""
-    base = (info.context or {}).get("base_dir")
-    return path if path.is_absolute() or base is None else Path(base) / path
-
-
-class DomainMetricSpec(Strict):
+class DomainMetricSpec(PluginSpec):
     """A registered domain metric (`ftflow metrics` lists them) with its parameters, scored on generated answers."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)  # the metric's own params, validated below
 
     metric: str
 
-    @model_validator(mode="after")
-    def _params_fit_the_metric(self) -> DomainMetricSpec:
+    def params_model(self) -> type[BaseModel]:
         from ftcore.evaluation.domain import get_domain_metric  # imported here: it loads the registered metrics
 
-        try:
-            registered = get_domain_metric(self.metric)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-        problems = params_problems(registered.params, self.params())
-        if problems:
-            raise ValueError(problems)
-        return self
-
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        return get_domain_metric(self.metric).params
 
 
 class ForgettingConfig(Strict):
@@ -72,7 +53,7 @@ class ForgettingConfig(Strict):
     @field_validator("data")
     @classmethod
     def _relative_to_recipe(cls, v: Path, info: ValidationInfo) -> Path:
-        return _resolve(v, info)
+        return resolve_relative(v, info)
 
 
 class ToxicityScreenConfig(Strict):
@@ -94,7 +75,12 @@ class BiasProbeConfig(Strict):
     @field_validator("prompts")
     @classmethod
     def _relative_to_recipe(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return v if v is None else _resolve(v, info)
+        if v is None:
+            return None
+        path = resolve_relative(v, info)
+        if not path.is_file():
+            raise ValueError(f"{path} not found; give a text file of probe prompts, one per line")
+        return path
 
 
 class JudgeConfig(Strict):

@@ -156,15 +156,18 @@ def lexicon_scores(texts: list[str]) -> list[float]:
 TOXIC_LABEL_NAMES = frozenset({"toxic", "toxicity", "offensive", "hate", "abusive", "insult"})
 
 
-@functools.lru_cache(maxsize=2)
-def _load_classifier(model_path: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+@functools.lru_cache(maxsize=4)
+def _load_local(model_path: str, causal: bool):
+    """A scorer's tokenizer and model (a causal LM for guard models, else a sequence classifier), loaded once."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if not Path(model_path).is_dir():
-        raise DataError(f"filter_toxicity: model_path {model_path!r} is not a folder (a local Hugging Face model)")
+        kind = "a local causal LM" if causal else "a local Hugging Face model"
+        raise DataError(f"toxicity scorer {'guard' if causal else 'classifier'}: model_path {model_path!r} is not a "
+                        f"folder ({kind})")
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, local_files_only=True)
-    return tokenizer, model.eval()
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    return tokenizer, auto.from_pretrained(model_path, local_files_only=True).eval()
 
 
 def toxic_label_index(id2label: dict[int, str], toxic_label: str | int | None) -> int:
@@ -195,7 +198,7 @@ def classifier_scores(texts: list[str], model_path: str | None = None, toxic_lab
 
     if not model_path:
         raise DataError("filter_toxicity: scorer 'classifier' needs model_path (a local Hugging Face model folder)")
-    tokenizer, model = _load_classifier(str(model_path))
+    tokenizer, model = _load_local(str(model_path), causal=False)
     index = toxic_label_index(model.config.id2label, toxic_label)
     # Single-output and multi-label models score each label on its own (sigmoid); the others share one softmax.
     independent = model.config.num_labels == 1 or model.config.problem_type == "multi_label_classification"
@@ -220,17 +223,6 @@ def classifier_scores(texts: list[str], model_path: str | None = None, toxic_lab
 
 # For a guard model without a chat template; it ends in an answer cue so the next token is the verdict.
 GUARD_FALLBACK_PROMPT = "Is this text safe or unsafe?\n\nText: {text}\n\nAnswer (safe or unsafe):"
-
-
-@functools.lru_cache(maxsize=2)
-def _load_guard(model_path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not Path(model_path).is_dir():
-        raise DataError(f"toxicity scorer 'guard': model_path {model_path!r} is not a folder (a local causal LM)")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
-    return tokenizer, model.eval()
 
 
 def guard_prompt(tokenizer, text: str) -> str:
@@ -281,7 +273,7 @@ def guard_scores(texts: list[str], model_path: str | None = None, batch_size: in
 
     if not model_path:
         raise DataError("toxicity scorer 'guard' needs model_path (a local Llama Guard-style model folder)")
-    tokenizer, model = _load_guard(str(model_path))
+    tokenizer, model = _load_local(str(model_path), causal=True)
     verdicts = [verdict_tokens(tokenizer, guard_prompt(tokenizer, text)) for text in texts]
     # Padding is masked out, so any id serves where the tokenizer has no pad token (Llama Guard has none).
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)

@@ -3,8 +3,6 @@ metric names, the toxicity screen and k-fold cross-validation, on tiny seeded mo
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,6 +59,14 @@ def test_fewshot_prompts_show_k_training_examples_before_each_test_prompt(tmp_pa
             assert prompt.endswith(original)
         assert sum(answer in prompt for answer in demos["raw_completion"].unique()) >= 2  # the demos' answers
     assert shown["prompt"].str.len().min() > plain["prompt"].str.len().max() - 1
+
+
+def test_a_missing_probe_prompts_file_fails_when_the_recipe_loads(tmp_path):
+    from ftcore.errors import RecipeError
+    from tests.conftest import DEMO_RECIPE
+
+    with pytest.raises(RecipeError, match=r"evaluate\.safety\.bias\.prompts: .*nope\.txt not found"):
+        load_recipe(DEMO_RECIPE, ["evaluate.safety.bias.prompts=nope.txt"])
 
 
 def test_a_general_forgetting_set_is_templated_and_capped(tmp_path):
@@ -131,4 +137,3 @@ def test_predictions_keep_the_prompt_the_model_saw(tmp_path):
     assert 0 < out.metrics["latency_p50_s"] <= out.metrics["latency_p95_s"]
     report = out.artifacts["report"].read_text()
     assert ">fewshot</th>" in report and "Worst examples" in report
-    assert json.loads(json.dumps(out.metrics))  # every metric is a plain number

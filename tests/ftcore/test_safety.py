@@ -66,7 +66,7 @@ def test_guard_scores_are_deterministic_probabilities_per_text(guard_folders: di
     scores = toxicity.score_texts("guard", TEXTS, model_path=path)
     assert len(scores) == len(TEXTS) and all(0.0 <= s <= 1.0 for s in scores)
     assert len(set(scores)) == len(TEXTS)  # each text is read: a constant score would mean the prompt is ignored
-    toxicity._load_guard.cache_clear()  # reloaded from disk: the same weights, the same scores
+    toxicity._load_local.cache_clear()  # reloaded from disk: the same weights, the same scores
     assert toxicity.score_texts("guard", TEXTS, model_path=path) == scores
     # One text per batch has no padding at all: left padding and its positions must not change a score.
     alone = toxicity.score_texts("guard", TEXTS, model_path=path, batch_size=1)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 PLACEHOLDER = re.compile(r"\$\{(env|secret):([A-Za-z0-9_.\-/]+)\}")
 
@@ -182,9 +182,34 @@ def _expand(pattern: Path) -> list[Path]:
     return sorted(p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_file())
 
 
+class PluginSpec(Strict):
+    """A recipe entry naming a registered plugin (a reward function, a domain metric), with the plugin's own
+    parameters beside the name, checked against its params model when the recipe loads."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def params_model(self) -> type[BaseModel]:
+        """The named plugin's params model; KeyError (listing what is registered) for an unknown name."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _params_fit_the_plugin(self) -> PluginSpec:
+        try:
+            model = self.params_model()
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        problems = params_problems(model, self.params())
+        if problems:
+            raise ValueError(problems)
+        return self
+
+    def params(self) -> dict:
+        return dict(self.model_extra or {})
+
+
 def params_problems(model: type[BaseModel], params: dict) -> str | None:
-    """Every problem of a registered step's or reward function's `params` against its params model, in one line;
-    None when they are valid."""
+    """Every problem of a registered plugin's `params` against its params model, in one line; None when they are
+    valid."""
     from pydantic import ValidationError
 
     try:
