@@ -1,0 +1,75 @@
+"""The serving endpoint's settings (`ftflow serve --config FILE`, or a recipe's `serve:` section for the endpoint the
+pipeline's monitor stage starts). Every field has a default that suits one CPU machine; docs/serving.md explains
+each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from ftcore.data.sources.config import Strict, describe_error
+from ftcore.errors import UserError
+from ftcore.paths import home
+
+TOKEN_ENV = "FTFLOW_SERVE_TOKEN"  # where the bearer token comes from when --token is not given: never a file
+
+
+class BatchingConfig(Strict):
+    """Dynamic batching: requests that arrive together are generated together. A batch closes when it holds
+    `max_batch_size` requests or its first request has waited `max_wait_ms`."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(16, ge=1, le=512)
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000)
+
+
+class CacheConfig(Strict):
+    """Responses to deterministic requests (temperature 0), keyed on model version + prompt + parameters."""
+
+    max_entries: int = Field(1024, ge=0, description="0 turns the cache off")
+
+
+class LimitsConfig(Strict):
+    """What one request may ask for; beyond it the request gets a 4xx naming the limit."""
+
+    max_prompt_tokens: int = Field(1024, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_batch_inputs: int = Field(64, ge=1, description="prompts (or texts to classify) in one request")
+
+
+class RequestLogConfig(Strict):
+    """Where every request is recorded for the monitor: any SQLAlchemy URL (SQLite by default)."""
+
+    url: str | None = Field(None, description="default: sqlite:///$FTFLOW_HOME/requests.db")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests whose input and output text are kept")
+
+    def resolved_url(self) -> str:
+        return self.url or f"sqlite:///{home() / 'requests.db'}"
+
+
+class ServeConfig(Strict):
+    batching: BatchingConfig = BatchingConfig()
+    cache: CacheConfig = CacheConfig()
+    limits: LimitsConfig = LimitsConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
+    reload_interval_s: float = Field(30.0, ge=0, description="how often the alias is checked; 0: never reload")
+    variant: Literal["model", "int8"] = Field("model", description="int8: the version's 8-bit export, for CPUs")
+    device: str = Field("cpu", description="torch device the model runs on: cpu, cuda, cuda:1")
+
+
+def load_serve_config(path: Path | None) -> ServeConfig:
+    """The settings in a YAML file (the defaults when none); a bad file is one line naming it and the field."""
+    if path is None:
+        return ServeConfig()
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read the serving config ({str(e).splitlines()[0]})") from None
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(f"{path}: " + "; ".join(map(describe_error, e.errors()))) from None
