@@ -4,6 +4,7 @@ a failed stage exits with code 1 after naming the stage and the reason."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,10 +12,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from flows.settings import configure_environment, quiet_libraries
 from ftcore.config import STAGES, Stage, load_recipe
+from ftcore.data.sources.config import describe_error
 from ftcore.errors import RecipeError, UserError
 from ftcore.paths import home
 
@@ -259,6 +262,41 @@ def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000)
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", tracking.artifact_root()]
     raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def serve(
+    model_uri: Annotated[str, typer.Argument(
+        metavar="MODEL_URI", help="models:/NAME@ALIAS (reloads when the alias moves), models:/NAME/VERSION or a "
+                                  "model folder.")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback auth is on by default.")] = "127.0.0.1",
+    token: Annotated[str | None, typer.Option(
+        help="Bearer token clients must send (default: $FTFLOW_SERVE_TOKEN; a random one beyond loopback).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Serving settings (YAML; see docs/serving.md).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Overrides batching.max_batch_size.")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Overrides batching.max_wait_ms.")] = None,
+    no_batching: Annotated[bool, typer.Option("--no-batching", help="Answer one request at a time.")] = False,
+    variant: Annotated[str | None, typer.Option(help="model, or int8 (the version's 8-bit export).")] = None,
+) -> None:
+    """Serve a model over HTTP: OpenAI-compatible completions and chat, classify, health, Prometheus metrics."""
+    configure_environment()
+    quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ftcore.serve_config import ServeConfig, load_serve_config
+    from ftcore.serving.server import serve as serve_model
+
+    try:
+        cfg = load_serve_config(config)
+        batching = {k: v for k, v in {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+                                      "enabled": False if no_batching else None}.items() if v is not None}
+        updates = {"batching": cfg.batching.model_dump() | batching} | ({"variant": variant} if variant else {})
+        cfg = ServeConfig.model_validate(cfg.model_dump() | updates)
+        serve_model(model_uri, cfg, host=host, port=port, token=token)
+    except UserError as e:
+        _fail(str(e))
+    except ValidationError as e:
+        _fail("; ".join(map(describe_error, e.errors())))
 
 
 def _validated(recipe: Path, overrides: list[str]):

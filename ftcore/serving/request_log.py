@@ -10,6 +10,7 @@ import queue
 import random
 import threading
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import (
@@ -26,6 +27,9 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from ftcore.errors import UserError
 
 metadata = MetaData()
 requests_table = Table(
@@ -72,10 +76,16 @@ class RequestLog:
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_wal)
-        metadata.create_all(self.engine)
+        try:
+            self.engine = create_engine(url)
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_wal)
+                if self.engine.url.database not in (None, "", ":memory:"):
+                    Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+            metadata.create_all(self.engine)
+        except (SQLAlchemyError, ArgumentError, OSError) as e:
+            raise UserError(f"request_log.url: cannot open {url!r} ({str(e).splitlines()[0]}); give a SQLAlchemy "
+                            "URL of a reachable database, e.g. sqlite:///requests.db") from None
 
     def append(self, records: list[RequestRecord]) -> None:
         if records:
@@ -138,7 +148,7 @@ class RequestLogWriter:
                 batch, stop = [r for r in batch if r is not None], True
             try:
                 self.log.append(batch)
-            except Exception as e:  # noqa: BLE001  the endpoint keeps serving when the log's database is down
+            except Exception as e:  # the endpoint keeps serving when the log's database is down
                 logging.getLogger("ftflow.serve").error("request log: %d records lost (%s)", len(batch), e)
             if stop:
                 return

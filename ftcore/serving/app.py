@@ -1,0 +1,294 @@
+"""The HTTP API (FastAPI): OpenAI-compatible `POST /v1/completions` and `/v1/chat/completions`, `POST /v1/classify`,
+`GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`.
+
+Every request goes through the same path: auth, limits, the response cache, the dynamic batcher, the model. Every
+error is a JSON body `{"error": {"message", "type", "param", "code"}}` with a 4xx status when the request is at
+fault; nothing a client sends can stop the server. docs/serving.md lists the status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ftcore.serve_config import ServeConfig
+from ftcore.serving.batcher import Batcher, Overloaded
+from ftcore.serving.cache import ResponseCache, cache_key
+from ftcore.serving.engine import Completion, Engine
+from ftcore.serving.errors import ApiError, BodyLimit, error_response, validation_message
+from ftcore.serving.metrics import ServeMetrics
+from ftcore.serving.request_log import RequestLog, RequestLogWriter, RequestRecord
+from ftcore.serving.schemas import (
+    ChatRequest,
+    ChatResponse,
+    ClassifyRequest,
+    ClassifyResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorBody,
+    Health,
+)
+from ftcore.serving.source import AliasWatcher, ModelSource
+
+log = logging.getLogger("ftflow.serve")
+BEARER = HTTPBearer(auto_error=False, description="required when the server has a token")
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 413, 429, 500)}
+
+
+class ServerState:
+    """What the handlers share: the engine serving now (swapped whole on reload), the batcher, cache, metrics and
+    request log."""
+
+    def __init__(self, engine: Engine, cfg: ServeConfig, token: str | None):
+        self.engine, self.cfg, self.token = engine, cfg, token
+        self.metrics = ServeMetrics()
+        self.metrics.serving(engine.name, engine.version)
+        self.cache = ResponseCache(cfg.cache.max_entries)
+        self.batcher = Batcher(run_batch, cfg.batching, on_batch=self.metrics.batch_size.observe)
+        self.log = RequestLogWriter(RequestLog(cfg.request_log.resolved_url()), cfg.request_log.sample_rate)
+
+    def swap(self, engine: Engine) -> None:
+        self.engine = engine
+        self.metrics.serving(engine.name, engine.version)
+        self.metrics.reloads.inc()
+
+
+def authorized(request: Request,
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+    token = request.app.state.ftflow.token
+    if token is None:
+        return
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise ApiError(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
+                       "authentication_error", code="invalid_token")
+
+
+def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
+    """One batch on the model thread. Items carry the engine that checked them, so a batch that straddles a reload
+    answers each request with the version it was admitted for."""
+    results: list[Any] = [None] * len(items)
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, (engine, item) in enumerate(items):
+        groups.setdefault((id(engine), isinstance(item, Completion)), []).append(i)
+    for (_, completing), indices in groups.items():
+        engine = items[indices[0]][0]
+        payloads = [items[i][1] for i in indices]
+        answers = engine.complete(payloads) if completing else engine.classify(payloads)
+        for i, answer in zip(indices, answers, strict=True):
+            results[i] = answer
+    return results
+
+
+def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None) -> FastAPI:
+    state = ServerState(engine, cfg, token)
+    watcher = AliasWatcher(source, lambda: state.engine.version, state.swap, cfg.reload_interval_s)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await state.batcher.start()
+        watcher.start()
+        yield
+        watcher.stop()
+        await state.batcher.stop()
+        state.log.close()
+
+    app = FastAPI(title="ftflow serving", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible completions, chat completions and classification of one "
+                              "fine-tuned model. Errors: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}.")
+    app.state.ftflow = state
+    app.state.watcher = watcher
+    _install_error_handlers(app)
+    # Added last, so outermost: refusals by the body limit are timed and logged like any other request.
+    app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_body_bytes)
+    app.middleware("http")(_record_request)
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+              dependencies=[Depends(authorized)])
+    async def completions(body: CompletionRequest, request: Request) -> dict:
+        engine = _causal(state.engine, "/v1/completions")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        _check_count(prompts, state.cfg, "prompt")
+        answers = await _answer(state, request, engine, [_completion(engine, p, body, state.cfg) for p in prompts])
+        _note(request, engine, prompts, [a.text for a in answers], answers)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
+                "model_version": engine.version, "usage": _usage(answers),
+                "choices": [{"index": i, "text": a.text, "finish_reason": a.finish_reason}
+                            for i, a in enumerate(answers)]}
+
+    @app.post("/v1/chat/completions", response_model=ChatResponse, responses=ERRORS,
+              dependencies=[Depends(authorized)])
+    async def chat_completions(body: ChatRequest, request: Request) -> dict:
+        engine = _causal(state.engine, "/v1/chat/completions")
+        messages = [m.model_dump() for m in body.messages]
+        prompt = engine.render_chat(messages)
+        [answer] = await _answer(state, request, engine, [_completion(engine, prompt, body, state.cfg)])
+        _note(request, engine, [messages[-1]["content"]], [answer.text], [answer])
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
+                "model_version": engine.version, "usage": _usage([answer]),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                             "finish_reason": answer.finish_reason}]}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, dependencies=[Depends(authorized)])
+    async def classify(body: ClassifyRequest, request: Request) -> dict:
+        engine = state.engine
+        if engine.kind != "classifier":
+            raise ApiError(400, f"{engine.name} v{engine.version} generates text: use POST /v1/completions or "
+                                "/v1/chat/completions", code="wrong_endpoint")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        _check_count(texts, state.cfg, "input")
+        answers = await _answer(state, request, engine, texts)
+        _note(request, engine, texts, [a.label for a in answers], answers)
+        tokens = sum(a.tokens_in for a in answers)
+        return {"model": engine.name, "model_version": engine.version,
+                "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
+                "data": [{"index": i, "label": a.label, "scores": a.scores} for i, a in enumerate(answers)]}
+
+    @app.get("/health", response_model=Health)
+    async def health() -> dict:
+        e = state.engine
+        return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "queued": state.batcher.queued}
+
+    @app.get("/metrics", dependencies=[Depends(authorized)], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def metrics() -> Response:
+        m = state.metrics
+        m.queue_depth.set(state.batcher.queued)
+        m.cache_hit_rate.set(state.cache.hit_rate)
+        m.cache_entries.set(len(state.cache))
+        return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _causal(engine: Engine, path: str) -> Engine:
+    if engine.kind != "causal":
+        raise ApiError(400, f"{engine.name} v{engine.version} is a classifier: use POST /v1/classify, not {path}",
+                       code="wrong_endpoint")
+    return engine
+
+
+def _check_count(inputs: list[str], cfg: ServeConfig, param: str) -> None:
+    if not inputs:
+        raise ApiError(400, f"{param}: give at least one", param=param)
+    if len(inputs) > cfg.limits.max_batch_inputs:
+        raise ApiError(400, f"{param}: {len(inputs)} inputs in one request; the limit is "
+                            f"{cfg.limits.max_batch_inputs} (limits.max_batch_inputs)", param=param,
+                       code="too_many_inputs")
+
+
+def _completion(engine: Engine, prompt: str, body: CompletionRequest | ChatRequest, cfg: ServeConfig) -> Completion:
+    """The request checked against the limits and the model's context: a 400 names what was exceeded."""
+    limits = cfg.limits
+    if body.max_tokens > limits.max_new_tokens:
+        raise ApiError(400, f"max_tokens: {body.max_tokens} is over the limit of {limits.max_new_tokens} "
+                            "(limits.max_new_tokens)", param="max_tokens", code="max_tokens_exceeded")
+    tokens = engine.count_tokens(prompt)
+    if tokens > limits.max_prompt_tokens:
+        raise ApiError(400, f"the prompt has {tokens} tokens; the limit is {limits.max_prompt_tokens} "
+                            "(limits.max_prompt_tokens)", param="prompt", code="prompt_too_long")
+    if tokens + body.max_tokens > engine.max_context:
+        raise ApiError(400, f"the prompt's {tokens} tokens plus max_tokens {body.max_tokens} exceed the model's "
+                            f"context of {engine.max_context} tokens", param="max_tokens",
+                       code="context_length_exceeded")
+    return Completion(prompt=prompt, max_new_tokens=body.max_tokens, temperature=body.temperature,
+                      top_p=body.top_p, stop=body.stops())
+
+
+async def _answer(state: ServerState, request: Request, engine: Engine, items: list) -> list:
+    """Each item's answer: from the cache when the request is deterministic and was answered before, else from the
+    batcher (items of one request may join different batches)."""
+    keys = [cache_key(engine.version, engine.kind, asdict(i) if isinstance(i, Completion) else i)
+            if state.cache.enabled and _deterministic(i) else None for i in items]
+    answers = [state.cache.get(k) if k else None for k in keys]
+    for key, answer in zip(keys, answers, strict=True):
+        if key is not None:
+            (state.metrics.cache_misses if answer is None else state.metrics.cache_hits).inc()
+    missing = [i for i, a in enumerate(answers) if a is None]
+    try:
+        computed = await asyncio.gather(*(state.batcher.submit((engine, items[i])) for i in missing))
+    except Overloaded as e:
+        raise ApiError(429, str(e), "overloaded_error", code="queue_full") from None
+    for i, answer in zip(missing, computed, strict=True):
+        answers[i] = answer
+        if keys[i] is not None:
+            state.cache.put(keys[i], answer)
+    request.state.cached = not missing
+    return answers
+
+
+def _deterministic(item) -> bool:
+    return not isinstance(item, Completion) or item.temperature == 0
+
+
+def _usage(answers) -> dict[str, int]:
+    tokens_in, tokens_out = sum(a.tokens_in for a in answers), sum(a.tokens_out for a in answers)
+    return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+
+
+def _note(request: Request, engine: Engine, inputs: list[str], outputs: list[str], answers: list) -> None:
+    """What the request log keeps of a successful request. Several inputs in one request are kept as a JSON list."""
+    request.state.logged = {
+        "model": engine.name, "version": engine.version,
+        "tokens_in": sum(a.tokens_in for a in answers), "tokens_out": sum(getattr(a, "tokens_out", 0) for a in answers),
+        "input": inputs[0] if len(inputs) == 1 else json.dumps(inputs, ensure_ascii=False),
+        "output": outputs[0] if len(outputs) == 1 else json.dumps(outputs, ensure_ascii=False)}
+
+
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions", "/v1/classify": "classify"}
+
+
+async def _record_request(request: Request, call_next) -> Response:
+    """Time every API request; count it in the metrics and append it to the request log, failed ones included. An
+    exception no handler expected becomes a 500 JSON error here: the server goes on."""
+    started = time.perf_counter()
+    arrived = time.time()
+    try:
+        response = await call_next(request)
+    except Exception as e:  # one bad request must never take the server down
+        log.exception("request to %s failed", request.url.path)
+        request.state.error = f"{type(e).__name__}: {e}"
+        response = error_response(500, f"internal error ({type(e).__name__}); the server logged it", "server_error")
+    endpoint = ENDPOINTS.get(request.url.path)
+    if endpoint is None:
+        return response
+    state: ServerState = request.app.state.ftflow
+    latency = time.perf_counter() - started
+    state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+    state.metrics.latency.labels(endpoint=endpoint).observe(latency)
+    logged = getattr(request.state, "logged", {"model": state.engine.name, "version": state.engine.version})
+    state.metrics.tokens_in.inc(logged.get("tokens_in", 0))
+    state.metrics.tokens_out.inc(logged.get("tokens_out", 0))
+    state.log.record(RequestRecord(ts=arrived, endpoint=endpoint, status=response.status_code, latency_s=latency,
+                                   cached=getattr(request.state, "cached", False),
+                                   error=getattr(request.state, "error", None), **logged))
+    return response
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        request.state.error = e.message
+        return error_response(e.status, e.message, e.type, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        message, param, code = validation_message(e.errors())
+        request.state.error = message
+        return error_response(400, message, "invalid_request_error", param, code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        request.state.error = str(e.detail)
+        kind = {404: "not_found_error", 405: "method_not_allowed"}.get(e.status_code, "invalid_request_error")
+        return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}", kind)

@@ -1,0 +1,138 @@
+"""A loaded model answering batches: completions for causal LMs (chats are rendered through the tokenizer's chat
+template first), labels with class probabilities for classifiers. The batcher hands it requests that arrived
+together; one `model.generate` call answers all those that sample the same way."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ftcore.models.load import load_trained, render_chat
+from ftcore.models.peft_methods import is_classifier
+
+Kind = Literal["causal", "classifier"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    @property
+    def sampling(self) -> tuple[float, float]:
+        """Requests generated in one call must sample alike; greedy ones ignore top_p."""
+        return (0.0, 1.0) if self.temperature == 0 else (self.temperature, self.top_p)
+
+
+@dataclass
+class Completed:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    finish_reason: Literal["stop", "length"]
+
+
+@dataclass
+class Classified:
+    label: str
+    scores: dict[str, float]
+    tokens_in: int
+
+
+@dataclass
+class Engine:
+    """One model version in memory. `name` and `version` label responses, metrics and the request log."""
+
+    name: str
+    version: str
+    model: object
+    tokenizer: object
+    kind: Kind
+    max_context: int
+    device: str = "cpu"
+    labels: list[str] = field(default_factory=list)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=self.kind == "classifier")["input_ids"])
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return render_chat(self.tokenizer, messages, generation_prompt=True)
+
+    def complete(self, requests: list[Completion]) -> list[Completed]:
+        """Answers in the order asked; requests that sample alike share one generate call."""
+        groups: dict[tuple[float, float], list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[r.sampling].append(i)
+        results: list[Completed | None] = [None] * len(requests)
+        for (temperature, top_p), indices in groups.items():
+            answers = self._generate([requests[i] for i in indices], temperature, top_p)
+            for i, answer in zip(indices, answers, strict=True):
+                results[i] = answer
+        return results  # type: ignore[return-value]
+
+    def classify(self, texts: list[str]) -> list[Classified]:
+        import torch
+
+        batch = self.tokenizer(texts, truncation=True, max_length=self.max_context, padding=True,
+                               return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            probs = self.model(**batch).logits.float().softmax(-1).cpu()
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        return [Classified(label=self.labels[int(p.argmax())],
+                           scores={name: round(float(v), 6) for name, v in zip(self.labels, p, strict=True)},
+                           tokens_in=int(n))
+                for p, n in zip(probs, lengths, strict=True)]
+
+    def _generate(self, requests: list[Completion], temperature: float, top_p: float) -> list[Completed]:
+        import torch
+
+        tok = self.tokenizer
+        tok.padding_side = "left"  # decoder-only models continue from the right edge
+        enc = tok([r.prompt for r in requests], return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature else \
+            {"do_sample": False}
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max(r.max_new_tokens for r in requests),
+                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
+        new_tokens = out[:, enc["input_ids"].shape[1]:].cpu().tolist()
+        prompt_lengths = enc["attention_mask"].sum(-1).tolist()
+        return [self._finish(r, tokens, int(n)) for r, tokens, n in zip(requests, new_tokens, prompt_lengths,
+                                                                          strict=True)]
+
+    def _finish(self, request: Completion, tokens: list[int], tokens_in: int) -> Completed:
+        """One answer cut to its own max_new_tokens (the batch generated up to the largest), at EOS, and before its
+        first stop string."""
+        tokens = tokens[:request.max_new_tokens]
+        eos = self.tokenizer.eos_token_id
+        if eos in tokens:
+            tokens_out, tokens, reason = tokens.index(eos) + 1, tokens[:tokens.index(eos)], "stop"
+        else:
+            tokens_out, reason = len(tokens), "length"
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = [text.index(s) for s in request.stop if s and s in text]
+        if cut:
+            text, reason = text[:min(cut)], "stop"
+        return Completed(text=text, tokens_in=tokens_in, tokens_out=tokens_out, finish_reason=reason)
+
+
+def load_engine(folder: Path, name: str, version: str, device: str = "cpu") -> Engine:
+    """The model folder written by ftflow (any method, a classifier too), ready to answer."""
+    model, tokenizer = load_trained(folder)
+    return engine_for(model, tokenizer, name, version, device)
+
+
+def engine_for(model, tokenizer, name: str, version: str, device: str = "cpu") -> Engine:
+    model = model.to(device).eval()
+    classifier = is_classifier(model)
+    config = getattr(model, "config", None)
+    max_context = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length or 2048)
+    labels = [config.id2label[i] for i in range(len(config.id2label))] if classifier else []
+    return Engine(name=name, version=version, model=model, tokenizer=tokenizer,
+                  kind="classifier" if classifier else "causal", max_context=max_context, device=device,
+                  labels=labels)

@@ -1,0 +1,120 @@
+"""Request and response bodies of the HTTP API: the OpenAI completions and chat completions subset, and classify.
+They are also what the OpenAPI spec (`GET /openapi.json`) documents."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    # OpenAI clients send fields ftflow has no use for (user, logit_bias, presence_penalty...): they are ignored,
+    # as OpenAI-compatible servers do; fields that would change the answer's shape are refused below.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="ignored: the server serves one model")
+
+
+class _Sampling(_Request):
+    max_tokens: int = Field(16, ge=1, description="tokens to generate at most (capped by limits.max_new_tokens)")
+    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy and cached; as OpenAI, 1 by default")
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = Field(None, description="the answer ends before the first of these strings")
+    n: Literal[1] = Field(1, description="one answer per prompt")
+    stream: Literal[False] = Field(False, description="streaming is not supported")
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(description="a prompt, or a list of prompts answered together")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class ClassifyRequest(_Request):
+    input: str | list[str] = Field(description="a text, or a list of texts")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    model_version: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    model_version: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Classification(BaseModel):
+    index: int
+    label: str
+    scores: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["classification"] = "classification"
+    model: str
+    model_version: str
+    data: list[Classification]
+    usage: Usage
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    version: str
+    kind: Literal["causal", "classifier"]
+    queued: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
