@@ -32,7 +32,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None, str]:
     for e in errors:
         loc = [str(p) for p in e["loc"] if p != "body"]
         # A union (str | list[str]) reports each branch; the field and the first reason are enough.
-        field = ".".join(p for p in loc if not p.startswith(("str", "list[", "function-")))
+        field = ".".join(p for p in loc if p != "str" and not p.startswith(("list[", "function-")))
         if field in params:
             continue
         params.append(field)

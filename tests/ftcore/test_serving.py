@@ -1,0 +1,390 @@
+"""The endpoint, tested over real HTTP on 127.0.0.1: every route, auth, limits, bad requests, the cache, batching,
+the request log, a failing model, and 500 mixed requests without a single 5xx."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ftcore.errors import UserError
+from ftcore.serve_config import ServeConfig, load_serve_config
+from ftcore.serving.engine import Engine
+from ftcore.serving.request_log import RequestLog
+from ftcore.serving.server import bearer_token, serving
+from tests.ftcore.serving_fixtures import causal_folder, classifier_folder
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serving")
+    causal = causal_folder(root)
+    return {"causal": causal, "classifier": classifier_folder(causal, root / "classifier"), "root": root}
+
+
+def _cfg(root: Path, name: str, **fields) -> ServeConfig:
+    base = {"request_log": {"url": f"sqlite:///{root / name}.db"}, "limits": {"max_prompt_tokens": 64}}
+    return ServeConfig.model_validate(base | fields)
+
+
+@pytest.fixture(scope="module")
+def causal(folders):
+    cfg = _cfg(folders["root"], "causal", batching={"max_wait_ms": 20})
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client, cfg
+
+
+@pytest.fixture(scope="module")
+def classifier(folders):
+    cfg = _cfg(folders["root"], "classifier")
+    with serving(str(folders["classifier"]), cfg, token=TOKEN) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def _error(response: httpx.Response, status: int) -> dict:
+    """The documented error shape: the status and {"error": {"message", "type", "param", "code"}}."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+def _metric(client: httpx.Client, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", client.get("/metrics").text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_completions_answer_each_prompt_and_count_tokens(causal):
+    client, _ = causal
+    one = client.post("/v1/completions", json={"prompt": "What is hypertension?", "max_tokens": 5,
+                                                "temperature": 0})
+    assert one.status_code == 200
+    body = one.json()
+    assert body["object"] == "text_completion" and body["model"] == "base" and body["model_version"]
+    [choice] = body["choices"]
+    assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
+    assert body["usage"]["prompt_tokens"] > 0 and 0 < body["usage"]["completion_tokens"] <= 5
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+
+    # Greedy answers do not depend on what else shares the batch: alone and in a list they are the same.
+    many = client.post("/v1/completions", json={"prompt": ["Define asthma.", "What is hypertension?"],
+                                                 "max_tokens": 5, "temperature": 0}).json()
+    assert [c["index"] for c in many["choices"]] == [0, 1]
+    assert many["choices"][1]["text"] == choice["text"]
+
+
+def test_stop_strings_end_the_answer(causal):
+    client, _ = causal
+    free = client.post("/v1/completions", json={"prompt": "Define asthma.", "max_tokens": 12,
+                                                 "temperature": 0}).json()["choices"][0]["text"]
+    assert len(free) > 2
+    stop = free[2:4]
+    cut = client.post("/v1/completions", json={"prompt": "Define asthma.", "max_tokens": 12, "temperature": 0,
+                                                "stop": [stop]}).json()["choices"][0]
+    assert cut["text"] == free[:free.index(stop)] and cut["finish_reason"] == "stop"
+
+
+def test_chat_completions_render_the_chat_template(causal):
+    client, _ = causal
+    response = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Define asthma."}],
+        "max_tokens": 4, "temperature": 0})
+    assert response.status_code == 200
+    [choice] = response.json()["choices"]
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    # The chat's rendered prompt is longer than the user's words alone.
+    assert response.json()["usage"]["prompt_tokens"] > 3
+    bad_role = client.post("/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]})
+    assert _error(bad_role, 400)["param"] == "messages.0.role"
+
+
+def test_classify_gives_a_label_and_probabilities(classifier):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = classifier.post("/v1/classify", json={"input": ["free prize now", "see you at 5"]}, headers=headers)
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert [d["index"] for d in data] == [0, 1]
+    for d in data:
+        assert set(d["scores"]) == {"ham", "spam"} and abs(sum(d["scores"].values()) - 1) < 1e-4
+        assert d["label"] == max(d["scores"], key=d["scores"].get)
+    wrong = classifier.post("/v1/completions", json={"prompt": "x"}, headers=headers)
+    assert _error(wrong, 400)["code"] == "wrong_endpoint"
+
+
+def test_a_causal_model_refuses_classify(causal):
+    client, _ = causal
+    assert _error(client.post("/v1/classify", json={"input": "x"}), 400)["code"] == "wrong_endpoint"
+
+
+def test_auth_is_required_when_a_token_is_set(classifier, causal):
+    assert _error(classifier.post("/v1/classify", json={"input": "x"}), 401)["type"] == "authentication_error"
+    wrong = classifier.post("/v1/classify", json={"input": "x"}, headers={"Authorization": "Bearer nope"})
+    assert _error(wrong, 401)["code"] == "invalid_token"
+    assert _error(classifier.get("/metrics"), 401)
+    assert classifier.get("/health").status_code == 200  # liveness probes carry no token
+    # Without a token (the loopback default) no header is needed.
+    client, _ = causal
+    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+
+
+def test_auth_is_on_by_default_beyond_loopback(monkeypatch):
+    monkeypatch.delenv("FTFLOW_SERVE_TOKEN", raising=False)
+    assert bearer_token("127.0.0.1", None) == (None, False)
+    assert bearer_token("localhost", None) == (None, False)
+    token, generated = bearer_token("0.0.0.0", None)
+    assert generated and len(token) >= 24
+    assert bearer_token("0.0.0.0", "mine") == ("mine", False)
+    monkeypatch.setenv("FTFLOW_SERVE_TOKEN", "from-env")
+    assert bearer_token("10.0.0.5", None) == ("from-env", False)
+
+
+def test_limits_say_what_was_exceeded(causal):
+    client, _ = causal
+    too_many_tokens = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 10_000})
+    error = _error(too_many_tokens, 400)
+    assert (error["param"], error["code"]) == ("max_tokens", "max_tokens_exceeded") and "256" in error["message"]
+    long_prompt = client.post("/v1/completions", json={"prompt": "asthma " * 200, "max_tokens": 2})
+    error = _error(long_prompt, 400)
+    assert error["code"] == "prompt_too_long" and "limits.max_prompt_tokens" in error["message"]
+    many = client.post("/v1/completions", json={"prompt": ["x"] * 65, "max_tokens": 1})
+    assert _error(many, 400)["code"] == "too_many_inputs"
+    assert _error(client.post("/v1/completions", json={"prompt": [], "max_tokens": 1}), 400)["param"] == "prompt"
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(causal):
+    client, cfg = causal
+    big = json.dumps({"prompt": "x" * (cfg.limits.max_body_bytes + 10)})
+    assert _error(client.post("/v1/completions", content=big,
+                              headers={"content-type": "application/json"}), 413)["code"] == "body_too_large"
+
+    # Sent in chunks, without a Content-Length, it is counted as it arrives.
+    def chunks():
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    chunked = client.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert _error(chunked, 413)["type"] == "request_too_large"
+
+
+@pytest.mark.parametrize(("body", "param", "code"), [
+    ('{"prompt": ', None, "invalid_json"),
+    ("not json at all", None, "invalid_json"),
+    ('{"prompt": 5}', "prompt", "invalid_field"),
+    ('{"prompt": "x", "max_tokens": "many"}', "max_tokens", "invalid_field"),
+    ('{"prompt": "x", "temperature": -1}', "temperature", "invalid_field"),
+    ('{"prompt": "x", "n": 3}', "n", "invalid_field"),
+    ('{"prompt": "x", "stream": true}', "stream", "invalid_field"),
+    ("{}", "prompt", "invalid_field"),
+    ("[1, 2]", None, "invalid_field"),
+])
+def test_malformed_requests_get_400_naming_the_field(causal, body, param, code):
+    client, _ = causal
+    error = _error(client.post("/v1/completions", content=body, headers={"content-type": "application/json"}), 400)
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+
+
+def test_unknown_routes_and_methods_are_json_errors(causal):
+    client, _ = causal
+    assert _error(client.get("/v1/nothing"), 404)["type"] == "not_found_error"
+    assert _error(client.get("/v1/completions"), 405)["type"] == "method_not_allowed"
+
+
+def test_openapi_spec_documents_every_endpoint(causal):
+    client, _ = causal
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/classify", "/health", "/metrics"} <= set(spec["paths"])
+    assert "ErrorBody" in spec["components"]["schemas"]
+
+
+def test_greedy_answers_are_cached_per_model_version(causal):
+    client, _ = causal
+    body = {"prompt": "Is the cache warm?", "max_tokens": 6, "temperature": 0}
+    hits = _metric(client, "ftflow_cache_hits_total")
+    first = client.post("/v1/completions", json=body).json()
+    second = client.post("/v1/completions", json=body).json()
+    assert second["choices"] == first["choices"]
+    assert _metric(client, "ftflow_cache_hits_total") == hits + 1
+    assert 0 < _metric(client, "ftflow_cache_hit_rate") <= 1
+    sampled = dict(body, temperature=0.8)
+    client.post("/v1/completions", json=sampled)
+    client.post("/v1/completions", json=sampled)
+    assert _metric(client, "ftflow_cache_hits_total") == hits + 1  # sampling is never cached
+
+
+def test_concurrent_requests_share_batches(causal):
+    client, _ = causal
+    batches, requests = _metric(client, "ftflow_batch_size_count"), _metric(client, "ftflow_batch_size_sum")
+    prompts = [f"Concurrent question {i}?" for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda p: client.post("/v1/completions", json={
+            "prompt": p, "max_tokens": 8, "temperature": 0}).status_code, prompts))
+    assert statuses == [200] * 16
+    new_batches = _metric(client, "ftflow_batch_size_count") - batches
+    new_requests = _metric(client, "ftflow_batch_size_sum") - requests
+    assert new_requests == 16 and new_batches < 16  # some requests were generated together
+
+
+def test_a_failing_model_gives_500_json_and_the_server_goes_on(folders, monkeypatch):
+    cfg = _cfg(folders["root"], "failing")
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        def out_of_memory(self, items):
+            raise RuntimeError("CUDA out of memory")
+
+        with monkeypatch.context() as patch:  # the server runs in this process: its engine fails from now on
+            patch.setattr(Engine, "complete", out_of_memory)
+            error = _error(client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 500)
+        # The client learns the kind of failure; the details stay in the server log and the request log.
+        assert error["type"] == "server_error" and "RuntimeError" in error["message"]
+        assert "CUDA" not in error["message"]
+        assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+        assert client.get("/health").json()["status"] == "ok"
+    logged = RequestLog(cfg.request_log.resolved_url()).read()
+    assert list(logged.status) == [500, 200] and "CUDA out of memory" in logged.error[0]
+
+
+def test_five_hundred_mixed_requests_get_no_5xx_and_are_all_logged(folders):
+    cfg = _cfg(folders["root"], "mixed", batching={"max_wait_ms": 5})
+    rng = random.Random(0)
+    good = [
+        ("POST", "/v1/completions", {"prompt": "What is asthma?", "max_tokens": 4, "temperature": 0}),
+        ("POST", "/v1/completions", {"prompt": ["a", "b", "c"], "max_tokens": 3, "temperature": 0.7}),
+        ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+    ]
+    bad = [
+        ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 100_000}),
+        ("POST", "/v1/completions", {"prompt": 7}),
+        ("POST", "/v1/classify", {"input": "x"}),
+        ("POST", "/v1/chat/completions", {"messages": []}),
+        ("POST", "/v1/completions", "{broken"),
+    ]
+    plan = [rng.choice(good) if rng.random() < 0.7 else rng.choice(bad) for _ in range(500)]
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=120) as client:
+        def send(call):
+            method, path, body = call
+            content = body if isinstance(body, str) else json.dumps(body)
+            return client.request(method, path, content=content, headers={"content-type": "application/json"})
+
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(send, plan))
+    statuses = [r.status_code for r in responses]
+    assert not [s for s in statuses if s >= 500]
+    expected = [200 if call in good else 400 for call in plan]
+    assert statuses == expected
+    for r in responses:
+        assert ("error" in r.json()) == (r.status_code != 200)
+
+    logged = RequestLog(cfg.request_log.resolved_url()).read()
+    assert len(logged) == 500 and sorted(logged["status"]) == sorted(statuses)
+    ok = logged[logged.status == 200]
+    assert (ok.tokens_in > 0).all() and (ok.tokens_out > 0).all() and ok.input.notna().all()
+    assert logged[logged.status == 400].error.notna().all()
+    assert set(logged.endpoint) == {"completions", "chat.completions", "classify"}
+
+
+def test_request_log_keeps_text_for_a_sample_only(folders):
+    cfg = _cfg(folders["root"], "sampled", request_log={"url": f"sqlite:///{folders['root'] / 'sampled'}.db",
+                                                        "sample_rate": 0.0})
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(3):
+            assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+    logged = RequestLog(cfg.request_log.resolved_url()).read()
+    assert len(logged) == 3 and logged.input.isna().all() and logged.output.isna().all()
+    assert (logged.latency_s > 0).all()
+
+
+def test_bad_serving_config_and_uri_are_one_line_errors(tmp_path, folders):
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("batching: {max_batch_size: 0}\ncache: {size: 3}\n")
+    with pytest.raises(UserError, match=r"serve.yaml: batching.max_batch_size: .*; cache.size: unknown field"):
+        load_serve_config(bad)
+    with pytest.raises(UserError, match="neither models:/NAME@ALIAS"), serving(str(tmp_path / "missing"),
+                                                                              ServeConfig()):
+        pass
+    broken_log = _cfg(tmp_path, "x", request_log={"url": "nosuchdb://x"})
+    with pytest.raises(UserError, match=r"request_log\.url: cannot open"), serving(str(folders["causal"]), broken_log):
+        pass
+
+
+def test_the_port_is_free_again_after_the_block(folders):
+    cfg = _cfg(folders["root"], "port")
+    with serving(str(folders["causal"]), cfg) as url:
+        port = int(url.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_the_server_follows_the_alias_when_it_moves(folders):
+    from ftcore import tracking
+
+    run = tracking.start_pipeline_run("serve-test", "run", {"name": "serve-test"}, {})
+    first = tracking.register_version(run, "served", folders["causal"], tags={})
+    tracking.set_alias("served", tracking.CHAMPION, first)
+    cfg = _cfg(folders["root"], "reload", reload_interval_s=0.2)
+    body = {"prompt": "Which version?", "max_tokens": 3, "temperature": 0}
+    with serving("models:/served@champion", cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/health").json()["version"] == first
+        assert client.post("/v1/completions", json=body).json()["model_version"] == first
+        second = tracking.register_version(run, "served", folders["causal"], tags={})
+        tracking.set_alias("served", tracking.CHAMPION, second)
+        deadline = time.monotonic() + 30
+        while client.get("/health").json()["version"] != second:
+            assert time.monotonic() < deadline, "the server did not load the version the alias moved to"
+            time.sleep(0.1)
+        hits = _metric(client, "ftflow_cache_hits_total")
+        assert client.post("/v1/completions", json=body).json()["model_version"] == second
+        assert _metric(client, "ftflow_cache_hits_total") == hits  # the old version's answer is not reused
+        assert _metric(client, "ftflow_model_reloads_total") == 1
+        assert f'ftflow_model_info{{model="served",version="{second}"}} 1.0' in client.get("/metrics").text
+    versions = set(RequestLog(cfg.request_log.resolved_url()).read().version)
+    assert versions == {first, second}
+    with pytest.raises(UserError, match="no version with alias 'nope'"), serving("models:/served@nope", cfg):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ftflow_serve_command(folders, tmp_path):
+    ftflow = Path(sys.executable).parent / "ftflow"
+    bad = subprocess.run([ftflow, "serve", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "neither models:/NAME@ALIAS" in bad.stderr
+
+    port = _free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"request_log: {{url: 'sqlite:///{tmp_path / 'cli.db'}'}}\n")
+    server = subprocess.Popen([ftflow, "serve", str(folders["causal"]), "--port", str(port), "--config", str(config),
+                               "--token", TOKEN, "--no-batching"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+                time.sleep(0.5)
+        assert health.json()["model"] == "base"
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        assert httpx.post(url, json={"prompt": "x", "max_tokens": 2}).status_code == 401
+        answered = httpx.post(url, json={"prompt": "x", "max_tokens": 2}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answered.status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert len(RequestLog(f"sqlite:///{tmp_path / 'cli.db'}").read()) == 2
