@@ -6,7 +6,7 @@ RECIPE ?= data_recipes/recipes/clinical_qa.yaml
 BENCH_ARGS ?= --repeats 3
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint bench bench-pipeline bench-data bench-train bench-continual bench-evaluate ui clean install install-dev
+.PHONY: run test lint bench bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve ui clean install install-dev
 
 # Stamp files make installs incremental: pyproject changes trigger a reinstall, nothing else does.
 $(BIN)/python:
@@ -32,7 +32,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-bench: bench-pipeline bench-data bench-train bench-continual bench-evaluate
+bench: bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve
 
 bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
@@ -54,6 +54,10 @@ bench-continual: install-dev
 # The evaluate stage: 1,000 examples, batched generation against one request at a time, and the whole stage.
 bench-evaluate: install-dev
 	$(BIN)/python bench/evaluate_throughput.py
+
+# The endpoint under load: dynamic batching on vs off at 16 clients, and cache hit vs miss latency.
+bench-serve: install-dev
+	$(BIN)/python bench/serve_load.py
 
 ui: install
 	$(BIN)/ftflow ui
