@@ -10,12 +10,14 @@ Prints throughput and p50/p99 latency per phase, the batching speed-up, and the 
 with `make bench-serve`; record the figures in docs/benchmarks.md.
 
     python bench/serve_load.py [--requests 400] [--clients 16] [--batch-size 16] [--max-wait-ms 10]
+    python bench/serve_load.py --model FOLDER --prompts prompts.jsonl --max-tokens 64 --device cuda   # any model
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import socket
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +57,8 @@ class Phase:
 
 def train_demo(root: Path) -> tuple[Path, list[str], int]:
     """The demo model trained as the recipe says, its test prompts, and the recipe's max_new_tokens."""
+    import pandas as pd
+
     from ftcore.config import load_recipe
     from ftcore.data.clean import clean_and_split
     from ftcore.data.collect import collect
@@ -84,8 +87,10 @@ def start_server(model: Path, root: Path, name: str, settings: dict) -> tuple[su
     config = root / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"request_log": {"url": f"sqlite:///{root / name}.db"}, **settings}))
     port = free_port()
-    process = subprocess.Popen([Path(sys.executable).parent / "ftflow", "serve", str(model), "--port", str(port),
-                                "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # `ftflow serve`, through this interpreter (where the package is on the path but not installed, as on a GPU box).
+    command = [sys.executable, "-c", "from flows.cli import main; main()", "serve", str(model), "--port", str(port),
+               "--config", str(config)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -149,24 +154,34 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="each phase stops sending after this")
+    parser.add_argument("--model", type=Path, help="serve this model folder instead of training the demo")
+    parser.add_argument("--prompts", type=Path, help="with --model: a JSONL file of prompt strings")
+    parser.add_argument("--max-tokens", type=int, help="default: the demo recipe's evaluate.max_new_tokens")
+    parser.add_argument("--device", default="cpu", help="where the server runs the model: cpu, cuda")
     args = parser.parse_args()
     os.environ.setdefault("FTFLOW_HOME", tempfile.mkdtemp(prefix="ftflow-bench-serve-"))
     root = Path(tempfile.mkdtemp(prefix="ftflow-bench-serve-"))
-    model, prompts, max_tokens = train_demo(root)
+    if args.model is None:
+        model, prompts, max_tokens = train_demo(root)
+    else:
+        model, max_tokens = args.model, 32
+        prompts = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
+    max_tokens = args.max_tokens or max_tokens
     bodies = [{"prompt": prompts[i % len(prompts)], "max_tokens": max_tokens, "temperature": 0}
               for i in range(args.requests)]
-    no_cache = {"cache": {"max_entries": 0}}
+    no_cache = {"cache": {"max_entries": 0}, "device": args.device}
     batched = {"batching": {"max_batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms}, **no_cache}
     on = run_phase(model, root, f"batching on (batch {args.batch_size}, {args.max_wait_ms:g} ms)", batched, bodies,
                    args)[0]
     off = run_phase(model, root, "batching off", {"batching": {"enabled": False}, **no_cache}, bodies, args)[0]
-    misses, hits = run_phase(model, root, "cache", {}, bodies, args)
+    misses, hits = run_phase(model, root, "cache", {"device": args.device}, bodies, args)
 
     import torch
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"torch threads {torch.get_num_threads()}; {args.clients} concurrent clients, {len(prompts)} distinct "
-          f"prompts, max_tokens {max_tokens}, greedy")
+    gpu = f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}, "
+          f"torch threads {torch.get_num_threads()}; model on {args.device}; {args.clients} concurrent clients, "
+          f"{len(prompts)} distinct prompts, max_tokens {max_tokens}, greedy")
     for phase in (on, off, misses, hits):
         print(phase.line())
     print(f"batching speed-up: {on.throughput / off.throughput:.2f}x throughput at {args.clients} clients "
