@@ -132,9 +132,10 @@ class RequestLogWriter:
         self._queue.put(rec)
 
     def close(self) -> None:
-        """Write what is queued and stop."""
+        """Write what is queued, stop, and close the database connections (SQLite then folds its WAL file back)."""
         self._queue.put(None)
         self._thread.join()
+        self.log.close()
 
     def _run(self) -> None:
         while True:

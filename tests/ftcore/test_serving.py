@@ -4,6 +4,7 @@ the request log, a failing model, and 500 mixed requests without a single 5xx.""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import socket
@@ -388,3 +389,26 @@ def test_ftflow_serve_command(folders, tmp_path):
         server.terminate()
         server.wait(timeout=60)
     assert len(RequestLog(f"sqlite:///{tmp_path / 'cli.db'}").read()) == 2
+
+
+def test_request_log_on_postgresql(postgres_url):
+    """The production store: the same table through SQLAlchemy on a real PostgreSQL server."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from ftcore.serving.request_log import RequestLogWriter, RequestRecord
+
+    url = make_url(postgres_url).set(password=os.environ["FTFLOW_TEST_PGPASSWORD"])
+    log = RequestLog(url.render_as_string(hide_password=False))
+    model = f"pg-{uuid.uuid4().hex[:8]}"  # the table outlives the test: its rows are told apart by model
+    writer = RequestLogWriter(log, sample_rate=1.0)
+    for i in range(5):
+        writer.record(RequestRecord(ts=1000.0 + i, model=model, version="1", endpoint="completions",
+                                    status=200 if i < 4 else 503, latency_s=0.1 * i, tokens_in=3, tokens_out=i,
+                                    input=f"question {i}", output=f"answer {i}"))
+    writer.close()
+    rows = RequestLog(url.render_as_string(hide_password=False)).read(since=1001.0, until=1004.0, model=model)
+    assert rows["input"].tolist() == ["question 1", "question 2", "question 3"]
+    assert rows["latency_s"].round(3).tolist() == [0.1, 0.2, 0.3]
+    assert len(RequestLog(url.render_as_string(hide_password=False)).read(model=model)) == 5
