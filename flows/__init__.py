@@ -1,1 +1,1 @@
-"""Prefect flows (finetune, and later monitor and retrain) and the `ftflow` command line that starts them."""
+"""Prefect flows (finetune, monitor, and later retrain) and the `ftflow` command line that starts them."""

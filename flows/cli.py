@@ -248,6 +248,49 @@ def _print_registered(entries: dict) -> None:
 
 
 @app.command()
+def export(
+    model_uri: Annotated[str, typer.Argument(metavar="MODEL_URI",
+                                             help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", help="adapter, merged, merged_bf16 or int8 (repeatable; default: int8).")] = None,
+    tolerance: Annotated[float | None, typer.Option(
+        help="The most int8 may lose on the primary test metric (default: deploy.int8_tolerance's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Export a registered version for deployment (docs/deploy.md): each kind becomes an MLflow model of the
+    version's run (exports/KIND, servable with `mlflow models serve`) and is recorded in the version's tags."""
+    configure_environment()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report is the output
+    from typing import get_args
+
+    from ftcore.deploy.export import export_registered
+    from ftcore.evaluate_config import DeployConfig, ExportKind
+    from ftcore.models.registered import pin_reference
+
+    defaults = DeployConfig()
+    kinds = kind or defaults.exports
+    unknown = [k for k in kinds if k not in get_args(ExportKind)]
+    if unknown:
+        _fail(f"--kind: {', '.join(unknown)} is not an export kind; use {', '.join(get_args(ExportKind))}")
+    try:
+        ref = pin_reference(model_uri, "MODEL_URI")
+        if ref.name is None:
+            _fail("MODEL_URI: exports belong to registered versions; give models:/NAME@ALIAS or models:/NAME/VERSION")
+        report = export_registered(ref, list(dict.fromkeys(kinds)), defaults.int8_tolerance if tolerance is None
+                                   else tolerance)
+    except UserError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    for name, record in report.exports.items():
+        console.print(f"{name}: {record.uri}  ({record.bytes / 2**20:.3g} MB)", highlight=False, soft_wrap=True)
+    if report.int8_size_ratio is not None:
+        check = report.int8_verdict()["export.int8.check"]
+        console.print(f"int8 size: {report.int8_size_ratio:.1%} of float32; {check}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
     """Start the MLflow UI on ftflow's store and say how to open Prefect's."""
     configure_environment()
@@ -277,7 +320,8 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="Overrides batching.max_batch_size.")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="Overrides batching.max_wait_ms.")] = None,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="Answer one request at a time.")] = False,
-    variant: Annotated[str | None, typer.Option(help="model, or int8 (the version's 8-bit export).")] = None,
+    variant: Annotated[str | None, typer.Option(
+        help="model, or an export of the version: int8 (8-bit, for CPUs), merged, merged_bf16, adapter.")] = None,
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible completions and chat, classify, health, Prometheus metrics."""
     configure_environment()
@@ -297,6 +341,40 @@ def serve(
         _fail(str(e))
     except ValidationError as e:
         _fail("; ".join(map(describe_error, e.errors())))
+
+
+@app.command()
+def monitor(
+    model_uri: Annotated[str, typer.Argument(metavar="MODEL_URI", help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    recipe: Annotated[Path, typer.Option(help="The recipe whose monitor section and toxicity scorer apply.")],
+    endpoint: Annotated[str | None, typer.Option(help="The live endpoint (default: the recipe's monitor.endpoint).")]
+    = None,
+    window: Annotated[str | None, typer.Option(help="How far back: 30m, 1h, 1d (default: monitor.window).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the monitor flow once: the endpoint's last window against the recipe's objectives (docs/monitoring.md).
+    Exits 1 when an objective is breached, so a script or cron job can act on it."""
+    _validated(recipe, [])
+    configure_environment()
+    quiet_libraries()
+    from flows.monitor import monitor as monitor_flow
+
+    try:
+        result = monitor_flow(model=model_uri, recipe=str(recipe), endpoint=endpoint, window=window)
+    except UserError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items() if isinstance(v, int | float))
+        console.print(f"{result['model']} v{result['version']}: {shown}")
+        if result["not_measured"]:
+            console.print(f"not measured: {', '.join(result['not_measured'])}")
+        console.print(f"[red]breached: {', '.join(result['breaches'])}[/]" if result["breaches"]
+                      else "[green]every measured objective met[/]")
+        console.print(f"report: {result['report']}")
+    if result["breaches"]:
+        raise typer.Exit(1)
 
 
 def _validated(recipe: Path, overrides: list[str]):

@@ -20,6 +20,7 @@ from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError
 from ftcore.hashing import hash_dir, hash_file
 from ftcore.models.registered import ModelRef, pin_reference, pin_registered
+from ftcore.monitor.canaries import question_template
 from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
 from ftcore.paths import home
 from tasks.clean_balance import clean_balance
@@ -70,8 +71,10 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
         deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
                               registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
                               mlflow_run_id=summary.mlflow_run_id,
-                              run_tags=version_tags(summary, dataset, base, trained, reward_model))
-        stages.run(monitor, deployed=deployed, dataset=dataset, monitor=recipe.monitor)
+                              run_tags=version_tags(summary, dataset, base, trained, reward_model), dataset=dataset,
+                              exports=recipe.deploy.exports, int8_tolerance=recipe.deploy.int8_tolerance)
+        stages.run(monitor, deployed=deployed, dataset=dataset, monitor=recipe.monitor,
+                   toxicity=recipe.evaluate.safety.toxicity, prompt_template=question_template(recipe.data))
     except StopPipeline:
         pass
     return finish_run(summary, stages.outputs)

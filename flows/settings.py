@@ -40,7 +40,8 @@ def configure_environment() -> None:
 
 def quiet_libraries() -> None:
     """A clean run shows progress and results, not a wall of library warnings."""
-    for name in ("mlflow", "alembic", "httpx", "transformers", "datasets", "peft", "trl", "urllib3", "bitsandbytes"):
+    for name in ("mlflow", "alembic", "httpx", "transformers", "datasets", "peft", "trl", "urllib3", "bitsandbytes",
+                 "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for pattern in (".*does not have many workers.*", ".*Tokenizer.*", ".*torch_dtype.*", ".*pin_memory.*",
                     ".*loss_type=None.*", ".*copying from a non-meta parameter.*"):

@@ -22,7 +22,7 @@ KEY_METRICS = {
                  "perplexity", "tfidf.macro_f1", "macro_f1", "length.reward_accuracy", "reward_accuracy",
                  "base.mean_reward", "mean_reward", "toxic_rate", "forgetting.exact_match", "forgetting.perplexity"],
     "deploy": ["version", "gate_passed"],
-    "monitor": ["latency_p95_s", "error_rate", "toxicity_rate"],
+    "monitor": ["latency_p95_s", "error_rate", "toxic_rate", "canary_accuracy", "drift_score"],
 }
 
 

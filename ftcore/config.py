@@ -59,6 +59,7 @@ from ftcore.evaluate_config import (  # noqa: F401  re-exported: the recipe's ev
 )
 from ftcore.hashing import hash_obj
 from ftcore.method_config import LoraMethod, MethodConfig
+from ftcore.monitor_config import MonitorConfig  # re-exported: the recipe's monitor section
 
 
 class Stage(StrEnum):
@@ -193,14 +194,6 @@ class TrainConfig(Strict):
             raise ValueError(f"early_stopping_patience: eval_steps ({self.eval_steps}) must be below max_steps "
                              f"({self.max_steps}), or no evaluation happens before training ends")
         return self
-
-
-class MonitorConfig(Strict):
-    probe_size: int = Field(20, ge=1)
-    max_latency_s: float = Field(2.0, gt=0)
-    max_error_rate: Fraction = 0.001
-    max_toxicity_rate: Fraction = 0.0
-    max_new_tokens: int = Field(32, ge=1)
 
 
 class DaskConfig(Strict):

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from ftcore.data.sources.config import Fraction, PluginSpec, Strict, resolve_relative
+from ftcore.data.sources.config import Fraction, PluginSpec, Strict, existing_relative, resolve_relative
 
 Metric = Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "perplexity", "accuracy",
                  "macro_f1", "reward_accuracy", "mean_reward"]
@@ -75,12 +75,7 @@ class BiasProbeConfig(Strict):
     @field_validator("prompts")
     @classmethod
     def _relative_to_recipe(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        if v is None:
-            return None
-        path = resolve_relative(v, info)
-        if not path.is_file():
-            raise ValueError(f"{path} not found; give a text file of probe prompts, one per line")
-        return path
+        return existing_relative(v, info, "a text file of probe prompts, one per line")
 
 
 class JudgeConfig(Strict):
@@ -179,11 +174,29 @@ class MaxBias(Strict):
 
 GateRule = Annotated[BeatChampion | MaxToxicity | MaxForgetting | MaxLatency | MaxBias, Field(discriminator="rule")]
 
+# What the deploy stage can export for a new version (docs/deploy.md): the adapter alone, the merged model in float32
+# or bfloat16, and 8-bit weights for CPU inference.
+ExportKind = Literal["adapter", "merged", "merged_bf16", "int8"]
+
 
 class DeployConfig(Strict):
     registered_model: str | None = Field(None, description="defaults to the recipe name")
     gate: list[GateRule] = Field(default_factory=lambda: [BeatChampion()], min_length=1,
                                  description="every rule must pass for the candidate to become champion")
+    # int8 by default: every method can give it, and it is the export whose size and test score need checking.
+    exports: list[ExportKind] = Field(default_factory=lambda: ["int8"],
+                                      description="what is exported for the new version, as MLflow models of its run "
+                                                  "(exports/<kind>): adapter, merged, merged_bf16, int8 ([] for none)")
+    int8_tolerance: float = Field(0.05, ge=0, description="the most the int8 export may lose against the float32 "
+                                                          "model on the test split's primary metric: absolute for "
+                                                          "exact_match and accuracy, relative for perplexity")
+
+    @field_validator("exports")
+    @classmethod
+    def _each_kind_once(cls, kinds: list[str]) -> list[str]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"exports: each kind once, got {kinds}")
+        return kinds
 
     @field_validator("gate")
     @classmethod

@@ -57,7 +57,8 @@ class ServeConfig(Strict):
     limits: LimitsConfig = LimitsConfig()
     request_log: RequestLogConfig = RequestLogConfig()
     reload_interval_s: float = Field(30.0, ge=0, description="how often the alias is checked; 0: never reload")
-    variant: Literal["model", "int8"] = Field("model", description="int8: the version's 8-bit export, for CPUs")
+    variant: Literal["model", "adapter", "merged", "merged_bf16", "int8"] = Field(
+        "model", description="the registered model, or one of its exports (docs/deploy.md); int8 for CPUs")
     device: str = Field("cpu", description="torch device the model runs on: cpu, cuda, cuda:1")
 
 

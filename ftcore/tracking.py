@@ -184,6 +184,32 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: Path) -> Path:
         raise FileNotFoundError(f"{artifact_path} of run {run_id}: {str(e).splitlines()[0]}") from None
 
 
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, v)
+
+
+def log_pyfunc(run_id: str, artifact_path: str, model_code: Path, artifacts: dict[str, Path], signature,
+               input_example, pip_requirements: list[str], code_paths: list[Path]) -> str:
+    """Save a pyfunc model whose `model_code` file builds it (MLflow's models from code) and log it as the run's
+    `artifact_path`; returns its `runs:/` URI. Saved and then logged rather than `log_model`: that would make an
+    MLflow 3 LoggedModel outside the run's artifacts, and needs the fluent active run."""
+    import tempfile
+
+    import mlflow
+
+    home().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pyfunc.", dir=home()) as tmp:  # it holds a copy of the weights
+        path = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(str(path), python_model=str(model_code),
+                                 artifacts={k: str(v) for k, v in artifacts.items()}, signature=signature,
+                                 input_example=input_example, pip_requirements=pip_requirements,
+                                 code_paths=[str(p) for p in code_paths])
+        client().log_artifacts(run_id, str(path), artifact_path=artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"
+
+
 def aliases_of(name: str, version: str) -> list[str]:
     return sorted(client().get_model_version(name, version).aliases)
 
@@ -252,3 +278,21 @@ def log_stage_output(run_id: str, stage: str, output, cached: bool) -> None:
             log_dataset(run_id, path, f"{stage}-{split}", output.content_hash, context)
     if isinstance(output, TrainOutput):
         log_training_history(run_id, output.history_path)
+
+
+# --- monitoring ------------------------------------------------------------------------------------------------
+
+
+def log_monitor_run(experiment: str, run_name: str, metrics: dict[str, float], artifacts: list[Path],
+                    tags: dict[str, str]) -> str:
+    """One finished run per monitor pass in `experiment` (e.g. `clinical-qa-monitor`): metrics under their own
+    names, the report files at the run's root, the outcome as tags. Returns the run id."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=_artifact_location())
+    run_id = c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+    _log_metrics(run_id, [(k, v, 0) for k, v in metrics.items()])
+    for path in artifacts:
+        c.log_artifact(run_id, str(path))
+    c.set_terminated(run_id, status="FINISHED")
+    return run_id

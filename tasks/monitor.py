@@ -1,30 +1,105 @@
-from prefect import get_run_logger
+"""The monitor: the pipeline's stage (the new version served and probed) and the scheduled flow's pass (the live
+endpoint's request log over a window), with what a breach sets off: a Prefect event, and for the scheduled flow the
+retraining deployment when the recipe names one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.events import emit_event
+from prefect.exceptions import ObjectNotFound
 
 import ftcore.monitor
-from ftcore.config import MonitorConfig
-from ftcore.monitor.probe import monitor_version
+import ftcore.serving
+from ftcore.errors import UserError
+from ftcore.evaluate_config import ToxicityScreenConfig
+from ftcore.hashing import hash_file
+from ftcore.models.registered import ModelRef
+from ftcore.monitor.scheduled import MonitorPass, monitor_endpoint
+from ftcore.monitor.stage import monitor_version
+from ftcore.monitor_config import MonitorConfig, RetrainConfig
 from ftcore.outputs import DatasetOutput, DeployOutput, MonitorOutput
 from ftcore.paths import stage_dir
 from tasks.common import stage_inputs, stage_task
 
+BREACH_EVENT = "ftflow.monitor.breach"
 
-@stage_task("monitor", code=[ftcore.monitor])
-def monitor(deployed: DeployOutput, dataset: DatasetOutput, monitor: MonitorConfig) -> MonitorOutput:
-    """Probe the newly registered version and check latency, error rate and toxicity against the objectives."""
+
+def canaries_hash(parameters: dict) -> str:
+    """The canaries file's content joins the cache key: edited canaries are asked again."""
+    path = parameters["monitor"].canaries
+    return hash_file(path) if path is not None else ""
+
+
+@stage_task("monitor", code=[ftcore.monitor, ftcore.serving], plugin_code=canaries_hash)
+def monitor(deployed: DeployOutput, dataset: DatasetOutput, monitor: MonitorConfig,
+            toxicity: ToxicityScreenConfig | None, prompt_template: str | None) -> MonitorOutput:
+    """Serve the newly registered version, send it the test inputs and the canaries, and check that traffic against
+    the objectives. A breach is announced as an event but starts no retraining: this version was trained on the
+    latest data a moment ago, and retraining it at once would loop."""
     out_dir = stage_dir("monitor", stage_inputs(deployed=deployed.content_hash, dataset=dataset.content_hash,
-                                                monitor=monitor))
-    out = monitor_version(deployed.registered_model, deployed.version, dataset.splits["test"], monitor, out_dir)
-    report = out.artifacts["report"].read_text(encoding="utf-8")
-    create_markdown_artifact(report, key=f"monitor-{_artifact_key(deployed.registered_model)}",
-                             description=f"{deployed.registered_model} v{deployed.version}")
-    m = out.metrics
-    get_run_logger().info("latency p50 %.3f s, p95 %.3f s; error rate %.2f%%; toxic %.2f%%; %s",
-                          m["latency_p50_s"], m["latency_p95_s"], 100 * m["error_rate"], 100 * m["toxicity_rate"],
-                          "; ".join(out.breaches) or "no breach")
+                                                monitor=monitor, toxicity=toxicity, prompt_template=prompt_template,
+                                                canaries=canaries_hash({"monitor": monitor})))
+    out = monitor_version(deployed.registered_model, deployed.version, dataset.splits, monitor, toxicity,
+                          prompt_template, out_dir)
+    publish_report(out.artifacts["report_markdown"], out.artifacts["report"], deployed.registered_model,
+                   deployed.version)
+    log_outcome(out.metrics, out.breaches)
+    if out.breaches:
+        announce_breach(deployed.registered_model, deployed.version, out.breaches, out.metrics,
+                        out.artifacts["report"], "pipeline")
     return out
 
 
-def _artifact_key(name: str) -> str:
+@task(name="monitor-endpoint", cache_policy=NO_CACHE, persist_result=False)  # a pass is never reused
+def check_endpoint(ref: ModelRef, cfg: MonitorConfig, toxicity: ToxicityScreenConfig | None,
+                   prompt_template: str | None, endpoint: str | None, window: timedelta,
+                   tags: dict[str, str]) -> MonitorPass:
+    """The scheduled pass over the live endpoint's last `window`, reported to MLflow and as a Prefect artifact."""
+    result = monitor_endpoint(ref, cfg, toxicity, prompt_template, endpoint, window, tags)
+    a = result.assessment
+    publish_report(result.files["report_markdown"], result.files["report"], a.model, a.version)
+    log_outcome(a.metrics, a.breaches)
+    return result
+
+
+def publish_report(markdown: Path, html: Path, name: str, version: str) -> None:
+    text = markdown.read_text(encoding="utf-8") + f"\nFull report with charts: `{html}`\n"
+    create_markdown_artifact(text, key=f"monitor-{artifact_key(name)}", description=f"{name} v{version}")
+
+
+def log_outcome(metrics: dict[str, float], breaches: list[str]) -> None:
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("latency_p95_s", "error_rate", "toxic_rate",
+                                                          "canary_accuracy", "drift_score") if k in metrics)
+    get_run_logger().info("%s; %s", shown or "nothing measured",
+                          f"breached: {', '.join(breaches)}" if breaches else "no objective breached")
+
+
+def announce_breach(name: str, version: str, breaches: list[str], metrics: dict[str, float], report: Path,
+                    source: str) -> None:
+    """The `ftflow.monitor.breach` event: an automation can act on it (page someone, start a deployment)."""
+    emit_event(event=BREACH_EVENT,
+               resource={"prefect.resource.id": f"ftflow.model.{name}", "prefect.resource.name": name,
+                         "ftflow.model.version": version},
+               payload={"breaches": breaches, "metrics": metrics, "report": str(report), "source": source})
+
+
+def start_retraining(retrain: RetrainConfig) -> str:
+    """A flow run of the retraining deployment with the recipe's parameters, not waited for; its id."""
+    try:
+        run = run_deployment(retrain.deployment, parameters=retrain.parameters, timeout=0)
+    except ObjectNotFound:
+        raise UserError(f"monitor.retrain.deployment: no deployment {retrain.deployment!r} on the Prefect server; "
+                        "deploy the retraining flow under that name, or remove monitor.retrain") from None
+    get_run_logger().info("started %s: flow run %s", retrain.deployment, run.id)
+    return str(run.id)
+
+
+def artifact_key(name: str) -> str:
     # Prefect artifact keys allow lowercase letters, digits and dashes only.
     return "".join(c if c.isalnum() else "-" for c in name.lower())

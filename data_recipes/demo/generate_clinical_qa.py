@@ -7,7 +7,8 @@ model that learns the abbreviations answers held-out phrasings exactly. A share 
 something. The preference pairs (`clinical_preferences.jsonl`, for the reward-model and DPO demos) prefer the right
 expansion to the expansion of another abbreviation. The continual-learning demo splits the abbreviations in two
 tasks (`clinical_abbrev_a.jsonl`, `clinical_abbrev_b.jsonl`); the glossary (`clinical_glossary.json`) is what the
-clinical_terms metric checks answers against. Deterministic: the committed files are this script's output.
+clinical_terms metric checks answers against, and the canaries (`clinical_canaries.jsonl`) are the questions the
+monitor asks the live endpoint. Deterministic: the committed files are this script's output.
 
     python data_recipes/demo/generate_clinical_qa.py
 """
@@ -74,6 +75,7 @@ SEED = 0
 OUT = Path(__file__).with_name("clinical_qa.jsonl")
 PREFERENCES = Path(__file__).with_name("clinical_preferences.jsonl")
 GLOSSARY = Path(__file__).with_name("clinical_glossary.json")
+CANARIES = Path(__file__).with_name("clinical_canaries.jsonl")
 
 
 def clean_rows() -> list[dict]:
@@ -104,6 +106,12 @@ def preference_rows(rows: list[dict], rng: random.Random) -> list[dict]:
              "bad": rng.choice([e for e in expansions if e != r["answer"]])} for r in rows]
 
 
+def canary_rows() -> list[dict]:
+    """One question per abbreviation, the phrasings taken in turn: what the monitor asks the live endpoint."""
+    return [{"question": TEMPLATES[i % len(TEMPLATES)].format(a=abbr), "answer": expansion}
+            for i, (abbr, expansion) in enumerate(ABBREVIATIONS.items())]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     print(f"wrote {len(rows)} rows to {path}")
@@ -124,6 +132,8 @@ def main() -> None:
     # The clinical_terms metric (data_recipes/metrics/clinical_terms.py) checks answers against this glossary.
     GLOSSARY.write_text(json.dumps(ABBREVIATIONS, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {len(ABBREVIATIONS)} terms to {GLOSSARY}")
+    # The monitor's canaries (monitor.canaries in clinical_qa.yaml): questions with known answers.
+    write_jsonl(CANARIES, canary_rows())
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""deploy stage: register a new model version (alias `challenger`) and move `champion` only when the gate passes."""
+"""deploy stage: register a new model version (alias `challenger`), move `champion` only when the gate passes, and
+export the version (deploy.exports: ftcore/deploy/export.py)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from ftcore import tracking
+from ftcore.deploy.export import VersionModel, check_kinds, export_version
 from ftcore.deploy.gate import GateDecision, Reference, decide, not_again
 from ftcore.evaluate_config import GateRule
 from ftcore.evaluation.scores import metric_key
@@ -29,7 +34,13 @@ def publish(
     mlflow_run_id: str,
     tags: dict[str, str],
     out_dir: Path,
+    exports: Sequence[str] = (),
+    int8_tolerance: float = 0.05,
+    test_split: Path | None = None,
 ) -> DeployOutput:
+    """`exports` are built after the version is registered (an adapter export names it as its base) and scored on
+    `test_split`; a kind the method cannot give fails before anything is registered."""
+    check_kinds(VersionModel.read(trained.model_path), list(exports))
     champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
     if champion and champion["tags"].get(MODEL_HASH_TAG) == trained.content_hash:
         reference_name = f"champion v{champion['version']}"
@@ -48,11 +59,15 @@ def publish(
     tracking.set_alias(registered_model, tracking.CHALLENGER, version)
     if decision.passed:
         tracking.set_alias(registered_model, tracking.CHAMPION, version)
+    test = pd.read_parquet(test_split) if test_split is not None else None
+    exported = export_version(trained.model_path, registered_model, version, mlflow_run_id, list(exports), test,
+                              int8_tolerance)
     aliases = tracking.aliases_of(registered_model, version)
     rules = [outcome.as_dict() for outcome in decision.rules]
     record = {"registered_model": registered_model, "version": version, "aliases": aliases,
               "gate": {"passed": decision.passed, "reason": decision.reason, "reference": reference_name,
-                       "rules": rules}}
+                       "rules": rules},
+              **exported.as_dict()}
     with atomic_dir(out_dir) as tmp:
         (tmp / "deploy.json").write_text(json.dumps(record, indent=2))
     return DeployOutput(
@@ -67,7 +82,7 @@ def publish(
         gate_rules=rules,
         metrics={"version": float(version), "gate_passed": float(decision.passed),
                  "gate_improvement": decision.improvement,
-                 **{f"gate.{o.rule}.passed": float(o.passed) for o in decision.rules}},
+                 **{f"gate.{o.rule}.passed": float(o.passed) for o in decision.rules}, **exported.metrics()},
         artifacts={"decision": out_dir / "deploy.json"},
     )
 

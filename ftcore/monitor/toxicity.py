@@ -1,9 +1,15 @@
-"""The monitor's toxicity screen: the lexicon scorer, the default, needs no model. Flags outputs containing listed
-terms. The lexicon and its logic live in ftcore.safety.toxicity, shared with the `filter_toxicity` cleaning step,
-so training data and model outputs are judged by the same list."""
+"""The monitor's toxicity objective: logged outputs screened by the recipe's `evaluate.safety.toxicity` scorer with
+the evaluate stage's own rule (`toxic_rows`), so a version is judged live exactly as it was judged before release.
+The lexicon behind the default scorer is shared with the `filter_toxicity` cleaning step."""
 
 from __future__ import annotations
 
-from ftcore.safety.toxicity import DEFAULT_TERMS, LexiconScorer
+import numpy as np
 
-__all__ = ["DEFAULT_TERMS", "LexiconScorer"]
+from ftcore.evaluate_config import ToxicityScreenConfig
+from ftcore.evaluation.screen import toxic_rows
+
+
+def toxic_flags(outputs: list[str], cfg: ToxicityScreenConfig) -> np.ndarray:
+    """1.0 for each output the scorer rates at or above the threshold, else 0.0; their mean is `toxic_rate`."""
+    return toxic_rows(outputs, cfg).values

@@ -34,19 +34,20 @@ class ModelSource:
         return str(ref.version)
 
     def load(self, version: str):
-        """The engine for `version` of this source (files fetched once into $FTFLOW_HOME/registry)."""
-        from ftcore.serving.engine import load_engine
+        """The engine for `version` of this source: the registered model, or one of its exports (files fetched once
+        into $FTFLOW_HOME/registry)."""
+        from ftcore.serving.engine import engine_for, load_engine
 
-        folder = self.folder if self.folder is not None else self._registered_folder(version)
-        return load_engine(folder, self.name, version, self.device)
-
-    def _registered_folder(self, version: str) -> Path:
-        ref = pin_reference(f"models:/{self.name}/{version}", "MODEL_URI")
+        if self.folder is not None:
+            return load_engine(self.folder, self.name, version, self.device)
+        folder = model_folder(pin_reference(f"models:/{self.name}/{version}", "MODEL_URI"))
         if self.variant == "model":
-            return model_folder(ref)
-        from ftcore.deploy.export import fetch_export
+            return load_engine(folder, self.name, version, self.device)
+        from ftcore.deploy.export import fetch_export, load_export
 
-        return fetch_export(self.name, version, self.variant, model_folder(ref).parent / f"{version}-{self.variant}")
+        export = fetch_export(self.name, version, self.variant, folder.parent / f"{version}-{self.variant}")
+        model, tokenizer = load_export(export)
+        return engine_for(model, tokenizer, self.name, version, self.device)
 
 
 def model_source(target: str, variant: str = "model", device: str = "cpu") -> ModelSource:

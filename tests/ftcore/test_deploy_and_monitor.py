@@ -1,15 +1,14 @@
-"""Gate, registry aliases and the monitor probe, on MLflow with a temporary SQLite store (FTFLOW_HOME per test)."""
+"""Gate and registry aliases, on MLflow with a temporary SQLite store (FTFLOW_HOME per test). The monitor's tests
+are in test_monitor.py."""
 
 from pathlib import Path
 
 import pytest
 
 from ftcore import tracking
-from ftcore.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity, MonitorConfig
+from ftcore.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
 from ftcore.deploy.gate import Reference, decide
 from ftcore.deploy.publish import publish
-from ftcore.monitor.probe import Probe, monitor_version, summarize
-from ftcore.monitor.toxicity import LexiconScorer
 from ftcore.outputs import EvalOutput
 from ftcore.training.train import train_model
 from tests.ftcore.pipeline_fixtures import prepare
@@ -117,29 +116,3 @@ def test_a_candidate_that_is_the_champion_itself_is_not_promoted_again(tmp_path,
     again = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "2")
     assert not again.gate_passed and again.aliases == ["challenger"]
     assert again.gate_reason == "the candidate is champion v1 itself (the same trained model): nothing to promote"
-
-
-def test_monitor_probes_the_registered_version(tmp_path, trained):
-    prepared, model = trained
-    deployed = publish(model, _evaluation(tmp_path, 0.0, 0.1), GATE, "probe-me", _new_run(), {},
-                       tmp_path / "deploy")
-    out = monitor_version("probe-me", deployed.version, prepared.dataset.splits["test"],
-                          MonitorConfig(probe_size=4, max_new_tokens=8), tmp_path / "monitor")
-    assert out.metrics["requests"] == 4 and out.metrics["error_rate"] == 0.0
-    assert 0 < out.metrics["latency_p50_s"] <= out.metrics["latency_p95_s"]
-    report = out.artifacts["report"].read_text()
-    assert "# Monitor report: probe-me v1" in report and "latency p95" in report
-
-
-def test_summarize_reports_each_breached_objective():
-    probes = [Probe("q", "you idiot", 2.5, None), Probe("q", None, 0.1, "RuntimeError: boom"),
-              Probe("q", "fine", 0.2, None), Probe("q", "fine", 0.3, None)]
-    metrics, breaches = summarize(probes, MonitorConfig(max_latency_s=2.0), LexiconScorer())
-    assert metrics["error_rate"] == 0.25 and metrics["toxicity_rate"] == pytest.approx(1 / 3)
-    assert [b.split()[0] for b in breaches] == ["latency_p95_s", "error_rate", "toxicity_rate"]
-
-
-def test_lexicon_scorer_matches_whole_words_only():
-    scorer = LexiconScorer()
-    assert scorer.is_toxic("Shut up, you MORON")
-    assert not scorer.is_toxic("shitake mushrooms and a stupidity-free answer")

@@ -93,10 +93,13 @@ def test_threshold_and_columns():
 
 
 def test_monitor_uses_the_same_lexicon():
-    from ftcore.monitor.toxicity import DEFAULT_TERMS, LexiconScorer
+    from ftcore.evaluate_config import ToxicityScreenConfig
+    from ftcore.monitor.toxicity import toxic_flags
 
-    assert LexiconScorer is toxicity.LexiconScorer and "idiot" in DEFAULT_TERMS
+    assert "idiot" in toxicity.DEFAULT_TERMS
     assert toxicity.score_texts("lexicon", ["idiot", "fine"]) == [0.5, 0.0]
+    # The monitor flags what the cleaning step's lexicon scores at or above the threshold.
+    assert toxic_flags(["you idiot", "fine"], ToxicityScreenConfig(threshold=0.5)).tolist() == [1.0, 0.0]
 
 
 def test_lexicon_catches_real_toxic_dialogues_and_spares_medical_text(shared_data: Path):

@@ -174,6 +174,16 @@ def resolve_relative(path: Path, info: ValidationInfo) -> Path:
     return path
 
 
+def existing_relative(path: Path | None, info: ValidationInfo, expected: str) -> Path | None:
+    """An optional recipe-relative file that must exist; the error names it and what it should hold."""
+    if path is None:
+        return None
+    path = resolve_relative(path, info)
+    if not path.is_file():
+        raise ValueError(f"{path} not found; give {expected}")
+    return path
+
+
 def _is_glob(path: Path) -> bool:
     return any(c in str(path) for c in "*?[")
 

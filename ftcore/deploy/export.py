@@ -1,0 +1,276 @@
+"""Deploy exports of a registered version (docs/deploy.md): the adapter alone, the model merged in float32 or
+bfloat16, and int8 weights for CPU inference, each logged as an MLflow pyfunc model of the version's run
+(`exports/<kind>`) and recorded in the version's tags (`export.<kind>.uri`, `.bytes`, `.hash`; for int8 its size
+ratio to float32 and its metric changes on the test split).
+
+An export is built from the version's model folder, which the train stage wrote in one of three forms: merged
+weights with `trained_adapter/` (lora, dora, qlora, ia3, loha, lokr), base weights with `adapter/` (prefix, prompt,
+p_tuning and bottleneck adapters, which cannot be merged), or full fine-tuned weights (full). The method is read
+from the folder (the adapter's PEFT config), so any version can be exported, whichever recipe made it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ftcore import tracking
+from ftcore.deploy.fidelity import Fidelity, scorable_metrics, split_scores
+from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
+from ftcore.errors import UserError
+from ftcore.hashing import hash_dir
+from ftcore.models.load import load_model, load_tokenizer, load_trained, saved_classes
+from ftcore.models.peft_methods import EXPORTED_ADAPTER, TRAINED_ADAPTER, attach_adapter, unmerged_base
+from ftcore.models.registered import ModelRef, model_folder, pin_reference
+from ftcore.paths import home
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "export.json"  # in an export's folder: its kind, method, the version it came from, its content hash
+EXPORTS = "exports"  # the run's artifact folder holding one MLflow model per kind
+WEIGHTS = "weights"  # an export's folder inside its MLflow model (artifacts/weights)
+MERGED_DTYPES = {"merged": "float32", "merged_bf16": "bfloat16"}
+# PEFT's adapter types (adapter_config.json's peft_type) -> ftflow's method names.
+PEFT_METHODS = {"LORA": "lora", "IA3": "ia3", "LOHA": "loha", "LOKR": "lokr", "PREFIX_TUNING": "prefix",
+                "PROMPT_TUNING": "prompt", "P_TUNING": "p_tuning", "BOTTLENECK": "adapter"}
+PROMPT_LEARNING = ("prefix", "prompt", "p_tuning")
+
+
+@dataclass(frozen=True)
+class VersionModel:
+    """A version's model folder as exports see it: its method, its adapter folder, and whether its top-level weights
+    are the trained model (merged or full) or the base an adapter kept apart is attached to."""
+
+    folder: Path
+    method: str
+    adapter: Path | None
+    merged: bool
+
+    @classmethod
+    def read(cls, folder: Path) -> VersionModel:
+        for adapter, merged in ((folder / TRAINED_ADAPTER, True), (folder / EXPORTED_ADAPTER, False)):
+            if adapter.is_dir():
+                config = json.loads((adapter / "adapter_config.json").read_text())
+                method = "dora" if config.get("use_dora") else PEFT_METHODS.get(config["peft_type"], "peft")
+                return cls(folder, method, adapter, merged)
+        return cls(folder, "full", None, True)
+
+    def weight_files(self) -> list[Path]:
+        """The files of the model as it is served: the top-level weights, and an adapter kept apart."""
+        kept_apart = [] if self.merged or self.adapter is None else sorted(self.adapter.glob("*.safetensors"))
+        return sorted(self.folder.glob("*.safetensors")) + kept_apart
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    uri: str  # runs:/RUN/exports/<kind>: the MLflow pyfunc model
+    bytes: int  # of its weight files
+    hash: str  # content hash of its folder (without the manifest)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    exports: dict[str, ExportRecord]
+    int8_size_ratio: float | None = None  # int8 weight files / the float32 model's
+    fidelity: Fidelity | None = None  # int8 against float32 on the test split; None when it has no references
+
+    def tags(self) -> dict[str, str]:
+        tags = {}
+        for kind, record in self.exports.items():
+            tags |= {f"export.{kind}.uri": record.uri, f"export.{kind}.bytes": str(record.bytes),
+                     f"export.{kind}.hash": record.hash}
+        return tags | {k: f"{v:.6g}" for k, v in self.int8_metrics().items()} | self.int8_verdict()
+
+    def metrics(self) -> dict[str, float]:
+        sizes = {f"export.{kind}.mb": record.bytes / 2**20 for kind, record in self.exports.items()}
+        return sizes | self.int8_metrics()
+
+    def int8_metrics(self) -> dict[str, float]:
+        metrics = {} if self.int8_size_ratio is None else {"export.int8.size_ratio": self.int8_size_ratio}
+        if self.fidelity is not None:
+            metrics |= {f"export.int8.{metric}.delta": delta for metric, delta in self.fidelity.deltas.items()}
+            metrics["export.int8.within_tolerance"] = float(self.fidelity.within_tolerance)
+        return metrics
+
+    def int8_verdict(self) -> dict[str, str]:
+        if "int8" not in self.exports:
+            return {}
+        check = self.fidelity.describe() if self.fidelity else "not scored: the test split has no references"
+        return {"export.int8.check": check}
+
+    def as_dict(self) -> dict:
+        return {"exports": {kind: vars(record) for kind, record in self.exports.items()},
+                "int8": {**self.int8_metrics(), **self.int8_verdict()} if "int8" in self.exports else None}
+
+
+def unavailable(kind: str, model: VersionModel) -> str | None:
+    """Why the version cannot give this kind of export, in one line; None when it can."""
+    if kind == "adapter" and model.adapter is None:
+        return f"method {model.method} has no adapter: it trains every weight; export merged, merged_bf16 or int8"
+    if kind == "adapter" and model.method == "dora":
+        return ("method dora: the adapter alone cannot be loaded back, since the base it attaches to cannot be "
+                "recovered from the merged version (DoRA's merge rescales by a norm that is not saved); export "
+                "merged, merged_bf16 or int8")
+    if kind in MERGED_DTYPES and not model.merged:
+        if model.method in PROMPT_LEARNING:
+            return (f"method {model.method} is prompt learning: its virtual tokens cannot be merged into the base; "
+                    "export adapter or int8, or serve the version as it is")
+        return (f"method {model.method} (a bottleneck adapter) cannot be merged: a non-linearity sits between its "
+                "projections; export adapter or int8, or serve the version as it is")
+    return None
+
+
+def check_kinds(model: VersionModel, kinds: list[str]) -> None:
+    problems = [problem for kind in kinds if (problem := unavailable(kind, model))]
+    if problems:
+        raise UserError("exports: " + "; ".join(problems))
+
+
+def export_version(folder: Path, name: str, version: str, run_id: str, kinds: list[str], test: pd.DataFrame | None,
+                   tolerance: float) -> ExportReport:
+    """Build each kind of export of the version whose model is `folder`, log it into the version's run
+    (`exports/<kind>`) and record it in the version's tags. int8 is scored against the float32 model on `test`."""
+    if not kinds:
+        return ExportReport({})
+    model = VersionModel.read(Path(folder))
+    check_kinds(model, kinds)
+    classifier = saved_classes(model.folder) is not None
+    records, ratio, fidelity = {}, None, None
+    with scratch(".exports.") as work:
+        for kind in kinds:
+            out = Path(work) / kind / WEIGHTS
+            write_export(kind, model, out, f"models:/{name}/{version}")
+            if kind == "int8":
+                ratio = weight_bytes(out) / float32_bytes(model.weight_files())
+                fidelity = int8_fidelity(model, classifier, out, test, tolerance)
+            uri = log_export(run_id, kind, out, classifier, test)
+            records[kind] = ExportRecord(uri, weight_bytes(out), str(manifest_hash(out)))
+    report = ExportReport(records, ratio, fidelity)
+    if fidelity is not None and not fidelity.within_tolerance:
+        log.warning("%s/%s: %s", name, version, fidelity.describe())
+    tracking.set_version_tags(name, version, report.tags())
+    return report
+
+
+def export_registered(ref: ModelRef, kinds: list[str], tolerance: float) -> ExportReport:
+    """`export_version` for a pinned registered version (`ftflow export`): its files and its test split come from
+    the registry and its run."""
+    run_id = tracking.version_run_id(str(ref.name), str(ref.version))
+    return export_version(model_folder(ref), str(ref.name), str(ref.version), run_id, kinds,
+                          version_test_split(run_id), tolerance)
+
+
+def version_test_split(run_id: str) -> pd.DataFrame | None:
+    """The test rows of the dataset the run logged (the clean_balance stage's), or None when it logged none."""
+    from ftcore.data.retained import DATASET_ARTIFACT
+
+    with scratch(".dataset.") as tmp:
+        try:
+            dataset = pd.read_parquet(tracking.download_run_artifact(run_id, DATASET_ARTIFACT, Path(tmp)))
+        except FileNotFoundError:
+            return None
+    return dataset[dataset["split"] == "test"].drop(columns="split").reset_index(drop=True)
+
+
+def scratch(prefix: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder in FTFLOW_HOME (on the disk the exports end up on, not a small /tmp)."""
+    home().mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=home())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing, logging, fetching and loading one export
+
+
+def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None:
+    """The export's folder: weights and tokenizer, and the manifest (`source`: the version it came from, where an
+    adapter export finds its base)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "adapter":
+        shutil.copytree(model.adapter, out)
+        load_tokenizer(model.folder).save_pretrained(out)
+    elif kind in MERGED_DTYPES:
+        import torch
+
+        weights = load_model(model.folder, classes=saved_classes(model.folder),
+                             dtype=getattr(torch, MERGED_DTYPES[kind]))
+        weights.save_pretrained(out, safe_serialization=True)
+        load_tokenizer(model.folder).save_pretrained(out)
+    else:
+        write_int8(model.folder, out)
+        if not model.merged:  # the adapter stays float32 beside the int8 base: it is small, and cannot be merged
+            shutil.copytree(model.adapter, out / EXPORTED_ADAPTER)
+    manifest = {"kind": kind, "method": model.method, "source": source, "hash": hash_dir(out)}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def int8_fidelity(model: VersionModel, classifier: bool, int8: Path, test: pd.DataFrame | None,
+                  tolerance: float) -> Fidelity | None:
+    """The version's own model (float32) and its int8 export scored on the test split."""
+    metrics = () if test is None else scorable_metrics(test, classifier)
+    if not metrics:
+        return None
+    float32, tokenizer = load_trained(model.folder)
+    before = split_scores(float32, tokenizer, test, metrics)
+    del float32
+    after = split_scores(*load_export(int8), test, metrics)
+    return Fidelity(before, after, metrics[0], tolerance)
+
+
+def log_export(run_id: str, kind: str, folder: Path, classifier: bool, test: pd.DataFrame | None) -> str:
+    """The export as an MLflow pyfunc model in the run, with its signature, an input example from the test split,
+    pinned requirements and ftcore as code."""
+    import ftcore
+    from ftcore.deploy import pyfunc_model
+    from ftcore.deploy.pyfunc import input_example, pip_requirements, signature
+
+    return tracking.log_pyfunc(run_id, f"{EXPORTS}/{kind}", Path(pyfunc_model.__file__), {WEIGHTS: folder},
+                               signature(classifier), input_example(test, classifier), pip_requirements(),
+                               [Path(ftcore.__file__).parent])
+
+
+def manifest_hash(folder: Path) -> str | None:
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text())["hash"] if path.is_file() else None
+
+
+def fetch_export(name: str, version: str, kind: str, dst: Path) -> Path:
+    """The version's `kind` export as the folder `dst` (for `load_export`), downloaded from its run unless `dst`
+    already holds it (the same content hash as the version's tag)."""
+    dst = Path(dst)
+    expected = tracking.version_tags(name, version).get(f"export.{kind}.hash")
+    if expected is None:
+        raise UserError(f"models:/{name}/{version} has no {kind} export; make it with "
+                        f"`ftflow export models:/{name}/{version} --kind {kind}`")
+    if manifest_hash(dst) == expected:
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
+        run_id = tracking.version_run_id(name, version)
+        downloaded = tracking.download_run_artifact(run_id, f"{EXPORTS}/{kind}/artifacts/{WEIGHTS}", Path(tmp))
+        if dst.exists():
+            shutil.rmtree(dst)
+        downloaded.rename(dst)
+    return dst
+
+
+def load_export(folder: Path):
+    """(model, tokenizer) of an export folder of any kind, ready for CPU inference; any other model folder ftflow
+    wrote loads as `load_trained` loads it. int8 weights load quantised (their config names the scheme); an adapter
+    export is attached to its base, recovered from the version it came from (fetched from the registry once)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest.get("kind") != "adapter":
+        return load_trained(folder)
+    version = VersionModel.read(model_folder(pin_reference(manifest["source"], f"{folder}/{MANIFEST}: source")))
+    classes = saved_classes(version.folder)
+    base = (unmerged_base(version.folder, version.adapter, classes) if version.merged
+            else load_model(version.folder, classes=classes))
+    return attach_adapter(base, folder, trainable=False), load_tokenizer(folder)

@@ -1,0 +1,96 @@
+"""What int8 costs: the float32 model and its int8 export scored the same way on the test split, with the evaluate
+stage's own scorers (greedy generation and perplexity, or classification), and the change judged against
+`deploy.int8_tolerance`.
+
+The metrics are the ones the test split has references for: exact match, token F1 and perplexity of the reference
+answers (prompt/completion and chat rows), perplexity of the text (text rows), accuracy and macro F1 (a classifier
+on labelled texts). Preference pairs and unanswered prompts have no reference to score against; their int8 export is
+measured by size only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ftcore.evaluate_config import LOWER_IS_BETTER
+
+# The metric the tolerance applies to, by what the test split holds; the first listed is the primary one.
+GENERATION = ("exact_match", "token_f1", "perplexity")
+CLASSIFICATION = ("accuracy", "macro_f1")
+TEXT = ("perplexity",)
+# Generation budget beyond the longest reference answer: a longer output cannot match it exactly, so both models
+# stop there rather than at evaluate.max_new_tokens, which the deploy stage does not see.
+SPARE_TOKENS = 8
+BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """The float32 and int8 scores on the test split and whether the int8 loss on the primary metric is within the
+    tolerance (absolute; relative for perplexity)."""
+
+    float32: dict[str, float]
+    int8: dict[str, float]
+    primary: str
+    tolerance: float
+
+    @property
+    def deltas(self) -> dict[str, float]:
+        return {metric: self.int8[metric] - self.float32[metric] for metric in self.float32}
+
+    @property
+    def loss(self) -> float:
+        """What int8 lost on the primary metric (negative when it did better)."""
+        before, after = self.float32[self.primary], self.int8[self.primary]
+        return (after - before) / before if self.primary in LOWER_IS_BETTER else before - after
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.loss <= self.tolerance
+
+    def describe(self) -> str:
+        unit = " (relative)" if self.primary in LOWER_IS_BETTER else ""
+        verdict = "within" if self.within_tolerance else "BEYOND"
+        return (f"int8 {self.primary} {self.int8[self.primary]:.4g} against float32 {self.float32[self.primary]:.4g}: "
+                f"a loss of {self.loss:+.4g}{unit}, {verdict} the tolerance {self.tolerance:g}")
+
+
+def scorable_metrics(test: pd.DataFrame, classifier: bool) -> tuple[str, ...]:
+    """The metrics the test split has references for (none: nothing to compare)."""
+    if classifier:
+        return CLASSIFICATION if {"text", "label"} <= set(test.columns) else ()
+    if "completion" in test or "messages" in test:
+        return GENERATION
+    return TEXT if "text" in test else ()
+
+
+def split_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, float]:
+    """`metrics` of one loaded model on the test rows."""
+    from ftcore.models.peft_methods import is_classifier
+
+    if is_classifier(model):
+        return classifier_scores(model, tokenizer, test, metrics)
+    return language_scores(model, tokenizer, test, metrics)
+
+
+def classifier_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, float]:
+    from ftcore.evaluation.classification import classification_metrics, classify
+
+    references = test["label"].astype(str).tolist()
+    predicted = classify(model, tokenizer, test["text"].astype(str).tolist())
+    scores = classification_metrics(references, predicted, sorted(set(references) | set(predicted)))
+    return {metric: scores[metric] for metric in metrics}
+
+
+def language_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, float]:
+    from ftcore.evaluate_config import EvaluateConfig, SafetyConfig
+    from ftcore.evaluation.language import eval_examples, example_rows
+
+    examples = eval_examples(test, tokenizer, "sft" if metrics == GENERATION else "dapt")
+    longest = max(len(tokenizer(str(c), add_special_tokens=False)["input_ids"]) for c in examples["completion"])
+    cfg = EvaluateConfig(metrics=list(metrics), max_new_tokens=longest + SPARE_TOKENS, batch_size=BATCH_SIZE,
+                         latency_probes=0, bootstrap_resamples=0, safety=SafetyConfig(toxicity=None, bias=None))
+    rows, _ = example_rows(model, tokenizer, examples, cfg)
+    return {metric: rows[metric].value for metric in metrics}

@@ -1,0 +1,90 @@
+"""The pipeline's monitor stage: the version just registered is served in-process (`ftcore.serving.server.serving`)
+with its request log inside the stage's folder; the test split's inputs and the canaries are sent through HTTP as
+any client would send them, and the window is exactly that traffic.
+
+The endpoint is served without a response cache, so every probe reaches the model, and without reloads: the stage
+judges this version only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ftcore.evaluate_config import ToxicityScreenConfig
+from ftcore.fs import atomic_dir
+from ftcore.hashing import hash_dir
+from ftcore.monitor.assess import assess
+from ftcore.monitor.canaries import ask_canaries, load_canaries
+from ftcore.monitor.endpoint import CLASSIFIER, Endpoint, EndpointError
+from ftcore.monitor.record import SOURCE_TAG, log_assessment, write_files
+from ftcore.monitor.window import read_window, training_inputs
+from ftcore.monitor_config import MonitorConfig
+from ftcore.outputs import MonitorOutput
+from ftcore.serve_config import CacheConfig, RequestLogConfig, ServeConfig
+from ftcore.serving.server import serving
+
+REQUEST_LOG = "requests.db"
+Probe = str | list[dict[str, str]]  # a prompt (or a text to classify), or a chat's turns before its last answer
+
+
+def monitor_version(registered_model: str, version: str, splits: dict[str, Path], cfg: MonitorConfig,
+                    toxicity: ToxicityScreenConfig | None, prompt_template: str | None,
+                    out_dir: Path) -> MonitorOutput:
+    """Serve `registered_model` version `version`, probe it with `cfg.probe_size` test inputs and the canaries
+    (asked with `prompt_template`, or as chat turns when None), assess that traffic against the training split's
+    inputs, and log the pass to the `<model>-monitor` experiment. The folder holds the reports and the request
+    log."""
+    with atomic_dir(out_dir) as out:
+        log_url = f"sqlite:///{out / REQUEST_LOG}"
+        with serving(f"models:/{registered_model}/{version}", stage_serve_config(log_url)) as base_url:
+            endpoint = Endpoint(base_url, timeout_s=cfg.timeout_s)
+            kind = endpoint.health()["kind"]
+            for probe in probe_requests(pd.read_parquet(splits["test"]), cfg.probe_size):
+                send_probe(endpoint, kind, probe, cfg.max_new_tokens)
+            canaries = None
+            if cfg.canaries is not None:
+                canaries = ask_canaries(endpoint, load_canaries(cfg.canaries), prompt_template, cfg.max_new_tokens)
+        reference = training_inputs(pd.read_parquet(splits["train"]))
+        assessment = assess(registered_model, version, f"the stage's {cfg.probe_size} probes and the canaries",
+                            read_window(log_url, None, None, None), reference, canaries, cfg, toxicity)
+        names = {name: f.name for name, f in write_files(assessment, out).items()}
+    files = {name: out_dir / file for name, file in names.items()}
+    log_assessment(assessment, files, {SOURCE_TAG: "pipeline"})
+    return MonitorOutput(path=out_dir, content_hash=hash_dir(out_dir), breaches=assessment.breaches,
+                         metrics=assessment.metrics, artifacts=files)
+
+
+def stage_serve_config(log_url: str) -> ServeConfig:
+    return ServeConfig(cache=CacheConfig(max_entries=0), reload_interval_s=0,
+                       request_log=RequestLogConfig(url=log_url, sample_rate=1.0))
+
+
+def probe_requests(test: pd.DataFrame, size: int) -> list[Probe]:
+    """`size` requests made of the split's inputs, repeated when it has fewer: prompts as the model saw them in
+    training, texts, or chats up to their last assistant turn."""
+    if "messages" in test:
+        probes: list[Probe] = [_before_last_answer(json.loads(chat)) for chat in test["messages"]]
+    else:
+        probes = test["prompt" if "prompt" in test else "text"].astype(str).tolist()
+    return [probes[i % len(probes)] for i in range(size)] if probes else []
+
+
+def send_probe(endpoint: Endpoint, kind: str, probe: Probe, max_tokens: int) -> None:
+    """One request; the endpoint logs it, failed or not, and the window's metrics read the log."""
+    try:
+        if kind == CLASSIFIER:
+            endpoint.classify(str(probe))
+        elif isinstance(probe, list):
+            endpoint.chat(probe, max_tokens)
+        else:
+            endpoint.complete(probe, max_tokens)
+    except EndpointError:
+        pass  # counted from the request log: a 5xx as an error, a 4xx as the client's
+
+
+def _before_last_answer(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    return messages[:last]

@@ -1,0 +1,77 @@
+"""What a window of the request log says: how many requests, how fast (p50/p95/p99 over every request, failed
+ones included: a client waits for those too), how many failed (5xx: the server's fault; 4xx, the client's, are
+reported apart), and how many logged outputs the evaluate stage's toxicity scorer flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from ftcore.serving.request_log import RequestLog
+
+SERVER_ERROR, CLIENT_ERROR = 500, 400
+CLASSIFY = "classify"  # the request log's name of the classification endpoint
+
+
+def read_window(url: str, since: float | None, until: float | None, model: str | None) -> pd.DataFrame:
+    """The requests logged at `url` that arrived in [since, until) for `model` (every one with None)."""
+    log = RequestLog(url)
+    try:
+        return log.read(since=since, until=until, model=model)
+    finally:
+        log.close()
+
+
+def traffic_metrics(rows: pd.DataFrame) -> dict[str, float]:
+    """`requests`, and when there were any: `latency_p50_s`, `latency_p95_s`, `latency_p99_s`, `error_rate` (5xx
+    share) and `client_error_rate` (4xx share)."""
+    metrics: dict[str, float] = {"requests": float(len(rows))}
+    if rows.empty:
+        return metrics
+    latency = rows["latency_s"].to_numpy(dtype=float)
+    for q in (50, 95, 99):
+        metrics[f"latency_p{q}_s"] = float(np.percentile(latency, q))
+    status = rows["status"].to_numpy(dtype=int)
+    metrics["error_rate"] = float(np.mean(status >= SERVER_ERROR))
+    metrics["client_error_rate"] = float(np.mean((status >= CLIENT_ERROR) & (status < SERVER_ERROR)))
+    return metrics
+
+
+def answered_outputs(rows: pd.DataFrame) -> list[str]:
+    """The generated texts kept with successful requests (the server keeps text for a sample of them); a
+    classifier's labels are no text to screen."""
+    ok = rows[(rows["status"] < CLIENT_ERROR) & rows["output"].notna() & (rows["endpoint"] != CLASSIFY)]
+    return [text for value in ok["output"].astype(str) for text in logged_texts(value)]
+
+
+def logged_inputs(rows: pd.DataFrame) -> list[str]:
+    """The inputs kept with the requests (a chat request's is its last user turn)."""
+    return [text for value in rows["input"].dropna().astype(str) for text in logged_texts(value)]
+
+
+def logged_texts(value: str) -> list[str]:
+    """A logged input or output: one text, or a JSON list of texts (a request with several inputs)."""
+    if value.startswith("[") and value.endswith("]"):
+        try:
+            items = json.loads(value)
+        except ValueError:
+            return [value]
+        if isinstance(items, list) and all(isinstance(item, str) for item in items):
+            return items
+    return [value]
+
+
+def training_inputs(split: pd.DataFrame) -> list[str]:
+    """The training rows as the endpoint would log them as inputs: the prompts as the model saw them, the texts, or
+    a chat's last user turn."""
+    if "prompt" in split:
+        return split["prompt"].astype(str).tolist()
+    if "text" in split:
+        return split["text"].astype(str).tolist()
+    return [_last_user_turn(json.loads(chat)) for chat in split["messages"]]
+
+
+def _last_user_turn(messages: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

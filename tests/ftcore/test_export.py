@@ -1,0 +1,339 @@
+"""Deploy exports (adapter, merged, merged_bf16, int8) of registered versions on tiny seeded models, on MLflow with a
+temporary SQLite store (FTFLOW_HOME per test): what each method can give, sizes, the int8 check on the test split,
+loading back, the pyfunc flavour in process and behind a real `mlflow models serve`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+import torch
+from typer.testing import CliRunner
+
+from flows.cli import app
+from ftcore import tracking
+from ftcore.config import BeatChampion, TrainConfig
+from ftcore.deploy import export
+from ftcore.deploy.export import ExportReport, export_version, fetch_export, load_export, unavailable
+from ftcore.deploy.fidelity import Fidelity
+from ftcore.deploy.publish import publish
+from ftcore.errors import UserError
+from ftcore.evaluation.generate import generate
+from ftcore.method_config import FullMethod, PrefixMethod
+from ftcore.models.init import init_model
+from ftcore.models.load import load_trained
+from ftcore.outputs import EvalOutput
+from ftcore.training.train import train_model
+from tests.ftcore.pipeline_fixtures import prepare
+
+ALL_KINDS = ["adapter", "merged", "merged_bf16", "int8"]
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory):
+    """The demo on the tiny model, trained with LoRA long enough to answer some test questions exactly."""
+    root = tmp_path_factory.mktemp("lora")
+    prepared = prepare(root)
+    return prepared, train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+
+
+def _trained_with(lora, method, root: Path):
+    """The same data and model trained a couple of steps with another method."""
+    prepared, _ = lora
+    base = init_model(prepared.recipe.model, method, prepared.dataset, root / "init")
+    return train_model(base, prepared.dataset.splits, TrainConfig(max_steps=2, batch_size=8), root / "train")
+
+
+@pytest.fixture(scope="module")
+def prefix(lora, tmp_path_factory):
+    return _trained_with(lora, PrefixMethod(num_virtual_tokens=4), tmp_path_factory.mktemp("prefix"))
+
+
+@pytest.fixture(scope="module")
+def full(lora, tmp_path_factory):
+    return _trained_with(lora, FullMethod(), tmp_path_factory.mktemp("full"))
+
+
+def _register(model_path: Path, name: str = "exp") -> tuple[str, str]:
+    """(run id, version) of `model_path` registered from a new run."""
+    run_id = tracking.start_pipeline_run(name, "run", {"name": name}, {})
+    return run_id, tracking.register_version(run_id, name, model_path, {})
+
+
+def _test_split(lora) -> pd.DataFrame:
+    return pd.read_parquet(lora[0].dataset.splits["test"])
+
+
+def _logits(model, tokenizer, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0].float()
+
+
+def test_a_lora_version_gives_every_kind_smaller_where_promised_and_each_loads_back(lora, tmp_path):
+    _, trained = lora
+    run_id, version = _register(trained.model_path)
+    test = _test_split(lora)
+    report = export_version(trained.model_path, "exp", version, run_id, ALL_KINDS, test, tolerance=0.05)
+
+    sizes = {kind: record.bytes for kind, record in report.exports.items()}
+    assert sizes["adapter"] < sizes["int8"] < sizes["merged_bf16"] < sizes["merged"]
+    assert abs(sizes["merged_bf16"] / sizes["merged"] - 0.5) < 0.01
+    assert report.int8_size_ratio <= 0.35  # embeddings and output layer quantised too
+
+    fidelity = report.fidelity
+    assert fidelity.primary == "exact_match" and fidelity.float32["token_f1"] > 0.2  # a model that answers
+    assert fidelity.within_tolerance and abs(fidelity.deltas["exact_match"]) <= 0.05
+    assert abs(fidelity.deltas["perplexity"]) / fidelity.float32["perplexity"] < 0.05
+
+    tags = tracking.version_tags("exp", version)
+    assert tags["export.int8.uri"] == f"runs:/{run_id}/exports/int8"
+    assert float(tags["export.int8.size_ratio"]) == pytest.approx(report.int8_size_ratio, rel=1e-5)
+    assert float(tags["export.int8.exact_match.delta"]) == fidelity.deltas["exact_match"]
+    assert tags["export.int8.within_tolerance"] == "1" and "within the tolerance 0.05" in tags["export.int8.check"]
+    assert {f"export.{kind}.bytes" for kind in ALL_KINDS} <= tags.keys()
+
+    model, tokenizer = load_trained(trained.model_path)
+    prompt = test["prompt"].iloc[0]
+    expected = _logits(model, tokenizer, prompt)
+    # The largest change of a logit, relative to the largest logit: rounding for float32, bf16's 8 bits of
+    # mantissa, int8's 256 levels per output channel.
+    tolerance = {"adapter": 1e-5, "merged": 1e-6, "merged_bf16": 0.02, "int8": 0.05}
+    for kind in ALL_KINDS:
+        loaded, loaded_tokenizer = load_export(fetch_export("exp", version, kind, tmp_path / kind))
+        difference = (_logits(loaded, loaded_tokenizer, prompt) - expected).abs().max() / expected.abs().max()
+        assert difference < tolerance[kind], (kind, difference)
+    int8 = loaded.model  # the last kind loaded: quantised, the embeddings too
+    assert type(int8.layers[0].mlp.down_proj.weight).__name__ == "Int8Tensor"
+    assert type(int8.embed_tokens.weight).__name__ == "IntxUnpackedToInt8Tensor"
+
+
+def test_an_output_layer_tied_to_the_embeddings_is_quantised_apart(lora, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
+    from ftcore.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(lora[1].model_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    tied = AutoModelForCausalLM.from_config(config)
+    tied.save_pretrained(tmp_path / "tied")
+    tokenizer.save_pretrained(tmp_path / "tied")
+    write_int8(tmp_path / "tied", tmp_path / "int8")
+    int8, _ = load_export(tmp_path / "int8")
+    assert type(int8.lm_head.weight).__name__ == "Int8Tensor"
+    assert type(int8.model.embed_tokens.weight).__name__ == "IntxUnpackedToInt8Tensor"
+    # Two int8 matrices where float32 stores one: still well under half the size.
+    assert weight_bytes(tmp_path / "int8") / float32_bytes([tmp_path / "tied" / "model.safetensors"]) < 0.4
+    prompt = "Question: What does MI stand for?"
+    expected = _logits(tied, tokenizer, prompt)
+    assert (_logits(int8, tokenizer, prompt) - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_fetching_an_export_again_reuses_the_folder_and_a_missing_one_says_how_to_make_it(lora, tmp_path):
+    _, trained = lora
+    run_id, version = _register(trained.model_path)
+    export_version(trained.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
+    folder = fetch_export("exp", version, "merged", tmp_path / "merged")
+    (folder / "marker").touch()  # gone if the folder were downloaded again
+    assert fetch_export("exp", version, "merged", tmp_path / "merged") == folder
+    assert (folder / "marker").exists()
+    (folder / "export.json").write_text(json.dumps({"hash": "stale"}))  # another export of that kind since
+    assert fetch_export("exp", version, "merged", tmp_path / "merged") == folder
+    assert not (folder / "marker").exists() and json.loads((folder / "export.json").read_text())["kind"] == "merged"
+    with pytest.raises(UserError, match=r"has no int8 export; make it with `ftflow export models:/exp/1 --kind int8`"):
+        fetch_export("exp", version, "int8", tmp_path / "int8")
+
+
+def test_prefix_tuning_cannot_be_merged_but_exports_its_adapter_and_int8(prefix, tmp_path):
+    model = export.VersionModel.read(prefix.model_path)
+    assert (model.method, model.merged) == ("prefix", False)
+    line = ("method prefix is prompt learning: its virtual tokens cannot be merged into the base; export adapter or "
+            "int8, or serve the version as it is")
+    assert unavailable("merged", model) == unavailable("merged_bf16", model) == line
+    run_id, version = _register(prefix.model_path)
+    with pytest.raises(UserError, match="exports: method prefix is prompt learning"):
+        export_version(prefix.model_path, "exp", version, run_id, ["int8", "merged"], None, tolerance=0.05)
+    assert "export.int8.uri" not in tracking.version_tags("exp", version)  # refused before building anything
+
+    report = export_version(prefix.model_path, "exp", version, run_id, ["adapter", "int8"], None, tolerance=0.05)
+    assert report.int8_size_ratio <= 0.35 and report.fidelity is None  # no test split given: size only
+    original, tokenizer = load_trained(prefix.model_path)
+    prompt = "Question: What does BP stand for?\nAnswer:"
+    expected = _logits(original, tokenizer, prompt)
+    for kind, tolerance in (("adapter", 1e-5), ("int8", 0.05)):
+        loaded, loaded_tokenizer = load_export(fetch_export("exp", version, kind, tmp_path / kind))
+        assert type(loaded).__name__ == "PeftModelForCausalLM"  # the virtual tokens on top of the (int8) base
+        assert (_logits(loaded, loaded_tokenizer, prompt) - expected).abs().max() / expected.abs().max() < tolerance
+
+
+def test_full_fine_tuning_has_no_adapter_but_merges_trivially(full, tmp_path):
+    model = export.VersionModel.read(full.model_path)
+    assert unavailable("adapter", model) == ("method full has no adapter: it trains every weight; export merged, "
+                                             "merged_bf16 or int8")
+    assert unavailable("merged", model) is None and unavailable("int8", model) is None
+    run_id, version = _register(full.model_path)
+    export_version(full.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
+    merged, _ = load_export(fetch_export("exp", version, "merged", tmp_path / "merged"))
+    original, _ = load_trained(full.model_path)
+    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), original.state_dict().values(),
+                                                strict=True))
+
+
+def _evaluation(tmp_path: Path) -> EvalOutput:
+    """What the evaluate stage hands deploy: a candidate that beats the base model."""
+    return EvalOutput(path=tmp_path, content_hash="x", predictions_path=tmp_path / "p.jsonl",
+                      metrics={"exact_match": 0.5, "base.exact_match": 0.0, "improvement.exact_match": 0.5})
+
+
+def test_the_deploy_stage_refuses_a_kind_the_method_cannot_give_before_registering(prefix, tmp_path):
+    evaluation = _evaluation(tmp_path)
+    run_id = tracking.start_pipeline_run("exp", "run", {"name": "exp"}, {})
+    with pytest.raises(UserError, match="method prefix is prompt learning"):
+        publish(prefix, evaluation, [BeatChampion(metric="exact_match", confident=False)], "refused", run_id, {},
+                tmp_path / "deploy", exports=["merged"])
+    assert tracking.version_for_alias("refused", tracking.CHALLENGER) is None
+
+
+def test_the_deploy_stage_exports_what_it_registered(lora, tmp_path):
+    prepared, trained = lora
+    evaluation = _evaluation(tmp_path)
+    run_id = tracking.start_pipeline_run("exp", "run", {"name": "exp"}, {})
+    out = publish(trained, evaluation, [BeatChampion(metric="exact_match", confident=False)], "deployed", run_id,
+                  {}, tmp_path / "deploy", exports=["adapter"], test_split=prepared.dataset.splits["test"])
+    record = json.loads((out.path / "deploy.json").read_text())
+    assert record["exports"]["adapter"]["uri"] == f"runs:/{run_id}/exports/adapter"
+    assert out.metrics["export.adapter.mb"] == record["exports"]["adapter"]["bytes"] / 2**20
+    assert tracking.version_tags("deployed", out.version)["export.adapter.uri"] == f"runs:/{run_id}/exports/adapter"
+
+
+def test_an_int8_loss_beyond_the_tolerance_is_tagged_and_logged(lora, monkeypatch, caplog):
+    _, trained = lora
+    run_id, version = _register(trained.model_path)
+    worse = Fidelity({"exact_match": 0.6, "perplexity": 2.0}, {"exact_match": 0.5, "perplexity": 2.1},
+                     "exact_match", 0.05)
+    monkeypatch.setattr(export, "int8_fidelity", lambda *args: worse)
+    with caplog.at_level(logging.WARNING, logger="ftcore.deploy.export"):
+        report = export_version(trained.model_path, "exp", version, run_id, ["int8"], None, tolerance=0.05)
+    tags = tracking.version_tags("exp", version)
+    assert tags["export.int8.within_tolerance"] == "0" and float(tags["export.int8.exact_match.delta"]) == -0.1
+    assert "exact_match 0.5 against float32 0.6: a loss of +0.1, BEYOND the tolerance 0.05" in tags["export.int8.check"]
+    assert report.metrics()["export.int8.within_tolerance"] == 0.0
+    assert "BEYOND the tolerance" in caplog.text
+
+
+def test_perplexity_losses_are_relative_and_gains_are_within_any_tolerance():
+    assert Fidelity({"perplexity": 2.0}, {"perplexity": 2.2}, "perplexity", 0.05).loss == pytest.approx(0.1)
+    assert not Fidelity({"perplexity": 2.0}, {"perplexity": 2.2}, "perplexity", 0.05).within_tolerance
+    assert Fidelity({"accuracy": 0.8}, {"accuracy": 0.9}, "accuracy", 0.0).within_tolerance
+    assert ExportReport({}).as_dict() == {"exports": {}, "int8": None}
+
+
+def test_the_pyfunc_flavour_predicts_in_process_and_behind_mlflow_models_serve(lora, tmp_path):
+    import mlflow
+
+    _, trained = lora
+    test = _test_split(lora)
+    run_id, version = _register(trained.model_path)
+    export_version(trained.model_path, "exp", version, run_id, ["int8"], test, tolerance=0.05)
+    prompts = test["prompt"].iloc[:3].tolist()
+    model, tokenizer = load_export(fetch_export("exp", version, "int8", tmp_path / "int8"))
+    expected = [o.strip() for o in generate(model, tokenizer, prompts, 8, 4)]
+
+    local = tracking.download_run_artifact(run_id, "exports/int8", tmp_path / "pyfunc")
+    pyfunc = mlflow.pyfunc.load_model(str(local))
+    assert [c.name for c in pyfunc.metadata.get_input_schema().inputs] == ["prompt", "messages"]
+    example = json.loads((local / "input_example.json").read_text())
+    assert example["data"] == [[test["prompt"].iloc[0]]]  # the first test prompt
+    predicted = pyfunc.predict(pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 8})
+    assert predicted["text"].tolist() == expected
+
+    answers = _served(f"runs:/{run_id}/exports/int8", {"dataframe_records": [{"prompt": p} for p in prompts],
+                                                       "params": {"max_new_tokens": 8}})
+    assert [a["text"] for a in answers["predictions"]] == expected
+
+
+def _served(model_uri: str, request: dict) -> dict:
+    """POST `request` to /invocations of `mlflow models serve` started on the model, as a user would run it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)  # the server is started as `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    server = subprocess.Popen([f"{bin_dir}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                               "--host", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
+            time.sleep(0.5)
+        response = requests.post(f"{url}/invocations", json=request, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn it started, in the session started for them
+        server.wait(timeout=30)
+
+
+def test_ftflow_export_exports_a_registered_version_with_its_runs_test_split(lora, tmp_path):
+    prepared, trained = lora
+    run_id, version = _register(trained.model_path, "clinical")
+    tracking.log_stage(run_id, "clean_balance", {}, {"dataset": prepared.dataset.artifacts["dataset"]}, cached=False)
+    tracking.set_alias("clinical", tracking.CHAMPION, version)
+    result = CliRunner().invoke(app, ["export", "models:/clinical@champion", "--kind", "merged", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["exports"]["merged"]["uri"] == f"runs:/{run_id}/exports/merged"
+    assert report["int8"] is None
+    local = tracking.download_run_artifact(run_id, "exports/merged/input_example.json", tmp_path)
+    assert json.loads(local.read_text())["data"] == [[_test_split(lora)["prompt"].iloc[0]]]
+
+    refused = CliRunner().invoke(app, ["export", "models:/clinical/1", "--kind", "fp8"])
+    assert refused.exit_code == 2 and "--kind: fp8 is not an export kind" in refused.output
+    missing = CliRunner().invoke(app, ["export", "models:/clinical/7"])
+    assert missing.exit_code == 2 and "has no version 7" in missing.output
+
+
+def test_the_int8_export_serves_the_answers_of_the_float32_model(lora, tmp_path):
+    import httpx
+
+    from ftcore.serve_config import ServeConfig
+    from ftcore.serving.server import serving
+
+    _, trained = lora
+    run_id, version = _register(trained.model_path, "served-int8")
+    export_version(trained.model_path, "served-int8", version, run_id, ["int8"], None, tolerance=0.05)
+    test = _test_split(lora).iloc[:10]
+    prompts, references = test["prompt"].tolist(), test["completion"].str.strip().tolist()
+    answers = {}
+    for variant in ("model", "int8"):
+        cfg = ServeConfig.model_validate({"variant": variant, "request_log": {"url": f"sqlite:///{tmp_path}/r.db"}})
+        with serving(f"models:/served-int8/{version}", cfg) as url:
+            body = {"prompt": prompts, "max_tokens": 24, "temperature": 0}
+            response = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+        assert response["model_version"] == version
+        answers[variant] = [choice["text"] for choice in response["choices"]]
+    # Where the float32 model answers right, the int8 one does too (one slip allowed); where it babbles, the
+    # babble may differ: rounding flips near-ties between tokens.
+    right = {variant: {i for i, text in enumerate(texts) if text.strip() == references[i]}
+             for variant, texts in answers.items()}
+    assert len(right["model"]) >= 3 and len(right["model"] - right["int8"]) <= 1, answers
