@@ -9,7 +9,7 @@ prompts (each phase stops early after `--max-seconds`). Phases:
 Prints throughput and p50/p99 latency per phase, the batching speed-up, and the cache's hit and miss latency. Run
 with `make bench-serve`; record the figures in docs/benchmarks.md.
 
-    python bench/serve_load.py [--requests 400] [--clients 16] [--batch-size 16] [--max-wait-ms 10]
+    python bench/serve_load.py [--requests 1000] [--clients 16] [--batch-size 16] [--max-wait-ms 20]
     python bench/serve_load.py --model FOLDER --prompts prompts.jsonl --max-tokens 64 --device cuda   # any model
 """
 
@@ -149,10 +149,10 @@ def run_phase(model: Path, root: Path, name: str, settings: dict, bodies: list[d
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="each phase stops sending after this")
     parser.add_argument("--model", type=Path, help="serve this model folder instead of training the demo")
     parser.add_argument("--prompts", type=Path, help="with --model: a JSONL file of prompt strings")

@@ -23,7 +23,7 @@ class BatchingConfig(Strict):
 
     enabled: bool = True
     max_batch_size: int = Field(16, ge=1, le=512)
-    max_wait_ms: float = Field(10.0, ge=0, le=10_000)
+    max_wait_ms: float = Field(20.0, ge=0, le=10_000)
 
 
 class CacheConfig(Strict):

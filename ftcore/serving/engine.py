@@ -4,6 +4,7 @@ together; one `model.generate` call answers all those that sample the same way."
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +57,20 @@ class Engine:
     max_context: int
     device: str = "cpu"
     labels: list[str] = field(default_factory=list)
+    # The event loop checks requests (counting tokens, rendering chats) while the model thread tokenizes a padded
+    # batch. A fast tokenizer keeps its padding setting in shared state, so one tokenizer used by both threads
+    # sometimes hands the model an unpadded batch: the request thread gets its own copy.
+    checker: object = None
+
+    def __post_init__(self) -> None:
+        if self.checker is None:
+            self.checker = copy.deepcopy(self.tokenizer)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=self.kind == "classifier")["input_ids"])
+        return len(self.checker(text, add_special_tokens=self.kind == "classifier")["input_ids"])
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return render_chat(self.tokenizer, messages, generation_prompt=True)
+        return render_chat(self.checker, messages, generation_prompt=True)
 
     def complete(self, requests: list[Completion]) -> list[Completed]:
         """Answers in the order asked; requests that sample alike share one generate call."""

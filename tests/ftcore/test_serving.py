@@ -412,3 +412,34 @@ def test_request_log_on_postgresql(postgres_url):
     assert rows["input"].tolist() == ["question 1", "question 2", "question 3"]
     assert rows["latency_s"].round(3).tolist() == [0.1, 0.2, 0.3]
     assert len(RequestLog(url.render_as_string(hide_password=False)).read(model=model)) == 5
+
+
+def test_counting_tokens_while_a_batch_generates_is_safe(folders):
+    """The event loop counts each new request's tokens while the model thread tokenizes a padded batch: a fast
+    tokenizer's padding setting is shared state, so the two must not share one tokenizer (this failed 1% of
+    requests under load before)."""
+    import threading
+
+    from ftcore.serving.engine import Completion, load_engine
+
+    engine = load_engine(folders["causal"], "base", "1")
+    prompts = [f"Question {i}: {'what is it ' * (i % 7)}?" for i in range(16)]
+    stop, failures = threading.Event(), []
+
+    def count():
+        while not stop.is_set():
+            for p in prompts:
+                engine.count_tokens(p)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        for _ in range(30):
+            try:
+                engine.complete([Completion(p, 2) for p in prompts])
+            except ValueError as e:
+                failures.append(e)
+    finally:
+        stop.set()
+        counter.join()
+    assert not failures, failures[0]
