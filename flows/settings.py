@@ -26,6 +26,9 @@ DEFAULTS = {
     "TRANSFORMERS_VERBOSITY": "error",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    # A run's output is the stage table; per-file download and weight-loading bars would bury it.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 
