@@ -182,3 +182,27 @@ def test_a_retraining_deployment_that_does_not_exist_is_a_one_line_error():
 
     with pytest.raises(UserError, match=r"monitor.retrain.deployment: no deployment 'retrain/nowhere'"):
         starts()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ftflow_monitor_prints_the_breaches_and_exits_1(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    request_log = f"sqlite:///{tmp_path / 'requests.db'}"
+    plant_requests(request_log)
+    register_version_with_training_data("clinical-qa", tmp_path)
+    canaries = canaries_file(tmp_path / "canaries.jsonl", CANARIES)
+    replies = {TEMPLATE.replace("{prompt}", q): f" {a}" for q, a in CANARIES}
+    with fake_endpoint(replies) as url:
+        recipe = monitor_recipe(tmp_path, request_log, url, canaries)
+        raw = yaml.safe_load(recipe.read_text())
+        del raw["monitor"]["retrain"]  # a breach then starts nothing
+        recipe.write_text(yaml.safe_dump(raw))
+        result = CliRunner().invoke(app, ["monitor", "models:/clinical-qa@champion", "--recipe", str(recipe),
+                                          "--json"])
+    assert result.exit_code == 1, result.output
+    printed = json.loads(result.stdout[result.stdout.index("{"):])
+    assert printed["breaches"] == ["latency_p95_s", "toxic_rate"] and printed["retrain_flow_run_id"] is None
+    assert Path(printed["report"]).is_file()
