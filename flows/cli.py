@@ -377,6 +377,60 @@ def monitor(
         raise typer.Exit(1)
 
 
+PrefectFileOpt = Annotated[Path | None, typer.Option("--file", help="Deployments file (default infra/prefect.yaml).")]
+RecipeOpt = Annotated[str | None, typer.Option(help="The recipe every deployment runs (default: the file's).")]
+
+
+@app.command(name="deploy")
+def deploy_flows(
+    file: PrefectFileOpt = None,
+    work_pool: Annotated[str | None, typer.Option(help="Work pool for every deployment (default: the file's).")]
+    = None,
+    recipe: RecipeOpt = None,
+    retrain_cron: Annotated[str | None, typer.Option(help="Cron of the retrain deployment.")] = None,
+    monitor_cron: Annotated[str | None, typer.Option(help="Cron of the monitor deployment.")] = None,
+) -> None:
+    """Register the finetune, retrain and monitor deployments with the Prefect server (PREFECT_API_URL); run them
+    with `ftflow worker`."""
+    configure_environment()
+    from flows.deployments import PREFECT_FILE, load_deployments, register
+
+    crons = {k: v for k, v in {"retrain": retrain_cron, "monitor": monitor_cron}.items() if v}
+    try:
+        specs = load_deployments(file or PREFECT_FILE, crons, recipe)
+        ids = register(specs, work_pool)
+    except UserError as e:
+        _fail(str(e))
+    for spec, deployment_id in zip(specs, ids, strict=True):
+        when = ", ".join(s.cron for s in spec.schedules) or "on demand"
+        console.print(f"{spec.flow_name}/{spec.name}  {when}  pool {work_pool or spec.work_pool.name}  "
+                      f"[dim]{deployment_id}[/]")
+
+
+@app.command(name="serve-flows")
+def serve_flows(file: PrefectFileOpt = None, recipe: RecipeOpt = None) -> None:
+    """Serve the finetune, retrain and monitor deployments from this process: schedules and dashboard runs on one
+    machine, no work pool or worker needed."""
+    configure_environment()
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import PREFECT_FILE, load_deployments, runner_deployments
+
+    try:
+        deployments = runner_deployments(load_deployments(file or PREFECT_FILE, recipe=recipe))
+    except UserError as e:
+        _fail(str(e))
+    prefect_serve(*deployments)
+
+
+@app.command()
+def worker(pool: Annotated[str, typer.Option(help="The work pool to take flow runs from.")] = "ftflow-process") -> None:
+    """Start a Prefect process worker on POOL (what `ftflow deploy` registered runs there)."""
+    configure_environment()
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+                                      "--type", "process"]))
+
+
 def _validated(recipe: Path, overrides: list[str]):
     try:
         return load_recipe(recipe, overrides)

@@ -8,14 +8,16 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
+from pydantic import ValidationError
 
 import ftcore
+from flows.options import RunOptions
 from flows.summary import RunSummary
 from ftcore import tracking
 from ftcore.alignment_config import CHAMPION_DATA
 from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
 from ftcore.data.retained import RetainedData, champion_data, file_data, held_out_data
-from ftcore.data.sources.config import FileSource, HfDatasetSource
+from ftcore.data.sources.config import FileSource, HfDatasetSource, describe_error
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError
 from ftcore.hashing import hash_dir, hash_file
@@ -46,8 +48,17 @@ class StageFailed(Exception):
 
 
 @flow(name="finetune", log_prints=False, validate_parameters=False)
-def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None) -> dict:
-    recipe = load_recipe(recipe_path, overrides)
+def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None,
+             options: RunOptions | None = None) -> dict:
+    """Run a recipe's seven stages.
+
+    Args:
+        recipe_path: the recipe YAML, e.g. data_recipes/recipes/clinical_qa.yaml (a path the worker can read).
+        overrides: recipe fields to change, as a.b=value (values parsed as YAML), e.g. train.epochs=5.
+        until: stop after this stage.
+        options: the common changes as a form (method, learning rate, max steps, dataset path).
+    """
+    recipe = load_recipe(recipe_path, [*(overrides or []), *run_options(options)])
     # Registered models and retained data are pinned before any stage runs (ftcore/models/registered.py).
     start, reward_model = starting_version(recipe), pinned_reward_model(recipe)
     champion, retained = current_champion(recipe), retained_data(recipe, start)
@@ -78,6 +89,17 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
     except StopPipeline:
         pass
     return finish_run(summary, stages.outputs)
+
+
+def run_options(options: RunOptions | dict | None) -> list[str]:
+    """The form's options as overrides. Prefect hands a deployment run's parameters over as JSON, so a dict is
+    checked here (the flow validates its own parameters, for one-line errors)."""
+    if options is None:
+        return []
+    try:
+        return RunOptions.model_validate(options).overrides()
+    except ValidationError as e:
+        raise UserError("options: " + "; ".join(map(describe_error, e.errors()))) from None
 
 
 def start_run(recipe: Recipe, recipe_path: str) -> RunSummary:

@@ -1,0 +1,125 @@
+"""The deployments in infra/prefect.yaml: read, checked, and registered with a Prefect server (`ftflow deploy`) or
+served from this process (`ftflow serve-flows`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ftcore.data.sources.config import describe_error
+from ftcore.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO / "infra" / "prefect.yaml"
+DEFAULT_POOL = "ftflow-process"
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str
+    timezone: str = "UTC"
+
+
+class WorkPool(BaseModel):
+    model_config = ConfigDict(extra="allow")  # prefect.yaml allows job_variables and more
+
+    name: str
+
+
+class DeploymentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    entrypoint: str = Field(pattern=r"^[\w/.-]+\.py:\w+$")
+    description: str | None = None
+    parameters: dict[str, Any] = {}
+    schedules: list[Schedule] = []
+    concurrency_limit: int | None = Field(None, ge=1)
+    work_pool: WorkPool = WorkPool(name=DEFAULT_POOL)
+
+    @property
+    def flow_name(self) -> str:
+        return self.entrypoint.rsplit(":", 1)[1]
+
+
+class PrefectFile(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, prefect-version, build/push/pull steps
+
+    deployments: list[DeploymentSpec]
+
+
+def load_deployments(path: Path = PREFECT_FILE, crons: dict[str, str] | None = None,
+                     recipe: str | None = None) -> list[DeploymentSpec]:
+    """The file's deployments; `crons` replaces a deployment's schedule by name, `recipe` its recipe parameter."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        specs = PrefectFile.model_validate(raw).deployments
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
+    except ValidationError as e:
+        raise UserError(f"{path}: " + "; ".join(map(describe_error, e.errors()))) from None
+    unknown = set(crons or {}) - {s.name for s in specs}
+    if unknown:
+        raise UserError(f"no deployment named {', '.join(sorted(unknown))} in {path}")
+    for spec in specs:
+        if spec.name in (crons or {}):
+            spec.schedules = [Schedule(cron=crons[spec.name])]
+        for key in ("recipe_path", "recipe"):
+            if recipe is not None and key in spec.parameters:
+                spec.parameters[key] = recipe
+    return specs
+
+
+def flow_of(spec: DeploymentSpec):
+    """The flow object behind a deployment's entrypoint (a file of this repository)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    path, _, name = spec.entrypoint.partition(":")
+    return load_flow_from_entrypoint(f"{REPO / path}:{name}")
+
+
+def register(specs: list[DeploymentSpec], work_pool: str | None = None) -> list[str]:
+    """Each deployment registered with the Prefect server, on its work pool (created as a process pool when
+    missing); returns their ids. Run again, it updates them in place."""
+    from prefect import Flow
+
+    ids = []
+    for spec in specs:
+        pool = work_pool or spec.work_pool.name
+        ensure_process_pool(pool)
+        source = Flow.from_source(source=str(REPO), entrypoint=spec.entrypoint)
+        ids.append(str(source.deploy(
+            name=spec.name, work_pool_name=pool, parameters=spec.parameters, description=spec.description,
+            schedules=cron_schedules(spec), concurrency_limit=spec.concurrency_limit,
+            build=False, push=False, print_next_steps=False, ignore_warnings=True)))
+    return ids
+
+
+def ensure_process_pool(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def runner_deployments(specs: list[DeploymentSpec]) -> list:
+    """The deployments as this process serves them (`prefect.serve`): no work pool, each flow run a subprocess."""
+    return [flow_of(spec).to_deployment(
+        name=spec.name, parameters=spec.parameters, description=spec.description,
+        schedules=cron_schedules(spec), concurrency_limit=spec.concurrency_limit)
+        for spec in specs]
+
+
+def cron_schedules(spec: DeploymentSpec) -> list | None:
+    from prefect.schedules import Cron
+
+    return [Cron(s.cron, timezone=s.timezone) for s in spec.schedules] or None

@@ -1,0 +1,26 @@
+"""The `retrain` flow: the recipe run again, for schedules and monitor breaches. It is the finetune flow under its own
+name, so scheduled and triggered runs stand apart from dashboard ones in both UIs, and a concurrency limit on
+`retrain` (one at a time per registered model, docs/operations.md) leaves on-demand runs alone."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.finetune import finetune
+from flows.options import RunOptions
+from ftcore.config import Stage
+
+
+@flow(name="retrain", log_prints=False, validate_parameters=False)
+def retrain(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None,
+            options: RunOptions | None = None) -> dict:
+    """Run a recipe's seven stages again on its current data; the gate decides whether the new version replaces the
+    champion.
+
+    Args:
+        recipe_path: the recipe YAML (a path the worker can read).
+        overrides: recipe fields to change, as a.b=value.
+        until: stop after this stage.
+        options: the common changes as a form (method, learning rate, max steps, dataset path).
+    """
+    return finetune(recipe_path, overrides, until, options)
