@@ -39,6 +39,8 @@ class DeploymentSpec(BaseModel):
     parameters: dict[str, Any] = {}
     schedules: list[Schedule] = []
     concurrency_limit: int | None = Field(None, ge=1)
+    concurrency_options: dict[str, Any] = {}
+    triggers: list[dict[str, Any]] = []  # Prefect's DeploymentEventTrigger fields
     work_pool: WorkPool = WorkPool(name=DEFAULT_POOL)
 
     @property
@@ -68,10 +70,25 @@ def load_deployments(path: Path = PREFECT_FILE, crons: dict[str, str] | None = N
     for spec in specs:
         if spec.name in (crons or {}):
             spec.schedules = [Schedule(cron=crons[spec.name])]
-        for key in ("recipe_path", "recipe"):
-            if recipe is not None and key in spec.parameters:
-                spec.parameters[key] = recipe
+        if recipe is not None:
+            use_recipe(spec, recipe)
     return specs
+
+
+def use_recipe(spec: DeploymentSpec, recipe: str) -> None:
+    """Point the deployment at `recipe`: its recipe parameter, the model the monitor watches, and the model whose
+    breach events start the retraining."""
+    from ftcore.config import load_recipe
+
+    name = load_recipe(recipe).registered_model
+    for key in ("recipe_path", "recipe"):
+        if key in spec.parameters:
+            spec.parameters[key] = recipe
+    if "model" in spec.parameters:
+        spec.parameters["model"] = f"models:/{name}@champion"
+    for trigger in spec.triggers:
+        trigger.setdefault("match", {})["prefect.resource.id"] = f"ftflow.model.{name}"
+        trigger["name"] = f"retrain {name} on a monitor breach"
 
 
 def flow_of(spec: DeploymentSpec):
@@ -94,7 +111,7 @@ def register(specs: list[DeploymentSpec], work_pool: str | None = None) -> list[
         source = Flow.from_source(source=str(REPO), entrypoint=spec.entrypoint)
         ids.append(str(source.deploy(
             name=spec.name, work_pool_name=pool, parameters=spec.parameters, description=spec.description,
-            schedules=cron_schedules(spec), concurrency_limit=spec.concurrency_limit,
+            schedules=cron_schedules(spec), concurrency_limit=concurrency(spec), triggers=event_triggers(spec),
             build=False, push=False, print_next_steps=False, ignore_warnings=True)))
     return ids
 
@@ -115,7 +132,7 @@ def runner_deployments(specs: list[DeploymentSpec]) -> list:
     """The deployments as this process serves them (`prefect.serve`): no work pool, each flow run a subprocess."""
     return [flow_of(spec).to_deployment(
         name=spec.name, parameters=spec.parameters, description=spec.description,
-        schedules=cron_schedules(spec), concurrency_limit=spec.concurrency_limit)
+        schedules=cron_schedules(spec), concurrency_limit=concurrency(spec), triggers=event_triggers(spec))
         for spec in specs]
 
 
@@ -123,3 +140,20 @@ def cron_schedules(spec: DeploymentSpec) -> list | None:
     from prefect.schedules import Cron
 
     return [Cron(s.cron, timezone=s.timezone) for s in spec.schedules] or None
+
+
+def concurrency(spec: DeploymentSpec):
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    if spec.concurrency_limit is None:
+        return None
+    return ConcurrencyLimitConfig(limit=spec.concurrency_limit, **spec.concurrency_options)
+
+
+def event_triggers(spec: DeploymentSpec) -> list | None:
+    from prefect.events import DeploymentEventTrigger
+
+    try:
+        return [DeploymentEventTrigger(**trigger) for trigger in spec.triggers] or None
+    except ValidationError as e:
+        raise UserError(f"deployment {spec.name}: triggers: " + "; ".join(map(describe_error, e.errors()))) from None

@@ -67,7 +67,8 @@ class MonitorConfig(Strict):
     endpoint: str | None = Field(None, description="the scheduled flow's endpoint base URL (http://host:8000), where "
                                                    "canaries are sent")
     request_log: str | None = Field(None, description="SQLAlchemy URL of the endpoint's request log; default: "
-                                                      "sqlite:///$FTFLOW_HOME/requests.db, where ftflow serve writes")
+                                                      "where ftflow serve writes ($FTFLOW_REQUEST_LOG_URL, else "
+                                                      "sqlite:///$FTFLOW_HOME/requests.db)")
     drift: DriftConfig = DriftConfig()
     retrain: RetrainConfig | None = Field(None, description="a deployment the scheduled flow starts on a breach")
     probe_size: int = Field(20, ge=1, description="pipeline stage: test-split requests sent to the new version")

@@ -4,6 +4,7 @@ each."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,9 @@ from ftcore.errors import UserError
 from ftcore.paths import home
 
 TOKEN_ENV = "FTFLOW_SERVE_TOKEN"  # where the bearer token comes from when --token is not given: never a file
+# The request log's URL when the config names none: a production database URL carries a password, so it comes from
+# the environment (a Kubernetes Secret, the compose .env), not from a file.
+REQUEST_LOG_ENV = "FTFLOW_REQUEST_LOG_URL"
 
 
 class BatchingConfig(Strict):
@@ -44,11 +48,11 @@ class LimitsConfig(Strict):
 class RequestLogConfig(Strict):
     """Where every request is recorded for the monitor: any SQLAlchemy URL (SQLite by default)."""
 
-    url: str | None = Field(None, description="default: sqlite:///$FTFLOW_HOME/requests.db")
+    url: str | None = Field(None, description="default: $FTFLOW_REQUEST_LOG_URL, else sqlite:///$FTFLOW_HOME/requests.db")
     sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests whose input and output text are kept")
 
     def resolved_url(self) -> str:
-        return self.url or f"sqlite:///{home() / 'requests.db'}"
+        return self.url or os.environ.get(REQUEST_LOG_ENV) or f"sqlite:///{home() / 'requests.db'}"
 
 
 class ServeConfig(Strict):

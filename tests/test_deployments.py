@@ -79,3 +79,24 @@ def test_a_bad_deployments_file_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["deploy", "--file", str(bad)])
     assert result.exit_code == 2
     assert "prefect.yaml: deployments.0.entrypoint: String should match pattern" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_breach_of_the_recipe_s_model_triggers_retrain_once_at_a_time(tmp_path):
+    """The automation `ftflow deploy` creates: a breach event of the recipe's registered model starts `retrain`;
+    its concurrency limit cancels a second run while one is under way. (Events reach automations only on a real
+    Prefect server: that they fire is the integration test's part.)"""
+    from prefect.client.orchestration import get_client
+
+    recipe = load_recipe(DEMO_RECIPE)
+    assert CliRunner().invoke(app, ["deploy", "--recipe", str(DEMO_RECIPE)]).exit_code == 0
+    with get_client(sync_client=True) as client:
+        retrain = client.read_deployment_by_name("retrain/retrain")
+        [automation] = client.read_resource_related_automations(f"prefect.deployment.{retrain.id}")
+    trigger = automation.trigger
+    assert trigger.expect == {"ftflow.monitor.breach"} and trigger.threshold == 1
+    assert trigger.match.root["prefect.resource.id"] == f"ftflow.model.{recipe.registered_model}"
+    assert [a.type for a in automation.actions] == ["run-deployment"]
+    assert retrain.global_concurrency_limit.limit == 1
+    assert retrain.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert retrain.parameters["recipe_path"] == str(DEMO_RECIPE)

@@ -443,3 +443,13 @@ def test_counting_tokens_while_a_batch_generates_is_safe(folders):
         stop.set()
         counter.join()
     assert not failures, failures[0]
+
+
+def test_the_request_log_url_comes_from_the_environment_when_the_config_names_none(monkeypatch, tmp_path):
+    from ftcore.serve_config import RequestLogConfig
+
+    monkeypatch.delenv("FTFLOW_REQUEST_LOG_URL", raising=False)
+    assert RequestLogConfig().resolved_url().endswith("/requests.db")
+    monkeypatch.setenv("FTFLOW_REQUEST_LOG_URL", f"sqlite:///{tmp_path}/env.db")
+    assert RequestLogConfig().resolved_url() == f"sqlite:///{tmp_path}/env.db"
+    assert RequestLogConfig(url="sqlite:///x.db").resolved_url() == "sqlite:///x.db"  # the config wins
