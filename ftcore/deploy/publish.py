@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -58,7 +59,7 @@ def publish(
     )
     tracking.set_alias(registered_model, tracking.CHALLENGER, version)
     if decision.passed:
-        tracking.set_alias(registered_model, tracking.CHAMPION, version)
+        decision = promote(registered_model, version, compared_version(evaluation, champion), decision)
     test = pd.read_parquet(test_split) if test_split is not None else None
     exported = export_version(trained.model_path, registered_model, version, mlflow_run_id, list(exports), test,
                               int8_tolerance)
@@ -85,6 +86,30 @@ def publish(
                  **{f"gate.{o.rule}.passed": float(o.passed) for o in decision.rules}, **exported.metrics()},
         artifacts={"decision": out_dir / "deploy.json"},
     )
+
+
+def compared_version(evaluation: EvalOutput, champion: dict | None) -> str | None:
+    """The champion version the gate compared with: the one scored beside the candidate (pinned when the run
+    started), else the one whose recorded score it used; None when it compared with a baseline (no champion)."""
+    if evaluation.champion is not None:
+        return evaluation.champion.rsplit("/", 1)[-1]
+    return champion["version"] if champion else None
+
+
+def promote(name: str, version: str, compared: str | None, decision: GateDecision) -> GateDecision:
+    """Move champion to `version` only if it still points at the version the gate compared with (compare and set):
+    another run that promoted its own version meanwhile is not overwritten by a candidate that never faced it.
+    MLflow's registry offers no atomic compare-and-set, so a window of one registry call remains."""
+    current = tracking.version_for_alias(name, tracking.CHAMPION)
+    found = current["version"] if current else None
+    if found != compared:
+        faced = f"v{compared}" if compared else "the baseline (no champion then)"
+        reason = (f"the gate passed against {faced}, but champion moved to v{found} meanwhile (another run "
+                  f"promoted it); v{version} stays challenger: run again to face v{found}")
+        tracking.set_version_tags(name, version, {"gate.passed": "False", "gate.reason": reason})
+        return replace(decision, passed=False, reason=reason)
+    tracking.set_alias(name, tracking.CHAMPION, version)
+    return decision
 
 
 def version_metric_tags(metrics: dict[str, float]) -> dict[str, str]:

@@ -116,3 +116,28 @@ def test_a_candidate_that_is_the_champion_itself_is_not_promoted_again(tmp_path,
     again = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "2")
     assert not again.gate_passed and again.aliases == ["challenger"]
     assert again.gate_reason == "the candidate is champion v1 itself (the same trained model): nothing to promote"
+
+
+def test_a_champion_promoted_by_another_run_meanwhile_is_not_overwritten(tmp_path, trained, monkeypatch):
+    """Two runs of one registered model at once: both gates compared with v1; the first to deploy moves champion
+    to its version, the second finds champion no longer at v1 and stays challenger (compare and set)."""
+    _, model = trained
+    tags = {"recipe_hash": "r"}
+    first = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "raced", _new_run(), tags, tmp_path / "1")
+    assert first.aliases == ["challenger", "champion"]
+
+    # The other run registers and promotes v2 while this run's deploy stage is between its gate and the alias.
+    register = tracking.register_version
+
+    def concurrent_promotion(run_id, name, model_dir, tags):
+        other = register(_new_run(), name, model_dir, {})
+        tracking.set_alias(name, tracking.CHAMPION, other)
+        return register(run_id, name, model_dir, tags)
+
+    monkeypatch.setattr(tracking, "register_version", concurrent_promotion)
+    late = publish(model, _evaluation(tmp_path, 0.0, 0.9, champion=("raced/1", 0.5)), GATE, "raced", _new_run(),
+                   tags, tmp_path / "3")
+    assert (late.version, late.aliases, late.gate_passed) == ("3", ["challenger"], False)
+    assert "champion moved to v2 meanwhile" in late.gate_reason and "run again to face v2" in late.gate_reason
+    assert tracking.version_for_alias("raced", "champion")["version"] == "2"
+    assert tracking.version_tags("raced", "3")["gate.passed"] == "False"
