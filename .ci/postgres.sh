@@ -49,7 +49,7 @@ ftflow_pg_start() {
 
     FTFLOW_TEST_PGPASSWORD=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
     "$bin/psql" -q -h "$FTFLOW_PG_DIR" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
-        -c "CREATE ROLE ftflow LOGIN PASSWORD '$FTFLOW_TEST_PGPASSWORD'" \
+        -c "CREATE ROLE ftflow LOGIN CREATEDB PASSWORD '$FTFLOW_TEST_PGPASSWORD'" \
         -c "CREATE DATABASE ftflow OWNER ftflow" >/dev/null
     export FTFLOW_TEST_PGPASSWORD
     # The placeholder stays literal: the tests resolve it the way a recipe's URL is resolved.

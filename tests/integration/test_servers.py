@@ -1,0 +1,153 @@
+"""The team set-up for real, on one machine: PostgreSQL, `prefect server start` and `mlflow server` (both on
+PostgreSQL) on loopback ports, the deployments registered, a process worker, a `finetune` run started through the
+API as the dashboard's Run button starts it, the new version in the MLflow server's registry, and a breach event
+that makes the server's automation create a `retrain` run. Every server is stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO_RECIPE, REPO, TINY_OVERRIDES
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=3).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def databases() -> Iterator[dict[str, str]]:
+    """Two fresh databases on the test PostgreSQL, one for Prefect, one for MLflow (their tables would clash)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    raw = os.environ.get("FTFLOW_TEST_POSTGRES_URL")
+    if not raw:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is required in CI: run `source .ci/postgres.sh` first")
+        pytest.skip("FTFLOW_TEST_POSTGRES_URL is not set; run `source .ci/postgres.sh` first")
+    url = make_url(raw).set(password=os.environ["FTFLOW_TEST_PGPASSWORD"])
+    names = {"prefect": f"it_prefect_{uuid.uuid4().hex[:8]}", "mlflow": f"it_mlflow_{uuid.uuid4().hex[:8]}"}
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names.values():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield {"prefect": url.set(drivername="postgresql+asyncpg", database=names["prefect"]).render_as_string(False),
+           "mlflow": url.set(database=names["mlflow"]).render_as_string(False)}
+    with admin.connect() as conn:
+        for name in names.values():
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def servers(databases, tmp_path_factory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("servers")
+    prefect_port, mlflow_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env |= {"PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_DATABASE_CONNECTION_URL": databases["prefect"],
+            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
+            "PREFECT_LOGGING_LEVEL": "WARNING"}
+    processes = [
+        start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)], env,
+              root / "prefect.log"),
+        start([str(BIN / "mlflow"), "server", "--backend-store-uri", databases["mlflow"], "--artifacts-destination",
+               (root / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(mlflow_port)], env,
+              root / "mlflow.log"),
+    ]
+    try:
+        wait_for(f"http://127.0.0.1:{prefect_port}/api/health", processes[0], root / "prefect.log")
+        wait_for(f"http://127.0.0.1:{mlflow_port}/health", processes[1], root / "mlflow.log")
+        client_env = {k: v for k, v in env.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"}
+        client_env |= {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+                       "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                       "FTFLOW_HOME": str(root / "ftflow"), "HF_HUB_OFFLINE": "1"}
+        yield {"env": client_env, "root": root, "processes": processes}
+    finally:
+        stop(processes)
+
+
+def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(servers):
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env, root = servers["env"], servers["root"]
+    deployed = subprocess.run([str(BIN / "ftflow"), "deploy", "--recipe", str(DEMO_RECIPE)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "ftflow-process", "--type", "process"], env,
+                   root / "worker.log")
+    servers["processes"].append(worker)
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        from prefect.deployments import run_deployment
+
+        # As the dashboard's Run button: the deployment, with the form's parameters.
+        run = run_deployment("finetune/finetune", parameters={"overrides": TINY_OVERRIDES,
+                                                               "options": {"learning_rate": 0.01}}, timeout=600)
+        assert run.state.is_completed(), (run.state, (root / "worker.log").read_text()[-3000:])
+
+        registry = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        champion = registry.get_model_version_by_alias("clinical-qa", "champion")
+        assert champion.version == "1" and champion.tags["gate.passed"] == "True"
+        assert set(registry.get_model_version("clinical-qa", "1").aliases) == {"champion", "challenger"}
+
+        stop([worker])  # the retrain run the trigger creates stays scheduled: no need to train again here
+        with get_client(sync_client=True) as client:
+            retrain = client.read_deployment_by_name("retrain/retrain")
+        emit_event(event="ftflow.monitor.breach", resource={"prefect.resource.id": "ftflow.model.clinical-qa"},
+                   payload={"breaches": ["latency_p95_s"]})
+        deadline = time.monotonic() + 120
+        while True:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs()
+            created = [r for r in runs if r.deployment_id == retrain.id]
+            if created:
+                break
+            assert time.monotonic() < deadline, "no retrain run within 120 s of the breach event"
+            time.sleep(2)
+    assert created[0].parameters["recipe_path"] == str(DEMO_RECIPE)
