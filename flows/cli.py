@@ -355,9 +355,18 @@ def monitor(
     """Run the monitor flow once: the endpoint's last window against the recipe's objectives (docs/monitoring.md).
     Exits 1 when an objective is breached, so a script or cron job can act on it."""
     _validated(recipe, [])
+    import re
+
+    from flows.monitor import MODEL_PATTERN, WINDOW_PATTERN
+    from flows.monitor import monitor as monitor_flow
+
+    # Checked here against the flow's own patterns: the flow's check would end in a traceback.
+    if not re.match(MODEL_PATTERN, model_uri):
+        _fail(f"MODEL_URI: {model_uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    if window is not None and not re.match(WINDOW_PATTERN, window):
+        _fail(f"--window: {window!r} is not a duration such as 90s, 30m, 1h or 1d")
     configure_environment()
     quiet_libraries()
-    from flows.monitor import monitor as monitor_flow
 
     try:
         result = monitor_flow(model=model_uri, recipe=str(recipe), endpoint=endpoint, window=window)

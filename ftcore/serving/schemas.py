@@ -61,14 +61,19 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"]
 
 
-class CompletionResponse(BaseModel):
+class _Answer(BaseModel):
+    """What every completion response carries besides its choices."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     model_version: str
-    choices: list[CompletionChoice]
     usage: Usage
+
+
+class CompletionResponse(_Answer):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class ChatChoice(BaseModel):
@@ -77,14 +82,9 @@ class ChatChoice(BaseModel):
     finish_reason: Literal["stop", "length"]
 
 
-class ChatResponse(BaseModel):
-    id: str
+class ChatResponse(_Answer):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    model_version: str
     choices: list[ChatChoice]
-    usage: Usage
 
 
 class Classification(BaseModel):

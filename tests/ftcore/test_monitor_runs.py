@@ -206,3 +206,16 @@ def test_ftflow_monitor_prints_the_breaches_and_exits_1(tmp_path):
     printed = json.loads(result.stdout[result.stdout.index("{"):])
     assert printed["breaches"] == ["latency_p95_s", "toxic_rate"] and printed["retrain_flow_run_id"] is None
     assert Path(printed["report"]).is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["clinical-qa"], "MODEL_URI: 'clinical-qa' is not models:/NAME@ALIAS"),
+    (["models:/clinical-qa@champion", "--window", "5x"], "--window: '5x' is not a duration"),
+])
+def test_ftflow_monitor_refuses_bad_arguments_in_one_line(args, message):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["monitor", *args, "--recipe", str(DEMO_RECIPE)])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
