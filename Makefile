@@ -6,7 +6,7 @@ RECIPE ?= data_recipes/recipes/clinical_qa.yaml
 BENCH_ARGS ?= --repeats 3
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint bench bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve ui clean install install-dev
+.PHONY: run test lint bench bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve bench-scale ui clean install install-dev
 
 # Stamp files make installs incremental: pyproject changes trigger a reinstall, nothing else does.
 $(BIN)/python:
@@ -32,7 +32,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-bench: bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve
+bench: bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve bench-scale
 
 bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
@@ -58,6 +58,10 @@ bench-evaluate: install-dev
 # The endpoint under load: dynamic batching on vs off at 16 clients, and cache hit vs miss latency.
 bench-serve: install-dev
 	$(BIN)/python bench/serve_load.py
+
+# Scale-out: the clean stage on Dask (2 workers) vs the default runner on MedQuAD; 2 DDP processes vs 1.
+bench-scale: install-dev
+	$(BIN)/python bench/scale_out.py
 
 ui: install
 	$(BIN)/ftflow ui

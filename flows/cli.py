@@ -15,11 +15,12 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from flows.settings import configure_environment, quiet_libraries
+from flows.settings import configure_environment
 from ftcore.config import STAGES, Stage, load_recipe
 from ftcore.data.sources.config import describe_error
 from ftcore.errors import RecipeError, UserError
 from ftcore.paths import home
+from ftcore.quiet import quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune language models as a Prefect flow.")
 console = Console()

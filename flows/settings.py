@@ -6,12 +6,11 @@ Must run before Prefect is imported, since Prefect reads its settings at import 
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from pathlib import Path
 
 from ftcore.paths import home
+from ftcore.quiet import quiet_libraries
 
 DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # start-up takes ~15 s on 2 cores
@@ -29,6 +28,8 @@ DEFAULTS = {
     # A run's output is the stage table; per-file download and weight-loading bars would bury it.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # Dask logs every scheduler, nanny and worker start and stop at INFO; the Prefect UI shows the parts' task runs.
+    "DASK_LOGGING__DISTRIBUTED": "warning",
 }
 
 
@@ -39,17 +40,3 @@ def configure_environment() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
     quiet_libraries()
-
-
-def quiet_libraries() -> None:
-    """A clean run shows progress and results, not a wall of library warnings."""
-    for name in ("mlflow", "alembic", "httpx", "transformers", "datasets", "peft", "trl", "urllib3", "bitsandbytes",
-                 "torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for pattern in (".*does not have many workers.*", ".*Tokenizer.*", ".*torch_dtype.*", ".*pin_memory.*",
-                    ".*loss_type=None.*", ".*copying from a non-meta parameter.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-    # MLflow warns about dataset-source ambiguity and integer columns on every log_input; neither applies here.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -150,6 +150,42 @@ class ModelConfig(Strict):
         return self
 
 
+class DistributedConfig(Strict):
+    """Training in several processes, launched through accelerate (docs/scale-out.md). The global batch is
+    num_processes x batch_size x gradient_accumulation_steps."""
+
+    num_processes: int = Field(1, ge=1, description="processes over all machines, one per GPU (on CPU, each gets "
+                                                    "its share of the cores); 1: train in the stage's own process")
+    backend: Literal["gloo", "nccl"] | None = Field(None, description="collective backend; none: nccl on CUDA GPUs, "
+                                                                      "gloo on CPU")
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: a full copy per process; fsdp: parameters, gradients and optimizer state sharded "
+                           "(FSDP2); deepspeed: ZeRO at zero_stage (needs the deepspeed package)")
+    zero_stage: Literal[1, 2, 3] | None = Field(None, description="strategy deepspeed: what ZeRO shards (1 optimizer "
+                                                                 "state, 2 and gradients, 3 and parameters); none: 2")
+    num_machines: int = Field(1, ge=1, description="machines taking part; every one runs the launch command the "
+                                                   "stage logs (docs/scale-out.md)")
+    main_process: str | None = Field(None, pattern=r"^[^:\s]+:\d{1,5}$",
+                                     description="num_machines > 1: host:port of machine 0's rendezvous")
+
+    @model_validator(mode="after")
+    def _machines_fit(self) -> DistributedConfig:
+        if self.zero_stage is not None and self.strategy != "deepspeed":
+            raise ValueError("zero_stage: only for strategy: deepspeed")
+        if self.strategy != "ddp" and self.num_processes == 1:
+            raise ValueError(f"strategy {self.strategy} shards over processes: set num_processes above 1")
+        if self.num_machines > 1 and self.main_process is None:
+            raise ValueError("num_machines > 1 needs main_process (host:port of machine 0, reachable from the others)")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
+                             f"({self.num_machines}): each machine runs the same number")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_processes > 1
+
+
 class TrainConfig(Strict):
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, ge=1)
@@ -177,6 +213,7 @@ class TrainConfig(Strict):
                                                             "slower steps")
     preference: PreferenceConfig = PreferenceConfig()
     rl: RlConfig = RlConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

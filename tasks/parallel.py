@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect_dask import DaskTaskRunner
 
 from ftcore.config import DaskConfig, RuntimeConfig
@@ -29,11 +30,18 @@ def clean_parts(fn: Callable[[Path], PartResult], parts: list[Path]) -> list[Par
 
 
 def dask_runner(cfg: DaskConfig) -> DaskTaskRunner:
-    if cfg.address:
+    if cfg.address:  # its workers report to the Prefect API their own PREFECT_API_URL names (docs/scale-out.md)
         return DaskTaskRunner(address=cfg.address)
     # Worker processes (not threads): the steps are Python-bound, so only processes run them in parallel.
     return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": ":0", "env": worker_environment()})
+
+
+def worker_environment() -> dict[str, str]:
+    """Local workers report their task runs to this process's Prefect API. Left to themselves, with the embedded
+    defaults (no PREFECT_API_URL), each would start an ephemeral API of its own: seconds per worker, every time."""
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url)}
 
 
 def part_mapper(runtime: RuntimeConfig) -> MapParts:

@@ -27,6 +27,7 @@ def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig, task: s
                       continual=continual, retained_train=retained.train if retained else None)
     m = out.metrics
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
-    get_run_logger().info("trained %d steps in %.1f s%s; loss %.3f -> %.3f", m["steps"], m["runtime_s"], resumed,
-                          m["train_loss_first"], m["train_loss_last"])
+    processes = f" in {m['processes']:.0f} processes ({train.distributed.strategy})" if m["processes"] > 1 else ""
+    get_run_logger().info("trained %d steps%s in %.1f s%s; loss %.3f -> %.3f", m["steps"], processes, m["runtime_s"],
+                          resumed, m["train_loss_first"], m["train_loss_last"])
     return out

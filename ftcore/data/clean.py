@@ -182,6 +182,9 @@ def apply_steps(rows: pd.DataFrame, steps: list[PlannedStep], text_columns: list
         registered = get_step(step.name)
         params = registered.params.model_validate(step.params)
         _check_named_columns(step, params, kept)
+        if kept.empty:  # an earlier step took every row (a part that repeats earlier parts): steps need not cope
+            counts[step.label] = (0, 0, 0)
+            continue
         state = states.setdefault(step.label, {}) if states is not None else {}
         result = registered.fn(Batch(kept, text_columns, state), params)
         if len(result.kept) + len(result.quarantined) != len(kept):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 
+from accelerate.utils import wait_for_everyone
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
@@ -33,7 +34,12 @@ class CommitCheckpoints(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        self.store.commit(state.global_step)
+        # In a distributed run every process writes its part (its RNG state at least): the first process publishes
+        # the checkpoint once all of them are done, and none goes on while it does.
+        wait_for_everyone()
+        if state.is_world_process_zero:
+            self.store.commit(state.global_step)
+        wait_for_everyone()
         return control
 
 

@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE.json"
 # What `Trainer.train(resume_from_checkpoint=...)` restores besides the weights: optimizer, LR scheduler, RNG
-# states, and the trainer state (global step, log history, data position).
-RESUME_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+# states (one file per process in a distributed run, rng_state_<rank>.pth), and the trainer state (global step, log
+# history, data position).
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+_RNG_STATE = re.compile(r"^rng_state(_\d+)?\.pth$")
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -109,6 +111,8 @@ def problem_with(checkpoint: Checkpoint) -> str | None:
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written"
     missing = [name for name in RESUME_FILES if name not in files]
+    if not any(_RNG_STATE.match(name) for name in files):
+        missing.append("rng_state.pth")
     weights = [name for name in files if name.endswith(".safetensors")]
     if missing or not weights:
         return f"{', '.join(missing) or 'the weights (*.safetensors)'} not in the checkpoint"

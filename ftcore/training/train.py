@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from ftcore.config import ContinualConfig, RewardConfig, TrainConfig
 from ftcore.errors import UserError
@@ -30,6 +31,7 @@ from ftcore.outputs import ModelOutput, TrainOutput
 from ftcore.training.analytics import layer_weight_norms, peak_memory_mb, reset_peak_memory
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
 from ftcore.training.continual import anchor_to_start, diagonal_fisher, with_replay
+from ftcore.training.distributed import check_distributed, run_workers, strategy_arguments
 from ftcore.training.examples import read_split, training_dataset
 from ftcore.training.plots import plot_layer_norms, plot_loss
 
@@ -53,6 +55,27 @@ class Objective:
     reward_weights: list[float] = field(default_factory=list)
 
 
+class TrainJob(BaseModel):
+    """Everything one training process needs, as settings and files: the stage trains it in its own process or,
+    with `train.distributed`, hands it to each process it launches (ftcore/training/distributed.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: ModelOutput
+    splits: dict[str, Path]
+    cfg: TrainConfig
+    out_dir: Path
+    task: str = "sft"
+    loss_spec: dict | None = None
+    reward: RewardConfig | None = None
+    reward_model_dir: Path | None = None
+    continual: ContinualConfig | None = None
+    retained_train: Path | None = None
+    checkpoints: Path
+    resume: Path | None = None  # the complete checkpoint to resume from
+    resumed_from: int = 0  # its step
+
+
 def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path, task: str = "sft",
                 loss_spec: dict | None = None, callbacks: Sequence = (), reward: RewardConfig | None = None,
                 reward_model_dir: Path | None = None, continual: ContinualConfig | None = None,
@@ -60,62 +83,27 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
     """Train the init stage's model on the train split for `task`; `loss_spec` is the balance stage's loss.json
     (class weights or focal loss, classification only); `reward` and the reward model's folder are task rl's;
     `continual` replays rows of `retained_train` and anchors the weights (docs/continual.md). `callbacks`
-    (transformers TrainerCallbacks) join the trainer's own, e.g. to watch the steps from a benchmark."""
+    (transformers TrainerCallbacks) join the trainer's own, e.g. to watch the steps from a benchmark; they need the
+    trainer in this process, so not with `cfg.distributed`."""
     check_hardware(cfg)
-    reset_peak_memory()
-    model, tokenizer = load_for_training(base)
-    train_frame, replayed = read_split(splits.get("train")), 0
-    if continual is not None and train_frame is not None:
-        train_frame, replayed = with_replay(train_frame, pd.read_parquet(retained_train), continual.replay, cfg.seed)
-    train_rows, eval_rows = (training_dataset(frame, task, tokenizer, cfg.max_length, base.classes)
-                             for frame in (train_frame, read_split(splits.get("validation"))))
-    if task == "rl":
-        eval_rows = None  # evaluating a policy means sampling answers: the evaluate stage does it once
-    if train_rows is None:
-        raise UserError("data: the train split is empty; add rows or lower data.split.validation/test")
-    if cfg.early_stopping_patience is not None and eval_rows is None:
-        raise UserError("train.early_stopping_patience: the dataset has no validation rows to evaluate; set "
-                        "data.split.validation above 0 or remove early_stopping_patience")
+    if callbacks and cfg.distributed.enabled:
+        raise ValueError("callbacks watch a trainer in this process; train.distributed trains in others")
     store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
     resume = store.latest_complete()
     store.prepare()
-    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store,
-                                       objective(task, base, loss_spec, reward, reward_model_dir))
-    if continual is not None and continual.regularizer is not None:
-        anchor(trainer, tokenizer, continual, retained_train, cfg)
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    resumed_from = resume.step if resume else 0
     if resume is not None:
         log.info("resuming training from %s (step %d)", resume.path, resume.step)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
-    runtime = time.perf_counter() - started
-    eval_loss = _final_eval_loss(trainer, eval_rows)
-    history = [entry for entry in trainer.state.log_history if "step" in entry]
-    write_output(trainer.model, tokenizer, base, history, out_dir)
+    job = TrainJob(base=base, splits=splits, cfg=cfg, out_dir=out_dir, task=task, loss_spec=loss_spec,
+                   reward=reward, reward_model_dir=reward_model_dir, continual=continual,
+                   retained_train=retained_train, checkpoints=store.root, resume=resume and resume.path,
+                   resumed_from=resume.step if resume else 0)
+    try:
+        metrics = run_workers(job) if cfg.distributed.enabled else run_training(job, callbacks)
+    except UserError:
+        if not store.all():  # refused before the first checkpoint: nothing worth keeping for a retry
+            store.remove()
+        raise
     store.remove()  # the output is complete: nothing left to resume
-    losses = [h["loss"] for h in history if "loss" in h] or [result.training_loss]
-    # Mixture-of-experts models: the router's load-balancing loss, which TRL logs as aux_loss.
-    router_loss = [h["aux_loss"] for h in history if "aux_loss" in h]
-    # What this attempt did: a resumed attempt trained only the steps after its checkpoint.
-    share = 1 - resumed_from / result.global_step
-    metrics = {
-        **{name: base.metrics[name] for name in PARAMETER_METRICS},
-        "train_loss": result.training_loss,
-        "train_loss_first": losses[0],
-        "train_loss_last": losses[-1],
-        "steps": result.global_step,
-        "runtime_s": runtime,
-        "samples_per_s": len(train_rows) * cfg.epochs * share / runtime if cfg.max_steps is None else 0.0,
-        "tokens_per_second": (trainer.state.num_input_tokens_seen - analytics.tokens_at_start) / runtime,
-        "peak_memory_mb": peak_memory_mb(),
-        "resumed_from_step": resumed_from,
-        **({} if eval_loss is None else {"eval_loss": eval_loss}),
-        **({"router_aux_loss_last": router_loss[-1]} if router_loss else {}),
-        **alignment_metrics(history),
-        **({} if continual is None else {"replayed_rows": replayed}),
-    }
     return TrainOutput(
         path=out_dir,
         content_hash=hash_dir(out_dir),
@@ -125,6 +113,65 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
         metrics=metrics,
         artifacts={name: out_dir / file for name, file in OUTPUT_ARTIFACTS.items()},
     )
+
+
+def run_training(job: TrainJob, callbacks: Sequence = ()) -> dict[str, float] | None:
+    """Train `job` in this process: alone, or as one of the processes of a distributed run, each on its shard of
+    every global batch. The first process (the only one when alone) writes the output folder and returns the
+    stage's metrics; the others return None."""
+    cfg, task, base = job.cfg, job.task, job.base
+    reset_peak_memory()
+    model, tokenizer = load_for_training(base)
+    train_frame, replayed = read_split(job.splits.get("train")), 0
+    if job.continual is not None and train_frame is not None:
+        train_frame, replayed = with_replay(train_frame, pd.read_parquet(job.retained_train), job.continual.replay,
+                                            cfg.seed)
+    train_rows, eval_rows = (training_dataset(frame, task, tokenizer, cfg.max_length, base.classes)
+                             for frame in (train_frame, read_split(job.splits.get("validation"))))
+    if task == "rl":
+        eval_rows = None  # evaluating a policy means sampling answers: the evaluate stage does it once
+    if train_rows is None:
+        raise UserError("data: the train split is empty; add rows or lower data.split.validation/test")
+    if cfg.early_stopping_patience is not None and eval_rows is None:
+        raise UserError("train.early_stopping_patience: the dataset has no validation rows to evaluate; set "
+                        "data.split.validation above 0 or remove early_stopping_patience")
+    store = CheckpointStore(job.checkpoints, keep=cfg.save_total_limit)
+    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store,
+                                       objective(task, base, job.loss_spec, job.reward, job.reward_model_dir))
+    if job.continual is not None and job.continual.regularizer is not None:
+        anchor(trainer, tokenizer, job.continual, job.retained_train, cfg)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(job.resume) if job.resume else None)
+    runtime = time.perf_counter() - started
+    eval_loss = _final_eval_loss(trainer, eval_rows)  # every process: evaluation gathers from all of them
+    if not trainer.is_world_process_zero():
+        return None
+    history = [entry for entry in trainer.state.log_history if "step" in entry]
+    write_output(trainer.model, tokenizer, base, history, job.out_dir)
+    losses = [h["loss"] for h in history if "loss" in h] or [result.training_loss]
+    # Mixture-of-experts models: the router's load-balancing loss, which TRL logs as aux_loss.
+    router_loss = [h["aux_loss"] for h in history if "aux_loss" in h]
+    # What this attempt did: a resumed attempt trained only the steps after its checkpoint.
+    share = 1 - job.resumed_from / result.global_step
+    return {
+        **{name: base.metrics[name] for name in PARAMETER_METRICS},
+        "train_loss": result.training_loss,
+        "train_loss_first": losses[0],
+        "train_loss_last": losses[-1],
+        "steps": result.global_step,
+        "runtime_s": runtime,
+        "samples_per_s": len(train_rows) * cfg.epochs * share / runtime if cfg.max_steps is None else 0.0,
+        "tokens_per_second": (trainer.state.num_input_tokens_seen - analytics.tokens_at_start) / runtime,
+        "peak_memory_mb": peak_memory_mb(),  # of this process: each of a distributed run's holds its own
+        "resumed_from_step": job.resumed_from,
+        "processes": trainer.args.world_size,
+        **({} if eval_loss is None else {"eval_loss": eval_loss}),
+        **({"router_aux_loss_last": router_loss[-1]} if router_loss else {}),
+        **alignment_metrics(history),
+        **({} if job.continual is None else {"replayed_rows": replayed}),
+    }
 
 
 def write_output(model, tokenizer, base: ModelOutput, history: list[dict], out_dir: Path) -> None:
@@ -150,6 +197,7 @@ def check_hardware(cfg: TrainConfig) -> None:
                         "CPU) or no")
     if cfg.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise UserError("train.mixed_precision: bf16 is not supported by this GPU; use fp16 or no")
+    check_distributed(cfg.distributed)
 
 
 def anchor(trainer, tokenizer, continual: ContinualConfig, retained_train: Path, cfg: TrainConfig) -> None:
@@ -335,6 +383,7 @@ def trainer_arguments(model, cfg: TrainConfig, store: CheckpointStore, eval_rows
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=0,
         disable_tqdm=False,  # else transformers derives it from its log level and prints every log dict instead
+        **strategy_arguments(cfg.distributed, model),
     )
 
 

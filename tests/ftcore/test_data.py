@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from ftcore.config import BalanceConfig, CleanConfig, DataConfig, SplitConfig, StepSpec
-from ftcore.data.clean import clean_and_split, run_steps
+from ftcore.data.clean import apply_steps, clean_and_split, plan_steps, run_steps
 from ftcore.data.collect import collect
 from ftcore.data.split import split_rows
 from ftcore.errors import DataError
@@ -89,6 +89,19 @@ def test_steps_account_for_every_row_with_a_reason():
     assert metrics["drop_duplicates.rows_in"] == 3 and metrics["drop_duplicates.rows_kept"] == 2
     reasons = dict(zip(quarantine["step"], quarantine["reason"], strict=True))
     assert reasons == {"drop_empty": "empty completion", "drop_duplicates": "duplicate of row 0"}
+
+
+def test_a_batch_emptied_by_a_step_skips_the_steps_after_it():
+    """Found by bench/scale_out.py --copies: a part made only of copies of earlier parts is empty after exact
+    deduplication, and near-duplicate detection failed on the empty batch."""
+    steps = [StepSpec(step="drop_duplicates"), StepSpec(step="drop_near_duplicates"), StepSpec(step="drop_empty")]
+    plan, states = plan_steps(steps), {}
+    first = _frame([("What is MI?", "myocardial infarction is a heart attack"), ("What is BP?", "blood pressure")])
+    apply_steps(first, plan, ["prompt", "completion"], states)
+    again = first.set_axis([2, 3])  # the same rows again, as the next part
+    kept, quarantine, counts = apply_steps(again, plan, ["prompt", "completion"], states)
+    assert kept.empty and len(quarantine) == 2
+    assert counts == {"drop_duplicates": (2, 0, 2), "drop_near_duplicates": (0, 0, 0), "drop_empty": (0, 0, 0)}
 
 
 def test_a_step_that_loses_rows_is_caught(monkeypatch):
