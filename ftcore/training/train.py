@@ -146,10 +146,11 @@ def run_training(job: TrainJob, callbacks: Sequence = ()) -> dict[str, float] | 
     result = trainer.train(resume_from_checkpoint=str(job.resume) if job.resume else None)
     runtime = time.perf_counter() - started
     eval_loss = _final_eval_loss(trainer, eval_rows)  # every process: evaluation gathers from all of them
+    trained = whole_model(trainer, base)  # every process: gathering sharded weights is collective
     if not trainer.is_world_process_zero():
         return None
     history = [entry for entry in trainer.state.log_history if "step" in entry]
-    write_output(trainer.model, tokenizer, base, history, job.out_dir)
+    write_output(trained, tokenizer, base, history, job.out_dir)
     losses = [h["loss"] for h in history if "loss" in h] or [result.training_loss]
     # Mixture-of-experts models: the router's load-balancing loss, which TRL logs as aux_loss.
     router_loss = [h["aux_loss"] for h in history if "aux_loss" in h]
@@ -172,6 +173,23 @@ def run_training(job: TrainJob, callbacks: Sequence = ()) -> dict[str, float] | 
         **alignment_metrics(history),
         **({} if job.continual is None else {"replayed_rows": replayed}),
     }
+
+
+def whole_model(trainer, base: ModelOutput):
+    """The trained model with all of its weights. FSDP and DeepSpeed ZeRO-3 leave each process a shard of them:
+    every process takes part in gathering them, and the first loads them into a fresh copy of the model, which
+    saves, merges and measures as a one-process model does. (Run on GPUs only; none was at hand when this was
+    written, see docs/scale-out.md.)"""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not (trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+        return trainer.model
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not trainer.is_world_process_zero():
+        return None
+    model, _ = load_for_training(base)
+    model.load_state_dict(weights)
+    return model
 
 
 def write_output(model, tokenizer, base: ModelOutput, history: list[dict], out_dir: Path) -> None:
