@@ -6,6 +6,7 @@ Must run before Prefect is imported, since Prefect reads its settings at import 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -30,6 +31,11 @@ DEFAULTS = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     # Dask logs every scheduler, nanny and worker start and stop at INFO; the Prefect UI shows the parts' task runs.
     "DASK_LOGGING__DISTRIBUTED": "warning",
+    # ftcore logs through `logging` (it never imports Prefect); this puts its records in the run's Prefect logs,
+    # e.g. the command the other machines of a multi-node training run must run. Outside a run (ftflow export)
+    # they go to the console only.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "ftcore",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 
@@ -39,4 +45,5 @@ def configure_environment() -> None:
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("ftcore").setLevel(logging.INFO)  # what a stage says about its work (resumed from, ...)
     quiet_libraries()

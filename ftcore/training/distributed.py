@@ -18,18 +18,22 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftcore.config import DistributedConfig, TrainConfig
 from ftcore.errors import UserError
 from ftcore.fs import atomic_write_text
+
+if TYPE_CHECKING:  # train.py imports this module
+    from ftcore.training.train import TrainJob
 
 log = logging.getLogger(__name__)
 
 JOB_FILE, RESULT_FILE, ERROR_FILE = "job.json", "result.json", "user_error.txt"
 
 
-def run_workers(job) -> dict[str, float]:
-    """Train `job` (a TrainJob) in `train.distributed.num_processes` processes on this machine (and the other
+def run_workers(job: TrainJob) -> dict[str, float]:
+    """Train `job` in `train.distributed.num_processes` processes on this machine (and the other
     machines, which must run the command logged here) and return the first process's metrics."""
     workdir: Path = job.checkpoints
     job_path, result_path, error_path = workdir / JOB_FILE, workdir / RESULT_FILE, workdir / ERROR_FILE
