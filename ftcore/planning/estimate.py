@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ftcore.config import DistributedConfig
 from ftcore.planning.shape import ModelShape
 
 # How a method trains, as far as memory and compute care. The recipe's method names map onto these in plan.py.
@@ -111,6 +112,19 @@ def training_memory(kind: Kind, shape: ModelShape, trainable: int, setup: Setup)
     adapters = trainable * ADAPTER_BYTES
     return Memory(weights=base + adapters, gradients=adapters, optimizer=ADAMW_STATES * adapters,
                   activations=activations)
+
+
+def per_process(memory: Memory, distributed: DistributedConfig) -> Memory:
+    """What one process of a `train.distributed` run holds. DDP keeps a whole copy in each process; FSDP shards
+    weights, gradients and optimizer state over the processes; ZeRO stage 1 shards the optimizer state, stage 2 the
+    gradients too, stage 3 the weights too. Activations are per process: each runs its own batch_size."""
+    n = distributed.num_processes
+    if n == 1 or distributed.strategy == "ddp":
+        return memory
+    stage = 3 if distributed.strategy == "fsdp" else distributed.zero_stage or 2
+    return Memory(weights=memory.weights / n if stage >= 3 else memory.weights,
+                  gradients=memory.gradients / n if stage >= 2 else memory.gradients,
+                  optimizer=memory.optimizer / n, activations=memory.activations)
 
 
 def training_flops(kind: Kind, shape: ModelShape, trainable: int, tokens: float, context: float) -> float:

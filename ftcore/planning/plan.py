@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ftcore.config import ModelConfig, Recipe, TrainConfig
+from ftcore.config import DistributedConfig, ModelConfig, Recipe, TrainConfig
 from ftcore.errors import UserError
 from ftcore.planning.advisor import (
     FEW_SHOT_MAX_ROWS,
@@ -27,7 +27,14 @@ from ftcore.planning.advisor import (
     recommend,
 )
 from ftcore.planning.data import DataStats, data_stats
-from ftcore.planning.estimate import Kind, Setup, quantized_base_bytes, training_flops, training_memory
+from ftcore.planning.estimate import (
+    Kind,
+    Setup,
+    per_process,
+    quantized_base_bytes,
+    training_flops,
+    training_memory,
+)
 from ftcore.planning.hardware import Hardware, detect_hardware
 from ftcore.planning.shape import (
     DTYPE_BYTES,
@@ -107,7 +114,8 @@ def make_plan(recipe: Recipe, recipe_path: Path, memory_gb: float | None = None)
     advice = recommend(estimates, data.rows_train, recipe.model.source == "pretrained", budget,
                        _variants(planner, specs, estimates))
     mine = estimates[recipe.method.name]
-    advice = Recommendation(advice.method, [*_model_lines(shape, mine), *advice.reasons], advice.settings)
+    lines = [*_model_lines(shape, mine), *_distributed_lines(recipe.train.distributed, hardware), *advice.reasons]
+    advice = Recommendation(advice.method, lines, advice.settings)
     return Plan(str(recipe_path), shape, hardware, data, budget, source, planner.sequences_seen, planner.tokens_seen,
                 estimates, recipe.method.name, advice)
 
@@ -199,8 +207,9 @@ class _Planner:
         """Sequences the trainer processes: max_steps batches when set (it overrides epochs), else every train row
         (or, packed, every max_length of train tokens) once per epoch."""
         train = self.train
-        if train.max_steps:
-            return train.max_steps * train.batch_size * train.gradient_accumulation_steps
+        if train.max_steps:  # batch_size is per process
+            return (train.max_steps * train.batch_size * train.gradient_accumulation_steps
+                    * train.distributed.num_processes)
         if self.data.rows_train is None:
             return None
         rows = self.data.rows_train * train.epochs
@@ -213,6 +222,12 @@ class _Planner:
             return None
         return sequences * (self.train.max_length if self.train.packing else self.data.tokens_per_row)
 
+    def processes_sharing_memory(self, kind: Kind) -> int:
+        """How many training processes the budget must hold: one per GPU, each with its own memory; on the CPU all
+        of a machine's processes share its RAM."""
+        dist = self.train.distributed
+        return 1 if self.hardware.gpus or kind == "few_shot" else dist.num_processes // dist.num_machines
+
     def estimate(self, spec: MethodSpec) -> MethodEstimate:
         data, train, shape = self.data, self.train, self.shape
         if spec.kind == "few_shot":  # the examples in the prompt, then the question
@@ -224,11 +239,13 @@ class _Planner:
         setup = Setup(train.batch_size, seq, DTYPE_BYTES[compute], train.gradient_checkpointing,
                       autocast=train.mixed_precision != "no")
         memory = training_memory(spec.kind, shape, spec.trainable, setup)
+        if spec.kind != "few_shot":
+            memory = per_process(memory, train.distributed)
         flops = None
         if self.tokens_seen is not None:
             tokens = self.tokens_seen + self.sequences_seen * spec.virtual_tokens
             flops = training_flops(spec.kind, shape, spec.trainable, tokens, data.tokens_per_row + spec.virtual_tokens)
-        planned = needs(memory, self.hardware)
+        planned = needs(memory, self.hardware) * self.processes_sharing_memory(spec.kind)
         return MethodEstimate(spec.label, spec.kind, spec.trainable, spec.counted, memory, flops, planned,
                               planned <= self.budget, spec.is_recipe, spec.setting)
 
@@ -241,6 +258,14 @@ def _method_setting(name: str, **options: Any) -> str:
 def _label(method) -> str:
     r = getattr(method, "r", None)
     return method.name if r is None else f"{method.name} r={r}"
+
+
+def _distributed_lines(dist: DistributedConfig, hardware: Hardware) -> list[str]:
+    if not dist.enabled:
+        return []
+    shared = "each process on its own GPU" if hardware.gpus else \
+        f"planned for the {dist.num_processes // dist.num_machines} processes that share this machine's RAM"
+    return [f"train.distributed: {dist.num_processes} {dist.strategy} processes; peaks are per process, {shared}"]
 
 
 def _model_lines(shape: ModelShape, recipe: MethodEstimate) -> list[str]:

@@ -213,3 +213,29 @@ def test_small_budget_on_the_demo_model_picks_qlora_and_says_why():
     # The recommended overrides turn the recipe into the recommended method
     switched = load_recipe(DEMO_RECIPE, [*TINY_OVERRIDES, *tight.recommendation.settings])
     assert switched.method.name == "qlora"
+
+
+def test_a_distributed_recipe_is_planned_per_process():
+    """DDP holds a whole copy per process (on the CPU all of them in one RAM); FSDP shards weights, gradients and
+    optimizer state; ZeRO-2 the gradients and optimizer state; a max_steps run sees num_processes x the batches."""
+    base = [*TINY_OVERRIDES, "method={name: full}", "train.max_steps=10"]
+    one = make_plan(load_recipe(DEMO_RECIPE, base), DEMO_RECIPE)
+    ddp, fsdp, zero2 = (make_plan(load_recipe(DEMO_RECIPE, [*base, f"train.distributed={setting}"]), DEMO_RECIPE)
+                        for setting in ("{num_processes: 2}", "{num_processes: 4, strategy: fsdp}",
+                                        "{num_processes: 4, strategy: deepspeed}"))
+    alone = one.estimates["full"].memory
+    assert ddp.estimates["full"].memory == alone
+    assert ddp.sequences_seen == 2 * one.sequences_seen and fsdp.sequences_seen == 4 * one.sequences_seen
+    if not one.hardware.gpus:  # two processes in one RAM: about twice the plan (the per-process overhead too)
+        assert ddp.estimates["full"].planned_bytes == pytest.approx(2 * one.estimates["full"].planned_bytes,
+                                                                    rel=0.05)
+    sharded = fsdp.estimates["full"].memory
+    assert (sharded.weights, sharded.gradients, sharded.optimizer) == pytest.approx(
+        (alone.weights / 4, alone.gradients / 4, alone.optimizer / 4))
+    assert sharded.activations == alone.activations
+    stage2 = zero2.estimates["full"].memory
+    assert (stage2.weights, stage2.gradients, stage2.optimizer) == pytest.approx(
+        (alone.weights, alone.gradients / 4, alone.optimizer / 4))
+    assert any(line.startswith("train.distributed: 2 ddp processes; peaks are per process")
+               for line in ddp.recommendation.reasons)
+    assert fsdp.estimates["few_shot"].memory == one.estimates["few_shot"].memory  # trains nothing: nothing to shard
