@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftcore.data.sources.config import describe_error
 from ftcore.errors import UserError
@@ -22,6 +22,17 @@ class Schedule(BaseModel):
 
     cron: str
     timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _prefect_accepts_it(self) -> Schedule:
+        """Checked with Prefect's own schedule model now, not when the server is half-way through the deployments."""
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=self.cron, timezone=self.timezone)
+        except ValidationError as e:
+            raise ValueError("; ".join(error["msg"].removeprefix("Value error, ") for error in e.errors())) from None
+        return self
 
 
 class WorkPool(BaseModel):
@@ -69,10 +80,17 @@ def load_deployments(path: Path = PREFECT_FILE, crons: dict[str, str] | None = N
         raise UserError(f"no deployment named {', '.join(sorted(unknown))} in {path}")
     for spec in specs:
         if spec.name in (crons or {}):
-            spec.schedules = [Schedule(cron=crons[spec.name])]
+            spec.schedules = [cli_schedule(spec.name, crons[spec.name])]
         if recipe is not None:
             use_recipe(spec, recipe)
     return specs
+
+
+def cli_schedule(name: str, cron: str) -> Schedule:
+    try:
+        return Schedule(cron=cron)
+    except ValidationError as e:
+        raise UserError(f"--{name}-cron: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def use_recipe(spec: DeploymentSpec, recipe: str) -> None:

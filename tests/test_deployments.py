@@ -82,6 +82,26 @@ def test_a_bad_deployments_file_is_one_line(tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_bad_schedule_is_one_line_before_anything_is_registered(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        before = client.read_deployments()
+    result = CliRunner().invoke(app, ["deploy", "--retrain-cron", "every sunday"])
+    assert result.exit_code == 2
+    assert result.output.strip() == 'error: --retrain-cron: Invalid cron string: "every sunday"'
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text("deployments:\n  - name: x\n    entrypoint: flows/retrain.py:retrain\n"
+                   "    schedules: [{cron: '0 2 * * 0', timezone: Mars/Base}]\n")
+    result = CliRunner().invoke(app, ["deploy", "--file", str(bad)])
+    assert result.exit_code == 2
+    assert "prefect.yaml: deployments.0.schedules.0" in result.output and "Invalid timezone" in result.output
+    with get_client(sync_client=True) as client:
+        # Was: a traceback once the server had registered the deployments before the bad one.
+        assert client.read_deployments() == before
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_breach_of_the_recipe_s_model_triggers_retrain_once_at_a_time(tmp_path):
     """The automation `ftflow deploy` creates: a breach event of the recipe's registered model starts `retrain`;
     its concurrency limit cancels a second run while one is under way. (Events reach automations only on a real
