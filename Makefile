@@ -4,22 +4,39 @@ VENV := .venv
 BIN := $(VENV)/bin
 RECIPE ?= data_recipes/recipes/clinical_qa.yaml
 BENCH_ARGS ?= --repeats 3
+# Every installed version, as the suite last passed on them: installs take it as pip constraints, so a new release
+# of any dependency reaches CI only through a commit that updates this file (`make lock`).
+LOCK := constraints.txt
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint bench bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve bench-scale ui clean install install-dev
+.PHONY: lock run test lint bench bench-pipeline bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale ui clean install install-dev
 
-# Stamp files make installs incremental: pyproject changes trigger a reinstall, nothing else does.
+# Stamp files make installs incremental: a change to pyproject.toml or the lock reinstalls, nothing else does.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $@ $(VENV)/.installed
+
+# Re-resolve pyproject.toml's ranges in a scratch venv and write what they resolve to today into the lock; then run
+# `make test` and commit constraints.txt alone (docs/architecture.md, "Stack"). Local version labels (torch's +cpu)
+# are dropped: the lock pins versions, the machine picks the build.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Written by \`make lock\` on $$(date -u +%F) (Python $$(.venv-lock/bin/python -V | cut -d' ' -f2)); see"; \
+	  echo "# docs/architecture.md, \"Stack\". Commit it alone, after \`make test\` passed on it."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -32,7 +49,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-bench: bench-pipeline bench-data bench-train bench-continual bench-evaluate bench-serve bench-scale
+bench: bench-pipeline bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale
 
 bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
@@ -50,6 +67,11 @@ bench-train: install-dev
 # Continual fine-tuning: forgetting of task A after learning task B, plain against replay, L2-SP and EWC.
 bench-continual: install-dev
 	$(BIN)/python bench/continual.py
+
+# The RLHF chain's RL step over 5 seeds, on this processor's kernels and on AVX2's: what the e2e test's margins rest on.
+bench-rl: install-dev
+	OMP_NUM_THREADS=1 $(BIN)/python bench/rl_margin.py --seeds 0 1 2 3 4
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 $(BIN)/python bench/rl_margin.py --seeds 0 1 2 3 4
 
 # The evaluate stage: 1,000 examples, batched generation against one request at a time, and the whole stage.
 bench-evaluate: install-dev

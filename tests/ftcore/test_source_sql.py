@@ -105,9 +105,9 @@ def test_a_statement_without_rows_is_refused(sqlite_db: Path) -> None:
 
 def test_missing_driver_says_which_url_to_write() -> None:
     if importlib.util.find_spec("psycopg") is not None:
-        pytest.skip("psycopg 3 is installed: postgresql:// has its driver")
-    error = read_error(sql_source("postgresql://ftflow@127.0.0.1:1/db"))
-    assert_one_line(error, "no database driver for 'postgresql'", "write postgresql+psycopg2://")
+        pytest.skip("psycopg 3 is installed: postgresql+psycopg:// has its driver")
+    error = read_error(sql_source("postgresql+psycopg://ftflow@127.0.0.1:1/db"))
+    assert_one_line(error, "no database driver for 'postgresql+psycopg'", "write postgresql+psycopg2://")
 
 
 def test_unset_environment_variable_names_the_variable() -> None:
