@@ -4,10 +4,11 @@ over the same questions.
 The answer to every question is the expansion of the abbreviation it asks about, phrased in several ways, so a
 model that learns the abbreviations answers held-out phrasings exactly. A share of rows is deliberately messy
 (duplicates, empty answers, stray whitespace and HTML markup) so the cleaning stage visibly removes or repairs
-something. The preference pairs (`clinical_preferences.jsonl`, for the reward-model and DPO demos) prefer the right
-expansion to the expansion of another abbreviation. The continual-learning demo splits the abbreviations in two
-tasks (`clinical_abbrev_a.jsonl`, `clinical_abbrev_b.jsonl`); the glossary (`clinical_glossary.json`) is what the
-clinical_terms metric checks answers against, and the canaries (`clinical_canaries.jsonl`) are the questions the
+something. The RL demo's questions (`clinical_rl_prompts.jsonl`) ask about the same abbreviations in phrasings the
+SFT data never uses. The preference pairs (`clinical_preferences.jsonl`, for the reward-model and DPO demos) prefer
+the right expansion to the expansion of another abbreviation. The continual-learning demo splits the abbreviations
+in two tasks (`clinical_abbrev_a.jsonl`, `clinical_abbrev_b.jsonl`); the glossary (`clinical_glossary.json`) is what
+the clinical_terms metric checks answers against, and the canaries (`clinical_canaries.jsonl`) are the questions the
 monitor asks the live endpoint. Deterministic: the committed files are this script's output.
 
     python data_recipes/demo/generate_clinical_qa.py
@@ -71,18 +72,33 @@ TEMPLATES = [
     "The discharge summary mentions {a}. Spell it out.",
 ]
 
+# The RL demo's questions: phrasings the SFT data never uses, so the SFT model is unsure of some answers and the
+# policy has something to learn from its reward (on questions it already answers with certainty, every sampled
+# answer is the same and scores the same: GRPO learns nothing from such a group).
+RL_TEMPLATES = [
+    "What is the meaning of {a}?",
+    "Define {a}.",
+    "{a} is short for what?",
+    "Please expand {a}.",
+    "What is {a} an abbreviation for?",
+    "A nurse wrote {a}. What does it stand for?",
+    "Give the full term for {a}.",
+    "Decode the abbreviation {a}.",
+]
+
 SEED = 0
 OUT = Path(__file__).with_name("clinical_qa.jsonl")
 PREFERENCES = Path(__file__).with_name("clinical_preferences.jsonl")
 GLOSSARY = Path(__file__).with_name("clinical_glossary.json")
 CANARIES = Path(__file__).with_name("clinical_canaries.jsonl")
+RL_PROMPTS = Path(__file__).with_name("clinical_rl_prompts.jsonl")
 
 
-def clean_rows() -> list[dict]:
+def clean_rows(templates: list[str] = TEMPLATES) -> list[dict]:
     return [
         {"question": t.format(a=abbr), "answer": expansion}
         for abbr, expansion in ABBREVIATIONS.items()
-        for t in TEMPLATES
+        for t in templates
     ]
 
 
@@ -134,6 +150,9 @@ def main() -> None:
     print(f"wrote {len(ABBREVIATIONS)} terms to {GLOSSARY}")
     # The monitor's canaries (monitor.canaries in clinical_qa.yaml): questions with known answers.
     write_jsonl(CANARIES, canary_rows())
+    rl_prompts = clean_rows(RL_TEMPLATES)
+    random.Random(SEED + 2).shuffle(rl_prompts)
+    write_jsonl(RL_PROMPTS, rl_prompts)
 
 
 if __name__ == "__main__":

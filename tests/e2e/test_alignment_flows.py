@@ -4,10 +4,8 @@ registered versions record their lineage."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ftcore import tracking
@@ -53,14 +51,19 @@ def test_the_rlhf_chain_trains_sft_then_a_reward_model_then_the_policy_against_i
           f"(longer-answer baseline {rm['length.reward_accuracy']:.3f})")
     assert rm["reward_accuracy"] > max(0.5, rm["length.reward_accuracy"])
 
-    steps = json.loads(Path(rl["stages"]["train"]["artifacts"]["history"]).read_text())
-    rewards = [h["reward"] for h in steps if "reward" in h]
-    quarter = len(rewards) // 4
-    first, last = np.mean(rewards[:quarter]), np.mean(rewards[-quarter:])
-    print(f"RL mean reward over the first quarter of the steps {first:.3f}, the last {last:.3f}")
-    assert last > first
+    # Margins from bench/rl_margin.py: 5 seeds x 2 processors' kernels (AVX-512, AVX2), docs/benchmarks.md.
+    learnt = rl["stages"]["train"]["metrics"]
+    print(f"RL: sampled answers' mean reward {learnt['mean_reward_first']:.3f} over the first quarter of the steps, "
+          f"{learnt['mean_reward_last']:.3f} over the last; {learnt['groups_scored_alike']:.1%} of the prompts' "
+          "answers all scored alike")
+    # GRPO learns from prompts whose sampled answers score differently: measured at most 1% scored alike (97% when
+    # the policy was trained on the SFT model's own questions, where it learnt nothing).
+    assert learnt["groups_scored_alike"] < 0.2
+    assert learnt["mean_reward_last"] - learnt["mean_reward_first"] > 0.03  # measured +0.076 to +0.160
     evaluation = rl["stages"]["evaluate"]["metrics"]
-    assert evaluation["mean_reward"] > evaluation["base.mean_reward"]  # base: the SFT model
+    print(f"greedy answers to the test prompts: mean reward {evaluation['mean_reward']:.3f} against the SFT model's "
+          f"{evaluation['base.mean_reward']:.3f}")
+    assert evaluation["mean_reward"] - evaluation["base.mean_reward"] > 0.01  # measured +0.028 to +0.145
 
     client = tracking.client()
     assert client.get_model_version("clinical-reward", "1").tags["started_from"] == "clinical-qa/1"
