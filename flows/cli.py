@@ -8,33 +8,67 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer 0.29 vendors click: its own classes
+from typer.core import TyperGroup
 
-from flows.settings import configure_environment
+from flows.settings import VERBOSE, check_room, configure_environment, start_embedded_prefect, verbose
 from ftcore.config import STAGES, Stage, load_recipe
 from ftcore.data.sources.config import describe_error
-from ftcore.errors import RecipeError, UserError
+from ftcore.errors import RecipeError, UserError, storage_error
 from ftcore.paths import home
 from ftcore.quiet import quiet_libraries
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune language models as a Prefect flow.")
 console = Console()
 err_console = Console(stderr=True)
 
+
+class OneLineUsageErrors(TyperGroup):
+    """A usage mistake (an option that is not a number, a missing argument, an unknown option) is one `error:` line
+    and exit 2, like every other user error, instead of click's boxed usage text."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as e:
+            where = f" (`{e.ctx.command_path} --help` lists what it takes)" if e.ctx else ""
+            err_console.print(f"[red]error:[/] {e.format_message()}{where}", highlight=False, soft_wrap=True)
+            result = e.exit_code
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  help="Fine-tune language models as a Prefect flow.")
+
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: a.b=value (repeatable).")]
+
+
+@app.callback()
+def options(
+    verbose_: Annotated[bool, typer.Option(
+        "--verbose", envvar=VERBOSE, help="Show the traceback of every error, a user's mistake (exit 2) too.")] = False,
+) -> None:
+    # In the environment, so that Prefect's log records (flows/settings.py) and the processes a run starts see it.
+    os.environ[VERBOSE] = "1" if verbose_ else "0"
 
 
 @app.command()
 def run(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML file; several run in order as a chain.")],
     set_: SetOpt = None,
-    until: Annotated[Stage | None, typer.Option(help="Stop after this stage (one recipe only).")] = None,
+    until: Annotated[str | None, typer.Option(
+        help=f"Stop after this stage (one recipe only): {', '.join(s.value for s in STAGES)}.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
 ) -> None:
     """Run the seven-stage finetune flow on RECIPE; several recipes run in order, each continuing from the models
@@ -42,18 +76,23 @@ def run(
     overrides = set_ or []
     if until is not None and len(recipes) > 1:
         _fail("--until: a chain runs every recipe to the end; give one recipe to stop early")
+    if until is not None and until not in {s.value for s in STAGES}:  # checked here: click's own error is a box
+        _fail(f"--until: {until!r} is not a stage; use one of {', '.join(s.value for s in STAGES)}")
+    stop_after = None if until is None else Stage(until)
     for recipe in recipes:
         loaded = _validated(recipe, overrides)  # fail fast, before Prefect's server starts
-        if until is None or STAGES.index(until) >= STAGES.index(Stage.train):
+        if stop_after is None or STAGES.index(stop_after) >= STAGES.index(Stage.train):
             _check_hardware(loaded, recipe, fail=True)
-    configure_environment()
+    _configure()
     from flows.chain import chain
     from flows.finetune import StageFailed, finetune
     from flows.summary import render_table
 
     try:
+        check_room(home())
+        start_embedded_prefect()
         if len(recipes) == 1:
-            summaries = [finetune(str(recipes[0]), overrides, until)]
+            summaries = [finetune(str(recipes[0]), overrides, stop_after)]
         else:
             summaries = chain([str(r) for r in recipes], overrides)
     except StageFailed as failed:
@@ -63,6 +102,11 @@ def run(
         raise typer.Exit(2 if failed.summary["failure_is_user_error"] else 1) from None
     except UserError as e:
         _fail(str(e))
+    except Exception as e:  # a full or read-only disk anywhere in the run (MLflow's store, a summary) is one line
+        problem = storage_error(e)
+        if problem is None:
+            raise
+        _fail(str(problem))
     for summary in summaries:
         _report(summary, as_json and len(summaries) == 1, render_table)
     if as_json and len(summaries) > 1:
@@ -137,7 +181,7 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False,
 ) -> None:
     """Print the metric differences between two registered versions (B minus A)."""
-    configure_environment()
+    _configure()
     from ftcore.deploy.compare import compare_versions
 
     try:
@@ -175,7 +219,7 @@ def report(
     open_: Annotated[bool, typer.Option("--open/--no-open", help="Open it in the web browser.")] = False,
 ) -> None:
     """Fetch the evaluation report (one HTML file) of RUN_ID from MLflow, write it and print its path."""
-    configure_environment()
+    _configure()
     # One small file: a progress bar is noise, and would add lines to a one-line error.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import tempfile
@@ -260,7 +304,7 @@ def export(
 ) -> None:
     """Export a registered version for deployment (docs/deploy.md): each kind becomes an MLflow model of the
     version's run (exports/KIND, servable with `mlflow models serve`) and is recorded in the version's tags."""
-    configure_environment()
+    _configure()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report is the output
     from typing import get_args
 
@@ -294,7 +338,7 @@ def export(
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
     """Start the MLflow UI on ftflow's store and say how to open Prefect's."""
-    configure_environment()
+    _configure()
     from ftcore import tracking
 
     uri = tracking.tracking_uri()
@@ -325,7 +369,7 @@ def serve(
         help="model, or an export of the version: int8 (8-bit, for CPUs), merged, merged_bf16, adapter.")] = None,
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible completions and chat, classify, health, Prometheus metrics."""
-    configure_environment()
+    _configure()
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ftcore.serve_config import ServeConfig, load_serve_config
@@ -366,7 +410,7 @@ def monitor(
         _fail(f"MODEL_URI: {model_uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
     if window is not None and not re.match(WINDOW_PATTERN, window):
         _fail(f"--window: {window!r} is not a duration such as 90s, 30m, 1h or 1d")
-    configure_environment()
+    _configure()
     quiet_libraries()
 
     try:
@@ -402,7 +446,7 @@ def deploy_flows(
 ) -> None:
     """Register the finetune, retrain and monitor deployments with the Prefect server (PREFECT_API_URL); run them
     with `ftflow worker`."""
-    configure_environment()
+    _configure()
     from flows.deployments import PREFECT_FILE, load_deployments, register
 
     crons = {k: v for k, v in {"retrain": retrain_cron, "monitor": monitor_cron}.items() if v}
@@ -421,7 +465,7 @@ def deploy_flows(
 def serve_flows(file: PrefectFileOpt = None, recipe: RecipeOpt = None) -> None:
     """Serve the finetune, retrain and monitor deployments from this process: schedules and dashboard runs on one
     machine, no work pool or worker needed."""
-    configure_environment()
+    _configure()
     from prefect import serve as prefect_serve
 
     from flows.deployments import PREFECT_FILE, load_deployments, runner_deployments
@@ -436,7 +480,7 @@ def serve_flows(file: PrefectFileOpt = None, recipe: RecipeOpt = None) -> None:
 @app.command()
 def worker(pool: Annotated[str, typer.Option(help="The work pool to take flow runs from.")] = "ftflow-process") -> None:
     """Start a Prefect process worker on POOL (what `ftflow deploy` registered runs there)."""
-    configure_environment()
+    _configure()
     raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
                                       "--type", "process"]))
 
@@ -450,10 +494,24 @@ def _validated(recipe: Path, overrides: list[str]):
         raise typer.Exit(2) from None
 
 
+def _configure() -> None:
+    """The environment checked and completed (flows/settings.py): a bad variable is one line."""
+    try:
+        configure_environment()
+    except UserError as e:
+        _fail(str(e))
+
+
 def _fail(message: str) -> None:
+    if verbose() and sys.exc_info()[1] is not None:  # called while handling the error: show where it came from
+        traceback.print_exc()
     err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

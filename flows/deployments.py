@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftcore.data.sources.config import describe_error
 from ftcore.errors import UserError
+from ftcore.recipe_yaml import read_yaml_file
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "infra" / "prefect.yaml"
@@ -69,10 +69,13 @@ def load_deployments(path: Path = PREFECT_FILE, crons: dict[str, str] | None = N
                      recipe: str | None = None) -> list[DeploymentSpec]:
     """The file's deployments; `crons` replaces a deployment's schedule by name, `recipe` its recipe parameter."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = read_yaml_file(Path(path))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    try:
         specs = PrefectFile.model_validate(raw).deployments
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
     except ValidationError as e:
         raise UserError(f"{path}: " + "; ".join(map(describe_error, e.errors()))) from None
     unknown = set(crons or {}) - {s.name for s in specs}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
+from uuid import UUID
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
@@ -19,8 +21,9 @@ from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
 from ftcore.data.retained import RetainedData, champion_data, file_data, held_out_data
 from ftcore.data.sources.config import FileSource, HfDatasetSource, describe_error
 from ftcore.deploy.publish import MODEL_HASH_TAG
-from ftcore.errors import UserError
+from ftcore.errors import UserError, is_user_error, storage_error
 from ftcore.hashing import hash_dir, hash_file
+from ftcore.locks import Lease, abandoned
 from ftcore.models.registered import ModelRef, pin_reference, pin_registered
 from ftcore.monitor.canaries import question_template
 from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
@@ -32,6 +35,8 @@ from tasks.evaluate import evaluate
 from tasks.init import init
 from tasks.monitor import monitor
 from tasks.train import train
+
+LEASE_TAG = "ftflow.lease"  # a run's MLflow tag: the file its process holds a lock on while it lives
 
 
 class StopPipeline(Exception):
@@ -45,6 +50,14 @@ class StageFailed(Exception):
     def __init__(self, summary: dict):
         self.summary = summary
         super().__init__(summary["failure"])
+
+    @staticmethod
+    def of(summary: dict) -> StageFailed:
+        return (UserStageFailed if summary["failure_is_user_error"] else StageFailed)(summary)
+
+
+class UserStageFailed(StageFailed, UserError):
+    """A stage failed on the user's data, recipe or machine: logged without a traceback (flows/settings.py)."""
 
 
 @flow(name="finetune", log_prints=False, validate_parameters=False)
@@ -105,31 +118,73 @@ def run_options(options: RunOptions | dict | None) -> list[str]:
 def start_run(recipe: Recipe, recipe_path: str) -> RunSummary:
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     recipe_hash = recipe.content_hash()
+    end_killed_runs(recipe.name)
+    lease = Lease(home() / "runs" / run_id / "lease")  # held while this process lives (ftcore/locks.py)
     mlflow_run_id = tracking.start_pipeline_run(
         experiment=recipe.name,
         run_name=f"{recipe.name}-{run_id[:8]}",
         recipe=recipe.model_dump(mode="json"),
         tags={"ftflow.recipe_hash": recipe_hash, "ftflow.recipe_path": str(Path(recipe_path).resolve()),
-              "ftflow.prefect_flow_run_id": run_id, "ftflow.version": ftcore.__version__},
+              "ftflow.prefect_flow_run_id": run_id, "ftflow.version": ftcore.__version__,
+              LEASE_TAG: str(lease.path)},
     )
     return RunSummary(run_id=run_id, mlflow_run_id=mlflow_run_id, recipe_hash=recipe_hash,
-                      recipe_path=str(recipe_path))
+                      recipe_path=str(recipe_path), lease=lease)
+
+
+def end_killed_runs(experiment: str) -> None:
+    """End the recipe's earlier runs whose process died (kill -9, out of memory, a lost machine) without ending
+    them: MLflow would show them RUNNING and Prefect Running forever. A run is dead when its lease is free."""
+    for run in tracking.running_runs(experiment):
+        lease = run["tags"].get(LEASE_TAG)
+        if lease is None or not abandoned(Path(lease)):
+            continue
+        flow_run_id = run["tags"].get("ftflow.prefect_flow_run_id", "")
+        reason = f"its process died before the run ended (found by a later run of {experiment})"
+        tracking.mark_killed(run["run_id"], reason)
+        crashed = crash_flow_run(flow_run_id, reason)
+        get_run_logger().warning("run %s (MLflow run %s) was killed: %s; marked KILLED in MLflow%s", flow_run_id,
+                                 run["run_id"], reason, " and Crashed in Prefect" if crashed else "")
+
+
+def crash_flow_run(flow_run_id: str, reason: str) -> bool:
+    """Set a dead run's Prefect flow run Crashed; False when this Prefect server does not know it (another server,
+    or a run outside Prefect) or it has ended already."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_flow_run(UUID(flow_run_id))
+            if found.state is not None and found.state.is_final():
+                return False
+            client.set_flow_run_state(found.id, Crashed(message=reason), force=True)
+    except (ValueError, ObjectNotFound):
+        return False
+    return True
 
 
 def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
     dataset, deployed = outputs.get(Stage.clean_balance), outputs.get(Stage.deploy)
     if dataset is not None:
         summary.dataset_hash = dataset.content_hash
-        tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": dataset.content_hash})
     if deployed is not None:
         summary.model = {"name": deployed.registered_model, "version": deployed.version,
                          "aliases": deployed.aliases, "uri": deployed.uri}
         summary.gate = {"passed": deployed.gate_passed, "reason": deployed.gate_reason, "rules": deployed.gate_rules}
-    tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)
-    summary.write()
+    # The summary first: on a full disk it is what is written where possible. The lease goes however this ends: a
+    # run still RUNNING after it is one that died, for the next run to end.
+    with closing(summary.lease):
+        try:
+            summary.write()
+        finally:
+            if dataset is not None:
+                tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": dataset.content_hash})
+            tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)
     result = summary.to_dict()
     if not summary.succeeded:
-        raise StageFailed(result)
+        raise StageFailed.of(result)
     return result
 
 
@@ -234,27 +289,36 @@ class StageRunner:
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
             self.summary.record(name, "failed", duration, error=_describe(error, state),
-                                user_error=isinstance(error, UserError))
+                                user_error=is_user_error(error))
             raise StopPipeline
         output = self.outputs[name] = state.result()
         cached = state.name == "Cached"
         self.summary.record(name, "cached" if cached else "completed", duration, output.metrics, output.artifacts)
-        tracking.log_stage_output(self.summary.mlflow_run_id, name, output, cached)
+        try:
+            tracking.log_stage_output(self.summary.mlflow_run_id, name, output, cached)
+        except Exception as e:  # MLflow's store on a full disk: the run stops with its summary, as on a failed stage
+            problem = storage_error(e)
+            if problem is None:
+                raise
+            self.summary.record(name, "failed", duration, error=_describe(problem, state), user_error=True)
+            raise StopPipeline from None
         if self.until is not None and name == self.until.value:
             raise StopPipeline
         return output
 
 
 def _worth_retrying(task, task_run, state) -> bool:
-    """Bad data or a bad recipe fails the same way every time: retry only other (possibly transient) errors."""
-    return not isinstance(state.result(raise_on_failure=False), UserError)
+    """Bad data, a bad recipe or a full disk fails the same way every time: retry only other (possibly transient)
+    errors."""
+    return not is_user_error(state.result(raise_on_failure=False))
 
 
 def _describe(error, state) -> str:
     if isinstance(error, BaseException):
+        error = storage_error(error) or error  # a full disk deep inside a library: say which path, and the fix
         first_line = str(error).splitlines()[0] if str(error) else ""
         return f"{type(error).__name__}: {first_line}"
     return state.message or state.name
 
 
-__all__ = ["StageFailed", "finetune"]
+__all__ = ["StageFailed", "UserStageFailed", "finetune"]

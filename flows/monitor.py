@@ -1,9 +1,9 @@
 """The `monitor` flow: a served model's last window of traffic against its recipe's objectives, on a schedule.
 
 Each run reads the endpoint's request log, asks the canaries, compares live inputs with the training data, writes
-the report (MLflow run in `<model>-monitor`, Prefect artifact) and, on a breach, emits `ftflow.monitor.breach` and
-starts `monitor.retrain.deployment` when the recipe names one. `schedule` makes it a deployment on a cron
-(docs/monitoring.md).
+the report (MLflow run in `<model>-monitor`, Prefect artifact) and, on a breach, emits `ftflow.monitor.breach` and,
+when the version is the champion, starts `monitor.retrain.deployment` if the recipe names one. `schedule` makes it a
+deployment on a cron (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ftcore.errors import UserError
 from ftcore.models.registered import pin_reference
 from ftcore.monitor.canaries import question_template
 from ftcore.monitor_config import parse_window
-from tasks.monitor import announce_breach, check_endpoint, start_retraining
+from tasks.monitor import announce_breach, check_endpoint, is_champion, start_retraining
 
 # JSON-schema patterns (the UI checks them in the browser: no Python-only syntax such as named groups).
 MODEL_PATTERN = r"^models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)$"
@@ -53,7 +53,7 @@ def monitor(
     retrain_run = None
     if a.breaches:
         announce_breach(a.model, a.version, a.breaches, a.metrics, result.files["report"], "schedule")
-        if cfg.retrain is not None:
+        if cfg.retrain is not None and is_champion(a.model, a.version):  # only production's breaches retrain
             retrain_run = start_retraining(cfg.retrain)
     return {"model": a.model, "version": a.version, "metrics": a.metrics, "breaches": a.breaches,
             "not_measured": a.not_measured, "report": str(result.files["report"]),

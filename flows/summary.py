@@ -9,6 +9,7 @@ from typing import Any
 
 from ftcore.config import STAGES
 from ftcore.fs import atomic_write_text
+from ftcore.locks import Lease
 from ftcore.paths import home
 
 # The metrics worth a glance in the terminal; everything is in summary.json and MLflow.
@@ -17,7 +18,7 @@ KEY_METRICS = {
     "clean_balance": ["rows_kept", "rows_quarantined", "rows_train", "rows_test"],
     "init": ["trainable_params", "trainable_fraction"],
     "train": ["steps", "train_loss_first", "train_loss_last", "eval_loss", "eval_reward_accuracy", "mean_reward_first",
-              "mean_reward_last", "replayed_rows"],
+              "mean_reward_last", "groups_scored_alike", "replayed_rows"],
     "evaluate": ["base.exact_match", "fewshot.exact_match", "champion.exact_match", "exact_match", "base.perplexity",
                  "perplexity", "tfidf.macro_f1", "macro_f1", "length.reward_accuracy", "reward_accuracy",
                  "base.mean_reward", "mean_reward", "toxic_rate", "forgetting.exact_match", "forgetting.perplexity"],
@@ -41,6 +42,7 @@ class RunSummary:
     gate: dict[str, Any] | None = None
     failure: str | None = None
     failure_is_user_error: bool = False
+    lease: Lease | None = field(default=None, repr=False, compare=False)  # held while the run lives; not written
 
     def record(self, stage: str, status: str, duration_s: float, metrics=None, artifacts=None, error=None,
                user_error: bool = False) -> None:

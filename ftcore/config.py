@@ -27,7 +27,7 @@ from ftcore.alignment_config import (  # noqa: F401  re-exported: the recipe's a
     RewardFunctionSpec,
     RlConfig,
 )
-from ftcore.data.sources.config import Fraction, Strict, describe_error
+from ftcore.data.sources.config import MAX_RETRIES, MAX_WAIT_S, Fraction, Seed, Strict, describe_error
 from ftcore.data_config import (  # noqa: F401  re-exported: the recipe's data sections, split from here
     FORMAT_COLUMNS,
     LABEL_COLUMN,
@@ -60,6 +60,7 @@ from ftcore.evaluate_config import (  # noqa: F401  re-exported: the recipe's ev
 from ftcore.hashing import hash_obj
 from ftcore.method_config import LoraMethod, MethodConfig
 from ftcore.monitor_config import MonitorConfig  # re-exported: the recipe's monitor section
+from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_yaml, read_yaml_file
 
 
 class Stage(StrEnum):
@@ -109,7 +110,7 @@ class ScratchModelConfig(Strict):
     # a scratch model learns in a few epochs instead of plateauing (measured on the demo, 8 epochs: test
     # perplexity 1.9 vs 102.9, exact match 0.63 vs 0.27).
     initializer_range: float = Field(0.1, gt=0, description="std of the random initial weights")
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ScratchModelConfig:
@@ -187,7 +188,8 @@ class DistributedConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: float = Field(3, gt=0)
+    # Bounded: the trainer turns epochs into a step count (1e400 is inf and overflows; 1e300 never ends).
+    epochs: float = Field(3, gt=0, le=10_000)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -197,7 +199,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_length: int = Field(128, ge=8)
     logging_steps: int = Field(10, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     # Evaluation, checkpoints and throughput options (docs/training.md).
     eval_steps: int | None = Field(
         None, ge=1, description="evaluate on the validation split every N steps; none: once, at the end")
@@ -248,8 +250,9 @@ class RuntimeConfig(Strict):
 
 
 class StagesConfig(Strict):
-    retries: int = Field(2, ge=0)
-    retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles on each further retry")
+    retries: int = Field(2, ge=0, le=MAX_RETRIES)
+    retry_delay_s: float = Field(2.0, ge=0, le=MAX_WAIT_S, description="first retry delay; doubles on each further "
+                                                                        "retry")
 
 
 class Recipe(Strict):
@@ -302,6 +305,16 @@ class Recipe(Strict):
             raise ValueError(f"model.start: adapter continues the champion's adapter, which method {self.method.name} "
                              "cannot (lora, qlora, ia3, loha, lokr and adapter can; dora, prompt learning and full "
                              "cannot); use start: merged")
+        return self
+
+    @model_validator(mode="after")
+    def _exports_fit_the_method(self) -> Recipe:
+        # Known from the recipe alone, so refused here rather than by the deploy stage after training.
+        from ftcore.deploy.export import planned_export_problems
+
+        problems = planned_export_problems(self.method, self.deploy.exports)
+        if problems:
+            raise ValueError("deploy.exports: " + "; ".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -425,29 +438,40 @@ class Recipe(Strict):
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe file, apply `a.b=value` overrides (values parsed as YAML) and validate it.
 
-    Raises RecipeError listing every problem as `FILE: field.path: what was expected`.
+    Raises RecipeError listing every problem as `FILE: field.path: what was expected` (or `FILE: line N: ...` for
+    YAML that cannot be read): a bad override does not hide the fields' own problems.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError([f"{path}: is a folder; give the recipe's YAML file in it"])
     if not path.is_file():
         raise RecipeError([f"{path}: recipe file not found"])
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RecipeError([f"{path}: not valid YAML: {e}".replace("\n", " ")]) from None
+        raw = read_yaml_file(path)
+    except OSError as e:
+        raise RecipeError([f"{path}: cannot read the recipe ({e.strerror})"]) from None
+    except ValueError as e:
+        raise RecipeError([f"{path}: {e}"]) from None
     if not isinstance(raw, dict):
-        raise RecipeError([f"{path}: a recipe is a YAML mapping (name: ..., data: ..., ...)"])
+        raise RecipeError([f"{path}: a recipe is a YAML mapping (name: ..., data: ..., ...), not "
+                           f"{_yaml_kind(raw)}"])
     problems = []
     for item in overrides or []:
         try:
             apply_override(raw, item)
         except ValueError as e:
             problems.append(f"{path}: --set {item}: {e}")
+    try:
+        recipe = Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
+    except ValidationError as e:
+        problems += [f"{path}: {describe_error(err)}" for err in e.errors()]
     if problems:
         raise RecipeError(problems)
-    try:
-        return Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
-    except ValidationError as e:
-        raise RecipeError([f"{path}: {describe_error(err)}" for err in e.errors()]) from None
+    return recipe
+
+
+def _yaml_kind(value: Any) -> str:
+    return "an empty file" if value is None else f"a {'list' if isinstance(value, list) else 'single value'}"
 
 
 def apply_override(tree: dict, item: str) -> None:
@@ -456,25 +480,34 @@ def apply_override(tree: dict, item: str) -> None:
     if not sep or not key.strip():
         raise ValueError("expected KEY=VALUE, e.g. train.learning_rate=1e-4")
     parts = key.strip().split(".")
+    if len(parts) > MAX_DEPTH:  # the value's own nesting is bounded by parse_yaml
+        raise ValueError(f"a path of {len(parts)} fields; recipes nest at most {MAX_DEPTH} levels")
     node: Any = tree
     for i, part in enumerate(parts):
-        last = i == len(parts) - 1
+        here = ".".join(parts[: i + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ValueError(f"{'.'.join(parts[: i + 1])}: index out of range")
+                raise ValueError(f"{here}: {'.'.join(parts[:i])} is a list of {len(node)}: give an index from 0 to "
+                                 f"{len(node) - 1}")
             part = int(part)
-        elif not isinstance(node, dict):
-            raise ValueError(f"{'.'.join(parts[:i])} is not a mapping")
-        if last:
+        if i == len(parts) - 1:
             node[part] = _parse_value(value)
-        else:
-            if isinstance(node, dict) and not isinstance(node.get(part), dict | list):
-                node[part] = {}
-            node = node[part]
+            return
+        child = node.get(part) if isinstance(node, dict) else node[part]
+        if child is None:  # absent or null: the override fills it in
+            child = node[part] = {}
+        elif not isinstance(child, dict | list):
+            raise ValueError(f"{here} is a single value ({type(child).__name__}), not a mapping or list, so it has no "
+                             f"field {parts[i + 1]!r}")
+        node = child
 
 
 def _parse_value(value: str) -> Any:
+    """An override's value as YAML; text that is not YAML stays text, but YAML a recipe refuses (a duplicate key,
+    too deep or too large) is an error."""
     try:
-        return yaml.safe_load(value)
+        return parse_yaml(value)
+    except Refused as e:
+        raise ValueError(describe_yaml_error(e, value)) from None
     except yaml.YAMLError:
         return value

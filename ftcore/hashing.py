@@ -27,14 +27,25 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_hashes(path: Path) -> dict[str, str]:
+    """Each file's hash by its path relative to `path` (POSIX form), in path order."""
+    root = Path(path)
+    return {file.relative_to(root).as_posix(): hash_file(file)
+            for file in sorted(p for p in root.rglob("*") if p.is_file())}
+
+
+def hash_files(hashes: dict[str, str]) -> str:
+    """The folder hash of `file_hashes`' answer (or of a part of it)."""
+    digest = hashlib.sha256()
+    for name in sorted(hashes, key=lambda n: n.split("/")):  # Path order (by parts), as hashes were always made
+        digest.update(name.encode())
+        digest.update(hashes[name].encode())
+    return digest.hexdigest()
+
+
 def hash_dir(path: Path) -> str:
     """Hash of every file's relative path and content, so renames and edits both change it."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(root).as_posix().encode())
-        digest.update(hash_file(file).encode())
-    return digest.hexdigest()
+    return hash_files(file_hashes(path))
 
 
 def short(digest: str) -> str:

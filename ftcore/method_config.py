@@ -15,7 +15,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from ftcore.data.sources.config import Fraction, Strict
+from ftcore.data.sources.config import Fraction, Seed, Strict
 
 
 def bitsandbytes_installed() -> bool:
@@ -33,7 +33,7 @@ class FullMethod(Strict):
 class PeftMethod(Strict):
     """A method that wraps the base with a PEFT adapter."""
 
-    seed: int = Field(0, description="seed of the adapter's initial weights")
+    seed: Seed = Field(0, description="seed of the adapter's initial weights")
 
 
 class LoraMethod(PeftMethod):

@@ -13,10 +13,20 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ftcore.data.sources.config import Fraction, Strict, existing_relative
+from ftcore.data.sources.config import (
+    MAX_WAIT_S,
+    Fraction,
+    Seed,
+    Strict,
+    check_http_url_secrets,
+    existing_relative,
+    parse_sql_url,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The request log is read back this far at most; beyond it a window is a typo (and soon overflows a timedelta).
+MAX_WINDOW = timedelta(days=366)
 
 
 def parse_window(value: Any) -> Any:
@@ -24,7 +34,10 @@ def parse_window(value: Any) -> Any:
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None:
         return value
-    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds > MAX_WINDOW.total_seconds():  # also keeps timedelta() from overflowing
+        raise ValueError(f"{value!r} is longer than {MAX_WINDOW.days} days")
+    return timedelta(seconds=seconds)
 
 
 class Objectives(Strict):
@@ -49,7 +62,7 @@ class DriftConfig(Strict):
     min_inputs: int = Field(20, ge=2, description="fewer logged inputs than this: drift is not measured (too few to "
                                                   "tell drift from chance)")
     max_rows: int = Field(1000, ge=10, description="inputs drawn (seeded) from each side at most")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class RetrainConfig(Strict):
@@ -73,7 +86,7 @@ class MonitorConfig(Strict):
     retrain: RetrainConfig | None = Field(None, description="a deployment the scheduled flow starts on a breach")
     probe_size: int = Field(20, ge=1, description="pipeline stage: test-split requests sent to the new version")
     max_new_tokens: int = Field(32, ge=1, description="max_tokens of each probe and canary request")
-    timeout_s: float = Field(30.0, gt=0, description="per request to the endpoint")
+    timeout_s: float = Field(30.0, gt=0, le=MAX_WAIT_S, description="per request to the endpoint")
 
     @field_validator("window", mode="before")
     @classmethod
@@ -83,8 +96,8 @@ class MonitorConfig(Strict):
     @field_validator("window")
     @classmethod
     def _positive(cls, v: timedelta) -> timedelta:
-        if v <= timedelta(0):
-            raise ValueError("window must be positive, e.g. 30m, 1h or 1d")
+        if not timedelta(0) < v <= MAX_WINDOW:
+            raise ValueError(f"window must be positive and at most {MAX_WINDOW.days} days, e.g. 30m, 1h or 1d")
         return v
 
     @field_validator("canaries")
@@ -97,4 +110,15 @@ class MonitorConfig(Strict):
     def _http_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError(f"{v!r}: give the endpoint's base URL, e.g. http://127.0.0.1:8000")
+        if v is not None:
+            check_http_url_secrets(v)  # the token comes from $FTFLOW_SERVE_TOKEN
         return v.rstrip("/") if v else v
+
+    @field_validator("request_log")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        # The URL is opened as written (placeholders are not resolved here) and logged with the recipe.
+        if url is not None and parse_sql_url(url).password is not None:
+            raise ValueError("the URL contains a password; leave request_log unset and give the URL in "
+                             "$FTFLOW_REQUEST_LOG_URL in the monitor's environment")
+        return url

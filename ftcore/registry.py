@@ -15,13 +15,15 @@ from importlib.metadata import entry_points
 from typing import TypeVar
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from ftcore.data.sources.config import RecipeModel
 
 ENTRY_POINT_GROUP = "ftflow.cleaning_steps"
 T = TypeVar("T")
 
 
-class StepParams(BaseModel):
+class StepParams(RecipeModel):
     """Base class of a step's parameters; unknown keys in the recipe are errors."""
 
     model_config = ConfigDict(extra="forbid")

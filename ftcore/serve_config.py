@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from ftcore.data.sources.config import Strict, describe_error
 from ftcore.errors import UserError
 from ftcore.paths import home
+from ftcore.recipe_yaml import read_yaml_file
 
 TOKEN_ENV = "FTFLOW_SERVE_TOKEN"  # where the bearer token comes from when --token is not given: never a file
 # The request log's URL when the config names none: a production database URL carries a password, so it comes from
@@ -43,6 +43,11 @@ class LimitsConfig(Strict):
     max_new_tokens: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_batch_inputs: int = Field(64, ge=1, description="prompts (or texts to classify) in one request")
+    # A client that sends its request slowly holds a connection (and a file descriptor) meanwhile: both phases are
+    # bounded, so that idle or trickling connections cannot pile up (408).
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="from the connection (or the last answer on "
+                                                                    "it) until the request's headers are complete")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="from the headers until the body is complete")
 
 
 class RequestLogConfig(Strict):
@@ -71,9 +76,11 @@ def load_serve_config(path: Path | None) -> ServeConfig:
     if path is None:
         return ServeConfig()
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read the serving config ({str(e).splitlines()[0]})") from None
+        raw = read_yaml_file(Path(path)) or {}
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the serving config ({e.strerror})") from None
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
     try:
         return ServeConfig.model_validate(raw)
     except ValidationError as e:

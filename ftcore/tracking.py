@@ -7,6 +7,7 @@ Prefect runs tasks in worker threads and MLflow's fluent "active run" is thread-
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -14,11 +15,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ftcore.hashing import file_hashes
+from ftcore.locks import file_lock
 from ftcore.paths import home
 
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+# A version's tag: the hash of each file registered (JSON, {path: sha256}), so that a copy fetched later is checked.
+FILES_TAG = "files"
 
 
 def tracking_uri() -> str:
@@ -36,8 +41,22 @@ def client():
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
-        home().mkdir(parents=True, exist_ok=True)
+        _set_up_sqlite_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@functools.cache
+def _set_up_sqlite_store(uri: str) -> None:
+    """Create (or migrate) the SQLite store's schema under a lock beside the database, once per process: MLflow
+    creates it when a store is first opened, and two processes doing so at once on a new database make one crash
+    (`duplicate column name`, `table _alembic_tmp_params already exists`)."""
+    from mlflow import MlflowClient
+
+    database = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    with file_lock(database.with_name(f".{database.name}.lock")):
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        c.search_experiments(max_results=1)  # opens the tracking store: creates its tables
+        c.search_registered_models(max_results=1)  # and the registry's
 
 
 # --- runs ------------------------------------------------------------------------------------------------------
@@ -46,9 +65,7 @@ def client():
 def start_pipeline_run(experiment: str, run_name: str, recipe: dict, tags: dict[str, str]) -> str:
     """Create the MLflow run of one pipeline execution, with the resolved recipe as artifact and flat params."""
     c = client()
-    exp = c.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=_artifact_location())
-    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    run = c.create_run(_experiment_id(c, experiment), run_name=run_name, tags=tags)
     run_id = run.info.run_id
     from mlflow.entities import Param
 
@@ -59,6 +76,23 @@ def start_pipeline_run(experiment: str, run_name: str, recipe: dict, tags: dict[
     return run_id
 
 
+def _experiment_id(c, name: str) -> str:
+    """The experiment's id, created when missing; another process creating it at the same moment (two first runs
+    of a recipe) is no error."""
+    from mlflow.exceptions import MlflowException
+
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=_artifact_location())
+    except MlflowException:
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 def _artifact_location() -> str | None:
     # Only the embedded store needs one; a tracking server decides its own artifact store.
     return artifact_root() if tracking_uri().startswith("sqlite:") else None
@@ -66,6 +100,23 @@ def _artifact_location() -> str | None:
 
 def end_pipeline_run(run_id: str, succeeded: bool) -> None:
     client().set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")
+
+
+def running_runs(experiment: str) -> list[dict[str, Any]]:
+    """`{run_id, tags}` of the experiment's runs that MLflow still shows as RUNNING."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = c.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    return [{"run_id": r.info.run_id, "tags": dict(r.data.tags)} for r in runs]
+
+
+def mark_killed(run_id: str, reason: str) -> None:
+    """End a run whose process died: status KILLED, and the reason as its `ftflow.ended` tag."""
+    c = client()
+    c.set_tag(run_id, "ftflow.ended", reason)
+    c.set_terminated(run_id, status="KILLED")
 
 
 def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dict[str, Path], cached: bool) -> None:
@@ -122,23 +173,58 @@ def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
 # --- registry --------------------------------------------------------------------------------------------------
 
 
-def register_version(run_id: str, name: str, model_dir: Path, tags: dict[str, str]) -> str:
-    """Log `model_dir` as the run's `model` artifact and register it as a new version of `name`."""
+def register_version(run_id: str, name: str, model_dir: Path, tags: dict[str, str],
+                     identity: str | None = None) -> str:
+    """Log `model_dir` as the run's `model` artifact and register it as a new version of `name`, tagged with its
+    files' hashes (FILES_TAG).
+
+    With `identity` (a tag key, e.g. the model's content hash), the version whose tag already holds the same value
+    is returned instead, as it is: the same model registered twice (two runs at once, or a re-run whose model is
+    unchanged) gives one version. The look-up and the registration hold a lock in FTFLOW_HOME, so runs that share
+    it never both register; runs on other machines that share only the tracking server still can."""
     from mlflow.exceptions import MlflowException
 
+    tags = {**tags, FILES_TAG: json.dumps(file_hashes(model_dir), separators=(",", ":"))}
     c = client()
-    c.log_artifacts(run_id, str(model_dir), artifact_path="model")
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name, description="Fine-tuned by ftflow")
-    source = f"{c.get_run(run_id).info.artifact_uri}/model"
-    version = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    with _registry_lock():
+        existing = _version_with_tag(name, identity, tags[identity]) if identity in tags else None
+        if existing is not None:
+            return existing
+        c.log_artifacts(run_id, str(model_dir), artifact_path="model")
+        try:
+            c.get_registered_model(name)
+        except MlflowException:
+            c.create_registered_model(name, description="Fine-tuned by ftflow")
+        source = f"{c.get_run(run_id).info.artifact_uri}/model"
+        version = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
     return str(version.version)
 
 
+def _version_with_tag(name: str, key: str, value: str) -> str | None:
+    """The oldest version of `name` whose tag `key` is `value`."""
+    versions = client().search_model_versions(f"name = '{name}' and tags.`{key}` = '{value}'")
+    return min((str(v.version) for v in versions), key=int, default=None)
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
-    client().set_registered_model_alias(name, alias, version)
+    with _registry_lock():  # MLflow's SQL store checks and inserts an alias in two steps: runs at once collide
+        client().set_registered_model_alias(name, alias, version)
+
+
+def move_alias(name: str, alias: str, version: str, expected: str | None) -> str | None:
+    """Point `alias` at `version` only if it points at `expected` (None: nowhere) or at `version` already: compare
+    and set, atomic for the runs that share FTFLOW_HOME. Returns where it pointed before."""
+    with _registry_lock():
+        found = version_for_alias(name, alias)
+        current = found["version"] if found else None
+        if current == expected:
+            client().set_registered_model_alias(name, alias, version)
+    return current
+
+
+def _registry_lock():
+    """Registry changes that read then write hold this lock; MLflow's registry has no compare-and-set of its own."""
+    return file_lock(home() / "locks" / "registry.lock")
 
 
 def version_for_alias(name: str, alias: str) -> dict[str, Any] | None:
@@ -164,6 +250,12 @@ def version_exists(name: str, version: str) -> bool:
 
 def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(client().get_model_version(name, version).tags)
+
+
+def registered_files(name: str, version: str) -> dict[str, str] | None:
+    """The version's files and their hashes as registered; None for a version registered before ftflow kept them."""
+    files = version_tags(name, version).get(FILES_TAG)
+    return json.loads(files) if files else None
 
 
 def version_run_id(name: str, version: str) -> str:
@@ -216,16 +308,21 @@ def aliases_of(name: str, version: str) -> list[str]:
 
 def download_version(name: str, version: str, dst: Path) -> Path:
     """Download a registered version's files (a model folder) as the new folder `dst`, atomically: they are fetched
-    beside it and renamed into place."""
+    beside it and renamed into place. Files missing from the artifact store raise FileNotFoundError."""
     import tempfile
 
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     source = client().get_model_version_download_uri(name, version)  # models:/ URIs would need the global registry
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
-        Path(mlflow.artifacts.download_artifacts(source, dst_path=tmp, tracking_uri=tracking_uri())).rename(dst)
+        try:
+            fetched = Path(mlflow.artifacts.download_artifacts(source, dst_path=tmp, tracking_uri=tracking_uri()))
+        except (MlflowException, OSError) as e:
+            raise FileNotFoundError(f"{source}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        fetched.rename(dst)
     return dst
 
 
@@ -288,9 +385,7 @@ def log_monitor_run(experiment: str, run_name: str, metrics: dict[str, float], a
     """One finished run per monitor pass in `experiment` (e.g. `clinical-qa-monitor`): metrics under their own
     names, the report files at the run's root, the outcome as tags. Returns the run id."""
     c = client()
-    exp = c.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=_artifact_location())
-    run_id = c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+    run_id = c.create_run(_experiment_id(c, experiment), run_name=run_name, tags=tags).info.run_id
     _log_metrics(run_id, [(k, v, 0) for k, v in metrics.items()])
     for path in artifacts:
         c.log_artifact(run_id, str(path))

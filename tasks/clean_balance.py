@@ -1,10 +1,6 @@
-import sys
-
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-import ftcore.data
-import ftcore.registry
 from ftcore.config import BalanceConfig, CleanConfig, DataConfig, RuntimeConfig
 from ftcore.data.augment import augmenter_modules
 from ftcore.data.clean import clean_and_split
@@ -22,12 +18,11 @@ def plugin_hash(clean: CleanConfig, balance: BalanceConfig) -> str:
     augmenters it uses (data engineers' code), and the encoder folder smote embeds with."""
     steps = discover_steps()
     modules = {steps[s.step].module for s in clean.steps} | set(augmenter_modules(balance.augment.operations))
-    code = source_hash(sorted((sys.modules[m] for m in modules), key=lambda m: m.__name__))
+    code = source_hash(modules)
     return code + (hash_dir(encoder_dir(balance.embedding_model)) if balance.strategy == "smote" else "")
 
 
-@stage_task("clean_balance", code=[ftcore.data, ftcore.registry],
-            plugin_code=lambda params: plugin_hash(params["clean"], params["balance"]))
+@stage_task("clean_balance", plugin_code=lambda params: plugin_hash(params["clean"], params["balance"]))
 def clean_balance(
     collected: DatasetOutput, clean: CleanConfig, balance: BalanceConfig, data: DataConfig, runtime: RuntimeConfig
 ) -> DatasetOutput:

@@ -1,9 +1,5 @@
 from prefect import get_run_logger
 
-import ftcore.config
-import ftcore.data.collect
-import ftcore.data.formats
-import ftcore.data.sources
 from ftcore.config import DataConfig, RuntimeConfig
 from ftcore.data.collect import collect as collect_sources
 from ftcore.outputs import DatasetOutput
@@ -12,7 +8,7 @@ from tasks.common import stage_inputs, stage_task
 from tasks.secrets import register_prefect_secrets
 
 
-@stage_task("collect", code=[ftcore.data.collect, ftcore.data.formats, ftcore.data.sources, ftcore.config])
+@stage_task("collect")
 def collect(data: DataConfig, source_hashes: dict[str, str], runtime: RuntimeConfig) -> DatasetOutput:
     """Read every source into one canonical table. `source_hashes` ties the cache to the sources' content."""
     register_prefect_secrets()

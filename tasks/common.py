@@ -1,33 +1,36 @@
 """How every stage task is built: a persisted result and a cache key from what determines the stage's output.
 
 The key hashes the task's inputs (config slices and upstream references, which carry content hashes), and the
-source code of the ftcore modules the stage runs. Inputs that identify the current execution, such as the MLflow
-run id, are left out so that an unchanged stage hits the cache on the next run.
+code the stage runs: every project module its task module reaches by imports, and their data files
+(tasks/code_closure.py). Inputs that identify the current execution, such as the MLflow run id, are left out so that
+an unchanged stage hits the cache on the next run.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from prefect import task
 from pydantic import BaseModel
 
 from ftcore.hashing import hash_bytes, hash_obj
+from tasks.code_closure import code_hash
 
 # Parameters that differ on every execution, or say where it runs, and do not change what the stage produces.
 PER_EXECUTION = frozenset({"mlflow_run_id", "run_tags", "runtime"})
 
 
-def source_hash(modules: list[ModuleType]) -> str:
-    """Hash of the source files of the given modules. A package counts with every file under it: submodules and
-    the resources they read (an abbreviation dictionary, a synonym list)."""
+def source_hash(module_names: Iterable[str]) -> str:
+    """Hash of the source files of the named (imported) modules: code a recipe picks by name, which no import of
+    the stage's leads to. A package counts with every file under it: submodules and the resources they read (an
+    abbreviation dictionary, a synonym list)."""
     files: set[Path] = set()
-    for module in modules:
-        path = Path(inspect.getfile(module))
+    for name in set(module_names):
+        path = Path(inspect.getfile(sys.modules[name]))
         package_files = (p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         files.update(package_files if path.name == "__init__.py" else [path])
     return hash_bytes(b"".join(f.read_bytes() for f in sorted(files)))
@@ -45,16 +48,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def stage_task(
-    name: str, code: list[ModuleType], plugin_code: Callable[[dict[str, Any]], str] | None = None
-) -> Callable:
-    """Decorator: a Prefect task for stage `name`, cached on its inputs and on the source of `code` modules.
+def stage_task(name: str, plugin_code: Callable[[dict[str, Any]], str] | None = None) -> Callable:
+    """Decorator: a Prefect task for stage `name`, cached on its inputs and on the code closure of its module.
 
-    `plugin_code(parameters)` adds the source hash of code chosen by the recipe (e.g. data engineers' steps).
+    `plugin_code(parameters)` adds the source hash of code chosen by the recipe (e.g. data engineers' steps), which
+    no import of the stage's leads to.
     """
 
     def decorate(fn: Callable) -> Callable:
-        code_digest = hash_bytes((source_hash(code) + inspect.getsource(fn)).encode())
+        code_digest = code_hash(fn.__module__)
 
         def cache_key(_context, parameters: dict[str, Any]) -> str:
             inputs = {k: jsonable(v) for k, v in parameters.items() if k not in PER_EXECUTION}

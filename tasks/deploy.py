@@ -1,7 +1,5 @@
 from prefect import get_run_logger
 
-import ftcore.deploy
-import ftcore.tracking
 from ftcore.config import GateRule
 from ftcore.deploy.publish import publish
 from ftcore.evaluate_config import ExportKind
@@ -10,7 +8,7 @@ from ftcore.paths import stage_dir
 from tasks.common import stage_inputs, stage_task
 
 
-@stage_task("deploy", code=[ftcore.deploy, ftcore.tracking])
+@stage_task("deploy")
 def deploy(
     trained: TrainOutput,
     evaluation: EvalOutput,

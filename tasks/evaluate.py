@@ -1,11 +1,9 @@
 import json
-import sys
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-import ftcore.evaluation
-import ftcore.safety
+from ftcore.alignment.rewards import reward_modules
 from ftcore.config import EvaluateConfig, RewardConfig, TrainConfig
 from ftcore.data.retained import RetainedData
 from ftcore.evaluation.cross_validation import cross_validate
@@ -18,14 +16,14 @@ from ftcore.paths import stage_dir
 from tasks.common import source_hash, stage_inputs, stage_task
 
 
-def plugin_hash(evaluate: EvaluateConfig) -> str:
-    """The source of the domain metrics the recipe uses (data engineers' code) joins the cache key."""
-    modules = {get_domain_metric(name).module for name in evaluate.domain_metric_names}
-    return source_hash(sorted((sys.modules[m] for m in modules), key=lambda m: m.__name__))
+def plugin_hash(evaluate: EvaluateConfig, reward: RewardConfig | None) -> str:
+    """The source of the domain metrics and reward functions the recipe uses (data engineers' code) joins the
+    cache key."""
+    return source_hash({get_domain_metric(name).module for name in evaluate.domain_metric_names}
+                       | reward_modules(reward))
 
 
-@stage_task("evaluate", code=[ftcore.evaluation, ftcore.safety],
-            plugin_code=lambda params: plugin_hash(params["evaluate"]))
+@stage_task("evaluate", plugin_code=lambda params: plugin_hash(params["evaluate"], params.get("reward")))
 def evaluate(base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput, evaluate: EvaluateConfig,
              task: str, title: str, train: TrainConfig, reward: RewardConfig | None = None,
              reward_model: ModelRef | None = None,
@@ -41,7 +39,7 @@ def evaluate(base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput, ev
                                                  title=title, reward=reward, reward_model=reward_model,
                                                  train=train if evaluate.cross_validation else None,
                                                  forgetting_set=forgetting_set and forgetting_set.fingerprint,
-                                                 start=start, champion=champion, plugins=plugin_hash(evaluate)))
+                                                 start=start, champion=champion, plugins=plugin_hash(evaluate, reward)))
     models = {}
     # A classifier's or reward model's base, and a language model it started from, have no trained head to compare.
     if task not in ("classification", "reward_model"):

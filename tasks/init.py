@@ -1,6 +1,5 @@
 from prefect import get_run_logger
 
-import ftcore.models
 from ftcore.config import MethodConfig, ModelConfig
 from ftcore.models.init import init_model
 from ftcore.models.registered import ModelRef
@@ -9,7 +8,7 @@ from ftcore.paths import stage_dir
 from tasks.common import stage_inputs, stage_task
 
 
-@stage_task("init", code=[ftcore.models])
+@stage_task("init")
 def init(model: ModelConfig, method: MethodConfig, dataset: DatasetOutput, task: str,
          start: ModelRef | None = None) -> ModelOutput:
     """Build or load the base model and tokenizer (with a classification head for task classification, a reward

@@ -1,6 +1,6 @@
 """The monitor: the pipeline's stage (the new version served and probed) and the scheduled flow's pass (the live
-endpoint's request log over a window), with what a breach sets off: a Prefect event, and for the scheduled flow the
-retraining deployment when the recipe names one."""
+endpoint's request log over a window), with what a breach sets off: a Prefect event, and for the scheduled flow's pass
+over the champion the retraining deployment when the recipe names one."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
-import ftcore.monitor
-import ftcore.serving
+from ftcore import tracking
 from ftcore.errors import UserError
 from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.hashing import hash_file
@@ -28,6 +27,9 @@ from ftcore.paths import stage_dir
 from tasks.common import stage_inputs, stage_task
 
 BREACH_EVENT = "ftflow.monitor.breach"
+# The breach event's resource labels that the retraining automation matches (infra/prefect.yaml): which monitor
+# measured (`pipeline` or `schedule`), and whether the version is the champion when the breach is reported.
+SOURCE_LABEL, CHAMPION_LABEL = "ftflow.monitor.source", "ftflow.model.champion"
 
 
 def canaries_hash(parameters: dict) -> str:
@@ -36,7 +38,7 @@ def canaries_hash(parameters: dict) -> str:
     return hash_file(path) if path is not None else ""
 
 
-@stage_task("monitor", code=[ftcore.monitor, ftcore.serving], plugin_code=canaries_hash)
+@stage_task("monitor", plugin_code=canaries_hash)
 def monitor(deployed: DeployOutput, dataset: DatasetOutput, monitor: MonitorConfig,
             toxicity: ToxicityScreenConfig | None, prompt_template: str | None) -> MonitorOutput:
     """Serve the newly registered version, send it the test inputs and the canaries, and check that traffic against
@@ -82,11 +84,19 @@ def log_outcome(metrics: dict[str, float], breaches: list[str]) -> None:
 
 def announce_breach(name: str, version: str, breaches: list[str], metrics: dict[str, float], report: Path,
                     source: str) -> None:
-    """The `ftflow.monitor.breach` event: an automation can act on it (page someone, start a deployment)."""
+    """The `ftflow.monitor.breach` event: an automation can act on it (page someone, start a deployment). Its
+    resource says which monitor measured and whether the version is the champion, so that retraining follows only
+    the scheduled pass over the champion: the pipeline's stage judges a version trained a moment ago (retraining it
+    would loop), and a version that is not the champion (an experiment, a challenger) serves no production traffic."""
     emit_event(event=BREACH_EVENT,
                resource={"prefect.resource.id": f"ftflow.model.{name}", "prefect.resource.name": name,
-                         "ftflow.model.version": version},
-               payload={"breaches": breaches, "metrics": metrics, "report": str(report), "source": source})
+                         "ftflow.model.version": version, SOURCE_LABEL: source,
+                         CHAMPION_LABEL: str(is_champion(name, version)).lower()},
+               payload={"breaches": breaches, "metrics": metrics, "report": str(report)})
+
+
+def is_champion(name: str, version: str) -> bool:
+    return tracking.CHAMPION in tracking.aliases_of(name, version)
 
 
 def start_retraining(retrain: RetrainConfig) -> str:

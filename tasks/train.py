@@ -2,17 +2,17 @@ import json
 
 from prefect import get_run_logger
 
-import ftcore.training
+from ftcore.alignment.rewards import reward_modules
 from ftcore.config import ContinualConfig, RewardConfig, TrainConfig
 from ftcore.data.retained import RetainedData
 from ftcore.models.registered import ModelRef, model_folder
 from ftcore.outputs import DatasetOutput, ModelOutput, TrainOutput
 from ftcore.paths import stage_dir
 from ftcore.training.train import train_model
-from tasks.common import stage_inputs, stage_task
+from tasks.common import source_hash, stage_inputs, stage_task
 
 
-@stage_task("train", code=[ftcore.training])
+@stage_task("train", plugin_code=lambda params: source_hash(reward_modules(params.get("reward"))))
 def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig, task: str, reward: RewardConfig | None = None,
           reward_model: ModelRef | None = None, continual: ContinualConfig | None = None,
           retained: RetainedData | None = None) -> TrainOutput:
@@ -28,6 +28,10 @@ def train(base: ModelOutput, dataset: DatasetOutput, train: TrainConfig, task: s
     m = out.metrics
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
     processes = f" in {m['processes']:.0f} processes ({train.distributed.strategy})" if m["processes"] > 1 else ""
-    get_run_logger().info("trained %d steps%s in %.1f s%s; loss %.3f -> %.3f", m["steps"], processes, m["runtime_s"],
-                          resumed, m["train_loss_first"], m["train_loss_last"])
+    # Online RL's loss is about 0 by construction (rewards minus their group's mean): its progress is the reward.
+    progress = (f"sampled answers' reward {m['mean_reward_first']:.3f} -> {m['mean_reward_last']:.3f}, "
+                f"{m['groups_scored_alike']:.0%} of prompts' answers all scored alike"
+                if "groups_scored_alike" in m else f"loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}")
+    get_run_logger().info("trained %d steps%s in %.1f s%s; %s", m["steps"], processes, m["runtime_s"], resumed,
+                          progress)
     return out

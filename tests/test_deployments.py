@@ -79,6 +79,10 @@ def test_a_bad_deployments_file_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["deploy", "--file", str(bad)])
     assert result.exit_code == 2
     assert "prefect.yaml: deployments.0.entrypoint: String should match pattern" in result.output
+    bad.write_text("deployments: []\ndeployments: []\n")
+    result = CliRunner().invoke(app, ["deploy", "--file", str(bad)])
+    assert result.exit_code == 2
+    assert "prefect.yaml: line 2, column 1: duplicate key 'deployments'" in result.output
 
 
 @pytest.mark.usefixtures("prefect_harness")

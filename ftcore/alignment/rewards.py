@@ -13,17 +13,22 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from ftcore.data.sources.config import RecipeModel
 from ftcore.errors import DataError
 from ftcore.registry import load_plugins, lookup
+
+if TYPE_CHECKING:
+    from ftcore.alignment_config import RewardConfig
 
 ENTRY_POINT_GROUP = "ftflow.reward_functions"
 
 
-class RewardParams(BaseModel):
+class RewardParams(RecipeModel):
     """Base class of a reward function's parameters; unknown keys in the recipe are errors."""
 
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +77,11 @@ def discover_rewards() -> dict[str, RegisteredReward]:
 
 def get_reward_function(name: str) -> RegisteredReward:
     return lookup("reward function", name, discover_rewards())
+
+
+def reward_modules(reward: RewardConfig | None) -> set[str]:
+    """The modules of the reward functions `reward` uses (their source belongs in a cache key)."""
+    return {get_reward_function(spec.function).module for spec in reward.functions} if reward else set()
 
 
 def score(name: str, params: dict, prompts: Sequence[str], completions: Sequence[str],

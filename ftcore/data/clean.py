@@ -27,7 +27,7 @@ from ftcore.data.card import collect_card_stats, render_data_card
 from ftcore.data.formats import HOLDOUT, TASK
 from ftcore.data.parquet_io import ParquetSink, frame_hash, iter_frames, num_rows, read_column
 from ftcore.data.sources.config import FileSource
-from ftcore.data.split import SPLITS, assign_splits, format_for_model, mix_tasks
+from ftcore.data.split import SPLITS, assign_splits, check_classes, format_for_model, mix_tasks
 from ftcore.errors import DataError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_obj
@@ -242,6 +242,8 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
     labels = _concat_column(kept_parts, strata) if strata else None
     holdout = _concat_column(kept_parts, HOLDOUT).to_numpy(dtype=bool)
     assignment = assign_splits(len(holdout), labels, holdout, data.split, data.test_fraction)
+    if data.format == "text_label":
+        check_classes(labels, assignment)
     rebalance = needs_balancing(balance) or bool(data.tasks)
     # The train split is balanced before the templates are applied, so resampling and augmentation see raw text.
     def prepare(name: str, rows: pd.DataFrame) -> pd.DataFrame:

@@ -4,7 +4,8 @@ their source, and write one versioned Parquet table.
 Rows of `data.test_sources` come first and are flagged `holdout`: they always form the test split, and because the
 cleaning steps see them first, a training row that duplicates a test row is the one quarantined (no leakage).
 Rows that cannot be parsed or used are quarantined (step `collect`, with the source, line number and reason)
-instead of aborting the load; rows in = rows kept + rows quarantined, as in every other step.
+instead of aborting the load; rows in (what the readers returned) = rows kept + rows quarantined, checked as in
+every other step.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def collect(cfg: DataConfig, out_dir: Path, batch_rows: int = 10_000) -> Dataset
             ParquetSink(tmp / QUARANTINE, QUARANTINE_COLUMNS) as quarantine:
         labelled = [("data.test_sources", s, True) for s in cfg.test_sources] + \
                    [("data.sources", s, False) for s in cfg.sources]
-        first_reason = None
+        first_reason, rows_read = None, 0
         for field, source, holdout in labelled:
             seen = rows.rows + quarantine.rows
             for chunk in read_source(source, batch_rows):
                 kept, bad = to_canonical(chunk, source, cfg.format, holdout)
+                rows_read += len(chunk.rows) + len(chunk.bad)
                 if len(kept):
                     rows.write(kept)
                 if len(bad):
@@ -43,6 +45,9 @@ def collect(cfg: DataConfig, out_dir: Path, batch_rows: int = 10_000) -> Dataset
                 index = (cfg.test_sources if holdout else cfg.sources).index(source)
                 raise DataError(f"{field}[{index}] ({source.label()}): no rows; check that the source has data "
                                 f"(an empty file, table or response)")
+        if rows_read != rows.rows + quarantine.rows:  # what the readers returned is what is kept or quarantined
+            raise DataError(f"data.sources: {rows_read} rows read but {rows.rows} kept + {quarantine.rows} "
+                            f"quarantined; rows would be lost, so nothing is published (report this as a bug)")
         if rows.rows == 0:
             raise DataError(f"data.sources: none of the {quarantine.rows} rows read could be used (first problem: "
                             f"{first_reason}); check the sources' columns and data.format")
@@ -51,7 +56,7 @@ def collect(cfg: DataConfig, out_dir: Path, batch_rows: int = 10_000) -> Dataset
         content_hash=rows.content_hash,
         splits={"all": out_dir / COLLECTED},
         rows=rows.rows,
-        metrics={"rows_in": rows.rows + quarantine.rows, "rows_kept": rows.rows,
+        metrics={"rows_in": rows_read, "rows_kept": rows.rows,
                  "rows_quarantined": quarantine.rows, "sources": len(cfg.sources) + len(cfg.test_sources)},
         artifacts={"dataset": out_dir / COLLECTED, "quarantine": out_dir / QUARANTINE},
     )

@@ -8,6 +8,7 @@ import re
 import pandas as pd
 from pydantic import Field
 
+from ftcore.data.sources.config import Seed
 from ftcore.registry import Batch, StepParams, StepResult, cleaning_step
 
 _WORD = re.compile(r"\w+")
@@ -18,7 +19,7 @@ class DropNearDuplicatesParams(StepParams):
     columns: list[str] | None = Field(None, description="default: all text columns, joined")
     shingle_words: int = Field(3, ge=1, description="words per shingle")
     num_perm: int = Field(128, ge=16, description="MinHash permutations: more is more exact and slower")
-    seed: int = 1
+    seed: Seed = 1
 
 
 def _shingles(text: str, n: int) -> set[bytes]:

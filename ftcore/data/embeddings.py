@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ftcore.errors import DataError
-from ftcore.models.load import packaged_model
+from ftcore.models.load import load_local, packaged_model
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH_SIZE = 64
@@ -58,7 +58,6 @@ def embed_texts(texts: list[str], model_dir: Path) -> np.ndarray:
 @lru_cache(maxsize=2)
 def _encoder(model_dir: Path):
     """Loaded once per process: the train, validation and test splits are embedded by the same encoder."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    return tokenizer, AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    return load_local(AutoModel, model_dir, "balance.embedding_model")

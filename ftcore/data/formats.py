@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 from collections.abc import Callable
 
 import pandas as pd
@@ -90,6 +91,9 @@ def _convert(values: pd.Series, convert: Callable) -> tuple[pd.Series, pd.Series
         except Unusable as e:
             out.append(None)
             reasons.append(str(e))
+        except RecursionError:  # a value nested deeper than Python can walk (or parse, for messages as JSON text)
+            out.append(None)
+            reasons.append("nested too deeply to read")
     return pd.Series(out, index=values.index, dtype=object), pd.Series(reasons, index=values.index, dtype=object)
 
 
@@ -196,7 +200,17 @@ def _kind(value) -> str:
 
 
 def _raw(row: pd.Series) -> str:
-    return json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False, default=str)[:RAW_CHARS]
+    values = {k: _plain(v) for k, v in row.items()}
+    try:
+        return json.dumps(values, ensure_ascii=False, default=str)[:RAW_CHARS]
+    except RecursionError:  # a value nested too deeply for JSON: its first levels are the text to keep
+        return _shallow(values)[:RAW_CHARS]
+
+
+def _shallow(values: dict) -> str:
+    writer = reprlib.Repr()
+    writer.maxlevel, writer.maxstring, writer.maxother = 20, RAW_CHARS, RAW_CHARS
+    return writer.repr(values)
 
 
 def _plain(value):

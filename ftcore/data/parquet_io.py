@@ -49,6 +49,10 @@ class ParquetSink:
         self._digest: hashlib._Hash | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            # An empty frame's column types are pandas' guesses (an empty text column mapped becomes float64):
+            # written as null, which unifies with whatever type the same column has in other files.
+            frame = frame.astype(object)
         if self.schema is None:
             self.schema = pa.Table.from_pandas(frame, preserve_index=False).schema
         if self._writer is None:

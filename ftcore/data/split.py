@@ -9,6 +9,7 @@ import pandas as pd
 
 from ftcore.config import LABEL_COLUMN, DataConfig, SplitConfig
 from ftcore.data.formats import TASK
+from ftcore.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 
@@ -33,6 +34,21 @@ def assign_splits(n: int, labels: pd.Series | None, holdout: np.ndarray, cfg: Sp
         assignment[shuffled[:n_test]] = "test"
         assignment[shuffled[n_test: n_test + n_val]] = "validation"
     return assignment
+
+
+def check_classes(labels: pd.Series, assignment: np.ndarray) -> None:
+    """A classifier needs two classes in its train split: with one it learns nothing, and evaluate's baseline cannot
+    even be fitted. Refused here, before any training, naming the classes and their rows."""
+    counts = labels.value_counts()
+    if len(counts) < 2:
+        raise DataError(f"clean_balance: the label column has one class ({counts.index[0]!r}) in all {counts.iloc[0]} "
+                        f"rows kept; classification needs at least two: check the sources' label column")
+    in_train = labels[assignment == "train"].value_counts()
+    if len(in_train) < 2:
+        others = ", ".join(f"{label!r}: {n} row(s)" for label, n in counts.items() if label not in in_train)
+        raise DataError(f"clean_balance: the train split has {len(in_train)} class(es) "
+                        f"({', '.join(map(repr, in_train.index))}); the rows of the others ({others}) all went to the "
+                        f"test and validation splits (or come from data.test_sources): add rows of those classes")
 
 
 def split_rows(rows: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:

@@ -24,9 +24,16 @@ from ftcore import tracking
 from ftcore.deploy.fidelity import Fidelity, scorable_metrics, split_scores
 from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
 from ftcore.errors import UserError
-from ftcore.hashing import hash_dir
+from ftcore.hashing import file_hashes, hash_dir, hash_files
+from ftcore.method_config import MethodConfig
 from ftcore.models.load import load_model, load_tokenizer, load_trained, saved_classes
-from ftcore.models.peft_methods import EXPORTED_ADAPTER, TRAINED_ADAPTER, attach_adapter, unmerged_base
+from ftcore.models.peft_methods import (
+    EXPORTED_ADAPTER,
+    TRAINED_ADAPTER,
+    attach_adapter,
+    can_merge,
+    unmerged_base,
+)
 from ftcore.models.registered import ModelRef, model_folder, pin_reference
 from ftcore.paths import home
 
@@ -111,17 +118,29 @@ class ExportReport:
 
 def unavailable(kind: str, model: VersionModel) -> str | None:
     """Why the version cannot give this kind of export, in one line; None when it can."""
-    if kind == "adapter" and model.adapter is None:
-        return f"method {model.method} has no adapter: it trains every weight; export merged, merged_bf16 or int8"
-    if kind == "adapter" and model.method == "dora":
+    return _unavailable(kind, model.method, model.adapter is not None, model.merged)
+
+
+def planned_export_problems(method: MethodConfig, kinds: list[str]) -> list[str]:
+    """What check_kinds will refuse for a version trained with `method`: the recipe's exports checked before any
+    stage runs. The train stage merges the adapters that can be merged and keeps the others apart."""
+    full = method.name == "full"
+    merged = full or can_merge(method)
+    return [problem for kind in kinds if (problem := _unavailable(kind, method.name, not full, merged))]
+
+
+def _unavailable(kind: str, method: str, has_adapter: bool, merged: bool) -> str | None:
+    if kind == "adapter" and not has_adapter:
+        return f"method {method} has no adapter: it trains every weight; export merged, merged_bf16 or int8"
+    if kind == "adapter" and method == "dora":
         return ("method dora: the adapter alone cannot be loaded back, since the base it attaches to cannot be "
                 "recovered from the merged version (DoRA's merge rescales by a norm that is not saved); export "
                 "merged, merged_bf16 or int8")
-    if kind in MERGED_DTYPES and not model.merged:
-        if model.method in PROMPT_LEARNING:
-            return (f"method {model.method} is prompt learning: its virtual tokens cannot be merged into the base; "
+    if kind in MERGED_DTYPES and not merged:
+        if method in PROMPT_LEARNING:
+            return (f"method {method} is prompt learning: its virtual tokens cannot be merged into the base; "
                     "export adapter or int8, or serve the version as it is")
-        return (f"method {model.method} (a bottleneck adapter) cannot be merged: a non-linearity sits between its "
+        return (f"method {method} (a bottleneck adapter) cannot be merged: a non-linearity sits between its "
                 "projections; export adapter or int8, or serve the version as it is")
     return None
 
@@ -150,7 +169,7 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
                 ratio = weight_bytes(out) / float32_bytes(model.weight_files())
                 fidelity = int8_fidelity(model, classifier, out, test, tolerance)
             uri = log_export(run_id, kind, out, classifier, test)
-            records[kind] = ExportRecord(uri, weight_bytes(out), str(manifest_hash(out)))
+            records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
     report = ExportReport(records, ratio, fidelity)
     if fidelity is not None and not fidelity.within_tolerance:
         log.warning("%s/%s: %s", name, version, fidelity.describe())
@@ -235,25 +254,38 @@ def log_export(run_id: str, kind: str, folder: Path, classifier: bool, test: pd.
                                [Path(ftcore.__file__).parent])
 
 
-def manifest_hash(folder: Path) -> str | None:
-    path = Path(folder) / MANIFEST
-    return json.loads(path.read_text())["hash"] if path.is_file() else None
+def export_hash(folder: Path) -> str | None:
+    """The content hash of an export's files, its manifest aside (what the manifest and the version's tag record);
+    None when there is no such folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    return hash_files({name: digest for name, digest in file_hashes(folder).items() if name != MANIFEST})
 
 
 def fetch_export(name: str, version: str, kind: str, dst: Path) -> Path:
     """The version's `kind` export as the folder `dst` (for `load_export`), downloaded from its run unless `dst`
-    already holds it (the same content hash as the version's tag)."""
+    already holds it. Either copy is checked against the content hash in the version's tag: a damaged one in the
+    artifact store is a one-line error."""
     dst = Path(dst)
+    uri = f"models:/{name}/{version}"
     expected = tracking.version_tags(name, version).get(f"export.{kind}.hash")
+    remake = f"make it again with `ftflow export {uri} --kind {kind}`"
     if expected is None:
-        raise UserError(f"models:/{name}/{version} has no {kind} export; make it with "
-                        f"`ftflow export models:/{name}/{version} --kind {kind}`")
-    if manifest_hash(dst) == expected:
+        raise UserError(f"{uri} has no {kind} export; make it with `ftflow export {uri} --kind {kind}`")
+    if export_hash(dst) == expected:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
         run_id = tracking.version_run_id(name, version)
-        downloaded = tracking.download_run_artifact(run_id, f"{EXPORTS}/{kind}/artifacts/{WEIGHTS}", Path(tmp))
+        try:
+            downloaded = tracking.download_run_artifact(run_id, f"{EXPORTS}/{kind}/artifacts/{WEIGHTS}", Path(tmp))
+        except FileNotFoundError as e:
+            raise UserError(f"{uri}: its {kind} export cannot be fetched from the artifact store ({e}); "
+                            f"{remake}") from None
+        if export_hash(downloaded) != expected:
+            raise UserError(f"{uri}: its {kind} export in the artifact store is not what was exported (missing, "
+                            f"damaged or truncated files); {remake}")
         if dst.exists():
             shutil.rmtree(dst)
         downloaded.rename(dst)

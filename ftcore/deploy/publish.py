@@ -13,11 +13,13 @@ import pandas as pd
 from ftcore import tracking
 from ftcore.deploy.export import VersionModel, check_kinds, export_version
 from ftcore.deploy.gate import GateDecision, Reference, decide, not_again
+from ftcore.errors import UserError
 from ftcore.evaluate_config import GateRule
 from ftcore.evaluation.scores import metric_key
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
+from ftcore.tensors import non_finite_weights
 
 MODEL_HASH_TAG = "model_hash"  # a version's tag: the content hash of the train stage's output it registered
 REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic regression baseline",
@@ -40,7 +42,9 @@ def publish(
     test_split: Path | None = None,
 ) -> DeployOutput:
     """`exports` are built after the version is registered (an adapter export names it as its base) and scored on
-    `test_split`; a kind the method cannot give fails before anything is registered."""
+    `test_split`; a kind the method cannot give, or a weight that is not finite, fails before anything is
+    registered."""
+    check_finite(trained.model_path)
     check_kinds(VersionModel.read(trained.model_path), list(exports))
     champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
     if champion and champion["tags"].get(MODEL_HASH_TAG) == trained.content_hash:
@@ -51,15 +55,16 @@ def publish(
         reference = gate_reference(primary.metric, evaluation, champion)
         reference_name = reference.name
         decision = decide(gate, evaluation.metrics, reference)
-    version = tracking.register_version(
-        mlflow_run_id,
-        registered_model,
-        trained.model_path,
-        tags={**tags, **version_metric_tags(evaluation.metrics), **gate_tags(decision)},
-    )
+    decision_tags = {**version_metric_tags(evaluation.metrics), **gate_tags(decision)}
+    # The same trained model (MODEL_HASH_TAG) registered before, by another run or at once with this one, is that
+    # version again: one model, one version.
+    version = tracking.register_version(mlflow_run_id, registered_model, trained.model_path,
+                                        tags={**tags, **decision_tags}, identity=MODEL_HASH_TAG)
     tracking.set_alias(registered_model, tracking.CHALLENGER, version)
     if decision.passed:
         decision = promote(registered_model, version, compared_version(evaluation, champion), decision)
+        if decision.passed and tracking.version_run_id(registered_model, version) != mlflow_run_id:
+            tracking.set_version_tags(registered_model, version, decision_tags)  # the decision that promoted it
     test = pd.read_parquet(test_split) if test_split is not None else None
     exported = export_version(trained.model_path, registered_model, version, mlflow_run_id, list(exports), test,
                               int8_tolerance)
@@ -88,6 +93,14 @@ def publish(
     )
 
 
+def check_finite(model_path: Path) -> None:
+    """Refuse a model with a NaN or infinite weight: it answers nothing, and registering it could make it champion.
+    The train stage stops at the first one; this guards what reaches deploy by another way (an older output)."""
+    if (bad := non_finite_weights(model_path)) is not None:
+        raise UserError(f"deploy: {model_path}/{bad} holds NaN or infinite values, so the model is not registered; "
+                        f"train it again with a lower train.learning_rate")
+
+
 def compared_version(evaluation: EvalOutput, champion: dict | None) -> str | None:
     """The champion version the gate compared with: the one scored beside the candidate (pinned when the run
     started), else the one whose recorded score it used; None when it compared with a baseline (no champion)."""
@@ -99,17 +112,16 @@ def compared_version(evaluation: EvalOutput, champion: dict | None) -> str | Non
 def promote(name: str, version: str, compared: str | None, decision: GateDecision) -> GateDecision:
     """Move champion to `version` only if it still points at the version the gate compared with (compare and set):
     another run that promoted its own version meanwhile is not overwritten by a candidate that never faced it.
-    MLflow's registry offers no atomic compare-and-set, so a window of one registry call remains."""
-    current = tracking.version_for_alias(name, tracking.CHAMPION)
-    found = current["version"] if current else None
-    if found != compared:
-        faced = f"v{compared}" if compared else "the baseline (no champion then)"
-        reason = (f"the gate passed against {faced}, but champion moved to v{found} meanwhile (another run "
-                  f"promoted it); v{version} stays challenger: run again to face v{found}")
-        tracking.set_version_tags(name, version, {"gate.passed": "False", "gate.reason": reason})
-        return replace(decision, passed=False, reason=reason)
-    tracking.set_alias(name, tracking.CHAMPION, version)
-    return decision
+    The compare and the set are atomic for runs sharing FTFLOW_HOME (tracking.move_alias); runs on other machines
+    sharing only a tracking server keep a window of one registry call (MLflow has no compare-and-set)."""
+    found = tracking.move_alias(name, tracking.CHAMPION, version, expected=compared)
+    if found in (compared, version):  # moved now, or by a run that registered the same model at once with this one
+        return decision
+    faced = f"v{compared}" if compared else "the baseline (no champion then)"
+    reason = (f"the gate passed against {faced}, but champion moved to v{found} meanwhile (another run "
+              f"promoted it); v{version} stays challenger: run again to face v{found}")
+    tracking.set_version_tags(name, version, {"gate.passed": "False", "gate.reason": reason})
+    return replace(decision, passed=False, reason=reason)
 
 
 def version_metric_tags(metrics: dict[str, float]) -> dict[str, str]:

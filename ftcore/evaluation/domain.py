@@ -15,14 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from ftcore.data.sources.config import RecipeModel
 from ftcore.registry import load_plugins, lookup
 
 ENTRY_POINT_GROUP = "ftflow.metrics"
 
 
-class MetricParams(BaseModel):
+class MetricParams(RecipeModel):
     """Base class of a domain metric's parameters; unknown keys in the recipe are errors."""
 
     model_config = ConfigDict(extra="forbid")

@@ -20,6 +20,7 @@ from ftcore.models.peft_methods import (
     load_base,
     parameter_counts,
     quantization_config,
+    save_adapter,
     unmerged_base,
     write_method_spec,
 )
@@ -63,7 +64,7 @@ def init_model(model_cfg: ModelConfig, method_cfg: MethodConfig, dataset: Datase
             wrapped = apply_method(model, method_cfg, tokenizer)
         adapter_path = None
         if wrapped is not model:
-            wrapped.save_pretrained(tmp / "adapter")
+            save_adapter(wrapped, tmp / "adapter")
             adapter_path = out_dir / "adapter"
         write_method_spec(method_cfg, tmp)
         trainable, total = parameter_counts(wrapped)

@@ -7,18 +7,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from safetensors import SafetensorError
+
 from ftcore.errors import UserError
 
 T = TypeVar("T")
 
 
-def _loaded(what: str, name_or_path: str | Path, load: Callable[[], T]) -> T:
-    """Turn the many ways a load fails (no such folder, no config, offline hub) into one line for the user."""
+def _loaded(what: str, name_or_path: str | Path, load: Callable[[], T], field: str = "model.name_or_path") -> T:
+    """Turn the many ways a load fails (no such folder, no config, no safetensors, a damaged or truncated one, offline
+    hub) into one line for the user, naming the recipe `field` that points at the model."""
     try:
         return load()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise UserError(
-            f"model.name_or_path: cannot load the {what} from {str(name_or_path)!r} ({str(e).splitlines()[0]}); "
+            f"{field}: cannot load the {what} from {str(name_or_path)!r} ({str(e).splitlines()[0]}); "
             f"give a local folder with config.json, tokenizer files and *.safetensors, or a hub id where a hub is "
             f"reachable"
         ) from None
@@ -94,6 +97,18 @@ def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classe
         torch.manual_seed(0)
     return _loaded("model", name_or_path, lambda: auto.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs))
+
+
+def load_local(auto_class, folder: str | Path, field: str):
+    """A helper model (a toxicity scorer, a sentence encoder) and its tokenizer from a local folder, for inference.
+    Safetensors only, like every model ftflow loads: a pickled `.bin` runs code when it is loaded."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _loaded("tokenizer", folder, lambda: AutoTokenizer.from_pretrained(folder, local_files_only=True),
+                        field)
+    model = _loaded("model", folder, lambda: auto_class.from_pretrained(folder, local_files_only=True,
+                                                                        use_safetensors=True), field)
+    return tokenizer, model.eval()
 
 
 def saved_classes(path: str | Path) -> list[str] | None:

@@ -206,6 +206,20 @@ def attach_adapter(model, adapter_path: str | Path, trainable: bool):
     return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
 
 
+def save_adapter(model, folder: Path) -> None:
+    """`model`'s adapter, written byte for byte the same wherever the same adapter is saved. PEFT writes its
+    set-valued settings (target_modules, ...) as lists in set order, which PYTHONHASHSEED changes from process to
+    process: the same adapter would get another content hash in each, and a re-run after a kill would miss the
+    checkpoints kept under the train folder that the hash names."""
+    model.save_pretrained(folder)
+    set_valued = {key for config in model.peft_config.values() for key, value in vars(config).items()
+                  if isinstance(value, set)}
+    for path in folder.rglob("adapter_config.json"):
+        config = json.loads(path.read_text())
+        path.write_text(json.dumps({k: sorted(v) if k in set_valued and isinstance(v, list) else v
+                                    for k, v in config.items()}, indent=2, sort_keys=True))
+
+
 def merged_model(base_path: str | Path, adapter_path: str | Path, classes: list[str] | None = None):
     """The full-precision base with the trained adapter folded into its weights. The base is loaded again rather
     than merged in place: a qlora base is 4-bit, and merging into it would re-quantise the result."""

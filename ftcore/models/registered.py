@@ -9,6 +9,8 @@ once and reused: a registered version never changes.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -16,8 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from ftcore import tracking
 from ftcore.alignment_config import MODEL_URI
 from ftcore.errors import UserError
-from ftcore.hashing import hash_dir
+from ftcore.hashing import file_hashes, hash_dir
 from ftcore.paths import home
+
+log = logging.getLogger(__name__)
 
 
 class ModelRef(BaseModel):
@@ -63,10 +67,42 @@ def pin_reference(ref: str, field: str) -> ModelRef:
 
 
 def model_folder(ref: ModelRef) -> Path:
-    """The folder holding the model's files: the local folder, or the registered version fetched once."""
+    """The folder holding the model's files: the local folder, or the registered version fetched once. Every use of
+    the fetched copy checks it against the hashes recorded at registration: a damaged copy is fetched again, and
+    files missing or damaged in the artifact store are a one-line error naming the version and the files."""
     if ref.path is not None:
         return ref.path
-    folder = home() / "registry" / str(ref.name) / str(ref.version)
-    if not (folder / "config.json").is_file():
-        tracking.download_version(str(ref.name), str(ref.version), folder)
+    name, version = str(ref.name), str(ref.version)
+    uri = f"models:/{name}/{version}"
+    folder = home() / "registry" / name / version
+    expected = tracking.registered_files(name, version)
+    if expected is None:
+        log.warning("%s was registered before ftflow recorded its files' hashes: only config.json is checked", uri)
+    if folder.exists():
+        if (damage := copy_damage(folder, expected)) is None:
+            return folder
+        log.warning("%s: the copy in %s is not what was registered (%s); fetching it again", uri, folder, damage)
+        shutil.rmtree(folder)
+    try:
+        tracking.download_version(name, version, folder)
+    except FileNotFoundError as e:
+        raise UserError(f"{uri}: its files cannot be fetched from the artifact store ({e}); register the model "
+                        "again (run its recipe) or use another version") from None
+    if (damage := copy_damage(folder, expected)) is not None:
+        shutil.rmtree(folder)
+        raise UserError(f"{uri}: the files in the artifact store are not what was registered ({damage}); register "
+                        "the model again (run its recipe) or use another version")
     return folder
+
+
+def copy_damage(folder: Path, expected: dict[str, str] | None) -> str | None:
+    """What a copy of a version's files lacks or has changed against `expected` ({path: sha256}); None when it is
+    whole. Without `expected` (a version registered before ftflow recorded it), config.json is all there is."""
+    if expected is None:
+        return None if (folder / "config.json").is_file() else "missing: config.json"
+    found = file_hashes(folder)
+    missing = [name for name in expected if name not in found]
+    changed = [name for name in expected if name in found and found[name] != expected[name]]
+    problems = ([f"missing: {', '.join(missing)}"] if missing else []) + \
+        ([f"damaged or truncated: {', '.join(changed)}"] if changed else [])
+    return "; ".join(problems) or None

@@ -4,7 +4,8 @@ each objective's outcome out (`Assessment`).
 Metric names (MLflow, summary.json, the Prefect event): `requests`, `latency_p50_s`, `latency_p95_s`,
 `latency_p99_s`, `error_rate`, `client_error_rate`, `toxic_rate`, `canary_accuracy`, `drift_score` (with its views
 `drift.length`, `drift.vocabulary`, `drift.embedding`), and the counts behind them (`outputs_screened`,
-`inputs_compared`, `canaries`). `breaches` lists the breached objectives' metric names.
+`inputs_compared`, `canaries`, `disconnects`: requests whose client left before the answer, in no error rate).
+`breaches` lists the breached objectives' metric names.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def assess(model: str, version: str, window: str, rows: pd.DataFrame, reference_
     """Every metric of the window and each objective's outcome. `canaries` None: they were not asked.
     `unmeasured`: the caller's reasons for what it could not provide (metric -> why), shown with the objective."""
     metrics = traffic_metrics(rows)
-    unmeasured = {"latency_p95_s": "no requests in the window", "error_rate": "no requests in the window",
+    unmeasured = {"latency_p95_s": "no requests in the window", "error_rate": "no request answered in the window",
                   "canary_accuracy": "no monitor.canaries in the recipe", **(unmeasured or {})}
     toxic_examples = _screen_outputs(answered_outputs(rows), toxicity, metrics, unmeasured)
     if canaries is not None:

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pandas as pd
 
+from ftcore.monitor.window import error_shares
 from ftcore.training.plots import pyplot
 
 MAX_TIME_BINS = 30
@@ -27,7 +28,7 @@ def latency_histogram(latencies: np.ndarray, limit_s: float) -> bytes:
 
 
 def traffic_over_time(rows: pd.DataFrame, limit_s: float) -> bytes:
-    """Latency p95 (top) and the 5xx and 4xx shares (bottom) per time bin of the window."""
+    """Latency p95 (top) and the 5xx and 4xx shares of the answered requests (bottom) per time bin of the window."""
     plt = pyplot()
     import matplotlib.dates as mdates  # after pyplot(), which picks the file-only backend
 
@@ -41,10 +42,9 @@ def traffic_over_time(rows: pd.DataFrame, limit_s: float) -> bytes:
     top.axhline(limit_s, color="C3", linestyle="--", label=f"objective {limit_s:g} s")
     top.set_ylabel("latency (s)")
     top.legend(fontsize=7)
-    bottom.plot(centres, grouped["status"].apply(lambda s: float(np.mean(s >= 500))), marker="o", markersize=3,
-                color="C3", label="5xx share")
-    bottom.plot(centres, grouped["status"].apply(lambda s: float(np.mean((s >= 400) & (s < 500)))), marker="s",
-                markersize=3, color="C1", label="4xx share")
+    shares = grouped["status"].apply(lambda s: error_shares(s.to_numpy(dtype=int)) or (np.nan, np.nan))
+    bottom.plot(centres, [server for server, _ in shares], marker="o", markersize=3, color="C3", label="5xx share")
+    bottom.plot(centres, [client for _, client in shares], marker="s", markersize=3, color="C1", label="4xx share")
     bottom.set_ylabel("share")
     bottom.set_ylim(-0.02, 1.02)
     bottom.legend(fontsize=7)

@@ -1,6 +1,7 @@
 """What a window of the request log says: how many requests, how fast (p50/p95/p99 over every request, failed
 ones included: a client waits for those too), how many failed (5xx: the server's fault; 4xx, the client's, are
-reported apart), and how many logged outputs the evaluate stage's toxicity scorer flags."""
+reported apart; a client that left before its answer, 499, is neither and counts in no error rate), and how many
+logged outputs the evaluate stage's toxicity scorer flags."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from ftcore.serving.request_log import RequestLog
+from ftcore.serving.request_log import CLIENT_CLOSED, RequestLog
 
 SERVER_ERROR, CLIENT_ERROR = 500, 400
 CLASSIFY = "classify"  # the request log's name of the classification endpoint
@@ -25,18 +26,30 @@ def read_window(url: str, since: float | None, until: float | None, model: str |
 
 
 def traffic_metrics(rows: pd.DataFrame) -> dict[str, float]:
-    """`requests`, and when there were any: `latency_p50_s`, `latency_p95_s`, `latency_p99_s`, `error_rate` (5xx
-    share) and `client_error_rate` (4xx share)."""
+    """`requests` and `disconnects` (clients that left before their answer), and when there were any: the
+    latencies `latency_p50_s`, `latency_p95_s`, `latency_p99_s`; then, over the requests answered (those whose
+    client stayed): `error_rate` (5xx share) and `client_error_rate` (4xx share)."""
     metrics: dict[str, float] = {"requests": float(len(rows))}
     if rows.empty:
         return metrics
+    status = rows["status"].to_numpy(dtype=int)
+    metrics["disconnects"] = float(np.sum(status == CLIENT_CLOSED))
     latency = rows["latency_s"].to_numpy(dtype=float)
     for q in (50, 95, 99):
         metrics[f"latency_p{q}_s"] = float(np.percentile(latency, q))
-    status = rows["status"].to_numpy(dtype=int)
-    metrics["error_rate"] = float(np.mean(status >= SERVER_ERROR))
-    metrics["client_error_rate"] = float(np.mean((status >= CLIENT_ERROR) & (status < SERVER_ERROR)))
+    if (shares := error_shares(status)) is not None:
+        metrics["error_rate"], metrics["client_error_rate"] = shares
     return metrics
+
+
+def error_shares(status: np.ndarray) -> tuple[float, float] | None:
+    """The 5xx and 4xx shares of the requests answered; None when none was. A 499 (the client left before its
+    answer) was not answered: it is in neither share."""
+    answered = status[status != CLIENT_CLOSED]
+    if not answered.size:
+        return None
+    return float(np.mean(answered >= SERVER_ERROR)), float(np.mean((answered >= CLIENT_ERROR) &
+                                                                   (answered < SERVER_ERROR)))
 
 
 def answered_outputs(rows: pd.DataFrame) -> list[str]:

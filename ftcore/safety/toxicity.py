@@ -24,6 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ftcore.errors import DataError
+from ftcore.models.load import load_local
 from ftcore.regex_trie import trie_pattern
 
 ScorerFn = Callable[..., list[float]]
@@ -159,15 +160,14 @@ TOXIC_LABEL_NAMES = frozenset({"toxic", "toxicity", "offensive", "hate", "abusiv
 @functools.lru_cache(maxsize=4)
 def _load_local(model_path: str, causal: bool):
     """A scorer's tokenizer and model (a causal LM for guard models, else a sequence classifier), loaded once."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    scorer = f"toxicity scorer {'guard' if causal else 'classifier'}"
     if not Path(model_path).is_dir():
         kind = "a local causal LM" if causal else "a local Hugging Face model"
-        raise DataError(f"toxicity scorer {'guard' if causal else 'classifier'}: model_path {model_path!r} is not a "
-                        f"folder ({kind})")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        raise DataError(f"{scorer}: model_path {model_path!r} is not a folder ({kind})")
     auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-    return tokenizer, auto.from_pretrained(model_path, local_files_only=True).eval()
+    return load_local(auto, model_path, f"{scorer} model_path")
 
 
 def toxic_label_index(id2label: dict[int, str], toxic_label: str | int | None) -> int:

@@ -8,28 +8,31 @@ fault; nothing a client sends can stop the server. docs/serving.md lists the sta
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ftcore.serve_config import ServeConfig
 from ftcore.serving.batcher import Batcher, Overloaded
 from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.engine import Completion, Engine
-from ftcore.serving.errors import ApiError, BodyLimit, error_response, validation_message
+from ftcore.serving.errors import ApiError, error_response, validation_message
 from ftcore.serving.metrics import ServeMetrics
-from ftcore.serving.request_log import RequestLog, RequestLogWriter, RequestRecord
+from ftcore.serving.middleware import Authenticate, ReadBody, RecordRequests
+from ftcore.serving.request_log import CLIENT_CLOSED, RequestLog, RequestLogWriter, RequestRecord
 from ftcore.serving.schemas import (
     ChatRequest,
     ChatResponse,
@@ -43,36 +46,34 @@ from ftcore.serving.schemas import (
 from ftcore.serving.source import AliasWatcher, ModelSource
 
 log = logging.getLogger("ftflow.serve")
+# Documents the token in the OpenAPI spec; it is checked before the body is read, by middleware.Authenticate.
 BEARER = HTTPBearer(auto_error=False, description="required when the server has a token")
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 413, 429, 500)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500)}
 
 
 class ServerState:
-    """What the handlers share: the engine serving now (swapped whole on reload), the batcher, cache, metrics and
-    request log."""
+    """What the handlers share: the engine serving now (swapped whole on reload), the batcher, cache, metrics,
+    request log, and the thread that checks requests."""
 
-    def __init__(self, engine: Engine, cfg: ServeConfig, token: str | None):
-        self.engine, self.cfg, self.token = engine, cfg, token
+    def __init__(self, engine: Engine, cfg: ServeConfig):
+        self.engine, self.cfg = engine, cfg
         self.metrics = ServeMetrics()
         self.metrics.serving(engine.name, engine.version)
         self.cache = ResponseCache(cfg.cache.max_entries)
         self.batcher = Batcher(run_batch, cfg.batching, on_batch=self.metrics.batch_size.observe)
         self.log = RequestLogWriter(RequestLog(cfg.request_log.resolved_url()), cfg.request_log.sample_rate)
+        # Counting a prompt's tokens takes about a second for 1 MB of text: done on the event loop, it would stall
+        # every other client meanwhile. One thread, because the engine's checking tokenizer is not shared.
+        self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftflow-checks")
+
+    async def check(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` on the checking thread; an ApiError it raises reaches the client."""
+        return await asyncio.get_running_loop().run_in_executor(self.checker, fn)
 
     def swap(self, engine: Engine) -> None:
         self.engine = engine
         self.metrics.serving(engine.name, engine.version)
         self.metrics.reloads.inc()
-
-
-def authorized(request: Request,
-               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-    token = request.app.state.ftflow.token
-    if token is None:
-        return
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-        raise ApiError(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
-                       "authentication_error", code="invalid_token")
 
 
 def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
@@ -92,7 +93,7 @@ def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
 
 
 def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None) -> FastAPI:
-    state = ServerState(engine, cfg, token)
+    state = ServerState(engine, cfg)
     watcher = AliasWatcher(source, lambda: state.engine.version, state.swap, cfg.reload_interval_s)
 
     @asynccontextmanager
@@ -102,6 +103,7 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
         yield
         watcher.stop()
         await state.batcher.stop()
+        state.checker.shutdown(wait=True)
         state.log.close()
 
     app = FastAPI(title="ftflow serving", version="1", lifespan=lifespan,
@@ -110,16 +112,21 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
     app.state.ftflow = state
     app.state.watcher = watcher
     _install_error_handlers(app)
-    # Added last, so outermost: refusals by the body limit are timed and logged like any other request.
-    app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_body_bytes)
-    app.middleware("http")(_record_request)
+    # The last added is the outermost: every request is recorded, refusals by the token and the body included.
+    app.add_middleware(ReadBody, max_bytes=cfg.limits.max_body_bytes, timeout_s=cfg.limits.body_timeout_s)
+    app.add_middleware(Authenticate, token=token)
+    app.add_middleware(RecordRequests, record=_recorder(state))
+
     @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
-              dependencies=[Depends(authorized)])
+              dependencies=[Depends(BEARER)])
     async def completions(body: CompletionRequest, request: Request) -> dict:
         engine = _causal(state.engine, "/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         _check_count(prompts, state.cfg, "prompt")
-        answers = await _answer(state, request, engine, [_completion(engine, p, body, state.cfg) for p in prompts])
+        params = _params("prompt", body.prompt)
+        items = await state.check(lambda: [_completion(engine, p, param, body, state.cfg)
+                                           for p, param in zip(prompts, params, strict=True)])
+        answers = await _answer(state, request, engine, items)
         _note(request, engine, prompts, [a.text for a in answers], answers)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
                 "model_version": engine.version, "usage": _usage(answers),
@@ -127,19 +134,20 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
                             for i, a in enumerate(answers)]}
 
     @app.post("/v1/chat/completions", response_model=ChatResponse, responses=ERRORS,
-              dependencies=[Depends(authorized)])
+              dependencies=[Depends(BEARER)])
     async def chat_completions(body: ChatRequest, request: Request) -> dict:
         engine = _causal(state.engine, "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
-        prompt = engine.render_chat(messages)
-        [answer] = await _answer(state, request, engine, [_completion(engine, prompt, body, state.cfg)])
+        item = await state.check(lambda: _completion(engine, _rendered(engine, messages), "messages", body,
+                                                     state.cfg))
+        [answer] = await _answer(state, request, engine, [item])
         _note(request, engine, [messages[-1]["content"]], [answer.text], [answer])
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
                 "model_version": engine.version, "usage": _usage([answer]),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": answer.finish_reason}]}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, dependencies=[Depends(authorized)])
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, dependencies=[Depends(BEARER)])
     async def classify(body: ClassifyRequest, request: Request) -> dict:
         engine = state.engine
         if engine.kind != "classifier":
@@ -147,6 +155,8 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
                                 "/v1/chat/completions", code="wrong_endpoint")
         texts = [body.input] if isinstance(body.input, str) else body.input
         _check_count(texts, state.cfg, "input")
+        params = _params("input", body.input)
+        await state.check(lambda: [_count_tokens(engine, t, param) for t, param in zip(texts, params, strict=True)])
         answers = await _answer(state, request, engine, texts)
         _note(request, engine, texts, [a.label for a in answers], answers)
         tokens = sum(a.tokens_in for a in answers)
@@ -159,7 +169,7 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
         e = state.engine
         return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "queued": state.batcher.queued}
 
-    @app.get("/metrics", dependencies=[Depends(authorized)], response_class=Response,
+    @app.get("/metrics", dependencies=[Depends(BEARER)], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def metrics() -> Response:
         m = state.metrics
@@ -187,16 +197,43 @@ def _check_count(inputs: list[str], cfg: ServeConfig, param: str) -> None:
                        code="too_many_inputs")
 
 
-def _completion(engine: Engine, prompt: str, body: CompletionRequest | ChatRequest, cfg: ServeConfig) -> Completion:
-    """The request checked against the limits and the model's context: a 400 names what was exceeded."""
+def _rendered(engine: Engine, messages: list[dict[str, str]]) -> str:
+    """The chat through the model's chat template. A template may refuse a chat (many insist that user and assistant
+    alternate): that is the request's fault, a 400."""
+    try:
+        return engine.render_chat(messages)
+    except TemplateError as e:
+        raise ApiError(400, f"messages: the model's chat template refuses this chat ({e})", param="messages",
+                       code="invalid_chat") from None
+
+
+def _params(name: str, value: str | list[str]) -> list[str]:
+    """What an error names for each input: the field, or its item in a list (`prompt.2`)."""
+    return [name] if isinstance(value, str) else [f"{name}.{i}" for i in range(len(value))]
+
+
+def _count_tokens(engine: Engine, text: str, param: str) -> int:
+    """The text's tokens, at least one: a model cannot run on none (a batch of one empty prompt failed, while
+    padding hid it in a batch with others)."""
+    tokens = engine.count_tokens(text)
+    if tokens == 0:
+        raise ApiError(400, f"{param}: the text is empty (0 tokens); give at least one token", param=param,
+                       code="empty_input")
+    return tokens
+
+
+def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest | ChatRequest,
+                cfg: ServeConfig) -> Completion:
+    """The request checked against the limits and the model's context: a 400 names what was exceeded. Runs on the
+    checking thread (ServerState.check)."""
     limits = cfg.limits
     if body.max_tokens > limits.max_new_tokens:
         raise ApiError(400, f"max_tokens: {body.max_tokens} is over the limit of {limits.max_new_tokens} "
                             "(limits.max_new_tokens)", param="max_tokens", code="max_tokens_exceeded")
-    tokens = engine.count_tokens(prompt)
+    tokens = _count_tokens(engine, prompt, param)
     if tokens > limits.max_prompt_tokens:
-        raise ApiError(400, f"the prompt has {tokens} tokens; the limit is {limits.max_prompt_tokens} "
-                            "(limits.max_prompt_tokens)", param="prompt", code="prompt_too_long")
+        raise ApiError(400, f"{param}: the prompt has {tokens} tokens; the limit is {limits.max_prompt_tokens} "
+                            "(limits.max_prompt_tokens)", param=param, code="prompt_too_long")
     if tokens + body.max_tokens > engine.max_context:
         raise ApiError(400, f"the prompt's {tokens} tokens plus max_tokens {body.max_tokens} exceed the model's "
                             f"context of {engine.max_context} tokens", param="max_tokens",
@@ -228,7 +265,7 @@ async def _answer(state: ServerState, request: Request, engine: Engine, items: l
 
 
 def _deterministic(item) -> bool:
-    return not isinstance(item, Completion) or item.temperature == 0
+    return not isinstance(item, Completion) or item.greedy
 
 
 def _usage(answers) -> dict[str, int]:
@@ -248,31 +285,27 @@ def _note(request: Request, engine: Engine, inputs: list[str], outputs: list[str
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions", "/v1/classify": "classify"}
 
 
-async def _record_request(request: Request, call_next) -> Response:
-    """Time every API request; count it in the metrics and append it to the request log, failed ones included. An
-    exception no handler expected becomes a 500 JSON error here: the server goes on."""
-    started = time.perf_counter()
-    arrived = time.time()
-    try:
-        response = await call_next(request)
-    except Exception as e:  # one bad request must never take the server down
-        log.exception("request to %s failed", request.url.path)
-        request.state.error = f"{type(e).__name__}: {e}"
-        response = error_response(500, f"internal error ({type(e).__name__}); the server logged it", "server_error")
-    endpoint = ENDPOINTS.get(request.url.path)
-    if endpoint is None:
-        return response
-    state: ServerState = request.app.state.ftflow
-    latency = time.perf_counter() - started
-    state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-    state.metrics.latency.labels(endpoint=endpoint).observe(latency)
-    logged = getattr(request.state, "logged", {"model": state.engine.name, "version": state.engine.version})
-    state.metrics.tokens_in.inc(logged.get("tokens_in", 0))
-    state.metrics.tokens_out.inc(logged.get("tokens_out", 0))
-    state.log.record(RequestRecord(ts=arrived, endpoint=endpoint, status=response.status_code, latency_s=latency,
-                                   cached=getattr(request.state, "cached", False),
-                                   error=getattr(request.state, "error", None), **logged))
-    return response
+def _recorder(state: ServerState) -> Callable[[dict, int, float], None]:
+    """What RecordRequests calls when a request is over: an API request is counted in the metrics and appended to
+    the request log, failed and abandoned ones included."""
+
+    def record(scope: dict, status: int, latency_s: float) -> None:
+        endpoint = ENDPOINTS.get(scope["path"])
+        if endpoint is None:
+            return
+        noted = scope.get("state", {})
+        logged = noted.get("logged", {"model": state.engine.name, "version": state.engine.version})
+        state.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        state.metrics.latency.labels(endpoint=endpoint).observe(latency_s)
+        state.metrics.tokens_in.inc(logged.get("tokens_in", 0))
+        state.metrics.tokens_out.inc(logged.get("tokens_out", 0))
+        error = "the client closed the connection before the answer" if status == CLIENT_CLOSED else \
+            noted.get("error")
+        state.log.record(RequestRecord(ts=time.time() - latency_s, endpoint=endpoint, status=status,
+                                       latency_s=latency_s, cached=noted.get("cached", False), error=error,
+                                       **logged))
+
+    return record
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -291,4 +324,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         request.state.error = str(e.detail)
         kind = {404: "not_found_error", 405: "method_not_allowed"}.get(e.status_code, "invalid_request_error")
-        return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}", kind)
+        # FastAPI's one 400: a body its JSON parser gave up on (nested too deep, a number with too many digits).
+        code = "invalid_json" if e.status_code == 400 else None
+        return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}", kind, code=code)

@@ -59,21 +59,30 @@ class Batcher:
         return await future
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            try:
-                results = await loop.run_in_executor(self._worker, self.process, [job.item for job in batch])
-            except Exception as e:  # the batch's requests fail; the server goes on
+            # A job whose client went away (its future cancelled) is not worth the model's time.
+            batch = [job for job in await self._collect() if not job.future.done()]
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Job]) -> None:
+        """Answers the batch's jobs. When it fails, each job of a larger batch is tried alone: a request the model
+        cannot answer then fails by itself, and the requests that happened to share its batch are answered."""
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._worker, self.process, [job.item for job in batch])
+        except Exception as e:  # the server goes on
+            if len(batch) > 1:
                 for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
-            for job, result in zip(batch, results, strict=True):
-                if not job.future.done():  # the client may have gone away
-                    job.future.set_result(result)
+                    await self._run([job])
+            elif not batch[0].future.done():
+                batch[0].future.set_exception(e)
+            return
+        for job, result in zip(batch, results, strict=True):
+            if not job.future.done():  # the client may have gone away
+                job.future.set_result(result)
 
     async def _collect(self) -> list[_Job]:
         """The first waiting job, then more until the batch is full or the wait is over; whatever is already

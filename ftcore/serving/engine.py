@@ -14,6 +14,9 @@ from ftcore.models.load import load_trained, render_chat
 from ftcore.models.peft_methods import is_classifier
 
 Kind = Literal["causal", "classifier"]
+# Temperatures below this are greedy: dividing the logits by one (1e-300, say) overflows them into infinities, and
+# sampling from NaN probabilities fails; what such a temperature asks for is the most likely token anyway.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -25,9 +28,13 @@ class Completion:
     stop: tuple[str, ...] = ()
 
     @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
+    @property
     def sampling(self) -> tuple[float, float]:
         """Requests generated in one call must sample alike; greedy ones ignore top_p."""
-        return (0.0, 1.0) if self.temperature == 0 else (self.temperature, self.top_p)
+        return (0.0, 1.0) if self.greedy else (self.temperature, self.top_p)
 
 
 @dataclass
@@ -57,9 +64,9 @@ class Engine:
     max_context: int
     device: str = "cpu"
     labels: list[str] = field(default_factory=list)
-    # The event loop checks requests (counting tokens, rendering chats) while the model thread tokenizes a padded
-    # batch. A fast tokenizer keeps its padding setting in shared state, so one tokenizer used by both threads
-    # sometimes hands the model an unpadded batch: the request thread gets its own copy.
+    # The checking thread checks requests (counting tokens, rendering chats) while the model thread tokenizes a
+    # padded batch. A fast tokenizer keeps its padding setting in shared state, so one tokenizer used by both threads
+    # sometimes hands the model an unpadded batch: the checking thread gets its own copy.
     checker: object = None
 
     def __post_init__(self) -> None:

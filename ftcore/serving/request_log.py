@@ -31,6 +31,9 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ftcore.errors import UserError
 
+# The status recorded for a client that closed the connection before its answer (nginx's): neither the server's
+# fault nor a refusal, so the monitor leaves it out of both error rates.
+CLIENT_CLOSED = 499
 metadata = MetaData()
 requests_table = Table(
     "ftflow_requests",
@@ -40,7 +43,7 @@ requests_table = Table(
     Column("model", String(256), nullable=False, index=True),  # the registered model's name (or the folder)
     Column("version", String(64), nullable=False),
     Column("endpoint", String(64), nullable=False),  # completions, chat.completions, classify
-    Column("status", Integer, nullable=False),  # the HTTP status returned
+    Column("status", Integer, nullable=False),  # the HTTP status returned; 499: the client left before the answer
     Column("latency_s", Float, nullable=False),  # arrival to response, queueing and batching included
     Column("tokens_in", Integer, nullable=False, default=0),
     Column("tokens_out", Integer, nullable=False, default=0),

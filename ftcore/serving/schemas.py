@@ -3,9 +3,22 @@ They are also what the OpenAPI spec (`GET /openapi.json`) documents."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _encodable(text: str) -> str:
+    """JSON may spell a lone UTF-16 surrogate (\\ud800), which no tokenizer can encode: refused here, as a 400."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"holds an unpaired surrogate {text[e.start]!r} at character {e.start}: send valid "
+                         "Unicode text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class _Request(BaseModel):
@@ -18,9 +31,10 @@ class _Request(BaseModel):
 
 class _Sampling(_Request):
     max_tokens: int = Field(16, ge=1, description="tokens to generate at most (capped by limits.max_new_tokens)")
-    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy and cached; as OpenAI, 1 by default")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 (below 1e-5): greedy and cached; as OpenAI, 1 by "
+                                                            "default")
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = Field(None, description="the answer ends before the first of these strings")
+    stop: Text | list[Text] | None = Field(None, description="the answer ends before the first of these strings")
     n: Literal[1] = Field(1, description="one answer per prompt")
     stream: Literal[False] = Field(False, description="streaming is not supported")
 
@@ -31,14 +45,14 @@ class _Sampling(_Request):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(description="a prompt, or a list of prompts answered together")
+    prompt: Text | list[Text] = Field(description="a prompt, or a list of prompts answered together")
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatRequest(_Sampling):
@@ -46,7 +60,7 @@ class ChatRequest(_Sampling):
 
 
 class ClassifyRequest(_Request):
-    input: str | list[str] = Field(description="a text, or a list of texts")
+    input: Text | list[Text] = Field(description="a text, or a list of texts")
 
 
 class Usage(BaseModel):

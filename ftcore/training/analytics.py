@@ -9,6 +9,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from ftcore.tensors import safetensors_tensors
+
 # Transformer blocks are numbered modules under one of these names (Llama/Mistral `layers`, GPT-2 `h`, ...).
 _LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
@@ -61,12 +63,8 @@ def layer_weight_norms(model, base_path: Path, adapter: bool) -> dict[str, float
 
 def _safetensors_tensors(folder: Path):
     """(name, tensor) for every tensor of a model folder's safetensors files (sharded or not), one at a time."""
-    from safetensors import safe_open
-
     for path in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                yield key, f.get_tensor(key)
+        yield from safetensors_tensors(path)
 
 
 def _group(name: str) -> str:

@@ -1,4 +1,5 @@
-"""Trainer callbacks of the train stage: atomic checkpoints, per-step analytics, early stopping, a quiet progress bar.
+"""Trainer callbacks of the train stage: atomic checkpoints, a stop at a non-finite loss, per-step analytics, early
+stopping, a quiet progress bar.
 
 Imported only when a trainer is built: it imports transformers, which the modules that merely name the stage need not.
 """
@@ -14,10 +15,13 @@ from transformers.trainer_callback import ProgressCallback
 
 from ftcore.training.analytics import peak_memory_mb
 from ftcore.training.checkpoints import CheckpointStore
+from ftcore.training.divergence import NonFinite
 
 # Per-step keys that count from the start of the current session, so they restart after a resume: the interval
 # figures below and the Trainer's `num_input_tokens_seen` (restored with a checkpoint) replace them.
 _SESSION_COUNTS = ("train_runtime", "train_tokens_per_second", "num_tokens")
+# The losses the Trainer logs: per logging window, per evaluation, and the run's mean at the end.
+_LOSSES = {"loss": "the training loss", "eval_loss": "the validation loss", "train_loss": "the mean training loss"}
 
 
 class CommitCheckpoints(TrainerCallback):
@@ -40,6 +44,19 @@ class CommitCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             self.store.commit(state.global_step)
         wait_for_everyone()
+        return control
+
+
+class StopAtNonFiniteLoss(TrainerCallback):
+    """Raises NonFinite at the first logged training, validation or final loss that is NaN or infinite. Each training
+    loss is the mean since the previous log, so one bad step shows (trainer_arguments turns off the Trainer's
+    filter that would average it away)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key, what in _LOSSES.items():
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                raise NonFinite(f"{what} is {value}", state.global_step)
         return control
 
 

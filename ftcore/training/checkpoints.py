@@ -3,10 +3,11 @@ over.
 
 They live in `<out_dir>.checkpoints/`, beside the stage's output folder: that folder is written atomically only when
 training is done, so anything a crashed attempt left must be elsewhere. The Trainer writes each checkpoint into
-`.incoming/checkpoint-N` file by file (not atomically); once it is done, `commit` syncs the files, writes a marker
-listing every file and its size last, and renames the folder to `checkpoint-N` in one step. A `checkpoint-N` is
-resumed from only when its marker is there and its files still match it (see `problem_with`), so a checkpoint cut
-short by a kill, a full disk or a truncated copy is skipped in favour of the one before.
+`.incoming/checkpoint-N` file by file (not atomically); once it is done, `commit` refuses non-finite weights, syncs
+the files, writes a marker listing every file with its size and SHA-256 last, and renames the folder to
+`checkpoint-N` in one step. A `checkpoint-N` is resumed from only when its marker is there, its files still match it
+and every tensor in them loads and is finite (see `problem_with`), so a checkpoint cut short by a kill, a full disk
+or a truncated copy, or changed afterwards, is skipped in favour of the one before.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from ftcore.hashing import hash_file
+from ftcore.tensors import TORCH_SUFFIXES, load_problem, non_finite_weights
+from ftcore.training.divergence import NonFinite
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +63,12 @@ class CheckpointStore:
         self.incoming.mkdir(parents=True)
 
     def commit(self, step: int) -> Checkpoint:
-        """Publish the checkpoint the Trainer has just written for `step`, then drop all but the newest `keep`."""
+        """Publish the checkpoint the Trainer has just written for `step`, then drop all but the newest `keep`.
+        Raises NonFinite, publishing nothing, when its weights hold a NaN or an infinity."""
         staged = self.incoming / f"checkpoint-{step}"
-        files = {p.relative_to(staged).as_posix(): p.stat().st_size for p in sorted(staged.rglob("*")) if p.is_file()}
-        for name in files:
-            _fsync(staged / name)  # a power cut, not only a killed process, must not leave a marker over lost data
+        if (bad := non_finite_weights(staged)) is not None:
+            raise NonFinite(f"the checkpoint's weight {bad} is not finite", step)
+        files = {p.relative_to(staged).as_posix(): _seal(p) for p in sorted(staged.rglob("*")) if p.is_file()}
         marker = staged / MARKER
         marker.write_text(json.dumps({"step": step, "files": files}, indent=1))
         _fsync(marker)
@@ -97,28 +103,27 @@ class CheckpointStore:
 
 def problem_with(checkpoint: Checkpoint) -> str | None:
     """Why `checkpoint` cannot be resumed from, or None when it is complete: the marker is there, every file it
-    lists has the recorded size, the resume files and weights are among them, the safetensors files load and the
-    trainer state is at the checkpoint's step."""
+    lists has the recorded size and content hash, the resume files and weights are among them, every tensor file
+    loads (torch files weights-only, as resuming loads them) with finite values only, and the trainer state is at
+    the checkpoint's step."""
     try:
-        marker = json.loads((checkpoint.path / MARKER).read_text())
+        files = _recorded_files(checkpoint.path / MARKER)
     except (OSError, ValueError):
         return f"no readable {MARKER} (the checkpoint was not finished)"
-    files: dict[str, int] = marker.get("files", {})
-    for name, size in files.items():
-        path = checkpoint.path / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    except (KeyError, TypeError, AttributeError):
+        return f"{MARKER} records no content hashes (an older ftflow wrote it): nothing proves the files unchanged"
+    for name, (size, digest) in files.items():
+        if (problem := _file_problem(checkpoint.path / name, size, digest)) is not None:
+            return f"{name} {problem}"
     missing = [name for name in RESUME_FILES if name not in files]
     if not any(_RNG_STATE.match(name) for name in files):
         missing.append("rng_state.pth")
     weights = [name for name in files if name.endswith(".safetensors")]
     if missing or not weights:
         return f"{', '.join(missing) or 'the weights (*.safetensors)'} not in the checkpoint"
-    for name in weights:
-        if (error := _safetensors_error(checkpoint.path / name)) is not None:
-            return f"{name} does not load ({error})"
+    for name in [*weights, *(name for name in files if name.endswith(TORCH_SUFFIXES))]:
+        if (problem := load_problem(checkpoint.path / name)) is not None:
+            return f"{name} {problem}"
     try:
         step = json.loads((checkpoint.path / "trainer_state.json").read_text())["global_step"]
     except (OSError, ValueError, KeyError) as e:
@@ -128,16 +133,28 @@ def problem_with(checkpoint: Checkpoint) -> str | None:
     return None
 
 
-def _safetensors_error(path: Path) -> str | None:
-    from safetensors import SafetensorError, safe_open
+def _recorded_files(marker: Path) -> dict[str, tuple[int, str]]:
+    """name -> (size, SHA-256) of every file the marker lists."""
+    recorded = json.loads(marker.read_text())["files"]
+    return {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in recorded.items()}
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                f.get_tensor(key)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+def _file_problem(path: Path, size: int, digest: str) -> str | None:
+    """What is wrong with a listed file: missing, another size (cut short), another content (changed)."""
+    if not path.is_file():
+        return "is missing"
+    if path.stat().st_size != size:
+        return f"has {path.stat().st_size} bytes, {size} were written"
+    if hash_file(path) != digest:
+        return "does not match its content hash (it changed after the checkpoint was written)"
     return None
+
+
+def _seal(path: Path) -> dict:
+    """A file's marker entry, once it is on disk: a power cut, not only a killed process, must not leave a marker
+    over lost data."""
+    _fsync(path)
+    return {"bytes": path.stat().st_size, "sha256": hash_file(path)}
 
 
 def _delete(folder: Path) -> None:

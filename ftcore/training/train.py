@@ -26,12 +26,14 @@ from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.models.load import load_tokenizer
-from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec
+from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec, save_adapter
 from ftcore.outputs import ModelOutput, TrainOutput
+from ftcore.tensors import first_non_finite
 from ftcore.training.analytics import layer_weight_norms, peak_memory_mb, reset_peak_memory
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
 from ftcore.training.continual import anchor_to_start, diagonal_fisher, with_replay
 from ftcore.training.distributed import check_distributed, run_workers, strategy_arguments
+from ftcore.training.divergence import NonFinite, refuse_divergence
 from ftcore.training.examples import read_split, training_dataset
 from ftcore.training.plots import plot_layer_norms, plot_loss
 
@@ -143,12 +145,19 @@ def run_training(job: TrainJob, callbacks: Sequence = ()) -> dict[str, float] | 
     for callback in callbacks:
         trainer.add_callback(callback)
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(job.resume) if job.resume else None)
-    runtime = time.perf_counter() - started
-    eval_loss = _final_eval_loss(trainer, eval_rows)  # every process: evaluation gathers from all of them
-    trained = whole_model(trainer, base)  # every process: gathering sharded weights is collective
-    if not trainer.is_world_process_zero():
-        return None
+    with refuse_divergence(cfg):  # a non-finite loss or weight stops training at the step it is found
+        try:
+            result = trainer.train(resume_from_checkpoint=str(job.resume) if job.resume else None)
+        finally:
+            end_progress_bars(trainer)
+        runtime = time.perf_counter() - started
+        eval_loss = _final_eval_loss(trainer, eval_rows)  # every process: evaluation gathers from all of them
+        trained = whole_model(trainer, base)  # every process: gathering sharded weights is collective
+        if not trainer.is_world_process_zero():
+            return None
+        # The last optimizer step comes after the last loss: only the weights show what it did.
+        if (bad := first_non_finite(trained.named_parameters())) is not None:
+            raise NonFinite(f"the trained weight {bad} is not finite", result.global_step)
     history = [entry for entry in trainer.state.log_history if "step" in entry]
     write_output(trained, tokenizer, base, history, job.out_dir)
     losses = [h["loss"] for h in history if "loss" in h] or [result.training_loss]
@@ -173,6 +182,19 @@ def run_training(job: TrainJob, callbacks: Sequence = ()) -> dict[str, float] | 
         **alignment_metrics(history),
         **({} if job.continual is None else {"replayed_rows": replayed}),
     }
+
+
+def end_progress_bars(trainer) -> None:
+    """Close the progress bars that training left open: the Trainer closes them only when training ends normally,
+    and the error line printed next would otherwise continue the half-drawn bar's line."""
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback):
+            for bar in ("training_bar", "prediction_bar"):
+                if getattr(callback, bar, None) is not None:
+                    getattr(callback, bar).close()
+                    setattr(callback, bar, None)
 
 
 def whole_model(trainer, base: ModelOutput):
@@ -254,19 +276,27 @@ ALIGNMENT_METRICS = {
     "margin": "reward_margin_last",
     "eval_accuracy": "eval_reward_accuracy",
     "eval_margin": "eval_reward_margin",
-    "reward": "mean_reward_last",  # rl: mean reward of the sampled answers
 }
 
 
 def alignment_metrics(history: list[dict]) -> dict[str, float]:
-    """The last logged value of each alignment metric, and for rl the first too (the reward should rise)."""
+    """The last logged value of each alignment metric; for rl, the sampled answers' mean reward over the first and
+    the last quarter of the steps (one logged value covers a few prompts only), and the share of prompts whose
+    sampled answers all scored the same: their rewards minus the group's mean are zero, so GRPO and RLOO learn
+    nothing from them (a policy that already answers every training prompt with certainty does not learn)."""
     metrics = {}
     for key, name in ALIGNMENT_METRICS.items():
         values = [h[key] for h in history if key in h]
         if values:
             metrics[name] = values[-1]
-            if key == "reward":
-                metrics["mean_reward_first"] = values[0]
+    rewards = [h["reward"] for h in history if "reward" in h]
+    if rewards:
+        quarter = max(1, len(rewards) // 4)
+        metrics["mean_reward_first"] = sum(rewards[:quarter]) / quarter
+        metrics["mean_reward_last"] = sum(rewards[-quarter:]) / quarter
+    alike = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
+    if alike:
+        metrics["groups_scored_alike"] = sum(alike) / len(alike)
     return metrics
 
 
@@ -285,7 +315,13 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, sto
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ftcore.alignment import trainers as alignment
-    from ftcore.training.callbacks import CommitCheckpoints, EarlyStopping, ProgressBarOnly, StepAnalytics
+    from ftcore.training.callbacks import (
+        CommitCheckpoints,
+        EarlyStopping,
+        ProgressBarOnly,
+        StepAnalytics,
+        StopAtNonFiniteLoss,
+    )
 
     goal = goal or Objective()
     shared = trainer_arguments(model, cfg, store, eval_rows)
@@ -305,7 +341,7 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, sto
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     analytics = StepAnalytics()
-    for callback in (ProgressBarOnly(), CommitCheckpoints(store, cfg.save_steps), analytics):
+    for callback in (ProgressBarOnly(), StopAtNonFiniteLoss(), CommitCheckpoints(store, cfg.save_steps), analytics):
         trainer.add_callback(callback)
     if cfg.early_stopping_patience is not None:
         trainer.add_callback(EarlyStopping(cfg.early_stopping_patience))
@@ -385,6 +421,9 @@ def trainer_arguments(model, cfg: TrainConfig, store: CheckpointStore, eval_rows
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         logging_steps=cfg.logging_steps,
+        # By default the Trainer logs a NaN or infinite step's loss as the window's mean of the others, which hides a
+        # diverged run (it reported train_loss_last=0): StopAtNonFiniteLoss must see it.
+        logging_nan_inf_filter=False,
         eval_strategy="steps" if periodic_eval else "no",
         eval_steps=cfg.eval_steps if periodic_eval else None,
         save_strategy="steps",
@@ -433,7 +472,7 @@ def save_trained(model, tokenizer, base: ModelOutput, out: Path) -> None:
     if base.adapter_path is None:
         model.save_pretrained(out / "model", safe_serialization=True)
     else:
-        model.save_pretrained(out / "adapter")
+        save_adapter(model, out / "adapter")
         export_model(read_method_spec(base.path), base.base_path, out / "adapter", out / "model",
                      base.classes or None)
     tokenizer.save_pretrained(out / "model")

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ftcore import tracking
 from ftcore.config import Stage, TrainConfig
+from ftcore.errors import UserError
 from ftcore.outputs import TrainOutput
 from ftcore.training import train
-from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
+from ftcore.training.checkpoints import CheckpointStore, checkpoint_root, problem_with
 from tests.conftest import DEMO_RECIPE, REPO, TINY_OVERRIDES
 from tests.ftcore.pipeline_fixtures import Prepared, prepare
 
@@ -169,21 +171,80 @@ def test_a_training_killed_with_sigkill_resumes_from_its_last_complete_checkpoin
     assert_same_training(resumed, reference)
 
 
-def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(prepared, cfg, reference, tmp_path, caplog):
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as by a full disk
+
+
+def _fill_with_nan(path: Path) -> None:
+    """The same tensors, names, metadata and size, every value NaN: as the weights of a diverged run would be."""
+    size, tensors = path.stat().st_size, load_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file({name: torch.full_like(tensor, float("nan")) for name, tensor in tensors.items()}, path, metadata)
+    assert path.stat().st_size == size  # only the content can tell
+
+
+def _overwrite_with_garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+@pytest.mark.parametrize(("file", "damage", "reason"), [
+    ("adapter_model.safetensors", _truncate, "adapter_model.safetensors has"),
+    ("adapter_model.safetensors", _fill_with_nan, "adapter_model.safetensors does not match its content hash"),
+    ("optimizer.pt", _overwrite_with_garbage, "optimizer.pt does not match its content hash"),
+])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(prepared, cfg, reference, tmp_path, caplog, capfd,
+                                                                   file, damage, reason):
     out_dir = tmp_path / "train"
     with pytest.raises(Crash):
         train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir, callbacks=[crash_at(14)()])
     store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
     assert [c.step for c in store.all()] == [12, 8]  # the newest save_total_limit
-    weights = store.all()[0].path / "adapter_model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated, as by a full disk
+    damage(store.all()[0].path / file)
 
-    with caplog.at_level("WARNING", logger="ftcore.training.checkpoints"):
+    with caplog.at_level("INFO", logger="ftcore.training"):
         resumed = train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
 
     assert resumed.metrics["resumed_from_step"] == 8
-    assert any("skipping checkpoint" in r.getMessage() and "checkpoint-12" in r.getMessage() for r in caplog.records)
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("skipping checkpoint" in line and "checkpoint-12" in line and reason in line for line in logged)
+    assert any("resuming training from" in line and "checkpoint-8 (step 8)" in line for line in logged)
+    assert "weights_only" not in "\n".join(logged) + "".join(capfd.readouterr())  # torch's unsafe advice
     assert_same_training(resumed, reference)
+
+
+def inject_nan_at(step: int):
+    """A callback that sets a trained weight to NaN at the end of `step`, as a diverging update would."""
+    from transformers import TrainerCallback
+
+    class NanAt(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == step:
+                next(p for p in model.parameters() if p.requires_grad).data.fill_(float("nan"))
+
+    return NanAt
+
+
+@pytest.mark.parametrize(("step", "found_at", "splits", "found"), [
+    (5, 6, ("train", "validation"), "the training loss is nan"),  # logged every 2 steps
+    (4, 4, ("train", "validation"), "the checkpoint's weight adapter_model.safetensors: "),  # saved after its log
+    (24, 24, ("train",), "the trained weight "),  # the last step: after the last loss, and no evaluation
+])
+def test_a_non_finite_loss_or_weight_stops_training_at_its_step(prepared, cfg, tmp_path, step, found_at, splits,
+                                                                found):
+    out_dir = tmp_path / "train"
+    with pytest.raises(UserError) as failed:
+        train.train_model(prepared.base, {k: prepared.dataset.splits[k] for k in splits}, cfg, out_dir,
+                          callbacks=[inject_nan_at(step)()])
+    message = str(failed.value)
+    assert message.startswith(f"train.learning_rate: {found}") and "\n" not in message
+    assert f"at step {found_at}: training diverged" in message
+    assert message.endswith("lower train.learning_rate (now 0.01)")
+    assert not out_dir.exists()
+    kept = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit).all()
+    saved_before = range(cfg.save_steps, step, cfg.save_steps)  # the checkpoints written before the NaN
+    assert [c.step for c in kept] == sorted(saved_before, reverse=True)[: cfg.save_total_limit]
+    assert all(problem_with(c) is None for c in kept)  # none holds the NaN
 
 
 def test_early_stopping_ends_training_once_the_validation_loss_stops_improving(prepared, tmp_path):

@@ -157,6 +157,19 @@ def test_clean_and_split_on_the_demo_data_removes_the_messy_rows(tmp_path):
     assert not train["raw_completion"].str.contains("<").any()
 
 
+def test_a_split_left_empty_is_written_and_the_dataset_still_joins_the_splits(tmp_path):
+    """data.split.validation 0: the empty validation file's columns have no rows to take types from, and must not
+    stop the splits being joined into dataset.parquet (they did: prompt as double against string)."""
+    from ftcore.config import load_recipe
+
+    recipe = load_recipe(DEMO_RECIPE, ["data.split.validation=0"])
+    collected = collect(recipe.data, tmp_path / "collected")
+    out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
+    assert out.metrics["rows_validation"] == 0 and len(pd.read_parquet(out.splits["validation"])) == 0
+    dataset = pd.read_parquet(out.artifacts["dataset"])
+    assert len(dataset) == out.metrics["rows_kept"] and set(dataset["split"]) == {"train", "test"}
+
+
 def test_collect_and_clean_real_medquad_rows(tmp_path, shared_data):
     """Real data nobody here shaped: MedQuAD question/answer pairs (NIH), mapped through `columns`."""
     src = shared_data / "medquad_sample_every16.jsonl"

@@ -1,14 +1,18 @@
 """Gate and registry aliases, on MLflow with a temporary SQLite store (FTFLOW_HOME per test). The monitor's tests
 are in test_monitor.py."""
 
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from ftcore import tracking
 from ftcore.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
 from ftcore.deploy.gate import Reference, decide
 from ftcore.deploy.publish import publish
+from ftcore.errors import UserError
 from ftcore.outputs import EvalOutput
 from ftcore.training.train import train_model
 from tests.ftcore.pipeline_fixtures import prepare
@@ -108,14 +112,47 @@ def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
     assert tags["metric.exact_match"] == "0.9" and tags["recipe_hash"] == "r" and tags["gate.passed"] == "True"
 
 
-def test_a_candidate_that_is_the_champion_itself_is_not_promoted_again(tmp_path, trained):
+def test_a_model_with_a_nan_weight_is_never_registered(tmp_path, trained):
+    _, model = trained
+    folder = shutil.copytree(model.model_path, tmp_path / "model")
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name][0] = float("nan")
+    save_file(weights, folder / "model.safetensors")
+    nan_model = model.model_copy(update={"model_path": folder, "content_hash": "nan"})
+    with pytest.raises(UserError) as refused:
+        publish(nan_model, _evaluation(tmp_path, 0.0, 0.5), GATE, "nan-model", _new_run(), {}, tmp_path / "deploy")
+    assert str(refused.value) == (f"deploy: {folder}/model.safetensors: {name} holds NaN or infinite values, so the "
+                                  f"model is not registered; train it again with a lower train.learning_rate")
+    assert tracking.client().search_model_versions("name='nan-model'") == []
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_a_candidate_that_is_the_champion_itself_is_not_registered_or_promoted_again(tmp_path, trained):
     _, model = trained
     tags = {"model_hash": model.content_hash}
     first = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "1")
     assert first.gate_passed
     again = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "2")
-    assert not again.gate_passed and again.aliases == ["challenger"]
+    assert not again.gate_passed and (again.version, again.aliases) == ("1", ["challenger", "champion"])
     assert again.gate_reason == "the candidate is champion v1 itself (the same trained model): nothing to promote"
+    assert len(tracking.client().search_model_versions("name = 'same'")) == 1
+
+
+def test_the_same_model_deployed_by_runs_at_once_is_one_version(tmp_path, trained):
+    """Two runs of one recipe at once train the same model (one model_hash) and both deploy it."""
+    _, model = trained
+    tags = {"model_hash": model.content_hash}
+    evaluation = _evaluation(tmp_path, 0.0, 0.5)
+
+    def deploy(i: int):
+        return publish(model, evaluation, GATE, "twice", _new_run(), tags, tmp_path / str(i))
+
+    with ThreadPoolExecutor(4) as pool:
+        deployed = list(pool.map(deploy, range(4)))
+    assert {d.version for d in deployed} == {"1"}
+    assert len(tracking.client().search_model_versions("name = 'twice'")) == 1
+    assert tracking.version_for_alias("twice", "champion")["version"] == "1"
 
 
 def test_a_champion_promoted_by_another_run_meanwhile_is_not_overwritten(tmp_path, trained, monkeypatch):
@@ -129,10 +166,10 @@ def test_a_champion_promoted_by_another_run_meanwhile_is_not_overwritten(tmp_pat
     # The other run registers and promotes v2 while this run's deploy stage is between its gate and the alias.
     register = tracking.register_version
 
-    def concurrent_promotion(run_id, name, model_dir, tags):
+    def concurrent_promotion(run_id, name, model_dir, tags, identity=None):
         other = register(_new_run(), name, model_dir, {})
         tracking.set_alias(name, tracking.CHAMPION, other)
-        return register(run_id, name, model_dir, tags)
+        return register(run_id, name, model_dir, tags, identity)
 
     monkeypatch.setattr(tracking, "register_version", concurrent_promotion)
     late = publish(model, _evaluation(tmp_path, 0.0, 0.9, champion=("raced/1", 0.5)), GATE, "raced", _new_run(),

@@ -24,7 +24,14 @@ from flows.cli import app
 from ftcore import tracking
 from ftcore.config import BeatChampion, TrainConfig
 from ftcore.deploy import export
-from ftcore.deploy.export import ExportReport, export_version, fetch_export, load_export, unavailable
+from ftcore.deploy.export import (
+    ExportReport,
+    export_version,
+    fetch_export,
+    load_export,
+    planned_export_problems,
+    unavailable,
+)
 from ftcore.deploy.fidelity import Fidelity
 from ftcore.deploy.publish import publish
 from ftcore.errors import UserError
@@ -141,19 +148,32 @@ def test_an_output_layer_tied_to_the_embeddings_is_quantised_apart(lora, tmp_pat
     assert (_logits(int8, tokenizer, prompt) - expected).abs().max() < 0.05 * expected.abs().max()
 
 
-def test_fetching_an_export_again_reuses_the_folder_and_a_missing_one_says_how_to_make_it(lora, tmp_path):
+def test_fetching_an_export_again_reuses_the_folder_and_a_missing_one_says_how_to_make_it(lora, tmp_path,
+                                                                                           monkeypatch):
     _, trained = lora
     run_id, version = _register(trained.model_path)
     export_version(trained.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
+    downloads = []
+    download = tracking.download_run_artifact
+    monkeypatch.setattr(tracking, "download_run_artifact", lambda *args: downloads.append(args) or download(*args))
     folder = fetch_export("exp", version, "merged", tmp_path / "merged")
-    (folder / "marker").touch()  # gone if the folder were downloaded again
     assert fetch_export("exp", version, "merged", tmp_path / "merged") == folder
-    assert (folder / "marker").exists()
-    (folder / "export.json").write_text(json.dumps({"hash": "stale"}))  # another export of that kind since
+    assert len(downloads) == 1  # the copy was checked and reused
+    [weights] = folder.glob("*.safetensors")
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])  # a truncated copy (its manifest still claims the right hash)
     assert fetch_export("exp", version, "merged", tmp_path / "merged") == folder
-    assert not (folder / "marker").exists() and json.loads((folder / "export.json").read_text())["kind"] == "merged"
+    assert len(downloads) == 2 and weights.read_bytes() == whole
     with pytest.raises(UserError, match=r"has no int8 export; make it with `ftflow export models:/exp/1 --kind int8`"):
         fetch_export("exp", version, "int8", tmp_path / "int8")
+
+    # Damaged in the artifact store itself: one line naming the version and how to make the export again.
+    [stored] = (Path(os.environ["FTFLOW_HOME"]) / "mlartifacts").rglob(f"{run_id}/**/merged/**/{weights.name}")
+    stored.write_bytes(whole[:100])
+    weights.unlink()
+    with pytest.raises(UserError, match=rf"models:/exp/{version}: its merged export in the artifact store is not "
+                                        r"what was exported .*ftflow export"):
+        fetch_export("exp", version, "merged", tmp_path / "merged")
 
 
 def test_prefix_tuning_cannot_be_merged_but_exports_its_adapter_and_int8(prefix, tmp_path):
@@ -162,6 +182,8 @@ def test_prefix_tuning_cannot_be_merged_but_exports_its_adapter_and_int8(prefix,
     line = ("method prefix is prompt learning: its virtual tokens cannot be merged into the base; export adapter or "
             "int8, or serve the version as it is")
     assert unavailable("merged", model) == unavailable("merged_bf16", model) == line
+    # validate's check, made from the recipe before training, agrees with the trained folder
+    assert planned_export_problems(PrefixMethod(), ["adapter", "merged", "merged_bf16", "int8"]) == [line, line]
     run_id, version = _register(prefix.model_path)
     with pytest.raises(UserError, match="exports: method prefix is prompt learning"):
         export_version(prefix.model_path, "exp", version, run_id, ["int8", "merged"], None, tolerance=0.05)
@@ -183,6 +205,7 @@ def test_full_fine_tuning_has_no_adapter_but_merges_trivially(full, tmp_path):
     assert unavailable("adapter", model) == ("method full has no adapter: it trains every weight; export merged, "
                                              "merged_bf16 or int8")
     assert unavailable("merged", model) is None and unavailable("int8", model) is None
+    assert planned_export_problems(FullMethod(), ["adapter", "merged", "int8"]) == [unavailable("adapter", model)]
     run_id, version = _register(full.model_path)
     export_version(full.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
     merged, _ = load_export(fetch_export("exp", version, "merged", tmp_path / "merged"))

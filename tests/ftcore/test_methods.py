@@ -389,3 +389,32 @@ def test_qlora_gets_the_paged_8bit_optimizer_only_on_a_gpu(base, monkeypatch):
     assert optimizer_name(qlora) == optimizer_name(lora) == "adamw_torch"  # paged optimizers need CUDA
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert optimizer_name(qlora) == "paged_adamw_8bit" and optimizer_name(lora) == "adamw_torch"
+
+
+SAVE_ADAPTER = """
+import sys
+from pathlib import Path
+from pydantic import TypeAdapter
+from ftcore.method_config import MethodConfig
+from ftcore.models.load import load_model, load_tokenizer
+from ftcore.models.peft_methods import apply_method, save_adapter
+base, out = map(Path, sys.argv[1:])
+modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+cfg = TypeAdapter(MethodConfig).validate_python({"name": "lora", "target_modules": modules})
+save_adapter(apply_method(load_model(base), cfg, load_tokenizer(base)), out)
+"""
+
+
+def test_an_adapter_is_saved_the_same_whatever_the_process_hash_seed(base, tmp_path):
+    """PEFT writes target_modules in set order, which PYTHONHASHSEED changes: the same adapter must not get another
+    content hash in another process (the init and train stages' hashes name their folders and checkpoints)."""
+    import os
+    import subprocess
+
+    configs = set()
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(base[0]), str(out)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
+        configs.add((out / "adapter_config.json").read_bytes())
+    assert len(configs) == 1

@@ -50,6 +50,17 @@ def test_latency_percentiles_are_over_all_requests_and_only_5xx_count_as_errors(
     assert traffic_metrics(window([])) == {"requests": 0.0}
 
 
+def test_clients_that_left_count_in_no_error_rate():
+    """A 499 (the client closed the connection before its answer) is neither the server's fault nor a refusal:
+    counted as a disconnect, left out of both rates, so dropped connections cannot breach max_error_rate."""
+    rows = window([{"latency_s": 0.1, "status": st} for st in [200] * 8 + [499] * 10 + [500, 400]])
+    m = traffic_metrics(rows)
+    assert (m["requests"], m["disconnects"]) == (20, 10)
+    assert m["error_rate"] == pytest.approx(0.1) and m["client_error_rate"] == pytest.approx(0.1)
+    only_left = traffic_metrics(window([{"latency_s": 0.1, "status": 499}] * 3))
+    assert "error_rate" not in only_left and only_left["disconnects"] == 3
+
+
 def test_logged_texts_unpack_several_inputs_and_skip_failures_and_labels():
     rows = window([{"input": "q1", "output": "a1"},
                    {"input": json.dumps(["q2", "q3"]), "output": json.dumps(["a2", "a3"])},

@@ -170,6 +170,28 @@ def test_slow_and_toxic_traffic_breaches_both_objectives_reports_and_starts_retr
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_breach_of_a_version_that_is_not_the_champion_starts_no_retraining(tmp_path):
+    """Only production's breaches retrain: a scheduled pass over another version (an experiment that failed the
+    gate) reports its breach but leaves `monitor.retrain` alone."""
+    from flows.monitor import monitor
+
+    request_log = f"sqlite:///{tmp_path / 'requests.db'}"
+    plant_requests(request_log)
+    for folder in ("v1", "v2"):
+        (tmp_path / folder).mkdir()
+    champion = register_version_with_training_data("clinical-qa", tmp_path / "v1")
+    experiment = register_version_with_training_data("clinical-qa", tmp_path / "v2")
+    tracking.set_alias("clinical-qa", tracking.CHAMPION, champion)  # v2 failed the gate
+    canaries = canaries_file(tmp_path / "canaries.jsonl", CANARIES)
+    replies = {TEMPLATE.replace("{prompt}", q): f" {a}" for q, a in CANARIES}
+    with fake_endpoint(replies) as url:
+        result = monitor(model=f"models:/clinical-qa/{experiment}",
+                         recipe=str(monitor_recipe(tmp_path, request_log, url, canaries)))
+    assert result["version"] == experiment and result["breaches"] == ["latency_p95_s", "toxic_rate"]
+    assert result["retrain_flow_run_id"] is None
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_retraining_deployment_that_does_not_exist_is_a_one_line_error():
     from prefect import flow
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from ftcore.config import TrainConfig, load_recipe
 from ftcore.errors import RecipeError, UserError
+from ftcore.hashing import hash_file
 from ftcore.training.checkpoints import MARKER, CheckpointStore, checkpoint_root, problem_with
 from ftcore.training.train import check_hardware
 from tests.conftest import DEMO_RECIPE
@@ -60,14 +61,21 @@ def test_fp16_without_a_gpu_is_refused_in_one_line_naming_the_field():
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 
-def _write_checkpoint(store: CheckpointStore, step: int) -> Path:
-    """What the Trainer writes for an adapter checkpoint, into `incoming`, then committed."""
+def _stage_checkpoint(store: CheckpointStore, step: int, weight: float | None = None) -> Path:
+    """What the Trainer writes for an adapter checkpoint, into `incoming` (the weights all `weight`, else `step`)."""
     folder = store.incoming / f"checkpoint-{step}"
     folder.mkdir(parents=True)
-    save_file({"lora_A": torch.full((4, 8), float(step))}, str(folder / "adapter_model.safetensors"))
+    save_file({"lora_A": torch.full((4, 8), float(step if weight is None else weight))},
+              str(folder / "adapter_model.safetensors"))
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        torch.save({"step": step}, folder / name)
+        torch.save({"step": step, "exp_avg": torch.ones(4)}, folder / name)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def _write_checkpoint(store: CheckpointStore, step: int) -> Path:
+    """A checkpoint as the Trainer writes it, committed."""
+    _stage_checkpoint(store, step)
     return store.commit(step).path
 
 
@@ -92,9 +100,13 @@ def test_commit_publishes_a_complete_checkpoint_and_keeps_the_newest(store):
     assert json.loads((newest.path / MARKER).read_text())["step"] == 15
 
 
+def _overwrite_with_garbage(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * (path.stat().st_size // 256) + b"\0" * (path.stat().st_size % 256))
+
+
 def _corrupt_header(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[8:16] = b"\xff" * 8  # inside the JSON header, same size: only loading it can tell
+    data[8:16] = b"\xff" * 8  # inside the JSON header, same size
     path.write_bytes(bytes(data))
 
 
@@ -102,8 +114,13 @@ def _corrupt_header(path: Path) -> None:
     (lambda c: (c / MARKER).unlink(), f"no readable {MARKER}"),
     (lambda c: (c / "adapter_model.safetensors").write_bytes((c / "adapter_model.safetensors").read_bytes()[:-40]),
      "adapter_model.safetensors has"),
-    (lambda c: _corrupt_header(c / "adapter_model.safetensors"), "adapter_model.safetensors does not load"),
     (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+    # Damage that keeps every size: only the content hash can tell.
+    (lambda c: _corrupt_header(c / "adapter_model.safetensors"),
+     "adapter_model.safetensors does not match its content hash"),
+    (lambda c: save_file({"lora_A": torch.full((4, 8), float("nan"))}, str(c / "adapter_model.safetensors")),
+     "adapter_model.safetensors does not match its content hash"),
+    (lambda c: _overwrite_with_garbage(c / "optimizer.pt"), "optimizer.pt does not match its content hash"),
 ])
 def test_a_damaged_checkpoint_is_logged_skipped_and_removed(store, caplog, damage, reason):
     _write_checkpoint(store, 5)
@@ -113,7 +130,7 @@ def test_a_damaged_checkpoint_is_logged_skipped_and_removed(store, caplog, damag
     assert chosen.step == 5
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "skipping checkpoint" in warnings[0] and "checkpoint-10" in warnings[0]
-    assert reason in warnings[0]
+    assert reason in warnings[0] and "weights_only" not in warnings[0]
     assert [c.step for c in store.all()] == [5]
 
 
@@ -122,12 +139,50 @@ def test_a_checkpoint_without_the_resume_files_or_at_another_step_is_not_complet
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
     assert "trainer_state.json" in problem_with(store.all()[0])  # its size changed too
     marker = json.loads((folder / MARKER).read_text())
-    marker["files"]["trainer_state.json"] = (folder / "trainer_state.json").stat().st_size
+    marker["files"]["trainer_state.json"] = {"bytes": (folder / "trainer_state.json").stat().st_size,
+                                             "sha256": hash_file(folder / "trainer_state.json")}
     (folder / MARKER).write_text(json.dumps(marker))
     assert problem_with(store.all()[0]) == "trainer_state.json is at step 4, not 5"
     del marker["files"]["rng_state.pth"]
     (folder / MARKER).write_text(json.dumps(marker))
     assert problem_with(store.all()[0]) == "rng_state.pth not in the checkpoint"
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (_overwrite_with_garbage, "optimizer.pt does not load (not a file of tensors: the weights-only loader refused it)"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "optimizer.pt does not load (PytorchStreamReader failed"),
+    (lambda p: torch.save({"exp_avg": torch.tensor([1.0, float("inf")])}, p),
+     "optimizer.pt holds non-finite values (NaN or infinity) in optimizer.pt.exp_avg"),
+])
+def test_a_file_written_wrong_before_the_commit_is_caught_by_loading_it(store, damage, reason):
+    """The hash only proves a file is what was committed: a torch file the Trainer wrote damaged, or with a
+    non-finite value, is refused by loading it as resuming would (weights-only), without torch's unsafe advice."""
+    _write_checkpoint(store, 5)
+    damage(_stage_checkpoint(store, 10) / "optimizer.pt")
+    store.commit(10)
+    problem = problem_with(store.all()[0])
+    assert problem.startswith(reason) and "weights_only=False" not in problem
+    assert store.latest_complete().step == 5
+
+
+def test_a_checkpoint_without_content_hashes_is_not_resumed(store):
+    """Written by an ftflow that recorded only sizes: nothing proves its content."""
+    folder = _write_checkpoint(store, 5)
+    marker = json.loads((folder / MARKER).read_text())
+    (folder / MARKER).write_text(json.dumps({"step": 5, "files": {n: f["bytes"] for n, f in marker["files"].items()}}))
+    assert problem_with(store.all()[0]).startswith(f"{MARKER} records no content hashes")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_published(store):
+    from ftcore.training.divergence import NonFinite
+
+    _write_checkpoint(store, 5)
+    _stage_checkpoint(store, 10, weight=float("nan"))
+    with pytest.raises(NonFinite) as e:
+        store.commit(10)
+    assert (e.value.step, e.value.what) == (10, "the checkpoint's weight adapter_model.safetensors: lora_A is not "
+                                                "finite")
+    assert [c.step for c in store.all()] == [5]
 
 
 def test_prepare_discards_a_checkpoint_the_trainer_was_writing_when_killed(store):

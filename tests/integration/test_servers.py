@@ -1,7 +1,8 @@
 """The team set-up for real, on one machine: PostgreSQL, `prefect server start` and `mlflow server` (both on
 PostgreSQL) on loopback ports, the deployments registered, a process worker, a `finetune` run started through the
-API as the dashboard's Run button starts it, the new version in the MLflow server's registry, and a breach event
-that makes the server's automation create a `retrain` run. Every server is stopped at the end."""
+API as the dashboard's Run button starts it, the new version in the MLflow server's registry, and the scheduled
+monitor's breach of that champion, which makes the server's automation create a `retrain` run. Then the server's
+scheduler: runs of the cron deployments created, and one executed by a worker. Every server is stopped at the end."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from flows.deployments import PREFECT_FILE
 from tests.conftest import DEMO_RECIPE, REPO, TINY_OVERRIDES
 
 pytestmark = pytest.mark.integration
@@ -90,7 +93,9 @@ def servers(databases, tmp_path_factory) -> Iterator[dict]:
     env |= {"PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_DATABASE_CONNECTION_URL": databases["prefect"],
             "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
-            "PREFECT_LOGGING_LEVEL": "WARNING"}
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            # The scheduler's main loop runs every 60 s by default; a short loop keeps the schedule test short.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
     processes = [
         start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)], env,
               root / "prefect.log"),
@@ -110,11 +115,12 @@ def servers(databases, tmp_path_factory) -> Iterator[dict]:
         stop(processes)
 
 
-def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(servers):
+def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(servers, monkeypatch):
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
-    from prefect.events import emit_event
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.monitor import announce_breach
 
     env, root = servers["env"], servers["root"]
     deployed = subprocess.run([str(BIN / "ftflow"), "deploy", "--recipe", str(DEMO_RECIPE)], env=env, cwd=REPO,
@@ -139,8 +145,10 @@ def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(
         stop([worker])  # the retrain run the trigger creates stays scheduled: no need to train again here
         with get_client(sync_client=True) as client:
             retrain = client.read_deployment_by_name("retrain/retrain")
-        emit_event(event="ftflow.monitor.breach", resource={"prefect.resource.id": "ftflow.model.clinical-qa"},
-                   payload={"breaches": ["latency_p95_s"]})
+        # As the scheduled monitor reports a breach of the champion (which it reads from the MLflow server).
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+        announce_breach("clinical-qa", champion.version, ["latency_p95_s"], {"latency_p95_s": 9.0},
+                        root / "report.html", "schedule")
         deadline = time.monotonic() + 120
         while True:
             with get_client(sync_client=True) as client:
@@ -151,3 +159,49 @@ def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(
             assert time.monotonic() < deadline, "no retrain run within 120 s of the breach event"
             time.sleep(2)
     assert created[0].parameters["recipe_path"] == str(DEMO_RECIPE)
+
+
+def test_the_server_s_scheduler_creates_cron_runs_and_a_worker_completes_one(servers, tmp_path):
+    """Was: with SQLAlchemy 2.1 the scheduler failed on every loop (`Can't evaluate bulk DML statement`) and no run of
+    a cron deployment was ever created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env, root = servers["env"], servers["root"]
+    pool = "ftflow-schedule-test"  # its own pool: the worker must not pick up the other deployments' runs
+    # ftflow's cron deployments as shipped, and a cron deployment of a flow that finishes at once for the worker. Its
+    # cron has a sixth field, seconds: every 5 s, so that a run is due within the worker's one poll.
+    shipped = [d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if d.get("schedules")]
+    names = {"tick", *(d["name"] for d in shipped)}
+    tick = {"name": "tick", "entrypoint": "tests/integration/scheduled_flow.py:tick",
+            "schedules": [{"cron": "* * * * * */5"}], "work_pool": {"name": pool}}
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump({"deployments": [*shipped, tick]}))
+    deployed = subprocess.run([str(BIN / "ftflow"), "deploy", "--file", str(file)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        ids = {d.name: d.id for d in client.read_deployments() if d.name in names}
+        assert set(ids) == names
+
+        def runs_of(name: str) -> list:
+            return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[ids[name]])))
+
+        deadline = time.monotonic() + 180
+        while not all(any(r.auto_scheduled and r.state.is_scheduled() for r in runs_of(name)) for name in ids):
+            assert time.monotonic() < deadline, (
+                f"the scheduler created no run of {sorted(n for n in ids if not runs_of(n))} within 180 s:\n"
+                + (root / "prefect.log").read_text()[-3000:])
+            time.sleep(2)
+
+        # One poll, one run at a time: the worker runs the first due run to its end and exits.
+        worker_log = tmp_path / "worker.log"
+        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--run-once",
+                        "--limit", "1"], env, worker_log)
+        servers["processes"].append(worker)
+        assert worker.wait(timeout=300) == 0, worker_log.read_text()[-3000:]
+        finished = [r for r in runs_of("tick") if r.state.is_final()]
+    assert [(r.auto_scheduled, r.state.type.value) for r in finished] == [(True, "COMPLETED")], \
+        worker_log.read_text()[-3000:]

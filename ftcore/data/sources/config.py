@@ -7,21 +7,76 @@ the source is read (see ftcore.data.sources.secrets).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 PLACEHOLDER = re.compile(r"\$\{(env|secret):([A-Za-z0-9_.\-/]+)\}")
+# Numbers must survive the trip into torch, numpy and databases, which hold 64-bit integers.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class Strict(BaseModel):
+class RecipeModel(BaseModel):
+    """Base of every model a recipe's values are validated into (sections, sources, plugin parameters): a number
+    is finite and fits in 64 bits, so a value that passes validation cannot overflow in a stage later (a float
+    `1e400` is inf; without this it passes `gt=0` and ends in an OverflowError in train, retried for nothing)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _numbers_fit(cls, value: Any) -> Any:
+        # allow_inf_nan covers float fields; this covers ints, and the numbers inside untyped values (Any).
+        problem = number_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def number_problem(value: Any, where: str = "") -> str | None:
+    """Why a value (or a number nested in its lists and mappings) cannot be used: not finite, or beyond 64 bits."""
+    at = f" (at {where})" if where else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number{at}"
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        return f"{value} does not fit in 64 bits (at most {INT64_MAX}){at}"
+    if isinstance(value, dict | list | tuple):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if problem := number_problem(item, f"{where}.{key}" if where else str(key)):
+                return problem
+    return None
+
+
+class Strict(RecipeModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Random seeds go to numpy, which takes 0 <= seed < 2**32 (random and torch take more).
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="random seed, 0 to 2**32 - 1")]
+# Timeouts and delays end in time.sleep, socket timeouts and timedeltas, which overflow on huge values; a day is
+# beyond any wait a stage should make.
+MAX_WAIT_S = 86_400.0
+# Retries double their delay each time: ten keep the longest wait within a timedelta and a sane run.
+MAX_RETRIES = 10
 
 
 class SourceBase(Strict):
@@ -87,33 +142,111 @@ class SqlSource(SourceBase):
     @field_validator("url")
     @classmethod
     def _no_literal_password(cls, url: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            password = make_url(url).password
-        except ArgumentError:
-            raise ValueError("not a SQLAlchemy URL, e.g. postgresql+psycopg2://user:${env:PGPASSWORD}@host/db or "
-                             "sqlite:///path/to/file.db") from None
-        if password is not None and not PLACEHOLDER.fullmatch(str(password)):
-            raise ValueError("the URL contains a password: write ${env:NAME} (an environment variable) or "
-                             "${secret:BLOCK} (a Prefect Secret block) in its place")
+        check_sql_url_secrets(url)
         return url
 
     @field_validator("url")
     @classmethod
     def _sqlite_relative_to_recipe(cls, url: str, info: ValidationInfo) -> str:
         # A SQLite file is a path like a file source's: relative to the recipe's folder, not the working directory.
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        parsed = parse_sql_url(url)
+        database = parsed.database
+        if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
             return url
-        database = resolve_relative(Path(parsed.database), info)
-        return parsed.set(database=str(database)).render_as_string(hide_password=False)
+        if PLACEHOLDER.search(database):  # resolved when the source is read, and used as it resolves
+            return url
+        return parsed.set(database=str(resolve_relative(Path(database), info))).render_as_string(hide_password=False)
 
     def label(self) -> str:
         return self.name or "sql"
+
+
+# A placeholder stands in for a URL part while SQLAlchemy parses the URL: `:`, `}` and `/` in `${env:NAME}` would
+# otherwise split the URL at the wrong places (a host placeholder read as host `${env` and port `PGHOST}`).
+_STAND_IN = re.compile(r"ftflowplaceholder(\d+)x")
+
+
+def parse_sql_url(url: str) -> URL:
+    """`url` as a SQLAlchemy URL whose user, password, host, database and query values may be placeholders, kept
+    whole; ValueError (in words) when it is not a URL. The port must be a number."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    found = [m.group(0) for m in PLACEHOLDER.finditer(url)]
+    stand_ins = iter(range(len(found)))
+    try:
+        parsed = make_url(PLACEHOLDER.sub(lambda _: f"ftflowplaceholder{next(stand_ins)}x", url))
+    except ArgumentError:
+        raise ValueError("not a SQLAlchemy URL, e.g. postgresql+psycopg2://${env:PGUSER}:${env:PGPASSWORD}@host:5432/"
+                         "db or sqlite:///path/to/file.db") from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise ValueError("the port is not a number (a placeholder can stand for the user, password, host, database "
+                         "or a query value, not the port)") from None
+
+    def restore(value):
+        if isinstance(value, tuple):
+            return tuple(restore(v) for v in value)
+        return _STAND_IN.sub(lambda m: found[int(m.group(1))], value) if isinstance(value, str) else value
+
+    return parsed.set(**{part: restore(getattr(parsed, part)) for part in ("username", "password", "host", "database")},
+                      query={key: restore(value) for key, value in parsed.query.items()})
+
+
+# Names of URL query parameters and HTTP headers that carry credentials.
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|api[-_]?key|access[-_]?key|credential|signature|^auth(?!or)|^key$"
+                         r"|^sig$", re.IGNORECASE)
+
+
+def check_sql_url_secrets(url: str) -> None:
+    """A SQL URL names its password (and any credential in its query) with placeholders, never literally."""
+    parsed = parse_sql_url(url)
+    if parsed.password is not None and not PLACEHOLDER.fullmatch(str(parsed.password)):
+        raise ValueError("the URL contains a password: write ${env:NAME} (an environment variable) or "
+                         "${secret:BLOCK} (a Prefect Secret block) in its place")
+    for key, value in parsed.query.items():
+        values = value if isinstance(value, tuple) else (value,)
+        if SECRET_NAME.search(key) and not all(PLACEHOLDER.fullmatch(v) for v in values):
+            raise ValueError(f"query parameter {key!r} holds a literal credential: write ${{env:NAME}} or "
+                             "${secret:BLOCK} in its place")
+
+
+def check_http_url_secrets(url: str) -> None:
+    """An HTTP URL carries no credential: URLs appear in messages, logs and the rows' `source` column."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ValueError(f"{_without_userinfo(url)}: the URL contains a password; send credentials in a header "
+                         "written with ${env:NAME} or ${secret:BLOCK}")
+    secret_keys = [key for key, _ in parse_qsl(parts.query, keep_blank_values=True) if SECRET_NAME.search(key)]
+    if secret_keys:
+        raise ValueError(f"{_without_userinfo(url).split('?')[0]}: query parameter {', '.join(secret_keys)} carries a "
+                         "credential; send it in a header written with ${env:NAME} or ${secret:BLOCK}")
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.hostname or "").geturl() if parts.password is not None else url
+
+
+# Headers that negotiate content and never carry a credential: only these may be written out in a recipe.
+PLAIN_HEADERS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language", "cache-control",
+                           "content-type", "if-modified-since", "if-none-match", "user-agent"})
+# A header value that names its secret: an optional scheme (Bearer, Basic, Token) and one placeholder.
+NAMED_SECRET = re.compile(rf"(?:[A-Za-z][A-Za-z0-9_-]* )?{PLACEHOLDER.pattern}")
+
+
+def _no_literal_secrets(headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    literal = [name for name, value in headers.items()
+               if name.lower() not in PLAIN_HEADERS and not NAMED_SECRET.fullmatch(value.get_secret_value())]
+    if literal:
+        raise ValueError(f"{', '.join(literal)}: a literal value, which would be stored with the run; write "
+                         "${env:NAME} or ${secret:BLOCK} in its place, e.g. \"Bearer ${env:API_TOKEN}\" (only "
+                         f"{', '.join(sorted(PLAIN_HEADERS))} may be written out)")
+    return headers
+
+
+# Header values are secret-bearing: SecretStr keeps them out of reprs, and JSON (the MLflow params, the logged
+# recipe) shows them as `**********`.
+Headers = Annotated[dict[str, SecretStr], AfterValidator(_no_literal_secrets)]
 
 
 class HttpSource(SourceBase):
@@ -122,10 +255,11 @@ class HttpSource(SourceBase):
     format: Literal["auto", "json", "jsonl", "csv", "html"] = Field(
         "auto", description="auto: from the Content-Type header; html pages become one `text` row each")
     records_path: str | None = Field(None, description="dotted key of the list of records in a JSON body")
-    headers: dict[str, str] = Field(default_factory=dict, description="values may use ${env:NAME}/${secret:BLOCK}")
-    timeout_s: float = Field(30.0, gt=0)
-    retries: int = Field(3, ge=0, description="retries on connection errors and 5xx, with exponential backoff")
-    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each time")
+    headers: Headers = Field(default_factory=dict, description="credentials as ${env:NAME} or ${secret:BLOCK}")
+    timeout_s: float = Field(30.0, gt=0, le=MAX_WAIT_S)
+    retries: int = Field(3, ge=0, le=MAX_RETRIES, description="retries on connection errors and 5xx, with "
+                                                              "exponential backoff")
+    backoff_s: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="first retry delay; doubles each time")
 
     @field_validator("url")
     @classmethod
@@ -133,6 +267,7 @@ class HttpSource(SourceBase):
         for u in [url] if isinstance(url, str) else url:
             if not re.match(r"^https?://", u):
                 raise ValueError(f"{u!r}: an http:// or https:// URL")
+            check_http_url_secrets(u)
         return url
 
     def urls(self) -> list[str]:
@@ -234,10 +369,11 @@ def describe_error(err: dict) -> str:
     # A source's `type` picks its model; pydantic puts that tag in the location (sources.0.csv.path): drop it.
     loc = err["loc"]
     parts = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in SOURCE_TYPES)]
-    loc = ".".join(str(p) for p in parts) or "(top level)"
+    loc = ".".join(str(p) for p in parts)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; see docs/recipes.md for the fields)"
     elif err["type"] == "literal_error":
         msg = f"{msg}, got {err['input']!r}"
-    return f"{loc}: {msg}"
+    # A check across sections has no location of its own: its message starts with the fields it concerns.
+    return f"{loc}: {msg}" if loc else msg

@@ -7,7 +7,6 @@ interrupted download is retried too, and then split into chunks of at most `batc
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import requests
 
 from ftcore.data.sources import ROW_ID, Chunk
 from ftcore.data.sources.config import HttpSource
-from ftcore.data.sources.parse import RAW_CHARS, bad_row, csv_chunks, frame_of, jsonl_chunks, record_chunks
+from ftcore.data.sources.parse import RAW_CHARS, bad_row, csv_chunks, frame_of, jsonl_chunks, record_chunks, text_lines
 from ftcore.data.sources.secrets import resolve
 from ftcore.errors import DataError, first_line
 
@@ -48,7 +47,7 @@ def read_http(source: HttpSource, batch_rows: int) -> Iterator[Chunk]:
 
 def _headers(source: HttpSource) -> dict[str, str]:
     try:
-        return {name: resolve(value) for name, value in source.headers.items()}
+        return {name: resolve(value.get_secret_value()) for name, value in source.headers.items()}
     except DataError as e:
         raise DataError(f"data.sources ({source.label()}) headers: {e}") from None
 
@@ -103,6 +102,8 @@ def _read_json(response: requests.Response, source: HttpSource, batch_rows: int,
         body = json.loads(_text(response, where))
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON: {e}; set format if the server's Content-Type is wrong") from None
+    except RecursionError:
+        raise DataError(f"{where}: the JSON body is nested too deeply to read") from None
     yield from record_chunks(_records(body, source.records_path, where), url, batch_rows)
 
 
@@ -134,8 +135,7 @@ def _records(body: Any, records_path: str | None, where: str) -> list:
 
 def _read_jsonl(response: requests.Response, source: HttpSource, batch_rows: int, url: str,
                 where: str) -> Iterator[Chunk]:
-    # split("\n"), not splitlines(): a JSON string may hold U+2028 and other characters splitlines() breaks on.
-    yield from jsonl_chunks(enumerate(_text(response, where).split("\n"), 1), url, batch_rows)
+    yield from jsonl_chunks(enumerate(text_lines([_text(response, where)]), 1), url, batch_rows)
 
 
 def _read_csv(response: requests.Response, source: HttpSource, batch_rows: int, url: str,
@@ -144,7 +144,7 @@ def _read_csv(response: requests.Response, source: HttpSource, batch_rows: int, 
     if not text.strip():
         raise DataError(f"{where}: the CSV body is empty; expected a header row")
     try:
-        yield from csv_chunks(io.StringIO(text, newline=""), url, batch_rows)
+        yield from csv_chunks(enumerate(text_lines([text]), 1), url, batch_rows)
     except ValueError as e:
         raise DataError(f"{where}: {e}") from None
 

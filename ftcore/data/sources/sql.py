@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
 from ftcore.data.sources import ROW_ID, Chunk
-from ftcore.data.sources.config import SqlSource
+from ftcore.data.sources.config import SqlSource, parse_sql_url
 from ftcore.data.sources.secrets import resolve
 from ftcore.errors import DataError
 
@@ -25,12 +25,14 @@ _DOCS_LINK = re.compile(r"\s*\(Background on this error at: [^)]*\)")
 
 
 def read_sql(source: SqlSource, batch_rows: int) -> Iterator[Chunk]:
-    url = _resolved_url(source)
-    where = f"data.sources ({source.label()} {url.render_as_string(hide_password=True)})"
+    named = parse_sql_url(source.url)  # parses: the config validator already checked it
+    url = _resolved_url(source, named)
+    # Messages show the resolved user, host and database, but the query parameters (credentials among them) as named.
+    where = f"data.sources ({source.label()} {url.set(query=named.query).render_as_string(hide_password=True)})"
     _check_sqlite_file(url, where)
     try:
         engine = create_engine(url)
-    except (ImportError, NoSuchModuleError) as e:  # SQLAlchemy 2.1's postgresql:// means psycopg 3, not installed
+    except (ImportError, NoSuchModuleError) as e:  # e.g. postgresql+psycopg (psycopg 3): not installed
         raise DataError(f"{where}: no database driver for {url.drivername!r} ({e}); install it, or for PostgreSQL "
                         f"write postgresql+psycopg2:// (installed with ftflow)") from None
     try:
@@ -61,13 +63,17 @@ def _query(engine: Engine, source: SqlSource, batch_rows: int, where: str) -> It
         raise DataError(f"{where}: query failed: {_db_message(e)}") from None
 
 
-def _resolved_url(source: SqlSource) -> URL:
-    url = make_url(source.url)  # parses: the config validator already checked it
+def _resolved_url(source: SqlSource, url: URL) -> URL:
     try:
         return url.set(**{part: resolve(value) for part in ("username", "password", "host", "database")
-                          if isinstance(value := getattr(url, part), str)})
+                          if isinstance(value := getattr(url, part), str)},
+                       query={key: _resolved_query_value(value) for key, value in url.query.items()})
     except DataError as e:
         raise DataError(f"data.sources ({source.label()}) url: {e}") from None
+
+
+def _resolved_query_value(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    return resolve(value) if isinstance(value, str) else tuple(resolve(v) for v in value)
 
 
 def _check_sqlite_file(url: URL, where: str) -> None:
