@@ -42,14 +42,15 @@ def measure(corpus: Path, batch_rows: int) -> dict:
     child = f"""
 import json, resource, sys, time
 from pathlib import Path
-from ftcore.config import BalanceConfig, CleanConfig, DataConfig
-from ftcore.data.clean import clean_and_split
-from ftcore.data.collect import collect
+from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig
+from ftcore.data.clean import CleanJob, clean_balance_stage
+from ftcore.data.collect import CollectJob, collect_stage
 out = Path(sys.argv[1])
 data = DataConfig(sources=[{{"type": "jsonl", "path": {str(corpus)!r}}}])
 started = time.perf_counter()
-collected = collect(data, out / "collected", {batch_rows})
-cleaned = clean_and_split(collected, CleanConfig(steps={STEPS!r}), BalanceConfig(), data, out / "clean", {batch_rows})
+collected = collect_stage(CollectJob(data=data, sources={{}}), out / "collected", {batch_rows})
+job = CleanJob(collected=collected, data=data, clean=CleanConfig(steps={STEPS!r}), balance=BalanceConfig())
+cleaned = clean_balance_stage(job, out / "clean", {batch_rows})
 print(json.dumps({{"seconds": time.perf_counter() - started, "rows_in": cleaned.metrics["rows_in"],
                   "rows_kept": cleaned.metrics["rows_kept"],
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))

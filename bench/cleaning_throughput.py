@@ -3,8 +3,8 @@
 Both run the cleaning steps of `data_recipes/recipes/shared/medquad_qa.yaml` on the real MedQuAD sample in
 ../shared/data:
 
-- **ftflow**: `clean_and_split`, the clean stage itself (batches through every step, then the split, the data
-  card and the Parquet files), timed from the collected table to the finished output folder.
+- **ftflow**: `clean_balance_stage`, the clean stage itself (batches through every step, then the split, the
+  data card and the Parquet files), timed from the collected table to the finished output folder.
 - **naive loop**: for each row, each step's own function on a one-row batch (stateful steps keep their state
   across rows, so deduplication decides exactly as in the stage) - what applying the same steps row by row costs.
 
@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftcore.config import TEXT_COLUMNS, load_recipe
-from ftcore.data.clean import apply_steps, clean_and_split, plan_steps
-from ftcore.data.collect import collect
-from ftcore.registry import Batch, get_step
+from ftcore.columns import TEXT_COLUMNS
+from ftcore.data.clean import apply_steps, clean_balance_stage, plan_steps
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.jobs import clean_job
+from ftcore.recipe import load_recipe
+from ftcore.registry import STEPS, Batch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "data_recipes" / "recipes" / "shared" / "medquad_qa.yaml"
@@ -36,7 +38,7 @@ RECIPE = REPO / "data_recipes" / "recipes" / "shared" / "medquad_qa.yaml"
 
 def naive_loop(rows: pd.DataFrame, plan, text_columns: list[str]) -> tuple[list[int], int]:
     """Every step on every row, one row at a time. Returns the kept row numbers and the quarantined count."""
-    steps = [(get_step(s.name), get_step(s.name).params.model_validate(s.params)) for s in plan]
+    steps = [(STEPS.get(s.name), STEPS.get(s.name).params.model_validate(s.params)) for s in plan]
     states: list[dict] = [{} for _ in plan]
     kept, quarantined = [], 0
     for index in rows.index:
@@ -59,7 +61,7 @@ def main() -> None:
     text_columns = TEXT_COLUMNS[recipe.data.format]
     plan = plan_steps(recipe.clean.steps)
     with tempfile.TemporaryDirectory(prefix="ftflow-bench-clean-") as tmp:
-        collected = collect(recipe.data, Path(tmp) / "collected")
+        collected = collect_stage(CollectJob(data=recipe.data, sources={}), Path(tmp) / "collected")
         rows = pd.read_parquet(collected.splits["all"])
         apply_steps(rows.head(50), plan, text_columns, {})  # warm-up: imports, spaCy pipelines, detectors
         print(f"{len(rows)} MedQuAD rows; steps: {', '.join(s.label for s in plan)}")
@@ -67,7 +69,7 @@ def main() -> None:
         ratios = []
         for repeat in range(1, args.repeats + 1):
             started = time.perf_counter()
-            out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, Path(tmp) / f"out{repeat}")
+            out = clean_balance_stage(clean_job(recipe, collected), Path(tmp) / f"out{repeat}")
             stage_s = time.perf_counter() - started
             started = time.perf_counter()
             kept, quarantined = naive_loop(rows, plan, text_columns)

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -30,29 +28,23 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=200, help="examples generated one at a time")
     args = parser.parse_args()
     os.environ.setdefault("FTFLOW_HOME", tempfile.mkdtemp(prefix="ftflow-bench-evaluate-"))
-    from ftcore.config import load_recipe
-    from ftcore.data.clean import clean_and_split
-    from ftcore.data.collect import collect
+    from demo_model import train_demo
+
     from ftcore.evaluation.evaluate import evaluate_models
-    from ftcore.evaluation.generate import generate
     from ftcore.evaluation.language import eval_examples
-    from ftcore.models.init import init_model
+    from ftcore.evaluation.scorers import Scoring
+    from ftcore.models.generate import generate
     from ftcore.models.load import load_trained
-    from ftcore.training.train import train_model
 
     root = Path(tempfile.mkdtemp(prefix="ftflow-bench-evaluate-"))
-    # Every metric of the task (the demo recipe lists three).
-    recipe = load_recipe(REPO / "data_recipes" / "recipes" / "clinical_qa.yaml", ["evaluate.metrics=null"])
-    dataset = clean_and_split(collect(recipe.data, root / "collect"), recipe.clean, recipe.balance, recipe.data,
-                              root / "clean")
-    base = init_model(recipe.model, recipe.method, dataset, root / "init", recipe.task)
-    trained = train_model(base, dataset.splits, recipe.train, root / "train", recipe.task)
+    # Every metric of the objective (the demo recipe lists three).
+    recipe, dataset, trained = train_demo(root, ["evaluate.metrics=null"])
     rows = pd.read_parquet(dataset.splits["train"])
     test = pd.concat([rows] * (args.examples // len(rows) + 1), ignore_index=True).iloc[: args.examples]
     test.to_parquet(root / "test.parquet", index=False)
 
     model, tokenizer = load_trained(trained.model_path)
-    prompts = eval_examples(test, tokenizer, recipe.task)["prompt"].tolist()
+    prompts = eval_examples(test, tokenizer)["prompt"].tolist()
     cfg = recipe.evaluate
     started = time.perf_counter()
     generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
@@ -62,7 +54,8 @@ def main() -> None:
     single = args.single / (time.perf_counter() - started)
 
     started = time.perf_counter()
-    out = evaluate_models({"candidate": trained.model_path}, {"test": root / "test.parquet"}, cfg, root / "evaluate")
+    scoring = Scoring(splits={'test': root / 'test.parquet'}, evaluate=cfg)
+    out = evaluate_models({"candidate": trained.model_path}, scoring, root / "evaluate")
     stage = time.perf_counter() - started
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

@@ -42,7 +42,7 @@ def run_ftflow(recipe: Path, overrides: list[str], home: Path) -> tuple[dict, fl
 
 def run_plain(home: Path, recipe: Path, overrides: list[str], out: Path) -> tuple[dict, float]:
     """The plain script on ftflow's own init output and cleaned split (the only ones in this fresh home)."""
-    from ftcore.config import load_recipe
+    from ftcore.recipe import load_recipe
 
     train_cfg = load_recipe(recipe, overrides).train
     init_dir = next((home / "artifacts" / "init").iterdir())

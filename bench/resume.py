@@ -2,11 +2,11 @@
 complete checkpoint), against an uninterrupted run of the same work with the same seed.
 
 Each repeat, in fresh processes on one prepared base and dataset (the demo recipe's data and model, 25 epochs):
-1. an uninterrupted `train_model`;
+1. an uninterrupted `train_stage`;
 2. the same call in a new process, killed with SIGKILL when it has done 50% of (1)'s steps;
 3. the same call again in a new process: it resumes from the last complete checkpoint and finishes.
 
-Times are those of the `train_model` call (loading the model and data, training, writing the output); the library
+Times are those of the `train_stage` call (loading the model and data, training, writing the output); the library
 imports are done before the clock starts in every process, as a Prefect retry runs in the process that already
 imported them. Prints (2 + 3) / 1 per repeat and the median (target <= 1.15), in wall-clock time and in the
 processes' CPU time (which other load on a shared machine disturbs far less), and checks that the resumed run ends
@@ -38,32 +38,34 @@ DEFAULT_OVERRIDES = ["train.epochs=25"]
 
 def prepare(recipe: Path, overrides: list[str], root: Path) -> Path:
     """The stages before train, run once; returns the JSON file every training process reads its inputs from."""
-    from ftcore.config import load_recipe
-    from ftcore.data.clean import clean_and_split
-    from ftcore.data.collect import collect
-    from ftcore.models.init import init_model
+    from ftcore.data.clean import clean_balance_stage
+    from ftcore.data.collect import CollectJob, collect_stage
+    from ftcore.jobs import clean_job
+    from ftcore.models.init import InitJob, init_stage
+    from ftcore.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides)
-    dataset = clean_and_split(collect(loaded.data, root / "collect"), loaded.clean, loaded.balance, loaded.data,
-                              root / "clean")
-    base = init_model(loaded.model, loaded.method, dataset, root / "init")
+    collected = collect_stage(CollectJob(data=loaded.data, sources={}), root / "collect")
+    dataset = clean_balance_stage(clean_job(loaded, collected), root / "clean")
+    base = init_stage(InitJob(model=loaded.model, method=loaded.method, dataset=dataset), root / "init")
     inputs = root / "inputs.json"
-    inputs.write_text(json.dumps({"base": base.model_dump(mode="json"), "splits": {k: str(v) for k, v in
-                                  dataset.splits.items()}, "train": loaded.train.model_dump(mode="json")}))
+    inputs.write_text(json.dumps({"base": base.model_dump(mode="json"), "dataset": dataset.model_dump(mode="json"),
+                                  "train": loaded.train.model_dump(mode="json")}))
     return inputs
 
 
 def train_child(inputs: Path, out_dir: Path, report: Path) -> None:
-    """One training process: imports first, then the timed `train_model` call; the start time goes to `report` before
+    """One training process: imports first, then the timed `train_stage` call; the start time goes to `report` before
     training (so a killed process leaves it) and the result after. The step reached is written to `<report>.step`
     after every step (in every run, so that all pay the same), for the parent to kill it at a given step."""
     import peft  # noqa: F401
     import trl  # noqa: F401
     from transformers import TrainerCallback
 
-    from ftcore.config import TrainConfig
-    from ftcore.outputs import ModelOutput
+    from ftcore.outputs import DatasetOutput, ModelOutput
     from ftcore.training import train
+    from ftcore.training.config import TrainConfig
+    from ftcore.training.jobs import TrainJob
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -72,8 +74,9 @@ def train_child(inputs: Path, out_dir: Path, report: Path) -> None:
     spec = json.loads(inputs.read_text())
     started, started_cpu = time.time(), time.process_time()
     report.write_text(json.dumps({"started": started, "started_cpu": started_cpu}))
-    out = train.train_model(ModelOutput.model_validate(spec["base"]), {k: Path(v) for k, v in spec["splits"].items()},
-                    TrainConfig.model_validate(spec["train"]), out_dir, callbacks=[Progress()])
+    out = train.train_stage(TrainJob(base=ModelOutput.model_validate(spec["base"]),
+                                     dataset=DatasetOutput.model_validate(spec["dataset"]),
+                                     train=TrainConfig.model_validate(spec["train"])), out_dir, callbacks=[Progress()])
     report.write_text(json.dumps({"seconds": time.time() - started, "cpu_seconds": time.process_time() - started_cpu,
                                   "metrics": out.metrics}))
 
@@ -109,7 +112,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def killed_at(inputs: Path, out_dir: Path, report: Path, step: int) -> dict:
-    """Start training and SIGKILL it once it has done `step` steps: the seconds and CPU seconds `train_model` ran,
+    """Start training and SIGKILL it once it has done `step` steps: the seconds and CPU seconds `train_stage` ran,
     and the step it reached."""
     proc = spawn(inputs, out_dir, report)
     while _step(report) < step:

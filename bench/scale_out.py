@@ -1,8 +1,8 @@
 """Scale-out, measured in one run: the data stage on Dask versus the default runner, and training in two DDP
 processes versus one.
 
-1. **Data stage**: the clean stage (`clean_and_split`) of `data_recipes/recipes/shared/medquad_qa.yaml` on the
-   real MedQuAD sample in ../shared/data, run with `runtime.task_runner: local` (the default: parts one after the
+1. **Data stage**: the clean stage (`clean_balance_stage`) of `data_recipes/recipes/shared/medquad_qa.yaml` on
+   the real MedQuAD sample in ../shared/data, run with `runtime.task_runner: local` (the default: parts one after the
    other in this process) and `runtime.task_runner: dask` (parts as Prefect tasks on a Dask LocalCluster of
    `--workers` worker processes, each started afresh as the stage does, so the cluster's start-up is counted).
    Both must give the same output (content hash) before a ratio is printed. `--copies N` repeats the sample N
@@ -32,11 +32,15 @@ configure_environment()  # Prefect's ephemeral API: the Dask runner's parts are 
 import pandas as pd  # noqa: E402
 from distributed import LocalCluster  # noqa: E402
 
-from ftcore.config import DistributedConfig, RuntimeConfig, load_recipe  # noqa: E402
-from ftcore.data.clean import clean_and_split  # noqa: E402
-from ftcore.data.collect import collect  # noqa: E402
-from ftcore.models.init import init_model  # noqa: E402
-from ftcore.training.train import train_model  # noqa: E402
+from ftcore.data.clean import clean_balance_stage  # noqa: E402
+from ftcore.data.collect import CollectJob, collect_stage  # noqa: E402
+from ftcore.data.config import RuntimeConfig  # noqa: E402
+from ftcore.jobs import clean_job  # noqa: E402
+from ftcore.models.init import InitJob, init_stage  # noqa: E402
+from ftcore.recipe import load_recipe  # noqa: E402
+from ftcore.training.config import DistributedConfig  # noqa: E402
+from ftcore.training.jobs import TrainJob  # noqa: E402
+from ftcore.training.train import train_stage  # noqa: E402
 from tasks.parallel import part_mapper, worker_environment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,11 +63,11 @@ def repeated_sample(copies: int, folder: Path) -> Path:
 def bench_data(args, tmp: Path) -> None:
     source = repeated_sample(args.copies, tmp)
     recipe = load_recipe(RECIPE, [f"data.sources.0.path={source}"])
-    collected = collect(recipe.data, tmp / "collected", batch_rows=args.batch_rows)
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp / "collected", batch_rows=args.batch_rows)
     parts = -(-collected.rows // args.batch_rows)
     print(f"data stage: {collected.rows} MedQuAD rows in {parts} parts of {args.batch_rows}; "
           f"{len(recipe.clean.steps)} cleaning steps")
-    clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp / "warm", args.batch_rows)  # imports
+    clean_balance_stage(clean_job(recipe, collected), tmp / "warm", args.batch_rows)  # imports
     environment = worker_environment()  # starts the embedded Prefect API now, as a pipeline run has already
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env=environment) as cluster:
@@ -72,15 +76,15 @@ def bench_data(args, tmp: Path) -> None:
             "dask, new cluster": RuntimeConfig(task_runner="dask", dask={"n_workers": args.workers}),
             "dask, running cluster": RuntimeConfig(task_runner="dask", dask={"address": cluster.scheduler_address}),
         }
-        clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp / "warm-cluster", args.batch_rows,
-                        part_mapper(runners["dask, running cluster"]))  # its workers' imports and models
+        clean_balance_stage(clean_job(recipe, collected), tmp / "warm-cluster", args.batch_rows,
+                            part_mapper(runners["dask, running cluster"]))  # its workers' imports and models
         timings: dict[str, list[float]] = {name: [] for name in runners}
         hashes = {}
         for repeat in range(1, args.repeats + 1):
             for name, runtime in runners.items():
                 started = time.perf_counter()
-                out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data,
-                                      tmp / f"{len(hashes)}-{repeat}", args.batch_rows, part_mapper(runtime))
+                out = clean_balance_stage(clean_job(recipe, collected), tmp / f"{len(hashes)}-{repeat}",
+                                          args.batch_rows, part_mapper(runtime))
                 timings[name].append(time.perf_counter() - started)
                 hashes[name] = out.content_hash
                 print(f"  repeat {repeat} {name:22}: {collected.rows / timings[name][-1]:7.0f} rows/s "
@@ -101,12 +105,12 @@ def timed(fn, *args):
 
 def bench_train(tmp: Path) -> None:
     recipe = load_recipe(RECIPE, [*SMALL_MODEL, "train.max_steps=60", "train.batch_size=8", "train.logging_steps=5"])
-    collected = collect(recipe.data, tmp / "train-collected")
-    dataset = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp / "train-clean")
-    base = init_model(recipe.model, recipe.method, dataset, tmp / "init")
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp / "train-collected")
+    dataset = clean_balance_stage(clean_job(recipe, collected), tmp / "train-clean")
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset), tmp / "init")
     two_cfg = recipe.train.model_copy(update={"batch_size": 4,
                                               "distributed": DistributedConfig(num_processes=2, backend="gloo")})
-    (one, one_s), (two, two_s) = (timed(train_model, base, dataset.splits, cfg, tmp / name)
+    (one, one_s), (two, two_s) = (timed(train_stage, TrainJob(base=base, dataset=dataset, train=cfg), tmp / name)
                                   for cfg, name in ((recipe.train, "one"), (two_cfg, "two")))
     # Outside the training loop: loading the model and data, writing the output; and for two, their processes.
     launch_s = (two_s - two.metrics["runtime_s"]) - (one_s - one.metrics["runtime_s"])

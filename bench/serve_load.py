@@ -55,25 +55,17 @@ class Phase:
                 f"p50 {self.percentile(0.5) * 1000:7.1f} ms  p99 {self.percentile(0.99) * 1000:7.1f} ms")
 
 
-def train_demo(root: Path) -> tuple[Path, list[str], int]:
+def demo_to_serve(root: Path) -> tuple[Path, list[str], int]:
     """The demo model trained as the recipe says, its test prompts, and the recipe's max_new_tokens."""
     import pandas as pd
+    from demo_model import train_demo
 
-    from ftcore.config import load_recipe
-    from ftcore.data.clean import clean_and_split
-    from ftcore.data.collect import collect
     from ftcore.evaluation.language import eval_examples
-    from ftcore.models.init import init_model
     from ftcore.models.load import load_tokenizer
-    from ftcore.training.train import train_model
 
-    recipe = load_recipe(REPO / "data_recipes" / "recipes" / "clinical_qa.yaml")
-    dataset = clean_and_split(collect(recipe.data, root / "collect"), recipe.clean, recipe.balance, recipe.data,
-                              root / "clean")
-    base = init_model(recipe.model, recipe.method, dataset, root / "init", recipe.task)
-    trained = train_model(base, dataset.splits, recipe.train, root / "train", recipe.task)
+    recipe, dataset, trained = train_demo(root)
     rows = pd.concat([pd.read_parquet(dataset.splits[s]) for s in ("test", "validation", "train")])
-    prompts = eval_examples(rows, load_tokenizer(trained.model_path), recipe.task)["prompt"].tolist()
+    prompts = eval_examples(rows, load_tokenizer(trained.model_path))["prompt"].tolist()
     return trained.model_path, prompts, recipe.evaluate.max_new_tokens
 
 
@@ -162,7 +154,7 @@ def main() -> None:
     os.environ.setdefault("FTFLOW_HOME", tempfile.mkdtemp(prefix="ftflow-bench-serve-"))
     root = Path(tempfile.mkdtemp(prefix="ftflow-bench-serve-"))
     if args.model is None:
-        model, prompts, max_tokens = train_demo(root)
+        model, prompts, max_tokens = demo_to_serve(root)
     else:
         model, max_tokens = args.model, 32
         prompts = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]

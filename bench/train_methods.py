@@ -6,9 +6,9 @@ padding).
 
 Measures ftflow's own train path. The stages before train run once in this process: collect and clean the MedQuAD
 recipe (data_recipes/recipes/shared/medquad_qa.yaml: real question/answer pairs of 23 to ~600 tokens, from
-../shared/data), then `init_model` once per method on the same data: a scratch Llama built from config (33.5M
+../shared/data), then `init_stage` once per method on the same data: a scratch Llama built from config (33.5M
 parameters by default; the same weights and tokenizer for every method; QLoRA's base loads in 4-bit NF4). Each
-configuration then runs the train stage's function (`train_model`) in a fresh process, so that
+configuration then runs the train stage's function (`train_stage`) in a fresh process, so that
 its memory is its own:
 
 - full, lora, qlora: padded batches (`train.packing: false`), the same `--steps` steps over the same batches;
@@ -68,22 +68,23 @@ METHODS = {"full": "method={name: full}", "lora": "method={name: lora, r: 8}", "
 def prepare(recipe: Path, overrides: list[str], steps: int, methods: list[str], root: Path) -> dict[str, Path]:
     """The stages before train, run once: the cleaned splits, then the init stage per method. Returns, per method,
     the JSON file its training processes read their inputs from."""
-    from ftcore.config import load_recipe
-    from ftcore.data.clean import clean_and_split
-    from ftcore.data.collect import collect
-    from ftcore.models.init import init_model
+    from ftcore.data.clean import clean_balance_stage
+    from ftcore.data.collect import CollectJob, collect_stage
+    from ftcore.jobs import clean_job
+    from ftcore.models.init import InitJob, init_stage
+    from ftcore.recipe import load_recipe
 
     dataset, inputs = None, {}
     for method in methods:
         loaded = load_recipe(recipe, [*overrides, f"train.max_steps={steps}", METHODS[method]])
         if dataset is None:
-            dataset = clean_and_split(collect(loaded.data, root / "collect"), loaded.clean, loaded.balance,
-                                      loaded.data, root / "clean")
-        base = init_model(loaded.model, loaded.method, dataset, root / f"init-{method}")
+            collected = collect_stage(CollectJob(data=loaded.data, sources={}), root / "collect")
+            dataset = clean_balance_stage(clean_job(loaded, collected), root / "clean")
+        base = init_stage(InitJob(model=loaded.model, method=loaded.method, dataset=dataset), root / f"init-{method}")
         inputs[method] = root / f"inputs-{method}.json"
         inputs[method].write_text(json.dumps({
             "base": base.model_dump(mode="json"),
-            "splits": {k: str(v) for k, v in dataset.splits.items()},
+            "dataset": dataset.model_dump(mode="json"),
             "train": loaded.train.model_dump(mode="json"),
         }))
     return inputs
@@ -114,10 +115,11 @@ def train_child(inputs: Path, packing: str, out_dir: Path, report: Path) -> None
     import trl  # noqa: F401
     from transformers import TrainerCallback
 
-    from ftcore.config import TrainConfig
-    from ftcore.outputs import ModelOutput
+    from ftcore.outputs import DatasetOutput, ModelOutput
     from ftcore.training import train as stage
     from ftcore.training.analytics import peak_memory_mb, reset_peak_memory
+    from ftcore.training.config import TrainConfig
+    from ftcore.training.jobs import TrainJob
 
     after_imports = memory_now_mb()
     measured = {}
@@ -142,8 +144,9 @@ def train_child(inputs: Path, packing: str, out_dir: Path, report: Path) -> None
     spec = json.loads(inputs.read_text())
     cfg = TrainConfig.model_validate({**spec["train"], "packing": packing == "packing"})
     started = time.time()
-    out = stage.train_model(ModelOutput.model_validate(spec["base"]), {k: Path(v) for k, v in spec["splits"].items()},
-                            cfg, out_dir, callbacks=[Measure()])
+    out = stage.train_stage(TrainJob(base=ModelOutput.model_validate(spec["base"]),
+                                     dataset=DatasetOutput.model_validate(spec["dataset"]), train=cfg),
+                            out_dir, callbacks=[Measure()])
     # The peak count restarted when training began: the whole stage's peak is the larger of the two.
     stage_peak = max(peak_memory_mb(), measured["before_train_peak_mb"])
     report.write_text(json.dumps({"seconds": time.time() - started, "metrics": out.metrics, "stage_peak_mb": stage_peak,

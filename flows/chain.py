@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.finetune import finetune
-from ftcore.config import Recipe, load_recipe
+from ftcore.recipe import Recipe, load_recipe
 
 
 @flow(name="chain", log_prints=False, validate_parameters=False)

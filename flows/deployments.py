@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ftcore.data.sources.config import describe_error
 from ftcore.errors import UserError
 from ftcore.recipe_yaml import read_yaml_file
+from ftcore.schema import describe_error
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "infra" / "prefect.yaml"
@@ -99,7 +99,7 @@ def cli_schedule(name: str, cron: str) -> Schedule:
 def use_recipe(spec: DeploymentSpec, recipe: str) -> None:
     """Point the deployment at `recipe`: its recipe parameter, the model the monitor watches, and the model whose
     breach events start the retraining."""
-    from ftcore.config import load_recipe
+    from ftcore.recipe import load_recipe
 
     name = load_recipe(recipe).registered_model
     for key in ("recipe_path", "recipe"):

@@ -15,19 +15,16 @@ from pydantic import ValidationError
 import ftcore
 from flows.options import RunOptions
 from flows.summary import RunSummary
-from ftcore import tracking
-from ftcore.alignment_config import CHAMPION_DATA
-from ftcore.config import Recipe, Stage, StagesConfig, load_recipe
-from ftcore.data.retained import RetainedData, champion_data, file_data, held_out_data
-from ftcore.data.sources.config import FileSource, HfDatasetSource, describe_error
+from ftcore import jobs, tracking
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError, is_user_error, storage_error
-from ftcore.hashing import hash_dir, hash_file
 from ftcore.locks import Lease, abandoned
-from ftcore.models.registered import ModelRef, pin_reference, pin_registered
-from ftcore.monitor.canaries import question_template
+from ftcore.models.registered import ModelRef
 from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
 from ftcore.paths import home
+from ftcore.pins import pin
+from ftcore.recipe import Recipe, Stage, StagesConfig, load_recipe
+from ftcore.schema import describe_error
 from tasks.clean_balance import clean_balance
 from tasks.collect import collect
 from tasks.deploy import deploy
@@ -72,33 +69,19 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
         options: the common changes as a form (method, learning rate, max steps, dataset path).
     """
     recipe = load_recipe(recipe_path, [*(overrides or []), *run_options(options)])
-    # Registered models and retained data are pinned before any stage runs (ftcore/models/registered.py).
-    start, reward_model = starting_version(recipe), pinned_reward_model(recipe)
-    champion, retained = current_champion(recipe), retained_data(recipe, start)
+    pins = pin(recipe)  # registered models, retained data and sources, before any stage (ftcore/pins.py)
     summary = start_run(recipe, recipe_path)
     stages = StageRunner(recipe.stages, summary, until)
     try:
-        collected = stages.run(collect, data=recipe.data, source_hashes=source_fingerprints(recipe),
-                               runtime=recipe.runtime)
-        dataset = stages.run(clean_balance, collected=collected, clean=recipe.clean, balance=recipe.balance,
-                             data=recipe.data, runtime=recipe.runtime)
-        base = stages.run(init, model=recipe.model, method=recipe.method, dataset=dataset, task=recipe.task,
-                          start=start)
-        trained = stages.run(train, base=base, dataset=dataset, train=recipe.train, task=recipe.task,
-                             reward=recipe.reward, reward_model=reward_model, continual=recipe.continual,
-                             retained=retained)
-        evaluation = stages.run(evaluate, base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate,
-                                task=recipe.task, title=recipe.name, train=recipe.train, reward=recipe.reward,
-                                reward_model=reward_model,
-                                forgetting_set=forgetting_set(recipe, retained), start=start,
-                                champion=rival(champion, trained))
-        deployed = stages.run(deploy, trained=trained, evaluation=evaluation, gate=recipe.deploy.gate,
-                              registered_model=recipe.registered_model, registry=tracking.tracking_uri(),
+        collected = stages.run(collect, job=jobs.collect_job(recipe, pins), runtime=recipe.runtime)
+        dataset = stages.run(clean_balance, job=jobs.clean_job(recipe, collected), runtime=recipe.runtime)
+        base = stages.run(init, job=jobs.init_job(recipe, pins, dataset))
+        trained = stages.run(train, job=jobs.train_job(recipe, pins, base, dataset))
+        evaluation = stages.run(evaluate, job=jobs.evaluate_job(recipe, pins, base, trained, dataset))
+        deployed = stages.run(deploy, job=jobs.deploy_job(recipe, trained, evaluation, dataset),
                               mlflow_run_id=summary.mlflow_run_id,
-                              run_tags=version_tags(summary, dataset, base, trained, reward_model), dataset=dataset,
-                              exports=recipe.deploy.exports, int8_tolerance=recipe.deploy.int8_tolerance)
-        stages.run(monitor, deployed=deployed, dataset=dataset, monitor=recipe.monitor,
-                   toxicity=recipe.evaluate.safety.toxicity, prompt_template=question_template(recipe.data))
+                              run_tags=version_tags(summary, dataset, base, trained, pins.reward_model))
+        stages.run(monitor, job=jobs.monitor_job(recipe, deployed, dataset))
     except StopPipeline:
         pass
     return finish_run(summary, stages.outputs)
@@ -186,70 +169,6 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
     if not summary.succeeded:
         raise StageFailed.of(result)
     return result
-
-
-def source_fingerprints(recipe: Recipe) -> dict[str, str]:
-    """What collect's cache depends on: the content hash of every input file (every match of a glob) and saved
-    dataset folder. A query or a URL can return new rows behind the same recipe, so those sources are read again
-    on every run; the stages after collect are still skipped when the rows read are unchanged."""
-    fingerprints = {}
-    for source in recipe.data.all_sources():
-        if isinstance(source, FileSource):
-            fingerprints.update({str(path): hash_file(path) for path in source.files()})
-        elif isinstance(source, HfDatasetSource) and source.local_path():
-            fingerprints[source.path] = hash_dir(source.local_path())
-        else:
-            fingerprints[source.label()] = f"read at {time.time_ns()}"
-    return fingerprints
-
-
-def starting_version(recipe: Recipe) -> ModelRef | None:
-    """model.source champion: the version to continue from (the champion now, or model.version)."""
-    if recipe.model.source != "champion":
-        return None
-    name = recipe.model.registered_model or recipe.registered_model
-    version = None if recipe.model.version is None else str(recipe.model.version)
-    return pin_registered(name, tracking.CHAMPION, version, "model.source: champion")
-
-
-def current_champion(recipe: Recipe) -> tuple[ModelRef, str | None] | None:
-    """The champion the candidate must beat and the hash of its model (its `model_hash` tag); None before the first
-    version."""
-    found = tracking.version_for_alias(recipe.registered_model, tracking.CHAMPION)
-    if found is None:
-        return None
-    ref = pin_registered(recipe.registered_model, None, found["version"], "deploy.registered_model")
-    return ref, found["tags"].get(MODEL_HASH_TAG)
-
-
-def rival(champion: tuple[ModelRef, str | None] | None, trained: TrainOutput) -> ModelRef | None:
-    """The champion to score beside the candidate on this test set, unless it is the candidate itself (an unchanged
-    recipe run again): then nothing changes for the evaluate stage, whose cached result stands."""
-    if champion is None or champion[1] == trained.content_hash:
-        return None
-    return champion[0]
-
-
-def pinned_reward_model(recipe: Recipe) -> ModelRef | None:
-    if recipe.reward is None or recipe.reward.model is None:
-        return None
-    return pin_reference(recipe.reward.model, "reward.model")
-
-
-def retained_data(recipe: Recipe, start: ModelRef | None) -> RetainedData | None:
-    """continual: the champion's own dataset, or a file of general data."""
-    if recipe.continual is None:
-        return None
-    if recipe.continual.data == CHAMPION_DATA:
-        return champion_data(start)
-    return file_data(Path(recipe.continual.data), recipe.data, recipe.data.split.seed)
-
-
-def forgetting_set(recipe: Recipe, retained: RetainedData | None) -> RetainedData | None:
-    """What forgetting is measured on: evaluate.forgetting's general data, else continual's retained test rows."""
-    if recipe.evaluate.forgetting is not None:
-        return held_out_data(recipe.evaluate.forgetting.data, recipe.evaluate.forgetting.max_rows, recipe.data)
-    return retained
 
 
 def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput, trained: TrainOutput,

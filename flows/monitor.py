@@ -14,12 +14,12 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from ftcore.alignment_config import MODEL_URI
-from ftcore.config import load_recipe
 from ftcore.errors import UserError
+from ftcore.models.config import MODEL_URI
 from ftcore.models.registered import pin_reference
 from ftcore.monitor.canaries import question_template
-from ftcore.monitor_config import parse_window
+from ftcore.monitor.config import parse_window
+from ftcore.recipe import load_recipe
 from tasks.monitor import announce_breach, check_endpoint, is_champion, start_retraining
 
 # JSON-schema patterns (the UI checks them in the browser: no Python-only syntax such as named groups).

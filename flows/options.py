@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftcore.method_config import METHOD_NAMES
+from ftcore.models.config import METHOD_NAMES
 
 MethodName = Literal[tuple(METHOD_NAMES)]  # the form's drop-down: every method a recipe can name
 

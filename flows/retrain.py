@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.finetune import finetune
 from flows.options import RunOptions
-from ftcore.config import Stage
+from ftcore.recipe import Stage
 
 
 @flow(name="retrain", log_prints=False, validate_parameters=False)

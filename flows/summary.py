@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftcore.config import STAGES
 from ftcore.fs import atomic_write_text
 from ftcore.locks import Lease
 from ftcore.paths import home
+from ftcore.recipe import STAGES
 
 # The metrics worth a glance in the terminal; everything is in summary.json and MLflow.
 KEY_METRICS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ftcore.paths import home
@@ -46,12 +47,20 @@ STORAGE_FIXES = {errno.EROFS: "make it writable", errno.ENOTDIR: "remove the fil
 SQLITE_STORAGE_ERRORS = {"SQLITE_FULL": errno.ENOSPC, "SQLITE_READONLY": errno.EROFS}
 
 
-def storage_error(error: BaseException, output: tuple[Path, Path] | None = None) -> StorageError | None:
+@dataclass(frozen=True)
+class Pending:
+    """An output being written: the temporary folder it is written into, and the folder it becomes."""
+
+    temporary: Path
+    final: Path
+
+
+def storage_error(error: BaseException, output: Pending | None = None) -> StorageError | None:
     """The storage problem behind `error` as one line naming the path and the fix, or None when there is none.
 
     Libraries wrap the OSError (MLflow's copy errors, SQLAlchemy's, Prefect's), so the whole chain of causes is
-    searched. `output`: (temporary folder, final folder) of an output being written (ftcore/fs.py: atomic_dir); a
-    failure inside it names the output and how much of it had been written, a lower bound of the space it needs."""
+    searched. `output`: the output being written (ftcore/fs.py: atomic_dir); a failure inside it names the output
+    and how much of it had been written, a lower bound of the space it needs."""
     if isinstance(error, StorageError):  # said already, where the most was known
         return error
     found = _storage_cause(error)
@@ -60,9 +69,9 @@ def storage_error(error: BaseException, output: tuple[Path, Path] | None = None)
     code, failed = found
     path = Path(failed) if failed else home()  # SQLite's errors carry no path: its databases live in FTFLOW_HOME
     needs = ""
-    if output is not None and _under(path, output[0]):
-        written = sum(f.stat().st_size for f in output[0].rglob("*") if f.is_file())
-        path = output[1]
+    if output is not None and _under(path, output.temporary):
+        written = sum(f.stat().st_size for f in output.temporary.rglob("*") if f.is_file())
+        path = output.final
         needs = f"; it needs more than the {_size(written)} written before the disk filled" if written else ""
     message = f"{path}: {STORAGE_ERRNOS[code]}"
     if code in (errno.ENOSPC, errno.EDQUOT):

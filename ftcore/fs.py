@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ftcore.errors import storage_error
+from ftcore.errors import Pending, storage_error
 from ftcore.locks import file_lock
 
 
@@ -26,7 +26,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         yield tmp
         publish(tmp, final)
     except Exception as e:
-        problem = storage_error(e, output=(tmp, final))
+        problem = storage_error(e, output=Pending(tmp, final))
         if problem is None:
             raise
         raise problem from e

@@ -19,6 +19,10 @@ class StageOutput(BaseModel):
     def exists(self) -> bool:
         return self.path.exists()
 
+    def cache_identity(self) -> str:
+        """What a later stage's cache key and folder hash of this output: its content, not its folder or timings."""
+        return self.content_hash
+
 
 class DatasetOutput(StageOutput):
     """Collected rows (`splits={"all": ...}`) or cleaned splits (`train`, `validation`, `test`), as Parquet."""

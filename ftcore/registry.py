@@ -1,26 +1,23 @@
-"""The cleaning-step registry: `@cleaning_step` registers a function with its own params model.
+"""The cleaning-step API: `@cleaning_step` registers a function with its own params model, and the types a step
+works with (`Batch`, `StepResult`, `StepParams`). Data engineers import them from here.
 
-Steps come from ftcore's built-ins and from any installed package that declares an entry point in the
-`ftflow.cleaning_steps` group (ftflow's own `data_recipes.steps` is one), so a data engineer adds a step by writing
-one decorated function, without touching ftcore.
+Steps live in one `Registry` (ftcore/plugins.py), `STEPS`: ftcore's built-ins (the `ftcore.data.steps` package,
+imported on first lookup) and any installed package's modules declared in the `ftflow.cleaning_steps` entry-point
+group (ftflow's own `data_recipes.steps` is one), so a data engineer adds a step by writing one decorated function,
+without touching ftcore.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from typing import TypeVar
 
 import pandas as pd
 from pydantic import ConfigDict
 
-from ftcore.data.sources.config import RecipeModel
-
-ENTRY_POINT_GROUP = "ftflow.cleaning_steps"
-T = TypeVar("T")
+from ftcore.plugins import Plugin, Registry
+from ftcore.schema import RecipeModel
 
 
 class StepParams(RecipeModel):
@@ -92,25 +89,14 @@ StepFn = Callable[[Batch, StepParams], StepResult]
 
 
 @dataclass(frozen=True)
-class RegisteredStep:
-    name: str
+class RegisteredStep(Plugin):
     fn: StepFn
-    params: type[StepParams]
-    module: str
+    params: type[StepParams] = StepParams
     stateful: bool = False
 
-    @property
-    def doc(self) -> str:
-        """The first line of the step's docstring, shown by `ftflow steps`."""
-        return next(iter((self.fn.__doc__ or "").strip().splitlines()), "")
 
-
-# ftcore's own steps, one module per family.
-BUILTIN_STEP_MODULES = ["ftcore.data.steps", "ftcore.data.text_steps", "ftcore.data.dedup_steps",
-                        "ftcore.data.nlp_steps", "ftcore.data.filter_steps"]
-
-_STEPS: dict[str, RegisteredStep] = {}
-_discovered = False
+STEPS: Registry[RegisteredStep] = Registry("cleaning step", RegisteredStep, group="ftflow.cleaning_steps",
+                                           builtins=["ftcore.data.steps"])
 
 
 def cleaning_step(
@@ -122,40 +108,4 @@ def cleaning_step(
     (on a Dask cluster when the recipe asks). A step that compares rows across batches (deduplication) declares
     `stateful=True`: it then sees every batch in order, in one process, with the same `batch.state` dict.
     """
-
-    def register(fn: StepFn) -> StepFn:
-        existing = _STEPS.get(name)
-        if existing and existing.module != fn.__module__:
-            raise ValueError(f"cleaning step {name!r} is registered twice: {existing.module} and {fn.__module__}")
-        _STEPS[name] = RegisteredStep(name=name, fn=fn, params=params, module=fn.__module__, stateful=stateful)
-        return fn
-
-    return register
-
-
-def discover_steps() -> dict[str, RegisteredStep]:
-    """All registered steps: ftcore's built-ins plus every `ftflow.cleaning_steps` entry point, loaded once."""
-    global _discovered
-    if not _discovered:
-        for module in BUILTIN_STEP_MODULES:
-            importlib.import_module(module)
-        load_plugins(ENTRY_POINT_GROUP)
-        _discovered = True
-    return dict(_STEPS)
-
-
-def get_step(name: str) -> RegisteredStep:
-    return lookup("cleaning step", name, discover_steps())
-
-
-def load_plugins(group: str) -> None:
-    """Import every module that installed packages declare in the entry-point `group`: they register on import."""
-    for ep in entry_points(group=group):
-        ep.load()
-
-
-def lookup(kind: str, name: str, registered: dict[str, T]) -> T:
-    """`registered[name]`, or a KeyError listing what is registered."""
-    if name not in registered:
-        raise KeyError(f"unknown {kind} {name!r}; available: {', '.join(sorted(registered))}")
-    return registered[name]
+    return STEPS.register(name, params=params, stateful=stateful)

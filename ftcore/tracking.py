@@ -156,7 +156,7 @@ def log_dataset(run_id: str, path: Path, name: str, dataset_hash: str, context: 
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
 
-    from ftcore.data.parquet_io import frame_hash
+    from ftcore.parquet_io import frame_hash
 
     frame = pd.read_parquet(path)
     dataset = mlflow.data.from_pandas(frame, source=str(path), name=name, digest=frame_hash(frame)[:36])

@@ -1,16 +1,19 @@
 """How every stage task is built: a persisted result and a cache key from what determines the stage's output.
 
-The key hashes the task's inputs (config slices and upstream references, which carry content hashes), and the
-code the stage runs: every project module its task module reaches by imports, and their data files
-(tasks/code_closure.py). Inputs that identify the current execution, such as the MLflow run id, are left out so that
-an unchanged stage hits the cache on the next run.
+The key hashes the task's job (config slices and upstream references, which count by their content hashes), the
+code the stage runs (every project module its task module reaches by imports, and their data files:
+tasks/code_closure.py), and the installed versions of the libraries that decide results. Inputs that identify the
+current execution, such as the MLflow run id, are left out so that an unchanged stage hits the cache on the next
+run. The stage's output folder is the hash of the same form of its job (`stage_folder`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,11 @@ from prefect import task
 from pydantic import BaseModel
 
 from ftcore.hashing import hash_bytes, hash_obj
+from ftcore.paths import stage_dir
 from tasks.code_closure import code_hash
+
+# The libraries whose versions decide what a stage produces (their code is not in the key; their version is).
+RESULT_LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets")
 
 # Parameters that differ on every execution, or say where it runs, and do not change what the stage produces.
 PER_EXECUTION = frozenset({"mlflow_run_id", "run_tags", "runtime"})
@@ -36,9 +43,27 @@ def source_hash(module_names: Iterable[str]) -> str:
     return hash_bytes(b"".join(f.read_bytes() for f in sorted(files)))
 
 
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """The installed version of each library in RESULT_LIBRARIES (`absent` where one is not installed)."""
+    found = {}
+    for name in RESULT_LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
 def jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+    """The JSON form of a stage's inputs, as its cache key and output folder hash it. An upstream output (or pinned
+    data) counts by what identifies its content (`cache_identity()`), not its folder or timings: a stage re-run that
+    produced the same content leaves the stages after it cached."""
+    if hasattr(value, "cache_identity"):
+        return value.cache_identity()
+    if isinstance(value, BaseModel):  # a job: the upstream outputs among its fields count by content too
+        dumped = value.model_dump(mode="json")
+        return {**dumped, **{k: jsonable(v) for k, v in value if k in dumped and isinstance(v, BaseModel)}}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
@@ -61,13 +86,14 @@ def stage_task(name: str, plugin_code: Callable[[dict[str, Any]], str] | None = 
         def cache_key(_context, parameters: dict[str, Any]) -> str:
             inputs = {k: jsonable(v) for k, v in parameters.items() if k not in PER_EXECUTION}
             plugins = plugin_code(parameters) if plugin_code else ""
-            return f"{name}-{hash_obj({'inputs': inputs, 'code': code_digest, 'plugins': plugins})}"
+            key = {"inputs": inputs, "code": code_digest, "plugins": plugins, "libraries": library_versions()}
+            return f"{name}-{hash_obj(key)}"
 
         return task(name=name, cache_key_fn=cache_key, persist_result=True, task_run_name=name)(fn)
 
     return decorate
 
 
-def stage_inputs(**parts: Any) -> dict[str, Any]:
-    """The JSON form of a stage's inputs, used to name its content-addressed output folder."""
-    return {k: jsonable(v) for k, v in parts.items()}
+def stage_folder(name: str, job: BaseModel, **extra: Any) -> Path:
+    """The stage's content-addressed output folder: the hash of the same JSON form of its job as its cache key's."""
+    return stage_dir(name, jsonable(job), *([jsonable(extra)] if extra else []))

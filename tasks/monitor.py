@@ -16,15 +16,14 @@ from prefect.exceptions import ObjectNotFound
 
 from ftcore import tracking
 from ftcore.errors import UserError
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.hashing import hash_file
 from ftcore.models.registered import ModelRef
+from ftcore.monitor.config import MonitorConfig, RetrainConfig
 from ftcore.monitor.scheduled import MonitorPass, monitor_endpoint
-from ftcore.monitor.stage import monitor_version
-from ftcore.monitor_config import MonitorConfig, RetrainConfig
-from ftcore.outputs import DatasetOutput, DeployOutput, MonitorOutput
-from ftcore.paths import stage_dir
-from tasks.common import stage_inputs, stage_task
+from ftcore.monitor.stage import MonitorJob, monitor_stage
+from ftcore.outputs import MonitorOutput
+from ftcore.safety.config import ToxicityScreenConfig
+from tasks.common import stage_folder, stage_task
 
 BREACH_EVENT = "ftflow.monitor.breach"
 # The breach event's resource labels that the retraining automation matches (infra/prefect.yaml): which monitor
@@ -32,23 +31,19 @@ BREACH_EVENT = "ftflow.monitor.breach"
 SOURCE_LABEL, CHAMPION_LABEL = "ftflow.monitor.source", "ftflow.model.champion"
 
 
-def canaries_hash(parameters: dict) -> str:
-    """The canaries file's content joins the cache key: edited canaries are asked again."""
-    path = parameters["monitor"].canaries
+def canaries_hash(job: MonitorJob) -> str:
+    """The canaries file's content joins the cache key and the folder: edited canaries are asked again."""
+    path = job.monitor.canaries
     return hash_file(path) if path is not None else ""
 
 
-@stage_task("monitor", plugin_code=canaries_hash)
-def monitor(deployed: DeployOutput, dataset: DatasetOutput, monitor: MonitorConfig,
-            toxicity: ToxicityScreenConfig | None, prompt_template: str | None) -> MonitorOutput:
+@stage_task("monitor", plugin_code=lambda params: canaries_hash(params["job"]))
+def monitor(job: MonitorJob) -> MonitorOutput:
     """Serve the newly registered version, send it the test inputs and the canaries, and check that traffic against
     the objectives. A breach is announced as an event but starts no retraining: this version was trained on the
     latest data a moment ago, and retraining it at once would loop."""
-    out_dir = stage_dir("monitor", stage_inputs(deployed=deployed.content_hash, dataset=dataset.content_hash,
-                                                monitor=monitor, toxicity=toxicity, prompt_template=prompt_template,
-                                                canaries=canaries_hash({"monitor": monitor})))
-    out = monitor_version(deployed.registered_model, deployed.version, dataset.splits, monitor, toxicity,
-                          prompt_template, out_dir)
+    out = monitor_stage(job, stage_folder("monitor", job, canaries=canaries_hash(job)))
+    deployed = job.deployed
     publish_report(out.artifacts["report_markdown"], out.artifacts["report"], deployed.registered_model,
                    deployed.version)
     log_outcome(out.metrics, out.breaches)

@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect_dask import DaskTaskRunner
 
-from ftcore.config import DaskConfig, RuntimeConfig
 from ftcore.data.clean import MapParts, PartResult
+from ftcore.data.config import DaskConfig, RuntimeConfig
 
 
 @task(name="clean-part", cache_policy=NO_CACHE)

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from ftcore import registry
-from ftcore.config import StepSpec, load_recipe
 from ftcore.data.clean import run_steps
+from ftcore.data.config import StepSpec
 from ftcore.errors import RecipeError
+from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE, REPO
 
 DOC = REPO / "docs" / "adding-a-cleaning-step.md"
@@ -23,7 +24,7 @@ def walkthrough_step():
     sys.modules[module.__name__] = module
     exec(compile(code, str(DOC), "exec"), module.__dict__)
     yield
-    registry._STEPS.pop("drop_boilerplate", None)
+    registry.STEPS.unregister("drop_boilerplate")
     sys.modules.pop(module.__name__, None)
 
 

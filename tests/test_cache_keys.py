@@ -35,7 +35,7 @@ def edit(root: Path, file: str) -> None:
 
 
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
-@pytest.mark.parametrize("file", ["ftcore/alignment/trainers.py", "ftcore/models/peft_methods.py",
+@pytest.mark.parametrize("file", ["ftcore/training/alignment_trainers.py", "ftcore/models/peft_methods.py",
                                   "ftcore/models/load.py"])
 def test_editing_a_module_the_stage_reaches_changes_its_key(project_copy, stage, file):
     # trainers.py is imported by the training code inside functions only: the import system alone would miss it.
@@ -68,28 +68,156 @@ def test_the_closure_is_the_project_s_code_only():
     roots = code_closure.project_packages().values()
     assert all(any(f.is_relative_to(root) for root in roots) for f in files)
     names = {"/".join(code_closure.project_path(f)) for f in files}
-    assert {"tasks/train.py", "ftcore/training/train.py", "ftcore/alignment/trainers.py"} <= names
+    assert {"tasks/train.py", "ftcore/training/train.py", "ftcore/training/alignment_trainers.py"} <= names
     assert not any(name.startswith(("flows/", "data_recipes/", "ftcore/serving/")) for name in names)
 
 
-def test_the_reward_functions_a_recipe_uses_join_the_train_and_evaluate_keys(tmp_path, monkeypatch):
+def test_the_reward_functions_a_recipe_uses_join_the_train_and_evaluate_keys(tmp_path, monkeypatch, request):
     """Reward functions come by name from entry points (data engineers' code): no import of a stage reaches them."""
-    from ftcore.alignment import rewards
-    from ftcore.config import EvaluateConfig, RewardConfig
+    from ftcore.alignment.config import RewardConfig
+    from ftcore.alignment.rewards import REWARDS
+    from ftcore.evaluation.jobs import EvaluateJob
+    from ftcore.objectives import OBJECTIVES
+    from ftcore.outputs import DatasetOutput, ModelOutput, TrainOutput
+    from ftcore.training.jobs import TrainJob
 
-    monkeypatch.setattr(rewards, "_REWARDS", dict(rewards.discover_rewards()))  # registered for this test only
+    request.addfinalizer(lambda: REWARDS.unregister("test_reward"))  # registered for this test only
     monkeypatch.syspath_prepend(str(tmp_path))
     module = tmp_path / "ftflow_test_rewards.py"
     module.write_text("from ftcore.alignment.rewards import reward_function\n\n\n@reward_function('test_reward')\n"
                       "def test_reward(prompts, completions, p, columns):\n    return [1.0] * len(completions)\n")
     importlib.import_module("ftflow_test_rewards")
-    params = {"reward": RewardConfig(functions=[{"function": "test_reward"}]), "evaluate": EvaluateConfig()}
+    reward, rl = RewardConfig(functions=[{"function": "test_reward"}]), OBJECTIVES["rl"]
+    base = ModelOutput(path=tmp_path, content_hash="b", base_path=tmp_path, method="lora")
+    dataset = DatasetOutput(path=tmp_path, content_hash="d", splits={}, rows=0)
+    trained = TrainOutput(path=tmp_path, content_hash="t", model_path=tmp_path, history_path=tmp_path)
+    jobs = {"train": TrainJob(base=base, dataset=dataset, objective=rl, reward=reward),
+            "evaluate": EvaluateJob(base=base, trained=trained, dataset=dataset, objective=rl, reward=reward)}
 
     def keys() -> list[str]:
-        return [importlib.import_module(f"tasks.{s}").__dict__[s].cache_key_fn(None, params)
-                for s in ("train", "evaluate")]
+        return [importlib.import_module(f"tasks.{s}").__dict__[s].cache_key_fn(None, {"job": job})
+                for s, job in jobs.items()]
 
     before = keys()
     edit(tmp_path, "ftflow_test_rewards.py")
     after = keys()
     assert all(a != b for a, b in zip(after, before, strict=True))
+
+
+def test_a_data_stage_job_counts_by_content_and_runtime_stays_out_of_the_key(tmp_path):
+    """collect's key follows the pinned source fingerprints, not where or in what batches it runs; clean_balance's
+    job counts the collected rows by their content hash, so a collect re-run that read the same rows into another
+    folder leaves clean_balance's key and folder as they were."""
+    from ftcore.data.config import DataConfig, RuntimeConfig
+    from ftcore.jobs import clean_job, collect_job
+    from ftcore.outputs import DatasetOutput
+    from ftcore.pins import Pins
+    from ftcore.recipe import Recipe
+    from tasks.collect import collect
+    from tasks.common import jsonable, stage_folder
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text('{"prompt": "a", "completion": "b"}\n')
+    recipe = Recipe(name="r", data=DataConfig(sources=[{"type": "jsonl", "path": source}]))
+
+    def key(fingerprint: str, runtime: RuntimeConfig) -> str:
+        job = collect_job(recipe, Pins(sources={str(source): fingerprint}))
+        return collect.cache_key_fn(None, {"job": job, "runtime": runtime})
+
+    assert key("h1", RuntimeConfig()) == key("h1", RuntimeConfig(batch_rows=7))
+    assert key("h1", RuntimeConfig()) != key("h2", RuntimeConfig())
+
+    def cleaned(folder: str, content_hash: str):
+        collected = DatasetOutput(path=tmp_path / folder, content_hash=content_hash, rows=1,
+                                  splits={"all": tmp_path / folder / "collected.parquet"}, metrics={"s": len(folder)})
+        return clean_job(recipe, collected)
+
+    assert jsonable(cleaned("a", "h1")) == jsonable(cleaned("bb", "h1"))
+    assert stage_folder("clean_balance", cleaned("a", "h1")) == stage_folder("clean_balance", cleaned("bb", "h1"))
+    assert stage_folder("clean_balance", cleaned("a", "h1")) != stage_folder("clean_balance", cleaned("a", "h2"))
+
+
+def test_deploy_is_keyed_on_the_tracking_uri_not_the_run_and_each_run_gets_its_own_folder(tmp_path, monkeypatch):
+    """deploy's job holds the MLflow server it registers on (another server registers anew); the run id and tags are
+    per execution (a cached deploy registers nothing again), yet name the folder: it records this run's version and
+    exports. The trained model counts by its content, so a train re-run into another folder leaves deploy cached."""
+    from ftcore.data.config import DataConfig
+    from ftcore.jobs import deploy_job
+    from ftcore.outputs import DatasetOutput, EvalOutput, TrainOutput
+    from ftcore.recipe import Recipe
+    from tasks.common import stage_folder
+    from tasks.deploy import deploy
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text('{"prompt": "a", "completion": "b"}\n')
+    recipe = Recipe(name="r", data=DataConfig(sources=[{"type": "jsonl", "path": source}]))
+    dataset = DatasetOutput(path=tmp_path / "d", content_hash="d", rows=3, splits={"test": tmp_path / "d/test.parquet"})
+    evaluation = EvalOutput(path=tmp_path / "e", content_hash="e", predictions_path=tmp_path / "e/p.jsonl")
+
+    def job(folder: str = "t"):
+        trained = TrainOutput(path=tmp_path / folder, content_hash="t", model_path=tmp_path / folder / "model",
+                              history_path=tmp_path / folder / "history.json", metrics={"s": len(folder)})
+        return deploy_job(recipe, trained, evaluation, dataset)
+
+    def key(job, run: str) -> str:
+        return deploy.cache_key_fn(None, {"job": job, "mlflow_run_id": run, "run_tags": {"run": run}})
+
+    assert job().registered_model == "r" and job().deploy == recipe.deploy
+    assert key(job(), "1") == key(job(), "2") == key(job("elsewhere"), "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert job().tracking_uri == "http://mlflow.example:5000" and key(job(), "1") != key(job().model_copy(
+        update={"tracking_uri": "sqlite:///other.db"}), "1")
+    assert stage_folder("deploy", job(), run="1") != stage_folder("deploy", job(), run="2")
+
+
+def test_monitor_is_keyed_on_its_job_and_the_canaries_content(tmp_path):
+    from ftcore.data.config import DataConfig
+    from ftcore.jobs import monitor_job
+    from ftcore.monitor.config import MonitorConfig
+    from ftcore.outputs import DatasetOutput, DeployOutput
+    from ftcore.recipe import Recipe
+    from tasks.common import stage_folder
+    from tasks.monitor import canaries_hash, monitor
+
+    canaries = tmp_path / "canaries.jsonl"
+    canaries.write_text('{"question": "q", "answer": "a"}\n')
+    source = tmp_path / "rows.jsonl"
+    source.write_text('{"prompt": "a", "completion": "b"}\n')
+    recipe = Recipe(name="r", data=DataConfig(sources=[{"type": "jsonl", "path": source}]),
+                    monitor=MonitorConfig(canaries=canaries))
+    dataset = DatasetOutput(path=tmp_path / "d", content_hash="d", rows=3, splits={"test": tmp_path / "d/test.parquet"})
+
+    def job(version: str = "1"):
+        deployed = DeployOutput(path=tmp_path / "deploy", content_hash=f"v{version}", registered_model="r",
+                                version=version, aliases=[], uri=f"models:/r/{version}", gate_passed=True,
+                                gate_reason="")
+        return monitor_job(recipe, deployed, dataset)
+
+    def key_and_folder(job) -> tuple[str, object]:
+        return (monitor.cache_key_fn(None, {"job": job}),
+                stage_folder("monitor", job, canaries=canaries_hash(job)))
+
+    assert job().prompt_template == recipe.data.prompt_template and job().toxicity == recipe.evaluate.safety.toxicity
+    before = key_and_folder(job())
+    assert key_and_folder(job("2"))[0] != before[0]
+    canaries.write_text('{"question": "q", "answer": "b"}\n')
+    after = key_and_folder(job())
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_a_new_version_of_a_library_that_decides_results_changes_every_key(monkeypatch):
+    from tasks import common
+
+    before = {stage: stage_key(stage) for stage in ("init", "train", "evaluate")}
+    versions = {**common.library_versions(), "transformers": "0.0.1"}
+    monkeypatch.setattr(common, "library_versions", lambda: versions)
+    assert all(stage_key(stage) != key for stage, key in before.items())
+
+
+def test_editing_the_training_code_leaves_the_stages_before_train_cached(project_copy):
+    """The data stages and init reach neither the recipe nor the trainers (each takes its own job), so a change to the
+    training code re-runs train and what follows only."""
+    before = {stage: stage_key(stage) for stage in ("collect", "clean_balance", "init", "train")}
+    edit(project_copy, "ftcore/training/trainers.py")
+    after = {stage: stage_key(stage) for stage in before}
+    assert {stage for stage in before if after[stage] != before[stage]} == {"train"}

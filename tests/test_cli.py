@@ -87,7 +87,7 @@ def test_a_failed_stage_exits_1_naming_the_stage_and_the_reason(monkeypatch):
     def unreadable(*args, **kwargs):
         raise PermissionError("cannot read the source")
 
-    monkeypatch.setattr(tasks.collect, "collect_sources", unreadable)
+    monkeypatch.setattr(tasks.collect, "collect_stage", unreadable)
     result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--set", "stages.retries=0"])
     assert result.exit_code == 1
     assert "error: stage collect failed: PermissionError: cannot read the source" in result.output
@@ -98,8 +98,8 @@ def test_bad_data_fails_its_stage_once_and_exits_2_naming_the_file(tmp_path, mon
     import tasks.collect
 
     attempts = []
-    real = tasks.collect.collect_sources
-    monkeypatch.setattr(tasks.collect, "collect_sources", lambda *a, **k: attempts.append(1) or real(*a, **k))
+    real = tasks.collect.collect_stage
+    monkeypatch.setattr(tasks.collect, "collect_stage", lambda *a, **k: attempts.append(1) or real(*a, **k))
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "What is BP?", "reply": "blood pressure"}\n')
     result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--set", f"data.sources.0.path={data}",

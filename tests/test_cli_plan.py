@@ -54,4 +54,4 @@ def test_plan_refuses_a_classification_recipe_in_one_line(tmp_path):
     recipe = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "classification"))
     result = runner.invoke(app, ["plan", str(recipe)])
     assert result.exit_code == 2
-    assert result.output.startswith("error: task: classification is not estimated yet")
+    assert result.output.startswith("error: objective: classification is not estimated yet")

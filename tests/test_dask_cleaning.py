@@ -8,9 +8,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-from ftcore.config import RuntimeConfig, load_recipe
-from ftcore.data.clean import clean_and_split
-from ftcore.data.collect import collect
+from ftcore.data.clean import clean_balance_stage
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.data.config import RuntimeConfig
+from ftcore.jobs import clean_job
+from ftcore.recipe import load_recipe
 from tasks.parallel import part_mapper
 from tests.conftest import REPO
 
@@ -18,11 +20,11 @@ from tests.conftest import REPO
 @pytest.mark.usefixtures("prefect_harness")
 def test_cleaning_on_a_dask_cluster_matches_the_local_run(tmp_path, shared_data):
     recipe = load_recipe(REPO / "data_recipes" / "recipes" / "shared" / "medquad_qa.yaml")
-    collected = collect(recipe.data, tmp_path / "collected", batch_rows=200)  # 1026 rows: 6 parts
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}),
+                              tmp_path / "collected", batch_rows=200)  # 1026 rows: 6 parts
     dask = RuntimeConfig(task_runner="dask", batch_rows=200, dask={"n_workers": 2})
-    on_dask = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "dask", 200,
-                              part_mapper(dask))
-    local = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "local", 200)
+    on_dask = clean_balance_stage(clean_job(recipe, collected), tmp_path / "dask", 200, part_mapper(dask))
+    local = clean_balance_stage(clean_job(recipe, collected), tmp_path / "local", 200)
     assert on_dask.content_hash == local.content_hash
     assert on_dask.metrics == local.metrics
     assert pd.read_parquet(on_dask.artifacts["quarantine"]).equals(pd.read_parquet(local.artifacts["quarantine"]))

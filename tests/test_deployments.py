@@ -9,15 +9,19 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.finetune import run_options
 from flows.options import RunOptions
-from ftcore.config import load_recipe
 from ftcore.errors import UserError
+from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE
 
 
-def test_run_options_become_recipe_overrides():
-    options = RunOptions(method="dora", learning_rate=3e-4, max_steps=7)
+def test_run_options_become_recipe_overrides(tmp_path):
+    data = tmp_path / "other.jsonl"
+    data.write_bytes((DEMO_RECIPE.parent.parent / "demo" / "clinical_qa.jsonl").read_bytes())
+    options = RunOptions(method="dora", learning_rate=3e-4, max_steps=7, dataset_path=str(data))
+    assert options.model_fields_set == set(RunOptions.model_fields)  # every option the form offers, each applied:
     recipe = load_recipe(DEMO_RECIPE, options.overrides())
     assert (recipe.method.name, recipe.train.learning_rate, recipe.train.max_steps) == ("dora", 3e-4, 7)
+    assert recipe.data.sources[0].path == data.resolve()
     # As a deployment run hands them over: JSON, so a dict.
     assert run_options({"max_steps": 2}) == ["train.max_steps=2"] and run_options(None) == []
     with pytest.raises(UserError, match=r"^options: method: Input should be 'full', .*"):
@@ -49,7 +53,7 @@ def test_ftflow_deploy_registers_the_three_deployments_with_their_schedules_and_
     schema = finetune.parameter_openapi_schema
     assert {"recipe_path", "overrides", "until", "options"} <= set(schema["properties"])
     options = schema["definitions"]["RunOptions"]["properties"]
-    assert set(options) == {"method", "learning_rate", "max_steps", "dataset_path"}
+    assert set(options) == set(RunOptions.model_fields)  # every run option, each a recipe override (test above)
     assert "dora" in options["method"]["anyOf"][0]["enum"]
 
     # Registered again, they are updated in place.

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ftcore.serve_config import ServeConfig
+from ftcore.serving.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

@@ -1,11 +1,11 @@
-"""The reward-function registry: `@reward_function` registers `fn(prompts, completions, params, columns)` returning
-one score per completion, configured in a recipe as `reward: {functions: [{function: NAME, weight: W, ...}]}`.
+"""Reward functions: `@reward_function` registers `fn(prompts, completions, params, columns)` returning one score
+per completion, configured in a recipe as `reward: {functions: [{function: NAME, weight: W, ...}]}`.
 
-Like cleaning steps, reward functions come from ftcore's built-ins (below) and from any installed package's
-`ftflow.reward_functions` entry point (ftflow's own `data_recipes.rewards` is one), so a data engineer adds one by
-writing one decorated function. `columns` holds the row's other dataset columns, one value per completion
-(`reward_columns`): the reference answer as `reference` (a prompt_completion row's completion) or the pair's
-`chosen` and `rejected`.
+Like cleaning steps, reward functions live in a registry of ftcore/plugins.py (`REWARDS`): ftcore's built-ins
+(below) and any installed package's `ftflow.reward_functions` entry point (ftflow's own `data_recipes.rewards` is
+one), so a data engineer adds one by writing one decorated function. `columns` holds the row's other dataset
+columns, one value per completion (`reward_columns`): the reference answer as `reference` (a prompt_completion
+row's completion) or the pair's `chosen` and `rejected`.
 """
 
 from __future__ import annotations
@@ -13,19 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from pydantic import ConfigDict, Field
 
-from ftcore.data.sources.config import RecipeModel
 from ftcore.errors import DataError
-from ftcore.registry import load_plugins, lookup
-
-if TYPE_CHECKING:
-    from ftcore.alignment_config import RewardConfig
-
-ENTRY_POINT_GROUP = "ftflow.reward_functions"
+from ftcore.plugins import Plugin, Registry
+from ftcore.schema import RecipeModel
 
 
 class RewardParams(RecipeModel):
@@ -38,57 +32,28 @@ RewardFn = Callable[[list[str], list[str], RewardParams, dict[str, list]], list[
 
 
 @dataclass(frozen=True)
-class RegisteredReward:
+class RegisteredReward(Plugin):
     """A reward function with its params model, as `ftflow rewards` lists it."""
 
-    name: str
     fn: RewardFn
-    params: type[RewardParams]
-    module: str
-
-    @property
-    def doc(self) -> str:
-        return next(iter((self.fn.__doc__ or "").strip().splitlines()), "")
+    params: type[RewardParams] = RewardParams
 
 
-_REWARDS: dict[str, RegisteredReward] = {}
-_discovered = False
+# The built-ins are below, in this module.
+REWARDS: Registry[RegisteredReward] = Registry("reward function", RegisteredReward, group="ftflow.reward_functions")
 
 
 def reward_function(name: str, params: type[RewardParams] = RewardParams) -> Callable[[RewardFn], RewardFn]:
-    def register(fn: RewardFn) -> RewardFn:
-        existing = _REWARDS.get(name)
-        if existing and existing.module != fn.__module__:
-            raise ValueError(f"reward function {name!r} is registered twice: {existing.module} and {fn.__module__}")
-        _REWARDS[name] = RegisteredReward(name=name, fn=fn, params=params, module=fn.__module__)
-        return fn
-
-    return register
-
-
-def discover_rewards() -> dict[str, RegisteredReward]:
-    """ftcore's built-ins plus every `ftflow.reward_functions` entry point, loaded once."""
-    global _discovered
-    if not _discovered:
-        load_plugins(ENTRY_POINT_GROUP)
-        _discovered = True
-    return dict(_REWARDS)
-
-
-def get_reward_function(name: str) -> RegisteredReward:
-    return lookup("reward function", name, discover_rewards())
-
-
-def reward_modules(reward: RewardConfig | None) -> set[str]:
-    """The modules of the reward functions `reward` uses (their source belongs in a cache key)."""
-    return {get_reward_function(spec.function).module for spec in reward.functions} if reward else set()
+    """Register `fn(prompts, completions, params, columns) -> scores` under `name`, used in a recipe as
+    `reward: {functions: [{function: name, ...params}]}`."""
+    return REWARDS.register(name, params=params)
 
 
 def score(name: str, params: dict, prompts: Sequence[str], completions: Sequence[str],
           columns: dict[str, list] | None = None) -> list[float]:
     """One registered function's scores, its output checked: a function returning the wrong number of scores is
     a bug in that function, reported by name."""
-    registered = get_reward_function(name)
+    registered = REWARDS.get(name)
     scores = registered.fn(list(prompts), list(completions), registered.params.model_validate(params),
                            columns or {})
     if len(scores) != len(completions):
@@ -143,7 +108,7 @@ class ReferenceParams(RewardParams):
 def reference_f1(prompts: list[str], completions: list[str], p: ReferenceParams,
                  columns: dict[str, list]) -> list[float]:
     """Token F1 of the answer against the row's reference answer (or `column`, e.g. a pair's chosen answer)."""
-    from ftcore.evaluation.metrics import token_f1
+    from ftcore.text_metrics import token_f1
 
     if p.column not in columns:
         raise DataError(f"reward function reference_f1: the dataset has no column {p.column!r} (has "

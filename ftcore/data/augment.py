@@ -1,5 +1,6 @@
-"""Augmentation of the train split for low-resource data: EDA-style word edits (synonym replacement, random swap,
-random deletion; Wei & Zou 2019) and augmenters registered by data engineers (back-translation, paraphrasing).
+"""Augmenters: edits of the train split's inputs for low-resource data. Built in: EDA-style word edits (synonym
+replacement, random swap, random deletion; Wei & Zou 2019); data engineers register their own (back-translation,
+paraphrasing). Which rows get variants, and how many: `augment_rows` in ftcore/data/balance.py.
 
 Only a row's input is edited, never what the model is trained to produce (AUGMENTED_COLUMNS): the text of
 text_label and text rows, the prompt of prompt_completion and preference rows (the completion, chosen and rejected
@@ -7,7 +8,7 @@ answers are targets), and the user turns of a messages chat (assistant turns are
 
 An augmenter is `fn(texts: list[str]) -> list[str]`, one output per input, registered with `@augmenter("name")` in
 a module that is imported before the stage runs: a package declares it as an entry point in the `ftflow.augmenters`
-group, which ftflow loads when it first looks an augmenter up.
+group, which ftflow loads when it first looks an augmenter up (AUGMENTERS, a registry of ftcore/plugins.py).
 """
 
 from __future__ import annotations
@@ -16,21 +17,16 @@ import json
 import random
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
-from importlib.metadata import entry_points
 from importlib.resources import files
-from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from ftcore.errors import DataError
+from ftcore.plugins import Plugin, Registry
 from ftcore.registry import MESSAGES_COLUMN
 
-if TYPE_CHECKING:
-    from ftcore.config import AugmentConfig
-
-ENTRY_POINT_GROUP = "ftflow.augmenters"
 AUGMENTED_COLUMNS: dict[str, list[str]] = {
     "text_label": ["text"],
     "text": ["text"],
@@ -43,90 +39,36 @@ AUGMENTED_ROLES = {"user"}
 Augmenter = Callable[[list[str]], list[str]]
 WordEdit = Callable[[str, float, random.Random], str]
 
-_AUGMENTERS: dict[str, Augmenter] = {}
-_discovered = False
 _SPACES = re.compile(r"(\s+)")
 _WORD = re.compile(r"^(\W*)([A-Za-z][A-Za-z'-]*)(\W*)$")  # a word with the punctuation around it: "(great!"
 
 
+@dataclass(frozen=True)
+class RegisteredAugmenter(Plugin):
+    fn: Augmenter | WordEdit
+    # The built-in EDA edits change one text at a time, `fn(text, p, rng) -> text`, with the recipe's share of words
+    # `p` and the stage's seeded random generator.
+    word_edit: bool = False
+
+
+# The EDA edits are below, in this module.
+AUGMENTERS: Registry[RegisteredAugmenter] = Registry(
+    "augmenter", RegisteredAugmenter, group="ftflow.augmenters", hint="add one with @augmenter, see docs/balancing.md")
+
+
 def augmenter(name: str) -> Callable[[Augmenter], Augmenter]:
     """Register `fn(texts) -> texts` under `name`, used in a recipe as `balance.augment.operations: [name]`."""
-
-    def register(fn: Augmenter) -> Augmenter:
-        if name in EDA_OPERATIONS:
-            raise ValueError(f"augmenter {name!r} is built in; register yours under another name")
-        _AUGMENTERS[name] = fn
-        return fn
-
-    return register
+    return AUGMENTERS.register(name)
 
 
-def available_operations() -> list[str]:
-    """The built-in EDA operations and every registered augmenter (entry points loaded once)."""
-    global _discovered
-    if not _discovered:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            ep.load()
-        _discovered = True
-    return sorted([*EDA_OPERATIONS, *_AUGMENTERS])
-
-
-def check_operations(names: list[str]) -> None:
-    """ValueError naming the first unknown operation and listing the known ones."""
-    known = available_operations()
-    for name in names:
-        if name not in known:
-            raise ValueError(f"unknown augmenter {name!r}; registered: {', '.join(known)} (add one with "
-                             f"@augmenter({name!r}), see docs/balancing.md)")
-
-
-def augmenter_modules(names: list[str]) -> list[str]:
-    """The modules of the registered (not built-in) augmenters among `names`: their source belongs in the stage's
-    cache key, as data engineers' cleaning steps do."""
-    available_operations()
-    return sorted({_AUGMENTERS[name].__module__ for name in names if name in _AUGMENTERS})
-
-
-def augment_rows(frame: pd.DataFrame, cfg: AugmentConfig, data_format: str, seed: int,
-                 labels: pd.Series | None = None) -> pd.DataFrame:
-    """The rows of `frame` (augmented=False), then their variants (augmented=True, augmented_from = the position
-    of the row the variant was made from). `labels`, aligned with `frame`, are needed for only_minority."""
-    try:
-        check_operations(cfg.operations)
-    except ValueError as e:  # registered when the recipe loaded, but not in this process
-        raise DataError(f"balance.augment.operations: {e}") from None
-    sources = (_minority_sources(labels, cfg.copies, seed) if cfg.only_minority
-               else np.tile(np.arange(len(frame)), cfg.copies))
-    variants = frame.iloc[sources].reset_index(drop=True)
-    rng = random.Random(seed)
-    for name in cfg.operations:
-        variants = _edit_inputs(variants, data_format, _batch_edit(name, cfg.p, rng))
-    originals = frame.reset_index(drop=True).assign(
-        augmented=False, augmented_from=pd.array([pd.NA] * len(frame), dtype="Int64"))
-    return pd.concat([originals, variants.assign(augmented=True, augmented_from=pd.array(sources, dtype="Int64"))],
-                     ignore_index=True)
-
-
-def _minority_sources(labels: pd.Series | None, copies: int, seed: int) -> np.ndarray:
-    """Row positions to vary: for each class smaller than the largest, its rows in a seeded order, cycled until the
-    class reaches the largest one's size or every row has `copies` variants."""
-    if labels is None:
-        raise ValueError("only_minority needs the labels")
-    values = labels.to_numpy()
-    largest = labels.value_counts().max()
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for cls in sorted(set(values), key=str):
-        rows = np.flatnonzero(values == cls)
-        chosen.append(np.resize(rng.permutation(rows), min(copies * len(rows), largest - len(rows))))
-    return np.concatenate(chosen).astype(int)
-
-
-def _batch_edit(name: str, p: float, rng: random.Random) -> Augmenter:
-    if name in EDA_OPERATIONS:
-        edit = EDA_OPERATIONS[name]
+def batch_edit(name: str, p: float, rng: random.Random) -> Augmenter:
+    """The augmenter `name` as one call on a list of texts; a registered one is checked to return one string per
+    text."""
+    registered = AUGMENTERS.get(name)
+    if registered.word_edit:
+        edit = registered.fn
         return lambda texts: [edit(text, p, rng) for text in texts]
-    fn = _AUGMENTERS[name]
+    fn = registered.fn
 
     def checked(texts: list[str]) -> list[str]:
         out = fn(texts)
@@ -138,7 +80,7 @@ def _batch_edit(name: str, p: float, rng: random.Random) -> Augmenter:
     return checked
 
 
-def _edit_inputs(frame: pd.DataFrame, data_format: str, edit: Augmenter) -> pd.DataFrame:
+def edit_inputs(frame: pd.DataFrame, data_format: str, edit: Augmenter) -> pd.DataFrame:
     """`frame` with `edit` applied to its input texts, all of them in one call (a translation model batches)."""
     frame = frame.copy()
     for column in AUGMENTED_COLUMNS[data_format]:
@@ -162,6 +104,7 @@ def _edit_user_turns(cells: list[str], edit: Augmenter) -> list[str]:
 # breaks; `p` is the share of words edited (at least one).
 
 
+@AUGMENTERS.register("synonym_replacement", word_edit=True)
 def synonym_replacement(text: str, p: float, rng: random.Random) -> str:
     """Replace words that have a synonym in the bundled list, keeping their capitalisation and punctuation."""
     parts = _SPACES.split(text)
@@ -173,6 +116,7 @@ def synonym_replacement(text: str, p: float, rng: random.Random) -> str:
     return "".join(parts)
 
 
+@AUGMENTERS.register("random_swap", word_edit=True)
 def random_swap(text: str, p: float, rng: random.Random) -> str:
     """Swap two random words, once per edit."""
     parts = _SPACES.split(text)
@@ -185,6 +129,7 @@ def random_swap(text: str, p: float, rng: random.Random) -> str:
     return "".join(parts)
 
 
+@AUGMENTERS.register("random_deletion", word_edit=True)
 def random_deletion(text: str, p: float, rng: random.Random) -> str:
     """Drop each word with probability p, keeping at least one."""
     parts = _SPACES.split(text)
@@ -193,13 +138,6 @@ def random_deletion(text: str, p: float, rng: random.Random) -> str:
         return text
     kept = [i for i in words if rng.random() >= p] or [rng.choice(words)]
     return "".join(parts[i] + (parts[i + 1] if i + 1 < len(parts) else "") for i in kept).rstrip()
-
-
-EDA_OPERATIONS: dict[str, WordEdit] = {
-    "synonym_replacement": synonym_replacement,
-    "random_swap": random_swap,
-    "random_deletion": random_deletion,
-}
 
 
 def _edits(parts: list[str], p: float) -> int:

@@ -6,18 +6,20 @@
 - class_weights / focal_loss: rows are left as they are; the training loss weights the classes instead, from the
   spec this stage hands on (`BalanceResult.loss`, written as loss.json).
 
-Then, optionally, augmentation adds edited variants of train rows (ftcore.data.augment).
+Then, optionally, augmentation adds edited variants of train rows (`augment_rows`; the augmenters themselves:
+ftcore/data/augment.py).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ftcore.config import BalanceConfig
-from ftcore.data.augment import augment_rows
+from ftcore.data.augment import batch_edit, edit_inputs
+from ftcore.data.config import AugmentConfig, BalanceConfig
 from ftcore.data.embeddings import embed_texts, encoder_dir
 from ftcore.errors import DataError
 
@@ -84,6 +86,38 @@ def loss_spec(cfg: BalanceConfig, weights: dict[str, float]) -> dict:
     if cfg.strategy == "focal_loss":
         return {"type": "focal", "gamma": cfg.focal_gamma, **spec}
     return {"type": "weighted_cross_entropy", **spec}
+
+
+def augment_rows(frame: pd.DataFrame, cfg: AugmentConfig, data_format: str, seed: int,
+                 labels: pd.Series | None = None) -> pd.DataFrame:
+    """The rows of `frame` (augmented=False), then their variants (augmented=True, augmented_from = the position
+    of the row the variant was made from), each edited by the recipe's operations in order (ftcore/data/augment.py).
+    `labels`, aligned with `frame`, are needed for only_minority."""
+    sources = (_minority_sources(labels, cfg.copies, seed) if cfg.only_minority
+               else np.tile(np.arange(len(frame)), cfg.copies))
+    variants = frame.iloc[sources].reset_index(drop=True)
+    rng = random.Random(seed)
+    for name in cfg.operations:
+        variants = edit_inputs(variants, data_format, batch_edit(name, cfg.p, rng))
+    originals = frame.reset_index(drop=True).assign(
+        augmented=False, augmented_from=pd.array([pd.NA] * len(frame), dtype="Int64"))
+    return pd.concat([originals, variants.assign(augmented=True, augmented_from=pd.array(sources, dtype="Int64"))],
+                     ignore_index=True)
+
+
+def _minority_sources(labels: pd.Series | None, copies: int, seed: int) -> np.ndarray:
+    """Row positions to vary: for each class smaller than the largest, its rows in a seeded order, cycled until the
+    class reaches the largest one's size or every row has `copies` variants."""
+    if labels is None:
+        raise ValueError("only_minority needs the labels")
+    values = labels.to_numpy()
+    largest = labels.value_counts().max()
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in sorted(set(values), key=str):
+        rows = np.flatnonzero(values == cls)
+        chosen.append(np.resize(rng.permutation(rows), min(copies * len(rows), largest - len(rows))))
+    return np.concatenate(chosen).astype(int)
 
 
 def check_format(cfg: BalanceConfig, data_format: str) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ftcore.config import LABEL_COLUMN
-from ftcore.data.parquet_io import iter_frames, num_rows
+from ftcore.columns import LABEL_COLUMN
+from ftcore.parquet_io import iter_frames, num_rows
 from ftcore.registry import Batch
 
 BAR_WIDTH = 30

@@ -20,19 +20,21 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
-from ftcore.config import TEXT_COLUMNS, BalanceConfig, CleanConfig, DataConfig, StepSpec
+from ftcore.columns import TEXT_COLUMNS
 from ftcore.data.balance import balance_rows, with_features
 from ftcore.data.card import collect_card_stats, render_data_card
+from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, StepSpec
 from ftcore.data.formats import HOLDOUT, TASK
-from ftcore.data.parquet_io import ParquetSink, frame_hash, iter_frames, num_rows, read_column
 from ftcore.data.sources.config import FileSource
 from ftcore.data.split import SPLITS, assign_splits, check_classes, format_for_model, mix_tasks
 from ftcore.errors import DataError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_obj
 from ftcore.outputs import DatasetOutput
-from ftcore.registry import Batch, get_step
+from ftcore.parquet_io import ParquetSink, frame_hash, iter_frames, num_rows, read_column
+from ftcore.registry import STEPS, Batch
 
 MapParts = Callable[[Callable[[Path], "PartResult"], list[Path]], Iterable["PartResult"]]
 
@@ -53,8 +55,21 @@ class PartResult:
     counts: dict[str, tuple[int, int, int]]  # step label -> (rows in, kept, quarantined)
 
 
-def clean_and_split(collected: DatasetOutput, clean: CleanConfig, balance: BalanceConfig, data: DataConfig,
-                    out_dir: Path, batch_rows: int = 10_000, map_parts: MapParts = map) -> DatasetOutput:
+class CleanJob(BaseModel):
+    """The clean/balance stage's job: the collected rows (which count by their content) and the recipe's data,
+    clean and balance sections."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    collected: DatasetOutput
+    data: DataConfig
+    clean: CleanConfig
+    balance: BalanceConfig
+
+
+def clean_balance_stage(job: CleanJob, out_dir: Path, batch_rows: int = 10_000,
+                        map_parts: MapParts = map) -> DatasetOutput:
+    collected, clean, balance, data = job.collected, job.clean, job.balance, job.data
     text_columns = TEXT_COLUMNS[data.format]
     with atomic_dir(out_dir) as tmp:
         kept_parts, quarantine_parts, step_metrics = clean_in_parts(
@@ -80,6 +95,10 @@ def clean_and_split(collected: DatasetOutput, clean: CleanConfig, balance: Balan
         (tmp / "data_card.md").write_text(card, encoding="utf-8")
         if splits.loss is not None:
             (tmp / "loss.json").write_text(json.dumps(splits.loss, indent=1), encoding="utf-8")
+    return _cleaned_output(out_dir, splits, rows_kept, metrics)
+
+
+def _cleaned_output(out_dir: Path, splits: SplitsWritten, rows_kept: int, metrics: dict) -> DatasetOutput:
     artifacts = {"dataset": out_dir / "dataset.parquet", "quarantine": out_dir / "quarantine.parquet",
                  "data_card": out_dir / "data_card.md"}
     if splits.loss is not None:
@@ -112,7 +131,7 @@ def plan_steps(steps: list[StepSpec]) -> list[PlannedStep]:
             n += 1
             label = f"{spec.step}_{n}"
         labels.add(label)
-        planned.append(PlannedStep(i, label, spec.step, spec.params, get_step(spec.step).stateful))
+        planned.append(PlannedStep(i, label, spec.step, spec.params, STEPS.get(spec.step).stateful))
     return planned
 
 
@@ -179,7 +198,7 @@ def apply_steps(rows: pd.DataFrame, steps: list[PlannedStep], text_columns: list
     """Apply each step to the surviving rows, in order. A step that loses or invents rows fails, naming itself."""
     kept, quarantined, counts = rows, [], {}
     for step in steps:
-        registered = get_step(step.name)
+        registered = STEPS.get(step.name)
         params = registered.params.model_validate(step.params)
         _check_named_columns(step, params, kept)
         if kept.empty:  # an earlier step took every row (a part that repeats earlier parts): steps need not cope
@@ -245,6 +264,7 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
     if data.format == "text_label":
         check_classes(labels, assignment)
     rebalance = needs_balancing(balance) or bool(data.tasks)
+
     # The train split is balanced before the templates are applied, so resampling and augmentation see raw text.
     def prepare(name: str, rows: pd.DataFrame) -> pd.DataFrame:
         if rebalance and name == "train":
@@ -252,6 +272,14 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
         # Validation and test get the features the balanced train split gets (smote's embeddings).
         return format_for_model(with_features(rows, balance), data)
 
+    written = stream_splits(kept_parts, assignment, prepare, out)
+    if rebalance:
+        rebalance_train(written, data, balance, out)
+    return written
+
+
+def stream_splits(kept_parts: list[Path], assignment, prepare, out: Path) -> SplitsWritten:
+    """Each kept part's rows appended to the split `assignment` gives them, as `prepare(split, rows)` makes them."""
     sinks = {name: ParquetSink(out / f"{name}.parquet") for name in SPLITS}
     offset = 0
     for path in kept_parts:
@@ -263,20 +291,22 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
                 sink.write(prepare(name, frame[names == name]))
     for sink in sinks.values():
         sink.close()
-    written = SplitsWritten({n: s.rows for n, s in sinks.items()}, {n: s.content_hash for n, s in sinks.items()},
-                            {}, None)
-    if rebalance:
-        train = pd.read_parquet(out / "train.parquet")
-        if needs_balancing(balance):
-            result = balance_rows(train, balance, data.format)
-            train, written.balance_metrics, written.loss = result.frame, result.metrics, result.loss
-        if data.tasks:
-            train, mixture = mix_tasks(train, data, data.split.seed)
-            written.balance_metrics = {**written.balance_metrics, **mixture}
-        train = format_for_model(train, data)
-        train.to_parquet(out / "train.parquet", index=False)
-        written.rows["train"], written.hashes["train"] = len(train), frame_hash(train)
-    return written
+    return SplitsWritten({n: s.rows for n, s in sinks.items()}, {n: s.content_hash for n, s in sinks.items()}, {},
+                         None)
+
+
+def rebalance_train(written: SplitsWritten, data: DataConfig, balance: BalanceConfig, out: Path) -> None:
+    """The train split resampled (balance) and mixed by task weight (multitask), then templated, in place."""
+    train = pd.read_parquet(out / "train.parquet")
+    if needs_balancing(balance):
+        result = balance_rows(train, balance, data.format)
+        train, written.balance_metrics, written.loss = result.frame, result.metrics, result.loss
+    if data.tasks:
+        train, mixture = mix_tasks(train, data, data.split.seed)
+        written.balance_metrics = {**written.balance_metrics, **mixture}
+    train = format_for_model(train, data)
+    train.to_parquet(out / "train.parquet", index=False)
+    written.rows["train"], written.hashes["train"] = len(train), frame_hash(train)
 
 
 def needs_balancing(balance: BalanceConfig) -> bool:

@@ -12,19 +12,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftcore.config import FORMAT_COLUMNS, DataConfig
+from pydantic import BaseModel, ConfigDict
+
+from ftcore.columns import FORMAT_COLUMNS
+from ftcore.data.config import DataConfig
 from ftcore.data.formats import HOLDOUT, QUARANTINE_COLUMNS, SOURCE, to_canonical
-from ftcore.data.parquet_io import ParquetSink
 from ftcore.data.sources import ROW_ID, read_source
 from ftcore.errors import DataError
 from ftcore.fs import atomic_dir
 from ftcore.outputs import DatasetOutput
+from ftcore.parquet_io import ParquetSink
 
 COLLECTED = "collected.parquet"
 QUARANTINE = "quarantine.parquet"
 
 
-def collect(cfg: DataConfig, out_dir: Path, batch_rows: int = 10_000) -> DatasetOutput:
+class CollectJob(BaseModel):
+    """The collect stage's job: the data section, and the sources' fingerprints (the run's pins), which tie the
+    cache to the sources' content and are not read here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: DataConfig
+    sources: dict[str, str]  # path or label -> fingerprint (ftcore/pins.py: source_fingerprints)
+
+
+def collect_stage(job: CollectJob, out_dir: Path, batch_rows: int = 10_000) -> DatasetOutput:
+    cfg = job.data
     columns = {**dict.fromkeys(FORMAT_COLUMNS[cfg.format], "str"), SOURCE: "str", ROW_ID: "int64", HOLDOUT: "bool"}
     with atomic_dir(out_dir) as tmp, ParquetSink(tmp / COLLECTED, columns) as rows, \
             ParquetSink(tmp / QUARANTINE, QUARANTINE_COLUMNS) as quarantine:

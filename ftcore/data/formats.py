@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ftcore.config import FORMAT_COLUMNS, LABEL_COLUMN
+from ftcore.columns import FORMAT_COLUMNS, LABEL_COLUMN
 from ftcore.data.sources import ROW_ID, Chunk
 from ftcore.data.sources.config import SourceBase
 from ftcore.errors import DataError

@@ -16,7 +16,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from ftcore import tracking
-from ftcore.config import FORMAT_COLUMNS, DataConfig
+from ftcore.columns import FORMAT_COLUMNS
+from ftcore.data.config import DataConfig
 from ftcore.data.split import format_for_model
 from ftcore.errors import DataError, UserError
 from ftcore.fs import atomic_dir
@@ -35,6 +36,9 @@ class RetainedData(BaseModel):
     test: Path
     fingerprint: str
     origin: str  # NAME/VERSION's dataset, or the file
+
+    def cache_identity(self) -> str:
+        return self.fingerprint
 
 
 def champion_data(start: ModelRef) -> RetainedData:

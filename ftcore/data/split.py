@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ftcore.config import LABEL_COLUMN, DataConfig, SplitConfig
+from ftcore.columns import LABEL_COLUMN
+from ftcore.data.config import DataConfig, SplitConfig
 from ftcore.data.formats import TASK
 from ftcore.errors import DataError
 

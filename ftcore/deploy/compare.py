@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 
 from ftcore import tracking
-from ftcore.config import LOWER_IS_BETTER
 from ftcore.errors import UserError
+from ftcore.evaluation.config import LOWER_IS_BETTER
 from ftcore.models.registered import pin_registered
 
 # NAME/VERSION or NAME@ALIAS, optionally as a models:/ URI.

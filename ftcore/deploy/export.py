@@ -25,7 +25,7 @@ from ftcore.deploy.fidelity import Fidelity, scorable_metrics, split_scores
 from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
 from ftcore.errors import UserError
 from ftcore.hashing import file_hashes, hash_dir, hash_files
-from ftcore.method_config import MethodConfig
+from ftcore.models.config import MethodConfig
 from ftcore.models.load import load_model, load_tokenizer, load_trained, saved_classes
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,

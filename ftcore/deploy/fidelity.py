@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ftcore.evaluate_config import LOWER_IS_BETTER
+from ftcore.evaluation.config import LOWER_IS_BETTER
 
 # The metric the tolerance applies to, by what the test split holds; the first listed is the primary one.
 GENERATION = ("exact_match", "token_f1", "perplexity")
@@ -85,10 +85,11 @@ def classifier_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, 
 
 
 def language_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, float]:
-    from ftcore.evaluate_config import EvaluateConfig, SafetyConfig
+    from ftcore.evaluation.config import EvaluateConfig
     from ftcore.evaluation.language import eval_examples, example_rows
+    from ftcore.safety.config import SafetyConfig
 
-    examples = eval_examples(test, tokenizer, "sft" if metrics == GENERATION else "dapt")
+    examples = eval_examples(test, tokenizer)
     longest = max(len(tokenizer(str(c), add_special_tokens=False)["input_ids"]) for c in examples["completion"])
     cfg = EvaluateConfig(metrics=list(metrics), max_new_tokens=longest + SPARE_TOKENS, batch_size=BATCH_SIZE,
                          latency_probes=0, bootstrap_resamples=0, safety=SafetyConfig(toxicity=None, bias=None))

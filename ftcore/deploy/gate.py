@@ -14,15 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ftcore.evaluate_config import (
-    LOWER_IS_BETTER,
-    BeatChampion,
-    GateRule,
-    MaxBias,
-    MaxForgetting,
-    MaxLatency,
-    MaxToxicity,
-)
+from ftcore.deploy.config import BeatChampion, GateRule, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
+from ftcore.evaluation.config import LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)

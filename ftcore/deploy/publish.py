@@ -4,21 +4,21 @@ export the version (deploy.exports: ftcore/deploy/export.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from ftcore import tracking
-from ftcore.deploy.export import VersionModel, check_kinds, export_version
+from ftcore.deploy.config import DeployConfig
+from ftcore.deploy.export import ExportReport, VersionModel, check_kinds, export_version
 from ftcore.deploy.gate import GateDecision, Reference, decide, not_again
 from ftcore.errors import UserError
-from ftcore.evaluate_config import GateRule
-from ftcore.evaluation.scores import metric_key
+from ftcore.evaluation.intervals import metric_key
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
-from ftcore.outputs import DeployOutput, EvalOutput, TrainOutput
+from ftcore.outputs import DatasetOutput, DeployOutput, EvalOutput, TrainOutput
 from ftcore.tensors import non_finite_weights
 
 MODEL_HASH_TAG = "model_hash"  # a version's tag: the content hash of the train stage's output it registered
@@ -29,48 +29,66 @@ REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic reg
 BASELINE_PREFIXES = ("base.", "fewshot.", "start.", "champion.", "tfidf.", "length.", "retained.", "improvement.")
 
 
-def publish(
-    trained: TrainOutput,
-    evaluation: EvalOutput,
-    gate: list[GateRule],
-    registered_model: str,
-    mlflow_run_id: str,
-    tags: dict[str, str],
-    out_dir: Path,
-    exports: Sequence[str] = (),
-    int8_tolerance: float = 0.05,
-    test_split: Path | None = None,
-) -> DeployOutput:
-    """`exports` are built after the version is registered (an adapter export names it as its base) and scored on
-    `test_split`; a kind the method cannot give, or a weight that is not finite, fails before anything is
-    registered."""
+class DeployJob(BaseModel):
+    """What the deploy stage decides on and registers: the trained model, its evaluation, the recipe's `deploy`
+    section, and where it registers (the resolved name, on the MLflow server at `tracking_uri`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trained: TrainOutput
+    evaluation: EvalOutput
+    deploy: DeployConfig
+    registered_model: str = Field(description="the resolved name: deploy.registered_model, else the recipe's name")
+    tracking_uri: str = Field(description="the MLflow server the version is registered on: another server registers "
+                                          "anew, so it is part of the stage's key")
+    dataset: DatasetOutput | None = Field(None, description="its test split scores the int8 export")
+
+
+def deploy_stage(job: DeployJob, out_dir: Path, mlflow_run_id: str, tags: dict[str, str]) -> DeployOutput:
+    """Register the trained model as a version of the run `mlflow_run_id` (with `tags`), move the aliases, and
+    build `job.deploy.exports`. The exports are built after the version is registered (an adapter export names it
+    as its base) and scored on the dataset's test split; a kind the method cannot give, or a weight that is not
+    finite, fails before anything is registered."""
+    trained, name = job.trained, job.registered_model
     check_finite(trained.model_path)
-    check_kinds(VersionModel.read(trained.model_path), list(exports))
-    champion = tracking.version_for_alias(registered_model, tracking.CHAMPION)
-    if champion and champion["tags"].get(MODEL_HASH_TAG) == trained.content_hash:
-        reference_name = f"champion v{champion['version']}"
-        decision = not_again(reference_name)
-    else:
-        primary = next(rule for rule in gate if rule.rule == "beat_champion")
-        reference = gate_reference(primary.metric, evaluation, champion)
-        reference_name = reference.name
-        decision = decide(gate, evaluation.metrics, reference)
-    decision_tags = {**version_metric_tags(evaluation.metrics), **gate_tags(decision)}
+    check_kinds(VersionModel.read(trained.model_path), list(job.deploy.exports))
+    champion = tracking.version_for_alias(name, tracking.CHAMPION)
+    decision, reference_name = gate_decision(job, champion)
+    decision_tags = {**version_metric_tags(job.evaluation.metrics), **gate_tags(decision)}
     # The same trained model (MODEL_HASH_TAG) registered before, by another run or at once with this one, is that
     # version again: one model, one version.
-    version = tracking.register_version(mlflow_run_id, registered_model, trained.model_path,
-                                        tags={**tags, **decision_tags}, identity=MODEL_HASH_TAG)
-    tracking.set_alias(registered_model, tracking.CHALLENGER, version)
+    version = tracking.register_version(mlflow_run_id, name, trained.model_path, tags={**tags, **decision_tags},
+                                        identity=MODEL_HASH_TAG)
+    tracking.set_alias(name, tracking.CHALLENGER, version)
     if decision.passed:
-        decision = promote(registered_model, version, compared_version(evaluation, champion), decision)
-        if decision.passed and tracking.version_run_id(registered_model, version) != mlflow_run_id:
-            tracking.set_version_tags(registered_model, version, decision_tags)  # the decision that promoted it
-    test = pd.read_parquet(test_split) if test_split is not None else None
-    exported = export_version(trained.model_path, registered_model, version, mlflow_run_id, list(exports), test,
-                              int8_tolerance)
-    aliases = tracking.aliases_of(registered_model, version)
+        decision = promote(name, version, compared_version(job.evaluation, champion), decision)
+        if decision.passed and tracking.version_run_id(name, version) != mlflow_run_id:
+            tracking.set_version_tags(name, version, decision_tags)  # the decision that promoted it
+    test_split = job.dataset.splits.get("test") if job.dataset is not None else None
+    exported = export_version(trained.model_path, name, version, mlflow_run_id, list(job.deploy.exports),
+                              pd.read_parquet(test_split) if test_split is not None else None,
+                              job.deploy.int8_tolerance)
+    return write_record(name, version, decision, reference_name, exported, out_dir)
+
+
+def gate_decision(job: DeployJob, champion: dict | None) -> tuple[GateDecision, str]:
+    """The gate's decision and the name of the reference it compared against: the champion, or before the first
+    one the objective's reference; the champion itself again is not promoted again."""
+    if champion and champion["tags"].get(MODEL_HASH_TAG) == job.trained.content_hash:
+        reference_name = f"champion v{champion['version']}"
+        return not_again(reference_name), reference_name
+    gate = job.deploy.gate
+    primary = next(rule for rule in gate if rule.rule == "beat_champion")
+    reference = gate_reference(primary.metric, job.evaluation, champion)
+    return decide(gate, job.evaluation.metrics, reference), reference.name
+
+
+def write_record(name: str, version: str, decision: GateDecision, reference_name: str, exported: ExportReport,
+                 out_dir: Path) -> DeployOutput:
+    """deploy.json (the version, its aliases, the gate's rules, the exports), written atomically, and the output."""
+    aliases = tracking.aliases_of(name, version)
     rules = [outcome.as_dict() for outcome in decision.rules]
-    record = {"registered_model": registered_model, "version": version, "aliases": aliases,
+    record = {"registered_model": name, "version": version, "aliases": aliases,
               "gate": {"passed": decision.passed, "reason": decision.reason, "reference": reference_name,
                        "rules": rules},
               **exported.as_dict()}
@@ -79,10 +97,10 @@ def publish(
     return DeployOutput(
         path=out_dir,
         content_hash=hash_dir(out_dir),
-        registered_model=registered_model,
+        registered_model=name,
         version=version,
         aliases=aliases,
-        uri=f"models:/{registered_model}/{version}",
+        uri=f"models:/{name}/{version}",
         gate_passed=decision.passed,
         gate_reason=decision.reason,
         gate_rules=rules,

@@ -22,7 +22,7 @@ from mlflow.pyfunc import PythonModel
 
 from ftcore.deploy.export import WEIGHTS, load_export
 from ftcore.evaluation.classification import classify
-from ftcore.evaluation.generate import generate
+from ftcore.models.generate import generate
 from ftcore.models.load import render_chat
 from ftcore.models.peft_methods import is_classifier
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ftcore.evaluation.scores import Rows
+from ftcore.evaluation.intervals import Rows
 
 
 def classification_metrics(references: Sequence[str], predictions: Sequence[str],

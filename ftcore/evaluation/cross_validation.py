@@ -12,46 +12,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ftcore.config import TrainConfig
 from ftcore.errors import DataError
-from ftcore.evaluate_config import EvaluateConfig
-from ftcore.evaluation.evaluate import evaluate_classifiers
-from ftcore.evaluation.language import evaluate_language_models
-from ftcore.evaluation.scores import CANDIDATE
-from ftcore.outputs import ModelOutput
-from ftcore.training.train import train_model
+from ftcore.evaluation.intervals import CANDIDATE
+from ftcore.evaluation.jobs import EvaluateJob
+from ftcore.evaluation.scorers import SCORERS, Scoring
+from ftcore.outputs import DatasetOutput
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
 
 FOLD_SEED = 0
 
 
-def cross_validate(base: ModelOutput, train_split: Path, train: TrainConfig, cfg: EvaluateConfig, task: str,
-                   work_dir: Path, loss_spec: dict | None = None) -> dict[str, float]:
+def cross_validate(job: EvaluateJob, work_dir: Path) -> dict[str, float]:
     """Train and score each of evaluate.cross_validation folds of the train split; the mean and standard deviation
     of every metric over the folds. Fold models are deleted once scored."""
-    rows = pd.read_parquet(train_split).sample(frac=1.0, random_state=FOLD_SEED).reset_index(drop=True)
-    k = cfg.cross_validation
+    if job.train is None:
+        raise ValueError("cross-validation trains folds: the evaluate job needs the train section")
+    rows = pd.read_parquet(job.dataset.splits["train"]).sample(frac=1.0, random_state=FOLD_SEED)
+    rows, k = rows.reset_index(drop=True), job.evaluate.cross_validation
     if len(rows) < 2 * k:
         raise DataError(f"evaluate.cross_validation: {k} folds of {len(rows)} training rows leave fewer than 2 rows "
                         "a fold; lower k")
     # Folds train without a validation split: nothing to stop early on, and the left-out fold is the judge.
-    fold_train = train.model_copy(update={"early_stopping_patience": None, "eval_steps": None})
-    quick = cfg.model_copy(update={"fewshot": 0, "bootstrap_resamples": 0})
+    fold_train = job.train.model_copy(update={"early_stopping_patience": None, "eval_steps": None})
+    quick = job.evaluate.model_copy(update={"fewshot": 0, "bootstrap_resamples": 0})
     per_fold: dict[str, list[float]] = {}
     for fold, held_out in enumerate(np.array_split(np.arange(len(rows)), k)):
         folder = work_dir / f"fold-{fold}"
         folder.mkdir(parents=True, exist_ok=True)
         rows.drop(index=held_out).to_parquet(folder / "train.parquet", index=False)
+        # The fold's train rows, with the balance stage's loss (a classifier's class weights) of the whole split.
+        fold_data = DatasetOutput(path=folder, content_hash=f"fold-{fold}", splits={"train": folder / "train.parquet"},
+                                  rows=len(rows) - len(held_out), artifacts=job.dataset.artifacts)
+        trained = train_stage(TrainJob(base=job.base, dataset=fold_data, train=fold_train, objective=job.objective),
+                              folder / "model")
+        scoring = Scoring(splits=fold_data.splits, evaluate=quick, objective=job.objective)
         test = rows.iloc[held_out].reset_index(drop=True)
-        trained = train_model(base, {"train": folder / "train.parquet"}, fold_train, folder / "model", task,
-                              loss_spec)
-        models = {CANDIDATE: trained.model_path}
-        if task == "classification":
-            scores, _, _ = evaluate_classifiers(models, test, rows.drop(index=held_out))
-        else:
-            scores, _, _ = evaluate_language_models(models, test, quick, task)
+        scores, _, _ = SCORERS[job.objective.scorer].score({CANDIDATE: trained.model_path}, test, scoring, CANDIDATE)
         for metric, fold_rows in scores[CANDIDATE].items():
             per_fold.setdefault(metric, []).append(fold_rows.value)
         shutil.rmtree(folder)
+    return fold_metrics(per_fold, k)
+
+
+def fold_metrics(per_fold: dict[str, list[float]], k: int) -> dict[str, float]:
     metrics = {"cv.folds": float(k)}
     for metric, values in per_fold.items():
         metrics[f"cv.{metric}.mean"] = float(np.mean(values))

@@ -1,201 +1,117 @@
 """evaluate stage: the same test split through the base model, its few-shot prompting, the version a recipe
-continues, the current champion and the fine-tuned candidate, scored for the task, with bootstrap intervals, a
-safety screen, the candidate's latency and, with a forgetting set, what it forgot; written up as an HTML report.
-
-Language-model tasks (sft, multitask, dapt) are scored in ftcore/evaluation/language.py. Classification is scored
-with accuracy and F1 (macro, micro and per class) against a TF-IDF + logistic regression baseline trained on the
-same train split, which is then the gate's reference when there is no champion (an encoder without its trained head
-cannot classify, so there is no meaningful "base" score). The alignment tasks (dpo, reward_model, rl) are scored in
-ftcore/evaluation/preference.py. Metric names: ftcore/evaluation/scores.py.
+continues, the current champion and the fine-tuned candidate, scored with the objective's scorer
+(ftcore/evaluation/scorers.py), with bootstrap intervals, a safety screen, the candidate's latency and, with a
+forgetting set, what it forgot; written up as an HTML report. Metric names: ftcore/evaluation/intervals.py.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from ftcore.config import LOWER_IS_BETTER, EvaluateConfig, RewardConfig
-from ftcore.evaluate_config import ANSWERING_TASKS
-from ftcore.evaluation.classification import (
-    classification_metrics,
-    classification_rows,
-    classify,
-    confusion,
-    plot_confusion,
-    tfidf_baseline,
-)
-from ftcore.evaluation.language import eval_examples, evaluate_language_models
-from ftcore.evaluation.preference import (
-    LENGTH_BASELINE,
-    evaluate_policies_on_pairs,
-    evaluate_policies_on_reward,
-    evaluate_reward_models,
-)
+from ftcore.evaluation.config import LOWER_IS_BETTER, EvaluateConfig
+from ftcore.evaluation.cross_validation import cross_validate
+from ftcore.evaluation.intervals import CANDIDATE, FEWSHOT, improvements, public_names, summarize
+from ftcore.evaluation.jobs import EvaluateJob
+from ftcore.evaluation.language import evaluate_language_models
+from ftcore.evaluation.preference import LENGTH_BASELINE
 from ftcore.evaluation.report import ReportData, worst_examples, write_report
-from ftcore.evaluation.scores import (
-    CANDIDATE,
-    FEWSHOT,
-    ModelScores,
-    improvements,
-    public_names,
-    summarize,
-)
+from ftcore.evaluation.scorers import BASELINE, CONFUSION_FILES, SCORERS, Scorer, Scoring, write_confusion
 from ftcore.evaluation.screen import latency, screen_answers
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
-from ftcore.models.load import load_tokenizer, load_trained
+from ftcore.models.registered import model_folder
 from ftcore.outputs import EvalOutput
 
-BASELINE = "tfidf"
 CHAMPION = "champion"
 REPORT = "report.html"
 # The report's columns, in this order, where present.
 MODEL_ORDER = (BASELINE, LENGTH_BASELINE, "base", FEWSHOT, "start", CHAMPION, CANDIDATE)
 
 
-def evaluate_models(models: dict[str, Path], splits: dict[str, Path], cfg: EvaluateConfig, out_dir: Path,
-                    task: str = "sft", reward: RewardConfig | None = None,
-                    reward_model_dir: Path | None = None, retained_test: Path | None = None,
-                    champion: str | None = None, title: str = "evaluation",
-                    images: dict[str, Path] | None = None, folds: dict[str, float] | None = None) -> EvalOutput:
+
+
+def evaluate_stage(job: EvaluateJob, out_dir: Path) -> EvalOutput:
+    """Score the candidate beside the base model (when its base is a model of the same kind), the version it
+    continued, and the champion; with evaluate.cross_validation, k folds trained and scored first."""
+    models = {}
+    # A classifier's or reward model's base, and a language model it started from, have no trained head to compare.
+    if not job.objective.classifies:
+        models["base"] = job.base.base_path
+        if job.start is not None:
+            models["start"] = model_folder(job.start)
+    if job.champion is not None:
+        models[CHAMPION] = model_folder(job.champion)
+    models[CANDIDATE] = job.trained.model_path
+    folds = cross_validate(job, out_dir.with_name(f"{out_dir.name}-folds")) if job.evaluate.cross_validation else {}
+    scoring = Scoring(splits=job.dataset.splits, evaluate=job.evaluate, objective=job.objective, reward=job.reward,
+                      reward_model_dir=model_folder(job.reward_model) if job.reward_model else None,
+                      retained_test=job.forgetting.test if job.forgetting else None,
+                      champion=job.champion.label if job.champion else None, title=job.title,
+                      images={"Training loss": job.trained.path / "loss.png"}, folds=folds)
+    return evaluate_models(models, scoring, out_dir)
+
+
+def evaluate_models(models: dict[str, Path], scoring: Scoring, out_dir: Path) -> EvalOutput:
     """Score each named model folder on the test split: `base`, `start` (the registered version a recipe continues),
-    `champion` (the current champion, NAME/VERSION in `champion`), `candidate`. Names given the same folder are
-    scored once and reported under each. Task rl scores with `reward` (and the reward model in
-    `reward_model_dir`). The starting model (`start`, else the first) is dpo's implicit-reward reference and, with
-    `retained_test` (a forgetting set), the reference of `forgetting.<metric>`. The report shows `images` (e.g. the
-    loss curve) beside the metrics, and the cross-validation metrics `folds` (cv.*) are reported with them."""
-    splits = {name: Path(path) for name, path in splits.items()}
-    test = pd.read_parquet(splits["test"])
+    `champion`, `candidate`. Names given the same folder are scored once and reported under each. The starting
+    model (`start`, else the first) is dpo's implicit-reward reference and, with a forgetting set, the reference of
+    `forgetting.<metric>`."""
+    test, cfg, scorer = scoring.rows("test"), scoring.evaluate, SCORERS[scoring.objective.scorer]
     aliases = same_folders(models)
     models = {name: path for name, path in models.items() if name not in aliases}
     start = aliases.get("start", "start" if "start" in models else next(iter(models)))
     candidate = aliases.get(CANDIDATE, CANDIDATE)  # the name the candidate is scored under
-    scores, plain, predictions, reference = score_task(models, splits, test, cfg, task, reward, reward_model_dir,
-                                                       start)
-    if task in ANSWERING_TASKS:
-        safety, counts = screen_answers(models, *answers_to_screen(models, candidate, test, predictions, task),
-                                        cfg)
+    scores, plain, predictions = scorer.score(models, test, scoring, start)
+    if scoring.objective.answers_prompts:
+        safety, counts = screen_answers(models, *screen_inputs(scorer, models, candidate, test, predictions), cfg)
         for name, rows in safety.items():
             scores.setdefault(name, {}).update(rows)
         plain |= counts
     if cfg.latency_probes:
-        seconds = latency(models[candidate], probe_texts(models[candidate], test, task), cfg,
-                          task in ("classification", "reward_model"))
+        seconds = latency(models[candidate], scorer.probe_texts(models[candidate], test), cfg,
+                          scoring.objective.classifies)
         plain |= {f"{candidate}.{k}": v for k, v in seconds.items()}
-    if retained_test is not None:
-        plain |= forgetting(models, pd.read_parquet(retained_test), cfg, task, start, candidate)
-    rival = aliases.get(CHAMPION, CHAMPION) if champion else reference
+    if scoring.retained_test is not None:
+        plain |= forgetting(models, pd.read_parquet(scoring.retained_test), cfg, start, candidate)
+    rival = aliases.get(CHAMPION, CHAMPION) if scoring.champion else scorer.reference
     metrics = summarize(scores, cfg) | plain | improvements(scores, rival, cfg, candidate)
-    metrics = public_names(metrics | aliased_metrics(metrics, aliases)) | (folds or {})
-    artifacts = {"predictions": out_dir / "predictions.jsonl", "report": out_dir / REPORT}
-    with atomic_dir(out_dir) as tmp:
-        predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
-        shown = dict(images or {})
-        if task == "classification":
-            write_confusion(predictions, tmp)
-            artifacts |= {name: out_dir / file for name, file in CONFUSION_FILES.items()}
-            shown["Confusion matrix (candidate)"] = tmp / CONFUSION_FILES["confusion_matrix"]
-        report = report_data(title, task, cfg, metrics, predictions, shown,
-                             [*aliases, *scores], reference, champion, len(test))
-        write_report(report, tmp / REPORT)
-    return EvalOutput(
-        path=out_dir,
-        content_hash=hash_dir(out_dir),
-        predictions_path=out_dir / "predictions.jsonl",
-        reference=reference,
-        champion=champion,
-        metrics={"test_rows": len(test), **metrics},
-        artifacts=artifacts,
-    )
+    metrics = {"test_rows": len(test), **public_names(metrics | aliased_metrics(metrics, aliases)), **scoring.folds}
+    return write_evaluation(scoring, scorer, metrics, predictions, [*aliases, *scores], out_dir)
 
 
-def score_task(models: dict[str, Path], splits: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig, task: str,
-               reward: RewardConfig | None, reward_model_dir: Path | None,
-               start: str) -> tuple[ModelScores, dict[str, float], pd.DataFrame, str]:
-    """The task's per-example scores, its metrics without intervals, the predictions, and the name of the model
-    the candidate must beat when there is no champion."""
-    match task:
-        case "classification":
-            return (*evaluate_classifiers(models, test, pd.read_parquet(splits["train"])), BASELINE)
-        case "dpo":
-            return (*evaluate_policies_on_pairs(models, test, cfg, start), "base")
-        case "reward_model":
-            return (*evaluate_reward_models(models, test, cfg), LENGTH_BASELINE)
-        case "rl":
-            if reward is None:
-                raise ValueError("task rl is evaluated with the recipe's reward")
-            return (*evaluate_policies_on_reward(models, test, cfg, reward, reward_model_dir), "base")
-        case _:
-            demos = pd.read_parquet(splits["train"]) if cfg.fewshot and "train" in splits else None
-            return (*evaluate_language_models(models, test, cfg, task, demos), "base")
-
-
-def answers_to_screen(models: dict[str, Path], candidate: str, test: pd.DataFrame, predictions: pd.DataFrame,
-                      task: str) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
+def screen_inputs(scorer: Scorer, models: dict[str, Path], candidate: str, test: pd.DataFrame,
+                  predictions: pd.DataFrame) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
     """The test prompts as the models see them, the answers already generated (by model), and the questions and
     reference answers as written (for the judge)."""
-    if task in ("sft", "multitask"):
-        examples = eval_examples(test, load_tokenizer(models[candidate]), task)
-        prompts, questions = examples["prompt"].tolist(), examples["raw_prompt"].astype(str).tolist()
-        references = examples["raw_completion"].astype(str).tolist()
-    else:  # dpo, rl: prompts in the model's format already; the chosen answer or the reference, where there is one
-        prompts = questions = test["prompt"].astype(str).tolist()
-        reference_column = next((c for c in ("chosen", "completion") if c in test), None)
-        references = test[reference_column].astype(str).tolist() if reference_column else [""] * len(test)
+    prompts, questions, references = scorer.screen_inputs(models[candidate], test)
     names = [*models, FEWSHOT]
     outputs = {name: predictions[name].astype(str).tolist() for name in names if name in predictions}
     return prompts, outputs, questions, references
 
 
-def probe_texts(model: Path, test: pd.DataFrame, task: str) -> list[str]:
-    """What a latency probe sends: test texts for a classifier, test prompts for the others."""
-    if task == "classification":
-        return test["text"].astype(str).tolist()
-    if task == "reward_model":
-        return (test["prompt"] + test["chosen"]).astype(str).tolist()
-    if task in ("sft", "multitask", "dapt"):
-        return eval_examples(test, load_tokenizer(model), task)["prompt"].tolist()
-    return test["prompt"].astype(str).tolist()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Classification
-
-
-def evaluate_classifiers(models: dict[str, Path], test: pd.DataFrame,
-                         train: pd.DataFrame) -> tuple[ModelScores, dict[str, float], pd.DataFrame]:
-    """Every model and the TF-IDF baseline: `accuracy` and `macro_f1` per example (they get intervals), `micro_f1`
-    and per class `f1_<label>`, `precision_<label>`, `recall_<label>`."""
-    texts, references = test["text"].astype(str).tolist(), test["label"].astype(str).tolist()
-    predictions = pd.DataFrame({"text": texts, "label": references})
-    predictions[BASELINE] = tfidf_baseline(train["text"].astype(str).tolist(), train["label"].astype(str).tolist(),
-                                           texts)
-    for name, path in models.items():
-        model, tokenizer = load_trained(path)
-        predictions[name] = classify(model, tokenizer, texts)
-    names = [BASELINE, *models]
-    classes = sorted(set(references) | set(train["label"].astype(str)) | set(predictions[names].stack()))
-    scores = {name: classification_rows(references, predictions[name], classes) for name in names}
-    plain = {f"{name}.{metric}": value
-             for name in names
-             for metric, value in classification_metrics(references, predictions[name], classes).items()
-             if metric not in scores[name]}
-    return scores, plain, predictions
-
-
-CONFUSION_FILES = {"confusion_matrix": "confusion_matrix.png", "confusion_counts": "confusion_matrix.json"}
-
-
-def write_confusion(predictions: pd.DataFrame, folder: Path) -> None:
-    """The candidate's confusion matrix on the test split, as an image and as counts (true -> predicted -> n)."""
-    labels = sorted(set(predictions["label"]) | set(predictions[CANDIDATE]))
-    matrix = confusion(predictions["label"], predictions[CANDIDATE], labels)
-    plot_confusion(matrix, labels, "Candidate on the test split", folder / CONFUSION_FILES["confusion_matrix"])
-    counts = {true: {predicted: int(matrix[i, j]) for j, predicted in enumerate(labels)}
-              for i, true in enumerate(labels)}
-    (folder / CONFUSION_FILES["confusion_counts"]).write_text(json.dumps(counts, indent=1))
+def write_evaluation(scoring: Scoring, scorer: Scorer, metrics: dict[str, float], predictions: pd.DataFrame,
+                     names: list[str], out_dir: Path) -> EvalOutput:
+    """The predictions, the report (and a classifier's confusion matrix), written atomically."""
+    artifacts = {"predictions": out_dir / "predictions.jsonl", "report": out_dir / REPORT}
+    with atomic_dir(out_dir) as tmp:
+        predictions.to_json(tmp / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+        shown = dict(scoring.images)
+        if scorer.confusion_matrix:
+            write_confusion(predictions, tmp)
+            artifacts |= {name: out_dir / file for name, file in CONFUSION_FILES.items()}
+            shown["Confusion matrix (candidate)"] = tmp / CONFUSION_FILES["confusion_matrix"]
+        write_report(report_data(scoring, metrics, predictions, shown, names, scorer.reference), tmp / REPORT)
+    return EvalOutput(
+        path=out_dir,
+        content_hash=hash_dir(out_dir),
+        predictions_path=out_dir / "predictions.jsonl",
+        reference=scorer.reference,
+        champion=scoring.champion,
+        metrics=metrics,
+        artifacts=artifacts,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,13 +141,13 @@ def aliased_metrics(metrics: dict[str, float], aliases: dict[str, str]) -> dict[
     return copied
 
 
-def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateConfig, task: str, start: str,
+def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateConfig, start: str,
                candidate: str = CANDIDATE) -> dict[str, float]:
     """`retained.<model>.<metric>` on the forgetting set (continual's retained test rows, or evaluate.forgetting's
     general data), and `forgetting.<metric>`: the starting model's score minus the candidate's (for perplexity the
     candidate's minus the start's), so a positive value is lost ground."""
     quick = cfg.model_copy(update={"fewshot": 0, "domain_metrics": []})
-    scores, _, _ = evaluate_language_models(models, retained, quick, task)
+    scores, _, _ = evaluate_language_models(models, retained, quick)
     metrics = summarize(scores, quick, prefix="retained.")
     lost = {}
     for metric in cfg.metrics:
@@ -244,14 +160,15 @@ def forgetting(models: dict[str, Path], retained: pd.DataFrame, cfg: EvaluateCon
 # The report
 
 
-def report_data(title: str, task: str, cfg: EvaluateConfig, metrics: dict[str, float], predictions: pd.DataFrame,
-                images: dict[str, Path], names: list[str], reference: str, champion: str | None,
-                test_rows: int) -> ReportData:
+def report_data(scoring: Scoring, metrics: dict[str, float], predictions: pd.DataFrame, images: dict[str, Path],
+                names: list[str], reference: str) -> ReportData:
+    cfg = scoring.evaluate
     models = [name for name in MODEL_ORDER if name in names]
     table = [*cfg.metrics, *cfg.domain_metric_names]
     table += [m for m in ("toxic_rate", "bias_divergence", "judge_score") if m in metrics]
-    notes = [f"{test_rows} test examples; intervals: {cfg.confidence:.0%} bootstrap, {cfg.bootstrap_resamples} "
-             "resamples", f"the candidate must beat {f'the champion {champion}' if champion else reference}"]
+    rival = f"the champion {scoring.champion}" if scoring.champion else reference
+    notes = [f"{metrics['test_rows']:.0f} test examples; intervals: {cfg.confidence:.0%} bootstrap, "
+             f"{cfg.bootstrap_resamples} resamples", f"the candidate must beat {rival}"]
     example_metric = next((m for m in table if f"{CANDIDATE}.{m}" in predictions), None)
     examples = None
     if example_metric is not None:
@@ -260,6 +177,6 @@ def report_data(title: str, task: str, cfg: EvaluateConfig, metrics: dict[str, f
         others = {name: name for name in models if name != CANDIDATE and name in predictions}
         examples = worst_examples(predictions, f"{CANDIDATE}.{example_metric}", source, reference_column, CANDIDATE,
                                   other_outputs=others)
-    return ReportData(title=title, task=task, models=models, table_metrics=table, metrics=metrics,
-                      lower_is_better=frozenset(LOWER_IS_BETTER), examples=examples, example_metric=example_metric,
-                      images=images, notes=notes)
+    return ReportData(title=scoring.title, objective=scoring.objective.name, models=models, table_metrics=table,
+                      metrics=metrics, lower_is_better=frozenset(LOWER_IS_BETTER), examples=examples,
+                      example_metric=example_metric, images=images, notes=notes)

@@ -1,4 +1,4 @@
-"""Language models (tasks sft, multitask, dapt) scored on the test split: on what they generate (exact match,
+"""Language models (objectives sft, multitask, dapt) scored on the test split: on what they generate (exact match,
 token F1, ROUGE, BLEU, chrF and the recipe's domain metrics) and on the likelihood of the reference (perplexity).
 
 The base model is also scored with k-shot prompting (`fewshot`, evaluate.fewshot: k): k training examples written
@@ -14,19 +14,19 @@ import numpy as np
 import pandas as pd
 
 from ftcore.data.formats import TASK
-from ftcore.evaluate_config import EvaluateConfig
 from ftcore.evaluation.bootstrap import perplexity_of
+from ftcore.evaluation.config import EvaluateConfig
 from ftcore.evaluation.domain import domain_scores
-from ftcore.evaluation.generate import completion_nlls, generate
-from ftcore.evaluation.scores import FEWSHOT, ModelScores, Rows
-from ftcore.evaluation.scoring import GENERATION_METRICS, score
+from ftcore.evaluation.example_metrics import GENERATION_METRICS, score
+from ftcore.evaluation.intervals import FEWSHOT, ModelScores, Rows
+from ftcore.models.generate import completion_nlls, generate
 from ftcore.models.load import load_trained, render_chat
 
 FEWSHOT_SEED = 0
 BASE = "base"
 
 
-def evaluate_language_models(models: dict, test: pd.DataFrame, cfg: EvaluateConfig, task: str,
+def evaluate_language_models(models: dict, test: pd.DataFrame, cfg: EvaluateConfig,
                              demos: pd.DataFrame | None = None) -> tuple[ModelScores, dict[str, float], pd.DataFrame]:
     """Every model's per-example scores on the test rows; with `demos` (training rows) and evaluate.fewshot, the
     base model's few-shot scores as `fewshot`. Also the per-task metrics of a multitask recipe, and the predictions:
@@ -36,12 +36,12 @@ def evaluate_language_models(models: dict, test: pd.DataFrame, cfg: EvaluateConf
     predictions = None
     for name, path in models.items():
         model, tokenizer = load_trained(path)
-        examples = eval_examples(test, tokenizer, task)
+        examples = eval_examples(test, tokenizer)
         if predictions is None:
             predictions = examples.drop(columns=["prompt", "completion"])
         runs = [(name, examples)]
         if name == BASE and cfg.fewshot and demos is not None:
-            runs.append((FEWSHOT, fewshot_examples(test, demos, tokenizer, task, cfg.fewshot)))
+            runs.append((FEWSHOT, fewshot_examples(test, demos, tokenizer, cfg.fewshot)))
         for label, ex in runs:
             scores[label], outputs = example_rows(model, tokenizer, ex, cfg)
             if outputs is not None:
@@ -55,14 +55,15 @@ def evaluate_language_models(models: dict, test: pd.DataFrame, cfg: EvaluateConf
     return scores, per_task, predictions
 
 
-def eval_examples(test: pd.DataFrame, tokenizer, task: str) -> pd.DataFrame:
+def eval_examples(test: pd.DataFrame, tokenizer) -> pd.DataFrame:
     """What each test row asks the model (`prompt`) and the reference answer, as the model sees them (`completion`)
-    and as written (`raw_prompt`, `raw_completion`, for the metrics and the predictions file)."""
-    if task == "dapt":  # the whole text is the reference: perplexity only
-        return pd.DataFrame({"prompt": "", "completion": test["text"], "raw_prompt": "",
-                             "raw_completion": test["text"]})
+    and as written (`raw_prompt`, `raw_completion`, for the metrics and the predictions file). Rows of raw text
+    (format text) have no question: the whole text is the reference, scored by perplexity only."""
     if "messages" in test:
         return pd.DataFrame([chat_question(json.loads(chat), tokenizer) for chat in test["messages"]])
+    if "completion" not in test:
+        return pd.DataFrame({"prompt": "", "completion": test["text"], "raw_prompt": "",
+                             "raw_completion": test["text"]})
     columns = ["prompt", "completion", "raw_prompt", "raw_completion"] + ([TASK] if TASK in test else [])
     return test[columns].reset_index(drop=True)
 
@@ -79,7 +80,7 @@ def chat_question(messages: list[dict[str, str]], tokenizer, demos: list[dict[st
             "raw_prompt": before[-1]["content"] if before else "", "raw_completion": answer}
 
 
-def fewshot_examples(test: pd.DataFrame, train: pd.DataFrame, tokenizer, task: str, k: int) -> pd.DataFrame:
+def fewshot_examples(test: pd.DataFrame, train: pd.DataFrame, tokenizer, k: int) -> pd.DataFrame:
     """The test examples with k training examples (the same k for every test row, drawn with a fixed seed) written
     before each prompt: as prompt + answer blocks, or as earlier user/assistant turns of a chat."""
     demos = train.sample(n=min(k, len(train)), random_state=FEWSHOT_SEED)
@@ -90,16 +91,17 @@ def fewshot_examples(test: pd.DataFrame, train: pd.DataFrame, tokenizer, task: s
             turns += [{"role": "user", "content": shown["raw_prompt"]},
                       {"role": "assistant", "content": shown["raw_completion"]}]
         return pd.DataFrame([chat_question(json.loads(chat), tokenizer, turns) for chat in test["messages"]])
-    shown = eval_examples(demos, tokenizer, task)
+    shown = eval_examples(demos, tokenizer)
     prefix = "".join(f"{p}{c}\n\n" for p, c in zip(shown["prompt"], shown["completion"], strict=True))
-    examples = eval_examples(test, tokenizer, task)
+    examples = eval_examples(test, tokenizer)
     return examples.assign(prompt=prefix + examples["prompt"])
 
 
 def example_rows(model, tokenizer, examples: pd.DataFrame, cfg: EvaluateConfig) -> tuple[dict[str, Rows],
                                                                                           list[str] | None]:
     """Per metric: one row of statistics per example and the function that turns any subset of rows into the
-    metric (ftcore/evaluation/scoring.py); and the greedy outputs when a generation or domain metric needs them."""
+    metric (ftcore/evaluation/example_metrics.py); and the greedy outputs when a generation or domain metric needs
+    them."""
     rows: dict[str, Rows] = {}
     outputs = None
     wanted = [m for m in cfg.metrics if m in GENERATION_METRICS]

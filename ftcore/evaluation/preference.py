@@ -1,4 +1,4 @@
-"""Scoring the alignment tasks on the test split (docs/alignment.md):
+"""Scoring the alignment objectives on the test split (docs/alignment.md):
 
 - dpo: `reward_accuracy`, the share of held-out pairs whose chosen answer gets the higher implicit reward
   log pi(answer) - log pi_ref(answer), with the starting model (`base`) as the reference; ties count half, so the
@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ftcore.config import EvaluateConfig, RewardConfig
+from ftcore.alignment.config import RewardConfig
 from ftcore.evaluation.bootstrap import perplexity_of
-from ftcore.evaluation.generate import completion_nlls, generate
-from ftcore.evaluation.scores import ModelScores, Rows
+from ftcore.evaluation.config import EvaluateConfig
+from ftcore.evaluation.intervals import ModelScores, Rows
+from ftcore.models.generate import completion_nlls, generate
 from ftcore.models.load import load_trained
 
 LENGTH_BASELINE = "length"
@@ -88,7 +89,7 @@ def evaluate_policies_on_reward(models: dict[str, Path], test: pd.DataFrame, cfg
                                 reward_model_dir: Path | None) -> tuple[ModelScores, dict[str, float], pd.DataFrame]:
     """rl: the mean reward of every model's greedy answers to the test prompts."""
     from ftcore.alignment.rewards import reward_columns
-    from ftcore.alignment.trainers import reward_functions
+    from ftcore.training.alignment_trainers import reward_functions
 
     rewards, weights = reward_functions(reward, reward_model_dir)
     prompts = test["prompt"].tolist()

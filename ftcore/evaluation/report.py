@@ -46,7 +46,7 @@ class ReportData:
     frame; `images` maps captions to PNG files (missing ones are left out)."""
 
     title: str
-    task: str
+    objective: str
     models: list[str]
     table_metrics: list[str]
     metrics: dict[str, float]
@@ -66,7 +66,7 @@ def write_report(report: ReportData, path: Path) -> Path:
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
         f"<title>{escape(report.title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>",
         f"<h1>{escape(report.title)}</h1>",
-        f'<p class="note">task: {escape(report.task)}</p>',
+        f'<p class="note">objective: {escape(report.objective)}</p>',
         *(f'<p class="note">{escape(note)}</p>' for note in report.notes),
         "<h2>Metrics</h2>",
         _main_table(report),

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ftcore.evaluate_config import BiasProbeConfig, EvaluateConfig, JudgeConfig, ToxicityScreenConfig
-from ftcore.evaluation.generate import generate
-from ftcore.evaluation.scores import CANDIDATE, ModelScores, Rows
+from ftcore.evaluation.config import EvaluateConfig
+from ftcore.evaluation.intervals import CANDIDATE, ModelScores, Rows
+from ftcore.models.generate import generate
 from ftcore.models.load import load_trained
 from ftcore.safety.bias import DEFAULT_SWAPS, probe
+from ftcore.safety.config import BiasProbeConfig, JudgeConfig, ToxicityScreenConfig
 from ftcore.safety.judge import judge_scores
 from ftcore.safety.toxicity import score_texts
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
-from ftcore.config import LABEL_COLUMN, MethodConfig, ModelConfig
+from ftcore.columns import LABEL_COLUMN
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir, hash_obj
+from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
 from ftcore.models.load import load_tokenizer, resolve_pretrained
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,
@@ -26,68 +29,96 @@ from ftcore.models.peft_methods import (
 )
 from ftcore.models.registered import ModelRef, model_folder
 from ftcore.models.scratch import build_model, train_tokenizer
+from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective
 from ftcore.outputs import DatasetOutput, ModelOutput
 
 
-def init_model(model_cfg: ModelConfig, method_cfg: MethodConfig, dataset: DatasetOutput, out_dir: Path,
-               task: str = "sft", start: ModelRef | None = None) -> ModelOutput:
+class InitJob(BaseModel):
+    """The init stage's input: the model and method sections, the cleaned dataset (the scratch tokenizer trains on
+    its train split, a classifier's classes come from it), the objective (which head) and, for source champion,
+    the pinned version to start from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = LoraMethod()
+    dataset: DatasetOutput
+    objective: Objective = OBJECTIVES[DEFAULT_OBJECTIVE]
+    start: ModelRef | None = None
+
+
+@dataclass
+class Base:
+    """The base model in memory, its tokenizer, where its weights are, and the adapter to continue (if any)."""
+
+    model: object
+    tokenizer: object
+    path: Path
+    adapter: Path | None = None
+
+
+def init_stage(job: InitJob, out_dir: Path) -> ModelOutput:
     """The base (built, a pretrained folder, or for source champion the pinned version `start`) wrapped with the
-    method. For task classification the base gets a classification head with one output per class of the train
-    split (sorted, so ids are stable); for task reward_model one output."""
-    train = pd.read_parquet(dataset.splits["train"])
-    classes = model_classes(train, task)
+    method. A classifier's base gets a head with one output per class of the train split (sorted, so ids are
+    stable); a reward model's one output."""
+    train = pd.read_parquet(job.dataset.splits["train"])
+    classes = model_classes(train, job.objective)
     with atomic_dir(out_dir) as tmp:
-        if model_cfg.source == "scratch":
-            base_path = out_dir / "base"
-            tokenizer = train_tokenizer(corpus(train), model_cfg.scratch.vocab_size)
-            model = build_model(model_cfg.scratch, tokenizer, classes)
-            model.save_pretrained(tmp / "base", safe_serialization=True)
-            tokenizer.save_pretrained(tmp / "base")
-            if quantization_config(method_cfg) is not None:
-                # The base stays saved in full precision (4-bit weights cannot be saved as a base to merge into);
-                # the adapter is built on the base as the train stage will load it.
-                model = load_base(tmp / "base", method_cfg, classes=classes)
-        elif start is not None and model_cfg.start == "adapter":
-            load_from, adapter = continued_adapter(start, tmp, classes)
-            model = load_base(load_from, method_cfg, classes=classes)
-            tokenizer = load_tokenizer(load_from)
-            base_path = out_dir / "base" if load_from == tmp / "base" else load_from
-        else:
-            base_path = starting_folder(start) if start else resolve_pretrained(model_cfg.name_or_path)
-            model = load_base(base_path, method_cfg, model_cfg.trust_remote_code, classes)
-            tokenizer = load_tokenizer(base_path, model_cfg.trust_remote_code)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        if start is not None and model_cfg.start == "adapter":
-            wrapped = attach_adapter(model, adapter, trainable=True)
-        else:
-            wrapped = apply_method(model, method_cfg, tokenizer)
+        base = base_model(job, train, classes, tmp, out_dir)
+        if base.model.config.pad_token_id is None:
+            base.model.config.pad_token_id = base.tokenizer.pad_token_id
+        wrapped = (attach_adapter(base.model, base.adapter, trainable=True) if base.adapter
+                   else apply_method(base.model, job.method, base.tokenizer))
         adapter_path = None
-        if wrapped is not model:
+        if wrapped is not base.model:
             save_adapter(wrapped, tmp / "adapter")
             adapter_path = out_dir / "adapter"
-        write_method_spec(method_cfg, tmp)
+        write_method_spec(job.method, tmp)
         trainable, total = parameter_counts(wrapped)
-    content = {"out": hash_dir(out_dir)}
-    if model_cfg.source == "pretrained":
-        content["base"] = hash_dir(base_path) if Path(base_path).is_dir() else str(base_path)
-    elif start is not None:
-        content["base"] = start.fingerprint
     return ModelOutput(
         path=out_dir,
-        content_hash=hash_obj(content),
-        base_path=Path(base_path),
+        content_hash=hash_obj(content_identity(job, base.path, out_dir)),
+        base_path=base.path,
         adapter_path=adapter_path,
-        method=method_cfg.name,
+        method=job.method.name,
         classes=classes or [],
-        started_from=start.label if start else None,
-        metrics={
-            "total_params": total,
-            "trainable_params": trainable,
-            "trainable_fraction": trainable / total,
-            "vocab_size": len(tokenizer),
-        },
+        started_from=job.start.label if job.start else None,
+        metrics={"total_params": total, "trainable_params": trainable, "trainable_fraction": trainable / total,
+                 "vocab_size": len(base.tokenizer)},
     )
+
+
+def base_model(job: InitJob, train: pd.DataFrame, classes: list[str] | None, tmp: Path, out_dir: Path) -> Base:
+    """The base the method wraps: built from config (saved into `base/`), the champion's own base and adapter
+    (model.start adapter), or a folder's weights (a pretrained model, or the champion's merged weights)."""
+    cfg, method, start = job.model, job.method, job.start
+    if cfg.source == "scratch":
+        tokenizer = train_tokenizer(corpus(train), cfg.scratch.vocab_size)
+        model = build_model(cfg.scratch, tokenizer, classes)
+        model.save_pretrained(tmp / "base", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "base")
+        if quantization_config(method) is not None:
+            # The base stays saved in full precision (4-bit weights cannot be saved as a base to merge into); the
+            # adapter is built on the base as the train stage will load it.
+            model = load_base(tmp / "base", method, classes=classes)
+        return Base(model, tokenizer, out_dir / "base")
+    if start is not None and cfg.start == "adapter":
+        load_from, adapter = continued_adapter(start, tmp, classes)
+        path = out_dir / "base" if load_from == tmp / "base" else load_from
+        return Base(load_base(load_from, method, classes=classes), load_tokenizer(load_from), path, adapter)
+    path = starting_folder(start) if start else resolve_pretrained(cfg.name_or_path)
+    return Base(load_base(path, method, cfg.trust_remote_code, classes),
+                load_tokenizer(path, cfg.trust_remote_code), Path(path))
+
+
+def content_identity(job: InitJob, base_path: Path, out_dir: Path) -> dict[str, str]:
+    """What the output's content hash covers: the folder written, and the base it references in place."""
+    content = {"out": hash_dir(out_dir)}
+    if job.model.source == "pretrained":
+        content["base"] = hash_dir(base_path) if base_path.is_dir() else str(base_path)
+    elif job.start is not None:
+        content["base"] = job.start.fingerprint
+    return content
 
 
 def starting_folder(start: ModelRef) -> Path:
@@ -121,12 +152,15 @@ def continued_adapter(start: ModelRef, tmp: Path, classes: list[str] | None) -> 
 REWARD_CLASSES = ["reward"]
 
 
-def model_classes(train: pd.DataFrame, task: str) -> list[str] | None:
+def model_classes(train: pd.DataFrame, objective: Objective) -> list[str] | None:
     """The classifier's outputs (sorted classes of the train split, or the reward model's one), or None for a
     causal LM."""
-    if task == "classification":
-        return sorted(train[LABEL_COLUMN].astype(str).unique())
-    return REWARD_CLASSES if task == "reward_model" else None
+    match objective.head:
+        case "classes":
+            return sorted(train[LABEL_COLUMN].astype(str).unique())
+        case "reward":
+            return REWARD_CLASSES
+    return None
 
 
 def corpus(train: pd.DataFrame) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from ftcore.errors import UserError, first_line
-from ftcore.method_config import (
+from ftcore.models.config import (
     BottleneckAdapterMethod,
     DoraMethod,
     FullMethod,

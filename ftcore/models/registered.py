@@ -16,9 +16,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from ftcore import tracking
-from ftcore.alignment_config import MODEL_URI
 from ftcore.errors import UserError
 from ftcore.hashing import file_hashes, hash_dir
+from ftcore.models.config import MODEL_URI
 from ftcore.paths import home
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.monitor.canaries import CanaryResult, canary_accuracy
+from ftcore.monitor.config import MonitorConfig
 from ftcore.monitor.drift import Drift, measure_drift
 from ftcore.monitor.objectives import Check, breaches, check_objectives, not_measured
 from ftcore.monitor.toxicity import toxic_flags
 from ftcore.monitor.window import answered_outputs, logged_inputs, traffic_metrics
-from ftcore.monitor_config import MonitorConfig
+from ftcore.safety.config import ToxicityScreenConfig
 
 TOXIC_EXAMPLES = 5  # flagged outputs quoted in the report
 

@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftcore.data_config import DataConfig
+from ftcore.data.config import DataConfig
 from ftcore.errors import UserError
-from ftcore.evaluation.metrics import normalize_answer
 from ftcore.monitor.endpoint import Endpoint, EndpointError
+from ftcore.text_metrics import normalize_answer
 
 
 @dataclass(frozen=True)

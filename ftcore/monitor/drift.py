@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ftcore.monitor_config import DriftConfig
+from ftcore.monitor.config import DriftConfig
 
 WORD = re.compile(r"\w+")
 FOLDS = 5

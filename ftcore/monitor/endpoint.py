@@ -7,7 +7,7 @@ import os
 
 import requests
 
-from ftcore.serve_config import TOKEN_ENV
+from ftcore.serving.config import TOKEN_ENV
 
 CLASSIFIER = "classifier"
 

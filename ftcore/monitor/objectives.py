@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ftcore.monitor_config import Objectives
+from ftcore.monitor.config import Objectives
 
 MET, BREACHED, NOT_MEASURED = "met", "breached", "not measured"
 Status = Literal["met", "breached", "not measured"]

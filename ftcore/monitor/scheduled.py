@@ -14,17 +14,17 @@ from sqlalchemy.engine import make_url
 
 from ftcore.data.retained import DATASET_ARTIFACT, champion_data
 from ftcore.errors import UserError
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.fs import atomic_dir
 from ftcore.models.registered import ModelRef
 from ftcore.monitor.assess import Assessment, assess
 from ftcore.monitor.canaries import CanaryResult, ask_canaries, load_canaries
+from ftcore.monitor.config import MonitorConfig
 from ftcore.monitor.endpoint import Endpoint
 from ftcore.monitor.record import SOURCE_TAG, log_assessment, write_files
 from ftcore.monitor.window import read_window, training_inputs
-from ftcore.monitor_config import MonitorConfig
 from ftcore.paths import home
-from ftcore.serve_config import RequestLogConfig
+from ftcore.safety.config import ToxicityScreenConfig
+from ftcore.serving.config import RequestLogConfig
 
 
 @dataclass

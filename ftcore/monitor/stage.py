@@ -12,31 +12,46 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.monitor.assess import assess
 from ftcore.monitor.canaries import ask_canaries, load_canaries
+from ftcore.monitor.config import MonitorConfig
 from ftcore.monitor.endpoint import CLASSIFIER, Endpoint, EndpointError
 from ftcore.monitor.record import SOURCE_TAG, log_assessment, write_files
 from ftcore.monitor.window import read_window, training_inputs
-from ftcore.monitor_config import MonitorConfig
-from ftcore.outputs import MonitorOutput
-from ftcore.serve_config import CacheConfig, RequestLogConfig, ServeConfig
+from ftcore.outputs import DatasetOutput, DeployOutput, MonitorOutput
+from ftcore.safety.config import ToxicityScreenConfig
+from ftcore.serving.config import CacheConfig, RequestLogConfig, ServeConfig
 from ftcore.serving.server import serving
 
 REQUEST_LOG = "requests.db"
 Probe = str | list[dict[str, str]]  # a prompt (or a text to classify), or a chat's turns before its last answer
 
 
-def monitor_version(registered_model: str, version: str, splits: dict[str, Path], cfg: MonitorConfig,
-                    toxicity: ToxicityScreenConfig | None, prompt_template: str | None,
-                    out_dir: Path) -> MonitorOutput:
-    """Serve `registered_model` version `version`, probe it with `cfg.probe_size` test inputs and the canaries
-    (asked with `prompt_template`, or as chat turns when None), assess that traffic against the training split's
-    inputs, and log the pass to the `<model>-monitor` experiment. The folder holds the reports and the request
-    log."""
+class MonitorJob(BaseModel):
+    """What the monitor stage probes and judges: the version deploy registered, the dataset whose test inputs probe
+    it and whose train split is the drift reference, the recipe's `monitor` section, the toxicity scorer, and how a
+    canary is asked."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployed: DeployOutput
+    dataset: DatasetOutput
+    monitor: MonitorConfig
+    toxicity: ToxicityScreenConfig | None = Field(description="evaluate.safety.toxicity: how outputs are screened")
+    prompt_template: str | None = Field(description="how a canary is written for the model; None asks it as chat "
+                                                    "turns (ftcore.monitor.canaries.question_template)")
+
+
+def monitor_stage(job: MonitorJob, out_dir: Path) -> MonitorOutput:
+    """Serve the deployed version, probe it with `monitor.probe_size` test inputs and the canaries (asked with the
+    prompt template, or as chat turns when None), assess that traffic against the training split's inputs, and log
+    the pass to the `<model>-monitor` experiment. The folder holds the reports and the request log."""
+    registered_model, version, cfg = job.deployed.registered_model, job.deployed.version, job.monitor
+    splits = job.dataset.splits
     with atomic_dir(out_dir) as out:
         log_url = f"sqlite:///{out / REQUEST_LOG}"
         with serving(f"models:/{registered_model}/{version}", stage_serve_config(log_url)) as base_url:
@@ -46,10 +61,11 @@ def monitor_version(registered_model: str, version: str, splits: dict[str, Path]
                 send_probe(endpoint, kind, probe, cfg.max_new_tokens)
             canaries = None
             if cfg.canaries is not None:
-                canaries = ask_canaries(endpoint, load_canaries(cfg.canaries), prompt_template, cfg.max_new_tokens)
+                canaries = ask_canaries(endpoint, load_canaries(cfg.canaries), job.prompt_template,
+                                        cfg.max_new_tokens)
         reference = training_inputs(pd.read_parquet(splits["train"]))
         assessment = assess(registered_model, version, f"the stage's {cfg.probe_size} probes and the canaries",
-                            read_window(log_url, None, None, None), reference, canaries, cfg, toxicity)
+                            read_window(log_url, None, None, None), reference, canaries, cfg, job.toxicity)
         names = {name: f.name for name, f in write_files(assessment, out).items()}
     files = {name: out_dir / file for name, file in names.items()}
     log_assessment(assessment, files, {SOURCE_TAG: "pipeline"})

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.evaluation.screen import toxic_rows
+from ftcore.safety.config import ToxicityScreenConfig
 
 
 def toxic_flags(outputs: list[str], cfg: ToxicityScreenConfig) -> np.ndarray:

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ftcore.config import TEXT_COLUMNS, Recipe
+from ftcore.columns import TEXT_COLUMNS
 from ftcore.data.sources import read_source
 from ftcore.data.sources.config import FileSource, HfDatasetSource
 from ftcore.paths import home
+from ftcore.recipe import Recipe
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ftcore.config import DistributedConfig
 from ftcore.planning.shape import ModelShape
+from ftcore.training.config import DistributedConfig
 
 # How a method trains, as far as memory and compute care. The recipe's method names map onto these in plan.py.
 Kind = Literal["full", "adapter", "qlora", "prompt", "few_shot"]

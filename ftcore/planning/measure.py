@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from ftcore.config import ModelConfig, ScratchModelConfig
+from ftcore.models.config import ModelConfig, ScratchModelConfig
 from ftcore.planning.estimate import ACTIVATION_FACTOR, Memory, Setup, activation_bytes, training_memory
 from ftcore.planning.shape import lora_config, model_shape, peft_trainable
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
-from ftcore.config import DistributedConfig, ModelConfig, Recipe, TrainConfig
 from ftcore.errors import UserError
+from ftcore.models.config import ModelConfig
+from ftcore.objectives import DEFAULT_OBJECTIVE
 from ftcore.planning.advisor import (
     FEW_SHOT_MAX_ROWS,
     MethodEstimate,
@@ -45,6 +46,8 @@ from ftcore.planning.shape import (
     peft_trainable,
     prompt_tuning_config,
 )
+from ftcore.recipe import Recipe
+from ftcore.training.config import DistributedConfig, TrainConfig
 
 DEFAULT_LORA_R = 8
 # Lester et al. (2021) tune 20-100 virtual tokens; 20 is also PEFT's documented example.
@@ -84,20 +87,11 @@ class Plan:
         }
 
 
-ESTIMATED_TASKS = ("sft", "dapt", "multitask")
-UNESTIMATED = {
-    "classification": "a classifier has a head over its classes, not its vocabulary",
-    "reward_model": "a reward model has a one-output head, and scores two answers per example",
-    "dpo": "preference optimisation runs the chosen and the rejected answer, and a reference model",
-    "rl": "online RL generates several answers per prompt and scores them with reward models",
-}
-
-
 def make_plan(recipe: Recipe, recipe_path: Path, memory_gb: float | None = None) -> Plan:
-    if recipe.task not in ESTIMATED_TASKS:
-        raise UserError(f"task: {recipe.task} is not estimated yet (the estimates model one causal language model "
-                        f"trained on one sequence per example: {UNESTIMATED[recipe.task]}); plan the recipe's model "
-                        "as task: sft, or measure with a short run (train.max_steps)")
+    if recipe.spec.not_estimated:
+        raise UserError(f"objective: {recipe.objective} is not estimated yet (the estimates model one causal language "
+                        f"model trained on one sequence per example: {recipe.spec.not_estimated}); plan the recipe's "
+                        f"model as objective: {DEFAULT_OBJECTIVE}, or measure with a short run (train.max_steps)")
     data = data_stats(recipe, recipe_path)
     model = recipe.model
     if data.vocab_size:  # the scratch model init builds has the vocabulary its tokenizer reached on the split

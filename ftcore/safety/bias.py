@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftcore.evaluation.metrics import token_f1
 from ftcore.regex_trie import trie_pattern
+from ftcore.text_metrics import token_f1
 
 Swaps = Sequence[tuple[str, str]]
 

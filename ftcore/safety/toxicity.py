@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ftcore.errors import DataError
 from ftcore.models.load import load_local
+from ftcore.plugins import Plugin, Registry
 from ftcore.regex_trie import trie_pattern
 
 ScorerFn = Callable[..., list[float]]
@@ -34,10 +35,8 @@ MODEL_SCORERS = ("classifier", "guard")  # the built-ins that read a model folde
 
 
 @dataclass(frozen=True)
-class RegisteredScorer:
-    name: str
+class RegisteredScorer(Plugin):
     fn: ScorerFn
-    module: str
     # Optional: why a text scored high (the lexicon names the terms it found), shown in quarantine reasons.
     explain: Callable[[str], str] | None = None
 
@@ -46,41 +45,20 @@ class RegisteredScorer:
         return _accepted_options(self.fn)
 
 
-_SCORERS: dict[str, RegisteredScorer] = {}
+# The built-ins are below; data engineers' scorers live in cleaning-step modules, so their entry-point group is the
+# steps' one.
+SCORERS: Registry[RegisteredScorer] = Registry("toxicity scorer", RegisteredScorer, group="ftflow.cleaning_steps")
 
 
 def toxicity_scorer(name: str, explain: Callable[[str], str] | None = None) -> Callable[[ScorerFn], ScorerFn]:
     """Register `fn(texts, **options) -> list[float]` (scores in [0, 1]) under `name`, used as
     `{step: filter_toxicity, scorer: name}`. `explain(text)`, if given, says what made a text score high."""
-
-    def register(fn: ScorerFn) -> ScorerFn:
-        existing = _SCORERS.get(name)
-        if existing and existing.module != fn.__module__:
-            raise ValueError(f"toxicity scorer {name!r} is registered twice: {existing.module} and {fn.__module__}")
-        _SCORERS[name] = RegisteredScorer(name=name, fn=fn, module=fn.__module__, explain=explain)
-        return fn
-
-    return register
-
-
-def available_scorers() -> dict[str, RegisteredScorer]:
-    """Every registered scorer, after cleaning-step discovery (data engineers' scorers live in step modules)."""
-    from ftcore.registry import discover_steps  # late: the registry must not depend on this module
-
-    discover_steps()
-    return dict(_SCORERS)
-
-
-def get_scorer(name: str) -> RegisteredScorer:
-    scorers = _SCORERS if name in _SCORERS else available_scorers()
-    if name not in scorers:
-        raise DataError(f"unknown toxicity scorer {name!r}; available: {', '.join(sorted(scorers))}")
-    return scorers[name]
+    return SCORERS.register(name, explain=explain)
 
 
 def score_texts(name: str, texts: Sequence[str], **options) -> list[float]:
     """Scores of `texts` by the scorer `name`, checked to be one number in [0, 1] per text."""
-    scorer = get_scorer(name)
+    scorer = SCORERS.get(name)
     accepted = scorer.options
     passed = {k: v for k, v in options.items() if k in accepted or "**" in accepted}
     scores = [float(s) for s in scorer.fn(list(texts), **passed)]

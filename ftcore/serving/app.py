@@ -25,9 +25,9 @@ from fastapi.security import HTTPBearer
 from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftcore.serve_config import ServeConfig
 from ftcore.serving.batcher import Batcher, Overloaded
 from ftcore.serving.cache import ResponseCache, cache_key
+from ftcore.serving.config import ServeConfig
 from ftcore.serving.engine import Completion, Engine
 from ftcore.serving.errors import ApiError, error_response, validation_message
 from ftcore.serving.metrics import ServeMetrics
@@ -95,6 +95,23 @@ def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
 def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None) -> FastAPI:
     state = ServerState(engine, cfg)
     watcher = AliasWatcher(source, lambda: state.engine.version, state.swap, cfg.reload_interval_s)
+    app = FastAPI(title="ftflow serving", version="1", lifespan=_lifespan(state, watcher),
+                  description="OpenAI-compatible completions, chat completions and classification of one "
+                              "fine-tuned model. Errors: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}.")
+    app.state.ftflow = state
+    app.state.watcher = watcher
+    _install_error_handlers(app)
+    _install_middleware(app, state, token)
+    # Registered in this order, which is also the OpenAPI spec's.
+    _add_completion_routes(app, state)
+    _add_classify_route(app, state)
+    _add_status_routes(app, state)
+    return app
+
+
+def _lifespan(state: ServerState, watcher: AliasWatcher):
+    """Starts the batcher and the alias watcher with the server; on shutdown stops them, then lets the checking
+    thread finish and closes the request log."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -106,16 +123,19 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
         state.checker.shutdown(wait=True)
         state.log.close()
 
-    app = FastAPI(title="ftflow serving", version="1", lifespan=lifespan,
-                  description="OpenAI-compatible completions, chat completions and classification of one "
-                              "fine-tuned model. Errors: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}.")
-    app.state.ftflow = state
-    app.state.watcher = watcher
-    _install_error_handlers(app)
+    return lifespan
+
+
+def _install_middleware(app: FastAPI, state: ServerState, token: str | None) -> None:
+    limits = state.cfg.limits
     # The last added is the outermost: every request is recorded, refusals by the token and the body included.
-    app.add_middleware(ReadBody, max_bytes=cfg.limits.max_body_bytes, timeout_s=cfg.limits.body_timeout_s)
+    app.add_middleware(ReadBody, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
     app.add_middleware(Authenticate, token=token)
     app.add_middleware(RecordRequests, record=_recorder(state))
+
+
+def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/completions and /v1/chat/completions: text generation, for causal models only."""
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
               dependencies=[Depends(BEARER)])
@@ -147,6 +167,10 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": answer.finish_reason}]}
 
+
+def _add_classify_route(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/classify: labels and scores, for classifiers only."""
+
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, dependencies=[Depends(BEARER)])
     async def classify(body: ClassifyRequest, request: Request) -> dict:
         engine = state.engine
@@ -164,6 +188,10 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
                 "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
                 "data": [{"index": i, "label": a.label, "scores": a.scores} for i, a in enumerate(answers)]}
 
+
+def _add_status_routes(app: FastAPI, state: ServerState) -> None:
+    """GET /health (open to all, for load balancers) and GET /metrics (Prometheus text)."""
+
     @app.get("/health", response_model=Health)
     async def health() -> dict:
         e = state.engine
@@ -177,8 +205,6 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
         m.cache_hit_rate.set(state.cache.hit_rate)
         m.cache_entries.set(len(state.cache))
         return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return app
 
 
 def _causal(engine: Engine, path: str) -> Engine:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ftcore.serve_config import BatchingConfig
+from ftcore.serving.config import BatchingConfig
 
 
 class Overloaded(Exception):

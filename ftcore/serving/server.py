@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ftcore.errors import UserError
-from ftcore.serve_config import TOKEN_ENV, ServeConfig
+from ftcore.serving.config import TOKEN_ENV, ServeConfig
 from ftcore.serving.protocol import serving_protocol
 from ftcore.serving.source import ModelSource, model_source
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftcore.alignment_config import MODEL_URI
 from ftcore.errors import UserError
 from ftcore.hashing import hash_dir, short
+from ftcore.models.config import MODEL_URI
 from ftcore.models.registered import model_folder, pin_reference
 
 log = logging.getLogger("ftflow.serve")

@@ -9,8 +9,8 @@ from itertools import islice
 
 import pandas as pd
 
-from ftcore.config import RegularizerConfig
 from ftcore.errors import DataError, UserError
+from ftcore.training.config import RegularizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def diagonal_fisher(model, tokenizer, retained: pd.DataFrame, cfg: RegularizerCo
     prompts, completions = _pairs(retained.sample(frac=1.0, random_state=seed))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-    from ftcore.evaluation.generate import completion_batches
+    from ftcore.models.generate import completion_batches
 
     model.eval()  # no dropout: the Fisher of the model as it predicts
     batches = 0

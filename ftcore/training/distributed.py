@@ -1,7 +1,7 @@
 """Training in several processes (`train.distributed`), launched through accelerate.
 
-The stage writes its TrainJob to a file beside the checkpoints and runs `accelerate launch` (torchrun underneath)
-with this module as the program. Every process runs the same `run_training` on its shard of each global batch;
+The stage writes its TrainRun to a file beside the checkpoints and runs `accelerate launch` (torchrun underneath)
+with this module as the program. Every process runs the same `train_in_process` on its shard of each global batch;
 the Trainer wraps the model for the strategy (DDP, FSDP2 or DeepSpeed ZeRO), gradients are averaged over the
 processes, and the first process writes the output folder and the stage's metrics, which the stage reads back.
 
@@ -18,37 +18,34 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ftcore.config import DistributedConfig, TrainConfig
 from ftcore.errors import UserError
 from ftcore.fs import atomic_write_text
-
-if TYPE_CHECKING:  # train.py imports this module
-    from ftcore.training.train import TrainJob
+from ftcore.training.config import DistributedConfig, TrainConfig
+from ftcore.training.jobs import TrainRun
 
 log = logging.getLogger(__name__)
 
 JOB_FILE, RESULT_FILE, ERROR_FILE = "job.json", "result.json", "user_error.txt"
 
 
-def run_workers(job: TrainJob) -> dict[str, float]:
-    """Train `job` in `train.distributed.num_processes` processes on this machine (and the other
+def run_workers(run: TrainRun) -> dict[str, float]:
+    """Train `run` in `train.distributed.num_processes` processes on this machine (and the other
     machines, which must run the command logged here) and return the first process's metrics."""
-    workdir: Path = job.checkpoints
+    workdir: Path = run.checkpoints
     job_path, result_path, error_path = workdir / JOB_FILE, workdir / RESULT_FILE, workdir / ERROR_FILE
     for stale in (result_path, error_path):
         stale.unlink(missing_ok=True)
-    atomic_write_text(job_path, job.model_dump_json())
-    cfg: DistributedConfig = job.cfg.distributed
+    atomic_write_text(job_path, run.model_dump_json())
+    cfg: DistributedConfig = run.job.train.distributed
     rendezvous = cfg.main_process or f"127.0.0.1:{free_port()}"
     if cfg.num_machines > 1:
-        others = launch_command(job_path, job.cfg, rendezvous, machine_rank=1)
+        others = launch_command(job_path, run.job.train, rendezvous, machine_rank=1)
         log.info("machine 0 of %d is waiting at %s; on machine k (1..%d) run, with the same FTFLOW_HOME "
                  "(shared storage) and --machine_rank k: %s", cfg.num_machines, rendezvous, cfg.num_machines - 1,
                  " ".join(others))
     log.info("training in %d processes (%s, %s backend)", cfg.num_processes, cfg.strategy, backend(cfg))
-    returncode = subprocess.run(launch_command(job_path, job.cfg, rendezvous, machine_rank=0)).returncode
+    returncode = subprocess.run(launch_command(job_path, run.job.train, rendezvous, machine_rank=0)).returncode
     if error_path.exists():  # a problem with the recipe or the data, found by one of the processes
         raise UserError(error_path.read_text())
     if returncode != 0 or not result_path.exists():
@@ -137,13 +134,13 @@ def free_port() -> int:
 def main(job_path: str) -> int:
     """One process of a distributed run: train, and from the first process write the metrics for the stage."""
     from ftcore.quiet import quiet_libraries
-    from ftcore.training.train import TrainJob, run_training
+    from ftcore.training.train import train_in_process  # train.py launches this module
 
     quiet_libraries()
     path = Path(job_path)
-    job = TrainJob.model_validate_json(path.read_text())
+    run = TrainRun.model_validate_json(path.read_text())
     try:
-        metrics = run_training(job)
+        metrics = train_in_process(run)
     except UserError as e:
         atomic_write_text(path.with_name(ERROR_FILE), str(e))
         return 2

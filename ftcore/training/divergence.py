@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ftcore.config import TrainConfig
 from ftcore.errors import UserError
+from ftcore.training.config import TrainConfig
 
 
 class NonFinite(Exception):

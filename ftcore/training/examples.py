@@ -1,4 +1,4 @@
-"""Split rows -> what the trainer consumes, per objective (docs/training.md):
+"""Split rows -> what the trainer consumes, per trainer of the objective table (docs/training.md):
 
 - `sft` / `multitask` on prompt_completion: `prompt`/`completion` text; TRL tokenises them and puts the loss on the
   completion tokens only.
@@ -35,29 +35,46 @@ def read_split(path: Path | None) -> pd.DataFrame | None:
     return rows if len(rows) else None
 
 
-def training_dataset(rows: pd.DataFrame | None, task: str, tokenizer, max_length: int, classes: list[str]):
-    """A datasets.Dataset in the form `task` trains on (see the module docstring), or None for no rows."""
+def language_examples(rows: pd.DataFrame, tokenizer, max_length: int, classes: list[str]):
+    """Chats tokenised with their assistant masks, prompt/completion text, or raw text (the format's columns)."""
     from datasets import Dataset
 
-    if rows is None:
-        return None
-    if task == "classification":
-        return Dataset.from_dict(encode_classes(rows, tokenizer, max_length, classes))
     if "messages" in rows:
         examples = [chat_example(json.loads(chat), tokenizer) for chat in rows["messages"]]
         check_room_for_answers([first_answer_token(e["assistant_masks"]) for e in examples], max_length)
         return Dataset.from_list(examples)
-    if task == "dapt":
+    if "prompt" not in rows:
         return Dataset.from_pandas(rows[TRAIN_COLUMNS["text"]], preserve_index=False)
-    prompt_tokens = [len(ids) for ids in tokenizer(rows["prompt"].tolist(), add_special_tokens=False)["input_ids"]]
-    check_room_for_answers(prompt_tokens, max_length)
-    if task == "rl":
-        from ftcore.alignment.rewards import reward_columns
+    check_room_for_answers(prompt_lengths(rows, tokenizer), max_length)
+    return Dataset.from_pandas(rows[TRAIN_COLUMNS["prompt_completion"]], preserve_index=False)
 
-        prompts = rows[["prompt"]].reset_index(drop=True)
-        return Dataset.from_pandas(pd.concat([prompts, reward_columns(rows)], axis=1), preserve_index=False)
-    columns = TRAIN_COLUMNS["preference" if task in ("dpo", "reward_model") else "prompt_completion"]
-    return Dataset.from_pandas(rows[columns], preserve_index=False)
+
+def class_examples(rows: pd.DataFrame, tokenizer, max_length: int, classes: list[str]):
+    from datasets import Dataset
+
+    return Dataset.from_dict(encode_classes(rows, tokenizer, max_length, classes))
+
+
+def pair_examples(rows: pd.DataFrame, tokenizer, max_length: int, classes: list[str]):
+    from datasets import Dataset
+
+    check_room_for_answers(prompt_lengths(rows, tokenizer), max_length)
+    return Dataset.from_pandas(rows[TRAIN_COLUMNS["preference"]], preserve_index=False)
+
+
+def prompt_examples(rows: pd.DataFrame, tokenizer, max_length: int, classes: list[str]):
+    """The prompts to sample answers to, with the columns the reward functions see."""
+    from datasets import Dataset
+
+    from ftcore.alignment.rewards import reward_columns
+
+    check_room_for_answers(prompt_lengths(rows, tokenizer), max_length)
+    prompts = rows[["prompt"]].reset_index(drop=True)
+    return Dataset.from_pandas(pd.concat([prompts, reward_columns(rows)], axis=1), preserve_index=False)
+
+
+def prompt_lengths(rows: pd.DataFrame, tokenizer) -> list[int]:
+    return [len(ids) for ids in tokenizer(rows["prompt"].tolist(), add_special_tokens=False)["input_ids"]]
 
 
 def first_answer_token(mask: list[int]) -> int:

@@ -1,6 +1,6 @@
-"""The train stage: one loop for every objective (`task`), on TRL's SFTTrainer for the language-model objectives,
-a Trainer with the balance stage's loss for classification, and TRL's alignment trainers for dpo, reward_model and
-rl (ftcore/alignment/trainers.py). ftcore/training/examples.py says what each trains on.
+"""The train stage: one loop for every objective, with the trainer the objective table names
+(ftcore/training/trainers.py: TRL's SFTTrainer for the language-model objectives, a Trainer with the balance stage's
+loss for classification, TRL's alignment trainers for dpo, reward_model and rl).
 
 Per-step metrics go to `history.json` in the output folder rather than straight to MLflow, so the same record is
 logged whether the stage ran now or came from the cache (and ftcore.tracking stays the only MLflow caller).
@@ -15,27 +15,29 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
 
-from ftcore.config import ContinualConfig, RewardConfig, TrainConfig
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.models.load import load_tokenizer
 from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec, save_adapter
+from ftcore.models.registered import model_folder
 from ftcore.outputs import ModelOutput, TrainOutput
 from ftcore.tensors import first_non_finite
 from ftcore.training.analytics import layer_weight_norms, peak_memory_mb, reset_peak_memory
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
+from ftcore.training.config import ContinualConfig, TrainConfig
 from ftcore.training.continual import anchor_to_start, diagonal_fisher, with_replay
 from ftcore.training.distributed import check_distributed, run_workers, strategy_arguments
 from ftcore.training.divergence import NonFinite, refuse_divergence
-from ftcore.training.examples import read_split, training_dataset
+from ftcore.training.examples import read_split
+from ftcore.training.jobs import TrainerSetup, TrainJob, TrainRun
 from ftcore.training.plots import plot_layer_norms, plot_loss
+from ftcore.training.trainers import TRAINERS
 
 log = logging.getLogger(__name__)
 
@@ -45,48 +47,11 @@ OUTPUT_ARTIFACTS = {"loss_plot": "loss.png", "history": "history.json", "weight_
                     "weight_norms": "weight_norms.json"}
 
 
-@dataclass
-class Objective:
-    """What a task trains with beyond the rows: the balance stage's loss (classification), the starting weights
-    (the reference of preference optimisation without an adapter), the rewards and their weights (rl)."""
-
-    task: str = "sft"
-    loss_fn: object = None
-    reference_path: Path | None = None
-    rewards: list = field(default_factory=list)
-    reward_weights: list[float] = field(default_factory=list)
-
-
-class TrainJob(BaseModel):
-    """Everything one training process needs, as settings and files: the stage trains it in its own process or,
-    with `train.distributed`, hands it to each process it launches (ftcore/training/distributed.py)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base: ModelOutput
-    splits: dict[str, Path]
-    cfg: TrainConfig
-    out_dir: Path
-    task: str = "sft"
-    loss_spec: dict | None = None
-    reward: RewardConfig | None = None
-    reward_model_dir: Path | None = None
-    continual: ContinualConfig | None = None
-    retained_train: Path | None = None
-    checkpoints: Path
-    resume: Path | None = None  # the complete checkpoint to resume from
-    resumed_from: int = 0  # its step
-
-
-def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, out_dir: Path, task: str = "sft",
-                loss_spec: dict | None = None, callbacks: Sequence = (), reward: RewardConfig | None = None,
-                reward_model_dir: Path | None = None, continual: ContinualConfig | None = None,
-                retained_train: Path | None = None) -> TrainOutput:
-    """Train the init stage's model on the train split for `task`; `loss_spec` is the balance stage's loss.json
-    (class weights or focal loss, classification only); `reward` and the reward model's folder are task rl's;
-    `continual` replays rows of `retained_train` and anchors the weights (docs/continual.md). `callbacks`
-    (transformers TrainerCallbacks) join the trainer's own, e.g. to watch the steps from a benchmark; they need the
-    trainer in this process, so not with `cfg.distributed`."""
+def train_stage(job: TrainJob, out_dir: Path, callbacks: Sequence = ()) -> TrainOutput:
+    """Train the init stage's model on the train split with the objective's trainer, resuming from the last complete
+    checkpoint of an earlier attempt. `callbacks` (transformers TrainerCallbacks) join the trainer's own, e.g. to
+    watch the steps from a benchmark; they need the trainer in this process, so not with `train.distributed`."""
+    cfg = job.train
     check_hardware(cfg)
     if callbacks and cfg.distributed.enabled:
         raise ValueError("callbacks watch a trainer in this process; train.distributed trains in others")
@@ -95,12 +60,11 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
     store.prepare()
     if resume is not None:
         log.info("resuming training from %s (step %d)", resume.path, resume.step)
-    job = TrainJob(base=base, splits=splits, cfg=cfg, out_dir=out_dir, task=task, loss_spec=loss_spec,
-                   reward=reward, reward_model_dir=reward_model_dir, continual=continual,
-                   retained_train=retained_train, checkpoints=store.root, resume=resume and resume.path,
-                   resumed_from=resume.step if resume else 0)
+    run = TrainRun(job=job, out_dir=out_dir, checkpoints=store.root, resume=resume and resume.path,
+                   resumed_from=resume.step if resume else 0,
+                   reward_model_dir=model_folder(job.reward_model) if job.reward_model else None)
     try:
-        metrics = run_workers(job) if cfg.distributed.enabled else run_training(job, callbacks)
+        metrics = run_workers(run) if cfg.distributed.enabled else train_in_process(run, callbacks)
     except UserError:
         if not store.all():  # refused before the first checkpoint: nothing worth keeping for a retry
             store.remove()
@@ -110,77 +74,111 @@ def train_model(base: ModelOutput, splits: dict[str, Path], cfg: TrainConfig, ou
         path=out_dir,
         content_hash=hash_dir(out_dir),
         model_path=out_dir / "model",
-        adapter_path=out_dir / "adapter" if base.adapter_path else None,
+        adapter_path=out_dir / "adapter" if job.base.adapter_path else None,
         history_path=out_dir / "history.json",
         metrics=metrics,
         artifacts={name: out_dir / file for name, file in OUTPUT_ARTIFACTS.items()},
     )
 
 
-def run_training(job: TrainJob, callbacks: Sequence = ()) -> dict[str, float] | None:
-    """Train `job` in this process: alone, or as one of the processes of a distributed run, each on its shard of
+@dataclass
+class Trained:
+    """What one training session produced, in the first process."""
+
+    model: object
+    result: object  # transformers' TrainOutput: global_step, training_loss
+    runtime_s: float
+    eval_loss: float | None
+    history: list[dict]
+
+
+def train_in_process(run: TrainRun, callbacks: Sequence = ()) -> dict[str, float] | None:
+    """Train `run` in this process: alone, or as one of the processes of a distributed run, each on its shard of
     every global batch. The first process (the only one when alone) writes the output folder and returns the
     stage's metrics; the others return None."""
-    cfg, task, base = job.cfg, job.task, job.base
+    job, cfg = run.job, run.job.train
     reset_peak_memory()
-    model, tokenizer = load_for_training(base)
-    train_frame, replayed = read_split(job.splits.get("train")), 0
-    if job.continual is not None and train_frame is not None:
-        train_frame, replayed = with_replay(train_frame, pd.read_parquet(job.retained_train), job.continual.replay,
-                                            cfg.seed)
-    train_rows, eval_rows = (training_dataset(frame, task, tokenizer, cfg.max_length, base.classes)
-                             for frame in (train_frame, read_split(job.splits.get("validation"))))
-    if task == "rl":
-        eval_rows = None  # evaluating a policy means sampling answers: the evaluate stage does it once
-    if train_rows is None:
+    model, tokenizer = load_for_training(job.base)
+    train_rows, eval_rows, replayed = training_rows(run, tokenizer)
+    store = CheckpointStore(run.checkpoints, keep=cfg.save_total_limit)
+    setup = TrainerSetup(model, tokenizer, train_rows, eval_rows, cfg,
+                         trainer_arguments(model, cfg, store, eval_rows), run)
+    trainer, analytics = build_trainer(setup, store)
+    if job.continual is not None and job.continual.regularizer is not None:
+        anchor(trainer, tokenizer, job.continual, job.retained.train, cfg)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    trained = train_session(trainer, run, eval_rows)
+    if trained is None:
+        return None
+    write_output(trained.model, tokenizer, job.base, trained.history, run.out_dir)
+    tokens = trainer.state.num_input_tokens_seen - analytics.tokens_at_start
+    return {**stage_metrics(run, trained, len(train_rows), tokens), "processes": trainer.args.world_size,
+            **({} if job.continual is None else {"replayed_rows": replayed})}
+
+
+def training_rows(run: TrainRun, tokenizer) -> tuple[object, object | None, int]:
+    """The train and validation rows in the form the objective's trainer takes, and how many retained rows were
+    replayed into the train split."""
+    job, cfg = run.job, run.job.train
+    examples = TRAINERS[job.objective.trainer].examples
+    train_frame, replayed = read_split(job.dataset.splits.get("train")), 0
+    if train_frame is None:
         raise UserError("data: the train split is empty; add rows or lower data.split.validation/test")
+    if job.continual is not None:
+        train_frame, replayed = with_replay(train_frame, pd.read_parquet(job.retained.train), job.continual.replay,
+                                            cfg.seed)
+    eval_frame = read_split(job.dataset.splits.get("validation")) if not job.objective.samples_answers else None
+    train_rows = examples(train_frame, tokenizer, cfg.max_length, job.base.classes)
+    eval_rows = None if eval_frame is None else examples(eval_frame, tokenizer, cfg.max_length, job.base.classes)
     if cfg.early_stopping_patience is not None and eval_rows is None:
         raise UserError("train.early_stopping_patience: the dataset has no validation rows to evaluate; set "
                         "data.split.validation above 0 or remove early_stopping_patience")
-    store = CheckpointStore(job.checkpoints, keep=cfg.save_total_limit)
-    trainer, analytics = build_trainer(model, tokenizer, train_rows, eval_rows, cfg, store,
-                                       objective(task, base, job.loss_spec, job.reward, job.reward_model_dir))
-    if job.continual is not None and job.continual.regularizer is not None:
-        anchor(trainer, tokenizer, job.continual, job.retained_train, cfg)
-    for callback in callbacks:
-        trainer.add_callback(callback)
+    return train_rows, eval_rows, replayed
+
+
+def train_session(trainer, run: TrainRun, eval_rows) -> Trained | None:
+    """Train from the checkpoint to resume (if any) and gather the trained model; None in every process but the
+    first."""
     started = time.perf_counter()
-    with refuse_divergence(cfg):  # a non-finite loss or weight stops training at the step it is found
+    with refuse_divergence(run.job.train):  # a non-finite loss or weight stops training at the step it is found
         try:
-            result = trainer.train(resume_from_checkpoint=str(job.resume) if job.resume else None)
+            result = trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None)
         finally:
             end_progress_bars(trainer)
         runtime = time.perf_counter() - started
         eval_loss = _final_eval_loss(trainer, eval_rows)  # every process: evaluation gathers from all of them
-        trained = whole_model(trainer, base)  # every process: gathering sharded weights is collective
+        model = whole_model(trainer, run.job.base)  # every process: gathering sharded weights is collective
         if not trainer.is_world_process_zero():
             return None
         # The last optimizer step comes after the last loss: only the weights show what it did.
-        if (bad := first_non_finite(trained.named_parameters())) is not None:
+        if (bad := first_non_finite(model.named_parameters())) is not None:
             raise NonFinite(f"the trained weight {bad} is not finite", result.global_step)
     history = [entry for entry in trainer.state.log_history if "step" in entry]
-    write_output(trained, tokenizer, base, history, job.out_dir)
+    return Trained(model, result, runtime, eval_loss, history)
+
+
+def stage_metrics(run: TrainRun, trained: Trained, train_rows: int, tokens: int) -> dict[str, float]:
+    cfg, result, history, runtime = run.job.train, trained.result, trained.history, trained.runtime_s
     losses = [h["loss"] for h in history if "loss" in h] or [result.training_loss]
     # Mixture-of-experts models: the router's load-balancing loss, which TRL logs as aux_loss.
     router_loss = [h["aux_loss"] for h in history if "aux_loss" in h]
     # What this attempt did: a resumed attempt trained only the steps after its checkpoint.
-    share = 1 - job.resumed_from / result.global_step
+    share = 1 - run.resumed_from / result.global_step
     return {
-        **{name: base.metrics[name] for name in PARAMETER_METRICS},
+        **{name: run.job.base.metrics[name] for name in PARAMETER_METRICS},
         "train_loss": result.training_loss,
         "train_loss_first": losses[0],
         "train_loss_last": losses[-1],
         "steps": result.global_step,
         "runtime_s": runtime,
-        "samples_per_s": len(train_rows) * cfg.epochs * share / runtime if cfg.max_steps is None else 0.0,
-        "tokens_per_second": (trainer.state.num_input_tokens_seen - analytics.tokens_at_start) / runtime,
+        "samples_per_s": train_rows * cfg.epochs * share / runtime if cfg.max_steps is None else 0.0,
+        "tokens_per_second": tokens / runtime,
         "peak_memory_mb": peak_memory_mb(),  # of this process: each of a distributed run's holds its own
-        "resumed_from_step": job.resumed_from,
-        "processes": trainer.args.world_size,
-        **({} if eval_loss is None else {"eval_loss": eval_loss}),
+        "resumed_from_step": run.resumed_from,
+        **({} if trained.eval_loss is None else {"eval_loss": trained.eval_loss}),
         **({"router_aux_loss_last": router_loss[-1]} if router_loss else {}),
         **alignment_metrics(history),
-        **({} if job.continual is None else {"replayed_rows": replayed}),
     }
 
 
@@ -250,22 +248,6 @@ def anchor(trainer, tokenizer, continual: ContinualConfig, retained_train: Path,
     anchor_to_start(trainer, regularizer, fisher)
 
 
-def objective(task: str, base: ModelOutput, loss_spec: dict | None, reward: RewardConfig | None,
-              reward_model_dir: Path | None) -> Objective:
-    if task == "classification":
-        from ftcore.training.classification import loss_for  # imports transformers' Trainer: only when training
-
-        return Objective(task, loss_fn=loss_for(loss_spec, base.classes))
-    if task == "rl":
-        from ftcore.alignment.trainers import reward_functions
-
-        if reward is None:
-            raise UserError("reward: task rl needs a reward model or reward functions")
-        rewards, weights = reward_functions(reward, reward_model_dir)
-        return Objective(task, rewards=rewards, reward_weights=weights)
-    return Objective(task, reference_path=base.base_path)
-
-
 # Per-step alignment metrics TRL logs (history keys) -> the train stage's summary metric of their last value.
 ALIGNMENT_METRICS = {
     "rewards/accuracies": "reward_accuracy_last",  # dpo, kto, orpo: implicit reward of chosen above rejected
@@ -308,13 +290,11 @@ def load_for_training(base: ModelOutput):
     return model, tokenizer
 
 
-def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, store: CheckpointStore,
-                  goal: Objective | None = None):
-    """The trainer for the objective, writing checkpoints into `store`, and its analytics callback (for the
-    session's tokens)."""
+def build_trainer(setup: TrainerSetup, store: CheckpointStore):
+    """The objective's trainer, writing checkpoints into `store`, and its analytics callback (for the session's
+    tokens)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from ftcore.alignment import trainers as alignment
     from ftcore.training.callbacks import (
         CommitCheckpoints,
         EarlyStopping,
@@ -323,21 +303,8 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, sto
         StopAtNonFiniteLoss,
     )
 
-    goal = goal or Objective()
-    shared = trainer_arguments(model, cfg, store, eval_rows)
-    match goal.task:
-        case "classification":
-            trainer = classification_trainer(model, tokenizer, train_rows, eval_rows, shared, goal.loss_fn)
-        case "dpo":
-            trainer = alignment.preference_trainer(model, tokenizer, train_rows, eval_rows, cfg, shared,
-                                                   goal.reference_path)
-        case "reward_model":
-            trainer = alignment.reward_model_trainer(model, tokenizer, train_rows, eval_rows, cfg, shared)
-        case "rl":
-            trainer = alignment.rl_trainer(model, tokenizer, train_rows, cfg, shared, goal.rewards,
-                                           goal.reward_weights)
-        case _:
-            trainer = language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg, shared)
+    cfg = setup.cfg
+    trainer = TRAINERS[setup.run.job.objective.trainer].build(setup)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     analytics = StepAnalytics()
@@ -346,62 +313,6 @@ def build_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, sto
     if cfg.early_stopping_patience is not None:
         trainer.add_callback(EarlyStopping(cfg.early_stopping_patience))
     return trainer, analytics
-
-
-def language_model_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, shared: dict):
-    """TRL's SFTTrainer: loss on completions (prompt_completion), on assistant turns (messages, whose mask comes with
-    the rows) or on every token (dapt's text)."""
-    from trl import SFTConfig, SFTTrainer
-
-    args = SFTConfig(
-        **shared,
-        max_length=cfg.max_length,
-        packing=cfg.packing,
-        completion_only_loss=True,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                         processing_class=tokenizer)
-    if cfg.packing and not uses_flash_attention(model):
-        trainer.data_collator = packed_rows_collator(tokenizer)
-    return trainer
-
-
-def uses_flash_attention(model) -> bool:
-    return "flash" in str(getattr(model.config, "_attn_implementation", "") or "")
-
-
-def packed_rows_collator(tokenizer):
-    """Packed batches as rows of at most max_length tokens, each example in its row marked by positions that
-    restart at 0 and no attention mask, from which transformers builds a block-diagonal causal mask: an example
-    attends only to itself.
-
-    TRL's packing instead joins the whole batch into one sequence (padding-free), which FlashAttention's
-    variable-length kernels run as separate sequences, but SDPA and eager attention (CPU, most GPUs without
-    flash-attn) compute over the whole joined sequence: 8 rows of 256 tokens cost as one of 2,048, 8x the attention
-    work. Measured on bench/train_methods.py's 33.5M Llama (1 thread): joined 0.95x the tokens/s of padding, rows
-    1.49x, with the same loss (docs/benchmarks.md)."""
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    rows = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, return_position_ids=True)
-
-    def collate(examples: list[dict]) -> dict:
-        batch = rows(examples)
-        batch.pop("attention_mask")  # with a mask, transformers would not look for packed sequences in the positions
-        # An example's first token is not predicted from the end of the example before it (as TRL does when joined).
-        batch["labels"][batch["position_ids"] == 0] = -100
-        return batch
-
-    return collate
-
-
-def classification_trainer(model, tokenizer, train_rows, eval_rows, shared: dict, loss_fn):
-    from transformers import DataCollatorWithPadding, TrainingArguments
-
-    from ftcore.training.classification import ClassLossTrainer
-
-    return ClassLossTrainer(model=model, args=TrainingArguments(**shared),
-                            train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer,
-                            data_collator=DataCollatorWithPadding(tokenizer), loss_fn=loss_fn)
 
 
 def trainer_arguments(model, cfg: TrainConfig, store: CheckpointStore, eval_rows) -> dict:

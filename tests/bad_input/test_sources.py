@@ -4,8 +4,6 @@ no partial dataset published."""
 from __future__ import annotations
 
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ftcore.paths import home
+from tests.loopback import QuietHandler, serve
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 runner = CliRunner()
@@ -37,17 +36,12 @@ def _published(stage: str) -> list[Path]:
 
 @pytest.fixture
 def not_found_server():
-    class NotFound(BaseHTTPRequestHandler):
+    class NotFound(QuietHandler):
         def do_GET(self):
             self.send_error(404)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/rows.json"
-    server.shutdown()
+    with serve(NotFound) as base:
+        yield f"{base}/rows.json"
 
 
 def test_an_empty_source(tmp_path):

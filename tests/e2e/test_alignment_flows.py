@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ftcore import tracking
-from ftcore.config import STAGES, load_recipe
 from ftcore.errors import UserError
+from ftcore.recipe import STAGES, load_recipe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 RECIPES = Path(__file__).parents[2] / "data_recipes" / "recipes"

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from ftcore import tracking
-from ftcore.config import Stage
+from ftcore.evaluation.scorers import Scoring
 from ftcore.paths import home
+from ftcore.recipe import Stage
+from ftcore.training.jobs import TrainJob
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness", "shared_data")]
@@ -51,28 +53,31 @@ def test_the_spam_recipe_fine_tunes_the_pretrained_minilm_with_lora_and_class_we
     """The acceptance recipe, shortened to a few steps: the real encoder gets a two-class head, LoRA trains with the
     class-weighted loss, and the evaluation has per-class F1 for the model and the TF-IDF baseline. (The full run,
     where the model beats the baseline, takes ~10 minutes: docs/benchmarks.md.)"""
-    from ftcore.config import load_recipe
-    from ftcore.data.clean import clean_and_split
-    from ftcore.data.collect import collect
+    from ftcore.data.clean import clean_balance_stage
+    from ftcore.data.collect import CollectJob, collect_stage
     from ftcore.evaluation.evaluate import evaluate_models
-    from ftcore.models.init import init_model
-    from ftcore.training.train import train_model
+    from ftcore.jobs import clean_job
+    from ftcore.models.init import InitJob, init_stage
+    from ftcore.recipe import load_recipe
+    from ftcore.training.train import train_stage
 
     recipe = load_recipe(SHARED_RECIPES / "sms_spam.yaml", ["train.max_steps=16", "train.logging_steps=1"])
-    dataset = clean_and_split(collect(recipe.data, tmp_path / "collect"), recipe.clean, recipe.balance, recipe.data,
-                              tmp_path / "clean")
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collect")
+    dataset = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
     loss = json.loads(dataset.artifacts["loss"].read_text())
     assert loss["type"] == "weighted_cross_entropy" and loss["class_weights"]["spam"] > loss["class_weights"]["ham"]
-    base = init_model(recipe.model, recipe.method, dataset, tmp_path / "init", recipe.task)
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),
+                      tmp_path / "init")
     assert base.classes == ["ham", "spam"] and base.metrics["total_params"] > 22e6
     assert base.metrics["trainable_fraction"] < 0.05
-    trained = train_model(base, dataset.splits, recipe.train, tmp_path / "train", recipe.task, loss)
+    trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
+                          tmp_path / "train")
     assert trained.metrics["train_loss_last"] < trained.metrics["train_loss_first"]
     config = json.loads((trained.model_path / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert config["id2label"] == {"0": "ham", "1": "spam"}
-    evaluation = evaluate_models({"candidate": trained.model_path}, dataset.splits, recipe.evaluate,
-                                 tmp_path / "eval", recipe.task)
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=recipe.spec)
+    evaluation = evaluate_models({"candidate": trained.model_path}, scoring, tmp_path / "eval")
     assert {"f1_spam", "f1_ham", "macro_f1", "macro_f1.ci_low", "tfidf.f1_spam"} <= evaluation.metrics.keys()
     assert evaluation.metrics["tfidf.f1_spam"] > 0.85  # the baseline to beat is a strong one
     # Logged as the flow logs the evaluate stage: the confusion matrix image and the report land in MLflow.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ftcore import tracking
-from ftcore.config import STAGES
+from ftcore.recipe import STAGES
 from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]

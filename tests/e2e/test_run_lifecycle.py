@@ -100,7 +100,7 @@ def test_two_first_runs_at_once_on_a_new_home_both_succeed(ftflow_home, tmp_path
 
 def _disk_fills_writing_the_collected_rows(monkeypatch):
     """The collect stage's Parquet writer: the disk fills after the first rows reached the file."""
-    from ftcore.data import parquet_io
+    from ftcore import parquet_io
 
     write = parquet_io.ParquetSink.write
 

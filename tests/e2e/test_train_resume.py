@@ -19,11 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ftcore import tracking
-from ftcore.config import Stage, TrainConfig
 from ftcore.errors import UserError
-from ftcore.outputs import TrainOutput
+from ftcore.outputs import DatasetOutput, TrainOutput
+from ftcore.recipe import Stage
 from ftcore.training import train
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root, problem_with
+from ftcore.training.config import TrainConfig
+from ftcore.training.jobs import TrainJob
 from tests.conftest import DEMO_RECIPE, REPO, TINY_OVERRIDES
 from tests.ftcore.pipeline_fixtures import Prepared, prepare
 
@@ -33,30 +35,32 @@ SCHEDULE = {"max_steps": 24, "save_steps": 4, "save_total_limit": 2, "logging_st
 STAGE_METRICS = {"trainable_params", "total_params", "trainable_fraction", "train_loss_first", "train_loss_last",
                  "tokens_per_second", "peak_memory_mb", "resumed_from_step"}
 
-# Runs train_model in a fresh interpreter, writing the step it has reached to a file after every step and pausing a
+# Runs train_stage in a fresh interpreter, writing the step it has reached to a file after every step and pausing a
 # little so that the test can kill it between two checkpoints.
 KILLABLE = """
 import json, sys, time
 from pathlib import Path
 from transformers import TrainerCallback
-from ftcore.config import TrainConfig
-from ftcore.outputs import ModelOutput
+from ftcore.training.jobs import TrainJob
 from ftcore.training import train
 
-base, splits, cfg, out_dir, progress = json.loads(sys.argv[1])
+job, out_dir, progress = json.loads(sys.argv[1])
 
 class Progress(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         Path(progress).write_text(str(state.global_step))
         time.sleep(0.3)
 
-train.train_model(ModelOutput.model_validate(base), {k: Path(v) for k, v in splits.items()},
-                  TrainConfig.model_validate(cfg), Path(out_dir), callbacks=[Progress()])
+train.train_stage(TrainJob.model_validate(job), Path(out_dir), callbacks=[Progress()])
 """
 
 
 class Crash(Exception):
     """Injected into training at a given step."""
+
+
+def with_splits(dataset: DatasetOutput, names: tuple[str, ...]) -> DatasetOutput:
+    return dataset.model_copy(update={"splits": {k: dataset.splits[k] for k in names}})
 
 
 def crash_at(step: int, times: int = 1):
@@ -100,7 +104,7 @@ def cfg(prepared) -> TrainConfig:
 def reference(prepared, cfg, tmp_path_factory) -> TrainOutput:
     """The uninterrupted run every resumed run must match."""
     out_dir = tmp_path_factory.mktemp("reference") / "train"
-    return train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
+    return train.train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), out_dir)
 
 
 def assert_same_training(resumed: TrainOutput, reference: TrainOutput) -> None:
@@ -142,8 +146,8 @@ def _reached(progress: Path) -> int:
 
 def test_a_training_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(prepared, cfg, reference, tmp_path):
     out_dir, progress = tmp_path / "train", tmp_path / "progress"
-    payload = [prepared.base.model_dump(mode="json"), {k: str(v) for k, v in prepared.dataset.splits.items()},
-               cfg.model_dump(mode="json"), str(out_dir), str(progress)]
+    job = TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg)
+    payload = [job.model_dump(mode="json"), str(out_dir), str(progress)]
     with (tmp_path / "killed.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(payload)], cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -164,7 +168,7 @@ def test_a_training_killed_with_sigkill_resumes_from_its_last_complete_checkpoin
     left = [c.step for c in CheckpointStore(checkpoint_root(out_dir), keep=2).all()]
     assert len(left) == cfg.save_total_limit and left[0] >= 8
 
-    resumed = train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
+    resumed = train.train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), out_dir)
 
     assert resumed.metrics["resumed_from_step"] == left[0]
     assert 0 <= reached - left[0] <= cfg.save_steps  # at most one checkpoint interval of steps ran twice
@@ -197,13 +201,14 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(prepared, cfg
                                                                    file, damage, reason):
     out_dir = tmp_path / "train"
     with pytest.raises(Crash):
-        train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir, callbacks=[crash_at(14)()])
+        train.train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), out_dir,
+                          callbacks=[crash_at(14)()])
     store = CheckpointStore(checkpoint_root(out_dir), keep=cfg.save_total_limit)
     assert [c.step for c in store.all()] == [12, 8]  # the newest save_total_limit
     damage(store.all()[0].path / file)
 
     with caplog.at_level("INFO", logger="ftcore.training"):
-        resumed = train.train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
+        resumed = train.train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), out_dir)
 
     assert resumed.metrics["resumed_from_step"] == 8
     logged = [r.getMessage() for r in caplog.records]
@@ -234,8 +239,8 @@ def test_a_non_finite_loss_or_weight_stops_training_at_its_step(prepared, cfg, t
                                                                 found):
     out_dir = tmp_path / "train"
     with pytest.raises(UserError) as failed:
-        train.train_model(prepared.base, {k: prepared.dataset.splits[k] for k in splits}, cfg, out_dir,
-                          callbacks=[inject_nan_at(step)()])
+        train.train_stage(TrainJob(base=prepared.base, dataset=with_splits(prepared.dataset, splits), train=cfg),
+                          out_dir, callbacks=[inject_nan_at(step)()])
     message = str(failed.value)
     assert message.startswith(f"train.learning_rate: {found}") and "\n" not in message
     assert f"at step {found_at}: training diverged" in message
@@ -251,7 +256,7 @@ def test_early_stopping_ends_training_once_the_validation_loss_stops_improving(p
     # A learning rate high enough for the validation loss to turn up well before max_steps.
     cfg = prepared.recipe.train.model_copy(update={"max_steps": 60, "eval_steps": 2, "early_stopping_patience": 1,
                                                    "learning_rate": 1.0, "logging_steps": 2})
-    out = train.train_model(prepared.base, prepared.dataset.splits, cfg, tmp_path / "train")
+    out = train.train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), tmp_path / "train")
     evals = [h["eval_loss"] for h in json.loads(out.history_path.read_text()) if "eval_loss" in h]
     assert out.metrics["steps"] < 60 and out.metrics["steps"] == 2 * len(evals)
     assert evals[-1] >= min(evals[:-1])  # the last evaluation did not improve: patience 1 is used up

@@ -4,16 +4,15 @@ loopback server speaking the serving endpoint's HTTP contract."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pandas as pd
 
 from ftcore.serving.request_log import COLUMNS, RequestRecord
 from tests.conftest import DEMO_RECIPE
+from tests.loopback import QuietHandler, serve
 
 DEMO = DEMO_RECIPE.parent.parent / "demo"
 TEMPLATE = "Question: {prompt}\nAnswer:"
@@ -41,7 +40,7 @@ def planted_window() -> pd.DataFrame:
                     "output": "you idiot" if i % 7 == 3 else "blood pressure"} for i in range(30)])
 
 
-class FakeEndpoint(BaseHTTPRequestHandler):
+class FakeEndpoint(QuietHandler):
     """The serving endpoint's HTTP contract, answering from `answers` (prompt or user turn -> text); `kind` and
     `failing` (paths answered 500) are set per server."""
 
@@ -69,21 +68,12 @@ class FakeEndpoint(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, *args):  # quiet
-        pass
 
-
-@contextmanager
-def fake_endpoint(answers: dict[str, str], kind: str = "causal", failing: frozenset = frozenset()):
+def fake_endpoint(answers: dict[str, str], kind: str = "causal",
+                  failing: frozenset = frozenset()) -> AbstractContextManager[str]:
+    """A loopback FakeEndpoint; entering it gives its base URL."""
     handler = type("Handler", (FakeEndpoint,), {"answers": answers, "kind": kind, "failing": failing})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return serve(handler)
 
 
 def canaries_file(path: Path, rows: list[tuple[str, str]]) -> Path:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ftcore.config import Recipe, load_recipe
-from ftcore.data.clean import clean_and_split
-from ftcore.data.collect import collect
-from ftcore.models.init import init_model
-from ftcore.outputs import DatasetOutput, ModelOutput
+from ftcore import tracking
+from ftcore.data.clean import clean_balance_stage
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.deploy.config import DeployConfig
+from ftcore.deploy.publish import DeployJob
+from ftcore.jobs import clean_job
+from ftcore.models.init import InitJob, init_stage
+from ftcore.outputs import DatasetOutput, EvalOutput, ModelOutput, TrainOutput
+from ftcore.recipe import Recipe, load_recipe
 from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
 
 
@@ -22,7 +27,15 @@ class Prepared:
 
 def prepare(root: Path, *overrides: str) -> Prepared:
     recipe = load_recipe(DEMO_RECIPE, [*TINY_OVERRIDES, *overrides])
-    collected = collect(recipe.data, root / "collected")
-    dataset = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, root / "clean")
-    base = init_model(recipe.model, recipe.method, dataset, root / "init")
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), root / "collected")
+    dataset = clean_balance_stage(clean_job(recipe, collected), root / "clean")
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset), root / "init")
     return Prepared(recipe, dataset, base)
+
+
+def deploy_job_of(trained: TrainOutput, evaluation: EvalOutput, gate: list, name: str,
+                  dataset: DatasetOutput | None = None, **deploy: Any) -> DeployJob:
+    """The deploy stage's job for a recipe whose deploy section has `gate` (and `deploy`'s other fields), registering
+    `name` in this test's FTFLOW_HOME."""
+    return DeployJob(trained=trained, evaluation=evaluation, deploy=DeployConfig(gate=gate, **deploy),
+                     registered_model=name, tracking_uri=tracking.tracking_uri(), dataset=dataset)

@@ -1,10 +1,22 @@
-"""Model folders to serve in tests: the demo's tiny scratch causal LM, and a tiny classifier beside it."""
+"""Model folders to serve in tests (the demo's tiny scratch causal LM, and a tiny classifier beside it), and what the
+endpoint tests share: their serving config, endpoints served over real HTTP on 127.0.0.1, and readers of the error
+body and /metrics."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import pytest
+
+from ftcore.serving.config import ServeConfig
+from ftcore.serving.server import serving
 from tests.ftcore.pipeline_fixtures import prepare
+
+TOKEN = "s3cret-token"
 
 
 def causal_folder(root: Path) -> Path:
@@ -25,3 +37,53 @@ def classifier_folder(causal: Path, out: Path) -> Path:
     AutoModelForSequenceClassification.from_config(config).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+_MODELS: dict[str, Path] = {}
+
+
+def serving_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The causal and classifier model folders, built once per test session (servers only read them), and a new
+    `root` folder for the calling test module's request logs."""
+    if not _MODELS:
+        models = tmp_path_factory.mktemp("serving-models")
+        causal = causal_folder(models)
+        _MODELS.update(causal=causal, classifier=classifier_folder(causal, models / "classifier"))
+    return {**_MODELS, "root": tmp_path_factory.mktemp("serving")}
+
+
+def serve_cfg(root: Path, name: str, **fields) -> ServeConfig:
+    """A serving config logging requests to `root/name.db`, with prompts limited to 64 tokens."""
+    base = {"request_log": {"url": f"sqlite:///{root / name}.db"}, "limits": {"max_prompt_tokens": 64}}
+    return ServeConfig.model_validate(base | fields)
+
+
+@contextmanager
+def causal_endpoint(folders: dict[str, Path]) -> Iterator[tuple[httpx.Client, ServeConfig]]:
+    """The causal model served without a token, batching requests that arrive within 20 ms: a client and the config."""
+    cfg = serve_cfg(folders["root"], "causal", batching={"max_wait_ms": 20})
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client, cfg
+
+
+@contextmanager
+def classifier_endpoint(folders: dict[str, Path]) -> Iterator[httpx.Client]:
+    """The classifier served with TOKEN: a client (that sends no token of itself)."""
+    cfg = serve_cfg(folders["root"], "classifier")
+    with serving(str(folders["classifier"]), cfg, token=TOKEN) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def api_error(response: httpx.Response, status: int) -> dict:
+    """The documented error shape: the status and {"error": {"message", "type", "param", "code"}}."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    """A sample's value in the endpoint's /metrics (0 when absent)."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", client.get("/metrics").text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0

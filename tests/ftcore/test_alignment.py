@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ftcore.alignment.rewards import discover_rewards, reward_columns, score
-from ftcore.config import load_recipe
+from ftcore.alignment.rewards import REWARDS, reward_columns, score
 from ftcore.errors import DataError, RecipeError
 from ftcore.evaluation.evaluate import evaluate_models
 from ftcore.evaluation.preference import pairwise_wins
+from ftcore.evaluation.scorers import Scoring
+from ftcore.objectives import OBJECTIVES
+from ftcore.recipe import load_recipe
 from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
 from tests.ftcore.test_objectives import assert_only_trainable_weights_moved, prepare, train_watching
 
@@ -32,8 +34,9 @@ def test_dpo_prefers_the_chosen_answers_it_was_trained_on_and_on_held_out_pairs(
     history = json.loads(out.history_path.read_text())
     assert any("rewards/accuracies" in h for h in history) and any("eval_rewards/margins" in h for h in history)
 
-    evaluation = evaluate_models({"base": base.base_path, "candidate": out.model_path}, dataset.splits,
-                                 recipe.evaluate, tmp_path / "evaluate", "dpo")
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["dpo"])
+    evaluation = evaluate_models({"base": base.base_path, "candidate": out.model_path}, scoring,
+                                 tmp_path / "evaluate")
     e = evaluation.metrics
     assert e["base.reward_accuracy"] == 0.5 and e["base.reward_margin"] == 0  # the reference against itself
     assert e["reward_accuracy"] > 0.5 and e["reward_margin"] > 0
@@ -57,8 +60,9 @@ def test_a_reward_model_scores_chosen_above_rejected_against_the_length_baseline
     out, model, before = train_watching(tmp_path, recipe, dataset, base)
     assert_only_trainable_weights_moved(model, before, out.metrics, full=False)
     assert out.metrics["reward_accuracy_last"] > 0.5 and out.metrics["eval_reward_accuracy"] > 0.5
-    e = evaluate_models({"candidate": out.model_path}, dataset.splits, recipe.evaluate, tmp_path / "evaluate",
-                        "reward_model")
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["reward_model"])
+    e = evaluate_models({"candidate": out.model_path}, scoring,
+                        tmp_path / "evaluate")
     assert e.reference == "length"
     test = pd.read_parquet(dataset.splits["test"])
     longer = pairwise_wins(test["chosen"].str.len().to_numpy(), test["rejected"].str.len().to_numpy()).mean()
@@ -77,8 +81,9 @@ def test_rl_samples_answers_scores_them_with_the_reward_functions_and_moves_the_
     assert {"reward", "rewards/length/mean", "rewards/reference_f1/mean"} <= logged
     assert {"mean_reward_first", "mean_reward_last"} <= out.metrics.keys()
 
-    e = evaluate_models({"base": base.base_path, "candidate": out.model_path}, dataset.splits, recipe.evaluate,
-                        tmp_path / "evaluate", "rl", recipe.reward).metrics
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["rl"], reward=recipe.reward)
+    e = evaluate_models({"base": base.base_path, "candidate": out.model_path}, scoring,
+                        tmp_path / "evaluate").metrics
     for prefix in ("base.", ""):  # the candidate's metrics carry no prefix
         weighted = e[f"{prefix}reward.length"] + 0.5 * e[f"{prefix}reward.reference_f1"]
         assert e[f"{prefix}mean_reward"] == pytest.approx(weighted)
@@ -94,7 +99,7 @@ def test_pairwise_accuracy_counts_ties_half():
 
 
 def test_reward_functions_are_discovered_from_ftcore_and_data_recipes():
-    rewards = discover_rewards()
+    rewards = REWARDS.entries()
     assert {"length", "contains", "reference_f1", "non_toxic"} <= rewards.keys()
     assert rewards["safe_refusal"].module == "data_recipes.rewards.safe_refusal"
 
@@ -112,13 +117,15 @@ def test_built_in_reward_functions_score_each_answer():
         score("reference_f1", {}, [""], ["x"], {})
 
 
-def test_a_reward_function_returning_the_wrong_number_of_scores_is_named(monkeypatch):
-    from ftcore.alignment import rewards
+def test_a_reward_function_returning_the_wrong_number_of_scores_is_named():
+    from ftcore.alignment.rewards import RegisteredReward
 
-    monkeypatch.setitem(rewards._REWARDS, "broken", rewards.RegisteredReward(
-        "broken", lambda prompts, completions, p, columns: [1.0], rewards.RewardParams, "tests.broken"))
-    with pytest.raises(ValueError, match=r"reward function 'broken' \(tests.broken\) returned 1 scores for 2"):
-        score("broken", {}, ["", ""], ["a", "b"])
+    REWARDS.add(RegisteredReward("broken", lambda prompts, completions, p, columns: [1.0], "tests.broken"))
+    try:
+        with pytest.raises(ValueError, match=r"reward function 'broken' \(tests.broken\) returned 1 scores for 2"):
+            score("broken", {}, ["", ""], ["a", "b"])
+    finally:
+        REWARDS.unregister("broken")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,19 +137,19 @@ def load(tmp_path, task: str, *overrides: str):
 
 
 @pytest.mark.parametrize(("task", "override", "message"), [
-    ("rl", "reward=null", "reward: task rl needs it"),
-    ("dpo", "reward={functions: [{function: length}]}", "other tasks take none"),
+    ("rl", "reward=null", "reward: objective rl needs it"),
+    ("dpo", "reward={functions: [{function: length}]}", "only objective rl takes one, not 'dpo'"),
     ("rl", "reward={functions: [{function: lenght}]}", "unknown reward function 'lenght'; available: "),
     ("rl", "reward={functions: [{function: contains, word: [a]}]}", "word: unknown field"),
     ("rl", "reward={}", "give a reward model"),
     ("rl", "train.batch_size=6", r"train.batch_size \(6\) must be a multiple of train.rl.num_generations \(4\)"),
-    ("sft", "train.preference={beta: 0.2}", "train.preference: only for task dpo"),
-    ("dpo", "train.rl={num_generations: 2}", "train.rl: only for task rl"),
+    ("sft", "train.preference={beta: 0.2}", "train.preference: only for objective dpo"),
+    ("dpo", "train.rl={num_generations: 2}", "train.rl: only for objective rl"),
     ("dpo", "train.preference={algorithm: kto, loss_type: [ipo]}", "loss_type: only for algorithm: dpo"),
     ("dpo", "train.preference={loss_type: [sigmoid, sft], loss_weights: [1.0]}", "one weight per loss_type"),
-    ("dpo", "train.packing=true", "train.packing: task dpo scores one sequence at a time"),
+    ("dpo", "train.packing=true", "train.packing: objective dpo scores one sequence at a time"),
     ("sft", "model.version=2", "version: only for source: champion"),
-    ("dpo", "evaluate.metrics=[exact_match]", "exact_match cannot score task 'dpo'"),
+    ("dpo", "evaluate.metrics=[exact_match]", "exact_match cannot score objective 'dpo'"),
 ])
 def test_alignment_options_that_do_not_fit_the_task_are_refused(tmp_path, task, override, message):
     with pytest.raises(RecipeError, match=message):

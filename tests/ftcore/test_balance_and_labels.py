@@ -3,12 +3,14 @@
 import pandas as pd
 import pytest
 
-from ftcore.config import BalanceConfig, DataConfig, SplitConfig, load_recipe
 from ftcore.data.balance import balance_rows
-from ftcore.data.clean import clean_and_split
-from ftcore.data.collect import collect
+from ftcore.data.clean import clean_balance_stage
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.data.config import BalanceConfig, DataConfig, SplitConfig
 from ftcore.data.split import split_rows
 from ftcore.errors import DataError, RecipeError
+from ftcore.jobs import clean_job
+from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE, REPO
 
 SMS_RECIPE = REPO / "data_recipes" / "recipes" / "shared" / "sms_spam.yaml"
@@ -54,21 +56,21 @@ def test_headerless_tsv_with_bare_quotes(tmp_path):
     cfg = DataConfig(format="text_label", sources=[{"type": "csv", "path": path, "delimiter": "\t",
                                                     "header": False, "quotechar": None,
                                                     "columns": {"label": "0", "text": "1"}}])
-    rows = pd.read_parquet(collect(cfg, tmp_path / "out").splits["all"])
+    rows = pd.read_parquet(collect_stage(CollectJob(data=cfg, sources={}), tmp_path / "out").splits["all"])
     assert rows[["text", "label"]].values.tolist() == [['see you at "the" place', "ham"], ['WIN a "prize" now', "spam"]]
 
 
 def test_task_and_format_must_match():
-    with pytest.raises(RecipeError, match=r"task 'sft' trains on data\.format 'prompt_completion' or 'messages', not "
-                                          r"'text_label'"):
+    with pytest.raises(RecipeError, match=r"objective 'sft' trains on data\.format 'prompt_completion' or 'messages', "
+                                          r"not 'text_label'"):
         load_recipe(DEMO_RECIPE, ["data.format=text_label"])
 
 
 def test_sms_spam_recipe_on_real_data_oversampled(tmp_path, shared_data):
     recipe = load_recipe(SMS_RECIPE, ["balance={strategy: oversample, column: label, seed: 0}"])
-    collected = collect(recipe.data, tmp_path / "collected")
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collected")
     assert collected.rows == 5574
-    out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
+    out = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
     m = out.metrics
     assert m["rows_in"] == m["rows_kept"] + m["rows_quarantined"] == 5574
     train = pd.read_parquet(out.splits["train"])

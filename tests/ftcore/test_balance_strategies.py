@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from ftcore.config import AugmentConfig, BalanceConfig, load_recipe
-from ftcore.data import augment
-from ftcore.data.augment import augmenter, augmenter_modules, random_deletion, synonym_replacement
+from ftcore.data.augment import AUGMENTERS, augmenter, random_deletion, synonym_replacement
 from ftcore.data.balance import balance_rows, with_features
+from ftcore.data.config import AugmentConfig, BalanceConfig
 from ftcore.errors import DataError, RecipeError
+from ftcore.recipe import load_recipe
 from tests.ftcore.test_balance_and_labels import SMS_RECIPE
 
 
@@ -145,7 +145,7 @@ def test_incompatible_balance_settings_are_refused(settings, message):
 
 def test_an_unregistered_augmenter_fails_the_recipe_listing_the_registered_ones(shared_data):
     with pytest.raises(RecipeError, match=r"balance\.augment\.operations: unknown augmenter 'back_translation'; "
-                                          r"registered: random_deletion, random_swap, synonym_replacement \("):
+                                          r"available: random_deletion, random_swap, synonym_replacement \("):
         load_recipe(SMS_RECIPE, ["balance.strategy=none", "balance.augment.operations=[back_translation]"])
 
 
@@ -210,8 +210,15 @@ def test_chat_augmentation_edits_user_turns_only():
     assert variant[1]["content"] != original[1]["content"]
 
 
-def test_registered_augmenter_gets_the_texts_in_one_call(monkeypatch):
-    monkeypatch.setattr(augment, "_AUGMENTERS", {})
+@pytest.fixture
+def forget_test_augmenters():
+    yield
+    for name in ("shout", "broken"):
+        AUGMENTERS.unregister(name)
+
+
+@pytest.mark.usefixtures("forget_test_augmenters")
+def test_registered_augmenter_gets_the_texts_in_one_call():
     calls = []
 
     @augmenter("shout")
@@ -223,7 +230,7 @@ def test_registered_augmenter_gets_the_texts_in_one_call(monkeypatch):
     frame = balance_rows(rows, BalanceConfig(augment=AugmentConfig(operations=["shout"])), "prompt_completion").frame
     assert frame["prompt"].tolist() == ["how are you", "what is BP", "HOW ARE YOU", "WHAT IS BP"]
     assert frame["completion"].tolist() == ["fine", "blood pressure"] * 2 and calls == [2]
-    assert augmenter_modules(["shout", "random_swap"]) == [__name__]  # for the stage's cache key
+    assert AUGMENTERS.modules(["shout", "random_swap"]) == {__name__, "ftcore.data.augment"}  # the cache key's
 
     @augmenter("broken")
     def broken(texts: list[str]) -> list[str]:
@@ -243,8 +250,8 @@ def test_eda_edits_keep_case_punctuation_and_at_least_one_word():
 
 
 def test_a_strategy_that_cannot_apply_to_the_format_fails_when_the_recipe_loads():
-    from ftcore.config import load_recipe
     from ftcore.errors import RecipeError
+    from ftcore.recipe import load_recipe
     from tests.conftest import DEMO_RECIPE
 
     with pytest.raises(RecipeError, match=r"smote synthesises feature vectors, not text.*use oversample"):

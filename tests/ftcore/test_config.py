@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftcore.config import Recipe, apply_override, load_recipe
 from ftcore.errors import RecipeError
+from ftcore.recipe import Recipe, apply_override, load_recipe
 from tests.conftest import DEMO_RECIPE, REPO, SHARED_DATA
 
 ALL_RECIPES = sorted((REPO / "data_recipes" / "recipes").rglob("*.yaml"))
@@ -76,7 +76,7 @@ def test_gate_rules_need_what_they_judge_measured():
         load_recipe(DEMO_RECIPE, ["deploy.gate=[{rule: max_toxicity}]"])
     with pytest.raises(RecipeError, match="unknown domain metric 'nope'"):
         load_recipe(DEMO_RECIPE, ["evaluate.domain_metrics=[{metric: nope}]"])
-    with pytest.raises(RecipeError, match=r"evaluate\.fewshot: prompting with examples applies to tasks sft"):
+    with pytest.raises(RecipeError, match=r"evaluate\.fewshot: prompting with examples applies to objectives sft"):
         load_recipe(DEMO_RECIPE, ["task=dapt", "data.format=text", "evaluate.metrics=[perplexity]",
                                   "deploy.gate=[{rule: beat_champion}]", "evaluate.fewshot=2"])
     recipe = load_recipe(DEMO_RECIPE, ["deploy.gate=[{rule: beat_champion, metric: clinical_terms}]"])
@@ -102,3 +102,32 @@ def test_apply_override_creates_missing_mappings():
 def test_recipe_hash_changes_with_content():
     assert load_recipe(DEMO_RECIPE).content_hash() == load_recipe(DEMO_RECIPE).content_hash()
     assert load_recipe(DEMO_RECIPE).content_hash() != load_recipe(DEMO_RECIPE, ["train.seed=1"]).content_hash()
+
+
+@pytest.mark.parametrize("section", ["train", "monitor"])
+def test_the_defaults_docs_recipes_md_shows_are_the_ones_applied(section):
+    """docs/recipes.md shows these sections field by field with their defaults: what it shows must be what a field
+    left out gets."""
+    from ftcore.monitor.config import MonitorConfig
+    from ftcore.training.config import TrainConfig
+
+    shown = yaml.safe_load((REPO / "docs" / "recipes.md").read_text().split("```yaml\n", 1)[1].split("```", 1)[0])
+    config = {"train": TrainConfig, "monitor": MonitorConfig}[section]
+    assert config.model_validate(shown[section]) == config()
+
+
+def test_task_the_objective_s_old_name_keeps_working(tmp_path):
+    """Recipes and overrides written with `task:` (the objective's name before) load as before; a recipe that gives
+    both names is refused in one line."""
+    old = tmp_path / "old.yaml"
+    old.write_text(DEMO_RECIPE.read_text().replace("objective: sft", "task: sft").replace("../demo/", str(
+        DEMO_RECIPE.parents[1] / "demo") + "/"))
+    assert load_recipe(old).objective == "sft"
+    overridden = load_recipe(DEMO_RECIPE, ["task=dapt", "data.format=text", "evaluate.metrics=[perplexity]",
+                                           "deploy.gate=[{rule: beat_champion}]", "evaluate.fewshot=0",
+                                           "evaluate.domain_metrics=[]"])
+    assert overridden.objective == "dapt" and overridden.spec.scorer == "text"
+    both = tmp_path / "both.yaml"
+    both.write_text(old.read_text().replace("task: sft", "task: sft\nobjective: sft"))
+    with pytest.raises(RecipeError, match=r"both\.yaml: task: is the old name of objective:; give only objective"):
+        load_recipe(both)

@@ -9,11 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from ftcore.config import RegularizerConfig, load_recipe
 from ftcore.data.retained import file_data
 from ftcore.errors import DataError, RecipeError
 from ftcore.evaluation.evaluate import evaluate_models
+from ftcore.evaluation.scorers import Scoring
+from ftcore.objectives import OBJECTIVES
+from ftcore.recipe import load_recipe
+from ftcore.training.config import RegularizerConfig
 from ftcore.training.continual import anchor_to_start, diagonal_fisher, with_replay
+from ftcore.training.jobs import TrainJob
 from ftcore.training.train import load_for_training
 from tests.ftcore.objective_fixtures import objective_recipe, qa_rows, recipe_file, write_jsonl
 from tests.ftcore.test_objectives import prepare
@@ -73,8 +77,10 @@ def test_forgetting_is_the_ground_lost_on_the_retained_rows(tmp_path):
     retained = tmp_path / "retained.parquet"
     pd.read_parquet(dataset.splits["test"]).to_parquet(retained)
     # The same folder twice: nothing can be lost.
-    same = evaluate_models({"base": base.base_path, "candidate": base.base_path}, dataset.splits, recipe.evaluate,
-                           tmp_path / "evaluate", "sft", retained_test=retained).metrics
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["sft"],
+                      retained_test=retained)
+    same = evaluate_models({"base": base.base_path, "candidate": base.base_path}, scoring,
+                           tmp_path / "evaluate").metrics
     assert same["forgetting.exact_match"] == 0 and same["forgetting.perplexity"] == 0
     assert same["retained.base.perplexity"] == same["base.perplexity"]  # the same rows as the test split
 
@@ -94,7 +100,7 @@ def test_a_general_data_file_is_templated_and_split_80_20(tmp_path):
 
 
 @pytest.mark.parametrize(("task", "override", "message"), [
-    ("classification", "continual={data: champion}", "continual: for tasks sft, dapt, multitask"),
+    ("classification", "continual={data: champion}", "continual: for objectives sft, multitask, dapt"),
     ("sft", "continual={data: champion}", "continual.data: champion is the dataset of the version"),
     ("sft", "continual={data: general.csv}", "give champion, or a .jsonl or .parquet file"),
     ("sft", "continual={data: missing.jsonl}", "file not found"),
@@ -112,21 +118,22 @@ def test_start_adapter_continues_the_champions_own_adapter_on_its_recovered_base
     from safetensors.torch import load_file
 
     from ftcore import tracking
-    from ftcore.config import ModelConfig
-    from ftcore.models.init import init_model
+    from ftcore.models.config import ModelConfig
+    from ftcore.models.init import InitJob, init_stage
     from ftcore.models.load import load_model, load_trained
     from ftcore.models.peft_methods import attach_adapter
     from ftcore.models.registered import pin_registered
-    from ftcore.training.train import train_model
+    from ftcore.training.train import train_stage
 
     recipe, dataset, base = prepare(tmp_path, "sft")
-    trained = train_model(base, dataset.splits, recipe.train, tmp_path / "train")
+    trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train), tmp_path / "train")
     run_id = tracking.start_pipeline_run("continual", "run", {}, {})
     version = tracking.register_version(run_id, "continued", trained.model_path, {})
     tracking.set_alias("continued", tracking.CHAMPION, version)
     start = pin_registered("continued", tracking.CHAMPION, None, "model.source: champion")
     cfg = ModelConfig(source="champion", start="adapter")
-    continued = init_model(cfg, recipe.method, dataset, tmp_path / "init", "sft", start)
+    continued = init_stage(InitJob(model=cfg, method=recipe.method, dataset=dataset, objective=OBJECTIVES["sft"],
+                                   start=start), tmp_path / "init")
 
     original, recovered = (load_file(p / "model.safetensors") for p in (base.base_path, continued.base_path))
     assert continued.base_path == tmp_path / "init" / "base" and original.keys() == recovered.keys()

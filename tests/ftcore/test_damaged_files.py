@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ftcore.config import BalanceConfig, CleanConfig, DataConfig
-from ftcore.data.clean import clean_and_split
-from ftcore.data.collect import collect
+from ftcore.data.clean import CleanJob, clean_balance_stage
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig
 from ftcore.data.sources.config import FileSource
 from ftcore.data.sources.parse import text_lines
 from ftcore.errors import DataError
@@ -24,7 +24,7 @@ QA = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(10
 
 
 def _collect(tmp_path: Path, fmt: str = "prompt_completion", **source) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    out = collect(DataConfig(format=fmt, sources=[source]), tmp_path / "collected")
+    out = collect_stage(CollectJob(data=DataConfig(format=fmt, sources=[source]), sources={}), tmp_path / "collected")
     rows, bad = pd.read_parquet(out.splits["all"]), pd.read_parquet(out.artifacts["quarantine"])
     assert out.metrics["rows_in"] == len(rows) + len(bad)
     return rows, bad, out.metrics
@@ -250,9 +250,10 @@ def test_one_class_labels_are_refused_at_clean_balance(tmp_path):
     path = tmp_path / "sms.jsonl"
     path.write_text(_jsonl_text([{"text": f"message {i}", "label": "ham"} for i in range(20)]))
     data = DataConfig(format="text_label", sources=[{"type": "jsonl", "path": path}])
-    collected = collect(data, tmp_path / "collected")
+    collected = collect_stage(CollectJob(data=data, sources={}), tmp_path / "collected")
     with pytest.raises(DataError, match=r"^clean_balance: the label column has one class \('ham'\) in all 20 rows"):
-        clean_and_split(collected, CleanConfig(), BalanceConfig(), data, tmp_path / "clean")
+        clean_balance_stage(CleanJob(collected=collected, data=data, clean=CleanConfig(), balance=BalanceConfig()),
+                            tmp_path / "clean")
     assert not (tmp_path / "clean").exists()
 
 
@@ -262,8 +263,9 @@ def test_a_class_too_small_to_reach_the_train_split_is_refused(tmp_path):
     data = DataConfig(format="text_label", sources=[{"type": "jsonl", "path": path}])
     with pytest.raises(DataError, match=r"train split has 1 class\(es\) \('ham'\); the rows of the others "
                                         r"\('spam': 1 row\(s\)\) all went to the test"):
-        clean_and_split(collect(data, tmp_path / "collected"), CleanConfig(), BalanceConfig(), data,
-                        tmp_path / "clean")
+        clean_balance_stage(CleanJob(collected=collect_stage(CollectJob(data=data, sources={}),
+                                      tmp_path / "collected"), data=data, clean=CleanConfig(), balance=BalanceConfig()),
+                            tmp_path / "clean")
 
 
 def test_collect_refuses_to_publish_when_rows_read_are_not_all_kept_or_quarantined(tmp_path, monkeypatch):
@@ -279,7 +281,8 @@ def test_collect_refuses_to_publish_when_rows_read_are_not_all_kept_or_quarantin
     path = tmp_path / "qa.jsonl"
     path.write_text(_jsonl_text(QA[:10]))
     with pytest.raises(DataError, match=r"10 rows read but 9 kept \+ 0 quarantined; rows would be lost"):
-        collect(DataConfig(sources=[{"type": "jsonl", "path": path}]), tmp_path / "collected")
+        collect_stage(CollectJob(data=DataConfig(sources=[{"type": "jsonl", "path": path}]), sources={}),
+                      tmp_path / "collected")
     assert not (tmp_path / "collected").exists()
 
 

@@ -3,12 +3,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ftcore.config import BalanceConfig, CleanConfig, DataConfig, SplitConfig, StepSpec
-from ftcore.data.clean import apply_steps, clean_and_split, plan_steps, run_steps
-from ftcore.data.collect import collect
+from ftcore.data.clean import CleanJob, apply_steps, clean_balance_stage, plan_steps, run_steps
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, SplitConfig, StepSpec
 from ftcore.data.split import split_rows
 from ftcore.errors import DataError
-from ftcore.registry import Batch, StepResult, discover_steps
+from ftcore.jobs import clean_job
+from ftcore.registry import STEPS, Batch, StepResult
 from tests.conftest import DEMO_RECIPE
 
 
@@ -19,7 +20,7 @@ def _data_config(path: Path, **columns) -> DataConfig:
 def test_collect_quarantines_malformed_jsonl_lines_with_their_line_number(tmp_path):
     src = tmp_path / "rows.jsonl"
     src.write_text('{"q": "a", "a": "b"}\n{not json\n\n["list"]\n{"q": "c", "a": "d"}\n')
-    out = collect(_data_config(src, prompt="q", completion="a"), tmp_path / "out")
+    out = collect_stage(CollectJob(data=_data_config(src, prompt="q", completion="a"), sources={}), tmp_path / "out")
     rows = pd.read_parquet(out.splits["all"])
     bad = pd.read_parquet(out.artifacts["quarantine"])
     assert rows[["prompt", "completion"]].values.tolist() == [["a", "b"], ["c", "d"]]
@@ -35,7 +36,8 @@ def test_collect_names_missing_columns_and_what_is_available(tmp_path):
     src.write_text("question,reply\nwhat,that\n")
     expected = r"missing completion \(from column 'answer'\).*columns found: question, reply"
     with pytest.raises(DataError, match=expected):
-        collect(_data_config(src, prompt="question", completion="answer"), tmp_path / "out")
+        collect_stage(CollectJob(data=_data_config(src, prompt="question", completion="answer"), sources={}),
+                      tmp_path / "out")
 
 
 @pytest.mark.parametrize("encoding", ["auto", "utf-8"])
@@ -47,13 +49,14 @@ def test_collect_reports_undecodable_bytes_with_line_and_offset(tmp_path, encodi
     offset = data.index(b"\xff")
     cfg = DataConfig(sources=[{"type": "jsonl", "path": src, "encoding": encoding}])
     with pytest.raises(DataError, match=rf"rows\.jsonl: line 2, byte offset {offset}: not utf-8"):
-        collect(cfg, tmp_path / "out")
+        collect_stage(CollectJob(data=cfg, sources={}), tmp_path / "out")
 
 
 def test_collect_detects_a_legacy_encoding(tmp_path):
     src = tmp_path / "rows.csv"
     src.write_bytes("prompt,completion\nQu'est-ce que la fièvre?,Une température élevée du corps\n".encode("cp1252"))
-    rows = pd.read_parquet(collect(_data_config(src), tmp_path / "out").splits["all"])
+    rows = pd.read_parquet(collect_stage(CollectJob(data=_data_config(src), sources={}),
+                                         tmp_path / "out").splits["all"])
     assert rows[["prompt", "completion"]].values.tolist() == [["Qu'est-ce que la fièvre?",
                                                                 "Une température élevée du corps"]]
 
@@ -64,10 +67,10 @@ def test_collected_content_hash_follows_content_not_location(tmp_path):
     for path in (a, b):
         path.parent.mkdir()
         path.write_text('{"prompt": "x", "completion": "y"}\n')
-    hash_a = collect(_data_config(a), tmp_path / "oa").content_hash
-    assert collect(_data_config(b), tmp_path / "ob").content_hash == hash_a
+    hash_a = collect_stage(CollectJob(data=_data_config(a), sources={}), tmp_path / "oa").content_hash
+    assert collect_stage(CollectJob(data=_data_config(b), sources={}), tmp_path / "ob").content_hash == hash_a
     b.write_text('{"prompt": "x", "completion": "z"}\n')
-    assert collect(_data_config(b), tmp_path / "ob").content_hash != hash_a
+    assert collect_stage(CollectJob(data=_data_config(b), sources={}), tmp_path / "ob").content_hash != hash_a
 
 
 def _frame(pairs):
@@ -115,11 +118,11 @@ def test_a_step_that_loses_rows_is_caught(monkeypatch):
         with pytest.raises(DataError, match=r"clean.steps.0 \(lossy_for_test\).*account for every row"):
             run_steps(_frame([("a", "b"), ("c", "d")]), [StepSpec(step="lossy_for_test")], ["prompt", "completion"])
     finally:
-        registry._STEPS.pop("lossy_for_test")
+        registry.STEPS.unregister("lossy_for_test")
 
 
 def test_data_engineers_steps_are_discovered_through_the_entry_point():
-    steps = discover_steps()
+    steps = STEPS.entries()
     assert steps["drop_short"].module == "data_recipes.steps.drop_short"
     assert {"strip_markup", "normalize_whitespace", "drop_empty", "drop_duplicates"} <= set(steps)
 
@@ -135,12 +138,12 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert other["test"]["prompt"].tolist() != first["test"]["prompt"].tolist()
 
 
-def test_clean_and_split_on_the_demo_data_removes_the_messy_rows(tmp_path):
-    from ftcore.config import load_recipe
+def test_the_clean_stage_on_the_demo_data_removes_the_messy_rows(tmp_path):
+    from ftcore.recipe import load_recipe
 
     recipe = load_recipe(DEMO_RECIPE)
-    collected = collect(recipe.data, tmp_path / "collected")
-    out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collected")
+    out = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
     m = out.metrics
     assert m["rows_in"] == collected.rows == m["rows_kept"] + m["rows_quarantined"]
     assert m["drop_duplicates.rows_quarantined"] > 0 and m["drop_empty.rows_quarantined"] > 0
@@ -160,11 +163,11 @@ def test_clean_and_split_on_the_demo_data_removes_the_messy_rows(tmp_path):
 def test_a_split_left_empty_is_written_and_the_dataset_still_joins_the_splits(tmp_path):
     """data.split.validation 0: the empty validation file's columns have no rows to take types from, and must not
     stop the splits being joined into dataset.parquet (they did: prompt as double against string)."""
-    from ftcore.config import load_recipe
+    from ftcore.recipe import load_recipe
 
     recipe = load_recipe(DEMO_RECIPE, ["data.split.validation=0"])
-    collected = collect(recipe.data, tmp_path / "collected")
-    out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collected")
+    out = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
     assert out.metrics["rows_validation"] == 0 and len(pd.read_parquet(out.splits["validation"])) == 0
     dataset = pd.read_parquet(out.artifacts["dataset"])
     assert len(dataset) == out.metrics["rows_kept"] and set(dataset["split"]) == {"train", "test"}
@@ -174,13 +177,14 @@ def test_collect_and_clean_real_medquad_rows(tmp_path, shared_data):
     """Real data nobody here shaped: MedQuAD question/answer pairs (NIH), mapped through `columns`."""
     src = shared_data / "medquad_sample_every16.jsonl"
     data = _data_config(src, prompt="question", completion="answer")
-    collected = collect(data, tmp_path / "collected")
+    collected = collect_stage(CollectJob(data=data, sources={}), tmp_path / "collected")
     with src.open() as f:
         assert collected.rows == sum(1 for line in f if line.strip())
     # MedQuAD repeats the same answer under different questions: dedup on the answer column.
     clean = CleanConfig(steps=[StepSpec(step="normalize_whitespace"),
                                StepSpec(step="drop_duplicates", columns=["completion"])])
-    out = clean_and_split(collected, clean, BalanceConfig(), data, tmp_path / "clean")
+    out = clean_balance_stage(CleanJob(collected=collected, data=data, clean=clean, balance=BalanceConfig()),
+                              tmp_path / "clean")
     raw = pd.read_json(src, lines=True)
     expected_dups = raw["answer"].str.split().str.join(" ").str.lower().duplicated().sum()
     assert expected_dups > 0
@@ -200,7 +204,7 @@ def test_a_glob_reads_every_matching_file_and_tags_rows_with_their_file(tmp_path
         {"type": "jsonl", "path": tmp_path / "part*.jsonl*"},
         {"type": "parquet", "path": tmp_path / "*.parquet"},
     ])
-    rows = pd.read_parquet(collect(cfg, tmp_path / "out").splits["all"])
+    rows = pd.read_parquet(collect_stage(CollectJob(data=cfg, sources={}), tmp_path / "out").splits["all"])
     assert rows["prompt"].tolist() == ["a", "c", "e"]
     assert rows["source"].tolist() == ["part1.jsonl", "part2.jsonl.gz", "part3.parquet"]
 
@@ -210,26 +214,27 @@ def test_csv_and_json_sources_map_columns(tmp_path, kind):
     frame = pd.DataFrame({"q": ["What is BP?", "What is MI?"], "a": ["blood pressure", "myocardial infarction"]})
     path = tmp_path / f"rows.{kind}"
     frame.to_csv(path, index=False) if kind == "csv" else frame.to_json(path, orient="records")
-    rows = pd.read_parquet(collect(_data_config(path, prompt="q", completion="a"), tmp_path / "out").splits["all"])
+    rows = pd.read_parquet(collect_stage(CollectJob(data=_data_config(path, prompt="q", completion="a"), sources={}),
+                                         tmp_path / "out").splits["all"])
     assert rows[["prompt", "completion"]].values.tolist() == frame.values.tolist()
     assert rows["source_row"].tolist() == ([2, 3] if kind == "csv" else [1, 2])  # CSV: line numbers (header: 1)
 
 
 def test_a_glob_that_matches_nothing_is_a_recipe_error(tmp_path):
-    from ftcore.config import load_recipe
     from ftcore.errors import RecipeError
+    from ftcore.recipe import load_recipe
 
     with pytest.raises(RecipeError, match=r"data\.sources\.0\.path: pattern matches no file"):
         load_recipe(DEMO_RECIPE, [f"data.sources.0.path={tmp_path}/*.jsonl"])
 
 
 def test_the_shipped_medquad_recipe_cleans_real_data_losing_nothing(tmp_path, shared_data):
-    from ftcore.config import load_recipe
+    from ftcore.recipe import load_recipe
     from tests.conftest import REPO
 
     recipe = load_recipe(REPO / "data_recipes" / "recipes" / "shared" / "medquad_qa.yaml")
-    collected = collect(recipe.data, tmp_path / "collected")
-    out = clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, tmp_path / "clean")
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collected")
+    out = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
     m = out.metrics
     assert m["rows_in"] == collected.metrics["rows_kept"] == 1026
     assert m["rows_in"] == m["rows_kept"] + m["rows_quarantined"]

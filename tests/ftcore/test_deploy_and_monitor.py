@@ -9,13 +9,14 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from ftcore import tracking
-from ftcore.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
+from ftcore.deploy.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
 from ftcore.deploy.gate import Reference, decide
-from ftcore.deploy.publish import publish
+from ftcore.deploy.publish import deploy_stage
 from ftcore.errors import UserError
 from ftcore.outputs import EvalOutput
-from ftcore.training.train import train_model
-from tests.ftcore.pipeline_fixtures import prepare
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
+from tests.ftcore.pipeline_fixtures import deploy_job_of, prepare
 
 GATE = [BeatChampion(metric="exact_match")]
 
@@ -70,7 +71,8 @@ def test_every_rule_must_pass_and_each_outcome_is_recorded():
 def trained(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("deploy")
     prepared = prepare(root, "train.max_steps=2")
-    return prepared, train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+    return prepared, train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
+                                 root / "train")
 
 
 def _evaluation(tmp: Path, base: float, candidate: float, champion: tuple[str, float] | None = None) -> EvalOutput:
@@ -91,9 +93,9 @@ def _new_run() -> str:
 def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
     _, model = trained
     def deploy(base: float, candidate: float, n: int, champion: tuple[str, float] | None = None):
-        return publish(model, _evaluation(tmp_path, base, candidate, champion), GATE, "clinical", _new_run(),
-                       {"recipe_hash": "r", "dataset_hash": "d", "git_commit": "g", "ftflow_version": "v"},
-                       tmp_path / f"deploy{n}")
+        job = deploy_job_of(model, _evaluation(tmp_path, base, candidate, champion), GATE, "clinical")
+        return deploy_stage(job, tmp_path / f"deploy{n}", _new_run(),
+                            {"recipe_hash": "r", "dataset_hash": "d", "git_commit": "g", "ftflow_version": "v"})
 
     first = deploy(base=0.0, candidate=0.5, n=1)
     assert (first.version, first.aliases, first.gate_passed) == ("1", ["challenger", "champion"], True)
@@ -121,7 +123,8 @@ def test_a_model_with_a_nan_weight_is_never_registered(tmp_path, trained):
     save_file(weights, folder / "model.safetensors")
     nan_model = model.model_copy(update={"model_path": folder, "content_hash": "nan"})
     with pytest.raises(UserError) as refused:
-        publish(nan_model, _evaluation(tmp_path, 0.0, 0.5), GATE, "nan-model", _new_run(), {}, tmp_path / "deploy")
+        deploy_stage(deploy_job_of(nan_model, _evaluation(tmp_path, 0.0, 0.5), GATE, "nan-model"), tmp_path / "deploy",
+                     _new_run(), {})
     assert str(refused.value) == (f"deploy: {folder}/model.safetensors: {name} holds NaN or infinite values, so the "
                                   f"model is not registered; train it again with a lower train.learning_rate")
     assert tracking.client().search_model_versions("name='nan-model'") == []
@@ -131,9 +134,10 @@ def test_a_model_with_a_nan_weight_is_never_registered(tmp_path, trained):
 def test_a_candidate_that_is_the_champion_itself_is_not_registered_or_promoted_again(tmp_path, trained):
     _, model = trained
     tags = {"model_hash": model.content_hash}
-    first = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "1")
+    job = deploy_job_of(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same")
+    first = deploy_stage(job, tmp_path / "1", _new_run(), tags)
     assert first.gate_passed
-    again = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "same", _new_run(), tags, tmp_path / "2")
+    again = deploy_stage(job, tmp_path / "2", _new_run(), tags)
     assert not again.gate_passed and (again.version, again.aliases) == ("1", ["challenger", "champion"])
     assert again.gate_reason == "the candidate is champion v1 itself (the same trained model): nothing to promote"
     assert len(tracking.client().search_model_versions("name = 'same'")) == 1
@@ -146,7 +150,7 @@ def test_the_same_model_deployed_by_runs_at_once_is_one_version(tmp_path, traine
     evaluation = _evaluation(tmp_path, 0.0, 0.5)
 
     def deploy(i: int):
-        return publish(model, evaluation, GATE, "twice", _new_run(), tags, tmp_path / str(i))
+        return deploy_stage(deploy_job_of(model, evaluation, GATE, "twice"), tmp_path / str(i), _new_run(), tags)
 
     with ThreadPoolExecutor(4) as pool:
         deployed = list(pool.map(deploy, range(4)))
@@ -160,7 +164,8 @@ def test_a_champion_promoted_by_another_run_meanwhile_is_not_overwritten(tmp_pat
     to its version, the second finds champion no longer at v1 and stays challenger (compare and set)."""
     _, model = trained
     tags = {"recipe_hash": "r"}
-    first = publish(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "raced", _new_run(), tags, tmp_path / "1")
+    first = deploy_stage(deploy_job_of(model, _evaluation(tmp_path, 0.0, 0.5), GATE, "raced"), tmp_path / "1",
+                         _new_run(), tags)
     assert first.aliases == ["challenger", "champion"]
 
     # The other run registers and promotes v2 while this run's deploy stage is between its gate and the alias.
@@ -172,8 +177,8 @@ def test_a_champion_promoted_by_another_run_meanwhile_is_not_overwritten(tmp_pat
         return register(run_id, name, model_dir, tags, identity)
 
     monkeypatch.setattr(tracking, "register_version", concurrent_promotion)
-    late = publish(model, _evaluation(tmp_path, 0.0, 0.9, champion=("raced/1", 0.5)), GATE, "raced", _new_run(),
-                   tags, tmp_path / "3")
+    job = deploy_job_of(model, _evaluation(tmp_path, 0.0, 0.9, champion=("raced/1", 0.5)), GATE, "raced")
+    late = deploy_stage(job, tmp_path / "3", _new_run(), tags)
     assert (late.version, late.aliases, late.gate_passed) == ("3", ["challenger"], False)
     assert "champion moved to v2 meanwhile" in late.gate_reason and "run again to face v2" in late.gate_reason
     assert tracking.version_for_alias("raced", "champion")["version"] == "2"

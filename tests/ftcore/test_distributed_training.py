@@ -15,11 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftcore.config import DistributedConfig, TrainConfig
 from ftcore.errors import UserError
 from ftcore.training.checkpoints import MARKER, checkpoint_root
+from ftcore.training.config import DistributedConfig, TrainConfig
 from ftcore.training.distributed import check_distributed, launch_command
-from ftcore.training.train import train_model
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
 from tests.conftest import REPO
 from tests.ftcore.pipeline_fixtures import prepare
 
@@ -41,7 +42,8 @@ def prepared(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process(prepared, tmp_path_factory):
     cfg = prepared.recipe.train.model_copy(update={**SCHEDULE, "batch_size": GLOBAL_BATCH})
-    return train_model(prepared.base, prepared.dataset.splits, cfg, tmp_path_factory.mktemp("one") / "train")
+    return train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg),
+                       tmp_path_factory.mktemp("one") / "train")
 
 
 def losses(trained) -> list[float]:
@@ -61,7 +63,7 @@ def assert_same_training(trained, reference) -> None:
 
 def test_two_ddp_processes_match_one_process_on_the_same_global_batch(prepared, one_process, tmp_path):
     cfg = two_processes(prepared.recipe.train.model_copy(update=SCHEDULE))
-    trained = train_model(prepared.base, prepared.dataset.splits, cfg, tmp_path / "train")
+    trained = train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), tmp_path / "train")
     assert trained.metrics["processes"] == 2 and one_process.metrics["processes"] == 1
     assert trained.metrics["steps"] == 8
     assert losses(trained)[-1] < losses(trained)[0]
@@ -93,13 +95,11 @@ if os.environ.get("RANK") is not None:
 RUN_TRAINING = """
 import json, sys
 from pathlib import Path
-from ftcore.config import TrainConfig
-from ftcore.outputs import ModelOutput
-from ftcore.training.train import train_model
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
 
-base, splits, cfg, out_dir = json.loads(sys.argv[1])
-train_model(ModelOutput.model_validate(base), {k: Path(v) for k, v in splits.items()},
-            TrainConfig.model_validate(cfg), Path(out_dir))
+job, out_dir = json.loads(sys.argv[1])
+train_stage(TrainJob.model_validate(job), Path(out_dir))
 """
 
 
@@ -110,8 +110,8 @@ def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(prepared, one_process
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SLOW_COMMITS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)])}
-    args = json.dumps([prepared.base.model_dump(mode="json"), {k: str(v) for k, v in prepared.dataset.splits.items()},
-                       cfg.model_dump(mode="json"), str(out_dir)])
+    job = TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg)
+    args = json.dumps([job.model_dump(mode="json"), str(out_dir)])
     run = subprocess.Popen([sys.executable, "-c", RUN_TRAINING, args], env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = checkpoint_root(out_dir) / "checkpoint-4"
@@ -125,18 +125,19 @@ def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(prepared, one_process
     # Each process saved its own RNG state into the one checkpoint.
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}
 
-    resumed = train_model(prepared.base, prepared.dataset.splits, cfg, out_dir)
+    resumed = train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), out_dir)
     assert resumed.metrics["resumed_from_step"] == 4
     assert resumed.metrics["steps"] == 8
     assert_same_training(resumed, one_process)
 
 
 def test_a_recipe_problem_found_by_the_training_processes_is_one_line(prepared, tmp_path):
-    no_validation = {k: v for k, v in prepared.dataset.splits.items() if k != "validation"}
+    no_validation = prepared.dataset.model_copy(update={"splits": {k: v for k, v in prepared.dataset.splits.items()
+                                                                   if k != "validation"}})
     cfg = two_processes(prepared.recipe.train.model_copy(
         update={**SCHEDULE, "eval_steps": 2, "early_stopping_patience": 1}))
     with pytest.raises(UserError, match=r"^train\.early_stopping_patience: the dataset has no validation rows"):
-        train_model(prepared.base, no_validation, cfg, tmp_path / "train")
+        train_stage(TrainJob(base=prepared.base, dataset=no_validation, train=cfg), tmp_path / "train")
     assert not (tmp_path / "train").exists() and not checkpoint_root(tmp_path / "train").exists()
 
 

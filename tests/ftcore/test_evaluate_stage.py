@@ -6,17 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from ftcore.config import load_recipe
 from ftcore.data.retained import held_out_data
 from ftcore.errors import DataError
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.evaluation.bootstrap import paired_interval
-from ftcore.evaluation.domain import MetricParams, domain_metric, domain_scores, get_domain_metric
+from ftcore.evaluation.config import DomainMetricSpec
+from ftcore.evaluation.domain import METRICS, MetricParams, domain_metric, domain_scores
+from ftcore.evaluation.intervals import public_names
 from ftcore.evaluation.language import eval_examples, fewshot_examples
-from ftcore.evaluation.scores import public_names
+from ftcore.evaluation.scorers import Scoring
 from ftcore.evaluation.screen import toxic_rows
 from ftcore.models.load import load_tokenizer
+from ftcore.recipe import load_recipe
+from ftcore.safety.config import ToxicityScreenConfig
+from ftcore.training.jobs import TrainJob
 from tests.ftcore.objective_fixtures import objective_recipe, qa_rows, recipe_file, write_jsonl
 from tests.ftcore.test_objectives import prepare
 
@@ -30,10 +34,10 @@ def test_clinical_terms_rewards_the_right_expansion_however_phrased():
 
 
 def test_domain_metrics_are_checked_and_cannot_shadow_built_ins(tmp_path):
-    with pytest.raises(KeyError, match="'exact_match' is a built-in metric"):
-        get_domain_metric("exact_match")
+    with pytest.raises(ValidationError, match="'exact_match' is a built-in metric"):
+        DomainMetricSpec(metric="exact_match")
     with pytest.raises(KeyError, match=r"unknown domain metric 'nope'; available: .*clinical_terms"):
-        get_domain_metric("nope")
+        METRICS.get("nope")
 
     @domain_metric("too_few_scores", params=MetricParams)
     def too_few(outputs, references, prompts, params):
@@ -50,10 +54,10 @@ def test_fewshot_prompts_show_k_training_examples_before_each_test_prompt(tmp_pa
     _, dataset, base = prepare(tmp_path, task)
     tokenizer = load_tokenizer(base.base_path)
     train, test = (pd.read_parquet(dataset.splits[s]) for s in ("train", "test"))
-    plain = eval_examples(test, tokenizer, "sft")
-    shown = fewshot_examples(test, train, tokenizer, "sft", k=3)
+    plain = eval_examples(test, tokenizer)
+    shown = fewshot_examples(test, train, tokenizer, k=3)
     assert (shown["raw_completion"] == plain["raw_completion"]).all()  # the same questions and references
-    demos = eval_examples(train, tokenizer, "sft")
+    demos = eval_examples(train, tokenizer)
     for prompt, original in zip(shown["prompt"], plain["prompt"], strict=True):
         if task == "sft":
             assert prompt.endswith(original)
@@ -107,30 +111,37 @@ def test_the_toxicity_screen_counts_outputs_at_or_above_the_threshold():
 @pytest.mark.parametrize("task", ["sft", "classification"])
 def test_cross_validation_trains_and_scores_every_fold(tmp_path, task):
     from ftcore.evaluation.cross_validation import cross_validate
+    from ftcore.jobs import evaluate_job
+    from ftcore.outputs import TrainOutput
+    from ftcore.pins import Pins
 
     recipe, dataset, base = prepare(tmp_path, task, "train.max_steps=4", "evaluate.max_new_tokens=4",
                                     "evaluate.cross_validation=3")
-    metrics = cross_validate(base, dataset.splits["train"], recipe.train, recipe.evaluate, task, tmp_path / "cv")
+    unused = TrainOutput(path=tmp_path, content_hash="-", model_path=base.base_path, history_path=tmp_path)  # no fold
+    job = evaluate_job(recipe, Pins(sources={}), base, unused, dataset)
+    metrics = cross_validate(job, tmp_path / "cv")
     assert metrics["cv.folds"] == 3
     for metric in recipe.evaluate.metrics:
         assert np.isfinite(metrics[f"cv.{metric}.mean"]) and metrics[f"cv.{metric}.std"] >= 0
     assert not any((tmp_path / "cv").iterdir())  # the fold models are deleted once scored
     with pytest.raises(DataError, match="lower k"):
-        cross_validate(base, dataset.splits["test"], recipe.train,
-                       recipe.evaluate.model_copy(update={"cross_validation": 20}), task, tmp_path / "cv")
+        few = dataset.model_copy(update={"splits": {"train": dataset.splits["test"]}})
+        cross_validate(job.model_copy(update={"dataset": few, "evaluate": recipe.evaluate.model_copy(
+            update={"cross_validation": 20})}), tmp_path / "cv")
 
 
 def test_predictions_keep_the_prompt_the_model_saw(tmp_path):
     """The report's worst examples and the judge read the predictions file: it holds each model's output."""
     from ftcore.evaluation.evaluate import evaluate_models
-    from ftcore.training.train import train_model
+    from ftcore.training.train import train_stage
 
     recipe, dataset, base = prepare(tmp_path, "sft", "train.max_steps=4", "evaluate.max_new_tokens=4",
                                     "evaluate.fewshot=2", "evaluate.bootstrap_resamples=50",
                                     "evaluate.latency_probes=2")
-    trained = train_model(base, dataset.splits, recipe.train, tmp_path / "train")
-    out = evaluate_models({"base": base.base_path, "candidate": trained.model_path}, dataset.splits,
-                          recipe.evaluate, tmp_path / "evaluate")
+    trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train), tmp_path / "train")
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate)
+    out = evaluate_models({"base": base.base_path, "candidate": trained.model_path}, scoring,
+                          tmp_path / "evaluate")
     predictions = pd.read_json(out.predictions_path, lines=True)
     assert {"base", "fewshot", "candidate", "candidate.exact_match"} <= set(predictions.columns)
     assert {"fewshot.exact_match", "toxic_rate", "base.toxic_rate", "latency_p95_s"} <= out.metrics.keys()

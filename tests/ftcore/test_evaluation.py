@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ftcore.evaluation.metrics import exact_match, normalize_answer, perplexity, token_f1
+from ftcore.text_metrics import exact_match, normalize_answer, perplexity, token_f1
 
 
 @pytest.mark.parametrize(("prediction", "reference", "expected"), [

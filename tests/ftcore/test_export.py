@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ftcore import tracking
-from ftcore.config import BeatChampion, TrainConfig
 from ftcore.deploy import export
+from ftcore.deploy.config import BeatChampion
 from ftcore.deploy.export import (
     ExportReport,
     export_version,
@@ -33,15 +33,17 @@ from ftcore.deploy.export import (
     unavailable,
 )
 from ftcore.deploy.fidelity import Fidelity
-from ftcore.deploy.publish import publish
+from ftcore.deploy.publish import deploy_stage
 from ftcore.errors import UserError
-from ftcore.evaluation.generate import generate
-from ftcore.method_config import FullMethod, PrefixMethod
-from ftcore.models.init import init_model
+from ftcore.models.config import FullMethod, PrefixMethod
+from ftcore.models.generate import generate
+from ftcore.models.init import InitJob, init_stage
 from ftcore.models.load import load_trained
 from ftcore.outputs import EvalOutput
-from ftcore.training.train import train_model
-from tests.ftcore.pipeline_fixtures import prepare
+from ftcore.training.config import TrainConfig
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
+from tests.ftcore.pipeline_fixtures import deploy_job_of, prepare
 
 ALL_KINDS = ["adapter", "merged", "merged_bf16", "int8"]
 
@@ -51,14 +53,16 @@ def lora(tmp_path_factory):
     """The demo on the tiny model, trained with LoRA long enough to answer some test questions exactly."""
     root = tmp_path_factory.mktemp("lora")
     prepared = prepare(root)
-    return prepared, train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+    return prepared, train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
+                                 root / "train")
 
 
 def _trained_with(lora, method, root: Path):
     """The same data and model trained a couple of steps with another method."""
     prepared, _ = lora
-    base = init_model(prepared.recipe.model, method, prepared.dataset, root / "init")
-    return train_model(base, prepared.dataset.splits, TrainConfig(max_steps=2, batch_size=8), root / "train")
+    base = init_stage(InitJob(model=prepared.recipe.model, method=method, dataset=prepared.dataset), root / "init")
+    return train_stage(TrainJob(base=base, dataset=prepared.dataset, train=TrainConfig(max_steps=2, batch_size=8)),
+                       root / "train")
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +228,8 @@ def test_the_deploy_stage_refuses_a_kind_the_method_cannot_give_before_registeri
     evaluation = _evaluation(tmp_path)
     run_id = tracking.start_pipeline_run("exp", "run", {"name": "exp"}, {})
     with pytest.raises(UserError, match="method prefix is prompt learning"):
-        publish(prefix, evaluation, [BeatChampion(metric="exact_match", confident=False)], "refused", run_id, {},
-                tmp_path / "deploy", exports=["merged"])
+        deploy_stage(deploy_job_of(prefix, evaluation, [BeatChampion(metric="exact_match", confident=False)], "refused",
+                                   exports=["merged"]), tmp_path / "deploy", run_id, {})
     assert tracking.version_for_alias("refused", tracking.CHALLENGER) is None
 
 
@@ -233,8 +237,9 @@ def test_the_deploy_stage_exports_what_it_registered(lora, tmp_path):
     prepared, trained = lora
     evaluation = _evaluation(tmp_path)
     run_id = tracking.start_pipeline_run("exp", "run", {"name": "exp"}, {})
-    out = publish(trained, evaluation, [BeatChampion(metric="exact_match", confident=False)], "deployed", run_id,
-                  {}, tmp_path / "deploy", exports=["adapter"], test_split=prepared.dataset.splits["test"])
+    job = deploy_job_of(trained, evaluation, [BeatChampion(metric="exact_match", confident=False)], "deployed",
+                        dataset=prepared.dataset, exports=["adapter"])
+    out = deploy_stage(job, tmp_path / "deploy", run_id, {})
     record = json.loads((out.path / "deploy.json").read_text())
     assert record["exports"]["adapter"]["uri"] == f"runs:/{run_id}/exports/adapter"
     assert out.metrics["export.adapter.mb"] == record["exports"]["adapter"]["bytes"] / 2**20
@@ -339,7 +344,7 @@ def test_ftflow_export_exports_a_registered_version_with_its_runs_test_split(lor
 def test_the_int8_export_serves_the_answers_of_the_float32_model(lora, tmp_path):
     import httpx
 
-    from ftcore.serve_config import ServeConfig
+    from ftcore.serving.config import ServeConfig
     from ftcore.serving.server import serving
 
     _, trained = lora

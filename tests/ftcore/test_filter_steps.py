@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from ftcore.config import StepSpec
 from ftcore.data.clean import run_steps
+from ftcore.data.config import StepSpec
 from ftcore.safety import toxicity
 
 QA = ["prompt", "completion"]
@@ -93,8 +93,8 @@ def test_threshold_and_columns():
 
 
 def test_monitor_uses_the_same_lexicon():
-    from ftcore.evaluate_config import ToxicityScreenConfig
     from ftcore.monitor.toxicity import toxic_flags
+    from ftcore.safety.config import ToxicityScreenConfig
 
     assert "idiot" in toxicity.DEFAULT_TERMS
     assert toxicity.score_texts("lexicon", ["idiot", "fine"]) == [0.5, 0.0]
@@ -127,7 +127,7 @@ def shouting_scorer():
         return [sum(c.isupper() for c in t) / max(1, sum(c.isalpha() for c in t)) for t in texts]
 
     yield "test_shouting"
-    toxicity._SCORERS.pop("test_shouting")
+    toxicity.SCORERS.unregister("test_shouting")
 
 
 def test_a_registered_scorer_is_used_by_name(shouting_scorer: str):
@@ -153,7 +153,7 @@ def test_a_scorer_out_of_range_fails_loudly():
         with pytest.raises(ValueError, match="outside"):
             run(qa_frame(["x"]), "filter_toxicity", scorer="test_broken")
     finally:
-        toxicity._SCORERS.pop("test_broken")
+        toxicity.SCORERS.unregister("test_broken")
 
 
 # --- filter_toxicity: classifier ----------------------------------------------------------------------------------

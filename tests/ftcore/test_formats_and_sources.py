@@ -7,11 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ftcore.config import BalanceConfig, CleanConfig, DataConfig, StepSpec, load_recipe
-from ftcore.data.clean import clean_and_split
-from ftcore.data.collect import collect
+from ftcore.data.clean import CleanJob, clean_balance_stage
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, StepSpec
 from ftcore.errors import DataError, RecipeError
-from ftcore.registry import _STEPS, Batch, StepParams, StepResult, cleaning_step
+from ftcore.jobs import clean_job
+from ftcore.recipe import load_recipe
+from ftcore.registry import STEPS, Batch, StepParams, StepResult, cleaning_step
 from tests.conftest import DEMO_RECIPE, REPO
 
 
@@ -21,7 +23,7 @@ def _jsonl(path: Path, records: list) -> Path:
 
 
 def _collect(tmp_path: Path, fmt: str, **source) -> tuple[pd.DataFrame, pd.DataFrame]:
-    out = collect(DataConfig(format=fmt, sources=[source]), tmp_path / "collected")
+    out = collect_stage(CollectJob(data=DataConfig(format=fmt, sources=[source]), sources={}), tmp_path / "collected")
     return pd.read_parquet(out.splits["all"]), pd.read_parquet(out.artifacts["quarantine"])
 
 
@@ -102,7 +104,7 @@ def test_an_empty_source_is_an_error_naming_it(tmp_path):
     empty.write_text("\n")
     cfg = DataConfig(sources=[{"type": "jsonl", "path": full}, {"type": "jsonl", "path": empty}])
     with pytest.raises(DataError, match=r"data\.sources\[1\] \(.*empty\.jsonl\): no rows"):
-        collect(cfg, tmp_path / "out")
+        collect_stage(CollectJob(data=cfg, sources={}), tmp_path / "out")
     assert not (tmp_path / "out").exists()  # no partial dataset published
 
 
@@ -119,8 +121,9 @@ def test_test_sources_form_the_test_split_and_their_duplicates_leave_train(tmp_p
                                             {"prompt": "fixed", "completion": "x"}])
     data = DataConfig(sources=[{"type": "jsonl", "path": train}], test_sources=[{"type": "jsonl", "path": test}],
                       split={"validation": 0.1})
-    collected = collect(data, tmp_path / "collected")
-    out = clean_and_split(collected, CleanConfig(), BalanceConfig(), data, tmp_path / "clean")
+    collected = collect_stage(CollectJob(data=data, sources={}), tmp_path / "collected")
+    out = clean_balance_stage(CleanJob(collected=collected, data=data, clean=CleanConfig(), balance=BalanceConfig()),
+                              tmp_path / "clean")
     splits = {name: pd.read_parquet(path) for name, path in out.splits.items()}
     assert splits["test"]["raw_prompt"].tolist() == ["q3", "fixed"]
     assert "q3" not in set(splits["train"]["raw_prompt"]) | set(splits["validation"]["raw_prompt"])
@@ -147,11 +150,12 @@ def test_steps_see_bounded_batches_and_dedup_spans_them(tmp_path):
     try:
         rows = [{"prompt": f"q{i % 45}", "completion": "a"} for i in range(50)]  # rows 45-49 repeat rows 0-4
         data = DataConfig(sources=[{"type": "jsonl", "path": _jsonl(tmp_path / "r.jsonl", rows)}])
-        collected = collect(data, tmp_path / "collected", batch_rows=8)
+        collected = collect_stage(CollectJob(data=data, sources={}), tmp_path / "collected", batch_rows=8)
         clean = CleanConfig(steps=[StepSpec(step="record_batch_sizes_for_test"), StepSpec(step="drop_duplicates")])
-        out = clean_and_split(collected, clean, BalanceConfig(), data, tmp_path / "clean", batch_rows=8)
+        out = clean_balance_stage(CleanJob(collected=collected, data=data, clean=clean, balance=BalanceConfig()),
+                                  tmp_path / "clean", batch_rows=8)
     finally:
-        _STEPS.pop("record_batch_sizes_for_test")
+        STEPS.unregister("record_batch_sizes_for_test")
     assert max(seen_sizes) == 8 and sum(seen_sizes) == 50
     quarantine = pd.read_parquet(out.artifacts["quarantine"])
     assert quarantine["reason"].tolist() == [f"duplicate of row {i}" for i in range(5)]
@@ -162,9 +166,9 @@ def test_batching_does_not_change_the_result(tmp_path, shared_data):
     recipe = load_recipe(REPO / "data_recipes" / "recipes" / "shared" / "medquad_qa.yaml")
     results = []
     for batch_rows in (10_000, 97):
-        collected = collect(recipe.data, tmp_path / f"c{batch_rows}", batch_rows)
+        collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / f"c{batch_rows}", batch_rows)
         out_dir = tmp_path / f"o{batch_rows}"
-        results.append(clean_and_split(collected, recipe.clean, recipe.balance, recipe.data, out_dir, batch_rows))
+        results.append(clean_balance_stage(clean_job(recipe, collected), out_dir, batch_rows))
     assert results[0].content_hash == results[1].content_hash
     assert results[0].metrics == results[1].metrics
 
@@ -172,7 +176,8 @@ def test_batching_does_not_change_the_result(tmp_path, shared_data):
 def test_a_last_batch_of_only_malformed_lines_is_quarantined(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{broken\n[1]\n')
-    out = collect(DataConfig(sources=[{"type": "jsonl", "path": path}]), tmp_path / "out", batch_rows=2)
+    out = collect_stage(CollectJob(data=DataConfig(sources=[{"type": "jsonl", "path": path}]), sources={}),
+                        tmp_path / "out", batch_rows=2)
     assert out.metrics == {"rows_in": 4, "rows_kept": 2, "rows_quarantined": 2, "sources": 1}
 
 
@@ -181,5 +186,6 @@ def test_a_source_whose_every_row_has_the_wrong_type_fails_in_one_line(tmp_path)
                                             {"prompt": {"x": 1}, "completion": "c"}])
     with pytest.raises(DataError, match=r"none of the 2 rows read could be used \(first problem: prompt: expected "
                                         r"text, got a list\); check the sources' columns and data\.format$"):
-        collect(DataConfig(sources=[{"type": "jsonl", "path": path}]), tmp_path / "out")
+        collect_stage(CollectJob(data=DataConfig(sources=[{"type": "jsonl", "path": path}]), sources={}),
+                      tmp_path / "out")
     assert not (tmp_path / "out").exists()

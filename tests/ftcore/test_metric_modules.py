@@ -12,8 +12,11 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from ftcore.evaluation.bootstrap import bootstrap_interval, perplexity_of
-from ftcore.evaluation.metrics import exact_match, token_f1
-from ftcore.evaluation.scoring import GENERATION_METRICS, MODULES, score
+from ftcore.evaluation.example_metrics import GENERATION_METRICS, MODULES, score
+from ftcore.evaluation.scorers import Scoring
+from ftcore.objectives import OBJECTIVES
+from ftcore.text_metrics import exact_match, token_f1
+from ftcore.training.jobs import TrainJob
 
 PREDICTIONS = ["blood pressure", "the heart rate", "myocardial infarction is", "kidney", "as needed", "by mouth now"]
 REFERENCES = ["blood pressure", "heart rate", "myocardial infarction", "chronic kidney disease", "as needed",
@@ -71,17 +74,19 @@ def test_the_evaluate_stage_reports_every_metric_with_its_interval_overall_and_p
     import pandas as pd
 
     from ftcore.evaluation.evaluate import evaluate_models
-    from ftcore.evaluation.scores import metric_key
-    from ftcore.training.train import train_model
+    from ftcore.evaluation.intervals import metric_key
+    from ftcore.training.train import train_stage
     from tests.ftcore.test_objectives import prepare
 
     recipe, dataset, base = prepare(tmp_path, "multitask", "train.max_steps=40", "evaluate.max_new_tokens=8")
-    trained = train_model(base, dataset.splits, recipe.train, tmp_path / "train", "multitask")
-    out = evaluate_models({"base": base.base_path, "candidate": trained.model_path}, dataset.splits,
-                          recipe.evaluate, tmp_path / "evaluate", "multitask")
+    trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=OBJECTIVES["multitask"]),
+                          tmp_path / "train")
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["multitask"])
+    out = evaluate_models({"base": base.base_path, "candidate": trained.model_path}, scoring,
+                          tmp_path / "evaluate")
     m = out.metrics
     predictions = pd.read_json(out.predictions_path, lines=True)
-    assert recipe.evaluate.metrics == [*GENERATION_METRICS, "perplexity"]
+    assert set(GENERATION_METRICS) <= set(recipe.evaluate.metrics)  # every metric module is scored below
     for name in ("base", "candidate"):
         key = functools.partial(metric_key, name)  # the candidate's metrics carry no prefix
         for metric in recipe.evaluate.metrics:

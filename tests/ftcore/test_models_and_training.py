@@ -3,10 +3,11 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from ftcore.config import load_recipe
 from ftcore.errors import UserError
-from ftcore.models.init import init_model
-from ftcore.training.train import train_model
+from ftcore.models.init import InitJob, init_stage
+from ftcore.recipe import load_recipe
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
 from tests.conftest import DEMO_RECIPE
 from tests.ftcore.pipeline_fixtures import prepare
 
@@ -15,7 +16,8 @@ from tests.ftcore.pipeline_fixtures import prepare
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     prepared = prepare(root)
-    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+    trained = train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
+                          root / "train")
     return prepared, trained
 
 
@@ -32,7 +34,8 @@ def test_scratch_init_builds_a_llama_with_a_corpus_tokenizer_and_a_lora_adapter(
 
 def test_init_is_deterministic_for_a_seed(tmp_path, lora_run):
     prepared, _ = lora_run
-    again = init_model(prepared.recipe.model, prepared.recipe.method, prepared.dataset, tmp_path / "init")
+    again = init_stage(InitJob(model=prepared.recipe.model, method=prepared.recipe.method, dataset=prepared.dataset),
+                       tmp_path / "init")
     assert again.content_hash == prepared.base.content_hash
 
 
@@ -57,7 +60,8 @@ def test_lora_training_lowers_the_loss_changes_the_adapter_and_leaves_the_base_f
 def test_full_fine_tuning_updates_every_weight(tmp_path):
     prepared = prepare(tmp_path, "method={name: full}", "train.max_steps=3")
     assert prepared.base.adapter_path is None and prepared.base.metrics["trainable_fraction"] == 1.0
-    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    trained = train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
+                          tmp_path / "train")
     assert trained.metrics["steps"] == 3
     base = load_file(prepared.base.base_path / "model.safetensors")
     after = load_file(trained.model_path / "model.safetensors")
@@ -69,7 +73,7 @@ def test_full_fine_tuning_updates_every_weight(tmp_path):
 def test_pretrained_source_loads_a_local_folder(tmp_path, lora_run):
     prepared, trained = lora_run
     recipe = load_recipe(DEMO_RECIPE, ["model.source=pretrained", f"model.name_or_path={trained.model_path}"])
-    base = init_model(recipe.model, recipe.method, prepared.dataset, tmp_path / "init")
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=prepared.dataset), tmp_path / "init")
     assert base.base_path == trained.model_path
     assert base.adapter_path is not None
 
@@ -80,7 +84,7 @@ def test_pretrained_source_that_does_not_load_is_a_user_error(tmp_path, lora_run
     empty.mkdir()
     recipe = load_recipe(DEMO_RECIPE, ["model.source=pretrained", f"model.name_or_path={empty}"])
     with pytest.raises(UserError, match=r"model\.name_or_path: cannot load"):
-        init_model(recipe.model, recipe.method, prepared.dataset, tmp_path / "init")
+        init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=prepared.dataset), tmp_path / "init")
 
 
 @pytest.mark.parametrize("method", ["qlora", "adapter", "prefix", "prompt", "p_tuning"])
@@ -93,7 +97,8 @@ def test_methods_that_need_their_own_loading_train_export_and_reload(tmp_path, m
 
     prepared = prepare(tmp_path, f"method={{name: {method}}}", "train.max_steps=6", "train.logging_steps=1",
                        "train.learning_rate=5e-2")
-    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    trained = train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
+                          tmp_path / "train")
     model, tokenizer = load_trained(trained.model_path)
     base = load_model(prepared.base.base_path)
     inputs = tokenizer(["Question: What does MI stand for?\nAnswer:"], return_tensors="pt")
@@ -113,7 +118,8 @@ def test_a_scratch_mixture_of_experts_trains_lora_on_attention_and_experts_and_l
     assert config["model_type"] == "mixtral" and config["num_local_experts"] == 4
     before = load_file(prepared.base.adapter_path / "adapter_model.safetensors")
     assert any("experts" in k for k in before) and any("self_attn.q_proj" in k for k in before)
-    trained = train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, tmp_path / "train")
+    trained = train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
+                          tmp_path / "train")
     history = json.loads(trained.history_path.read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < 0.9 * losses[0]

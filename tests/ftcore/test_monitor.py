@@ -9,18 +9,18 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from ftcore.config import MonitorConfig, load_recipe
 from ftcore.errors import RecipeError, UserError
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.monitor.assess import assess
 from ftcore.monitor.canaries import answers, ask_canaries, load_canaries
+from ftcore.monitor.config import DriftConfig, MonitorConfig, Objectives
 from ftcore.monitor.drift import measure_drift
 from ftcore.monitor.endpoint import Endpoint
 from ftcore.monitor.objectives import BREACHED, MET, NOT_MEASURED, check_objectives
 from ftcore.monitor.report import render_html, render_markdown
 from ftcore.monitor.toxicity import toxic_flags
 from ftcore.monitor.window import answered_outputs, logged_inputs, traffic_metrics
-from ftcore.monitor_config import DriftConfig, Objectives
+from ftcore.recipe import load_recipe
+from ftcore.safety.config import ToxicityScreenConfig
 from tests.conftest import DEMO_RECIPE
 from tests.ftcore.monitor_fixtures import (
     CANARIES,
@@ -175,10 +175,7 @@ def test_a_bad_canaries_file_is_one_line_naming_file_and_line(tmp_path):
 # --- config -----------------------------------------------------------------------------------------------------
 
 
-def test_monitor_config_defaults_windows_and_relative_canaries(tmp_path):
-    cfg = MonitorConfig()
-    assert (cfg.objectives.max_latency_p95_s, cfg.objectives.max_error_rate) == (2.0, 0.001)
-    assert cfg.window == timedelta(hours=1) and cfg.canaries is None and cfg.retrain is None
+def test_monitor_config_windows_and_relative_canaries(tmp_path):  # its defaults: test_config.py (docs/recipes.md)
     assert MonitorConfig(window="30m").window == timedelta(minutes=30)
     assert MonitorConfig(window=90).window == timedelta(seconds=90)
     with pytest.raises(ValidationError, match="window must be positive"):

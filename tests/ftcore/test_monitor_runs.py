@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +16,13 @@ from prefect.testing.fixtures import asserting_events_worker  # noqa: F401  regi
 
 from ftcore import tracking
 from ftcore.errors import UserError
-from ftcore.evaluate_config import ToxicityScreenConfig
 from ftcore.monitor.canaries import question_template
-from ftcore.monitor.stage import REQUEST_LOG, monitor_version
+from ftcore.monitor.stage import REQUEST_LOG, MonitorJob, monitor_stage
+from ftcore.outputs import DeployOutput
+from ftcore.safety.config import ToxicityScreenConfig
 from ftcore.serving.request_log import RequestLog, RequestRecord
-from ftcore.training.train import train_model
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
 from tests.conftest import DEMO_RECIPE
 from tests.ftcore.monitor_fixtures import (
     CANARIES,
@@ -41,7 +45,8 @@ LEXICON = ToxicityScreenConfig()
 def trained(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("monitor-stage")
     prepared = prepare(root, "train.max_steps=2")
-    return prepared, train_model(prepared.base, prepared.dataset.splits, prepared.recipe.train, root / "train")
+    return prepared, train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
+                                 root / "train")
 
 
 def test_the_stage_serves_the_version_and_assesses_exactly_its_own_traffic(tmp_path, trained):
@@ -49,8 +54,11 @@ def test_the_stage_serves_the_version_and_assesses_exactly_its_own_traffic(tmp_p
     run_id = tracking.start_pipeline_run("watch-me", "run", {"name": "watch-me"}, {})
     version = tracking.register_version(run_id, "watch-me", model.model_path, {})
     cfg = prepared.recipe.monitor.model_copy(update={"probe_size": 4, "max_new_tokens": 8})
-    out = monitor_version("watch-me", version, prepared.dataset.splits, cfg, LEXICON,
-                          question_template(prepared.recipe.data), tmp_path / "monitor")
+    deployed = DeployOutput(path=tmp_path / "deploy", content_hash="d", registered_model="watch-me", version=version,
+                            aliases=[], uri=f"models:/watch-me/{version}", gate_passed=True, gate_reason="")
+    job = MonitorJob(deployed=deployed, dataset=prepared.dataset, monitor=cfg, toxicity=LEXICON,
+                     prompt_template=question_template(prepared.recipe.data))
+    out = monitor_stage(job, tmp_path / "monitor")
     m = out.metrics
     assert m["requests"] == 4 + 38 and m["canaries"] == 38 and m["error_rate"] == 0
     assert 0 < m["latency_p50_s"] <= m["latency_p95_s"] <= m["latency_p99_s"]
@@ -119,28 +127,41 @@ def monitor_recipe(tmp: Path, request_log: str, endpoint: str, canaries: Path) -
     return path
 
 
+@contextmanager
+def monitored(tmp: Path) -> Iterator[Path]:
+    """The recipe of a monitor pass over the planted traffic (plant_requests), with the fake endpoint up and
+    answering every canary right while the block runs."""
+    request_log = f"sqlite:///{tmp / 'requests.db'}"
+    plant_requests(request_log)
+    canaries = canaries_file(tmp / "canaries.jsonl", CANARIES)
+    replies = {TEMPLATE.replace("{prompt}", q): f" {a}" for q, a in CANARIES}
+    with fake_endpoint(replies) as url:
+        yield monitor_recipe(tmp, request_log, url, canaries)
+
+
+def deploy_stand_in_retraining():
+    """A `retrain/retrain` deployment of a flow that stands in for the retraining flow (the test only checks that a
+    run of it was created): its id."""
+    from prefect import flow
+
+    @flow(name="retrain")
+    def retrain(recipe_path: str, overrides: list[str] | None = None) -> None:
+        pass
+
+    return retrain.to_deployment(name="retrain").apply()
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_slow_and_toxic_traffic_breaches_both_objectives_reports_and_starts_retraining(tmp_path, request):
-    from prefect import flow
     from prefect.client.orchestration import get_client
 
     from flows.monitor import monitor
 
     events = request.getfixturevalue("asserting_events_worker")  # Prefect's: keeps every event emitted
-
-    @flow(name="retrain")
-    def retrain(recipe_path: str, overrides: list[str] | None = None) -> None:
-        """Stands in for the retraining flow; the test only checks that a run of it was created."""
-
-    deployment_id = retrain.to_deployment(name="retrain").apply()
-    request_log = f"sqlite:///{tmp_path / 'requests.db'}"
-    plant_requests(request_log)
+    deployment_id = deploy_stand_in_retraining()
     version = register_version_with_training_data("clinical-qa", tmp_path)
-    canaries = canaries_file(tmp_path / "canaries.jsonl", CANARIES)
-    replies = {TEMPLATE.replace("{prompt}", q): f" {a}" for q, a in CANARIES}
-    with fake_endpoint(replies) as url:
-        result = monitor(model="models:/clinical-qa@champion",
-                         recipe=str(monitor_recipe(tmp_path, request_log, url, canaries)))
+    with monitored(tmp_path) as recipe:
+        result = monitor(model="models:/clinical-qa@champion", recipe=str(recipe))
 
     assert result["version"] == version and result["breaches"] == ["latency_p95_s", "toxic_rate"]
     m = result["metrics"]
@@ -175,18 +196,13 @@ def test_a_breach_of_a_version_that_is_not_the_champion_starts_no_retraining(tmp
     gate) reports its breach but leaves `monitor.retrain` alone."""
     from flows.monitor import monitor
 
-    request_log = f"sqlite:///{tmp_path / 'requests.db'}"
-    plant_requests(request_log)
     for folder in ("v1", "v2"):
         (tmp_path / folder).mkdir()
     champion = register_version_with_training_data("clinical-qa", tmp_path / "v1")
     experiment = register_version_with_training_data("clinical-qa", tmp_path / "v2")
     tracking.set_alias("clinical-qa", tracking.CHAMPION, champion)  # v2 failed the gate
-    canaries = canaries_file(tmp_path / "canaries.jsonl", CANARIES)
-    replies = {TEMPLATE.replace("{prompt}", q): f" {a}" for q, a in CANARIES}
-    with fake_endpoint(replies) as url:
-        result = monitor(model=f"models:/clinical-qa/{experiment}",
-                         recipe=str(monitor_recipe(tmp_path, request_log, url, canaries)))
+    with monitored(tmp_path) as recipe:
+        result = monitor(model=f"models:/clinical-qa/{experiment}", recipe=str(recipe))
     assert result["version"] == experiment and result["breaches"] == ["latency_p95_s", "toxic_rate"]
     assert result["retrain_flow_run_id"] is None
 
@@ -195,7 +211,7 @@ def test_a_breach_of_a_version_that_is_not_the_champion_starts_no_retraining(tmp
 def test_a_retraining_deployment_that_does_not_exist_is_a_one_line_error():
     from prefect import flow
 
-    from ftcore.monitor_config import RetrainConfig
+    from ftcore.monitor.config import RetrainConfig
     from tasks.monitor import start_retraining
 
     @flow(name="starts-retraining")
@@ -212,13 +228,8 @@ def test_ftflow_monitor_prints_the_breaches_and_exits_1(tmp_path):
 
     from flows.cli import app
 
-    request_log = f"sqlite:///{tmp_path / 'requests.db'}"
-    plant_requests(request_log)
     register_version_with_training_data("clinical-qa", tmp_path)
-    canaries = canaries_file(tmp_path / "canaries.jsonl", CANARIES)
-    replies = {TEMPLATE.replace("{prompt}", q): f" {a}" for q, a in CANARIES}
-    with fake_endpoint(replies) as url:
-        recipe = monitor_recipe(tmp_path, request_log, url, canaries)
+    with monitored(tmp_path) as recipe:
         raw = yaml.safe_load(recipe.read_text())
         del raw["monitor"]["retrain"]  # a breach then starts nothing
         recipe.write_text(yaml.safe_dump(raw))

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from ftcore.config import StepSpec
 from ftcore.data.clean import run_steps
-from ftcore.data.nlp_steps import load_dictionary, shipped_dictionaries
+from ftcore.data.config import StepSpec
+from ftcore.data.steps.nlp import load_dictionary, shipped_dictionaries
 
 QA = ["prompt", "completion"]
 

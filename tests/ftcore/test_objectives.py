@@ -12,16 +12,21 @@ import pandas as pd
 import pytest
 import torch
 
-from ftcore.config import load_recipe
-from ftcore.data.clean import clean_and_split
-from ftcore.data.collect import collect
+from ftcore.data.clean import clean_balance_stage
+from ftcore.data.collect import CollectJob, collect_stage
 from ftcore.errors import RecipeError, UserError
 from ftcore.evaluation.evaluate import evaluate_models
-from ftcore.evaluation.scores import metric_key
-from ftcore.models.init import init_model
+from ftcore.evaluation.intervals import metric_key
+from ftcore.evaluation.scorers import Scoring
+from ftcore.jobs import clean_job
+from ftcore.models.init import InitJob, init_stage
 from ftcore.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+from ftcore.objectives import OBJECTIVES
+from ftcore.recipe import load_recipe
 from ftcore.training import train
 from ftcore.training.examples import chat_example
+from ftcore.training.jobs import TrainJob
+from tests.conftest import DEMO_RECIPE
 from tests.ftcore.objective_fixtures import ABBREVIATIONS, chat_rows, objective_recipe, recipe_file, write_jsonl
 
 TRAINING = ["train.max_steps=15", "train.batch_size=8", "train.learning_rate=1e-2", "train.logging_steps=1",
@@ -30,14 +35,15 @@ TRAINING = ["train.max_steps=15", "train.batch_size=8", "train.learning_rate=1e-
 
 def prepare(root: Path, task: str, *overrides: str):
     recipe = load_recipe(recipe_file(root, objective_recipe(root / "data", task)), [*TRAINING, *overrides])
-    dataset = clean_and_split(collect(recipe.data, root / "collect"), recipe.clean, recipe.balance, recipe.data,
-                              root / "clean")
-    base = init_model(recipe.model, recipe.method, dataset, root / "init", recipe.task)
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), root / "collect")
+    dataset = clean_balance_stage(clean_job(recipe, collected), root / "clean")
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),
+                      root / "init")
     return recipe, dataset, base
 
 
 def train_watching(root: Path, recipe, dataset, base):
-    """train_model, keeping the trained model and its parameters as they were before training."""
+    """train_stage, keeping the trained model and its parameters as they were before training."""
     from transformers import TrainerCallback
 
     seen = {}
@@ -47,9 +53,8 @@ def train_watching(root: Path, recipe, dataset, base):
             seen["model"] = model
             seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    loss = dataset.artifacts.get("loss")
-    out = train.train_model(base, dataset.splits, recipe.train, root / "train", recipe.task,
-                            json.loads(loss.read_text()) if loss else None, callbacks=[Keep()], reward=recipe.reward)
+    out = train.train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec,
+                                     reward=recipe.reward), root / "train", callbacks=[Keep()])
     return out, seen["model"], seen["before"]
 
 
@@ -100,7 +105,8 @@ def test_dapt_packs_several_texts_into_each_sequence(tmp_path):
         def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
             seen["rows"] = train_dataloader.dataset
 
-    train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", "dapt", callbacks=[Keep()])
+    train.train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=OBJECTIVES["dapt"]),
+                      tmp_path / "train", callbacks=[Keep()])
     texts = len(pd.read_parquet(dataset.splits["train"]))
     rows = seen["rows"]
     assert len(rows) < texts  # packed: fewer, fuller sequences
@@ -125,8 +131,9 @@ def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path
     recipe, dataset, base = prepare(tmp_path, "classification", "train.max_steps=30")
     assert base.classes == ["ham", "spam"]
     out, _, _ = train_watching(tmp_path, recipe, dataset, base)
-    evaluation = evaluate_models({"candidate": out.model_path}, dataset.splits, recipe.evaluate, tmp_path / "eval",
-                                 "classification")
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["classification"])
+    evaluation = evaluate_models({"candidate": out.model_path}, scoring,
+                                 tmp_path / "eval")
     assert evaluation.reference == "tfidf"
     predictions = pd.read_json(evaluation.predictions_path, lines=True)
     assert set(predictions["candidate"]) <= {"spam", "ham"} and len(predictions) == evaluation.metrics["test_rows"]
@@ -146,7 +153,9 @@ def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path
     # The candidate's improvement over the baseline, with its paired interval: what the gate reads.
     assert metrics["improvement.macro_f1"] == pytest.approx(metrics["macro_f1"] - metrics["tfidf.macro_f1"])
     assert metrics["improvement.macro_f1.ci_low"] <= metrics["improvement.macro_f1"]
-    assert recipe.deploy.primary.metric == "macro_f1" and recipe.evaluate.metrics == ["macro_f1", "accuracy"]
+    # A recipe that names no metrics is scored on its objective's, and gated on the first.
+    assert recipe.evaluate.metrics == list(recipe.spec.metrics) and all(m in metrics for m in recipe.spec.metrics)
+    assert recipe.deploy.primary.metric == recipe.spec.metrics[0]
     # The confusion matrix counts the candidate's predictions (true -> predicted), and is drawn for MLflow.
     counts = json.loads(evaluation.artifacts["confusion_counts"].read_text())
     expected = predictions.groupby(["label", "candidate"]).size()
@@ -161,7 +170,8 @@ def test_a_decoder_classifier_scores_a_text_the_same_alone_and_padded_in_a_batch
     from ftcore.models.load import load_trained
 
     recipe, dataset, base = prepare(tmp_path, "classification", f"method={{name: {method}}}", "train.max_steps=2")
-    out = train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", "classification")
+    out = train.train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train,
+                                     objective=OBJECTIVES["classification"]), tmp_path / "train")
     model, tokenizer = load_trained(out.model_path)
     texts = ["ok see you", "URGENT! You have won 1000 pounds, text CLAIM to 80000 now for your free entry"]
     alone, batch = class_logits(model, tokenizer, texts[:1])[0], class_logits(model, tokenizer, texts)[0]
@@ -191,8 +201,9 @@ def test_classification_with_focal_loss_trains_with_the_balance_stage_loss(tmp_p
 def test_messages_are_evaluated_on_their_last_assistant_turn(tmp_path):
     recipe, dataset, base = prepare(tmp_path, "sft_messages", "train.max_steps=2", "evaluate.max_new_tokens=4")
     out, _, _ = train_watching(tmp_path, recipe, dataset, base)
-    evaluation = evaluate_models({"base": base.base_path, "candidate": out.model_path}, dataset.splits,
-                                 recipe.evaluate, tmp_path / "eval", "sft")
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["sft"])
+    evaluation = evaluate_models({"base": base.base_path, "candidate": out.model_path}, scoring,
+                                 tmp_path / "eval")
     predictions = pd.read_json(evaluation.predictions_path, lines=True)
     assert predictions["raw_prompt"].str.startswith("And ").all()
     assert set(predictions["raw_completion"]) <= set(ABBREVIATIONS.values())
@@ -203,11 +214,11 @@ def test_messages_are_evaluated_on_their_last_assistant_turn(tmp_path):
     ({"task": "multitask", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}]}},
      "every source needs `task:`"),
     ({"task": "sft", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl", "task": "qa"}],
-                              "tasks": {"qa": {}}}}, "apply to task multitask"),
+                              "tasks": {"qa": {}}}}, "apply to objective multitask"),
     ({"task": "multitask", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl", "task": "qa"}],
                                     "tasks": {"summarise": {}}}}, "task 'qa' is not in data.tasks"),
     ({"task": "dapt", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text"},
-      "evaluate": {"metrics": ["exact_match"]}}, "exact_match cannot score task 'dapt'"),
+      "evaluate": {"metrics": ["exact_match"]}}, "exact_match cannot score objective 'dapt'"),
     ({"task": "classification", "data": {"sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text_label"},
       "deploy": {"gate": [{"rule": "beat_champion", "metric": "perplexity"}]}},
      "deploy.gate.0 (beat_champion): metric 'perplexity' must be one of"),
@@ -219,11 +230,15 @@ def test_a_task_misconfigured_fails_in_one_line_naming_the_field(tmp_path, body,
     assert problem in str(e.value)
 
 
-def test_each_task_defaults_to_its_own_metrics_and_gate(tmp_path):
+def test_each_objective_defaults_to_its_own_metrics_and_gate(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
-    dapt = load_recipe(recipe_file(tmp_path, {"task": "dapt", "data": {
+    dapt = load_recipe(recipe_file(tmp_path, {"objective": "dapt", "data": {
         "sources": [{"type": "jsonl", "path": "x.jsonl"}], "format": "text"}}))
-    assert dapt.evaluate.metrics == ["perplexity"] and dapt.deploy.primary.metric == "perplexity"
+    sft = load_recipe(DEMO_RECIPE, ["evaluate.metrics=null", "deploy.gate=[{rule: beat_champion}]"])
+    for recipe in (dapt, sft):
+        assert recipe.evaluate.metrics == list(recipe.spec.metrics)
+        assert recipe.deploy.primary.metric == recipe.spec.metrics[0]
+    assert dapt.evaluate.metrics != sft.evaluate.metrics
 
 
 @pytest.mark.parametrize("task", ["sft", "sft_messages"])
@@ -231,12 +246,13 @@ def test_a_max_length_that_leaves_no_room_for_the_answer_fails_naming_the_field(
     recipe, dataset, base = prepare(tmp_path, task, "train.max_length=8")
     with pytest.raises(UserError, match=r"^train\.max_length: 8 tokens leaves no room for the answer .* raise "
                                         r"max_length \(to about \d+"):
-        train.train_model(base, dataset.splits, recipe.train, tmp_path / "train", recipe.task)
+        train.train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
+                          tmp_path / "train")
     assert not (tmp_path / "train").exists()
 
 
 def test_packing_a_classifier_is_refused_naming_the_field(tmp_path):
-    with pytest.raises(RecipeError, match=r"train\.packing: task classification scores one sequence"):
+    with pytest.raises(RecipeError, match=r"train\.packing: objective classification scores one sequence"):
         prepare(tmp_path, "classification", "train.packing=true")
 
 
@@ -252,7 +268,7 @@ def test_packed_rows_keep_each_example_to_itself(tmp_path):
     """Each example in a packed row is scored exactly as it would be alone: the positions restart and transformers'
     block-diagonal mask keeps it from attending to the example before it."""
     from ftcore.models.load import load_model
-    from ftcore.training.train import packed_rows_collator
+    from ftcore.training.trainers import packed_rows_collator
 
     _, _, base = prepare(tmp_path, "dapt", "train.max_steps=1")
     tokenizer, model = load_tokenizer(base.base_path), load_model(base.base_path).eval()

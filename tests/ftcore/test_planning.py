@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from ftcore.config import ModelConfig, ScratchModelConfig, load_recipe
 from ftcore.errors import UserError
+from ftcore.models.config import ModelConfig, ScratchModelConfig
 from ftcore.planning.advisor import FEW_SHOT_MAX_ROWS, FULL_MIN_ROWS, MethodEstimate, Variant, needs, recommend
 from ftcore.planning.data import data_stats
 from ftcore.planning.estimate import Memory, Setup, activation_bytes, training_flops, training_memory
@@ -24,6 +24,7 @@ from ftcore.planning.shape import (
     model_shape,
     peft_trainable,
 )
+from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
 from tests.ftcore.pipeline_fixtures import prepare
 

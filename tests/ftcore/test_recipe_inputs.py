@@ -14,14 +14,15 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ftcore.alignment.rewards import discover_rewards
-from ftcore.config import Recipe, load_recipe
-from ftcore.data.sources.config import INT64_MAX, HttpSource, SqlSource, describe_error
+from ftcore.alignment.rewards import REWARDS
+from ftcore.data.sources.config import HttpSource, SqlSource
 from ftcore.errors import RecipeError, UserError
-from ftcore.evaluation.domain import discover_metrics
-from ftcore.method_config import METHODS
+from ftcore.evaluation.domain import METRICS
+from ftcore.models.config import METHODS
+from ftcore.recipe import Recipe, load_recipe
 from ftcore.recipe_yaml import MAX_DEPTH, MAX_VALUES
-from ftcore.registry import discover_steps
+from ftcore.registry import STEPS
+from ftcore.schema import INT64_MAX, describe_error
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DATA = REPO / "data_recipes" / "demo" / "clinical_qa.jsonl"
@@ -124,8 +125,8 @@ def _recipe_models() -> list[type[BaseModel]]:
             for field in annotation.model_fields.values():
                 visit(field.annotation)
 
-    for root in (Recipe, *METHODS, *(s.params for s in discover_steps().values()),
-                 *(r.params for r in discover_rewards().values()), *(m.params for m in discover_metrics().values())):
+    for root in (Recipe, *METHODS, *(s.params for s in STEPS.entries().values()),
+                 *(r.params for r in REWARDS.entries().values()), *(m.params for m in METRICS.entries().values())):
         visit(root)
     return list(found)
 

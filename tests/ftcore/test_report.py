@@ -44,7 +44,7 @@ def _report(tmp_path: Path) -> ReportData:
         "output.base": ["base said <b>", "base"],
     })
     return ReportData(
-        title="clinical-qa: evaluation", task="sft", models=["base", "fewshot", "champion", "candidate"],
+        title="clinical-qa: evaluation", objective="sft", models=["base", "fewshot", "champion", "candidate"],
         table_metrics=["exact_match", "token_f1", "perplexity"], metrics=METRICS, examples=examples,
         example_metric="token_f1", notes=["reference model: base", "test rows: 40"],
         images={"Training loss": _png(tmp_path / "loss.png"), "Confusion matrix": tmp_path / "missing.png"},
@@ -98,7 +98,7 @@ def test_example_texts_are_escaped_and_truncated(page):
 def test_the_candidate_may_be_named_like_the_other_models(tmp_path):
     metrics = {"candidate.exact_match": 0.5, "candidate.exact_match.ci_low": 0.4, "candidate.exact_match.ci_high": 0.6,
                "base.exact_match": 0.25}
-    report = ReportData(title="qa", task="sft", models=["base", "candidate"], table_metrics=["exact_match"],
+    report = ReportData(title="qa", objective="sft", models=["base", "candidate"], table_metrics=["exact_match"],
                         metrics=metrics)
     page = write_report(report, tmp_path / "report.html").read_text(encoding="utf-8")
     assert '<td class="candidate"><strong>0.5 [0.4, 0.6]</strong></td>' in _row(page, "exact_match")

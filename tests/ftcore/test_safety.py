@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 
 from ftcore.errors import DataError, UserError
 from ftcore.safety import bias, judge, toxicity
+from tests.loopback import QuietHandler, serve
 
 # --- guard scorer -------------------------------------------------------------------------------------------------
 
@@ -218,7 +217,7 @@ def judge_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[JudgeServer]:
     monkeypatch.setattr(judge, "RETRY_BACKOFF_S", 0.0)
     state = JudgeServer()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.received.append((self.path, dict(self.headers), body))
@@ -240,16 +239,9 @@ def judge_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[JudgeServer]:
                 return 503, b"{}"
             return 200, completion(grade(body))
 
-        def log_message(self, *args: object) -> None:  # keep the test output clean
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serve(Handler) as base:
+        state.base = base
+        yield state
 
 
 QUESTIONS = [f"question {i}" for i in range(8)]

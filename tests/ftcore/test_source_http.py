@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 
 import pytest
@@ -19,6 +17,7 @@ from ftcore.data.sources import Chunk
 from ftcore.data.sources.config import HttpSource
 from ftcore.errors import DataError
 from tests.ftcore.source_reading import read_all, read_error
+from tests.loopback import QuietHandler, serve
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Server:
 def server() -> Iterator[Server]:
     state = Server()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             state.hits.setdefault(self.path, []).append(time.monotonic())
             reply = state.routes[self.path](state.count(self.path), dict(self.headers))
@@ -65,16 +64,9 @@ def server() -> Iterator[Server]:
             except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (timeout test)
                 pass
 
-        def log_message(self, *args: object) -> None:  # keep the test output clean
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(Handler) as base:
+        state.base = base
+        yield state
 
 
 def http_source(url: str | list[str], **kw) -> HttpSource:

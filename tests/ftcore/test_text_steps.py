@@ -1,10 +1,11 @@
 import pandas as pd
 import pytest
 
-from ftcore.config import StepSpec, load_recipe
 from ftcore.data.clean import run_steps
-from ftcore.data.text_steps import redact_text
+from ftcore.data.config import StepSpec
+from ftcore.data.steps.text import redact_text
 from ftcore.errors import RecipeError
+from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE
 
 COLUMNS = ["prompt", "completion"]
@@ -71,7 +72,7 @@ def test_near_duplicates_are_quarantined_naming_the_kept_row():
 
 
 def test_near_duplicates_on_real_medquad_answers(shared_data):
-    from ftcore.data.dedup_steps import _shingles
+    from ftcore.data.steps.dedup import _shingles
 
     raw = pd.read_json(shared_data / "medquad_sample_every16.jsonl", lines=True)
     rows = raw.rename(columns={"question": "prompt", "answer": "completion"})[COLUMNS]

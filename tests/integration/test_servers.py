@@ -49,6 +49,21 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
     return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
 
 
+def start_worker(servers: dict, pool: str, log: Path, *options: str) -> subprocess.Popen:
+    """A Prefect process worker on POOL, stopped with the servers at the end."""
+    worker = start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", *options],
+                   servers["env"], log)
+    servers["processes"].append(worker)
+    return worker
+
+
+def ftflow_deploy(env: dict[str, str], *options: str) -> None:
+    """`ftflow deploy` against the test's Prefect server: it must succeed."""
+    deployed = subprocess.run([str(BIN / "ftflow"), "deploy", *options], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+
 def stop(processes: list[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -123,12 +138,8 @@ def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(
     from tasks.monitor import announce_breach
 
     env, root = servers["env"], servers["root"]
-    deployed = subprocess.run([str(BIN / "ftflow"), "deploy", "--recipe", str(DEMO_RECIPE)], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "ftflow-process", "--type", "process"], env,
-                   root / "worker.log")
-    servers["processes"].append(worker)
+    ftflow_deploy(env, "--recipe", str(DEMO_RECIPE))
+    worker = start_worker(servers, "ftflow-process", root / "worker.log")
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         from prefect.deployments import run_deployment
 
@@ -149,59 +160,73 @@ def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(
         monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         announce_breach("clinical-qa", champion.version, ["latency_p95_s"], {"latency_p95_s": 9.0},
                         root / "report.html", "schedule")
-        deadline = time.monotonic() + 120
-        while True:
-            with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs()
-            created = [r for r in runs if r.deployment_id == retrain.id]
-            if created:
-                break
-            assert time.monotonic() < deadline, "no retrain run within 120 s of the breach event"
-            time.sleep(2)
+        created = wait_for_runs_of(retrain.id)
     assert created[0].parameters["recipe_path"] == str(DEMO_RECIPE)
+
+
+def wait_for_runs_of(deployment_id, seconds: float = 120) -> list:
+    """The flow runs of the deployment, once there is one: the runs the breach event's automation creates."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + seconds
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs()
+        created = [r for r in runs if r.deployment_id == deployment_id]
+        if created:
+            return created
+        assert time.monotonic() < deadline, f"no retrain run within {seconds:g} s of the breach event"
+        time.sleep(2)
 
 
 def test_the_server_s_scheduler_creates_cron_runs_and_a_worker_completes_one(servers, tmp_path):
     """Was: with SQLAlchemy 2.1 the scheduler failed on every loop (`Can't evaluate bulk DML statement`) and no run of
     a cron deployment was ever created."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     env, root = servers["env"], servers["root"]
     pool = "ftflow-schedule-test"  # its own pool: the worker must not pick up the other deployments' runs
-    # ftflow's cron deployments as shipped, and a cron deployment of a flow that finishes at once for the worker. Its
-    # cron has a sixth field, seconds: every 5 s, so that a run is due within the worker's one poll.
-    shipped = [d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if d.get("schedules")]
-    names = {"tick", *(d["name"] for d in shipped)}
-    tick = {"name": "tick", "entrypoint": "tests/integration/scheduled_flow.py:tick",
-            "schedules": [{"cron": "* * * * * */5"}], "work_pool": {"name": pool}}
-    file = tmp_path / "prefect.yaml"
-    file.write_text(yaml.safe_dump({"deployments": [*shipped, tick]}))
-    deployed = subprocess.run([str(BIN / "ftflow"), "deploy", "--file", str(file)], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    file, names = cron_deployments_file(tmp_path, pool)
+    ftflow_deploy(env, "--file", str(file))
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
         ids = {d.name: d.id for d in client.read_deployments() if d.name in names}
         assert set(ids) == names
-
-        def runs_of(name: str) -> list:
-            return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[ids[name]])))
-
-        deadline = time.monotonic() + 180
-        while not all(any(r.auto_scheduled and r.state.is_scheduled() for r in runs_of(name)) for name in ids):
-            assert time.monotonic() < deadline, (
-                f"the scheduler created no run of {sorted(n for n in ids if not runs_of(n))} within 180 s:\n"
-                + (root / "prefect.log").read_text()[-3000:])
-            time.sleep(2)
+        wait_for_scheduled_runs(client, ids, root / "prefect.log")
 
         # One poll, one run at a time: the worker runs the first due run to its end and exits.
         worker_log = tmp_path / "worker.log"
-        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--run-once",
-                        "--limit", "1"], env, worker_log)
-        servers["processes"].append(worker)
+        worker = start_worker(servers, pool, worker_log, "--run-once", "--limit", "1")
         assert worker.wait(timeout=300) == 0, worker_log.read_text()[-3000:]
-        finished = [r for r in runs_of("tick") if r.state.is_final()]
+        finished = [r for r in runs_of(client, ids["tick"]) if r.state.is_final()]
     assert [(r.auto_scheduled, r.state.type.value) for r in finished] == [(True, "COMPLETED")], \
         worker_log.read_text()[-3000:]
+
+
+def cron_deployments_file(folder: Path, pool: str) -> tuple[Path, set[str]]:
+    """A deployments file of ftflow's cron deployments as shipped, and a cron deployment on POOL of a flow that
+    finishes at once, for the worker; and the names of its deployments. The tick's cron has a sixth field, seconds:
+    every 5 s, so that a run is due within the worker's one poll."""
+    shipped = [d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if d.get("schedules")]
+    tick = {"name": "tick", "entrypoint": "tests/integration/scheduled_flow.py:tick",
+            "schedules": [{"cron": "* * * * * */5"}], "work_pool": {"name": pool}}
+    file = folder / "prefect.yaml"
+    file.write_text(yaml.safe_dump({"deployments": [*shipped, tick]}))
+    return file, {"tick", *(d["name"] for d in shipped)}
+
+
+def runs_of(client, deployment_id) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+def wait_for_scheduled_runs(client, ids: dict, server_log: Path, seconds: float = 180) -> None:
+    """Until the scheduler has created a scheduled run of each deployment in IDS (name: id)."""
+    deadline = time.monotonic() + seconds
+    while not all(any(r.auto_scheduled and r.state.is_scheduled() for r in runs_of(client, i)) for i in ids.values()):
+        assert time.monotonic() < deadline, (
+            f"the scheduler created no run of {sorted(n for n, i in ids.items() if not runs_of(client, i))} within "
+            f"{seconds:g} s:\n" + server_log.read_text()[-3000:])
+        time.sleep(2)

@@ -7,76 +7,40 @@ the source is read (see ftcore.data.sources.secrets).
 
 from __future__ import annotations
 
-import math
-import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
     field_validator,
-    model_validator,
+)
+
+from ftcore.schema import (
+    MAX_RETRIES,
+    MAX_WAIT_S,
+    PLACEHOLDER,
+    SECRET_NAME,
+    Strict,
+    check_http_url_secrets,
+    register_union_tags,
+    resolve_relative,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-PLACEHOLDER = re.compile(r"\$\{(env|secret):([A-Za-z0-9_.\-/]+)\}")
-# Numbers must survive the trip into torch, numpy and databases, which hold 64-bit integers.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class RecipeModel(BaseModel):
-    """Base of every model a recipe's values are validated into (sections, sources, plugin parameters): a number
-    is finite and fits in 64 bits, so a value that passes validation cannot overflow in a stage later (a float
-    `1e400` is inf; without this it passes `gt=0` and ends in an OverflowError in train, retried for nothing)."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-    @field_validator("*")
-    @classmethod
-    def _numbers_fit(cls, value: Any) -> Any:
-        # allow_inf_nan covers float fields; this covers ints, and the numbers inside untyped values (Any).
-        problem = number_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
 
-def number_problem(value: Any, where: str = "") -> str | None:
-    """Why a value (or a number nested in its lists and mappings) cannot be used: not finite, or beyond 64 bits."""
-    at = f" (at {where})" if where else ""
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{value} is not a finite number{at}"
-    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-        return f"{value} does not fit in 64 bits (at most {INT64_MAX}){at}"
-    if isinstance(value, dict | list | tuple):
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if problem := number_problem(item, f"{where}.{key}" if where else str(key)):
-                return problem
-    return None
 
 
-class Strict(RecipeModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-# Random seeds go to numpy, which takes 0 <= seed < 2**32 (random and torch take more).
-Seed = Annotated[int, Field(ge=0, lt=2**32, description="random seed, 0 to 2**32 - 1")]
-# Timeouts and delays end in time.sleep, socket timeouts and timedeltas, which overflow on huge values; a day is
-# beyond any wait a stage should make.
-MAX_WAIT_S = 86_400.0
-# Retries double their delay each time: ten keep the longest wait within a timedelta and a sane run.
-MAX_RETRIES = 10
 
 
 class SourceBase(Strict):
@@ -192,9 +156,6 @@ def parse_sql_url(url: str) -> URL:
                       query={key: restore(value) for key, value in parsed.query.items()})
 
 
-# Names of URL query parameters and HTTP headers that carry credentials.
-SECRET_NAME = re.compile(r"pass|pwd|secret|token|api[-_]?key|access[-_]?key|credential|signature|^auth(?!or)|^key$"
-                         r"|^sig$", re.IGNORECASE)
 
 
 def check_sql_url_secrets(url: str) -> None:
@@ -210,21 +171,8 @@ def check_sql_url_secrets(url: str) -> None:
                              "${secret:BLOCK} in its place")
 
 
-def check_http_url_secrets(url: str) -> None:
-    """An HTTP URL carries no credential: URLs appear in messages, logs and the rows' `source` column."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        raise ValueError(f"{_without_userinfo(url)}: the URL contains a password; send credentials in a header "
-                         "written with ${env:NAME} or ${secret:BLOCK}")
-    secret_keys = [key for key, _ in parse_qsl(parts.query, keep_blank_values=True) if SECRET_NAME.search(key)]
-    if secret_keys:
-        raise ValueError(f"{_without_userinfo(url).split('?')[0]}: query parameter {', '.join(secret_keys)} carries a "
-                         "credential; send it in a header written with ${env:NAME} or ${secret:BLOCK}")
 
 
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.hostname or "").geturl() if parts.password is not None else url
 
 
 # Headers that negotiate content and never carry a credential: only these may be written out in a recipe.
@@ -300,23 +248,11 @@ class HfDatasetSource(SourceBase):
 
 Source = Annotated[FileSource | SqlSource | HttpSource | HfDatasetSource, Field(discriminator="type")]
 SOURCE_TYPES = frozenset({"jsonl", "csv", "json", "parquet", "sql", "http", "hf_dataset"})
+register_union_tags(SOURCE_TYPES)
 
 
-def resolve_relative(path: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    if base is not None and not path.is_absolute():
-        return Path(os.path.normpath(Path(base) / path))
-    return path
 
 
-def existing_relative(path: Path | None, info: ValidationInfo, expected: str) -> Path | None:
-    """An optional recipe-relative file that must exist; the error names it and what it should hold."""
-    if path is None:
-        return None
-    path = resolve_relative(path, info)
-    if not path.is_file():
-        raise ValueError(f"{path} not found; give {expected}")
-    return path
 
 
 def _is_glob(path: Path) -> bool:
@@ -327,53 +263,7 @@ def _expand(pattern: Path) -> list[Path]:
     return sorted(p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_file())
 
 
-class PluginSpec(Strict):
-    """A recipe entry naming a registered plugin (a reward function, a domain metric), with the plugin's own
-    parameters beside the name, checked against its params model when the recipe loads."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    def params_model(self) -> type[BaseModel]:
-        """The named plugin's params model; KeyError (listing what is registered) for an unknown name."""
-        raise NotImplementedError
-
-    @model_validator(mode="after")
-    def _params_fit_the_plugin(self) -> PluginSpec:
-        try:
-            model = self.params_model()
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-        problems = params_problems(model, self.params())
-        if problems:
-            raise ValueError(problems)
-        return self
-
-    def params(self) -> dict:
-        return dict(self.model_extra or {})
 
 
-def params_problems(model: type[BaseModel], params: dict) -> str | None:
-    """Every problem of a registered plugin's `params` against its params model, in one line; None when they are
-    valid."""
-    from pydantic import ValidationError
-
-    try:
-        model.model_validate(params)
-    except ValidationError as e:
-        return "; ".join(describe_error(err) for err in e.errors())
-    return None
 
 
-def describe_error(err: dict) -> str:
-    """A pydantic error as `field.path: what was expected`, for one line of a recipe error."""
-    # A source's `type` picks its model; pydantic puts that tag in the location (sources.0.csv.path): drop it.
-    loc = err["loc"]
-    parts = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in SOURCE_TYPES)]
-    loc = ".".join(str(p) for p in parts)
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; see docs/recipes.md for the fields)"
-    elif err["type"] == "literal_error":
-        msg = f"{msg}, got {err['input']!r}"
-    # A check across sections has no location of its own: its message starts with the fields it concerns.
-    return f"{loc}: {msg}" if loc else msg

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ftcore.data.sources.config import PLACEHOLDER
 from ftcore.errors import DataError
+from ftcore.schema import PLACEHOLDER
 
 Resolver = Callable[[str], str]
 

@@ -1,2 +1,2 @@
-"""ftflow's metric modules for `evaluate.load(path)` (see ftcore/evaluation/scoring.py). Each file is also a plain
-module of the package, so it ships in the wheel."""
+"""ftflow's metric modules for `evaluate.load(path)` (see ftcore/evaluation/example_metrics.py). Each file is also a
+plain module of the package, so it ships in the wheel."""

@@ -4,7 +4,7 @@
 import datasets  # noqa: F401  evaluate's loader reads the imports of a module; keep these two on separate lines
 import evaluate  # noqa: F401
 
-from ftcore.evaluation.scoring import ExampleMetric
+from ftcore.evaluation.example_metrics import ExampleMetric
 
 
 class Rouge(ExampleMetric):

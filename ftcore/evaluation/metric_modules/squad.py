@@ -4,8 +4,8 @@
 import datasets  # noqa: F401  evaluate's loader reads the imports of a module; keep these two on separate lines
 import evaluate  # noqa: F401
 
-from ftcore.evaluation.metrics import exact_match, token_f1
-from ftcore.evaluation.scoring import ExampleMetric
+from ftcore.evaluation.example_metrics import ExampleMetric
+from ftcore.text_metrics import exact_match, token_f1
 
 _SCORERS = {"exact_match": exact_match, "token_f1": token_f1}
 

@@ -10,10 +10,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from ftcore.data.sources.config import Strict, describe_error
 from ftcore.errors import UserError
 from ftcore.paths import home
 from ftcore.recipe_yaml import read_yaml_file
+from ftcore.schema import Strict, describe_error
 
 TOKEN_ENV = "FTFLOW_SERVE_TOKEN"  # where the bearer token comes from when --token is not given: never a file
 # The request log's URL when the config names none: a production database URL carries a password, so it comes from

@@ -1,17 +1,41 @@
-"""Near-duplicate removal with MinHash + LSH (datasketch): rows whose word shingles overlap above a Jaccard
-threshold with an earlier kept row are quarantined, naming that row and the estimated similarity."""
+"""Built-in steps that quarantine repeated rows, across all batches of a run: drop_duplicates (exact copies, by a
+digest of their text) and drop_near_duplicates (MinHash + LSH with datasketch: rows whose word shingles overlap
+above a Jaccard threshold with an earlier kept row, naming that row and the estimated similarity)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pandas as pd
 from pydantic import Field
 
-from ftcore.data.sources.config import Seed
 from ftcore.registry import Batch, StepParams, StepResult, cleaning_step
+from ftcore.schema import Seed
 
 _WORD = re.compile(r"\w+")
+
+
+class DropDuplicatesParams(StepParams):
+    case_sensitive: bool = False
+    columns: list[str] | None = None  # default: all text columns
+
+
+@cleaning_step("drop_duplicates", params=DropDuplicatesParams, stateful=True)
+def drop_duplicates(batch: Batch, p: DropDuplicatesParams) -> StepResult:
+    """Quarantine exact duplicates (after any earlier normalisation), keeping the first occurrence."""
+    keys = pd.concat([batch.text(c) for c in p.columns or batch.text_columns], axis=1).agg("\x1f".join, axis=1)
+    if not p.case_sensitive:
+        keys = keys.str.lower()
+    # 16-byte digests of the rows seen so far, across batches: memory grows with distinct rows, not their text.
+    first_seen: dict[bytes, int] = batch.state.setdefault("first_seen", {})
+    reasons = pd.Series("", index=batch.frame.index, dtype=object)
+    for index, key in keys.items():
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        first = first_seen.setdefault(digest, index)
+        if first != index:
+            reasons[index] = f"duplicate of row {first}"
+    return StepResult.split(batch.frame, reasons == "", reasons)
 
 
 class DropNearDuplicatesParams(StepParams):

@@ -1,35 +1,19 @@
 """The data sections of a recipe: `data` (sources, format, split, templates, multitask mixture), `clean` (the
-cleaning steps) and `balance` (resampling, class weights, augmentation). Split from ftcore.config, which
-re-exports them."""
+cleaning steps) and `balance` (resampling, class weights, augmentation). The sources themselves:
+ftcore/data/sources/config.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ftcore.data.sources.config import FileSource, Fraction, Seed, Source, Strict, params_problems
-
-# Canonical columns of each data format; sources map their own columns onto these. Cleaning steps rewrite only
-# the text columns (a label is not text to clean). A `messages` cell is a JSON list of {role, content}.
-FORMAT_COLUMNS: dict[str, list[str]] = {
-    "prompt_completion": ["prompt", "completion"],
-    "messages": ["messages"],
-    "text": ["text"],
-    "text_label": ["text", "label"],
-    "preference": ["prompt", "chosen", "rejected"],
-}
-TEXT_COLUMNS: dict[str, list[str]] = {fmt: [c for c in cols if c != "label"] for fmt, cols in FORMAT_COLUMNS.items()}
-LABEL_COLUMN = "label"
-DataFormat = Literal["prompt_completion", "messages", "text", "text_label", "preference"]
+from ftcore.columns import LABEL_COLUMN, DataFormat
+from ftcore.data.augment import AUGMENTERS
+from ftcore.data.sources.config import FileSource, Source
+from ftcore.registry import STEPS
+from ftcore.schema import Fraction, Seed, Strict, params_problems
 
 
 class SplitConfig(Strict):
@@ -127,13 +111,7 @@ class StepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_step_with_valid_params(self) -> StepSpec:
-        from ftcore.registry import get_step
-
-        try:
-            registered = get_step(self.step)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-        problems = params_problems(registered.params, self.params)
+        problems = params_problems(STEPS.get(self.step).params, self.params)  # UnknownPlugin is a ValueError
         if problems:
             raise ValueError(f"step {self.step!r}: {problems}")
         return self
@@ -167,9 +145,8 @@ class AugmentConfig(Strict):
     @field_validator("operations")
     @classmethod
     def _known_operations(cls, names: list[str]) -> list[str]:
-        from ftcore.data.augment import check_operations  # imported here: augment imports this module
-
-        check_operations(names)
+        for name in names:
+            AUGMENTERS.get(name)  # UnknownPlugin, a ValueError, lists the registered ones
         return names
 
     @property
@@ -194,7 +171,7 @@ class BalanceConfig(Strict):
     @field_validator("embedding_model")
     @classmethod
     def _relative_to_the_recipe(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        from ftcore.data.sources.config import resolve_relative
+        from ftcore.schema import resolve_relative
 
         # Relative to the recipe's folder, like the paths of data.sources.
         return None if path is None else resolve_relative(path, info)
@@ -220,3 +197,17 @@ class BalanceConfig(Strict):
     def weighs_loss(self) -> bool:
         """The strategy keeps the rows and weights the classes in the training loss instead."""
         return self.strategy in ("class_weights", "focal_loss")
+
+
+class DaskConfig(Strict):
+    address: str | None = Field(None, description="scheduler address (tcp://host:8786); none starts a LocalCluster")
+    n_workers: int = Field(2, ge=1, description="LocalCluster workers (processes)")
+
+
+class RuntimeConfig(Strict):
+    """Where and in what pieces the data stages run. Never changes their output, so it is not part of any cache
+    key: the same recipe on a laptop and on a cluster shares cached stages."""
+
+    batch_rows: int = Field(10_000, ge=1, description="rows per batch when reading and cleaning: bounds memory")
+    task_runner: Literal["local", "dask"] = Field("local", description="dask: cleaning batches run on Dask")
+    dask: DaskConfig = DaskConfig()

@@ -1,7 +1,5 @@
 """The recipe's `monitor` section: the service objectives a served model is held to, the canary questions, the
 drift check, and what a breach starts (docs/monitoring.md).
-
-Split from ftcore/config.py, which re-exports these classes.
 """
 
 from __future__ import annotations
@@ -13,15 +11,8 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ftcore.data.sources.config import (
-    MAX_WAIT_S,
-    Fraction,
-    Seed,
-    Strict,
-    check_http_url_secrets,
-    existing_relative,
-    parse_sql_url,
-)
+from ftcore.data.sources.config import parse_sql_url
+from ftcore.schema import MAX_WAIT_S, Fraction, Seed, Strict, check_http_url_secrets, existing_relative
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,7 +1,9 @@
-"""Built-in steps that repair, filter and redact text: fix_unicode, filter_length, redact_pii."""
+"""Built-in steps that repair, filter and redact text: fix_unicode, strip_markup, normalize_whitespace, drop_empty,
+filter_length, redact_pii."""
 
 from __future__ import annotations
 
+import html
 import re
 from functools import partial
 from typing import Literal
@@ -10,6 +12,36 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from ftcore.registry import Batch, StepParams, StepResult, cleaning_step
+
+_TAG = re.compile(r"<[^>]{0,200}>")
+_SPACE = re.compile(r"\s+")
+
+
+@cleaning_step("normalize_whitespace")
+def normalize_whitespace(batch: Batch, _: StepParams) -> StepResult:
+    """Collapse runs of whitespace to one space and strip both ends."""
+    return StepResult.keep_all(batch.map_text(lambda s: _SPACE.sub(" ", s).strip()))
+
+
+@cleaning_step("strip_markup")
+def strip_markup(batch: Batch, _: StepParams) -> StepResult:
+    """Remove HTML/XML tags and unescape entities (&amp; -> &)."""
+    return StepResult.keep_all(batch.map_text(lambda s: _SPACE.sub(" ", html.unescape(_TAG.sub(" ", s))).strip()))
+
+
+class DropEmptyParams(StepParams):
+    min_chars: int = 1
+
+
+@cleaning_step("drop_empty", params=DropEmptyParams)
+def drop_empty(batch: Batch, p: DropEmptyParams) -> StepResult:
+    """Quarantine rows where any text column has fewer than `min_chars` non-space characters."""
+    lengths = pd.DataFrame({c: batch.text(c).str.strip().str.len() for c in batch.text_columns})
+    too_short = lengths.lt(p.min_chars)
+    reason = too_short.apply(
+        lambda row: "empty " + ", ".join(c for c in batch.text_columns if row[c]), axis=1
+    ) if len(lengths) else pd.Series(dtype=str)
+    return StepResult.split(batch.frame, ~too_short.any(axis=1), reason)
 
 
 class FixUnicodeParams(StepParams):

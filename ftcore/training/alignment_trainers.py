@@ -1,11 +1,11 @@
-"""TRL's alignment trainers, built from the recipe's train section with the arguments every objective shares
+"""TRL's alignment trainers, built from the recipe's train section with the arguments every trainer shares
 (ftcore.training.train.trainer_arguments):
 
-- task dpo: DPOTrainer, KTOTrainer (the pairs unpaired into desirable and undesirable answers) or ORPOTrainer. With
+- objective dpo: DPOTrainer, KTOTrainer (the pairs unpaired into desirable and undesirable answers) or ORPOTrainer. With
   an adapter the reference model is the model with the adapter switched off, so no second copy is loaded; full
   fine-tuning loads the starting weights again as the reference.
-- task reward_model: RewardTrainer on a sequence classifier with one output (Bradley-Terry loss on the pairs).
-- task rl: GRPOTrainer or RLOOTrainer, sampling answers online and scoring them with the recipe's reward model and
+- objective reward_model: RewardTrainer on a sequence classifier with one output (Bradley-Terry loss on the pairs).
+- objective rl: GRPOTrainer or RLOOTrainer, sampling answers online and scoring them with the recipe's reward model and
   reward functions (ftcore.alignment.rewards).
 """
 
@@ -13,30 +13,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftcore.config import RewardConfig, TrainConfig
+from ftcore.alignment.config import RewardConfig
 from ftcore.errors import UserError
+from ftcore.training.jobs import TrainerSetup
 
 
-def preference_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, shared: dict, base_path: Path):
-    pref = cfg.preference
+def preference_trainer(s: TrainerSetup):
+    pref, rows = s.cfg.preference, dict(train_dataset=s.train_rows, eval_dataset=s.eval_rows,
+                                        processing_class=s.tokenizer)
     if pref.algorithm == "kto":
         from trl import KTOConfig, KTOTrainer
 
-        args = KTOConfig(**shared, max_length=cfg.max_length, beta=pref.beta)
-        return KTOTrainer(model=model, ref_model=_reference(model, base_path), args=args, train_dataset=train_rows,
-                          eval_dataset=eval_rows, processing_class=tokenizer)
+        args = KTOConfig(**s.shared, max_length=s.cfg.max_length, beta=pref.beta)
+        return KTOTrainer(model=s.model, ref_model=_reference(s.model, s.run.job.base.base_path), args=args, **rows)
     if pref.algorithm == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        args = ORPOConfig(**shared, max_length=cfg.max_length, beta=pref.beta)
-        return ORPOTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                           processing_class=tokenizer)
+        return ORPOTrainer(model=s.model, args=ORPOConfig(**s.shared, max_length=s.cfg.max_length, beta=pref.beta),
+                           **rows)
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(**shared, max_length=cfg.max_length, beta=pref.beta, loss_type=list(pref.loss_type),
+    args = DPOConfig(**s.shared, max_length=s.cfg.max_length, beta=pref.beta, loss_type=list(pref.loss_type),
                      loss_weights=pref.loss_weights, label_smoothing=pref.label_smoothing)
-    return DPOTrainer(model=model, ref_model=_reference(model, base_path), args=args, train_dataset=train_rows,
-                      eval_dataset=eval_rows, processing_class=tokenizer)
+    return DPOTrainer(model=s.model, ref_model=_reference(s.model, s.run.job.base.base_path), args=args, **rows)
 
 
 def _reference(model, base_path: Path):
@@ -52,18 +51,21 @@ def _reference(model, base_path: Path):
     return reference
 
 
-def reward_model_trainer(model, tokenizer, train_rows, eval_rows, cfg: TrainConfig, shared: dict):
+def reward_model_trainer(s: TrainerSetup):
     from trl import RewardConfig as TrlRewardConfig
     from trl import RewardTrainer
 
-    args = TrlRewardConfig(**shared, max_length=cfg.max_length)
-    return RewardTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                         processing_class=tokenizer)
+    args = TrlRewardConfig(**s.shared, max_length=s.cfg.max_length)
+    return RewardTrainer(model=s.model, args=args, train_dataset=s.train_rows, eval_dataset=s.eval_rows,
+                         processing_class=s.tokenizer)
 
 
-def rl_trainer(model, tokenizer, train_rows, cfg: TrainConfig, shared: dict, rewards: list, weights: list[float]):
-    """GRPO or RLOO against `rewards` (callables and reward models, from `reward_functions`)."""
-    rl = cfg.rl
+def rl_trainer(s: TrainerSetup):
+    """GRPO or RLOO against the recipe's reward (the reward model and reward functions, from `reward_functions`)."""
+    if s.run.job.reward is None:
+        raise UserError("reward: objective rl needs a reward model or reward functions")
+    rewards, weights = reward_functions(s.run.job.reward, s.run.reward_model_dir)
+    rl, model, tokenizer, train_rows, shared = s.cfg.rl, s.model, s.tokenizer, s.train_rows, s.shared
     options = dict(max_completion_length=rl.max_completion_length, num_generations=rl.num_generations,
                    temperature=rl.temperature, beta=rl.kl_beta, reward_weights=weights,
                    # The tiny models of tests and demos rarely emit EOS: keep their clipped answers in the loss.
@@ -104,7 +106,7 @@ def load_reward_model(path: Path):
     model, tokenizer = load_trained(path)
     if model.config.num_labels != 1:
         raise UserError(f"reward.model: {path} is a classifier with {model.config.num_labels} outputs; a reward "
-                         "model has one (train it with task: reward_model)")
+                         "model has one (train it with objective: reward_model)")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config._name_or_path = "reward_model"  # TRL logs its scores as rewards/<last part of this>/mean

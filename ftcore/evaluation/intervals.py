@@ -1,8 +1,8 @@
 """Per-example scores of every evaluated model, and the metrics, intervals and improvements computed from them.
 
-Every task's scorer returns, per model and metric, one row of statistics per test example and the function that
+Every objective's scorer returns, per model and metric, one row of statistics per test example and the function that
 turns any subset of rows into the metric (`Rows`). Everything with an uncertainty is computed here, the same way
-for every task: the metric, its bootstrap interval, and the paired interval of the candidate's improvement over
+for every objective: the metric, its bootstrap interval, and the paired interval of the candidate's improvement over
 the reference it must beat.
 
 Inside the evaluate stage a metric is keyed `<model>.<metric>`; `public_names` gives the names other tools rely on:
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ftcore.evaluate_config import LOWER_IS_BETTER, EvaluateConfig
 from ftcore.evaluation.bootstrap import bootstrap_interval, paired_interval
+from ftcore.evaluation.config import LOWER_IS_BETTER, EvaluateConfig
 
 CANDIDATE = "candidate"
 FEWSHOT = "fewshot"

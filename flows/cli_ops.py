@@ -1,0 +1,182 @@
+"""`ftflow`'s commands for what runs beside the pipeline: the MLflow UI, the model server, the monitor, and the
+Prefect deployments with the processes that run them. `register_commands` adds them to flows/cli.py's app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from flows.cli_shared import configure, console, fail, validated
+from ftcore.errors import UserError
+from ftcore.quiet import quiet_libraries
+from ftcore.schema import describe_error
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Adds these commands to APP, in the order `ftflow --help` lists them (after the pipeline's)."""
+    app.command()(ui)
+    app.command()(serve)
+    app.command()(monitor)
+    app.command(name="deploy")(deploy_flows)
+    app.command(name="serve-flows")(serve_flows)
+    app.command()(worker)
+
+
+def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
+    """Start the MLflow UI on ftflow's store and say how to open Prefect's."""
+    configure()
+    from ftcore import tracking
+
+    uri = tracking.tracking_uri()
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
+    console.print("Prefect UI: run `prefect server start` in another terminal with the same PREFECT_HOME "
+                  f"({os.environ['PREFECT_HOME']}), then open http://127.0.0.1:4200")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", tracking.artifact_root()]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def serve(
+    model_uri: Annotated[str, typer.Argument(
+        metavar="MODEL_URI", help="models:/NAME@ALIAS (reloads when the alias moves), models:/NAME/VERSION or a "
+                                  "model folder.")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback auth is on by default.")] = "127.0.0.1",
+    token: Annotated[str | None, typer.Option(
+        help="Bearer token clients must send (default: $FTFLOW_SERVE_TOKEN; a random one beyond loopback).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Serving settings (YAML; see docs/serving.md).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Overrides batching.max_batch_size.")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Overrides batching.max_wait_ms.")] = None,
+    no_batching: Annotated[bool, typer.Option("--no-batching", help="Answer one request at a time.")] = False,
+    variant: Annotated[str | None, typer.Option(
+        help="model, or an export of the version: int8 (8-bit, for CPUs), merged, merged_bf16, adapter.")] = None,
+) -> None:
+    """Serve a model over HTTP: OpenAI-compatible completions and chat, classify, health, Prometheus metrics."""
+    configure()
+    quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ftcore.serving.config import ServeConfig, load_serve_config
+    from ftcore.serving.server import serve as serve_model
+
+    try:
+        cfg = load_serve_config(config)
+        batching = {k: v for k, v in {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+                                      "enabled": False if no_batching else None}.items() if v is not None}
+        updates = {"batching": cfg.batching.model_dump() | batching} | ({"variant": variant} if variant else {})
+        cfg = ServeConfig.model_validate(cfg.model_dump() | updates)
+        serve_model(model_uri, cfg, host=host, port=port, token=token)
+    except UserError as e:
+        fail(str(e))
+    except ValidationError as e:
+        fail("; ".join(map(describe_error, e.errors())))
+
+
+def monitor(
+    model_uri: Annotated[str, typer.Argument(metavar="MODEL_URI", help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    recipe: Annotated[Path, typer.Option(help="The recipe whose monitor section and toxicity scorer apply.")],
+    endpoint: Annotated[str | None, typer.Option(help="The live endpoint (default: the recipe's monitor.endpoint).")]
+    = None,
+    window: Annotated[str | None, typer.Option(help="How far back: 30m, 1h, 1d (default: monitor.window).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the monitor flow once: the endpoint's last window against the recipe's objectives (docs/monitoring.md).
+    Exits 1 when an objective is breached, so a script or cron job can act on it."""
+    validated(recipe, [])
+    _check_monitor_arguments(model_uri, window)
+    configure()
+    quiet_libraries()
+    from flows.monitor import monitor as monitor_flow
+
+    try:
+        result = monitor_flow(model=model_uri, recipe=str(recipe), endpoint=endpoint, window=window)
+    except UserError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_monitor_result(result)
+    if result["breaches"]:
+        raise typer.Exit(1)
+
+
+def _check_monitor_arguments(model_uri: str, window: str | None) -> None:
+    """Checked here against the monitor flow's own patterns: the flow's check would end in a traceback."""
+    import re
+
+    from flows.monitor import MODEL_PATTERN, WINDOW_PATTERN
+
+    if not re.match(MODEL_PATTERN, model_uri):
+        fail(f"MODEL_URI: {model_uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    if window is not None and not re.match(WINDOW_PATTERN, window):
+        fail(f"--window: {window!r} is not a duration such as 90s, 30m, 1h or 1d")
+
+
+def _print_monitor_result(result: dict) -> None:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items() if isinstance(v, int | float))
+    console.print(f"{result['model']} v{result['version']}: {shown}")
+    if result["not_measured"]:
+        console.print(f"not measured: {', '.join(result['not_measured'])}")
+    console.print(f"[red]breached: {', '.join(result['breaches'])}[/]" if result["breaches"]
+                  else "[green]every measured objective met[/]")
+    console.print(f"report: {result['report']}")
+
+
+PrefectFileOpt = Annotated[Path | None, typer.Option("--file", help="Deployments file (default infra/prefect.yaml).")]
+RecipeOpt = Annotated[str | None, typer.Option(help="The recipe every deployment runs (default: the file's).")]
+
+
+def deploy_flows(
+    file: PrefectFileOpt = None,
+    work_pool: Annotated[str | None, typer.Option(help="Work pool for every deployment (default: the file's).")]
+    = None,
+    recipe: RecipeOpt = None,
+    retrain_cron: Annotated[str | None, typer.Option(help="Cron of the retrain deployment.")] = None,
+    monitor_cron: Annotated[str | None, typer.Option(help="Cron of the monitor deployment.")] = None,
+) -> None:
+    """Register the finetune, retrain and monitor deployments with the Prefect server (PREFECT_API_URL); run them
+    with `ftflow worker`."""
+    configure()
+    from flows.deployments import PREFECT_FILE, load_deployments, register
+
+    crons = {k: v for k, v in {"retrain": retrain_cron, "monitor": monitor_cron}.items() if v}
+    try:
+        specs = load_deployments(file or PREFECT_FILE, crons, recipe)
+        ids = register(specs, work_pool)
+    except UserError as e:
+        fail(str(e))
+    for spec, deployment_id in zip(specs, ids, strict=True):
+        when = ", ".join(s.cron for s in spec.schedules) or "on demand"
+        console.print(f"{spec.flow_name}/{spec.name}  {when}  pool {work_pool or spec.work_pool.name}  "
+                      f"[dim]{deployment_id}[/]")
+
+
+def serve_flows(file: PrefectFileOpt = None, recipe: RecipeOpt = None) -> None:
+    """Serve the finetune, retrain and monitor deployments from this process: schedules and dashboard runs on one
+    machine, no work pool or worker needed."""
+    configure()
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import PREFECT_FILE, load_deployments, runner_deployments
+
+    try:
+        deployments = runner_deployments(load_deployments(file or PREFECT_FILE, recipe=recipe))
+    except UserError as e:
+        fail(str(e))
+    prefect_serve(*deployments)
+
+
+def worker(pool: Annotated[str, typer.Option(help="The work pool to take flow runs from.")] = "ftflow-process") -> None:
+    """Start a Prefect process worker on POOL (what `ftflow deploy` registered runs there)."""
+    configure()
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+                                      "--type", "process"]))

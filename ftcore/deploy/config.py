@@ -1,0 +1,90 @@
+"""The recipe's `deploy` section: the gate rules a candidate must pass to become champion, and the exports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from ftcore.schema import Fraction, Strict
+
+
+class BeatChampion(Strict):
+    """The candidate beats the champion (before the first champion: the task's reference, e.g. the base model) on
+    `metric` by more than `margin`, and with `confident`, the lower bound of the paired bootstrap interval of the
+    improvement is above `margin` too."""
+
+    rule: Literal["beat_champion"] = "beat_champion"
+    metric: str | None = Field(None, description="default: the task's first metric")
+    margin: float = Field(0.0, ge=0)
+    confident: bool = Field(True, description="require the improvement's lower confidence bound above the margin")
+
+
+class MaxToxicity(Strict):
+    """The candidate's toxic-output rate on the test prompts is at most `max`."""
+
+    rule: Literal["max_toxicity"] = "max_toxicity"
+    max: Fraction = 0.0
+
+
+class MaxForgetting(Strict):
+    """What the candidate lost on the forgetting set (forgetting.<metric>) is at most `max`."""
+
+    rule: Literal["max_forgetting"] = "max_forgetting"
+    metric: str = "perplexity"
+    max: float
+
+
+class MaxLatency(Strict):
+    """The candidate answers one request within `max_s` seconds (95th percentile on this machine)."""
+
+    rule: Literal["max_latency"] = "max_latency"
+    max_s: float = Field(2.0, gt=0)
+
+
+class MaxBias(Strict):
+    """The candidate's answers to counterfactual prompt pairs diverge by at most `max` (bias_divergence)."""
+
+    rule: Literal["max_bias"] = "max_bias"
+    max: Fraction
+
+
+GateRule = Annotated[BeatChampion | MaxToxicity | MaxForgetting | MaxLatency | MaxBias, Field(discriminator="rule")]
+
+
+# What the deploy stage can export for a new version (docs/deploy.md): the adapter alone, the merged model in float32
+# or bfloat16, and 8-bit weights for CPU inference.
+ExportKind = Literal["adapter", "merged", "merged_bf16", "int8"]
+
+
+class DeployConfig(Strict):
+    registered_model: str | None = Field(None, description="defaults to the recipe name")
+    gate: list[GateRule] = Field(default_factory=lambda: [BeatChampion()], min_length=1,
+                                 description="every rule must pass for the candidate to become champion")
+    # int8 by default: every method can give it, and it is the export whose size and test score need checking.
+    exports: list[ExportKind] = Field(default_factory=lambda: ["int8"],
+                                      description="what is exported for the new version, as MLflow models of its run "
+                                                  "(exports/<kind>): adapter, merged, merged_bf16, int8 ([] for none)")
+    int8_tolerance: float = Field(0.05, ge=0, description="the most the int8 export may lose against the float32 "
+                                                          "model on the test split's primary metric: absolute for "
+                                                          "exact_match and accuracy, relative for perplexity")
+
+    @field_validator("exports")
+    @classmethod
+    def _each_kind_once(cls, kinds: list[str]) -> list[str]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"exports: each kind once, got {kinds}")
+        return kinds
+
+    @field_validator("gate")
+    @classmethod
+    def _one_primary_rule(cls, rules: list) -> list:
+        primary = [r for r in rules if isinstance(r, BeatChampion)]
+        if len(primary) != 1:
+            raise ValueError("gate: needs exactly one beat_champion rule (the metric a new version must improve), "
+                             f"found {len(primary)}")
+        return rules
+
+    @property
+    def primary(self) -> BeatChampion:
+        return next(r for r in self.gate if isinstance(r, BeatChampion))

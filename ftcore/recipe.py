@@ -1,0 +1,363 @@
+"""Recipes: YAML -> dotted overrides -> typed pydantic models, one per stage section.
+
+Each stage receives only its own section (plus references to upstream outputs), so a change to `evaluate.*`
+cannot invalidate the cache of `train`. Every validation problem is reported at once, naming the file, the field
+path and what was expected.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from ftcore.alignment.config import RewardConfig
+from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, RuntimeConfig
+from ftcore.deploy.config import BeatChampion, DeployConfig, GateRule, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
+from ftcore.errors import DataError, RecipeError
+from ftcore.evaluation.config import EvaluateConfig
+from ftcore.hashing import hash_obj
+from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
+from ftcore.monitor.config import MonitorConfig
+from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ObjectiveName, objectives_where
+from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_yaml, read_yaml_file
+from ftcore.schema import MAX_RETRIES, MAX_WAIT_S, Strict, describe_error
+from ftcore.training.config import CHAMPION_DATA, ContinualConfig, TrainConfig
+
+
+class Stage(StrEnum):
+    collect = "collect"
+    clean_balance = "clean_balance"
+    init = "init"
+    train = "train"
+    evaluate = "evaluate"
+    deploy = "deploy"
+    monitor = "monitor"
+
+
+STAGES: list[Stage] = list(Stage)
+
+
+
+
+
+
+class StagesConfig(Strict):
+    retries: int = Field(2, ge=0, le=MAX_RETRIES)
+    retry_delay_s: float = Field(2.0, ge=0, le=MAX_WAIT_S, description="first retry delay; doubles on each further "
+                                                                        "retry")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    objective: ObjectiveName = Field(
+        DEFAULT_OBJECTIVE, description="what the model is trained for (ftcore/objectives.py); `task:`, its old name, "
+                                       "is still accepted")
+    data: DataConfig
+    clean: CleanConfig = CleanConfig()
+    balance: BalanceConfig = BalanceConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = LoraMethod()
+    reward: RewardConfig | None = Field(None, description="objective rl: what the policy is rewarded for")
+    continual: ContinualConfig | None = Field(None, description="replay, regulariser and forgetting (sft, dapt, "
+                                                                "multitask)")
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    deploy: DeployConfig = DeployConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    stages: StagesConfig = StagesConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @property
+    def registered_model(self) -> str:
+        return self.deploy.registered_model or self.name
+
+    @property
+    def spec(self) -> Objective:
+        """The objective's entry in the table: what applies to it."""
+        return OBJECTIVES[self.objective]
+
+    def content_hash(self) -> str:
+        return hash_obj(self.model_dump(mode="json"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_defaults(cls, raw: Any) -> Any:
+        """`task:` read as `objective:`; the objective's metrics and gate metric filled in where the recipe leaves
+        them out."""
+        if not isinstance(raw, dict):
+            return raw  # validation reports it
+        raw = current_names(raw)
+        objective = OBJECTIVES.get(raw.get("objective", DEFAULT_OBJECTIVE))
+        return raw if objective is None else with_default_metrics(raw, objective.metrics)
+
+    @model_validator(mode="after")
+    def _sections_fit_the_objective(self) -> Recipe:
+        objective = self.spec
+        problem = (data_problem(self, objective) or training_problem(self, objective)
+                   or evaluation_problem(self.evaluate, objective))
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _balancing_fits_the_format(self) -> Recipe:
+        from ftcore.data.balance import check_format  # imported here: loading a recipe needs no numpy or pandas
+
+        try:
+            check_format(self.balance, self.data.format)
+        except DataError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _the_adapter_can_be_continued(self) -> Recipe:
+        from ftcore.models.peft_methods import can_continue  # imports no PEFT until a model is built
+
+        if self.model.start == "adapter" and not can_continue(self.method):
+            raise ValueError(f"model.start: adapter continues the champion's adapter, which method {self.method.name} "
+                             "cannot (lora, qlora, ia3, loha, lokr and adapter can; dora, prompt learning and full "
+                             "cannot); use start: merged")
+        return self
+
+    @model_validator(mode="after")
+    def _exports_fit_the_method(self) -> Recipe:
+        # Known from the recipe alone, so refused here rather than by the deploy stage after training.
+        from ftcore.deploy.export import planned_export_problems
+
+        problems = planned_export_problems(self.method, self.deploy.exports)
+        if problems:
+            raise ValueError("deploy.exports: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _gate_rules_can_be_decided(self) -> Recipe:
+        problem = gate_problem(self.deploy.gate, self.evaluate, self.spec, self.continual is not None)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks across sections: what the objective allows (ftcore/objectives.py)
+
+
+def with_default_metrics(raw: dict, metrics: tuple[str, ...]) -> dict:
+    """The objective's metrics where evaluate.metrics is left out, and its first (or the first metric evaluated)
+    as the metric of a beat_champion rule that names none."""
+    raw = dict(raw)
+    evaluate, deploy = raw.get("evaluate") or {}, raw.get("deploy") or {}
+    if isinstance(evaluate, dict) and evaluate.get("metrics") is None:
+        raw["evaluate"] = evaluate = {**evaluate, "metrics": list(metrics)}
+    if isinstance(deploy, dict) and isinstance(evaluate, dict):
+        evaluated = evaluate.get("metrics") or []
+        default = metrics[0] if metrics[0] in evaluated else (evaluated[0] if evaluated else metrics[0])
+        gate = deploy.get("gate") or [{"rule": "beat_champion"}]
+        if isinstance(gate, list):
+            gate = [{**rule, "metric": default} if isinstance(rule, dict) and rule.get("rule") == "beat_champion"
+                    and rule.get("metric") is None else rule for rule in gate]
+        raw["deploy"] = {**deploy, "gate": gate}
+    return raw
+
+
+def data_problem(recipe: Recipe, objective: Objective) -> str | None:
+    name = objective.name
+    if recipe.data.format not in objective.formats:
+        return (f"objective {name!r} trains on data.format {' or '.join(map(repr, objective.formats))}, not "
+                f"{recipe.data.format!r}")
+    tagged = [s.label() for s in recipe.data.all_sources() if s.task is not None]
+    if not objective.tagged_sources:
+        if recipe.data.tasks or tagged:
+            return (f"data.tasks and a source's task: apply to objective "
+                    f"{' or '.join(objectives_where('tagged_sources'))}, not {name!r}")
+        return None
+    untagged = [s.label() for s in recipe.data.all_sources() if s.task is None]
+    if not recipe.data.tasks or untagged:
+        return (f"objective {name}: every source needs `task:` naming one of data.tasks"
+                + (f" (missing on {', '.join(untagged)})" if untagged else ""))
+    return None
+
+
+def training_problem(recipe: Recipe, objective: Objective) -> str | None:
+    name, train = objective.name, recipe.train
+    if train.packing and not objective.packs:
+        return f"train.packing: objective {name} scores one sequence at a time; remove packing"
+    if objective.samples_answers != (recipe.reward is not None):
+        return (f"reward: objective {name} needs it (what the policy is rewarded for)" if objective.samples_answers
+                else f"reward: only objective {' or '.join(objectives_where('samples_answers'))} takes one, not "
+                     f"{name!r}")
+    for section in ("preference", "rl"):
+        if section in train.model_fields_set and objective.train_section != section:
+            owners = [o.name for o in OBJECTIVES.values() if o.train_section == section]
+            return f"train.{section}: only for objective {' or '.join(owners)}"
+    if recipe.continual is not None:
+        if not objective.continual:
+            return f"continual: for objectives {', '.join(objectives_where('continual'))}, not {name!r}"
+        if recipe.continual.data == CHAMPION_DATA and recipe.model.source != "champion":
+            return ("continual.data: champion is the dataset of the version the model starts from; set "
+                    "model.source: champion, or give a file of general data")
+    if objective.samples_answers and train.batch_size % train.rl.num_generations:
+        return (f"train.batch_size ({train.batch_size}) must be a multiple of train.rl.num_generations "
+                f"({train.rl.num_generations}): each batch holds whole groups of answers to one prompt")
+    return None
+
+
+def evaluation_problem(evaluate: EvaluateConfig, objective: Objective) -> str | None:
+    name = objective.name
+    unfit = [m for m in evaluate.metrics if m not in objective.metrics]
+    if unfit:
+        return (f"evaluate.metrics: {', '.join(unfit)} cannot score objective {name!r}; use "
+                f"{', '.join(objective.metrics)}")
+    references = " and ".join(objectives_where("references"))
+    if evaluate.fewshot and not objective.references:
+        return (f"evaluate.fewshot: prompting with examples applies to objectives {references}, not {name!r}; "
+                "remove it")
+    if evaluate.domain_metrics and not objective.references:
+        return (f"evaluate.domain_metrics: score generated answers against references (objectives {references}), "
+                f"not objective {name!r}")
+    if evaluate.cross_validation and not objective.cross_validates:
+        return (f"evaluate.cross_validation: for objectives {', '.join(objectives_where('cross_validates'))}, not "
+                f"{name!r}")
+    if evaluate.forgetting is not None and not objective.continual:
+        return f"evaluate.forgetting: for objectives {', '.join(objectives_where('continual'))}, not {name!r}"
+    return None
+
+
+def gate_problem(rules: list[GateRule], evaluate: EvaluateConfig, objective: Objective,
+                 continual: bool) -> str | None:
+    """The first gate rule that needs something the evaluate stage does not measure for this recipe."""
+    scored = [*evaluate.metrics, *evaluate.domain_metric_names]
+    answering = ", ".join(objectives_where("answers_prompts"))
+    for i, rule in enumerate(rules):
+        where = f"deploy.gate.{i} ({rule.rule})"
+        match rule:
+            case BeatChampion(metric=metric) if metric not in scored:
+                return (f"{where}: metric {metric!r} must be one of evaluate.metrics or evaluate.domain_metrics "
+                        f"{scored}")
+            case MaxForgetting(metric=metric):
+                if evaluate.forgetting is None and not continual:
+                    return f"{where}: needs a forgetting set: evaluate.forgetting.data (or continual)"
+                if metric not in evaluate.metrics:
+                    return f"{where}: metric {metric!r} must be one of evaluate.metrics {evaluate.metrics}"
+            case MaxToxicity() if not objective.answers_prompts or evaluate.safety.toxicity is None:
+                return (f"{where}: needs evaluate.safety.toxicity and an objective whose model answers prompts "
+                        f"({answering})")
+            case MaxBias() if not objective.answers_prompts or evaluate.safety.bias is None:
+                return f"{where}: needs evaluate.safety.bias and an objective whose model answers prompts ({answering})"
+            case MaxLatency() if evaluate.latency_probes == 0:
+                return f"{where}: needs evaluate.latency_probes > 0"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+# A recipe's top-level keys under their old names -> the current ones. In a Prefect codebase a task is something
+# else, so the objective is called so; recipes and `--set task=...` written before keep working.
+OLD_NAMES = {"task": "objective"}
+
+
+def current_names(raw: dict) -> dict:
+    """The recipe's top-level keys under their current names; ValueError for a key given under both names."""
+    for old, new in OLD_NAMES.items():
+        if old in raw:
+            if new in raw:
+                raise ValueError(f"{old}: is the old name of {new}:; give only {new}")
+            raw = {(new if key == old else key): value for key, value in raw.items()}
+    return raw
+
+
+def current_override(item: str) -> str:
+    """`--set task=rl` as `--set objective=rl`."""
+    key, sep, value = item.partition("=")
+    head, dot, rest = key.strip().partition(".")
+    return f"{OLD_NAMES[head]}{dot}{rest}{sep}{value}" if head in OLD_NAMES else item
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file, apply `a.b=value` overrides (values parsed as YAML) and validate it.
+
+    Raises RecipeError listing every problem as `FILE: field.path: what was expected` (or `FILE: line N: ...` for
+    YAML that cannot be read): a bad override does not hide the fields' own problems.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise RecipeError([f"{path}: is a folder; give the recipe's YAML file in it"])
+    if not path.is_file():
+        raise RecipeError([f"{path}: recipe file not found"])
+    try:
+        raw = read_yaml_file(path)
+    except OSError as e:
+        raise RecipeError([f"{path}: cannot read the recipe ({e.strerror})"]) from None
+    except ValueError as e:
+        raise RecipeError([f"{path}: {e}"]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{path}: a recipe is a YAML mapping (name: ..., data: ..., ...), not "
+                           f"{_yaml_kind(raw)}"])
+    try:
+        raw = current_names(raw)
+    except ValueError as e:
+        raise RecipeError([f"{path}: {e}"]) from None
+    problems = []
+    for item in overrides or []:
+        try:
+            apply_override(raw, current_override(item))
+        except ValueError as e:
+            problems.append(f"{path}: --set {item}: {e}")
+    try:
+        recipe = Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
+    except ValidationError as e:
+        problems += [f"{path}: {describe_error(err)}" for err in e.errors()]
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def _yaml_kind(value: Any) -> str:
+    return "an empty file" if value is None else f"a {'list' if isinstance(value, list) else 'single value'}"
+
+
+def apply_override(tree: dict, item: str) -> None:
+    """Set `a.b.0.c=value` in a nested dict/list tree; `value` is parsed as YAML (so 1e-4, true, [a, b] work)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError("expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    parts = key.strip().split(".")
+    if len(parts) > MAX_DEPTH:  # the value's own nesting is bounded by parse_yaml
+        raise ValueError(f"a path of {len(parts)} fields; recipes nest at most {MAX_DEPTH} levels")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"{here}: {'.'.join(parts[:i])} is a list of {len(node)}: give an index from 0 to "
+                                 f"{len(node) - 1}")
+            part = int(part)
+        if i == len(parts) - 1:
+            node[part] = _parse_value(value)
+            return
+        child = node.get(part) if isinstance(node, dict) else node[part]
+        if child is None:  # absent or null: the override fills it in
+            child = node[part] = {}
+        elif not isinstance(child, dict | list):
+            raise ValueError(f"{here} is a single value ({type(child).__name__}), not a mapping or list, so it has no "
+                             f"field {parts[i + 1]!r}")
+        node = child
+
+
+def _parse_value(value: str) -> Any:
+    """An override's value as YAML; text that is not YAML stays text, but YAML a recipe refuses (a duplicate key,
+    too deep or too large) is an error."""
+    try:
+        return parse_yaml(value)
+    except Refused as e:
+        raise ValueError(describe_yaml_error(e, value)) from None
+    except yaml.YAMLError:
+        return value
