@@ -77,7 +77,7 @@ def load_deployments(path: Path = PREFECT_FILE, crons: dict[str, str] | None = N
     try:
         specs = PrefectFile.model_validate(raw).deployments
     except ValidationError as e:
-        raise UserError(f"{path}: " + "; ".join(map(describe_error, e.errors()))) from None
+        raise UserError(f"{path}: " + "; ".join(describe_error(err, PrefectFile) for err in e.errors())) from None
     unknown = set(crons or {}) - {s.name for s in specs}
     if unknown:
         raise UserError(f"no deployment named {', '.join(sorted(unknown))} in {path}")

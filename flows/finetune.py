@@ -95,7 +95,7 @@ def run_options(options: RunOptions | dict | None) -> list[str]:
     try:
         return RunOptions.model_validate(options).overrides()
     except ValidationError as e:
-        raise UserError("options: " + "; ".join(map(describe_error, e.errors()))) from None
+        raise UserError("options: " + "; ".join(describe_error(err, RunOptions) for err in e.errors())) from None
 
 
 def start_run(recipe: Recipe, recipe_path: str) -> RunSummary:

@@ -314,7 +314,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
     except ValidationError as e:
-        problems += [f"{path}: {describe_error(err)}" for err in e.errors()]
+        problems += [f"{path}: {describe_error(err, Recipe)}" for err in e.errors()]
     if problems:
         raise RecipeError(problems)
     return recipe

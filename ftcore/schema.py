@@ -3,11 +3,12 @@ paths, plugin specs, and how a validation error becomes one line of a recipe err
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -127,22 +128,50 @@ def params_problems(model: type[BaseModel], params: dict) -> str | None:
     try:
         model.model_validate(params)
     except ValidationError as e:
-        return "; ".join(describe_error(err) for err in e.errors())
+        return "; ".join(describe_error(err, model) for err in e.errors())
     return None
 
 
-def describe_error(err: dict) -> str:
-    """A pydantic error as `field.path: what was expected`, for one line of a recipe error."""
+def describe_error(err: dict, model: type[BaseModel] | None = None) -> str:
+    """A pydantic error as `field.path: what was expected`, for one line of a recipe error. With the `model` that
+    was validated, an unknown field gets the closest field names there as suggestions."""
     loc = err["loc"]
     parts = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in _UNION_TAGS)]
     loc = ".".join(str(p) for p in parts)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; see docs/recipes.md for the fields)"
+        msg = f"unknown field{did_you_mean(str(parts[-1]), fields_at(model, err['loc'][:-1]) if model else [])}"
     elif err["type"] == "literal_error":
         msg = f"{msg}, got {err['input']!r}"
     # A check across sections has no location of its own: its message starts with the fields it concerns.
     return f"{loc}: {msg}" if loc else msg
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """What follows "unknown field" in a message: the closest known names, or where the names are listed."""
+    close = difflib.get_close_matches(name, known, n=3)
+    if close:
+        return f"; did you mean {' or '.join(close)}?"
+    return " (check the spelling; see docs/recipes.md for the fields)"
+
+
+def fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the models that can stand at `loc` inside `model` (every member of a union, the items of
+    a list or mapping), for suggestions."""
+    models = [model]
+    for part in loc:
+        annotations = [m.model_fields[part].annotation for m in models if part in m.model_fields]
+        # A part that is no field (a list index, a mapping's key, a union's tag) leaves the models as they are.
+        if annotations:
+            models = [m for annotation in annotations for m in _models_in(annotation)]
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds: itself, or inside Optional, Union, list, dict, Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 PLACEHOLDER = re.compile(r"\$\{(env|secret):([A-Za-z0-9_.\-/]+)\}")

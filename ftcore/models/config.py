@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from ftcore.schema import Fraction, Seed, Strict
+from ftcore.schema import Fraction, Seed, Strict, did_you_mean
 
 
 def bitsandbytes_installed() -> bool:
@@ -192,8 +192,9 @@ def _method_error(err: ErrorDetails) -> dict[str, Any]:
     if loc and loc[0] in METHOD_NAMES:  # pydantic puts the tag (the method's name) first: drop it
         method, loc = loc[0], loc[1:]
         if err["type"] == "extra_forbidden":
-            return {"type": PydanticCustomError("method_field", f"unknown field for method {method}"), "loc": loc,
-                    "input": err["input"]}
+            model = next(m for m in METHODS if m.model_fields["name"].default == method)
+            message = f"unknown field for method {method}{did_you_mean(str(loc[-1]), sorted(model.model_fields))}"
+            return {"type": PydanticCustomError("method_field", message), "loc": loc, "input": err["input"]}
     return {"type": err["type"], "loc": loc, "input": err["input"], **({"ctx": err["ctx"]} if "ctx" in err else {})}
 
 

@@ -84,4 +84,4 @@ def load_serve_config(path: Path | None) -> ServeConfig:
     try:
         return ServeConfig.model_validate(raw)
     except ValidationError as e:
-        raise UserError(f"{path}: " + "; ".join(map(describe_error, e.errors()))) from None
+        raise UserError(f"{path}: " + "; ".join(describe_error(err, ServeConfig) for err in e.errors())) from None

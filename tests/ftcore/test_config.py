@@ -131,3 +131,20 @@ def test_task_the_objective_s_old_name_keeps_working(tmp_path):
     both.write_text(old.read_text().replace("task: sft", "task: sft\nobjective: sft"))
     with pytest.raises(RecipeError, match=r"both\.yaml: task: is the old name of objective:; give only objective"):
         load_recipe(both)
+
+
+@pytest.mark.parametrize(("override", "problem"), [
+    ("train.learning_rat=1e-4", "train.learning_rat: unknown field; did you mean learning_rate?"),
+    ("data.sources.0.colums={a: b}", "data.sources.0.colums: unknown field; did you mean columns?"),
+    ("data.tasks={qa: {wieght: 2}}", "data.tasks.qa.wieght: unknown field; did you mean weight?"),
+    ("clean.steps=[{step: drop_short, min_char: 5}]", "clean.steps.0: step 'drop_short': min_char: unknown field; "
+                                                       "did you mean min_chars?"),
+    ("method.rr=4", "method.rr: unknown field for method lora; did you mean r?"),
+    ("zzz=1", "zzz: unknown field (check the spelling; see docs/recipes.md for the fields)"),
+])
+def test_an_unknown_field_is_answered_with_the_closest_fields_where_it_stands(override, problem):
+    """The suggestions come from the fields of the model at the field's place (a source, a task's mixture entry, a
+    step's parameters, the recipe's method), however deep, a typo only: nothing close, no guess."""
+    with pytest.raises(RecipeError) as e:
+        load_recipe(DEMO_RECIPE, [override])
+    assert any(p.endswith(problem) for p in e.value.problems), e.value.problems
