@@ -88,12 +88,21 @@ def render_table(summary: dict[str, Any]):
     colours = {"completed": "green", "cached": "cyan", "failed": "red", "skipped": "dim"}
     for stage, entry in summary["stages"].items():
         shown = [f"{k}={_fmt(entry['metrics'][k])}" for k in KEY_METRICS.get(stage, []) if k in entry["metrics"]]
+        shown += quarantined_by_step(entry["metrics"])
         if entry.get("error"):
             shown = [entry["error"]]
         status = entry["status"]
         table.add_row(stage, f"[{colours.get(status, 'white')}]{status}[/]", f"{entry['duration_s']:.1f}s",
                       ", ".join(shown))
     return table
+
+
+def quarantined_by_step(metrics: dict[str, float]) -> list[str]:
+    """`<step> quarantined N` for each cleaning step that set rows aside (`<step>.rows_quarantined`), in step order:
+    which step to look at before opening the quarantine."""
+    suffix = ".rows_quarantined"
+    return [f"{key.removesuffix(suffix)} quarantined {_fmt(n)}" for key, n in metrics.items()
+            if key.endswith(suffix) and n > 0]
 
 
 def _fmt(value: Any) -> str:

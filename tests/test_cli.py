@@ -151,3 +151,14 @@ def test_better_marks_the_version_each_metric_favours():
     assert MetricDiff("forgetting.exact_match", 0.3, 0.1).better == "b"
     assert MetricDiff("exact_match.ci_low", 0.1, 0.2).better == ""
     assert MetricDiff("exact_match", 0.5, None).better == ""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_until_clean_balance_shows_which_steps_quarantined_rows():
+    """The data engineer's first question after a cleaning run: which step set rows aside, and how many."""
+    result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--until", "clean_balance"], terminal_width=240)
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    # The demo's data: 12 empty answers and 48 duplicates (generate_clinical_qa.py writes both on purpose).
+    assert "drop_empty quarantined 12" in shown and "drop_duplicates quarantined 48" in shown
+    assert "strip_markup quarantined" not in shown  # a step that set nothing aside is not listed
