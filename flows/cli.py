@@ -1,8 +1,8 @@
 """`ftflow`: run, validate and inspect recipes. Errors a user can cause print one line each and exit with code 2;
 a failed stage exits with code 1 after naming the stage and the reason.
 
-The pipeline's commands are here; the UI, serving, monitoring and deployment commands are in flows/cli_ops.py, and
-what both share in flows/cli_shared.py."""
+The pipeline's commands are here; `ftflow quarantine` is in flows/cli_data.py, the UI, serving, monitoring and
+deployment commands in flows/cli_ops.py, and what they share in flows/cli_shared.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from flows import cli_ops
+from flows import cli_data, cli_ops
 from flows.cli_shared import OneLineUsageErrors, RecipeArg, SetOpt, configure, console, err_console, fail, validated
 from flows.settings import VERBOSE, check_room, start_embedded_prefect
 from ftcore.errors import UserError, storage_error
@@ -322,6 +322,7 @@ def export(
 
 
 # After the pipeline's commands, so that `ftflow --help` lists those first.
+cli_data.register_commands(app)
 cli_ops.register_commands(app)
 
 

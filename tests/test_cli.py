@@ -154,11 +154,21 @@ def test_better_marks_the_version_each_metric_favours():
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_run_until_clean_balance_shows_which_steps_quarantined_rows():
-    """The data engineer's first question after a cleaning run: which step set rows aside, and how many."""
+def test_a_cleaning_run_shows_which_steps_quarantined_rows_and_ftflow_quarantine_prints_them(ftflow_home):
+    """The data engineer's first questions after a cleaning run: which step set rows aside, how many, and which."""
     result = runner.invoke(app, ["run", str(DEMO_RECIPE), "--until", "clean_balance"], terminal_width=240)
     assert result.exit_code == 0, result.output
     shown = " ".join(result.output.split())
     # The demo's data: 12 empty answers and 48 duplicates (generate_clinical_qa.py writes both on purpose).
     assert "drop_empty quarantined 12" in shown and "drop_duplicates quarantined 48" in shown
     assert "strip_markup quarantined" not in shown  # a step that set nothing aside is not listed
+
+    [run_id] = [run.name for run in (ftflow_home / "runs").iterdir()]
+    listed = runner.invoke(app, ["quarantine", run_id, "--step", "drop_empty", "--limit", "2"], terminal_width=240)
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("drop_empty: empty completion  clinical_qa.jsonl:") and
+                                   'completion=""' in line for line in lines[:2])
+    assert lines[2] == "2 of 12 quarantined rows shown (step drop_empty); by step: drop_duplicates 48, drop_empty 12"
+    wrong = runner.invoke(app, ["quarantine", run_id, "--step", "drop_short"])
+    assert wrong.exit_code == 2 and "steps that did: drop_duplicates (48), drop_empty (12)" in wrong.output
