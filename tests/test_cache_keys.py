@@ -36,9 +36,10 @@ def edit(root: Path, file: str) -> None:
 
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
 @pytest.mark.parametrize("file", ["ftcore/training/alignment_trainers.py", "ftcore/models/peft_methods.py",
-                                  "ftcore/models/load.py"])
+                                  "ftcore/models/load.py", "ftcore/training/callbacks.py"])
 def test_editing_a_module_the_stage_reaches_changes_its_key(project_copy, stage, file):
-    # trainers.py is imported by the training code inside functions only: the import system alone would miss it.
+    # callbacks.py is imported by the training code inside a function only: following the imports at module level
+    # alone would miss it (the DPO/RL trainers, lazily imported before, now are at module level).
     before = stage_key(stage)
     edit(project_copy, file)
     assert stage_key(stage) != before
@@ -104,17 +105,35 @@ def test_the_reward_functions_a_recipe_uses_join_the_train_and_evaluate_keys(tmp
     assert all(a != b for a, b in zip(after, before, strict=True))
 
 
-def test_a_data_stage_job_counts_by_content_and_runtime_stays_out_of_the_key(tmp_path):
+class FolderUsed(Exception):
+    """Raised by a stand-in for a stage function: the folder its task handed it."""
+
+
+def folder_used(monkeypatch: pytest.MonkeyPatch, task, call) -> Path:
+    """The output folder the task module `task` gives its stage function when `call()` runs the task's body."""
+    name = next(n for n in vars(task) if n.endswith("_stage") and callable(vars(task)[n]))
+
+    def stand_in(job, out_dir, *args, **kwargs):
+        raise FolderUsed(out_dir)
+
+    monkeypatch.setattr(task, name, stand_in)
+    with pytest.raises(FolderUsed) as used:
+        call()
+    return used.value.args[0]
+
+
+def test_a_data_stage_job_counts_by_content_and_runtime_stays_out_of_the_key(tmp_path, monkeypatch):
     """collect's key follows the pinned source fingerprints, not where or in what batches it runs; clean_balance's
     job counts the collected rows by their content hash, so a collect re-run that read the same rows into another
     folder leaves clean_balance's key and folder as they were."""
+    import tasks.clean_balance
     from ftcore.data.config import DataConfig, RuntimeConfig
     from ftcore.jobs import clean_job, collect_job
     from ftcore.outputs import DatasetOutput
     from ftcore.pins import Pins
     from ftcore.recipe import Recipe
     from tasks.collect import collect
-    from tasks.common import jsonable, stage_folder
+    from tasks.common import jsonable
 
     source = tmp_path / "rows.jsonl"
     source.write_text('{"prompt": "a", "completion": "b"}\n')
@@ -132,20 +151,23 @@ def test_a_data_stage_job_counts_by_content_and_runtime_stays_out_of_the_key(tmp
                                   splits={"all": tmp_path / folder / "collected.parquet"}, metrics={"s": len(folder)})
         return clean_job(recipe, collected)
 
+    def folder(job) -> Path:
+        return folder_used(monkeypatch, tasks.clean_balance,
+                           lambda: tasks.clean_balance.clean_balance.fn(job, RuntimeConfig()))
+
     assert jsonable(cleaned("a", "h1")) == jsonable(cleaned("bb", "h1"))
-    assert stage_folder("clean_balance", cleaned("a", "h1")) == stage_folder("clean_balance", cleaned("bb", "h1"))
-    assert stage_folder("clean_balance", cleaned("a", "h1")) != stage_folder("clean_balance", cleaned("a", "h2"))
+    assert folder(cleaned("a", "h1")) == folder(cleaned("bb", "h1")) != folder(cleaned("a", "h2"))
 
 
 def test_deploy_is_keyed_on_the_tracking_uri_not_the_run_and_each_run_gets_its_own_folder(tmp_path, monkeypatch):
     """deploy's job holds the MLflow server it registers on (another server registers anew); the run id and tags are
     per execution (a cached deploy registers nothing again), yet name the folder: it records this run's version and
     exports. The trained model counts by its content, so a train re-run into another folder leaves deploy cached."""
+    import tasks.deploy
     from ftcore.data.config import DataConfig
     from ftcore.jobs import deploy_job
     from ftcore.outputs import DatasetOutput, EvalOutput, TrainOutput
     from ftcore.recipe import Recipe
-    from tasks.common import stage_folder
     from tasks.deploy import deploy
 
     source = tmp_path / "rows.jsonl"
@@ -167,17 +189,18 @@ def test_deploy_is_keyed_on_the_tracking_uri_not_the_run_and_each_run_gets_its_o
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert job().tracking_uri == "http://mlflow.example:5000" and key(job(), "1") != key(job().model_copy(
         update={"tracking_uri": "sqlite:///other.db"}), "1")
-    assert stage_folder("deploy", job(), run="1") != stage_folder("deploy", job(), run="2")
+    folders = [folder_used(monkeypatch, tasks.deploy, lambda run=run: deploy.fn(job(), run, {})) for run in "12"]
+    assert folders[0] != folders[1]
 
 
-def test_monitor_is_keyed_on_its_job_and_the_canaries_content(tmp_path):
+def test_monitor_is_keyed_on_its_job_and_the_canaries_content(tmp_path, monkeypatch):
+    import tasks.monitor
     from ftcore.data.config import DataConfig
     from ftcore.jobs import monitor_job
     from ftcore.monitor.config import MonitorConfig
     from ftcore.outputs import DatasetOutput, DeployOutput
     from ftcore.recipe import Recipe
-    from tasks.common import stage_folder
-    from tasks.monitor import canaries_hash, monitor
+    from tasks.monitor import monitor
 
     canaries = tmp_path / "canaries.jsonl"
     canaries.write_text('{"question": "q", "answer": "a"}\n')
@@ -195,7 +218,7 @@ def test_monitor_is_keyed_on_its_job_and_the_canaries_content(tmp_path):
 
     def key_and_folder(job) -> tuple[str, object]:
         return (monitor.cache_key_fn(None, {"job": job}),
-                stage_folder("monitor", job, canaries=canaries_hash(job)))
+                folder_used(monkeypatch, tasks.monitor, lambda: monitor.fn(job)))
 
     assert job().prompt_template == recipe.data.prompt_template and job().toxicity == recipe.evaluate.safety.toxicity
     before = key_and_folder(job())

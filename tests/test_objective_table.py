@@ -22,36 +22,59 @@ def _names_in(node: ast.AST) -> set[str]:
     return {i.value for i in items if isinstance(i, ast.Constant) and i.value in NAMES}
 
 
-def _about_the_objective(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Name | ast.Attribute) and ("task" in ast.unparse(n) or "objective" in ast.unparse(n))
-               for n in ast.walk(node))
+# Fields whose values share words with objective names but mean something else: DPO's algorithm and loss types
+# ("dpo", "sft"), the serving API's object ("classification").
+UNRELATED = ("algorithm", "loss_type", "object")
+
+
+def _unrelated(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute | ast.Name) and ast.unparse(node).split(".")[-1] in UNRELATED
+
+
+def _keyed_by_a_name(node: ast.AST) -> bool:
+    """A mapping literal, or a dict(...) call, with an objective's name among its keys."""
+    if isinstance(node, ast.Dict):
+        return bool(_names_in(ast.Tuple(elts=[k for k in node.keys if k])))
+    return isinstance(node, ast.Call) and ast.unparse(node.func) == "dict" and bool({k.arg for k in node.keywords}
+                                                                                   & NAMES)
+
+
+def _decision(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Compare):
+        operands = [node.left, *node.comparators]
+        if any(_names_in(o) for o in operands) and not any(_unrelated(o) for o in operands):
+            return f"compares {ast.unparse(node)}"
+    elif isinstance(node, ast.MatchValue) and _names_in(node.value):
+        return f"case {ast.unparse(node.value)}"
+    elif isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith("OBJECTIVES") and _names_in(node.slice):
+        return f"looks up {ast.unparse(node)}"
+    elif isinstance(node, ast.Tuple | ast.List | ast.Set) and len(_names_in(node)) >= 2:
+        return f"lists {ast.unparse(node)}"
+    elif _keyed_by_a_name(node):
+        return "a mapping keyed by an objective's name"
+    return None
 
 
 def decisions(source: str) -> list[str]:
-    """Where code decides by an objective's name: a comparison of something named task or objective with a name
-    (or a collection of names), a `case` on a name, or a literal collection of two names or more (a hand-kept list
-    of objectives)."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Compare):
-            operands = [node.left, *node.comparators]
-            if any(_names_in(o) for o in operands) and any(_about_the_objective(o) for o in operands):
-                found.append(f"line {node.lineno}: compares {ast.unparse(node)}")
-        elif isinstance(node, ast.MatchValue) and _names_in(node.value):
-            found.append(f"line {node.lineno}: case {ast.unparse(node.value)}")
-        elif isinstance(node, ast.Tuple | ast.List | ast.Set) and len(_names_in(node)) >= 2:
-            found.append(f"line {node.lineno}: lists {ast.unparse(node)}")
-        elif isinstance(node, ast.Dict) and len(_names_in(ast.Tuple(elts=[k for k in node.keys if k]))) >= 2:
-            found.append(f"line {node.lineno}: a table keyed by objective names")
-    return found
+    """Where code decides by an objective's name: a comparison with a name (or a collection of names), a `case` on
+    a name, a lookup of the table by a literal name, a literal collection of two names or more (a hand-kept list of
+    objectives), or a mapping keyed by a name."""
+    return [f"line {node.lineno}: {found}" for node in ast.walk(ast.parse(source)) if (found := _decision(node))]
 
 
 @pytest.mark.parametrize("snippet", [
     'if task == "rl": pass',
     'if recipe.objective in ("sft", "multitask"): pass',
+    'if recipe.spec.name == "rl": pass',
+    'if spec.name in {"sft"}: pass',
+    'name = objective.name\nif name == "classification": pass',
+    'if o.name != "dapt": pass',
+    'if job.objective is OBJECTIVES["rl"]: pass',
     'match goal.task:\n    case "classification": pass',
     'ANSWERING = ("sft", "dpo")',
     'METRICS = {"sft": 1, "dapt": 2}',
+    'x = {"rl": 1}.get(job.objective.name)',
+    'x = dict(sft=1, dapt=2)',
 ])
 def test_the_scan_finds_a_decision_by_name(snippet):
     assert decisions(snippet)

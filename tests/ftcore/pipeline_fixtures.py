@@ -29,7 +29,8 @@ def prepare(root: Path, *overrides: str) -> Prepared:
     recipe = load_recipe(DEMO_RECIPE, [*TINY_OVERRIDES, *overrides])
     collected = collect_stage(CollectJob(data=recipe.data, sources={}), root / "collected")
     dataset = clean_balance_stage(clean_job(recipe, collected), root / "clean")
-    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset), root / "init")
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),
+                      root / "init")
     return Prepared(recipe, dataset, base)
 
 

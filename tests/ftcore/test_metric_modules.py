@@ -86,7 +86,9 @@ def test_the_evaluate_stage_reports_every_metric_with_its_interval_overall_and_p
                           tmp_path / "evaluate")
     m = out.metrics
     predictions = pd.read_json(out.predictions_path, lines=True)
-    assert set(GENERATION_METRICS) <= set(recipe.evaluate.metrics)  # every metric module is scored below
+    # The objective's metrics (every metric module's, and perplexity) are scored below.
+    assert recipe.evaluate.metrics == list(OBJECTIVES["multitask"].metrics)
+    assert set(GENERATION_METRICS) <= set(recipe.evaluate.metrics) and "perplexity" in recipe.evaluate.metrics
     for name in ("base", "candidate"):
         key = functools.partial(metric_key, name)  # the candidate's metrics carry no prefix
         for metric in recipe.evaluate.metrics:
