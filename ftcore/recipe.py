@@ -19,12 +19,15 @@ from pydantic import (
 )
 
 from ftcore.alignment.config import RewardConfig
+from ftcore.data.balance import check_format
 from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, RuntimeConfig
 from ftcore.deploy.config import BeatChampion, DeployConfig, GateRule, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
+from ftcore.deploy.export import planned_export_problems
 from ftcore.errors import DataError, RecipeError
 from ftcore.evaluation.config import EvaluateConfig
 from ftcore.hashing import hash_obj
 from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
+from ftcore.models.peft_methods import can_continue
 from ftcore.monitor.config import MonitorConfig
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ObjectiveName, objectives_where
 from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_yaml, read_yaml_file
@@ -43,10 +46,6 @@ class Stage(StrEnum):
 
 
 STAGES: list[Stage] = list(Stage)
-
-
-
-
 
 
 class StagesConfig(Strict):
@@ -109,8 +108,6 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _balancing_fits_the_format(self) -> Recipe:
-        from ftcore.data.balance import check_format  # imported here: loading a recipe needs no numpy or pandas
-
         try:
             check_format(self.balance, self.data.format)
         except DataError as e:
@@ -119,8 +116,6 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _the_adapter_can_be_continued(self) -> Recipe:
-        from ftcore.models.peft_methods import can_continue  # imports no PEFT until a model is built
-
         if self.model.start == "adapter" and not can_continue(self.method):
             raise ValueError(f"model.start: adapter continues the champion's adapter, which method {self.method.name} "
                              "cannot (lora, qlora, ia3, loha, lokr and adapter can; dora, prompt learning and full "
@@ -130,8 +125,6 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _exports_fit_the_method(self) -> Recipe:
         # Known from the recipe alone, so refused here rather than by the deploy stage after training.
-        from ftcore.deploy.export import planned_export_problems
-
         problems = planned_export_problems(self.method, self.deploy.exports)
         if problems:
             raise ValueError("deploy.exports: " + "; ".join(problems))
@@ -274,6 +267,18 @@ def current_names(raw: dict) -> dict:
     return raw
 
 
+def old_names_written(raw: dict, overrides: list[str]) -> dict[str, str]:
+    """Current name -> the old name the recipe or an override used for it, so that a problem names what was written."""
+    heads = {item.partition("=")[0].strip().partition(".")[0] for item in overrides}
+    return {new: old for old, new in OLD_NAMES.items() if old in raw or old in heads}
+
+
+def as_written(problem: str, written: dict[str, str]) -> str:
+    """`objective: ...` as `task: ...` where the recipe said task."""
+    head, sep, rest = problem.partition(":")
+    return f"{written[head]}{sep}{rest}" if head in written else problem
+
+
 def current_override(item: str) -> str:
     """`--set task=rl` as `--set objective=rl`."""
     key, sep, value = item.partition("=")
@@ -301,6 +306,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError([f"{path}: a recipe is a YAML mapping (name: ..., data: ..., ...), not "
                            f"{_yaml_kind(raw)}"])
+    written = old_names_written(raw, overrides or [])
     try:
         raw = current_names(raw)
     except ValueError as e:
@@ -314,7 +320,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
     except ValidationError as e:
-        problems += [f"{path}: {describe_error(err, Recipe)}" for err in e.errors()]
+        problems += [f"{path}: {as_written(describe_error(err, Recipe), written)}" for err in e.errors()]
     if problems:
         raise RecipeError(problems)
     return recipe

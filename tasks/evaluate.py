@@ -5,31 +5,32 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from ftcore.alignment.config import RewardConfig
-from ftcore.alignment.rewards import REWARDS
 from ftcore.evaluation.config import EvaluateConfig
 from ftcore.evaluation.domain import METRICS
 from ftcore.evaluation.evaluate import evaluate_stage
 from ftcore.evaluation.intervals import metric_key
 from ftcore.evaluation.jobs import EvaluateJob
 from ftcore.outputs import EvalOutput
+from ftcore.safety.toxicity import TOXICITY_SCORERS
 from tasks.common import source_hash, stage_folder, stage_task
 
 
-def plugin_hash(evaluate: EvaluateConfig, reward: RewardConfig | None) -> str:
-    """The source of the domain metrics and reward functions the recipe uses (data engineers' code) joins the
-    cache key."""
-    return source_hash(METRICS.modules(evaluate.domain_metric_names)
-                       | (REWARDS.modules(reward.function_names) if reward else set()))
+def plugin_hash(job: EvaluateJob) -> str:
+    """The source of the plugins the recipe picks by name (data engineers' code, which no import of the stage's
+    reaches): its domain metrics, reward functions and toxicity scorer. It joins the cache key and the folder."""
+    toxicity = job.evaluate.safety.toxicity
+    return source_hash(METRICS.modules(job.evaluate.domain_metric_names)
+                       | (job.reward.function_modules() if job.reward else set())
+                       | (TOXICITY_SCORERS.modules([toxicity.scorer]) if toxicity else set()))
 
 
-@stage_task("evaluate", plugin_code=lambda params: plugin_hash(params["job"].evaluate, params["job"].reward))
+@stage_task("evaluate", plugin_code=lambda params: plugin_hash(params["job"]))
 def evaluate(job: EvaluateJob) -> EvalOutput:
     """Score the fine-tuned candidate on the test split beside the base model (and its few-shot prompting; a
     classifier: a TF-IDF baseline; a reward model: preferring the longer answer), the version it continued and the
     current champion, all pinned when the run started; with a forgetting set, what it forgot; with
     evaluate.cross_validation, k folds trained and scored. The HTML report is linked from a Prefect artifact."""
-    out = evaluate_stage(job, stage_folder("evaluate", job))
+    out = evaluate_stage(job, stage_folder("evaluate", job, plugins=plugin_hash(job)))
     evaluate, title = job.evaluate, job.title
     logger = get_run_logger()
     rival = "champion" if job.champion else out.reference

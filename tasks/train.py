@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from ftcore.alignment.config import RewardConfig
-from ftcore.alignment.rewards import REWARDS
 from ftcore.outputs import TrainOutput
 from ftcore.training.jobs import TrainJob
 from ftcore.training.train import train_stage
 from tasks.common import source_hash, stage_folder, stage_task
 
 
-def reward_code(reward: RewardConfig | None) -> str:
-    """The source of the reward functions the recipe uses (data engineers' code) joins the cache key."""
-    return source_hash(REWARDS.modules(reward.function_names) if reward else set())
+def reward_code(job: TrainJob) -> str:
+    """The source of the reward functions the recipe uses (data engineers' code) joins the cache key and the
+    folder."""
+    return source_hash(job.reward.function_modules() if job.reward else set())
 
 
-@stage_task("train", plugin_code=lambda params: reward_code(params["job"].reward))
+@stage_task("train", plugin_code=lambda params: reward_code(params["job"]))
 def train(job: TrainJob) -> TrainOutput:
     """Fine-tune the init stage's model on the train split for the recipe's objective (rl: against the reward, with
     the pinned reward model; continual: replaying and anchored to the retained data)."""
-    out = train_stage(job, stage_folder("train", job))
+    out = train_stage(job, stage_folder("train", job, plugins=reward_code(job)))
     m = out.metrics
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
     processes = f" in {m['processes']:.0f} processes ({job.train.distributed.strategy})" if m["processes"] > 1 else ""

@@ -73,8 +73,10 @@ def test_the_closure_is_the_project_s_code_only():
     assert not any(name.startswith(("flows/", "data_recipes/", "ftcore/serving/")) for name in names)
 
 
-def test_the_reward_functions_a_recipe_uses_join_the_train_and_evaluate_keys(tmp_path, monkeypatch, request):
-    """Reward functions come by name from entry points (data engineers' code): no import of a stage reaches them."""
+def test_the_reward_functions_a_recipe_uses_join_the_train_and_evaluate_keys_and_folders(tmp_path, monkeypatch,
+                                                                                           request):
+    """Reward functions come by name from entry points (data engineers' code): no import of a stage reaches them. An
+    edited one re-runs train and evaluate into new folders, so the older cache entries keep what they point at."""
     from ftcore.alignment.config import RewardConfig
     from ftcore.alignment.rewards import REWARDS
     from ftcore.evaluation.jobs import EvaluateJob
@@ -95,14 +97,16 @@ def test_the_reward_functions_a_recipe_uses_join_the_train_and_evaluate_keys(tmp
     jobs = {"train": TrainJob(base=base, dataset=dataset, objective=rl, reward=reward),
             "evaluate": EvaluateJob(base=base, trained=trained, dataset=dataset, objective=rl, reward=reward)}
 
-    def keys() -> list[str]:
-        return [importlib.import_module(f"tasks.{s}").__dict__[s].cache_key_fn(None, {"job": job})
-                for s, job in jobs.items()]
+    def keys_and_folders() -> list[tuple[str, Path]]:
+        tasks = {stage: importlib.import_module(f"tasks.{stage}") for stage in jobs}
+        return [(task.__dict__[stage].cache_key_fn(None, {"job": jobs[stage]}),
+                 folder_used(monkeypatch, task, lambda task=task, stage=stage: task.__dict__[stage].fn(jobs[stage])))
+                for stage, task in tasks.items()]
 
-    before = keys()
+    before = keys_and_folders()
     edit(tmp_path, "ftflow_test_rewards.py")
-    after = keys()
-    assert all(a != b for a, b in zip(after, before, strict=True))
+    after = keys_and_folders()
+    assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(after, before, strict=True))
 
 
 class FolderUsed(Exception):

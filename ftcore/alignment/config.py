@@ -20,7 +20,7 @@ class RewardFunctionSpec(PluginSpec):
 
 
 class RewardConfig(Strict):
-    """What task rl optimises and is evaluated on (`mean_reward`): a reward model, reward functions, or both
+    """What objective rl optimises and is evaluated on (`mean_reward`): a reward model, reward functions, or both
     (weighted sum)."""
 
     model: str | None = Field(None, description="a reward model: a local folder, or a registered one as "
@@ -37,6 +37,10 @@ class RewardConfig(Strict):
     @property
     def function_names(self) -> list[str]:
         return [spec.function for spec in self.functions]
+
+    def function_modules(self) -> set[str]:
+        """The modules the reward functions come from: code the recipe picks by name, for the cache keys."""
+        return REWARDS.modules(self.function_names)
 
     def registered_model(self) -> tuple[str, str | None, str | None] | None:
         """(name, alias, version) of a models:/ URI, else None (a folder)."""

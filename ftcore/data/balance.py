@@ -22,6 +22,7 @@ from ftcore.data.augment import batch_edit, edit_inputs
 from ftcore.data.config import AugmentConfig, BalanceConfig
 from ftcore.data.embeddings import embed_texts, encoder_dir
 from ftcore.errors import DataError
+from ftcore.plugins import UnknownPlugin
 
 CLASSIFICATION_FORMAT = "text_label"
 EMBEDDING = "embedding"
@@ -97,8 +98,12 @@ def augment_rows(frame: pd.DataFrame, cfg: AugmentConfig, data_format: str, seed
                else np.tile(np.arange(len(frame)), cfg.copies))
     variants = frame.iloc[sources].reset_index(drop=True)
     rng = random.Random(seed)
-    for name in cfg.operations:
-        variants = edit_inputs(variants, data_format, batch_edit(name, cfg.p, rng))
+    try:  # every operation looked up before any runs; the recipe's check at load time makes this rare
+        edits = [batch_edit(name, cfg.p, rng) for name in cfg.operations]
+    except UnknownPlugin as e:
+        raise DataError(f"balance.augment.operations: {e}") from None
+    for edit in edits:
+        variants = edit_inputs(variants, data_format, edit)
     originals = frame.reset_index(drop=True).assign(
         augmented=False, augmented_from=pd.array([pd.NA] * len(frame), dtype="Int64"))
     return pd.concat([originals, variants.assign(augmented=True, augmented_from=pd.array(sources, dtype="Int64"))],

@@ -64,7 +64,7 @@ class DataConfig(Strict):
     prompt_template: str = "Question: {prompt}\nAnswer:"
     completion_template: str = " {completion}"
     tasks: dict[str, TaskMix] = Field(
-        default_factory=dict, description="task multitask: the tasks that sources name with `task:`, with their "
+        default_factory=dict, description="objective multitask: the tasks that sources name with `task:`, with their "
                                           "sampling weights and instructions (docs/training.md)")
 
     @field_validator("prompt_template", "completion_template")

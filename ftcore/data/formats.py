@@ -20,7 +20,7 @@ from ftcore.errors import DataError
 
 COLLECT = "collect"
 SOURCE = "source"
-TASK = "task"  # task multitask: the data.tasks entry a row belongs to
+TASK = "task"  # objective multitask: the data.tasks entry a row belongs to
 HOLDOUT = "holdout"  # the row comes from data.test_sources: it always lands in the test split
 QUARANTINE_COLUMNS = {SOURCE: "str", ROW_ID: "int64", "raw": "str", "step": "str", "reason": "str"}
 ASSISTANT_TURN = "\n\nAssistant:"

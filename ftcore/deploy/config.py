@@ -10,12 +10,12 @@ from ftcore.schema import Fraction, Strict
 
 
 class BeatChampion(Strict):
-    """The candidate beats the champion (before the first champion: the task's reference, e.g. the base model) on
+    """The candidate beats the champion (before the first champion: the objective's reference, e.g. the base model) on
     `metric` by more than `margin`, and with `confident`, the lower bound of the paired bootstrap interval of the
     improvement is above `margin` too."""
 
     rule: Literal["beat_champion"] = "beat_champion"
-    metric: str | None = Field(None, description="default: the task's first metric")
+    metric: str | None = Field(None, description="default: the objective's first metric")
     margin: float = Field(0.0, ge=0)
     confident: bool = Field(True, description="require the improvement's lower confidence bound above the margin")
 

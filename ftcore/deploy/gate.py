@@ -2,7 +2,7 @@
 become champion. A failed gate is a normal outcome: the version is registered as `challenger` and the champion
 stays where it was.
 
-- `beat_champion`: the candidate improves on the champion (before the first champion: the task's reference, e.g.
+- `beat_champion`: the candidate improves on the champion (before the first champion: the objective's reference, e.g.
   the base model) on the metric by more than `margin`; with `confident`, the lower bound of the paired bootstrap
   interval of the improvement is above the margin too, so a lucky test split does not promote a model.
 - `max_toxicity`, `max_forgetting`, `max_latency`, `max_bias`: the measured value is at most the threshold.

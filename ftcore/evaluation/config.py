@@ -44,18 +44,10 @@ class ForgettingConfig(Strict):
         return resolve_relative(v, info)
 
 
-
-
-
-
-
-
-
-
 class EvaluateConfig(Strict):
-    # A recipe's default is every metric of its task (Recipe._task_defaults); sft's on its own.
+    # A recipe's default is every metric of its objective (recipe.py: with_default_metrics); sft's on its own.
     metrics: list[Metric] = Field(default_factory=lambda: list(OBJECTIVES[DEFAULT_OBJECTIVE].metrics), min_length=1,
-                                  description="default: every metric of the task")
+                                  description="default: every metric of the objective")
     domain_metrics: list[DomainMetricSpec] = Field(default_factory=list, description="registered domain metrics "
                                                                                      "(`ftflow metrics`)")
     fewshot: int = Field(0, ge=0, le=32, description="k > 0: also score the base model prompted with k training "
@@ -82,22 +74,3 @@ class EvaluateConfig(Strict):
     @property
     def domain_metric_names(self) -> list[str]:
         return [spec.metric for spec in self.domain_metrics]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The gate
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

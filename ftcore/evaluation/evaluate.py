@@ -30,8 +30,6 @@ REPORT = "report.html"
 MODEL_ORDER = (BASELINE, LENGTH_BASELINE, "base", FEWSHOT, "start", CHAMPION, CANDIDATE)
 
 
-
-
 def evaluate_stage(job: EvaluateJob, out_dir: Path) -> EvalOutput:
     """Score the candidate beside the base model (when its base is a model of the same kind), the version it
     continued, and the champion; with evaluate.cross_validation, k folds trained and scored first."""
@@ -177,6 +175,7 @@ def report_data(scoring: Scoring, metrics: dict[str, float], predictions: pd.Dat
         others = {name: name for name in models if name != CANDIDATE and name in predictions}
         examples = worst_examples(predictions, f"{CANDIDATE}.{example_metric}", source, reference_column, CANDIDATE,
                                   other_outputs=others)
+    shown = {name: value for name, value in metrics.items() if name != "test_rows"}  # said in the notes
     return ReportData(title=scoring.title, objective=scoring.objective.name, models=models, table_metrics=table,
-                      metrics=metrics, lower_is_better=frozenset(LOWER_IS_BETTER), examples=examples,
+                      metrics=shown, lower_is_better=frozenset(LOWER_IS_BETTER), examples=examples,
                       example_metric=example_metric, images=images, notes=notes)

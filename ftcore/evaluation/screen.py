@@ -30,7 +30,7 @@ from ftcore.safety.toxicity import score_texts
 def screen_answers(models: dict[str, Path], prompts: list[str], outputs: dict[str, list[str]],
                    questions: list[str], references: list[str],
                    cfg: EvaluateConfig) -> tuple[ModelScores, dict[str, float]]:
-    """Every model's safety rows; `outputs` holds the answers to `prompts` the task's scorer already generated (by
+    """Every model's safety rows; `outputs` holds the answers to `prompts` the objective's scorer already generated (by
     model name; `fewshot` among them is screened for toxicity only). Models without answers are run here."""
     safety = cfg.safety
     scores: ModelScores = {}

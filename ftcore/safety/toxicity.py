@@ -47,18 +47,19 @@ class RegisteredScorer(Plugin):
 
 # The built-ins are below; data engineers' scorers live in cleaning-step modules, so their entry-point group is the
 # steps' one.
-SCORERS: Registry[RegisteredScorer] = Registry("toxicity scorer", RegisteredScorer, group="ftflow.cleaning_steps")
+TOXICITY_SCORERS: Registry[RegisteredScorer] = Registry("toxicity scorer", RegisteredScorer,
+                                                        group="ftflow.cleaning_steps")
 
 
 def toxicity_scorer(name: str, explain: Callable[[str], str] | None = None) -> Callable[[ScorerFn], ScorerFn]:
     """Register `fn(texts, **options) -> list[float]` (scores in [0, 1]) under `name`, used as
     `{step: filter_toxicity, scorer: name}`. `explain(text)`, if given, says what made a text score high."""
-    return SCORERS.register(name, explain=explain)
+    return TOXICITY_SCORERS.register(name, explain=explain)
 
 
 def score_texts(name: str, texts: Sequence[str], **options) -> list[float]:
     """Scores of `texts` by the scorer `name`, checked to be one number in [0, 1] per text."""
-    scorer = SCORERS.get(name)
+    scorer = TOXICITY_SCORERS.get(name)
     accepted = scorer.options
     passed = {k: v for k, v in options.items() if k in accepted or "**" in accepted}
     scores = [float(s) for s in scorer.fn(list(texts), **passed)]

@@ -100,4 +100,3 @@ class AliasWatcher:
             except Exception as e:  # a registry or load failure must not stop the endpoint
                 log.warning("reload check of %s failed, still serving version %s: %s", self.source.target,
                             self.serving_version(), str(e).splitlines()[0] if str(e) else type(e).__name__)
-

@@ -18,7 +18,7 @@ DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 
 
 class PreferenceConfig(Strict):
-    """Preference optimisation on (prompt, chosen, rejected) pairs (task dpo)."""
+    """Preference optimisation on (prompt, chosen, rejected) pairs (objective dpo)."""
 
     algorithm: Literal["dpo", "kto", "orpo"] = Field(
         "dpo", description="dpo: against a frozen reference (the model before training: with an adapter, the base "
@@ -42,7 +42,7 @@ class PreferenceConfig(Strict):
 
 
 class RlConfig(Strict):
-    """Online optimisation of the policy against `reward` (task rl): for each prompt the policy samples
+    """Online optimisation of the policy against `reward` (objective rl): for each prompt the policy samples
     `num_generations` answers and learns from how each scores against the others (group-relative baseline)."""
 
     algorithm: Literal["grpo", "rloo"] = "grpo"
@@ -52,12 +52,6 @@ class RlConfig(Strict):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     kl_beta: float = Field(0.0, ge=0, description="weight of the KL penalty towards the starting policy (0: none, "
                                                   "and no reference model is kept)")
-
-
-
-
-
-
 
 
 class RegularizerConfig(Strict):

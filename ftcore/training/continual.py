@@ -31,7 +31,7 @@ def with_replay(train: pd.DataFrame, retained: pd.DataFrame, share: float, seed:
 
 
 def _format_columns(rows: pd.DataFrame) -> list[str]:
-    """The columns a language-model task trains on, by the rows' format (messages, prompt_completion, text)."""
+    """The columns a language-model objective trains on, by the rows' format (messages, prompt_completion, text)."""
     return next(columns for columns in (["messages"], ["prompt", "completion"], ["text"]) if columns[0] in rows)
 
 

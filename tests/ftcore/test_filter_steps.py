@@ -127,7 +127,7 @@ def shouting_scorer():
         return [sum(c.isupper() for c in t) / max(1, sum(c.isalpha() for c in t)) for t in texts]
 
     yield "test_shouting"
-    toxicity.SCORERS.unregister("test_shouting")
+    toxicity.TOXICITY_SCORERS.unregister("test_shouting")
 
 
 def test_a_registered_scorer_is_used_by_name(shouting_scorer: str):
@@ -153,7 +153,7 @@ def test_a_scorer_out_of_range_fails_loudly():
         with pytest.raises(ValueError, match="outside"):
             run(qa_frame(["x"]), "filter_toxicity", scorer="test_broken")
     finally:
-        toxicity.SCORERS.unregister("test_broken")
+        toxicity.TOXICITY_SCORERS.unregister("test_broken")
 
 
 # --- filter_toxicity: classifier ----------------------------------------------------------------------------------

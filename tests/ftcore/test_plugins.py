@@ -15,7 +15,7 @@ from ftcore.errors import UserError
 from ftcore.evaluation.domain import METRICS
 from ftcore.plugins import Plugin, Registry, UnknownPlugin
 from ftcore.registry import STEPS
-from ftcore.safety.toxicity import SCORERS
+from ftcore.safety.toxicity import TOXICITY_SCORERS
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def test_ftcore_step_modules_load_only_when_a_step_is_looked_up():
     (STEPS, "ftflow.cleaning_steps", "drop_duplicates"),
     (REWARDS, "ftflow.reward_functions", "safe_refusal"),
     (METRICS, "ftflow.metrics", "clinical_terms"),
-    (SCORERS, "ftflow.cleaning_steps", "lexicon"),  # data engineers' scorers live in step modules
+    (TOXICITY_SCORERS, "ftflow.cleaning_steps", "lexicon"),  # data engineers' scorers live in step modules
     (AUGMENTERS, "ftflow.augmenters", "random_swap"),
 ])
 def test_every_kind_of_plugin_uses_the_one_registry(registry, group, example):

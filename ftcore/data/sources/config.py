@@ -34,19 +34,10 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 
-
-
-
-
-
-
-
-
-
 class SourceBase(Strict):
     columns: dict[str, str] = Field(default_factory=dict, description="canonical column -> column in this source")
     name: str | None = Field(None, description="tag for this source's rows (column `source`); default: file/URL")
-    task: str | None = Field(None, description="task multitask: the data.tasks entry this source's rows belong to "
+    task: str | None = Field(None, description="objective multitask: the data.tasks entry this source's rows belong to "
                                                "(column `task`)")
     derive_prompt: bool = Field(
         False, description="preference format: the prompt is the dialogue both answers share, up to the last "
@@ -156,8 +147,6 @@ def parse_sql_url(url: str) -> URL:
                       query={key: restore(value) for key, value in parsed.query.items()})
 
 
-
-
 def check_sql_url_secrets(url: str) -> None:
     """A SQL URL names its password (and any credential in its query) with placeholders, never literally."""
     parsed = parse_sql_url(url)
@@ -169,10 +158,6 @@ def check_sql_url_secrets(url: str) -> None:
         if SECRET_NAME.search(key) and not all(PLACEHOLDER.fullmatch(v) for v in values):
             raise ValueError(f"query parameter {key!r} holds a literal credential: write ${{env:NAME}} or "
                              "${secret:BLOCK} in its place")
-
-
-
-
 
 
 # Headers that negotiate content and never carry a credential: only these may be written out in a recipe.
@@ -251,19 +236,9 @@ SOURCE_TYPES = frozenset({"jsonl", "csv", "json", "parquet", "sql", "http", "hf_
 register_union_tags(SOURCE_TYPES)
 
 
-
-
-
-
 def _is_glob(path: Path) -> bool:
     return any(c in str(path) for c in "*?[")
 
 
 def _expand(pattern: Path) -> list[Path]:
     return sorted(p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_file())
-
-
-
-
-
-

@@ -34,7 +34,6 @@ MEDIA_TYPES = {
 }
 
 
-
 def read_http(source: HttpSource, batch_rows: int) -> Iterator[Chunk]:
     headers = _headers(source)
     with requests.Session() as session:

@@ -10,7 +10,7 @@ import pandas as pd
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ftcore.registry import Batch, StepParams, StepResult, cleaning_step
-from ftcore.safety.toxicity import MODEL_SCORERS, SCORERS, score_texts
+from ftcore.safety.toxicity import MODEL_SCORERS, TOXICITY_SCORERS, score_texts
 
 # --- filter_language ----------------------------------------------------------------------------------------------
 
@@ -119,7 +119,7 @@ class FilterToxicityParams(StepParams):
     @field_validator("scorer")
     @classmethod
     def _registered(cls, name: str) -> str:
-        SCORERS.get(name)  # UnknownPlugin, a ValueError, lists the registered scorers
+        TOXICITY_SCORERS.get(name)  # UnknownPlugin, a ValueError, lists the registered scorers
         return name
 
     @model_validator(mode="after")
@@ -142,7 +142,7 @@ def filter_toxicity(batch: Batch, p: FilterToxicityParams) -> StepResult:
     worst_col = scores.argmax(axis=0) if n else np.zeros(0, dtype=int)
     worst = scores.max(axis=0) if n else np.zeros(0)
     toxic = worst >= p.threshold
-    explain = SCORERS.get(p.scorer).explain
+    explain = TOXICITY_SCORERS.get(p.scorer).explain
     reasons = pd.Series("", index=batch.frame.index)
     for row in np.flatnonzero(toxic):
         col = columns[worst_col[row]]
