@@ -57,13 +57,16 @@ class TrainRun(BaseModel):
 
 @dataclass(frozen=True)
 class TrainerSetup:
-    """What a trainer is built from: the model and tokenizer, the rows, the train section, the TrainingArguments
-    every trainer shares, and the run (the objective's own inputs: loss, reward, starting weights)."""
+    """What a trainer is built from: the model and tokenizer, the rows, the TrainingArguments every trainer shares,
+    and the run (the train section, and the objective's own inputs: loss, reward, starting weights)."""
 
     model: Any
     tokenizer: Any
     train_rows: Any
     eval_rows: Any
-    cfg: TrainConfig
     shared: dict
     run: TrainRun
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.run.job.train

@@ -101,8 +101,7 @@ def train_in_process(run: TrainRun, callbacks: Sequence = ()) -> dict[str, float
     model, tokenizer = load_for_training(job.base)
     train_rows, eval_rows, replayed = training_rows(run, tokenizer)
     store = CheckpointStore(run.checkpoints, keep=cfg.save_total_limit)
-    setup = TrainerSetup(model, tokenizer, train_rows, eval_rows, cfg,
-                         trainer_arguments(model, cfg, store, eval_rows), run)
+    setup = TrainerSetup(model, tokenizer, train_rows, eval_rows, trainer_arguments(model, cfg, store, eval_rows), run)
     trainer, analytics = build_trainer(setup, store)
     if job.continual is not None and job.continual.regularizer is not None:
         anchor(trainer, tokenizer, job.continual, job.retained.train, cfg)
