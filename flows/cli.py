@@ -14,7 +14,17 @@ from typing import Annotated
 import typer
 
 from flows import cli_data, cli_ops
-from flows.cli_shared import OneLineUsageErrors, RecipeArg, SetOpt, configure, console, err_console, fail, validated
+from flows.cli_shared import (
+    OneLineUsageErrors,
+    RecipeArg,
+    SetOpt,
+    configure,
+    connect_prefect,
+    console,
+    err_console,
+    fail,
+    validated,
+)
 from flows.settings import VERBOSE, check_room, start_embedded_prefect
 from ftcore.errors import UserError, storage_error
 from ftcore.paths import home
@@ -52,6 +62,11 @@ def run(
         if stop_after is None or STAGES.index(stop_after) >= STAGES.index(Stage.train):
             _check_hardware(loaded, recipe, strict=True)
     configure()
+    try:
+        check_room(home())
+    except UserError as e:
+        fail(str(e))
+    connect_prefect()
     summaries = _run_flows(recipes, overrides, stop_after, as_json)
     for summary in summaries:
         _report(summary, as_json and len(summaries) == 1)
@@ -75,7 +90,6 @@ def _run_flows(recipes: list[Path], overrides: list[str], stop_after: Stage | No
     from flows.finetune import StageFailed, finetune
 
     try:
-        check_room(home())
         start_embedded_prefect()
         if len(recipes) == 1:
             return [finetune(str(recipes[0]), overrides, stop_after)]
@@ -105,13 +119,24 @@ def _report(summary: dict, as_json: bool) -> None:
     if model:
         out.print(f"model [bold]{model['name']}[/] version [bold]{model['version']}[/] "
                   f"aliases: {', '.join(model['aliases'])}")
-        champion = "champion" in model["aliases"]
-        out.print(f"gate {'[green]passed' if champion else '[yellow]did not pass'}[/]: {summary['gate']['reason']}")
-        if champion:
-            out.print(f"champion version: {model['version']}")
+        out.print(f"{_gate_verdict(model, summary['gate'])}: {summary['gate']['reason']}", highlight=False)
     out.print(f"summary: {home() / 'runs' / summary['run_id'] / 'summary.json'}")
+    # Last, where to look next: the run and the version in MLflow's UI (FTFLOW_MLFLOW_UI_URL, docs/operations.md).
+    for label, key in (("MLflow run", "mlflow_run_url"), ("model version", "model_version_url")):
+        if summary.get(key):
+            out.print(f"{label}: {summary[key]}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(summary, indent=2))
+
+
+def _gate_verdict(model: dict, gate: dict) -> str:
+    """What the gate did: promoted the version, kept the champion, or had nothing to decide (the candidate is the
+    champion already, the same trained model)."""
+    if gate["passed"]:
+        return f"gate [green]passed[/]: v{model['version']} is champion"
+    if "champion" in model["aliases"]:
+        return f"[cyan]v{model['version']} is the champion already[/], nothing to promote"
+    return f"gate [yellow]failed[/]: v{model['version']} stays challenger"
 
 
 @app.command()

@@ -3,9 +3,11 @@ Prefect deployments with the processes that run them. `register_commands` adds t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from flows.cli_shared import configure, console, fail, validated
+from flows.cli_server import server_app
+from flows.cli_shared import configure, connect_prefect, console, fail, validated
+from flows.settings import verbose
 from ftcore.errors import UserError
 from ftcore.quiet import quiet_libraries
 from ftcore.schema import describe_error
@@ -24,26 +28,65 @@ def register_commands(app: typer.Typer) -> None:
     """Adds these commands to APP, in the order `ftflow --help` lists them (after the pipeline's)."""
     app.command()(ui)
     app.command()(serve)
+    app.command()(chat)
     app.command()(monitor)
     app.command(name="deploy")(deploy_flows)
     app.command(name="serve-flows")(serve_flows)
     app.command()(worker)
+    app.add_typer(server_app, name="server")
 
 
 def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
-    """Start the MLflow UI on ftflow's store and say how to open Prefect's."""
+    """Start the MLflow UI on ftflow's store and Prefect's (the local Prefect server), and print both URLs; Ctrl-C
+    stops every process this command started."""
     configure()
     from ftcore import tracking
 
+    prefect = connect_prefect(always=True)
+    prefect_url = prefect.url if prefect else os.environ["PREFECT_API_URL"].removesuffix("/").removesuffix("/api")
     uri = tracking.tracking_uri()
-    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
-    console.print("Prefect UI: run `prefect server start` in another terminal with the same PREFECT_HOME "
-                  f"({os.environ['PREFECT_HOME']}), then open http://127.0.0.1:4200")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port)]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", tracking.artifact_root()]
-    raise typer.Exit(subprocess.call(cmd))
+    # Its own session: Ctrl-C reaches this process, which stops MLflow's whole tree (its server's workers too).
+    # Its request log would bury the two URLs: shown with --verbose only.
+    output = None if verbose() else subprocess.DEVNULL
+    mlflow_ui = subprocess.Popen(cmd, start_new_session=True, stdout=output, stderr=output)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        _wait_until_answers(f"http://127.0.0.1:{port}", mlflow_ui)
+        console.print(f"MLflow UI:  http://127.0.0.1:{port}  (store {uri})", highlight=False, soft_wrap=True)
+        console.print(f"Prefect UI: {prefect_url}" + ("" if prefect is None or prefect.started else
+                                                       "  (already running; left running)"), highlight=False)
+        console.print("Ctrl-C stops them.")
+        mlflow_ui.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(mlflow_ui.pid, signal.SIGTERM)
+        mlflow_ui.wait()
+        if prefect is not None:
+            from flows.prefect_server import release
+
+            release(prefect)
+
+
+def _wait_until_answers(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3):
+                return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            fail(f"the MLflow UI did not start at {url}; is the port taken? (--port picks another)")
+        time.sleep(0.3)
 
 
 def serve(
@@ -79,6 +122,43 @@ def serve(
         fail(str(e))
     except ValidationError as e:
         fail("; ".join(map(describe_error, e.errors())))
+
+
+def chat(
+    model_uri: Annotated[str, typer.Argument(
+        metavar="MODEL_URI", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder.")],
+    variant: Annotated[str, typer.Option(
+        help="model, or an export of the version: int8, merged, merged_bf16, adapter.")] = "model",
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate at most per answer.")] = 64,
+    temperature: Annotated[float, typer.Option(min=0, max=2, help="0: greedy (the same answer every time).")] = 0.0,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1.")] = "cpu",
+) -> None:
+    """Chat with a model in the terminal, asked as it was trained (its chat template, or the recipe's prompt
+    template). /clear forgets the conversation; /exit or Ctrl-D ends. Answers print whole (no streaming)."""
+    configure()
+    quiet_libraries()
+    from ftcore.serving.chat import Conversation
+    from ftcore.serving.source import model_source
+
+    try:
+        source = model_source(model_uri, variant, device)
+        version = source.current_version()
+        conversation = Conversation(source.load(version), max_tokens, temperature)
+    except UserError as e:
+        fail(str(e))
+    typer.echo(f"{source.name} v{version}: {conversation.describe()}. /clear forgets, /exit or Ctrl-D ends.")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            typer.echo()
+            return
+        if text == "/exit":
+            return
+        if text == "/clear":
+            conversation.clear()
+        elif text:
+            typer.echo(f"model> {conversation.ask(text).text.strip()}")
 
 
 def monitor(

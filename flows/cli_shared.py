@@ -3,6 +3,7 @@ helpers that make a user's mistake one `error:` line and exit code 2."""
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -56,6 +57,20 @@ def configure() -> None:
     """The environment checked and completed (flows/settings.py): a bad variable is one line."""
     try:
         configure_environment()
+    except UserError as e:
+        fail(str(e))
+
+
+def connect_prefect(always: bool = False):
+    """PREFECT_API_URL pointed at the local Prefect server reused between runs, started when none answers
+    (flows/prefect_server.py): its `LocalServer`, or None where the user's own server (or, unless ALWAYS, Prefect's
+    temporary one) is used. Before Prefect is imported: it reads its settings then."""
+    from flows import prefect_server
+
+    try:
+        if always and not os.environ.get("PREFECT_API_URL"):
+            return prefect_server.connect()
+        return prefect_server.use_local_server()
     except UserError as e:
         fail(str(e))
 

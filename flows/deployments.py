@@ -86,7 +86,7 @@ def load_deployments(path: Path = PREFECT_FILE, crons: dict[str, str] | None = N
             spec.schedules = [cli_schedule(spec.name, crons[spec.name])]
         if recipe is not None:
             use_recipe(spec, recipe)
-    return specs
+    return [with_form(each) for spec in specs for each in per_recipe(spec)]
 
 
 def cli_schedule(name: str, cron: str) -> Schedule:
@@ -101,15 +101,60 @@ def use_recipe(spec: DeploymentSpec, recipe: str) -> None:
     breach events start the retraining."""
     from ftcore.recipe import load_recipe
 
-    name = load_recipe(recipe).registered_model
+    loaded = load_recipe(recipe)
+    name = loaded.registered_model
     for key in ("recipe_path", "recipe"):
         if key in spec.parameters:
+            if in_repo(spec.parameters[key]).is_dir():  # a deployment per recipe: named after it (per_recipe)
+                spec.name = loaded.name
             spec.parameters[key] = recipe
     if "model" in spec.parameters:
         spec.parameters["model"] = f"models:/{name}@champion"
     for trigger in spec.triggers:
         trigger.setdefault("match", {})["prefect.resource.id"] = f"ftflow.model.{name}"
         trigger["name"] = f"retrain {name} on a monitor breach"
+
+
+def in_repo(path: str) -> Path:
+    """A deployment's path parameter as the worker reads it: relative to the repository root."""
+    return REPO / path
+
+
+def per_recipe(spec: DeploymentSpec) -> list[DeploymentSpec]:
+    """A deployment whose recipe_path is a folder, once for each recipe in it (sub-folders too), named after the
+    recipe: the dashboard lists the repository's recipes, each with its own form."""
+    from ftcore.recipe import load_recipe
+
+    path = spec.parameters.get("recipe_path")
+    if path is None or not in_repo(path).is_dir():
+        return [spec]
+    folder = in_repo(path)
+    named: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*.yaml")):
+        name = load_recipe(path).name
+        if name in named:
+            raise UserError(f"{named[name]} and {path} are both named {name!r}: the deployments of {folder} are named "
+                            "after their recipe; rename one")
+        named[name] = path
+    return [spec.model_copy(deep=True, update={
+        "name": name, "parameters": {**spec.parameters, "recipe_path": str(path.relative_to(REPO))}})
+        for name, path in named.items()]
+
+
+def with_form(spec: DeploymentSpec) -> DeploymentSpec:
+    """The deployment's form (its `options` parameter) filled in with its recipe's values (flows/options.py): the
+    dashboard's Run shows them, and only the fields changed there override the recipe."""
+    from flows.options import RunOptions
+    from ftcore.recipe import load_recipe
+
+    if "recipe_path" not in spec.parameters:
+        return spec
+    if "options" in spec.parameters:
+        raise UserError(f"deployment {spec.name}: parameters.options: the form shows the recipe's own values; give "
+                        "fixed changes as parameters.overrides (a.b=value)")
+    path = in_repo(spec.parameters["recipe_path"])
+    spec.parameters["options"] = RunOptions.of_recipe(load_recipe(path), path).model_dump(mode="json")
+    return spec
 
 
 def flow_of(spec: DeploymentSpec):

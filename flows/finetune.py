@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import closing
 from pathlib import Path
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 
 import ftcore
-from flows.options import RunOptions
-from flows.summary import RunSummary
+from flows.options import UNCHANGED, RunOptions, shown_options
+from flows.summary import RunSummary, outcomes
 from ftcore import jobs, tracking
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError, is_user_error, storage_error
@@ -34,6 +37,8 @@ from tasks.monitor import monitor
 from tasks.train import train
 
 LEASE_TAG = "ftflow.lease"  # a run's MLflow tag: the file its process holds a lock on while it lives
+PREFECT_URL_TAG = "ftflow.prefect_flow_run_url"  # the flow run's page in Prefect's UI, when its server has one
+OVERRIDES_TAG = "ftflow.overrides"  # the run's changes to its recipe file (--set, the dashboard form), as JSON
 
 
 class StopPipeline(Exception):
@@ -59,18 +64,22 @@ class UserStageFailed(StageFailed, UserError):
 
 @flow(name="finetune", log_prints=False, validate_parameters=False)
 def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None,
-             options: RunOptions | None = None) -> dict:
-    """Run a recipe's seven stages.
+             options: RunOptions = UNCHANGED) -> State:
+    """Run a recipe's seven stages. Calling it returns the run's summary (a dict); the flow run ends Completed, named
+    for what its reader must know when the gate kept the champion or the monitor found a breach (end_state).
 
     Args:
         recipe_path: the recipe YAML, e.g. data_recipes/recipes/clinical_qa.yaml (a path the worker can read).
         overrides: recipe fields to change, as a.b=value (values parsed as YAML), e.g. train.epochs=5.
         until: stop after this stage.
-        options: the common changes as a form (method, learning rate, max steps, dataset path).
+        options: the recipe's common fields as a form (method, rank, epochs, batch size, learning rate, max steps,
+            base model, evaluation, dataset path); a deployment's form shows the recipe's values, and the fields
+            changed there become overrides.
     """
-    recipe = load_recipe(recipe_path, [*(overrides or []), *run_options(options)])
+    overrides = [*(overrides or []), *run_options(options)]
+    recipe = load_recipe(recipe_path, overrides)
     pins = pin(recipe)  # registered models, retained data and sources, before any stage (ftcore/pins.py)
-    summary = start_run(recipe, recipe_path)
+    summary = start_run(recipe, recipe_path, overrides)
     stages = StageRunner(recipe.stages, summary, until)
     try:
         collected = stages.run(collect, job=jobs.collect_job(recipe, pins), runtime=recipe.runtime)
@@ -79,40 +88,75 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
         trained = stages.run(train, job=jobs.train_job(recipe, pins, base, dataset))
         evaluation = stages.run(evaluate, job=jobs.evaluate_job(recipe, pins, base, trained, dataset))
         deployed = stages.run(deploy, job=jobs.deploy_job(recipe, trained, evaluation, dataset),
-                              mlflow_run_id=summary.mlflow_run_id,
                               run_tags=version_tags(summary, dataset, base, trained, pins.reward_model))
         stages.run(monitor, job=jobs.monitor_job(recipe, deployed, dataset))
     except StopPipeline:
         pass
-    return finish_run(summary, stages.outputs)
+    return end_state(finish_run(summary, stages.outputs))
+
+
+def end_state(summary: dict) -> State:
+    """Completed, carrying the summary; named for the run's first outcome (flows/summary.py: outcomes), e.g. "Gate
+    failed" with the message "gate failed: v3 stays challenger", so that a run whose version stayed challenger or
+    breached an objective does not read as a plain green Completed in Prefect's UI. Not a failure: both are normal
+    outcomes, and a caller (the CLI, chain, retrain) still gets the summary."""
+    found = outcomes(summary)
+    if not found:
+        return Completed(data=summary)
+    return Completed(name=found[0].state, message="; ".join(o.message for o in found), data=summary)
 
 
 def run_options(options: RunOptions | dict | None) -> list[str]:
-    """The form's options as overrides. Prefect hands a deployment run's parameters over as JSON, so a dict is
-    checked here (the flow validates its own parameters, for one-line errors)."""
+    """The form's changes as overrides: the fields that differ from what the deployment's form opened with (outside a
+    deployment, the fields given). Prefect hands a deployment run's parameters over as JSON, so a dict is checked
+    here (the flow validates its own parameters, for one-line errors)."""
     if options is None:
         return []
     try:
-        return RunOptions.model_validate(options).overrides()
+        given = RunOptions.model_validate(options)
+        shown = shown_options() if given.model_fields_set else None
+        return given.overrides(None if shown is None else RunOptions.model_validate(shown))
     except ValidationError as e:
         raise UserError("options: " + "; ".join(describe_error(err, RunOptions) for err in e.errors())) from None
 
 
-def start_run(recipe: Recipe, recipe_path: str) -> RunSummary:
+def start_run(recipe: Recipe, recipe_path: str, overrides: list[str]) -> RunSummary:
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     recipe_hash = recipe.content_hash()
     end_killed_runs(recipe.name)
     lease = Lease(home() / "runs" / run_id / "lease")  # held while this process lives (ftcore/locks.py)
+    prefect_url = prefect_flow_run_url(run_id)
     mlflow_run_id = tracking.start_pipeline_run(
         experiment=recipe.name,
-        run_name=f"{recipe.name}-{run_id[:8]}",
+        run_name=run_title(recipe),
         recipe=recipe.model_dump(mode="json"),
         tags={"ftflow.recipe_hash": recipe_hash, "ftflow.recipe_path": str(Path(recipe_path).resolve()),
               "ftflow.prefect_flow_run_id": run_id, "ftflow.version": ftcore.__version__,
-              LEASE_TAG: str(lease.path)},
+              LEASE_TAG: str(lease.path), OVERRIDES_TAG: json.dumps(overrides),
+              **({PREFECT_URL_TAG: prefect_url} if prefect_url else {})},
     )
+    run_url = tracking.run_url(mlflow_run_id)
+    get_run_logger().info("MLflow run: %s", run_url)
     return RunSummary(run_id=run_id, mlflow_run_id=mlflow_run_id, recipe_hash=recipe_hash,
-                      recipe_path=str(recipe_path), lease=lease)
+                      recipe_path=str(recipe_path), overrides=overrides, lease=lease, mlflow_run_url=run_url)
+
+
+def run_title(recipe: Recipe) -> str:
+    """The MLflow run's name: what ran, e.g. `sft · lora r8 · lr 0.005 · 15 ep` (the recipe's name is the
+    experiment's)."""
+    method, train = recipe.method, recipe.train
+    rank = getattr(method, "r", None)  # the adapters that have a rank
+    length = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs:g} ep"
+    return " · ".join([recipe.objective, f"{method.name} r{rank}" if rank else method.name,
+                       f"lr {train.learning_rate:g}", length])
+
+
+def prefect_flow_run_url(flow_run_id: str) -> str | None:
+    """The flow run's page in Prefect's UI; None where there is none (Prefect's embedded server serves no UI, and a
+    run outside Prefect has no flow run)."""
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=flow_run_id) if flow_run.get_id() else None
 
 
 def end_killed_runs(experiment: str) -> None:
@@ -156,6 +200,9 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
         summary.model = {"name": deployed.registered_model, "version": deployed.version,
                          "aliases": deployed.aliases, "uri": deployed.uri}
         summary.gate = {"passed": deployed.gate_passed, "reason": deployed.gate_reason, "rules": deployed.gate_rules}
+        summary.model_version_url = tracking.version_url(deployed.registered_model, deployed.version)
+    if (monitored := outputs.get(Stage.monitor)) is not None:
+        summary.breaches = list(monitored.breaches)
     # The summary first: on a full disk it is what is written where possible. The lease goes however this ends: a
     # run still RUNNING after it is one that died, for the next run to end.
     with closing(summary.lease):
@@ -164,11 +211,29 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
         finally:
             if dataset is not None:
                 tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": dataset.content_hash})
+            if outputs and all(entry["status"] in ("cached", "skipped") for entry in summary.stages.values()):
+                tracking.add_to_run_name(summary.mlflow_run_id, " (cached)")  # nothing ran: say so in the list
             tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)
     result = summary.to_dict()
     if not summary.succeeded:
         raise StageFailed.of(result)
+    publish_links(result)
     return result
+
+
+def publish_links(summary: dict) -> None:
+    """The run's trail from Prefect to MLflow: a log line and a markdown artifact linking the MLflow run, the
+    registered version and the evaluation report, through MLflow's UI (not paths on the worker's disk)."""
+    links = {"MLflow run": summary["mlflow_run_url"], "Registered version": summary["model_version_url"]}
+    evaluated = summary["stages"][Stage.evaluate]
+    if evaluated["status"] == "completed":  # a cached one's report is in the run that made it
+        report = tracking.stage_artifact(Stage.evaluate, evaluated["artifacts"]["report"])
+        links["Evaluation report"] = tracking.run_url(summary["mlflow_run_id"], report)
+    lines = [f"- [{label}]({url})" for label, url in links.items() if url]
+    lines += [f"- **{o.message}**" for o in outcomes(summary)]
+    if summary["model"]:
+        get_run_logger().info("registered version: %s", summary["model_version_url"])
+    create_markdown_artifact("\n".join(lines), key="mlflow-links", description="this run in MLflow")
 
 
 def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput, trained: TrainOutput,
@@ -193,6 +258,9 @@ class StageRunner:
 
     def run(self, stage_task, **params):
         name = stage_task.name
+        # Every stage task takes the run (tasks/common.py: recording_run): train logs its steps into it live, deploy
+        # registers in it, and each output records it for the runs that take it from the cache.
+        params["mlflow_run_id"] = self.summary.mlflow_run_id
         task = stage_task.with_options(
             result_storage=home() / "prefect-results",  # caches belong to this FTFLOW_HOME, not to all of them
             retries=self.cfg.retries,

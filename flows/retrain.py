@@ -5,15 +5,16 @@ name, so scheduled and triggered runs stand apart from dashboard ones in both UI
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
-from flows.finetune import finetune
-from flows.options import RunOptions
+from flows.finetune import end_state, finetune
+from flows.options import UNCHANGED, RunOptions
 from ftcore.recipe import Stage
 
 
 @flow(name="retrain", log_prints=False, validate_parameters=False)
 def retrain(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None,
-            options: RunOptions | None = None) -> dict:
+            options: RunOptions = UNCHANGED) -> State:
     """Run a recipe's seven stages again on its current data; the gate decides whether the new version replaces the
     champion.
 
@@ -21,6 +22,6 @@ def retrain(recipe_path: str, overrides: list[str] | None = None, until: Stage |
         recipe_path: the recipe YAML (a path the worker can read).
         overrides: recipe fields to change, as a.b=value.
         until: stop after this stage.
-        options: the common changes as a form (method, learning rate, max steps, dataset path).
+        options: the recipe's common fields as a form; the fields changed there become overrides.
     """
-    return finetune(recipe_path, overrides, until, options)
+    return end_state(finetune(recipe_path, overrides, until, options))  # named as its finetune subflow is

@@ -45,6 +45,15 @@ DEFAULTS = {
 }
 
 
+# Unless --verbose: Prefect's console shows warnings only (its run logs still reach its server and UI: the terminal
+# gets one line per stage, flows/summary.py), and no `datasets` bars for TRL's preparation of each split.
+QUIET = {
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    # For the processes a command starts (a worker's flow runs): this one filters its warnings in ftcore/quiet.py.
+    "PYTHONWARNINGS": "ignore",
+}
+
 VERBOSE = "FTFLOW_VERBOSE"  # set by `ftflow --verbose`; inherited by the processes a run starts
 # Below this much free space under FTFLOW_HOME a run is refused before it starts: Prefect's and MLflow's stores take
 # about 6 MB when created, and a full disk at that point fails inside Prefect's server, where it cannot be reported.
@@ -62,7 +71,7 @@ def configure_environment() -> None:
         check_writable_folder(variable, folder)
     check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
     check_prefect_api_url(os.environ.get("PREFECT_API_URL"))
-    for key, value in DEFAULTS.items():
+    for key, value in (DEFAULTS | ({} if verbose() else QUIET)).items():
         os.environ.setdefault(key, value)
     logging.getLogger("ftcore").setLevel(logging.INFO)  # what a stage says about its work (resumed from, ...)
     quiet_libraries()

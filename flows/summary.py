@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from ftcore.fs import atomic_write_text
 from ftcore.locks import Lease
 from ftcore.paths import home
 from ftcore.recipe import STAGES
+from ftcore.tracking import CHAMPION
 
 # The metrics worth a glance in the terminal; everything is in summary.json and MLflow.
 KEY_METRICS = {
@@ -33,6 +35,7 @@ class RunSummary:
     mlflow_run_id: str
     recipe_hash: str
     recipe_path: str
+    overrides: list[str] = field(default_factory=list)  # the run's changes to the recipe file (--set, the form)
     dataset_hash: str | None = None
     stages: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {s.value: {"status": "skipped", "duration_s": 0.0, "metrics": {}, "artifacts": {}}
@@ -40,9 +43,13 @@ class RunSummary:
     )
     model: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
+    breaches: list[str] = field(default_factory=list)  # the objectives the monitor stage found breached
     failure: str | None = None
     failure_is_user_error: bool = False
     lease: Lease | None = field(default=None, repr=False, compare=False)  # held while the run lives; not written
+    # Where to look next, last in summary.json as in the printed summary: the run and the version in MLflow's UI.
+    mlflow_run_url: str | None = None
+    model_version_url: str | None = None
 
     def record(self, stage: str, status: str, duration_s: float, metrics=None, artifacts=None, error=None,
                user_error: bool = False) -> None:
@@ -53,6 +60,9 @@ class RunSummary:
             self.failure = f"stage {stage} failed: {error}"
             self.failure_is_user_error = user_error
         self.stages[stage] = entry
+        # One line per stage as it ends, in `ftflow run`'s terminal and a worker's (its flow runs' stderr): the
+        # progress a quiet run shows before its table.
+        print(stage_line(stage, entry), file=sys.stderr, flush=True)
 
     @property
     def succeeded(self) -> bool:
@@ -64,13 +74,17 @@ class RunSummary:
             "mlflow_run_id": self.mlflow_run_id,
             "recipe_hash": self.recipe_hash,
             "recipe_path": self.recipe_path,
+            "overrides": self.overrides,
             "dataset_hash": self.dataset_hash,
             "stages": self.stages,
             "model": self.model,
             "gate": self.gate,
+            "breaches": self.breaches,
             "succeeded": self.succeeded,
             "failure": self.failure,
             "failure_is_user_error": self.failure_is_user_error,
+            "mlflow_run_url": self.mlflow_run_url,
+            "model_version_url": self.model_version_url,
         }
 
     def write(self) -> Path:
@@ -79,16 +93,56 @@ class RunSummary:
         return path
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a run's reader must know although no stage failed: the flow run ends Completed under `state` as its
+    name, with `message` (flows/finetune.py: end_state), and the table's footer says `message`."""
+
+    state: str
+    message: str
+
+
+def outcomes(summary: dict[str, Any]) -> list[Outcome]:
+    """A gate that kept the champion, a candidate that is the champion already, breached objectives; in that
+    order."""
+    found = []
+    model, gate = summary.get("model"), summary.get("gate")
+    if model and gate and not gate["passed"]:
+        version = f"v{model['version']}"
+        found.append(Outcome("Unchanged", f"{version} is the champion already: nothing to promote")
+                     if CHAMPION in model["aliases"] else
+                     Outcome("Gate failed", f"gate failed: {version} stays challenger"))
+    if summary.get("breaches"):
+        found.append(Outcome("Monitor breach", f"monitor breach: {', '.join(summary['breaches'])}"))
+    return found
+
+
+def stage_line(stage: str, entry: dict[str, Any]) -> str:
+    """`✓ collect 0.4 s`, `✓ init 0.0 s (cached)`, `✗ train 3.1 s: <error>`."""
+    line = f"{'✗' if entry.get('error') else '✓'} {stage} {entry['duration_s']:.1f} s"
+    if entry.get("error"):
+        return f"{line}: {entry['error']}"
+    return f"{line} (cached)" if entry["status"] == "cached" else line
+
+
 def render_table(summary: dict[str, Any]):
     from rich.table import Table
 
     table = Table(title=f"ftflow run {summary['run_id']}", title_justify="left")
+    footer = [f"[yellow]{o.message}[/]" for o in outcomes(summary)]
+    if summary.get("overrides"):
+        footer.append(f"recipe overrides: {', '.join(summary['overrides'])}")
+    table.caption, table.caption_justify = "\n".join(footer) or None, "left"
     for column in ("stage", "status", "duration", "key metrics"):
         table.add_column(column)
     colours = {"completed": "green", "cached": "cyan", "failed": "red", "skipped": "dim"}
     for stage, entry in summary["stages"].items():
-        shown = [f"{k}={_fmt(entry['metrics'][k])}" for k in KEY_METRICS.get(stage, []) if k in entry["metrics"]]
+        breached = set(summary.get("breaches", [])) if stage == "monitor" else set()
+        shown = [f"[red]{k}={_fmt(entry['metrics'][k])} breached[/]" if k in breached else
+                 f"{k}={_fmt(entry['metrics'][k])}" for k in KEY_METRICS.get(stage, []) if k in entry["metrics"]]
         shown += quarantined_by_step(entry["metrics"])
+        if stage == "deploy" and summary.get("gate"):
+            shown += [f"[red]{rule['rule']} failed[/]" for rule in summary["gate"]["rules"] if not rule["passed"]]
         if entry.get("error"):
             shown = [entry["error"]]
         status = entry["status"]

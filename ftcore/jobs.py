@@ -7,6 +7,7 @@ from __future__ import annotations
 from ftcore import tracking
 from ftcore.data.clean import CleanJob
 from ftcore.data.collect import CollectJob
+from ftcore.data.split import data_prompting
 from ftcore.deploy.publish import DeployJob
 from ftcore.evaluation.jobs import EvaluateJob
 from ftcore.models.init import InitJob
@@ -32,7 +33,8 @@ def init_job(recipe: Recipe, pins: Pins, dataset: DatasetOutput) -> InitJob:
 
 def train_job(recipe: Recipe, pins: Pins, base: ModelOutput, dataset: DatasetOutput) -> TrainJob:
     return TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec, reward=recipe.reward,
-                    reward_model=pins.reward_model, continual=recipe.continual, retained=pins.retained)
+                    reward_model=pins.reward_model, continual=recipe.continual, retained=pins.retained,
+                    prompting=data_prompting(recipe.data))
 
 
 def evaluate_job(recipe: Recipe, pins: Pins, base: ModelOutput, trained: TrainOutput,

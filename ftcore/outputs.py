@@ -15,6 +15,10 @@ class StageOutput(BaseModel):
     content_hash: str
     metrics: dict[str, float] = {}
     artifacts: dict[str, Path] = {}  # name -> file to show in MLflow / Prefect
+    # The MLflow run of the pipeline execution that ran the stage (set by tasks/common.py: stage_task), which holds
+    # its artifacts and training history when a later run takes the output from the cache. Not part of
+    # cache_identity: the same content made by another run is the same input to the stages after it.
+    mlflow_run_id: str | None = None
 
     def exists(self) -> bool:
         return self.path.exists()

@@ -12,16 +12,21 @@ config module can check a recipe's plugin names through the registry without imp
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ftcore.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class Registry(Generic[E]):
                 importlib.import_module(module)
             for point in entry_points(group=self.group) if self.group else ():
                 point.load()
+                warn_if_from_another_checkout(point.module.partition(".")[0])
             self._loaded = True
 
     def get(self, name: str) -> E:
@@ -133,3 +139,31 @@ class Registry(Generic[E]):
         """The modules the named plugins come from: the code a recipe picks by name, whose source belongs in a
         stage's cache key. UnknownPlugin for a name not registered."""
         return {self.get(name).module for name in names}
+
+
+@functools.cache  # once per package and process: three kinds of plugin come from data_recipes
+def warn_if_from_another_checkout(package: str) -> None:
+    problem = other_checkout(package, Path.cwd())
+    if problem:
+        log.warning(problem)
+
+
+def other_checkout(package: str, cwd: Path) -> str | None:
+    """When the plugin package (data_recipes) was imported from another folder than the checkout one works in (a
+    `package/` folder in `cwd` or its git root), that checkout's plugins are silently missing: the venv was
+    installed from another checkout. The one-line warning names both folders and the fix; None when they agree."""
+    module = sys.modules.get(package)
+    if module is None or not getattr(module, "__path__", None):
+        return None
+    imported = Path(next(iter(module.__path__))).resolve()
+    for folder in dict.fromkeys(f for f in (cwd, _git_root(cwd)) if f is not None):
+        local = folder / package
+        if (local / "__init__.py").is_file() and local.resolve() != imported:
+            return (f"{package} is imported from {imported}, not from this checkout's {local.resolve()}: its plugins "
+                    f"are not the ones used; run `pip install -e .` in {local.resolve().parent}, or work in "
+                    f"{imported.parent}")
+    return None
+
+
+def _git_root(folder: Path) -> Path | None:
+    return next((parent for parent in [folder, *folder.parents] if (parent / ".git").exists()), None)

@@ -4,11 +4,15 @@ and by each process of a distributed training run (ftcore/training/distributed.p
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 
 def quiet_libraries() -> None:
-    """A clean run shows progress and results, not a wall of library warnings."""
+    """A clean run shows progress and results, not a wall of library warnings; with `ftflow --verbose`
+    (FTFLOW_VERBOSE=1, inherited by the processes a run starts) they all show."""
+    if os.environ.get("FTFLOW_VERBOSE") == "1":
+        return
     for name in ("mlflow", "alembic", "httpx", "transformers", "datasets", "peft", "trl", "urllib3", "bitsandbytes",
                  "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -34,6 +34,35 @@ def artifact_root() -> str:
     return (home() / "mlartifacts").as_uri()
 
 
+# Where a user opens MLflow's UI, for the links ftflow prints and hands to Prefect: FTFLOW_MLFLOW_UI_URL, else the
+# tracking server itself (http(s)), else where `ftflow ui` serves the embedded store.
+UI_URL_VARIABLE = "FTFLOW_MLFLOW_UI_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+# MLflow 3.17's UI shows an experiment's GenAI pages (traces) unless the URL says otherwise: its GenAI / model
+# training switch follows this query over the browser's last choice; the experiment's kind tag alone does not move it.
+UI_VIEW = "workflowType=machine_learning"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"
+
+
+def ui_url() -> str:
+    configured = os.environ.get(UI_URL_VARIABLE) or tracking_uri()
+    return (configured if configured.startswith(("http://", "https://")) else DEFAULT_UI_URL).rstrip("/")
+
+
+def run_url(run_id: str, artifact: str | None = None) -> str:
+    """The run's page in MLflow's UI; with `artifact` (a path in the run), that artifact shown there."""
+    from urllib.parse import quote
+
+    page = f"{ui_url()}/#/experiments/{client().get_run(run_id).info.experiment_id}/runs/{run_id}"
+    return f"{page}{f'/artifacts/{quote(artifact)}' if artifact else ''}?{UI_VIEW}"
+
+
+def version_url(name: str, version: str) -> str:
+    from urllib.parse import quote
+
+    return f"{ui_url()}/#/models/{quote(name, safe='')}/versions/{version}?{UI_VIEW}"
+
+
 def client():
     """A client of this FTFLOW_HOME's store (or MLFLOW_TRACKING_URI's server). MLflow's global set_tracking_uri is
     not used: it writes MLFLOW_TRACKING_URI into the environment, which would then outrank a later FTFLOW_HOME."""
@@ -83,9 +112,12 @@ def _experiment_id(c, name: str) -> str:
 
     found = c.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made before ftflow set it
+            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=_artifact_location())
+        return c.create_experiment(name, artifact_location=_artifact_location(),
+                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:
         found = c.get_experiment_by_name(name)
         if found is None:
@@ -100,6 +132,11 @@ def _artifact_location() -> str | None:
 
 def end_pipeline_run(run_id: str, succeeded: bool) -> None:
     client().set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")
+
+
+def add_to_run_name(run_id: str, suffix: str) -> None:
+    c = client()
+    c.update_run(run_id, name=f"{c.get_run(run_id).info.run_name}{suffix}")
 
 
 def running_runs(experiment: str) -> list[dict[str, Any]]:
@@ -126,14 +163,46 @@ def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dic
     c.set_tag(run_id, f"ftflow.stage.{stage}", "cached" if cached else "completed")
     for path in artifacts.values():
         if Path(path).exists():
-            c.log_artifact(run_id, str(path), artifact_path=f"stages/{stage}")
+            c.log_artifact(run_id, str(path), artifact_path=str(Path(stage_artifact(stage, path)).parent))
+
+
+def stage_artifact(stage: str, path: Path | str) -> str:
+    """Where log_stage puts a stage's artifact file in the run."""
+    return f"stages/{stage}/{Path(path).name}"
+
+
+TRAINING_PREFIX = "train/"  # the per-step training metrics: `train/loss`, `train/eval_loss`, ...
+
+
+def training_points(entries: list[dict]) -> list[tuple[str, Any, int]]:
+    """Training log entries (history.json's, or one as the Trainer makes it) as (`train/<key>`, value, step)."""
+    return [(f"{TRAINING_PREFIX}{k}", v, int(entry["step"]))
+            for entry in entries for k, v in entry.items() if k not in {"step", "epoch"}]
+
+
+def logged_training_steps(run_id: str) -> dict[str, set[int]]:
+    """The steps the run already has of each per-step training metric."""
+    c = client()
+    keys = [key for key in c.get_run(run_id).data.metrics if key.startswith(TRAINING_PREFIX)]
+    return {key: {m.step for m in c.get_metric_history(run_id, key)} for key in keys}
+
+
+def log_training_points(run_id: str, points: list[tuple[str, Any, int]], logged: dict[str, set[int]]) -> None:
+    """Log the (key, value, step) points whose step `logged` (the run's steps per key) lacks, and add them to it: an
+    MLflow metric history cannot drop a point, so each step is logged once."""
+    new = [(key, value, step) for key, value, step in points if step not in logged.get(key, ())]
+    _log_metrics(run_id, new)
+    for key, _, step in new:
+        logged.setdefault(key, set()).add(step)
 
 
 def log_training_history(run_id: str, history_path: Path) -> None:
-    """Per-step training metrics (loss, learning rate, grad norm, ...) as MLflow metric histories."""
+    """Per-step training metrics (loss, learning rate, grad norm, ...) from history.json as MLflow metric histories,
+    except the points the run has: the train stage logs each entry live as training makes it
+    (ftcore/training/callbacks.py: LiveMetrics), so this adds only what live logging missed (an entry a tracking
+    hiccup lost, the steps before a checkpoint that a new run resumed from)."""
     history = json.loads(Path(history_path).read_text())
-    _log_metrics(run_id, [(f"train/{k}", v, int(entry["step"]))
-                          for entry in history for k, v in entry.items() if k not in {"step", "epoch"}])
+    log_training_points(run_id, training_points(history), logged_training_steps(run_id))
 
 
 def _log_metrics(run_id: str, metrics: list[tuple[str, Any, int]]) -> None:
@@ -238,6 +307,10 @@ def version_for_alias(name: str, alias: str) -> dict[str, Any] | None:
     return {"version": str(mv.version), "tags": dict(mv.tags)}
 
 
+def describe_version(name: str, version: str, description: str) -> None:
+    client().update_model_version(name, version, description=description)
+
+
 def version_exists(name: str, version: str) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -269,11 +342,26 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    run_id = _producing_run(run_id, artifact_path)
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
                                                         dst_path=str(dst), tracking_uri=tracking_uri()))
     except (MlflowException, OSError) as e:
         raise FileNotFoundError(f"{artifact_path} of run {run_id}: {str(e).splitlines()[0]}") from None
+
+
+def _producing_run(run_id: str, artifact_path: str) -> str:
+    """The run that holds a stage's artifact (`stages/<stage>/...`): where the stage came from the cache, the run
+    that produced it, which log_stage_output names in a tag."""
+    from mlflow.exceptions import MlflowException
+
+    parts = artifact_path.split("/")
+    if parts[0] != "stages" or len(parts) < 2:
+        return run_id
+    try:
+        return client().get_run(run_id).data.tags.get(f"ftflow.stage.{parts[1]}.run", run_id)
+    except MlflowException:
+        return run_id  # an unknown run: the download says so
 
 
 def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
@@ -304,6 +392,19 @@ def log_pyfunc(run_id: str, artifact_path: str, model_code: Path, artifacts: dic
 
 def aliases_of(name: str, version: str) -> list[str]:
     return sorted(client().get_model_version(name, version).aliases)
+
+
+def registered_versions(name: str) -> list[dict[str, Any]]:
+    """`{version, aliases, exports}` of each version of `name`, newest first (two registry calls: a version search
+    leaves aliases out); exports are the kinds whose hash tag `ftcore/deploy/export.py` set."""
+    c = client()
+    aliases: dict[str, list[str]] = {}
+    for alias, version in c.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    versions = c.search_model_versions(f"name = '{name}'")
+    return [{"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
+             "exports": sorted(k.split(".")[1] for k in mv.tags if k.startswith("export.") and k.endswith(".hash"))}
+            for mv in sorted(versions, key=lambda mv: -int(mv.version))]
 
 
 def download_version(name: str, version: str, dst: Path) -> Path:
@@ -364,11 +465,21 @@ def _yaml(obj: Any) -> str:
 
 
 def log_stage_output(run_id: str, stage: str, output, cached: bool) -> None:
-    """Everything a stage produced, logged into the current run whether the stage ran now or came from the cache,
-    so each pipeline execution's MLflow run is complete on its own."""
+    """A stage's outcome in the current run: its metrics (`<stage>.<name>`), its status tag `ftflow.stage.<stage>`
+    (completed or cached) and the MLflow run that produced the output (`ftflow.stage.<stage>.run`).
+
+    A stage that ran now also logs its artifacts, dataset inputs (clean_balance) and the training history points not
+    logged live. A cached stage logs no more: its artifacts and per-step history are in the run that produced it,
+    and logging them again made a cached re-run look like a second training. Its summary metrics are still logged,
+    being a few numbers per stage, so that MLflow's runs list compares every run on every stage; and
+    download_run_artifact follows the tag to the producing run."""
     from ftcore.outputs import DatasetOutput, TrainOutput
 
-    log_stage(run_id, stage, output.metrics, output.artifacts, cached)
+    if output.mlflow_run_id is not None:
+        client().set_tag(run_id, f"ftflow.stage.{stage}.run", output.mlflow_run_id)
+    log_stage(run_id, stage, output.metrics, {} if cached else output.artifacts, cached)
+    if cached:
+        return
     if isinstance(output, DatasetOutput) and "train" in output.splits:
         for split, path in output.splits.items():
             context = "training" if split == "train" else split

@@ -28,7 +28,8 @@ from tasks.code_closure import code_hash
 RESULT_LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets")
 
 # Parameters that differ on every execution, or say where it runs, and do not change what the stage produces.
-PER_EXECUTION = frozenset({"mlflow_run_id", "run_tags", "runtime"})
+RUN_ID = "mlflow_run_id"
+PER_EXECUTION = frozenset({RUN_ID, "run_tags", "runtime"})
 
 
 def source_hash(module_names: Iterable[str]) -> str:
@@ -89,9 +90,30 @@ def stage_task(name: str, plugin_code: Callable[[dict[str, Any]], str] | None = 
             key = {"inputs": inputs, "code": code_digest, "plugins": plugins, "libraries": library_versions()}
             return f"{name}-{hash_obj(key)}"
 
-        return task(name=name, cache_key_fn=cache_key, persist_result=True, task_run_name=name)(fn)
+        return task(name=name, cache_key_fn=cache_key, persist_result=True, task_run_name=name)(recording_run(fn))
 
     return decorate
+
+
+def recording_run(fn: Callable) -> Callable:
+    """`fn` with the pipeline's MLflow run id as a parameter (`mlflow_run_id`, which only the tasks that use it
+    declare), recorded in the output it returns: a later run that takes the output from the cache then names the run
+    that holds its artifacts and training history (ftcore/tracking.py: log_stage_output)."""
+    signature = inspect.signature(fn)
+    declared = RUN_ID in signature.parameters
+    if not declared:
+        run_id = inspect.Parameter(RUN_ID, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None)
+        signature = signature.replace(parameters=[*signature.parameters.values(), run_id])
+
+    @functools.wraps(fn)
+    def run_stage(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        run_id = bound.arguments[RUN_ID] if declared else bound.arguments.pop(RUN_ID)
+        return fn(*bound.args, **bound.kwargs).model_copy(update={RUN_ID: run_id})
+
+    run_stage.__signature__ = signature  # what Prefect binds a call's parameters to
+    return run_stage
 
 
 def stage_folder(name: str, job: BaseModel, **extra: Any) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from ftcore import tracking
 from ftcore.evaluation.config import EvaluateConfig
 from ftcore.evaluation.domain import METRICS
 from ftcore.evaluation.evaluate import evaluate_stage
@@ -25,11 +26,12 @@ def plugin_hash(job: EvaluateJob) -> str:
 
 
 @stage_task("evaluate", plugin_code=lambda params: plugin_hash(params["job"]))
-def evaluate(job: EvaluateJob) -> EvalOutput:
+def evaluate(job: EvaluateJob, mlflow_run_id: str | None = None) -> EvalOutput:
     """Score the fine-tuned candidate on the test split beside the base model (and its few-shot prompting; a
     classifier: a TF-IDF baseline; a reward model: preferring the longer answer), the version it continued and the
     current champion, all pinned when the run started; with a forgetting set, what it forgot; with
-    evaluate.cross_validation, k folds trained and scored. The HTML report is linked from a Prefect artifact."""
+    evaluate.cross_validation, k folds trained and scored. The HTML report is linked from a Prefect artifact, as
+    MLflow's UI shows it in the pipeline's run `mlflow_run_id` (where the flow logs it)."""
     out = evaluate_stage(job, stage_folder("evaluate", job, plugins=plugin_hash(job)))
     evaluate, title = job.evaluate, job.title
     logger = get_run_logger()
@@ -37,15 +39,17 @@ def evaluate(job: EvaluateJob) -> EvalOutput:
     for metric in evaluate.metrics:
         logger.info("%s: %s %.4g -> fine-tuned %.4g", metric, rival, out.metrics[metric_key(rival, metric)],
                     out.metrics[metric])
-    create_markdown_artifact(key="evaluation-report", markdown=report_link(out, evaluate, rival),
+    create_markdown_artifact(key="evaluation-report", markdown=report_link(out, evaluate, rival, mlflow_run_id),
                              description=f"{title}: the evaluation report")
     return out
 
 
-def report_link(out: EvalOutput, evaluate: EvaluateConfig, rival: str) -> str:
-    """A markdown table of the candidate against the model it must beat, and the link to the HTML report."""
-    lines = [f"[Evaluation report]({out.artifacts['report'].resolve().as_uri()}) "
-             f"(also in MLflow under `stages/evaluate/report.html`)", "",
+def report_link(out: EvalOutput, evaluate: EvaluateConfig, rival: str, mlflow_run_id: str | None) -> str:
+    """A markdown table of the candidate against the model it must beat, and the link to the HTML report in MLflow's
+    UI (the worker's own path outside a pipeline run)."""
+    report = tracking.stage_artifact("evaluate", out.artifacts["report"])
+    url = tracking.run_url(mlflow_run_id, report) if mlflow_run_id else out.artifacts["report"].resolve().as_uri()
+    lines = [f"[Evaluation report]({url}) (in MLflow: `{report}`)", "",
              f"| metric | {rival} | candidate | {evaluate.confidence:.0%} interval |", "|---|---|---|---|"]
     for metric in evaluate.metrics:
         low, high = out.metrics.get(f"{metric}.ci_low"), out.metrics.get(f"{metric}.ci_high")

@@ -38,14 +38,17 @@ def canaries_hash(job: MonitorJob) -> str:
 
 
 @stage_task("monitor", plugin_code=lambda params: canaries_hash(params["job"]))
-def monitor(job: MonitorJob) -> MonitorOutput:
+def monitor(job: MonitorJob, mlflow_run_id: str | None = None) -> MonitorOutput:
     """Serve the newly registered version, send it the test inputs and the canaries, and check that traffic against
     the objectives. A breach is announced as an event but starts no retraining: this version was trained on the
-    latest data a moment ago, and retraining it at once would loop."""
+    latest data a moment ago, and retraining it at once would loop. The report is linked as MLflow's UI shows it in
+    the pipeline's run `mlflow_run_id` (where the flow logs it)."""
     out = monitor_stage(job, stage_folder("monitor", job, canaries=canaries_hash(job)))
     deployed = job.deployed
-    publish_report(out.artifacts["report_markdown"], out.artifacts["report"], deployed.registered_model,
-                   deployed.version)
+    report = out.artifacts["report"]
+    publish_report(out.artifacts["report_markdown"],
+                   tracking.run_url(mlflow_run_id, tracking.stage_artifact("monitor", report)) if mlflow_run_id
+                   else report.resolve().as_uri(), deployed.registered_model, deployed.version)
     log_outcome(out.metrics, out.breaches)
     if out.breaches:
         announce_breach(deployed.registered_model, deployed.version, out.breaches, out.metrics,
@@ -60,13 +63,15 @@ def check_endpoint(ref: ModelRef, cfg: MonitorConfig, toxicity: ToxicityScreenCo
     """The scheduled pass over the live endpoint's last `window`, reported to MLflow and as a Prefect artifact."""
     result = monitor_endpoint(ref, cfg, toxicity, prompt_template, endpoint, window, tags)
     a = result.assessment
-    publish_report(result.files["report_markdown"], result.files["report"], a.model, a.version)
+    publish_report(result.files["report_markdown"], tracking.run_url(result.mlflow_run_id, result.files["report"].name),
+                   a.model, a.version)
     log_outcome(a.metrics, a.breaches)
     return result
 
 
-def publish_report(markdown: Path, html: Path, name: str, version: str) -> None:
-    text = markdown.read_text(encoding="utf-8") + f"\nFull report with charts: `{html}`\n"
+def publish_report(markdown: Path, report_url: str, name: str, version: str) -> None:
+    """The report as a Prefect artifact, linking the full one (with charts) in MLflow's UI."""
+    text = markdown.read_text(encoding="utf-8") + f"\n[Full report with charts]({report_url})\n"
     create_markdown_artifact(text, key=f"monitor-{artifact_key(name)}", description=f"{name} v{version}")
 
 

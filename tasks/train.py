@@ -17,10 +17,11 @@ def reward_code(job: TrainJob) -> str:
 
 
 @stage_task("train", plugin_code=lambda params: reward_code(params["job"]))
-def train(job: TrainJob) -> TrainOutput:
+def train(job: TrainJob, mlflow_run_id: str | None = None) -> TrainOutput:
     """Fine-tune the init stage's model on the train split for the recipe's objective (rl: against the reward, with
-    the pinned reward model; continual: replaying and anchored to the retained data)."""
-    out = train_stage(job, stage_folder("train", job, plugins=reward_code(job)))
+    the pinned reward model; continual: replaying and anchored to the retained data). Each step's metrics go to the
+    pipeline's MLflow run `mlflow_run_id` as training makes them; a line every tenth of the run goes to the log."""
+    out = train_stage(job, stage_folder("train", job, plugins=reward_code(job)), mlflow_run_id=mlflow_run_id)
     m = out.metrics
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
     processes = f" in {m['processes']:.0f} processes ({job.train.distributed.strategy})" if m["processes"] > 1 else ""

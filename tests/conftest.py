@@ -16,6 +16,9 @@ os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "FTFLOW_HOME": str(_SESSION_HOME / "ftflow"),
     "PREFECT_HOME": str(_SESSION_HOME / "prefect"),
+    # Runs use Prefect's test harness (or, in a subprocess, its temporary server), never the local server that
+    # `ftflow run` starts and leaves running (flows/prefect_server.py): a test leaves no process behind.
+    "FTFLOW_PREFECT_SERVER": "temporary",
 })
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
@@ -23,6 +26,9 @@ os.environ.pop("PREFECT_API_URL", None)
 from flows.settings import configure_environment  # noqa: E402
 
 configure_environment()
+
+# `browser_page` (a headless chromium page) and its `screenshot` helper, for any test that requests it.
+pytest_plugins = ["tests.browser"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = REPO / "data_recipes" / "recipes" / "clinical_qa.yaml"

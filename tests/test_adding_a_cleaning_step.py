@@ -6,6 +6,7 @@ import types
 
 import pandas as pd
 import pytest
+import yaml
 
 from ftcore import registry
 from ftcore.data.clean import run_steps
@@ -42,6 +43,23 @@ def test_the_documented_step_registers_and_quarantines_with_a_reason():
         "completion is boilerplate: starts with 'see your doctor'",
     ]
     assert metrics["drop_boilerplate.rows_quarantined"] == 2
+
+
+@pytest.mark.usefixtures("walkthrough_step")
+def test_the_documented_step_quarantines_the_shipped_medquad_rows_the_guide_says(shared_data):
+    """The guide's phrases match rows the shipped data really has, in the number its summary line states."""
+    doc = DOC.read_text()
+    rows = pd.read_json(shared_data / "medquad_sample_every16.jsonl", lines=True)
+    rows = rows.rename(columns={"question": "prompt", "answer": "completion"})[["prompt", "completion"]]
+    steps = [StepSpec(**step) for step in yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.DOTALL).group(1))
+             ["clean"]["steps"]]
+    _, quarantine, metrics = run_steps(rows, steps, ["prompt", "completion"])
+    stated = int(re.search(r"`drop_boilerplate quarantined (\d+)`", doc).group(1))
+    assert metrics["drop_boilerplate.rows_quarantined"] == stated > 0
+    assert (quarantine["step"] == "drop_boilerplate").sum() == stated
+    # The step's own default phrase alone finds rows too.
+    _, _, alone = run_steps(rows, [StepSpec(step="drop_boilerplate")], ["prompt", "completion"])
+    assert alone["drop_boilerplate.rows_quarantined"] > 0
 
 
 @pytest.mark.usefixtures("walkthrough_step")

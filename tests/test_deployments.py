@@ -3,24 +3,34 @@ dashboard's form offers."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.finetune import run_options
 from flows.options import RunOptions
+from ftcore import tracking
 from ftcore.errors import UserError
-from ftcore.recipe import load_recipe
+from ftcore.recipe import Stage, load_recipe
 from tests.conftest import DEMO_RECIPE
+
+SMS_RECIPE = DEMO_RECIPE.parent / "shared" / "sms_spam.yaml"
 
 
 def test_run_options_become_recipe_overrides(tmp_path):
     data = tmp_path / "other.jsonl"
     data.write_bytes((DEMO_RECIPE.parent.parent / "demo" / "clinical_qa.jsonl").read_bytes())
-    options = RunOptions(method="dora", learning_rate=3e-4, max_steps=7, dataset_path=str(data))
+    options = RunOptions(method="dora", rank=4, epochs=2, batch_size=4, learning_rate=3e-4, max_steps=7,
+                         base_model=str(tmp_path), metrics=["exact_match"], fewshot=1, max_new_tokens=9,
+                         dataset_path=str(data))
     assert options.model_fields_set == set(RunOptions.model_fields)  # every option the form offers, each applied:
     recipe = load_recipe(DEMO_RECIPE, options.overrides())
-    assert (recipe.method.name, recipe.train.learning_rate, recipe.train.max_steps) == ("dora", 3e-4, 7)
+    assert (recipe.method.name, recipe.method.r, recipe.train.epochs, recipe.train.batch_size) == ("dora", 4, 2, 4)
+    assert (recipe.train.learning_rate, recipe.train.max_steps) == (3e-4, 7)
+    assert (recipe.model.source, recipe.model.name_or_path) == ("pretrained", str(tmp_path))
+    assert (recipe.evaluate.metrics, recipe.evaluate.fewshot, recipe.evaluate.max_new_tokens) == (["exact_match"], 1, 9)
     assert recipe.data.sources[0].path == data.resolve()
     # As a deployment run hands them over: JSON, so a dict.
     assert run_options({"max_steps": 2}) == ["train.max_steps=2"] and run_options(None) == []
@@ -30,31 +40,67 @@ def test_run_options_become_recipe_overrides(tmp_path):
         run_options({"learning_rat": 1e-4})
 
 
+def test_the_form_shows_the_recipe_and_only_what_is_changed_there_overrides_it():
+    recipe = load_recipe(DEMO_RECIPE)
+    shown = RunOptions.of_recipe(recipe, DEMO_RECIPE)
+    assert shown.model_dump() == {
+        "method": "lora", "rank": 8, "epochs": 15, "batch_size": 8, "learning_rate": 5e-3, "max_steps": 0,
+        "base_model": "", "metrics": ["exact_match", "token_f1", "perplexity"], "fewshot": 3, "max_new_tokens": 32,
+        "dataset_path": "../demo/clinical_qa.jsonl"}  # as the recipe writes it; null max_steps and base model: empty
+    # The form submits every field; those left as shown override nothing, also when the recipe changed since.
+    submitted = shown.model_dump(mode="json")
+    assert RunOptions.model_validate(submitted).overrides(shown) == []
+    changed = {**submitted, "epochs": 2, "dataset_path": "../demo/clinical_abbrev_a.jsonl"}
+    assert RunOptions.model_validate(changed).overrides(shown) == [
+        "train.epochs=2.0", 'data.sources.0.path="../demo/clinical_abbrev_a.jsonl"']
+    edited = load_recipe(DEMO_RECIPE, RunOptions.model_validate(changed).overrides(shown))
+    assert edited.train.epochs == 2 and edited.data.sources[0].path.name == "clinical_abbrev_a.jsonl"
+    # A new method keeps the rank the form shows; the empty value clears a field the recipe sets.
+    sms = RunOptions.of_recipe(load_recipe(SMS_RECIPE), SMS_RECIPE)
+    assert (sms.rank, sms.base_model) == (16, "sentence-transformers/all-MiniLM-L6-v2")
+    cleared = {**sms.model_dump(), "method": "dora", "base_model": "", "max_steps": 0}
+    assert RunOptions.model_validate(cleared).overrides(sms) == [
+        'method={"name": "dora", "r": 16}', "model.source=scratch", "model.name_or_path=null"]
+    limited = RunOptions.model_validate({**submitted, "max_steps": 9})  # a recipe with a step limit
+    assert RunOptions.model_validate(submitted).overrides(limited) == ["train.max_steps=null"]
+    # Plain typed fields (no `X | None`): Prefect's form shows them without a type picker to toggle.
+    assert not [name for name, field in RunOptions.model_json_schema()["properties"].items() if "anyOf" in field]
+
+
 @pytest.mark.usefixtures("prefect_harness")
-def test_ftflow_deploy_registers_the_three_deployments_with_their_schedules_and_form(tmp_path):
+def test_ftflow_deploy_registers_a_finetune_form_per_recipe_and_the_schedules(tmp_path):
     from prefect.client.orchestration import get_client
 
     result = CliRunner().invoke(app, ["deploy", "--retrain-cron", "0 3 * * *"])
     assert result.exit_code == 0, result.output
     with get_client(sync_client=True) as client:
-        deployments = {d.name: d for d in client.read_deployments()}
-        flows = {f.id: f.name for f in client.read_flows()}
+        deployments = {(flow.name, d.name): d for d in client.read_deployments()
+                       for flow in [client.read_flow(d.flow_id)]}
         pool = client.read_work_pool("ftflow-process")
-    assert {"finetune", "retrain", "monitor"} <= set(deployments)
-    assert {name: flows[deployments[name].flow_id] for name in ("finetune", "retrain", "monitor")} == {
-        "finetune": "finetune", "retrain": "retrain", "monitor": "monitor"}
+    # The repository's recipes are the dashboard's choice: a finetune deployment each, named after the recipe.
+    recipes = {load_recipe(path).name: path for path in DEMO_RECIPE.parent.rglob("*.yaml")}
+    assert {name for flow, name in deployments if flow == "finetune"} == set(recipes) and len(recipes) >= 5
+    assert {("retrain", "retrain"), ("monitor", "monitor")} <= set(deployments)
     assert pool.type == "process"
-    retrain, monitor, finetune = deployments["retrain"], deployments["monitor"], deployments["finetune"]
+    retrain, monitor = deployments["retrain", "retrain"], deployments["monitor", "monitor"]
+    finetune = deployments["finetune", "clinical-qa"]
     assert [s.schedule.cron for s in retrain.schedules] == ["0 3 * * *"]
     assert [s.schedule.cron for s in monitor.schedules] == ["*/15 * * * *"] and not finetune.schedules
     assert retrain.global_concurrency_limit.limit == 1 and finetune.work_pool_name == "ftflow-process"
-    assert finetune.parameters == {"recipe_path": "data_recipes/recipes/clinical_qa.yaml"}
-    # The form: typed fields, the options' drop-down of methods among them.
+    # Each form opens with its recipe's values.
+    for name, path in recipes.items():
+        shown = deployments["finetune", name].parameters
+        assert shown == {"recipe_path": str(path.relative_to(DEMO_RECIPE.parents[2])),
+                         "options": RunOptions.of_recipe(load_recipe(path), path).model_dump(mode="json")}
+    assert retrain.parameters == finetune.parameters
+    assert deployments["finetune", "sms-spam"].parameters["options"]["rank"] == 16
+    # The form: typed fields shown as they are (no type picker), the options' drop-down of methods among them.
     schema = finetune.parameter_openapi_schema
     assert {"recipe_path", "overrides", "until", "options"} <= set(schema["properties"])
+    assert "anyOf" not in schema["properties"]["options"]
     options = schema["definitions"]["RunOptions"]["properties"]
     assert set(options) == set(RunOptions.model_fields)  # every run option, each a recipe override (test above)
-    assert "dora" in options["method"]["anyOf"][0]["enum"]
+    assert "dora" in options["method"]["enum"] and not [field for field in options.values() if "anyOf" in field]
 
     # Registered again, they are updated in place.
     again = CliRunner().invoke(app, ["deploy", "--monitor-cron", "0 * * * *"])
@@ -65,16 +111,36 @@ def test_ftflow_deploy_registers_the_three_deployments_with_their_schedules_and_
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_dashboard_run_carries_the_form_s_parameters():
+def test_a_dashboard_run_carries_the_form_s_parameters_and_only_its_changes_override(monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
+    from prefect.runtime import deployment
 
     assert CliRunner().invoke(app, ["deploy"]).exit_code == 0
-    run = run_deployment("finetune/finetune", parameters={"options": {"max_steps": 3}}, timeout=0)
+    with get_client(sync_client=True) as client:
+        shown = client.read_deployment_by_name("finetune/clinical-qa").parameters["options"]
+    # As the form submits it: every field, one changed.
+    run = run_deployment("finetune/clinical-qa", parameters={"options": {**shown, "max_steps": 3}}, timeout=0)
     with get_client(sync_client=True) as client:
         stored = client.read_flow_run(run.id)
-    assert stored.parameters == {"recipe_path": "data_recipes/recipes/clinical_qa.yaml", "options": {"max_steps": 3}}
+    assert stored.parameters == {"recipe_path": "data_recipes/recipes/clinical_qa.yaml",
+                                 "options": {**shown, "max_steps": 3}}
     assert stored.state.is_scheduled()  # a worker on ftflow-process picks it up
+    # In that run (deployment.id is the run's deployment), the flow compares the form with what its deployment
+    # showed, so only the changed field overrides the recipe (test_servers.py runs one for real).
+    monkeypatch.setitem(deployment.FIELDS, "id", lambda: str(stored.deployment_id))
+    assert run_options(stored.parameters["options"]) == ["train.max_steps=3"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_records_its_overrides_in_mlflow_and_its_summary():
+    from flows.finetune import OVERRIDES_TAG, finetune
+
+    summary = finetune(str(DEMO_RECIPE), ["train.epochs=2"], Stage.collect, RunOptions(max_steps=3))
+    assert summary["overrides"] == ["train.epochs=2", "train.max_steps=3"]  # --set's, then the form's
+    run = tracking.client().get_run(summary["mlflow_run_id"])
+    assert json.loads(run.data.tags[OVERRIDES_TAG]) == summary["overrides"]
+    assert (run.data.params["train.epochs"], run.data.params["train.max_steps"]) == ("2.0", "3")
 
 
 def test_a_bad_deployments_file_is_one_line(tmp_path):

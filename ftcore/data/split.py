@@ -11,6 +11,7 @@ from ftcore.columns import LABEL_COLUMN
 from ftcore.data.config import DataConfig, SplitConfig
 from ftcore.data.formats import TASK
 from ftcore.errors import DataError
+from ftcore.models.prompting import Prompting, prompting_of
 
 SPLITS = ("train", "validation", "test")
 
@@ -81,6 +82,15 @@ def format_for_model(rows: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
 
     return rows.assign(raw_prompt=rows["prompt"], raw_completion=rows["completion"],
                        prompt=templated("prompt"), completion=templated("completion"))
+
+
+def data_prompting(cfg: DataConfig) -> Prompting:
+    """How `format_for_model` presents prompts to the model, as recorded with it: a multitask recipe whose tasks
+    bring their own prompt templates has no one template (raw), nor have preference pairs without one set."""
+    own_templates = any(task.prompt_template for task in cfg.tasks.values())
+    templated = (cfg.format == "prompt_completion" and not own_templates) or \
+        (cfg.format == "preference" and "prompt_template" in cfg.model_fields_set)
+    return prompting_of(cfg.format, cfg.prompt_template if templated else None, cfg.completion_template)
 
 
 def templated_pairs(rows: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:

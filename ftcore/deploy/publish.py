@@ -64,6 +64,8 @@ def deploy_stage(job: DeployJob, out_dir: Path, mlflow_run_id: str, tags: dict[s
         decision = promote(name, version, compared_version(job.evaluation, champion), decision)
         if decision.passed and tracking.version_run_id(name, version) != mlflow_run_id:
             tracking.set_version_tags(name, version, decision_tags)  # the decision that promoted it
+    if decision.passed or tracking.version_run_id(name, version) == mlflow_run_id:  # else an earlier run's verdict
+        tracking.describe_version(name, version, version_description(decision, job.evaluation.metrics))
     test_split = job.dataset.splits.get("test") if job.dataset is not None else None
     exported = export_version(trained.model_path, name, version, mlflow_run_id, list(job.deploy.exports),
                               pd.read_parquet(test_split) if test_split is not None else None,
@@ -140,6 +142,15 @@ def promote(name: str, version: str, compared: str | None, decision: GateDecisio
               f"promoted it); v{version} stays challenger: run again to face v{found}")
     tracking.set_version_tags(name, version, {"gate.passed": "False", "gate.reason": reason})
     return replace(decision, passed=False, reason=reason)
+
+
+def version_description(decision: GateDecision, metrics: dict[str, float]) -> str:
+    """What the registry's version page shows first (markdown): the gate's verdict, each rule's outcome (the
+    primary metric against the champion's among them) and the candidate's own metrics."""
+    lines = [f"**Gate {'passed' if decision.passed else 'failed'}**: {decision.reason}", ""]
+    lines += [f"- {'passed' if o.passed else '**failed**'} `{o.rule}`: {o.reason}" for o in decision.rules]
+    own = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "." not in k)
+    return "\n".join([*lines, "", f"Metrics: {own}" if own else "No metrics."])
 
 
 def version_metric_tags(metrics: dict[str, float]) -> dict[str, str]:

@@ -9,6 +9,7 @@ metric per task too (`<model>.<metric>.<task>`).
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,9 @@ from ftcore.evaluation.example_metrics import GENERATION_METRICS, score
 from ftcore.evaluation.intervals import FEWSHOT, ModelScores, Rows
 from ftcore.models.generate import completion_nlls, generate
 from ftcore.models.load import load_trained, render_chat
+from ftcore.progress import progress_bar
 
+log = logging.getLogger(__name__)
 FEWSHOT_SEED = 0
 BASE = "base"
 
@@ -43,7 +46,8 @@ def evaluate_language_models(models: dict, test: pd.DataFrame, cfg: EvaluateConf
         if name == BASE and cfg.fewshot and demos is not None:
             runs.append((FEWSHOT, fewshot_examples(test, demos, tokenizer, cfg.fewshot)))
         for label, ex in runs:
-            scores[label], outputs = example_rows(model, tokenizer, ex, cfg)
+            log.info("scoring %s on %d test examples", label, len(ex))
+            scores[label], outputs = example_rows(model, tokenizer, ex, cfg, label)
             if outputs is not None:
                 predictions[label] = outputs
             for metric, rows in scores[label].items():
@@ -97,19 +101,18 @@ def fewshot_examples(test: pd.DataFrame, train: pd.DataFrame, tokenizer, k: int)
     return examples.assign(prompt=prefix + examples["prompt"])
 
 
-def example_rows(model, tokenizer, examples: pd.DataFrame, cfg: EvaluateConfig) -> tuple[dict[str, Rows],
-                                                                                          list[str] | None]:
+def example_rows(model, tokenizer, examples: pd.DataFrame, cfg: EvaluateConfig,
+                 label: str = "the model") -> tuple[dict[str, Rows], list[str] | None]:
     """Per metric: one row of statistics per example and the function that turns any subset of rows into the
     metric (ftcore/evaluation/example_metrics.py); and the greedy outputs when a generation or domain metric needs
-    them."""
+    them. A terminal shows the examples done of each pass over them, for `label`."""
     rows: dict[str, Rows] = {}
     outputs = None
     wanted = [m for m in cfg.metrics if m in GENERATION_METRICS]
     if wanted or cfg.domain_metrics:
-        outputs = [
-            o.strip()
-            for o in generate(model, tokenizer, examples["prompt"].tolist(), cfg.max_new_tokens, cfg.batch_size)
-        ]
+        with progress_bar(len(examples), f"{label}: answering") as bar:
+            outputs = [o.strip() for o in generate(model, tokenizer, examples["prompt"].tolist(), cfg.max_new_tokens,
+                                                   cfg.batch_size, bar.update)]
         references = examples["raw_completion"].astype(str).tolist()
         for metric in wanted:
             _, stats, module = score(metric, outputs, references)
@@ -118,7 +121,8 @@ def example_rows(model, tokenizer, examples: pd.DataFrame, cfg: EvaluateConfig) 
             rows[spec.metric] = Rows(domain_scores(spec.metric, spec.params(), outputs, references,
                                                    examples["raw_prompt"].astype(str).tolist()))
     if "perplexity" in cfg.metrics:
-        nlls = completion_nlls(model, tokenizer, examples["prompt"].tolist(), examples["completion"].tolist(),
-                               cfg.batch_size)
+        with progress_bar(len(examples), f"{label}: perplexity") as bar:
+            nlls = completion_nlls(model, tokenizer, examples["prompt"].tolist(), examples["completion"].tolist(),
+                                   cfg.batch_size, bar.update)
         rows["perplexity"] = Rows(np.array(nlls, dtype=float), perplexity_of)
     return rows, outputs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -10,8 +10,9 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions for each prompt (decoded, special tokens removed)."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+             progress: Callable[[int], object] | None = None) -> list[str]:
+    """Greedy completions for each prompt (decoded, special tokens removed); `progress(n)` after each batch of n."""
     import torch
 
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -28,13 +29,15 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                 eos_token_id=tokenizer.eos_token_id,
             )
         outputs.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+        if progress is not None:
+            progress(len(batch))
     return outputs
 
 
-def completion_nlls(model, tokenizer, prompts: list[str], completions: list[str],
-                    batch_size: int) -> list[tuple[float, int]]:
+def completion_nlls(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int,
+                    progress: Callable[[int], object] | None = None) -> list[tuple[float, int]]:
     """Per example: the negative log-likelihood of its completion tokens (EOS included) given its prompt, summed,
-    and their count."""
+    and their count; `progress(n)` after each batch of n."""
     import torch
 
     results: list[tuple[float, int]] = []
@@ -46,6 +49,8 @@ def completion_nlls(model, tokenizer, prompts: list[str], completions: list[str]
         target = label_ids[:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
         results.extend(zip(nll.sum(dim=1).tolist(), (target != -100).sum(dim=1).tolist(), strict=True))
+        if progress is not None:
+            progress(len(target))
     return results
 
 

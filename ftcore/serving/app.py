@@ -1,5 +1,6 @@
 """The HTTP API (FastAPI): OpenAI-compatible `POST /v1/completions` and `/v1/chat/completions`, `POST /v1/classify`,
-`GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`.
+`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`, and the playground page at `GET /`
+(ftcore/serving/static/playground.html).
 
 Every request goes through the same path: auth, limits, the response cache, the dynamic batcher, the model. Every
 error is a JSON body `{"error": {"message", "type", "param", "code"}}` with a 4xx status when the request is at
@@ -16,15 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from importlib.resources import files
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ftcore.models.prompting import ChatRefused
 from ftcore.serving.batcher import Batcher, Overloaded
 from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.config import ServeConfig
@@ -32,6 +35,7 @@ from ftcore.serving.engine import Completion, Engine
 from ftcore.serving.errors import ApiError, error_response, validation_message
 from ftcore.serving.metrics import ServeMetrics
 from ftcore.serving.middleware import Authenticate, ReadBody, RecordRequests
+from ftcore.serving.models import ModelPicker
 from ftcore.serving.request_log import CLIENT_CLOSED, RequestLog, RequestLogWriter, RequestRecord
 from ftcore.serving.schemas import (
     ChatRequest,
@@ -42,6 +46,7 @@ from ftcore.serving.schemas import (
     CompletionResponse,
     ErrorBody,
     Health,
+    ModelList,
 )
 from ftcore.serving.source import AliasWatcher, ModelSource
 
@@ -52,11 +57,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 
 
 class ServerState:
-    """What the handlers share: the engine serving now (swapped whole on reload), the batcher, cache, metrics,
-    request log, and the thread that checks requests."""
+    """What the handlers share: the engine serving now (swapped whole on reload), the other versions a request's
+    `model` picks, the batcher, cache, metrics, request log, and the thread that checks requests."""
 
-    def __init__(self, engine: Engine, cfg: ServeConfig):
+    def __init__(self, engine: Engine, cfg: ServeConfig, source: ModelSource):
         self.engine, self.cfg = engine, cfg
+        self.picker = ModelPicker(source, cfg.max_models)
         self.metrics = ServeMetrics()
         self.metrics.serving(engine.name, engine.version)
         self.cache = ResponseCache(cfg.cache.max_entries)
@@ -65,6 +71,10 @@ class ServerState:
         # Counting a prompt's tokens takes about a second for 1 MB of text: done on the event loop, it would stall
         # every other client meanwhile. One thread, because the engine's checking tokenizer is not shared.
         self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftflow-checks")
+
+    async def engine_for(self, model: str | None) -> Engine:
+        """The engine answering a request's `model` (left out: the one serving now)."""
+        return await self.picker.engine(model, self.engine)
 
     async def check(self, fn: Callable[[], Any]) -> Any:
         """`fn()` on the checking thread; an ApiError it raises reaches the client."""
@@ -93,7 +103,7 @@ def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
 
 
 def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None) -> FastAPI:
-    state = ServerState(engine, cfg)
+    state = ServerState(engine, cfg, source)
     watcher = AliasWatcher(source, lambda: state.engine.version, state.swap, cfg.reload_interval_s)
     app = FastAPI(title="ftflow serving", version="1", lifespan=_lifespan(state, watcher),
                   description="OpenAI-compatible completions, chat completions and classification of one "
@@ -106,6 +116,7 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
     _add_completion_routes(app, state)
     _add_classify_route(app, state)
     _add_status_routes(app, state)
+    _add_playground(app, state)
     return app
 
 
@@ -140,7 +151,7 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
               dependencies=[Depends(BEARER)])
     async def completions(body: CompletionRequest, request: Request) -> dict:
-        engine = _causal(state.engine, "/v1/completions")
+        engine = _causal(await state.engine_for(body.model), "/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         _check_count(prompts, state.cfg, "prompt")
         params = _params("prompt", body.prompt)
@@ -156,7 +167,7 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions", response_model=ChatResponse, responses=ERRORS,
               dependencies=[Depends(BEARER)])
     async def chat_completions(body: ChatRequest, request: Request) -> dict:
-        engine = _causal(state.engine, "/v1/chat/completions")
+        engine = _causal(await state.engine_for(body.model), "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
         item = await state.check(lambda: _completion(engine, _rendered(engine, messages), "messages", body,
                                                      state.cfg))
@@ -173,7 +184,7 @@ def _add_classify_route(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS, dependencies=[Depends(BEARER)])
     async def classify(body: ClassifyRequest, request: Request) -> dict:
-        engine = state.engine
+        engine = await state.engine_for(body.model)
         if engine.kind != "classifier":
             raise ApiError(400, f"{engine.name} v{engine.version} generates text: use POST /v1/completions or "
                                 "/v1/chat/completions", code="wrong_endpoint")
@@ -195,7 +206,8 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health", response_model=Health)
     async def health() -> dict:
         e = state.engine
-        return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "queued": state.batcher.queued}
+        return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "queued": state.batcher.queued,
+                "prompting": e.prompting.format}
 
     @app.get("/metrics", dependencies=[Depends(BEARER)], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
@@ -205,6 +217,23 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
         m.cache_hit_rate.set(state.cache.hit_rate)
         m.cache_entries.set(len(state.cache))
         return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _add_playground(app: FastAPI, state: ServerState) -> None:
+    """GET /v1/models (what a request's `model` may name) and GET /: the playground page, a static file that calls
+    this API from the browser (docs/serving.md, "The playground"). The page is open like /health: it holds no data,
+    and its API calls carry the token the user types in."""
+
+    @app.get("/v1/models", response_model=ModelList, responses=ERRORS, dependencies=[Depends(BEARER)])
+    async def models() -> dict:
+        listing = await asyncio.to_thread(state.picker.listing, state.engine)
+        return {"object": "list", "data": [{"object": "model", "owned_by": "ftflow", **m} for m in listing]}
+
+    page = files("ftcore.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(page)
 
 
 def _causal(engine: Engine, path: str) -> Engine:
@@ -224,10 +253,14 @@ def _check_count(inputs: list[str], cfg: ServeConfig, param: str) -> None:
 
 
 def _rendered(engine: Engine, messages: list[dict[str, str]]) -> str:
-    """The chat through the model's chat template. A template may refuse a chat (many insist that user and assistant
-    alternate): that is the request's fault, a 400."""
+    """The chat written as the model's training prompts were. A model never trained on such chats refuses it (it
+    would answer with noise), and so may a chat template (many insist that user and assistant alternate): either is
+    the request's fault, a 400 saying what to send instead."""
     try:
         return engine.render_chat(messages)
+    except ChatRefused as e:
+        raise ApiError(400, f"messages: {engine.name} v{engine.version}: {e}", param="messages",
+                       code="chat_not_trained") from None
     except TemplateError as e:
         raise ApiError(400, f"messages: the model's chat template refuses this chat ({e})", param="messages",
                        code="invalid_chat") from None
@@ -271,7 +304,7 @@ def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest
 async def _answer(state: ServerState, request: Request, engine: Engine, items: list) -> list:
     """Each item's answer: from the cache when the request is deterministic and was answered before, else from the
     batcher (items of one request may join different batches)."""
-    keys = [cache_key(engine.version, engine.kind, asdict(i) if isinstance(i, Completion) else i)
+    keys = [cache_key(f"{engine.version}:{engine.variant}", engine.kind, asdict(i) if isinstance(i, Completion) else i)
             if state.cache.enabled and _deterministic(i) else None for i in items]
     answers = [state.cache.get(k) if k else None for k in keys]
     for key, answer in zip(keys, answers, strict=True):

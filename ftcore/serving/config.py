@@ -69,6 +69,9 @@ class ServeConfig(Strict):
     variant: Literal["model", "adapter", "merged", "merged_bf16", "int8"] = Field(
         "model", description="the registered model, or one of its exports (docs/deploy.md); int8 for CPUs")
     device: str = Field("cpu", description="torch device the model runs on: cpu, cuda, cuda:1")
+    max_models: int = Field(2, ge=0, le=16, description="other versions or exports that requests' `model` picks "
+                                                         "(the playground's compare mode), kept loaded beside the "
+                                                         "serving one; 0: none")
 
 
 def load_serve_config(path: Path | None) -> ServeConfig:

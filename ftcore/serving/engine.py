@@ -1,6 +1,6 @@
-"""A loaded model answering batches: completions for causal LMs (chats are rendered through the tokenizer's chat
-template first), labels with class probabilities for classifiers. The batcher hands it requests that arrived
-together; one `model.generate` call answers all those that sample the same way."""
+"""A loaded model answering batches: completions for causal LMs (a chat is first written the way the model's
+training prompts were, ftcore/models/prompting.py), labels with class probabilities for classifiers. The batcher
+hands it requests that arrived together; one `model.generate` call answers all those that sample the same way."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ftcore.models.load import load_trained, render_chat
+from ftcore.models.load import load_trained
 from ftcore.models.peft_methods import is_classifier
+from ftcore.models.prompting import Prompting, read_prompting
 
 Kind = Literal["causal", "classifier"]
 # Temperatures below this are greedy: dividing the logits by one (1e-300, say) overflows them into infinities, and
@@ -54,7 +55,8 @@ class Classified:
 
 @dataclass
 class Engine:
-    """One model version in memory. `name` and `version` label responses, metrics and the request log."""
+    """One model version in memory. `name` and `version` label responses, metrics and the request log; `variant`
+    tells the registered model from its exports; `prompting` is how its training data presented prompts."""
 
     name: str
     version: str
@@ -62,7 +64,9 @@ class Engine:
     tokenizer: object
     kind: Kind
     max_context: int
+    prompting: Prompting
     device: str = "cpu"
+    variant: str = "model"
     labels: list[str] = field(default_factory=list)
     # The checking thread checks requests (counting tokens, rendering chats) while the model thread tokenizes a
     # padded batch. A fast tokenizer keeps its padding setting in shared state, so one tokenizer used by both threads
@@ -77,7 +81,8 @@ class Engine:
         return len(self.checker(text, add_special_tokens=self.kind == "classifier")["input_ids"])
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return render_chat(self.checker, messages, generation_prompt=True)
+        """The chat as the model's training prompts were written; ChatRefused when it never saw one like it."""
+        return self.prompting.chat_prompt(self.checker, messages)
 
     def complete(self, requests: list[Completion]) -> list[Completed]:
         """Answers in the order asked; requests that sample alike share one generate call."""
@@ -140,15 +145,16 @@ class Engine:
 def load_engine(folder: Path, name: str, version: str, device: str = "cpu") -> Engine:
     """The model folder written by ftflow (any method, a classifier too), ready to answer."""
     model, tokenizer = load_trained(folder)
-    return engine_for(model, tokenizer, name, version, device)
+    return engine_for(model, tokenizer, name, version, read_prompting(folder, tokenizer), device)
 
 
-def engine_for(model, tokenizer, name: str, version: str, device: str = "cpu") -> Engine:
+def engine_for(model, tokenizer, name: str, version: str, prompting: Prompting, device: str = "cpu",
+               variant: str = "model") -> Engine:
     model = model.to(device).eval()
     classifier = is_classifier(model)
     config = getattr(model, "config", None)
     max_context = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length or 2048)
     labels = [config.id2label[i] for i in range(len(config.id2label))] if classifier else []
     return Engine(name=name, version=version, model=model, tokenizer=tokenizer,
-                  kind="classifier" if classifier else "causal", max_context=max_context, device=device,
-                  labels=labels)
+                  kind="classifier" if classifier else "causal", max_context=max_context, prompting=prompting,
+                  device=device, variant=variant, labels=labels)

@@ -26,7 +26,9 @@ class _Request(BaseModel):
     # as OpenAI-compatible servers do; fields that would change the answer's shape are refused below.
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="ignored: the server serves one model")
+    model: str | None = Field(None, description="which version answers: left out (or the served model's name), the "
+                                                "one serving; else NAME/VERSION, NAME@ALIAS or either with :VARIANT "
+                                                "(GET /v1/models lists them)")
 
 
 class _Sampling(_Request):
@@ -121,6 +123,24 @@ class Health(BaseModel):
     version: str
     kind: Literal["causal", "classifier"]
     queued: int
+    prompting: Literal["messages", "prompt_completion", "raw"] = Field(
+        description="how the model's training prompts were written: messages (chats), prompt_completion (one prompt "
+                    "in a template), raw")
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str
+    version: str
+    variant: str
+    aliases: list[str]
+    serving: bool = Field(description="whether this is the version answering requests that name no model")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelEntry]
 
 
 class ErrorDetail(BaseModel):

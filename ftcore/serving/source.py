@@ -44,10 +44,13 @@ class ModelSource:
         if self.variant == "model":
             return load_engine(folder, self.name, version, self.device)
         from ftcore.deploy.export import fetch_export, load_export
+        from ftcore.models.prompting import read_prompting
 
         export = fetch_export(self.name, version, self.variant, folder.parent / f"{version}-{self.variant}")
         model, tokenizer = load_export(export)
-        return engine_for(model, tokenizer, self.name, version, self.device)
+        # An export keeps the weights; how the model was prompted is recorded with the version it came from.
+        return engine_for(model, tokenizer, self.name, version, read_prompting(folder, tokenizer), self.device,
+                          self.variant)
 
 
 def model_source(target: str, variant: str = "model", device: str = "cpu") -> ModelSource:

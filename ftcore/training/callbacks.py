@@ -6,6 +6,7 @@ Imported only when a trainer is built: it imports transformers, which the module
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -13,9 +14,13 @@ from accelerate.utils import wait_for_everyone
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from ftcore import tracking
+from ftcore.progress import duration
 from ftcore.training.analytics import peak_memory_mb
 from ftcore.training.checkpoints import CheckpointStore
 from ftcore.training.divergence import NonFinite
+
+log = logging.getLogger(__name__)
 
 # Per-step keys that count from the start of the current session, so they restart after a resume: the interval
 # figures below and the Trainer's `num_input_tokens_seen` (restored with a checkpoint) replace them.
@@ -106,9 +111,71 @@ class EarlyStopping(TrainerCallback):
         return control
 
 
-class ProgressBarOnly(ProgressCallback):
-    """The training progress bar without the dict it prints at every logging step (history.json and MLflow keep
-    those)."""
+class LiveMetrics(TrainerCallback):
+    """Logs each entry of the training history to the pipeline's MLflow run as the Trainer makes it (every logging
+    step: loss, learning rate, grad norm, tokens per second; each evaluation: eval_loss), as `train/<key>` at the
+    global step, from the first process only. A step the run has already is skipped: a retried attempt resumed from
+    a checkpoint trains (and logs) again the steps after it that the failed attempt logged.
+
+    A failed log does not stop training: history.json keeps every entry, and the stage logs the points missing from
+    the run when it ends (tracking.log_training_history). It is warned about once; a real fault (not a hiccup) then
+    fails that final logging, visibly."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.logged: dict[str, set[int]] = {}
+        self.warned = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._try(lambda: self.logged.update(tracking.logged_training_steps(self.run_id)))
+        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        pass
+        if state.is_world_process_zero:
+            points = tracking.training_points(state.log_history[-1:])
+            self._try(lambda: tracking.log_training_points(self.run_id, points, self.logged))
+        return control
+
+    def _try(self, logging_call) -> None:
+        try:
+            logging_call()
+        except Exception as e:  # a tracking hiccup must not end hours of training
+            if not self.warned:
+                log.warning("could not log training metrics to MLflow run %s (%s: %s); training goes on, and the "
+                            "missing steps are logged from history.json when it ends", self.run_id,
+                            type(e).__name__, e)
+                self.warned = True
+
+
+class ProgressLog(TrainerCallback):
+    """A line in the log (ftcore's logger, hence the Prefect run's log) about every tenth of the run, at a logging
+    step: `step 120/465 loss 1.234 lr 4.1e-03 12.3 tok/s, 2m10s left`. The interval follows the run's length, so a
+    run of any length gets about LINES lines."""
+
+    LINES = 10
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        every_logging_step = max(1, state.logging_steps)
+        self.every = max(1, round(state.max_steps / self.LINES / every_logging_step)) * every_logging_step
+        # Resumed from a checkpoint: the time left is measured on this session's steps.
+        self.started, self.first_step = time.perf_counter(), state.global_step
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        entry, step = state.log_history[-1], state.global_step
+        if state.is_world_process_zero and "loss" in entry and (step % self.every == 0 or step == state.max_steps):
+            per_step = (time.perf_counter() - self.started) / max(step - self.first_step, 1)
+            log.info("step %d/%d loss %.4g lr %.2g %.1f tok/s, %s left", step, state.max_steps, entry["loss"],
+                     entry.get("learning_rate", math.nan), entry.get("tokens_per_second", math.nan),
+                     duration(per_step * (state.max_steps - step)))
+        return control
+
+
+class ProgressBarOnly(ProgressCallback):
+    """The training progress bar with the latest loss, without the dict it prints at every logging step
+    (history.json and MLflow keep those)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and "loss" in (logs or {}):
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")

@@ -78,10 +78,10 @@ def backend(cfg: DistributedConfig) -> str:
 
 def check_distributed(cfg: DistributedConfig) -> None:
     """Refuse, before launching, what this machine cannot run."""
-    import torch
-
     if not cfg.enabled:
         return
+    import torch  # only here: a run that does not distribute need not wait for torch's import
+
     gpus = torch.cuda.device_count()
     if backend(cfg) == "nccl" and gpus == 0:
         raise UserError("train.distributed.backend: nccl needs CUDA GPUs and this machine has none; use gloo")

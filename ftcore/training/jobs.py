@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ftcore.alignment.config import RewardConfig
 from ftcore.data.retained import RetainedData
+from ftcore.models.prompting import Prompting
 from ftcore.models.registered import ModelRef
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective
 from ftcore.outputs import DatasetOutput, ModelOutput
@@ -34,6 +35,9 @@ class TrainJob(BaseModel):
     reward_model: ModelRef | None = None
     continual: ContinualConfig | None = None
     retained: RetainedData | None = None
+    # How the dataset presents prompts (ftcore/data/split.py: data_prompting), recorded with the trained model so
+    # that serving and `ftflow chat` ask it the same way; None records nothing.
+    prompting: Prompting | None = None
 
     def loss_spec(self) -> dict | None:
         """The balance stage's class weights or focal loss (classification), if it wrote one."""
@@ -43,7 +47,8 @@ class TrainJob(BaseModel):
 
 class TrainRun(BaseModel):
     """Everything one training process needs, as settings and files: the job, where the output and the
-    checkpoints go, the checkpoint to resume from, and the reward model's folder (fetched once, by the stage)."""
+    checkpoints go, the checkpoint to resume from, the reward model's folder (fetched once, by the stage), and the
+    MLflow run to log the steps into."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -53,6 +58,7 @@ class TrainRun(BaseModel):
     resume: Path | None = None  # the complete checkpoint to resume from
     resumed_from: int = 0  # its step
     reward_model_dir: Path | None = None
+    mlflow_run_id: str | None = None  # the pipeline's run, which the first process logs each step's metrics into
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 (ftcore/training/trainers.py: TRL's SFTTrainer for the language-model objectives, a Trainer with the balance stage's
 loss for classification, TRL's alignment trainers for dpo, reward_model and rl).
 
-Per-step metrics go to `history.json` in the output folder rather than straight to MLflow, so the same record is
-logged whether the stage ran now or came from the cache (and ftcore.tracking stays the only MLflow caller).
+Per-step metrics go to the pipeline's MLflow run as training makes them (callbacks.py: LiveMetrics, through
+ftcore.tracking, the only MLflow caller) and to `history.json` in the output folder, from which the stage's end fills
+in whatever live logging missed.
 
 Checkpoints go to a folder beside the output folder (ftcore/training/checkpoints.py), so a retried or re-run stage
 with the same inputs resumes from the last complete one instead of step 0 (docs/training.md).
@@ -25,6 +26,7 @@ from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.models.load import load_tokenizer
 from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec, save_adapter
+from ftcore.models.prompting import Prompting, write_prompting
 from ftcore.models.registered import model_folder
 from ftcore.outputs import ModelOutput, TrainOutput
 from ftcore.tensors import first_non_finite
@@ -47,10 +49,12 @@ OUTPUT_ARTIFACTS = {"loss_plot": "loss.png", "history": "history.json", "weight_
                     "weight_norms": "weight_norms.json"}
 
 
-def train_stage(job: TrainJob, out_dir: Path, callbacks: Sequence = ()) -> TrainOutput:
+def train_stage(job: TrainJob, out_dir: Path, callbacks: Sequence = (),
+                mlflow_run_id: str | None = None) -> TrainOutput:
     """Train the init stage's model on the train split with the objective's trainer, resuming from the last complete
     checkpoint of an earlier attempt. `callbacks` (transformers TrainerCallbacks) join the trainer's own, e.g. to
-    watch the steps from a benchmark; they need the trainer in this process, so not with `train.distributed`."""
+    watch the steps from a benchmark; they need the trainer in this process, so not with `train.distributed`. With
+    `mlflow_run_id`, each log entry goes to that MLflow run as training makes it (callbacks.py: LiveMetrics)."""
     cfg = job.train
     check_hardware(cfg)
     if callbacks and cfg.distributed.enabled:
@@ -62,7 +66,8 @@ def train_stage(job: TrainJob, out_dir: Path, callbacks: Sequence = ()) -> Train
         log.info("resuming training from %s (step %d)", resume.path, resume.step)
     run = TrainRun(job=job, out_dir=out_dir, checkpoints=store.root, resume=resume and resume.path,
                    resumed_from=resume.step if resume else 0,
-                   reward_model_dir=model_folder(job.reward_model) if job.reward_model else None)
+                   reward_model_dir=model_folder(job.reward_model) if job.reward_model else None,
+                   mlflow_run_id=mlflow_run_id)
     try:
         metrics = run_workers(run) if cfg.distributed.enabled else train_in_process(run, callbacks)
     except UserError:
@@ -110,7 +115,7 @@ def train_in_process(run: TrainRun, callbacks: Sequence = ()) -> dict[str, float
     trained = train_session(trainer, run, eval_rows)
     if trained is None:
         return None
-    write_output(trained.model, tokenizer, job.base, trained.history, run.out_dir)
+    write_output(trained.model, tokenizer, job.base, trained.history, run.out_dir, job.prompting)
     tokens = trainer.state.num_input_tokens_seen - analytics.tokens_at_start
     return {**stage_metrics(run, trained, len(train_rows), tokens), "processes": trainer.args.world_size,
             **({} if job.continual is None else {"replayed_rows": replayed})}
@@ -211,12 +216,16 @@ def whole_model(trainer, base: ModelOutput):
     return model
 
 
-def write_output(model, tokenizer, base: ModelOutput, history: list[dict], out_dir: Path) -> None:
-    """The stage's output folder, written atomically: the trained model, the history and the plots."""
+def write_output(model, tokenizer, base: ModelOutput, history: list[dict], out_dir: Path,
+                 prompting: Prompting | None) -> None:
+    """The stage's output folder, written atomically: the trained model (with how it was prompted), the history
+    and the plots."""
     adapter = base.adapter_path is not None
     norms = layer_weight_norms(model, base.base_path, adapter)
     with atomic_dir(out_dir) as tmp:
         save_trained(model, tokenizer, base, tmp)
+        if prompting is not None:
+            write_prompting(tmp / "model", prompting)
         (tmp / "history.json").write_text(json.dumps(history, indent=1))
         (tmp / "weight_norms.json").write_text(json.dumps(norms, indent=1))
         plot_loss(history, tmp / "loss.png")
@@ -227,13 +236,14 @@ def write_output(model, tokenizer, base: ModelOutput, history: list[dict], out_d
 def check_hardware(cfg: TrainConfig) -> None:
     """Refuse, before any work, a precision this machine cannot train in (a GPU may be absent where the recipe
     was written)."""
-    import torch
+    if cfg.mixed_precision != "no":  # torch takes seconds to import: `ftflow validate` asks it only when it must
+        import torch
 
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("train.mixed_precision: fp16 needs a CUDA GPU and this machine has none; use bf16 (runs on "
-                        "CPU) or no")
-    if cfg.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise UserError("train.mixed_precision: bf16 is not supported by this GPU; use fp16 or no")
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("train.mixed_precision: fp16 needs a CUDA GPU and this machine has none; use bf16 (runs "
+                            "on CPU) or no")
+        if cfg.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise UserError("train.mixed_precision: bf16 is not supported by this GPU; use fp16 or no")
     check_distributed(cfg.distributed)
 
 
@@ -294,10 +304,13 @@ def build_trainer(setup: TrainerSetup, store: CheckpointStore):
     tokens)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from ftcore.progress import on_terminal
     from ftcore.training.callbacks import (
         CommitCheckpoints,
         EarlyStopping,
+        LiveMetrics,
         ProgressBarOnly,
+        ProgressLog,
         StepAnalytics,
         StopAtNonFiniteLoss,
     )
@@ -307,7 +320,10 @@ def build_trainer(setup: TrainerSetup, store: CheckpointStore):
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     analytics = StepAnalytics()
-    for callback in (ProgressBarOnly(), StopAtNonFiniteLoss(), CommitCheckpoints(store, cfg.save_steps), analytics):
+    # In this order: StepAnalytics completes each log entry (tokens per second) before the others read it.
+    for callback in (StopAtNonFiniteLoss(), CommitCheckpoints(store, cfg.save_steps), analytics, ProgressLog(),
+                     *([ProgressBarOnly()] if on_terminal() else []),  # a bar on a terminal only, not in a log file
+                     *([LiveMetrics(setup.run.mlflow_run_id)] if setup.run.mlflow_run_id else [])):
         trainer.add_callback(callback)
     if cfg.early_stopping_patience is not None:
         trainer.add_callback(EarlyStopping(cfg.early_stopping_patience))

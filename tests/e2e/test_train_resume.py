@@ -275,7 +275,9 @@ def run_flow(*overrides: str, until: Stage | None = None) -> dict:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_prefect_retry_of_the_train_stage_resumes_and_mlflow_records_it(monkeypatch):
-    add_callback(monkeypatch, crash_at(10))
+    # After step 10's log entry, which the first attempt logs live to MLflow and the retry, resumed from step 8, makes
+    # again.
+    add_callback(monkeypatch, crash_at(11))
     summary = run_flow("stages.retries=1", "train.max_steps=12", "train.save_steps=4", until=Stage.train)
 
     train = summary["stages"]["train"]
@@ -286,6 +288,7 @@ def test_a_prefect_retry_of_the_train_stage_resumes_and_mlflow_records_it(monkey
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.metrics["train.resumed_from_step"] == 8
     assert {"train/tokens_per_second", "train/peak_memory_mb", "train/grad_norm"} <= run.data.metrics.keys()
+    assert [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "train/loss")] == [5, 10]  # once each
     artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "stages/train")}
     assert {"stages/train/loss.png", "stages/train/weight_norms.png", "stages/train/history.json"} <= artifacts
 

@@ -25,8 +25,9 @@ class Prepared:
     base: ModelOutput
 
 
-def prepare(root: Path, *overrides: str) -> Prepared:
-    recipe = load_recipe(DEMO_RECIPE, [*TINY_OVERRIDES, *overrides])
+def prepare(root: Path, *overrides: str, tiny: bool = True) -> Prepared:
+    """The demo's stages up to init; `tiny=False` keeps the demo's own model size and schedule."""
+    recipe = load_recipe(DEMO_RECIPE, [*(TINY_OVERRIDES if tiny else []), *overrides])
     collected = collect_stage(CollectJob(data=recipe.data, sources={}), root / "collected")
     dataset = clean_balance_stage(clean_job(recipe, collected), root / "clean")
     base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),

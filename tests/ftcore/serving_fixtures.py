@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ftcore.models.prompting import Prompting, write_prompting
 from ftcore.serving.config import ServeConfig
 from ftcore.serving.server import serving
 from tests.ftcore.pipeline_fixtures import prepare
@@ -20,7 +21,11 @@ TOKEN = "s3cret-token"
 
 
 def causal_folder(root: Path) -> Path:
-    return prepare(root).base.base_path
+    """The demo's untrained base, recorded as trained on chats, so that the chat route serves it through its chat
+    template (a folder without the record, and with only ftflow's default template, is refused chats)."""
+    folder = prepare(root).base.base_path
+    write_prompting(folder, Prompting(format="messages"))
+    return folder
 
 
 def classifier_folder(causal: Path, out: Path) -> Path:

@@ -105,6 +105,10 @@ def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
     worse = deploy(base=0.0, candidate=0.4, n=2, champion=("clinical/1", 0.45))
     assert (worse.version, worse.aliases, worse.gate_passed) == ("2", ["challenger"], False)
     assert "does not beat champion v1 0.45" in worse.gate_reason
+    # The registry's version page opens on the verdict, each rule and the candidate's metrics.
+    description = tracking.client().get_model_version("clinical", "2").description
+    assert description.startswith("**Gate failed**: beat_champion failed: exact_match 0.4 does not beat champion v1")
+    assert "- **failed** `beat_champion`: " in description and "Metrics: exact_match 0.4" in description
     assert tracking.version_for_alias("clinical", "champion")["version"] == "1"
     assert tracking.aliases_of("clinical", "1") == ["champion"]  # challenger moved on to v2
 

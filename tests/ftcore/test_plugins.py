@@ -5,6 +5,7 @@ import subprocess
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,8 @@ def test_entry_points_of_the_group_are_loaded_once_on_first_use(monkeypatch):
     loaded = []
 
     class Point:
+        module = "their_package.widgets"  # as importlib.metadata.EntryPoint's
+
         def load(self):
             loaded.append(1)
             widgets.register("gear")(from_module("their_package.widgets"))
@@ -130,3 +133,25 @@ def test_ftcore_step_modules_load_only_when_a_step_is_looked_up():
 def test_every_kind_of_plugin_uses_the_one_registry(registry, group, example):
     assert isinstance(registry, Registry) and registry.group == group
     assert example in registry.names() and registry.get(example).name == example
+
+
+def test_steps_from_another_checkout_than_the_one_worked_in_are_one_warning(tmp_path):
+    """The venv is installed from this checkout (A); a data engineer works in checkout B, whose new step would be
+    silently missing from `ftflow steps` and runs: ftflow says so, naming both folders and the fix."""
+    other = tmp_path / "checkout-b"
+    (other / ".git").mkdir(parents=True)
+    (other / "data_recipes" / "steps").mkdir(parents=True)
+    for init in ("data_recipes/__init__.py", "data_recipes/steps/__init__.py"):
+        (other / init).write_text("")
+    (other / "docs").mkdir()  # in a sub-folder too: the git root's data_recipes counts
+    ftflow = [str(Path(sys.executable).parent / "ftflow"), "steps"]  # the venv's command, as the engineer runs it
+    listed = subprocess.run(ftflow, cwd=other / "docs", capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    imported = Path(plugins.__file__).resolve().parents[1] / "data_recipes"
+    assert listed.stderr.splitlines() == [
+        f"data_recipes is imported from {imported}, not from this checkout's {other / 'data_recipes'}: its plugins "
+        f"are not the ones used; run `pip install -e .` in {other}, or work in {imported.parent}"]
+    assert "drop_short" in listed.stdout  # checkout A's steps, still listed
+    # In the checkout the venv was installed from, nothing to say.
+    here = subprocess.run(ftflow, cwd=imported.parent, capture_output=True, text=True, timeout=120)
+    assert here.returncode == 0 and here.stderr == ""

@@ -6,6 +6,7 @@ scheduler: runs of the cron deployments created, and one executed by a worker. E
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -143,15 +144,18 @@ def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         from prefect.deployments import run_deployment
 
-        # As the dashboard's Run button: the deployment, with the form's parameters.
-        run = run_deployment("finetune/finetune", parameters={"overrides": TINY_OVERRIDES,
-                                                               "options": {"learning_rate": 0.01}}, timeout=600)
+        # As the dashboard's Run button: the recipe's deployment, with the form's parameters.
+        run = run_deployment("finetune/clinical-qa", parameters={"overrides": TINY_OVERRIDES,
+                                                                  "options": {"learning_rate": 0.01}}, timeout=600)
         assert run.state.is_completed(), (run.state, (root / "worker.log").read_text()[-3000:])
 
         registry = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
         champion = registry.get_model_version_by_alias("clinical-qa", "champion")
         assert champion.version == "1" and champion.tags["gate.passed"] == "True"
         assert set(registry.get_model_version("clinical-qa", "1").aliases) == {"champion", "challenger"}
+        # The form's change, compared in the worker with what the deployment's form showed, recorded with the run.
+        tags = registry.get_run(champion.run_id).data.tags
+        assert json.loads(tags["ftflow.overrides"]) == [*TINY_OVERRIDES, "train.learning_rate=0.01"]
 
         stop([worker])  # the retrain run the trigger creates stays scheduled: no need to train again here
         with get_client(sync_client=True) as client:
@@ -162,6 +166,32 @@ def test_a_dashboard_run_registers_a_version_and_a_breach_creates_a_retrain_run(
                         root / "report.html", "schedule")
         created = wait_for_runs_of(retrain.id)
     assert created[0].parameters["recipe_path"] == str(DEMO_RECIPE)
+
+
+def test_the_dashboard_form_opens_with_the_recipe_s_values(servers, browser_page):
+    """Deployments -> clinical-qa -> Run -> Custom run, in a real browser: every field of the options shows the
+    recipe's value at once (no type picker to toggle first)."""
+    from flows.options import RunOptions
+    from ftcore.recipe import load_recipe
+    from tests.browser import screenshot
+
+    env = servers["env"]
+    ftflow_deploy(env)
+    with httpx.Client(base_url=env["PREFECT_API_URL"]) as api:
+        deployment = api.get("/deployments/name/finetune/clinical-qa").json()
+    browser_page.set_viewport_size({"width": 1400, "height": 2600})  # the whole form, for the screenshot
+    browser_page.goto(f"{env['PREFECT_API_URL'].removesuffix('/api')}/deployments/deployment/{deployment['id']}/run")
+    browser_page.get_by_text("Max New Tokens").wait_for(timeout=60_000)
+    browser_page.wait_for_load_state("networkidle")
+    shown = browser_page.eval_on_selector_all("input[type=number], textarea", "els => els.map(e => e.value)")
+    recipe = RunOptions.of_recipe(load_recipe(DEMO_RECIPE), DEMO_RECIPE)
+    assert sorted(shown) == sorted(["data_recipes/recipes/clinical_qa.yaml", *(str(v) for v in (
+        recipe.rank, int(recipe.epochs), recipe.batch_size, recipe.learning_rate, recipe.max_steps, recipe.base_model,
+        recipe.fewshot, recipe.max_new_tokens, recipe.dataset_path))])
+    for metric in recipe.metrics:  # the multi-select's chips
+        assert browser_page.get_by_text(metric, exact=True).count() == 1
+    screenshot(browser_page, "prefect-form")
+    assert browser_page.get_by_text("Property is type").count() == 2  # only overrides and until, which may be None
 
 
 def wait_for_runs_of(deployment_id, seconds: float = 120) -> list:
