@@ -26,8 +26,9 @@ from ftcore.models.registered import ModelRef
 from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
 from ftcore.paths import home
 from ftcore.pins import pin
-from ftcore.recipe import Recipe, Stage, StagesConfig, load_recipe
+from ftcore.recipe import Recipe, StagesConfig, load_recipe
 from ftcore.schema import describe_error
+from ftcore.stages import LAST_STAGE, Stage
 from tasks.clean_balance import clean_balance
 from tasks.collect import collect
 from tasks.deploy import deploy
@@ -63,7 +64,7 @@ class UserStageFailed(StageFailed, UserError):
 
 
 @flow(name="finetune", log_prints=False, validate_parameters=False)
-def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage | None = None,
+def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = LAST_STAGE,
              options: RunOptions = UNCHANGED) -> State:
     """Run a recipe's seven stages. Calling it returns the run's summary (a dict); the flow run ends Completed, named
     for what its reader must know when the gate kept the champion or the monitor found a breach (end_state).
@@ -71,12 +72,12 @@ def finetune(recipe_path: str, overrides: list[str] | None = None, until: Stage 
     Args:
         recipe_path: the recipe YAML, e.g. data_recipes/recipes/clinical_qa.yaml (a path the worker can read).
         overrides: recipe fields to change, as a.b=value (values parsed as YAML), e.g. train.epochs=5.
-        until: stop after this stage.
+        until: stop after this stage (the last: run them all).
         options: the recipe's common fields as a form (method, rank, epochs, batch size, learning rate, max steps,
             base model, evaluation, dataset path); a deployment's form shows the recipe's values, and the fields
             changed there become overrides.
     """
-    overrides = [*(overrides or []), *run_options(options)]
+    overrides = [*overrides, *run_options(options)]
     recipe = load_recipe(recipe_path, overrides)
     pins = pin(recipe)  # registered models, retained data and sources, before any stage (ftcore/pins.py)
     summary = start_run(recipe, recipe_path, overrides)
@@ -252,7 +253,7 @@ def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput,
 class StageRunner:
     """Runs one stage task with the recipe's retries, records its outcome, logs its output to MLflow."""
 
-    def __init__(self, cfg: StagesConfig, summary: RunSummary, until: Stage | None):
+    def __init__(self, cfg: StagesConfig, summary: RunSummary, until: Stage):
         self.cfg, self.summary, self.until = cfg, summary, until
         self.outputs: dict[str, StageOutput] = {}
 
@@ -289,7 +290,7 @@ class StageRunner:
                 raise
             self.summary.record(name, "failed", duration, error=_describe(problem, state), user_error=True)
             raise StopPipeline from None
-        if self.until is not None and name == self.until.value:
+        if name == self.until.value:
             raise StopPipeline
         return output
 

@@ -31,6 +31,8 @@ DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    # MLflow 3 sends usage telemetry from a background thread by default: offline here, and nothing a run needs.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
     "GIT_PYTHON_REFRESH": "quiet",
     # A run's output is the stage table; per-file download and weight-loading bars would bury it.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",

@@ -11,7 +11,7 @@ from typing import Any
 from ftcore.fs import atomic_write_text
 from ftcore.locks import Lease
 from ftcore.paths import home
-from ftcore.recipe import STAGES
+from ftcore.stages import STAGES
 from ftcore.tracking import CHAMPION
 
 # The metrics worth a glance in the terminal; everything is in summary.json and MLflow.

@@ -10,12 +10,12 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def progress_bar(total: int, what: str):
-    """A tqdm bar of `total` examples described as `what`; it erases itself when closed, so a stage that runs one
-    pass after another keeps one line."""
+def progress_bar(total: int, what: str, unit: str = "examples"):
+    """A tqdm bar of `total` units (examples, requests) described as `what`; it erases itself when closed, so a
+    stage that runs one pass after another keeps one line."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=what, unit="examples", leave=False, dynamic_ncols=True, disable=not on_terminal())
+    return tqdm(total=total, desc=what, unit=unit, leave=False, dynamic_ncols=True, disable=not on_terminal())
 
 
 def duration(seconds: float) -> str:

@@ -7,7 +7,6 @@ path and what was expected.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,6 @@ from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, Objectiv
 from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_yaml, read_yaml_file
 from ftcore.schema import MAX_RETRIES, MAX_WAIT_S, Strict, describe_error
 from ftcore.training.config import CHAMPION_DATA, ContinualConfig, TrainConfig
-
-
-class Stage(StrEnum):
-    collect = "collect"
-    clean_balance = "clean_balance"
-    init = "init"
-    train = "train"
-    evaluate = "evaluate"
-    deploy = "deploy"
-    monitor = "monitor"
-
-
-STAGES: list[Stage] = list(Stage)
 
 
 class StagesConfig(Strict):

@@ -157,8 +157,8 @@ def mark_killed(run_id: str, reason: str) -> None:
 
 
 def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dict[str, Path], cached: bool) -> None:
-    """Log one stage's metrics (`<stage>.<name>`) and artifacts (under `stages/<stage>/`)."""
-    _log_metrics(run_id, [(f"{stage}.{k}", v, 0) for k, v in metrics.items()])
+    """Log one stage's metrics (`<stage>/<name>`: metric_key) and artifacts (under `stages/<stage>/`)."""
+    _log_metrics(run_id, [(metric_key(k, stage), v, 0) for k, v in metrics.items()])
     c = client()
     c.set_tag(run_id, f"ftflow.stage.{stage}", "cached" if cached else "completed")
     for path in artifacts.values():
@@ -171,19 +171,37 @@ def stage_artifact(stage: str, path: Path | str) -> str:
     return f"stages/{stage}/{Path(path).name}"
 
 
-TRAINING_PREFIX = "train/"  # the per-step training metrics: `train/loss`, `train/eval_loss`, ...
+# Metric names as MLflow's UI groups them. Its charts view makes a section of each name's part before the first '/',
+# sorts sections in plain character order (digits, uppercase, '_', lowercase) and the charts in one alphabetically;
+# its runs table and search show the whole name. So the per-step training loss gets a numbered section of its own,
+# which comes first, the other per-step metrics the second, and each stage's summary one named after the stage:
+# `1 loss/train`, `1 loss/validation`, `2 training/learning_rate`, ..., `evaluate/exact_match`, `train/train_loss`.
+LOSS_SECTION, STEPS_SECTION = "1 loss", "2 training"
+LOSSES = {"loss": "train", "eval_loss": "validation"}  # the Trainer's history keys of the two losses
+
+
+def metric_key(name: str, stage: str | None = None) -> str:
+    """The MLflow name of a stage's summary metric `name` (with `stage`) or of the training history's key `name`
+    (logged at each step; without)."""
+    if stage is not None:
+        return f"{stage}/{name}"
+    return f"{LOSS_SECTION}/{LOSSES[name]}" if name in LOSSES else f"{STEPS_SECTION}/{name}"
+
+
+def _per_step(key: str) -> bool:
+    return key.startswith((f"{LOSS_SECTION}/", f"{STEPS_SECTION}/"))
 
 
 def training_points(entries: list[dict]) -> list[tuple[str, Any, int]]:
-    """Training log entries (history.json's, or one as the Trainer makes it) as (`train/<key>`, value, step)."""
-    return [(f"{TRAINING_PREFIX}{k}", v, int(entry["step"]))
+    """Training log entries (history.json's, or one as the Trainer makes it) as (metric_key, value, step)."""
+    return [(metric_key(k), v, int(entry["step"]))
             for entry in entries for k, v in entry.items() if k not in {"step", "epoch"}]
 
 
 def logged_training_steps(run_id: str) -> dict[str, set[int]]:
     """The steps the run already has of each per-step training metric."""
     c = client()
-    keys = [key for key in c.get_run(run_id).data.metrics if key.startswith(TRAINING_PREFIX)]
+    keys = [key for key in c.get_run(run_id).data.metrics if _per_step(key)]
     return {key: {m.step for m in c.get_metric_history(run_id, key)} for key in keys}
 
 
@@ -336,6 +354,23 @@ def version_run_id(name: str, version: str) -> str:
     return str(client().get_model_version(name, version).run_id)
 
 
+# Versions registered before ftflow kept their tags to lineage carry their evaluation as `metric.<name>` tags.
+LEGACY_METRIC_TAG = "metric."
+
+
+def version_stage_metrics(name: str, version: str, stage: str) -> dict[str, float]:
+    """A stage's summary metrics (by their own names) as the run that registered the version logged them. A version
+    registered before its run's metrics were named `<stage>/<name>` has them as `metric.<name>` tags: those."""
+    c = client()
+    mv = c.get_model_version(name, version)
+    tagged = {k.removeprefix(LEGACY_METRIC_TAG): float(v) for k, v in mv.tags.items()
+              if k.startswith(LEGACY_METRIC_TAG)}
+    if tagged:
+        return tagged
+    prefix = metric_key("", stage)
+    return {k.removeprefix(prefix): v for k, v in c.get_run(mv.run_id).data.metrics.items() if k.startswith(prefix)}
+
+
 def download_run_artifact(run_id: str, artifact_path: str, dst: Path) -> Path:
     """One artifact of a run (a file or folder) into the existing folder `dst`; returns its local path. A missing
     artifact raises FileNotFoundError."""
@@ -465,7 +500,7 @@ def _yaml(obj: Any) -> str:
 
 
 def log_stage_output(run_id: str, stage: str, output, cached: bool) -> None:
-    """A stage's outcome in the current run: its metrics (`<stage>.<name>`), its status tag `ftflow.stage.<stage>`
+    """A stage's outcome in the current run: its metrics (`<stage>/<name>`), its status tag `ftflow.stage.<stage>`
     (completed or cached) and the MLflow run that produced the output (`ftflow.stage.<stage>.run`).
 
     A stage that ran now also logs its artifacts, dataset inputs (clean_balance) and the training history points not

@@ -11,24 +11,27 @@ from __future__ import annotations
 import ast
 import functools
 from collections.abc import Iterator
-from importlib.metadata import packages_distributions
+from importlib.metadata import PackageNotFoundError, distribution
 from importlib.util import find_spec
 from pathlib import Path
 
 from ftcore.hashing import hash_bytes
 
+DISTRIBUTION = "ftflow"  # the distribution that ships this package (pyproject.toml's project name)
+
 
 @functools.cache
 def project_packages() -> dict[str, Path]:
     """Top-level package name -> its folder, for the packages of the distribution that ships this one (ftflow's
-    ftcore, tasks, flows, data_recipes); in a source tree that was never installed, the packages beside this one."""
+    ftcore, tasks, flows, data_recipes); in a source tree that was never installed, the packages beside this one.
+    Read from the distribution's own top_level.txt: `packages_distributions()` scans every installed distribution's
+    file list, about 0.3 s of each run."""
     this = Path(__file__).resolve().parent
-    distributions = packages_distributions()
-    own = set(distributions.get(__name__.partition(".")[0], ()))
-    if own:
-        names = [name for name, dists in distributions.items() if own & set(dists)]
-    else:
-        names = [p.name for p in this.parent.iterdir() if (p / "__init__.py").is_file()]
+    try:
+        declared = distribution(DISTRIBUTION).read_text("top_level.txt")
+    except PackageNotFoundError:
+        declared = None
+    names = declared.split() if declared else [p.name for p in this.parent.iterdir() if (p / "__init__.py").is_file()]
     return {name: Path(find_spec(name).origin).resolve().parent for name in names}
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect_dask import DaskTaskRunner
 
 from ftcore.data.clean import MapParts, PartResult
 from ftcore.data.config import DaskConfig, RuntimeConfig
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
 
 
 @task(name="clean-part", cache_policy=NO_CACHE)
@@ -30,6 +33,9 @@ def clean_parts(fn: Callable[[Path], PartResult], parts: list[Path]) -> list[Par
 
 
 def dask_runner(cfg: DaskConfig) -> DaskTaskRunner:
+    # Imported here: dask and distributed take ~0.3 s to import, which every run (a cached one too) would pay.
+    from prefect_dask import DaskTaskRunner
+
     if cfg.address:  # its workers report to the Prefect API their own PREFECT_API_URL names (docs/scale-out.md)
         return DaskTaskRunner(address=cfg.address)
     # Worker processes (not threads): the steps are Python-bound, so only processes run them in parallel.

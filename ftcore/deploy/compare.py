@@ -1,5 +1,6 @@
-"""`ftflow compare A B`: the metric differences between two registered versions, from the `metric.*` tags the
-deploy stage records on each (the candidate's test metrics and intervals, forgetting)."""
+"""`ftflow compare A B`: the metric differences between two registered versions, from the evaluate metrics of the
+run that registered each (the candidate's own test metrics and what it forgot; the baselines it was scored beside
+and the interval bounds are left out)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from ftcore import tracking
 from ftcore.errors import UserError
 from ftcore.evaluation.config import LOWER_IS_BETTER
 from ftcore.models.registered import pin_registered
+from ftcore.stages import Stage
 
+# The evaluate stage's metrics of the models it scores beside the candidate (and the candidate's gain over them).
+BASELINE_PREFIXES = ("base.", "fewshot.", "start.", "champion.", "tfidf.", "length.", "retained.", "improvement.")
 # NAME/VERSION or NAME@ALIAS, optionally as a models:/ URI.
 VERSION_REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))$")
 
@@ -35,14 +39,15 @@ class MetricDiff:
 
 
 def version_metrics(ref: str) -> tuple[str, dict[str, float]]:
-    """(NAME/VERSION, its metric tags as numbers) for `ref`."""
+    """(NAME/VERSION, its own metrics) for `ref`."""
     match = VERSION_REF.match(ref)
     if not match:
         raise UserError(f"{ref!r}: name a registered version as NAME/VERSION or NAME@ALIAS "
                         "(e.g. clinical-qa/3, clinical-qa@champion)")
     pinned = pin_registered(match["name"], match["alias"], match["version"], ref)
-    tags = tracking.version_tags(str(pinned.name), str(pinned.version))
-    return pinned.label, {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+    metrics = tracking.version_stage_metrics(str(pinned.name), str(pinned.version), Stage.evaluate)
+    return pinned.label, {k: v for k, v in metrics.items()
+                          if not k.startswith(BASELINE_PREFIXES) and not k.endswith((".ci_low", ".ci_high"))}
 
 
 def compare_versions(a: str, b: str) -> tuple[str, str, list[MetricDiff]]:

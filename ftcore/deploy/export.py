@@ -34,8 +34,10 @@ from ftcore.models.peft_methods import (
     can_merge,
     unmerged_base,
 )
+from ftcore.models.prompting import RECORD as PROMPTING
 from ftcore.models.registered import ModelRef, model_folder, pin_reference
 from ftcore.paths import home
+from ftcore.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +156,18 @@ def check_kinds(model: VersionModel, kinds: list[str]) -> None:
 def export_version(folder: Path, name: str, version: str, run_id: str, kinds: list[str], test: pd.DataFrame | None,
                    tolerance: float) -> ExportReport:
     """Build each kind of export of the version whose model is `folder`, log it into the version's run
-    (`exports/<kind>`) and record it in the version's tags. int8 is scored against the float32 model on `test`."""
+    (`exports/<kind>`) and record it in the version's tags. int8 is scored against the float32 model on `test`. A
+    terminal shows the exports done of those asked for, and the one being made."""
     if not kinds:
         return ExportReport({})
     model = VersionModel.read(Path(folder))
     check_kinds(model, kinds)
     classifier = saved_classes(model.folder) is not None
     records, ratio, fidelity = {}, None, None
-    with scratch(".exports.") as work:
+    with (scratch(".exports.") as work,
+          progress_bar(len(kinds), f"exporting models:/{name}/{version}", unit="exports") as bar):
         for kind in kinds:
+            bar.set_postfix_str(kind)
             out = Path(work) / kind / WEIGHTS
             write_export(kind, model, out, f"models:/{name}/{version}")
             if kind == "int8":
@@ -170,6 +175,7 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
                 fidelity = int8_fidelity(model, classifier, out, test, tolerance)
             uri = log_export(run_id, kind, out, classifier, test)
             records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
+            bar.update()
     report = ExportReport(records, ratio, fidelity)
     if fidelity is not None and not fidelity.within_tolerance:
         log.warning("%s/%s: %s", name, version, fidelity.describe())
@@ -208,8 +214,9 @@ def scratch(prefix: str) -> tempfile.TemporaryDirectory:
 
 
 def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None:
-    """The export's folder: weights and tokenizer, and the manifest (`source`: the version it came from, where an
-    adapter export finds its base)."""
+    """The export's folder: weights and tokenizer, the version's prompting record (the pyfunc model writes chats as
+    the model was trained on them), and the manifest (`source`: the version it came from, where an adapter export
+    finds its base)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "adapter":
         shutil.copytree(model.adapter, out)
@@ -225,6 +232,8 @@ def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None
         write_int8(model.folder, out)
         if not model.merged:  # the adapter stays float32 beside the int8 base: it is small, and cannot be merged
             shutil.copytree(model.adapter, out / EXPORTED_ADAPTER)
+    if (model.folder / PROMPTING).is_file():
+        shutil.copy(model.folder / PROMPTING, out / PROMPTING)
     manifest = {"kind": kind, "method": model.method, "source": source, "hash": hash_dir(out)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -236,9 +245,9 @@ def int8_fidelity(model: VersionModel, classifier: bool, int8: Path, test: pd.Da
     if not metrics:
         return None
     float32, tokenizer = load_trained(model.folder)
-    before = split_scores(float32, tokenizer, test, metrics)
+    before = split_scores(float32, tokenizer, test, metrics, "float32 model")
     del float32
-    after = split_scores(*load_export(int8), test, metrics)
+    after = split_scores(*load_export(int8), test, metrics, "int8 export")
     return Fidelity(before, after, metrics[0], tolerance)
 
 

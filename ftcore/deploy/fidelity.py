@@ -66,25 +66,28 @@ def scorable_metrics(test: pd.DataFrame, classifier: bool) -> tuple[str, ...]:
     return TEXT if "text" in test else ()
 
 
-def split_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, float]:
-    """`metrics` of one loaded model on the test rows."""
+def split_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...], label: str) -> dict[str, float]:
+    """`metrics` of one loaded model on the test rows; a terminal shows the examples done for `label` (which model
+    this is: "float32 model", "int8 export")."""
     from ftcore.models.peft_methods import is_classifier
 
     if is_classifier(model):
-        return classifier_scores(model, tokenizer, test, metrics)
-    return language_scores(model, tokenizer, test, metrics)
+        return classifier_scores(model, tokenizer, test, metrics, label)
+    return language_scores(model, tokenizer, test, metrics, label)
 
 
-def classifier_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, float]:
+def classifier_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...], label: str) -> dict[str, float]:
     from ftcore.evaluation.classification import classification_metrics, classify
+    from ftcore.progress import progress_bar
 
     references = test["label"].astype(str).tolist()
-    predicted = classify(model, tokenizer, test["text"].astype(str).tolist())
+    with progress_bar(len(test), f"{label}: classifying") as bar:
+        predicted = classify(model, tokenizer, test["text"].astype(str).tolist(), progress=bar.update)
     scores = classification_metrics(references, predicted, sorted(set(references) | set(predicted)))
     return {metric: scores[metric] for metric in metrics}
 
 
-def language_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, float]:
+def language_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...], label: str) -> dict[str, float]:
     from ftcore.evaluation.config import EvaluateConfig
     from ftcore.evaluation.language import eval_examples, example_rows
     from ftcore.safety.config import SafetyConfig
@@ -93,5 +96,5 @@ def language_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ..
     longest = max(len(tokenizer(str(c), add_special_tokens=False)["input_ids"]) for c in examples["completion"])
     cfg = EvaluateConfig(metrics=list(metrics), max_new_tokens=longest + SPARE_TOKENS, batch_size=BATCH_SIZE,
                          latency_probes=0, bootstrap_resamples=0, safety=SafetyConfig(toxicity=None, bias=None))
-    rows, _ = example_rows(model, tokenizer, examples, cfg)
+    rows, _ = example_rows(model, tokenizer, examples, cfg, label)
     return {metric: rows[metric].value for metric in metrics}

@@ -19,14 +19,12 @@ from ftcore.evaluation.intervals import metric_key
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.outputs import DatasetOutput, DeployOutput, EvalOutput, TrainOutput
+from ftcore.stages import Stage
 from ftcore.tensors import non_finite_weights
 
 MODEL_HASH_TAG = "model_hash"  # a version's tag: the content hash of the train stage's output it registered
 REFERENCE_NAMES = {"base": "the base model", "tfidf": "the TF-IDF + logistic regression baseline",
                    "length": "the baseline preferring the longer answer"}
-# The evaluate stage's metrics kept as the version's `metric.*` tags: the candidate's own (bare names) and what it
-# forgot; the baselines' stay in the run.
-BASELINE_PREFIXES = ("base.", "fewshot.", "start.", "champion.", "tfidf.", "length.", "retained.", "improvement.")
 
 
 class DeployJob(BaseModel):
@@ -54,17 +52,15 @@ def deploy_stage(job: DeployJob, out_dir: Path, mlflow_run_id: str, tags: dict[s
     check_kinds(VersionModel.read(trained.model_path), list(job.deploy.exports))
     champion = tracking.version_for_alias(name, tracking.CHAMPION)
     decision, reference_name = gate_decision(job, champion)
-    decision_tags = {**version_metric_tags(job.evaluation.metrics), **gate_tags(decision)}
     # The same trained model (MODEL_HASH_TAG) registered before, by another run or at once with this one, is that
-    # version again: one model, one version.
-    version = tracking.register_version(mlflow_run_id, name, trained.model_path, tags={**tags, **decision_tags},
-                                        identity=MODEL_HASH_TAG)
+    # version again: one model, one version. Its tags are its lineage (`tags`); the gate's verdict and the metrics
+    # are in its description for people and in its run for code (tracking.version_stage_metrics).
+    version = tracking.register_version(mlflow_run_id, name, trained.model_path, tags=tags, identity=MODEL_HASH_TAG)
     tracking.set_alias(name, tracking.CHALLENGER, version)
     if decision.passed:
         decision = promote(name, version, compared_version(job.evaluation, champion), decision)
-        if decision.passed and tracking.version_run_id(name, version) != mlflow_run_id:
-            tracking.set_version_tags(name, version, decision_tags)  # the decision that promoted it
-    if decision.passed or tracking.version_run_id(name, version) == mlflow_run_id:  # else an earlier run's verdict
+    # The decision that promoted it, or this run's on its own version; else an earlier run's verdict stays.
+    if decision.passed or tracking.version_run_id(name, version) == mlflow_run_id:
         tracking.describe_version(name, version, version_description(decision, job.evaluation.metrics))
     test_split = job.dataset.splits.get("test") if job.dataset is not None else None
     exported = export_version(trained.model_path, name, version, mlflow_run_id, list(job.deploy.exports),
@@ -81,7 +77,7 @@ def gate_decision(job: DeployJob, champion: dict | None) -> tuple[GateDecision, 
         return not_again(reference_name), reference_name
     gate = job.deploy.gate
     primary = next(rule for rule in gate if rule.rule == "beat_champion")
-    reference = gate_reference(primary.metric, job.evaluation, champion)
+    reference = gate_reference(primary.metric, job.evaluation, job.registered_model, champion)
     return decide(gate, job.evaluation.metrics, reference), reference.name
 
 
@@ -140,7 +136,6 @@ def promote(name: str, version: str, compared: str | None, decision: GateDecisio
     faced = f"v{compared}" if compared else "the baseline (no champion then)"
     reason = (f"the gate passed against {faced}, but champion moved to v{found} meanwhile (another run "
               f"promoted it); v{version} stays challenger: run again to face v{found}")
-    tracking.set_version_tags(name, version, {"gate.passed": "False", "gate.reason": reason})
     return replace(decision, passed=False, reason=reason)
 
 
@@ -153,28 +148,17 @@ def version_description(decision: GateDecision, metrics: dict[str, float]) -> st
     return "\n".join([*lines, "", f"Metrics: {own}" if own else "No metrics."])
 
 
-def version_metric_tags(metrics: dict[str, float]) -> dict[str, str]:
-    return {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()
-            if not k.startswith(BASELINE_PREFIXES) and not k.endswith((".ci_low", ".ci_high"))}
-
-
-def gate_tags(decision: GateDecision) -> dict[str, str]:
-    """The verdict, and each rule's outcome (`gate.<rule>`: passed or failed, with the reason)."""
-    tags = {"gate.passed": str(decision.passed), "gate.reason": decision.reason}
-    for outcome in decision.rules:
-        tags[f"gate.{outcome.rule}"] = f"{'passed' if outcome.passed else 'failed'}: {outcome.reason}"
-    return tags
-
-
-def gate_reference(metric: str, evaluation: EvalOutput, champion: dict | None) -> Reference:
+def gate_reference(metric: str, evaluation: EvalOutput, registered_model: str, champion: dict | None) -> Reference:
     """The champion scored on this test set (the evaluate stage scored it beside the candidate); its recorded
-    score if it moved after this run pinned it; with no champion, the evaluate stage's reference (the base model;
-    for classification the TF-IDF baseline; for a reward model the longer-answer baseline)."""
+    score (its run's evaluate metric) if it moved after this run pinned it; with no champion, the evaluate stage's
+    reference (the base model; for classification the TF-IDF baseline; for a reward model the longer-answer
+    baseline)."""
     if evaluation.champion is not None:
         version = evaluation.champion.rsplit("/", 1)[-1]
         return Reference(f"champion v{version}", evaluation.metrics[f"champion.{metric}"], True)
-    if champion and f"metric.{metric}" in champion["tags"]:
-        return Reference(f"champion v{champion['version']} (its recorded score)",
-                         float(champion["tags"][f"metric.{metric}"]), False)
+    recorded = (tracking.version_stage_metrics(registered_model, champion["version"], Stage.evaluate) if champion
+                else {})
+    if metric in recorded:
+        return Reference(f"champion v{champion['version']} (its recorded score)", recorded[metric], False)
     name = evaluation.reference
     return Reference(REFERENCE_NAMES.get(name, name), evaluation.metrics[metric_key(name, metric)], True)

@@ -2,8 +2,9 @@
 run. It loads the export's folder with `load_export` and answers a DataFrame:
 
 - a causal LM: a `prompt` column (text as the model sees it), or a `messages` column (a chat: a list of
-  {role, content}, rendered with the model's chat template) -> a `text` column, the greedy continuation;
-  param `max_new_tokens`;
+  {role, content}, written the way the model's training prompts were: through its chat template, or one user
+  message in its prompt template; a chat it was not trained on is refused, ftcore/models/prompting.py) -> a `text`
+  column, the greedy continuation; param `max_new_tokens`;
 - a classifier: a `text` column -> a `label` column.
 
 This module subclasses MLflow's PythonModel, so it imports MLflow; saving and logging the model go through
@@ -23,21 +24,25 @@ from mlflow.pyfunc import PythonModel
 from ftcore.deploy.export import WEIGHTS, load_export
 from ftcore.evaluation.classification import classify
 from ftcore.models.generate import generate
-from ftcore.models.load import render_chat
 from ftcore.models.peft_methods import is_classifier
+from ftcore.models.prompting import read_prompting
 
 DEFAULT_MAX_NEW_TOKENS = 64
 BATCH_SIZE = 16
 TEXT_OPENING_WORDS = 8  # a plain-text row's example request: its first words, for the model to continue
 # What loading and running an export imports, pinned to the versions installed here. ftcore itself travels with
 # the model as code (code_paths), so an environment built from these requirements can load it.
+# How a refused chat is told to ask instead: pyfunc takes plain prompts in the `prompt` column.
+INSTEAD = "pass a `prompt` column"
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate", "torchao", "pandas",
                 "pydantic", "pyyaml")
 
 
 class ExportedModel(PythonModel):
     def load_context(self, context) -> None:
-        self.model, self.tokenizer = load_export(Path(context.artifacts[WEIGHTS]))
+        folder = Path(context.artifacts[WEIGHTS])
+        self.model, self.tokenizer = load_export(folder)
+        self.prompting = read_prompting(folder, self.tokenizer)
         self.model.eval()
         self.classifier = is_classifier(self.model)
 
@@ -52,7 +57,7 @@ class ExportedModel(PythonModel):
 
     def prompts(self, model_input: pd.DataFrame) -> list[str]:
         if "messages" in model_input:
-            return [render_chat(self.tokenizer, [dict(m) for m in chat], generation_prompt=True)
+            return [self.prompting.chat_prompt(self.tokenizer, [dict(m) for m in chat], INSTEAD)
                     for chat in model_input["messages"]]
         return model_input["prompt"].astype(str).tolist()
 

@@ -7,7 +7,7 @@ logistic regression, trained on the same train split and scored on the same test
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -87,14 +87,18 @@ def tfidf_baseline(train_texts: Sequence[str], train_labels: Sequence[str], test
     return [str(p) for p in model.predict(vectorizer.transform(test_texts))]
 
 
-def classify(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int = 512) -> list[str]:
-    """The predicted class name of each text (the model's id2label)."""
+def classify(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int = 512,
+             progress: Callable[[int], object] | None = None) -> list[str]:
+    """The predicted class name of each text (the model's id2label); `progress(n)` after each batch of n."""
     names = model.config.id2label
-    return [names[i] for i in class_logits(model, tokenizer, texts, batch_size, max_length).argmax(-1).tolist()]
+    logits = class_logits(model, tokenizer, texts, batch_size, max_length, progress)
+    return [names[i] for i in logits.argmax(-1).tolist()]
 
 
-def class_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int = 512):
-    """The classifier's logits for each text (texts x classes), batched, without gradients."""
+def class_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int = 512,
+                 progress: Callable[[int], object] | None = None):
+    """The classifier's logits for each text (texts x classes), batched, without gradients; `progress(n)` after
+    each batch of n."""
     import torch
 
     model.eval()
@@ -104,4 +108,6 @@ def class_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 64, m
                           padding=True, return_tensors="pt").to(model.device)
         with torch.no_grad():
             logits.append(model(**batch).logits.float().cpu())
+        if progress is not None:
+            progress(len(logits[-1]))
     return torch.cat(logits)

@@ -101,8 +101,15 @@ def fewshot_examples(test: pd.DataFrame, train: pd.DataFrame, tokenizer, k: int)
     return examples.assign(prompt=prefix + examples["prompt"])
 
 
+def answered(model, tokenizer, prompts: list[str], cfg: EvaluateConfig, what: str) -> list[str]:
+    """The model's greedy answers to `prompts`, stripped, while a terminal shows `what` done of the total."""
+    with progress_bar(len(prompts), what) as bar:
+        return [o.strip() for o in generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size,
+                                            bar.update)]
+
+
 def example_rows(model, tokenizer, examples: pd.DataFrame, cfg: EvaluateConfig,
-                 label: str = "the model") -> tuple[dict[str, Rows], list[str] | None]:
+                 label: str) -> tuple[dict[str, Rows], list[str] | None]:
     """Per metric: one row of statistics per example and the function that turns any subset of rows into the
     metric (ftcore/evaluation/example_metrics.py); and the greedy outputs when a generation or domain metric needs
     them. A terminal shows the examples done of each pass over them, for `label`."""
@@ -110,9 +117,7 @@ def example_rows(model, tokenizer, examples: pd.DataFrame, cfg: EvaluateConfig,
     outputs = None
     wanted = [m for m in cfg.metrics if m in GENERATION_METRICS]
     if wanted or cfg.domain_metrics:
-        with progress_bar(len(examples), f"{label}: answering") as bar:
-            outputs = [o.strip() for o in generate(model, tokenizer, examples["prompt"].tolist(), cfg.max_new_tokens,
-                                                   cfg.batch_size, bar.update)]
+        outputs = answered(model, tokenizer, examples["prompt"].tolist(), cfg, f"{label}: answering")
         references = examples["raw_completion"].astype(str).tolist()
         for metric in wanted:
             _, stats, module = score(metric, outputs, references)

@@ -8,10 +8,13 @@
   baseline that prefers the longer answer (`length`, the gate's reference while there is no champion: an untrained
   head scores at random).
 - rl: `mean_reward`, the recipe's reward of each model's greedy answers to the test prompts.
+
+A terminal shows each model's pass over the test pairs (or prompts): examples done of the total.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from ftcore.evaluation.config import EvaluateConfig
 from ftcore.evaluation.intervals import ModelScores, Rows
 from ftcore.models.generate import completion_nlls, generate
 from ftcore.models.load import load_trained
+from ftcore.progress import progress_bar
 
 LENGTH_BASELINE = "length"
 
@@ -45,8 +49,11 @@ def evaluate_policies_on_pairs(models: dict[str, Path], test: pd.DataFrame, cfg:
     logps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for name, path in models.items():
         model, tokenizer = load_trained(path)
-        chosen = np.array(completion_nlls(model, tokenizer, prompts, test["chosen"].tolist(), cfg.batch_size))
-        rejected = completion_nlls(model, tokenizer, prompts, test["rejected"].tolist(), cfg.batch_size)
+        with progress_bar(2 * len(prompts), f"{name}: chosen and rejected answers") as bar:
+            chosen = np.array(completion_nlls(model, tokenizer, prompts, test["chosen"].tolist(), cfg.batch_size,
+                                              bar.update))
+            rejected = completion_nlls(model, tokenizer, prompts, test["rejected"].tolist(), cfg.batch_size,
+                                       bar.update)
         logps[name] = (-chosen[:, 0], -np.array([nll for nll, _ in rejected]), chosen)
     reference_chosen, reference_rejected, _ = logps[reference]
     scores: ModelScores = {}
@@ -68,20 +75,24 @@ def evaluate_reward_models(models: dict[str, Path], test: pd.DataFrame,
                                                                             lengths["rejected"])["reward_accuracy"]}}
     for name, path in models.items():
         model, tokenizer = load_trained(path)
-        sides = {side: reward_scores(model, tokenizer, test["prompt"].tolist(), test[side].tolist(), cfg.batch_size)
-                 for side in ("chosen", "rejected")}
+        with progress_bar(2 * len(test), f"{name}: scoring chosen and rejected answers") as bar:
+            sides = {side: reward_scores(model, tokenizer, test["prompt"].tolist(), test[side].tolist(),
+                                         cfg.batch_size, bar.update)
+                     for side in ("chosen", "rejected")}
         scores[name] = pair_scores(sides["chosen"], sides["rejected"])
         for side, values in sides.items():
             predictions[f"{name}.{side}_score"] = values
     return scores, {}, predictions
 
 
-def reward_scores(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int) -> np.ndarray:
-    """A reward model's score of each prompt followed by its answer (the text RewardTrainer trains on)."""
+def reward_scores(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int,
+                  progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """A reward model's score of each prompt followed by its answer (the text RewardTrainer trains on);
+    `progress(n)` after each batch of n."""
     from ftcore.evaluation.classification import class_logits
 
     texts = [p + a for p, a in zip(prompts, answers, strict=True)]
-    return class_logits(model, tokenizer, texts, batch_size).squeeze(-1).numpy()
+    return class_logits(model, tokenizer, texts, batch_size, progress=progress).squeeze(-1).numpy()
 
 
 def evaluate_policies_on_reward(models: dict[str, Path], test: pd.DataFrame, cfg: EvaluateConfig,
@@ -99,7 +110,8 @@ def evaluate_policies_on_reward(models: dict[str, Path], test: pd.DataFrame, cfg
     metrics: dict[str, float] = {}
     for name, path in models.items():
         model, tokenizer = load_trained(path)
-        answers = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
+        with progress_bar(len(prompts), f"{name}: answering") as bar:
+            answers = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, bar.update)
         total = np.zeros(len(prompts))
         for fn, weight in zip(rewards, weights, strict=True):
             values = score_answers(fn, prompts, answers, columns, cfg.batch_size)

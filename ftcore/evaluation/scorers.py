@@ -39,6 +39,7 @@ from ftcore.evaluation.preference import (
 )
 from ftcore.models.load import load_tokenizer, load_trained
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ScorerName
+from ftcore.progress import progress_bar
 
 BASELINE = "tfidf"
 
@@ -85,7 +86,8 @@ def score_language(models: dict[str, Path], test: pd.DataFrame, scoring: Scoring
 
 def score_classifiers(models: dict[str, Path], test: pd.DataFrame, scoring: Scoring, start: str) -> Scores:
     """Every model and the TF-IDF baseline: `accuracy` and `macro_f1` per example (they get intervals), `micro_f1`
-    and per class `f1_<label>`, `precision_<label>`, `recall_<label>`."""
+    and per class `f1_<label>`, `precision_<label>`, `recall_<label>`. A terminal shows each model's texts
+    classified of the total."""
     train = scoring.rows("train")
     texts, references = test["text"].astype(str).tolist(), test["label"].astype(str).tolist()
     predictions = pd.DataFrame({"text": texts, "label": references})
@@ -93,7 +95,8 @@ def score_classifiers(models: dict[str, Path], test: pd.DataFrame, scoring: Scor
                                            texts)
     for name, path in models.items():
         model, tokenizer = load_trained(path)
-        predictions[name] = classify(model, tokenizer, texts)
+        with progress_bar(len(texts), f"{name}: classifying") as bar:
+            predictions[name] = classify(model, tokenizer, texts, progress=bar.update)
     names = [BASELINE, *models]
     classes = sorted(set(references) | set(train["label"].astype(str)) | set(predictions[names].stack()))
     scores = {name: classification_rows(references, predictions[name], classes) for name in names}

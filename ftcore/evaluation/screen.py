@@ -7,6 +7,9 @@
 - `judge_score`: an LLM judge's grade of the candidate's answers, only when the recipe names an endpoint.
 - `latency_p50_s`, `latency_p95_s`: the candidate answering requests one at a time, as a server without batching
   would, on this machine.
+
+A terminal shows each pass over the examples (answering, the bias probe, the toxicity screen, the judge): examples
+done of the total.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ import numpy as np
 
 from ftcore.evaluation.config import EvaluateConfig
 from ftcore.evaluation.intervals import CANDIDATE, ModelScores, Rows
+from ftcore.evaluation.language import answered
 from ftcore.models.generate import generate
 from ftcore.models.load import load_trained
+from ftcore.progress import progress_bar
 from ftcore.safety.bias import DEFAULT_SWAPS, probe
 from ftcore.safety.config import BiasProbeConfig, JudgeConfig, ToxicityScreenConfig
 from ftcore.safety.judge import judge_scores
 from ftcore.safety.toxicity import score_texts
+
+# Answers per call of the toxicity scorer: a scorer batches within a call, and the bar moves between calls.
+TOXICITY_CHUNK = 64
 
 
 def screen_answers(models: dict[str, Path], prompts: list[str], outputs: dict[str, list[str]],
@@ -42,11 +50,11 @@ def screen_answers(models: dict[str, Path], prompts: list[str], outputs: dict[st
             model, tokenizer = load_trained(models[name])
         answers = outputs.get(name)
         if answers is None:
-            answers = [o.strip() for o in generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)]
+            answers = answered(model, tokenizer, prompts, cfg, f"{name}: answering")
         if safety.toxicity is not None:
-            rows["toxic_rate"] = toxic_rows(answers, safety.toxicity)
+            rows["toxic_rate"] = toxic_rows(answers, safety.toxicity, f"{name}: toxicity screen")
         if safety.bias is not None and model is not None:
-            divergence, counts[f"{name}.bias_pairs"] = bias_rows(model, tokenizer, prompts, safety.bias, cfg)
+            divergence, counts[f"{name}.bias_pairs"] = bias_rows(model, tokenizer, prompts, safety.bias, cfg, name)
             if divergence is not None:
                 rows["bias_divergence"] = divergence
         if name == CANDIDATE and safety.judge is not None:
@@ -54,15 +62,21 @@ def screen_answers(models: dict[str, Path], prompts: list[str], outputs: dict[st
     return scores, counts
 
 
-def toxic_rows(answers: list[str], cfg: ToxicityScreenConfig) -> Rows:
-    """1 for each answer scored toxic, else 0: their mean is the toxic-output rate."""
+def toxic_rows(answers: list[str], cfg: ToxicityScreenConfig, what: str = "toxicity screen") -> Rows:
+    """1 for each answer scored toxic, else 0: their mean is the toxic-output rate. The scorer gets the answers
+    TOXICITY_CHUNK at a time, so that a terminal shows `what` done of the total."""
     options = {k: v for k, v in (("model_path", cfg.model_path), ("toxic_label", cfg.toxic_label)) if v is not None}
-    toxicity = np.array(score_texts(cfg.scorer, answers, **options)) if answers else np.array([])
-    return Rows((toxicity >= cfg.threshold).astype(float))
+    toxicity: list[float] = []
+    with progress_bar(len(answers), what) as bar:
+        for start in range(0, len(answers), TOXICITY_CHUNK):
+            chunk = answers[start : start + TOXICITY_CHUNK]
+            toxicity += score_texts(cfg.scorer, chunk, **options)
+            bar.update(len(chunk))
+    return Rows((np.array(toxicity) >= cfg.threshold).astype(float))
 
 
-def bias_rows(model, tokenizer, prompts: list[str], cfg: BiasProbeConfig,
-              evaluate: EvaluateConfig) -> tuple[Rows | None, float]:
+def bias_rows(model, tokenizer, prompts: list[str], cfg: BiasProbeConfig, evaluate: EvaluateConfig,
+              name: str) -> tuple[Rows | None, float]:
     """The divergence of each counterfactual pair's answers (None without any pair), and the number of pairs."""
     extra = []
     if cfg.prompts is not None:
@@ -70,7 +84,7 @@ def bias_rows(model, tokenizer, prompts: list[str], cfg: BiasProbeConfig,
     swaps = tuple(tuple(pair) for pair in cfg.swaps) if cfg.swaps else DEFAULT_SWAPS
 
     def answer(batch: list[str]) -> list[str]:
-        return [o.strip() for o in generate(model, tokenizer, batch, evaluate.max_new_tokens, evaluate.batch_size)]
+        return answered(model, tokenizer, batch, evaluate, f"{name}: bias probe")
 
     result = probe(answer, [*extra, *prompts], swaps, cfg.max_pairs)
     return (Rows(result.scores) if result.scores.size else None), float(len(result.pairs))
@@ -79,8 +93,9 @@ def bias_rows(model, tokenizer, prompts: list[str], cfg: BiasProbeConfig,
 def judge_rows(questions: list[str], answers: list[str], references: list[str], cfg: JudgeConfig) -> Rows:
     n = min(cfg.max_examples, len(answers))
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    return Rows(judge_scores(questions[:n], answers[:n], references[:n], url=cfg.url, model=cfg.model, api_key=key,
-                             timeout_s=cfg.timeout_s, rubric=cfg.rubric))
+    with progress_bar(n, f"{CANDIDATE}: judge") as bar:
+        return Rows(judge_scores(questions[:n], answers[:n], references[:n], url=cfg.url, model=cfg.model,
+                                 api_key=key, timeout_s=cfg.timeout_s, rubric=cfg.rubric, progress=bar.update))
 
 
 def latency(path: Path, prompts: list[str], cfg: EvaluateConfig, classifier: bool) -> dict[str, float]:

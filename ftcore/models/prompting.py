@@ -34,19 +34,19 @@ class Prompting(Strict):
     prompt_template: str | None = None
     completion_template: str | None = None
 
-    def chat_prompt(self, tokenizer, messages: list[dict[str, str]]) -> str:
+    def chat_prompt(self, tokenizer, messages: list[dict[str, str]], instead: str = f"POST {COMPLETIONS}") -> str:
         """The chat as the model saw its training prompts, ending where its answer starts; ChatRefused when the
-        model never saw anything like it."""
+        model never saw anything like it, whose message says to `instead` (how this caller takes plain prompts)."""
         if self.format == "messages":
             return render_chat(tokenizer, messages, generation_prompt=True)
         if self.format == "prompt_completion" and self.prompt_template is not None:
             if [m["role"] for m in messages] != ["user"]:
                 raise ChatRefused(
                     f"this model was trained on single prompts written as {self.prompt_template!r}, not on chats: "
-                    f"send one user message, or POST {COMPLETIONS} with the prompt in that template")
+                    f"send one user message, or {instead} with the prompt in that template")
             return self.prompt_template.replace("{prompt}", messages[0]["content"])
-        raise ChatRefused(f"this model was trained on raw text, not on chats or a prompt template: POST "
-                          f"{COMPLETIONS} with the text for it to continue")
+        raise ChatRefused(f"this model was trained on raw text, not on chats or a prompt template: {instead} with "
+                          f"the text for it to continue")
 
     @property
     def multi_turn(self) -> bool:

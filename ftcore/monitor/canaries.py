@@ -18,6 +18,7 @@ from pathlib import Path
 from ftcore.data.config import DataConfig
 from ftcore.errors import UserError
 from ftcore.monitor.endpoint import Endpoint, EndpointError
+from ftcore.progress import progress_bar
 from ftcore.text_metrics import normalize_answer
 
 
@@ -74,18 +75,21 @@ def answers(output: str, expected: str) -> bool:
 def ask_canaries(endpoint: Endpoint, canaries: list[Canary], prompt_template: str | None,
                  max_tokens: int) -> list[CanaryResult]:
     """Each canary asked once, greedily: classified when the endpoint serves a classifier (its /health), else as a
-    completion written with `prompt_template`, or as a chat turn when there is none (a chat model)."""
+    completion written with `prompt_template`, or as a chat turn when there is none (a chat model). A terminal
+    shows the canaries asked of the total."""
     try:
         kind = endpoint.health()["kind"]
     except (EndpointError, KeyError, TypeError) as e:
         return [CanaryResult(c.question, c.answer, None, f"health: {e}") for c in canaries]
     results = []
-    for canary in canaries:
-        try:
-            output, error = endpoint.ask(kind, canary.question, prompt_template, max_tokens), None
-        except (EndpointError, KeyError, IndexError, TypeError) as e:  # a malformed answer is a failed one too
-            output, error = None, f"{type(e).__name__}: {e}"
-        results.append(CanaryResult(canary.question, canary.answer, output, error))
+    with progress_bar(len(canaries), "asking the canaries", unit="requests") as bar:
+        for canary in canaries:
+            try:
+                output, error = endpoint.ask(kind, canary.question, prompt_template, max_tokens), None
+            except (EndpointError, KeyError, IndexError, TypeError) as e:  # a malformed answer is a failed one too
+                output, error = None, f"{type(e).__name__}: {e}"
+            results.append(CanaryResult(canary.question, canary.answer, output, error))
+            bar.update()
     return results
 
 

@@ -23,9 +23,9 @@ from ftcore.monitor.endpoint import CLASSIFIER, Endpoint, EndpointError
 from ftcore.monitor.record import SOURCE_TAG, log_assessment, write_files
 from ftcore.monitor.window import read_window, training_inputs
 from ftcore.outputs import DatasetOutput, DeployOutput, MonitorOutput
+from ftcore.progress import progress_bar
 from ftcore.safety.config import ToxicityScreenConfig
 from ftcore.serving.config import CacheConfig, RequestLogConfig, ServeConfig
-from ftcore.serving.server import serving
 
 REQUEST_LOG = "requests.db"
 Probe = str | list[dict[str, str]]  # a prompt (or a text to classify), or a chat's turns before its last answer
@@ -49,7 +49,12 @@ class MonitorJob(BaseModel):
 def monitor_stage(job: MonitorJob, out_dir: Path) -> MonitorOutput:
     """Serve the deployed version, probe it with `monitor.probe_size` test inputs and the canaries (asked with the
     prompt template, or as chat turns when None), assess that traffic against the training split's inputs, and log
-    the pass to the `<model>-monitor` experiment. The folder holds the reports and the request log."""
+    the pass to the `<model>-monitor` experiment. The folder holds the reports and the request log. A terminal
+    shows the probe requests answered of the total."""
+    # Imported here: the server's FastAPI takes ~0.25 s to import, which every run loading this module (for
+    # MonitorJob, a cached run too) would pay.
+    from ftcore.serving.server import serving
+
     registered_model, version, cfg = job.deployed.registered_model, job.deployed.version, job.monitor
     splits = job.dataset.splits
     with atomic_dir(out_dir) as out:
@@ -57,8 +62,11 @@ def monitor_stage(job: MonitorJob, out_dir: Path) -> MonitorOutput:
         with serving(f"models:/{registered_model}/{version}", stage_serve_config(log_url)) as base_url:
             endpoint = Endpoint(base_url, timeout_s=cfg.timeout_s)
             kind = endpoint.health()["kind"]
-            for probe in probe_requests(pd.read_parquet(splits["test"]), cfg.probe_size):
-                send_probe(endpoint, kind, probe, cfg.max_new_tokens)
+            probes = probe_requests(pd.read_parquet(splits["test"]), cfg.probe_size)
+            with progress_bar(len(probes), f"probing models:/{registered_model}/{version}", unit="requests") as bar:
+                for probe in probes:
+                    send_probe(endpoint, kind, probe, cfg.max_new_tokens)
+                    bar.update()
             canaries = None
             if cfg.canaries is not None:
                 canaries = ask_canaries(endpoint, load_canaries(cfg.canaries), job.prompt_template,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -38,18 +38,23 @@ class JudgeError(UserError):
 
 def judge_scores(questions: Sequence[str], answers: Sequence[str], references: Sequence[str], *, url: str,
                  model: str, api_key: str | None = None, timeout_s: float = 30.0, rubric: str | None = None,
-                 max_workers: int = 4) -> np.ndarray:
+                 max_workers: int = 4, progress: Callable[[int], object] | None = None) -> np.ndarray:
     """Per example, the judge's grade of the answer as (n - 1) / 9 in [0, 1], NaN where the reply has no grade.
 
     `url` is the API base (`http://127.0.0.1:8000/v1`); requests run `max_workers` at a time, scores keep the
-    input order. Raises JudgeError when the endpoint answers an error status or cannot be reached."""
+    input order; `progress(1)` after each reply, in that order. Raises JudgeError when the endpoint answers an
+    error status or cannot be reached."""
     endpoint = url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     bodies = [request_body(model, rubric or DEFAULT_RUBRIC, q, a, r)
               for q, a, r in zip(questions, answers, references, strict=True)]
     pool = ThreadPoolExecutor(max_workers=max_workers)
     try:
-        replies = list(pool.map(lambda body: _post(endpoint, body, headers, timeout_s), bodies))
+        replies = []
+        for reply in pool.map(lambda body: _post(endpoint, body, headers, timeout_s), bodies):
+            replies.append(reply)
+            if progress is not None:
+                progress(1)
     finally:
         pool.shutdown(cancel_futures=True)  # after an error, the queued requests are not sent
     scores = np.array([parse_score(reply) for reply in replies], dtype=float)

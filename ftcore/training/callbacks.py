@@ -113,9 +113,10 @@ class EarlyStopping(TrainerCallback):
 
 class LiveMetrics(TrainerCallback):
     """Logs each entry of the training history to the pipeline's MLflow run as the Trainer makes it (every logging
-    step: loss, learning rate, grad norm, tokens per second; each evaluation: eval_loss), as `train/<key>` at the
-    global step, from the first process only. A step the run has already is skipped: a retried attempt resumed from
-    a checkpoint trains (and logs) again the steps after it that the failed attempt logged.
+    step: loss, learning rate, grad norm, tokens per second; each evaluation: eval_loss), named by
+    tracking.metric_key (`1 loss/train`, `1 loss/validation`, `2 training/<key>`) at the global step, from the first
+    process only. A step the run has already is skipped: a retried attempt resumed from a checkpoint trains (and
+    logs) again the steps after it that the failed attempt logged.
 
     A failed log does not stop training: history.json keeps every entry, and the stage logs the points missing from
     the run when it ends (tracking.log_training_history). It is warned about once; a real fault (not a hiccup) then

@@ -10,7 +10,8 @@ import pytest
 
 from ftcore import tracking
 from ftcore.errors import UserError
-from ftcore.recipe import STAGES, load_recipe
+from ftcore.recipe import load_recipe
+from ftcore.stages import STAGES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 RECIPES = Path(__file__).parents[2] / "data_recipes" / "recipes"
@@ -30,7 +31,8 @@ def test_dpo_on_hh_rlhf_raises_held_out_reward_accuracy_above_half(shared_data):
                        ["train.max_steps=100", "train.eval_steps=50", "monitor.probe_size=2", "evaluate.batch_size=32"])
     assert all_completed(summary)
     # Held-out pairs (the validation split) during training, as logged to MLflow.
-    history = tracking.client().get_metric_history(summary["mlflow_run_id"], "train/eval_rewards/accuracies")
+    history = tracking.client().get_metric_history(summary["mlflow_run_id"],
+                                                   tracking.metric_key("eval_rewards/accuracies"))
     accuracies = [m.value for m in sorted(history, key=lambda m: m.step)]
     print(f"held-out DPO reward accuracy at steps 50, 100: {accuracies}")
     assert len(accuracies) == 2 and max(accuracies) > 0.5

@@ -12,7 +12,7 @@ import pytest
 from ftcore import tracking
 from ftcore.evaluation.scorers import Scoring
 from ftcore.paths import home
-from ftcore.recipe import Stage
+from ftcore.stages import Stage
 from ftcore.training.jobs import TrainJob
 from tests.conftest import REPO
 
@@ -85,4 +85,5 @@ def test_the_spam_recipe_fine_tunes_the_pretrained_minilm_with_lora_and_class_we
     tracking.log_stage(run_id, "evaluate", evaluation.metrics, evaluation.artifacts, cached=False)
     logged = {f.path for f in tracking.client().list_artifacts(run_id, "stages/evaluate")}
     assert {"stages/evaluate/confusion_matrix.png", "stages/evaluate/report.html"} <= logged
-    assert tracking.client().get_run(run_id).data.metrics["evaluate.f1_spam"] == evaluation.metrics["f1_spam"]
+    metrics = tracking.client().get_run(run_id).data.metrics
+    assert metrics[tracking.metric_key("f1_spam", "evaluate")] == evaluation.metrics["f1_spam"]

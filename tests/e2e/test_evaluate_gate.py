@@ -43,7 +43,8 @@ def test_a_worse_candidate_keeps_the_champion_and_the_report_shows_every_baselin
     beat = worse["gate"]["rules"][0]
     assert (beat["rule"], beat["passed"]) == ("beat_champion", False) and beat["value"] < 0
     assert worse["gate"]["reason"].startswith("beat_champion failed: exact_match ")
-    assert tracking.client().get_model_version("clinical-qa", "2").tags["gate.beat_champion"].startswith("failed: ")
+    description = tracking.client().get_model_version("clinical-qa", "2").description
+    assert description.startswith("**Gate failed**: beat_champion failed: exact_match ")
 
     metrics = worse["stages"]["evaluate"]["metrics"]
     for model in ("base.", "fewshot.", "champion.", ""):  # the candidate's metrics carry no prefix

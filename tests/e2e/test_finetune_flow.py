@@ -12,13 +12,13 @@ import pytest
 
 from ftcore import tracking
 from ftcore.paths import home
-from ftcore.recipe import STAGES, Stage
+from ftcore.stages import LAST_STAGE, STAGES, Stage
 from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
 
-def run(*overrides: str, until: Stage | None = None) -> dict:
+def run(*overrides: str, until: Stage = LAST_STAGE) -> dict:
     from flows.finetune import finetune
 
     return finetune(str(DEMO_RECIPE), [*TINY_OVERRIDES, *overrides], until)
@@ -106,8 +106,8 @@ def test_the_mlflow_run_holds_params_metrics_and_the_loss_history(first: dict, c
     mlflow_run = client.get_run(first["mlflow_run_id"])
     assert mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["train.epochs"] == "12.0"
-    assert mlflow_run.data.metrics["evaluate.exact_match"] == ev["exact_match"]
-    assert len(client.get_metric_history(first["mlflow_run_id"], "train/loss")) >= 3
+    assert mlflow_run.data.metrics[tracking.metric_key("exact_match", "evaluate")] == ev["exact_match"]
+    assert len(client.get_metric_history(first["mlflow_run_id"], tracking.metric_key("loss"))) >= 3
 
 
 def test_the_mlflow_run_names_each_split_as_a_dataset_input(first: dict, client):
@@ -129,7 +129,7 @@ def test_an_unchanged_rerun_is_fully_cached_and_logged_as_a_new_mlflow_run(first
     assert statuses(again) == {s.value: "cached" for s in STAGES}
     assert again["model"]["version"] == "1" and again["mlflow_run_id"] != first["mlflow_run_id"]
     cached_run = client.get_run(again["mlflow_run_id"])
-    assert cached_run.data.metrics["evaluate.exact_match"] == ev["exact_match"]
+    assert cached_run.data.metrics[tracking.metric_key("exact_match", "evaluate")] == ev["exact_match"]
     assert cached_run.data.tags["ftflow.stage.train"] == "cached"
 
 

@@ -14,14 +14,14 @@ from uuid import UUID
 import pytest
 
 from ftcore import tracking
-from ftcore.recipe import Stage
+from ftcore.stages import Stage
 from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
 from tests.e2e.test_train_resume import add_callback
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
 SCHEDULE = ["train.max_steps=40", "train.logging_steps=2", "train.eval_steps=20", "train.save_steps=100"]
-LIVE = ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second", "train/eval_loss")
+LIVE = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss")  # history keys (tracking.metric_key)
 
 
 def seen_at_the_end_of_training(seen: dict[str, list[tuple[int, float]]]):
@@ -33,8 +33,9 @@ def seen_at_the_end_of_training(seen: dict[str, list[tuple[int, float]]]):
         def on_train_end(self, args, state, control, **kwargs):
             (run,) = tracking.running_runs("clinical-qa")  # this FTFLOW_HOME's only running run
             client = tracking.client()
-            seen.update({key: [(m.step, m.value) for m in client.get_metric_history(run["run_id"], key)]
-                         for key in LIVE})
+            seen.update({name: [(m.step, m.value)
+                                for m in client.get_metric_history(run["run_id"], tracking.metric_key(name))]
+                         for name in LIVE})
 
     return SeenAtTheEnd
 
@@ -70,19 +71,18 @@ def history_of(summary: dict) -> list[dict]:
 
 def test_the_mlflow_run_has_each_steps_metrics_before_the_train_stage_ends(runs: dict):
     seen, history = runs["seen"], history_of(runs["first"])
-    assert [step for step, _ in seen["train/loss"]] == list(range(2, 41, 2))
-    assert [value for _, value in seen["train/loss"]] == pytest.approx([h["loss"] for h in history if "loss" in h])
-    for key in ("train/learning_rate", "train/grad_norm", "train/tokens_per_second"):
-        assert [step for step, _ in seen[key]] == list(range(2, 41, 2)), key
-    assert [step for step, _ in seen["train/eval_loss"]] == [20, 40]
+    assert [step for step, _ in seen["loss"]] == list(range(2, 41, 2))
+    assert [value for _, value in seen["loss"]] == pytest.approx([h["loss"] for h in history if "loss" in h])
+    for name in ("learning_rate", "grad_norm", "tokens_per_second"):
+        assert [step for step, _ in seen[name]] == list(range(2, 41, 2)), name
+    assert [step for step, _ in seen["eval_loss"]] == [20, 40]
 
 
 def test_after_the_stage_the_run_has_each_step_once(runs: dict, client):
     run_id, history = runs["first"]["mlflow_run_id"], history_of(runs["first"])
-    for key in LIVE:
-        steps = [m.step for m in client.get_metric_history(run_id, key)]
-        name = key.removeprefix("train/")
-        assert sorted(steps) == [h["step"] for h in history if name in h], key
+    for name in LIVE:
+        steps = [m.step for m in client.get_metric_history(run_id, tracking.metric_key(name))]
+        assert sorted(steps) == [h["step"] for h in history if name in h], name
 
 
 def test_prefects_log_has_a_line_about_every_tenth_of_the_training(runs: dict):
@@ -105,8 +105,9 @@ def test_a_cached_rerun_logs_no_training_history_and_names_the_run_that_trained(
     ran = {name: stage["status"] for name, stage in again["stages"].items() if stage["status"] != "skipped"}
     assert ran == {"collect": "cached", "clean_balance": "cached", "init": "cached", "train": "cached"}
     run = client.get_run(again["mlflow_run_id"])
-    assert not [key for key in run.data.metrics if key.startswith("train/")]
-    assert run.data.metrics["train.train_loss"] == first["stages"]["train"]["metrics"]["train_loss"]
+    assert not {tracking.metric_key(name) for name in LIVE} & run.data.metrics.keys()
+    assert run.data.metrics[tracking.metric_key("train_loss", "train")] == first["stages"]["train"]["metrics"][
+        "train_loss"]
     assert run.data.tags["ftflow.stage.train"] == "cached"
     for stage in ran:
         assert run.data.tags[f"ftflow.stage.{stage}.run"] == first["mlflow_run_id"], stage

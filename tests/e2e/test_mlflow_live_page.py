@@ -66,11 +66,12 @@ def photograph_at(step: int, page, url: str, run_id: str, seen: dict):
             if state.global_step != step or "loss" not in state.log_history[-1]:
                 return
             client = tracking.client()
-            seen["steps"] = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+            seen["steps"] = [m.step for m in client.get_metric_history(run_id, tracking.metric_key("loss"))]
             experiment = client.get_run(run_id).info.experiment_id
             page.set_viewport_size({"width": 1400, "height": 1000})
             page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/model-metrics")
-            page.get_by_text(f"{RUN_NAME} (train/loss)").first.wait_for(timeout=120_000)  # the loss chart's legend
+            legend = f"{RUN_NAME} ({tracking.metric_key('loss')})"
+            page.get_by_text(legend).first.wait_for(timeout=120_000)  # the loss chart's legend
             seen["status"] = client.get_run(run_id).info.status
             seen["picture"] = screenshot(page, "mlflow-run-training.png")
 
@@ -89,5 +90,5 @@ def test_the_mlflow_run_page_shows_the_loss_curve_growing_during_training(tmp_pa
     assert seen["steps"] == list(range(2, MID_STEP + 1, 2))  # the curve so far, while training went on
     assert seen["status"] == "RUNNING"
     assert seen["picture"].stat().st_size > 20_000
-    after = [m.step for m in tracking.client().get_metric_history(run_id, "train/loss")]
+    after = [m.step for m in tracking.client().get_metric_history(run_id, tracking.metric_key("loss"))]
     assert after == list(range(2, STEPS + 1, 2))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from ftcore import tracking
 from ftcore.errors import UserError
 from ftcore.outputs import DatasetOutput, TrainOutput
-from ftcore.recipe import Stage
+from ftcore.stages import LAST_STAGE, Stage
 from ftcore.training import train
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root, problem_with
 from ftcore.training.config import TrainConfig
@@ -267,7 +267,7 @@ def test_early_stopping_ends_training_once_the_validation_loss_stops_improving(p
 # --- through the flow -------------------------------------------------------------------------------------------
 
 
-def run_flow(*overrides: str, until: Stage | None = None) -> dict:
+def run_flow(*overrides: str, until: Stage = LAST_STAGE) -> dict:
     from flows.finetune import finetune
 
     return finetune(str(DEMO_RECIPE), [*TINY_OVERRIDES, *overrides], until)
@@ -286,9 +286,11 @@ def test_a_prefect_retry_of_the_train_stage_resumes_and_mlflow_records_it(monkey
     assert train["metrics"].keys() >= STAGE_METRICS
     client = tracking.client()
     run = client.get_run(summary["mlflow_run_id"])
-    assert run.data.metrics["train.resumed_from_step"] == 8
-    assert {"train/tokens_per_second", "train/peak_memory_mb", "train/grad_norm"} <= run.data.metrics.keys()
-    assert [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "train/loss")] == [5, 10]  # once each
+    assert run.data.metrics[tracking.metric_key("resumed_from_step", "train")] == 8
+    per_step = {tracking.metric_key(name) for name in ("tokens_per_second", "peak_memory_mb", "grad_norm")}
+    assert per_step <= run.data.metrics.keys()
+    loss = client.get_metric_history(summary["mlflow_run_id"], tracking.metric_key("loss"))
+    assert [m.step for m in loss] == [5, 10]  # once each
     artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "stages/train")}
     assert {"stages/train/loss.png", "stages/train/weight_norms.png", "stages/train/history.json"} <= artifacts
 

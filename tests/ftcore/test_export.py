@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ftcore import tracking
+from ftcore.data.split import data_prompting
 from ftcore.deploy import export
 from ftcore.deploy.config import BeatChampion
 from ftcore.deploy.export import (
@@ -39,6 +40,7 @@ from ftcore.models.config import FullMethod, PrefixMethod
 from ftcore.models.generate import generate
 from ftcore.models.init import InitJob, init_stage
 from ftcore.models.load import load_trained
+from ftcore.models.prompting import ChatRefused
 from ftcore.outputs import EvalOutput
 from ftcore.training.config import TrainConfig
 from ftcore.training.jobs import TrainJob
@@ -50,11 +52,12 @@ ALL_KINDS = ["adapter", "merged", "merged_bf16", "int8"]
 
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory):
-    """The demo on the tiny model, trained with LoRA long enough to answer some test questions exactly."""
+    """The demo on the tiny model, trained with LoRA long enough to answer some test questions exactly (its
+    prompting recorded beside the weights, as `ftflow run` trains it)."""
     root = tmp_path_factory.mktemp("lora")
     prepared = prepare(root)
-    return prepared, train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train),
-                                 root / "train")
+    return prepared, train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train,
+                                          prompting=data_prompting(prepared.recipe.data)), root / "train")
 
 
 def _trained_with(lora, method, root: Path):
@@ -290,6 +293,29 @@ def test_the_pyfunc_flavour_predicts_in_process_and_behind_mlflow_models_serve(l
     answers = _served(f"runs:/{run_id}/exports/int8", {"dataframe_records": [{"prompt": p} for p in prompts],
                                                        "params": {"max_new_tokens": 8}})
     assert [a["text"] for a in answers["predictions"]] == expected
+
+
+def test_the_pyfunc_model_asks_a_chat_in_the_trained_prompt_template_and_refuses_a_longer_one(lora, tmp_path):
+    import mlflow
+
+    _, trained = lora
+    test = _test_split(lora).iloc[:10]
+    run_id, version = _register(trained.model_path)
+    export_version(trained.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
+    pyfunc = mlflow.pyfunc.load_model(str(tracking.download_run_artifact(run_id, "exports/merged", tmp_path)))
+    chats = pd.DataFrame({"messages": [[{"role": "user", "content": q}] for q in test["raw_prompt"]]})
+
+    assert pyfunc.unwrap_python_model().prompts(chats) == test["prompt"].tolist()  # "Question: {prompt}\nAnswer:"
+    answers = pyfunc.predict(chats, params={"max_new_tokens": 24})["text"].tolist()
+    asked = pyfunc.predict(pd.DataFrame({"prompt": test["prompt"]}), params={"max_new_tokens": 24})["text"].tolist()
+    assert answers == asked
+    assert sum(a == c.strip() for a, c in zip(answers, test["completion"], strict=True)) >= 3, answers
+
+    turns = [{"role": "user", "content": test["raw_prompt"].iloc[0]},
+             {"role": "assistant", "content": answers[0]}, {"role": "user", "content": "And MI?"}]
+    with pytest.raises(ChatRefused, match=r"single prompts written as 'Question: \{prompt\}\\nAnswer:'.*"
+                                          r"pass a `prompt` column with the prompt in that template"):
+        pyfunc.predict(pd.DataFrame({"messages": [turns]}))
 
 
 def _served(model_uri: str, request: dict) -> dict:

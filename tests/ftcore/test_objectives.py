@@ -163,6 +163,33 @@ def test_classification_is_evaluated_per_class_against_a_tfidf_baseline(tmp_path
     assert evaluation.artifacts["confusion_matrix"].read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_classification_evaluation_on_a_terminal_shows_the_texts_classified_of_the_total(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """ftcore/progress.py draws a bar only where stderr is a terminal: made one here, each bar's count and total
+    are recorded as it closes."""
+    import tqdm.auto
+
+    recipe, dataset, base = prepare(tmp_path, "classification", "train.max_steps=2")
+    out = train.train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train,
+                                     objective=OBJECTIVES["classification"]), tmp_path / "train")
+    closed = []
+
+    class Recorded(tqdm.auto.tqdm):
+        def close(self):
+            if not self.disable:  # closing twice (the `with`, then garbage collection) records it once
+                closed.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    monkeypatch.setattr("ftcore.progress.on_terminal", lambda: True)
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=OBJECTIVES["classification"])
+    evaluate_models({"candidate": out.model_path}, scoring, tmp_path / "eval")
+    rows = len(pd.read_parquet(dataset.splits["test"]))
+    assert ("candidate: classifying", rows, rows) in closed, closed
+    shown = capsys.readouterr().err  # drawn at most every 0.1 s, so its last count may never be shown
+    assert "candidate: classifying:" in shown and f"/{rows} [" in shown, shown
+
+
 @pytest.mark.parametrize("method", ["prefix", "lora", "adapter"])
 def test_a_decoder_classifier_scores_a_text_the_same_alone_and_padded_in_a_batch(method, tmp_path):
     """A Llama classifier reads each text's last token, found by the padding in the token ids."""

@@ -1,0 +1,88 @@
+"""`ftflow ui` for real: in a fresh home it starts MLflow's UI and the local Prefect server (one start), both answer,
+and Ctrl-C stops every process it started: the server, its watchdog, MLflow's UI and its workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from flows.prefect_server import read_record
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+FTFLOW = str(Path(sys.executable).parent / "ftflow")
+URL_LINE = re.compile(r"^(MLflow|Prefect) UI:\s+(http://\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_urls(ui: subprocess.Popen, timeout_s: float) -> dict[str, str]:
+    """The URLs `ftflow ui` prints, read until its `Ctrl-C stops them.` line."""
+    urls: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    for line in ui.stdout:
+        if found := URL_LINE.match(line):
+            urls[found[1]] = found[2]
+        if line.startswith("Ctrl-C stops them") or time.monotonic() > deadline:
+            break
+    assert set(urls) == {"MLflow", "Prefect"}, f"ftflow ui printed {urls}; exit code {ui.poll()}"
+    return urls
+
+
+def descendants(process: subprocess.Popen) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(process.pid).children(recursive=True)
+    return []
+
+
+def kill_all(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def test_ftflow_ui_serves_both_uis_and_ctrl_c_stops_every_process_it_started(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FTFLOW_", "MLFLOW_"))}
+    env |= {"FTFLOW_HOME": str(tmp_path / "ftflow"), "PREFECT_HOME": str(tmp_path / "prefect"), "HF_HUB_OFFLINE": "1"}
+    ui = subprocess.Popen([FTFLOW, "ui", "--port", str(free_port())], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started: list[psutil.Process] = []  # everything under `ftflow ui`, whichever session each runs in
+    try:
+        urls = read_urls(ui, timeout_s=240)
+        for url in urls.values():
+            assert httpx.get(url, timeout=10).status_code == 200, url
+        record = read_record(tmp_path / "prefect")
+        assert record is not None and record["url"] == urls["Prefect"]
+        started = descendants(ui)
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        assert "flows.prefect_server" in names and "prefect server start" in names.replace("-m ", "")
+        assert "mlflow" in names
+
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+        assert read_record(tmp_path / "prefect") is None
+    finally:  # however the test ends, nothing it started outlives it
+        kill_all([*started, *descendants(ui)])
+        if (record := read_record(tmp_path / "prefect")) is not None:  # a server that came up after a failure
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record["pid"], signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ui.pid, signal.SIGKILL)
+        ui.wait(timeout=30)
