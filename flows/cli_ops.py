@@ -223,9 +223,10 @@ def deploy_flows(
     retrain_cron: Annotated[str | None, typer.Option(help="Cron of the retrain deployment.")] = None,
     monitor_cron: Annotated[str | None, typer.Option(help="Cron of the monitor deployment.")] = None,
 ) -> None:
-    """Register the finetune, retrain and monitor deployments with the Prefect server (PREFECT_API_URL); run them
-    with `ftflow worker`."""
+    """Register the finetune, retrain and monitor deployments with the Prefect server (PREFECT_API_URL, else the
+    local one `ftflow ui` shows); run them with `ftflow worker`."""
     configure()
+    connect_prefect()
     from flows.deployments import PREFECT_FILE, load_deployments, register
 
     crons = {k: v for k, v in {"retrain": retrain_cron, "monitor": monitor_cron}.items() if v}
@@ -242,8 +243,9 @@ def deploy_flows(
 
 def serve_flows(file: PrefectFileOpt = None, recipe: RecipeOpt = None) -> None:
     """Serve the finetune, retrain and monitor deployments from this process: schedules and dashboard runs on one
-    machine, no work pool or worker needed."""
+    machine, no work pool or worker needed. On PREFECT_API_URL's server, else the local one `ftflow ui` shows."""
     configure()
+    connect_prefect()
     from prefect import serve as prefect_serve
 
     from flows.deployments import PREFECT_FILE, load_deployments, runner_deployments
@@ -256,7 +258,9 @@ def serve_flows(file: PrefectFileOpt = None, recipe: RecipeOpt = None) -> None:
 
 
 def worker(pool: Annotated[str, typer.Option(help="The work pool to take flow runs from.")] = "ftflow-process") -> None:
-    """Start a Prefect process worker on POOL (what `ftflow deploy` registered runs there)."""
+    """Start a Prefect process worker on POOL (what `ftflow deploy` registered runs there), taking runs from
+    PREFECT_API_URL's server, else from the local one `ftflow ui` shows."""
     configure()
+    connect_prefect()  # the worker's process inherits PREFECT_API_URL; this one holds the server while it lives
     raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
                                       "--type", "process"]))
