@@ -262,5 +262,10 @@ def worker(pool: Annotated[str, typer.Option(help="The work pool to take flow ru
     PREFECT_API_URL's server, else from the local one `ftflow ui` shows."""
     configure()
     connect_prefect()  # the worker's process inherits PREFECT_API_URL; this one holds the server while it lives
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
-                                      "--type", "process"]))
+    # Its own session, so that a stop reaches it once, from here: Ctrl-C in the terminal and a service manager's
+    # SIGTERM (which reaches this process only: the worker would poll on, orphaned) both become one SIGINT.
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+                                "--type", "process"], start_new_session=True)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda *_: process.send_signal(signal.SIGINT))
+    raise typer.Exit(process.wait())

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 import ftcore
 from flows.options import UNCHANGED, RunOptions, shown_options
-from flows.summary import RunSummary, outcomes
+from flows.summary import RunSummary, outcomes, run_description
 from ftcore import jobs, tracking
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError, is_user_error, storage_error
@@ -26,6 +26,7 @@ from ftcore.models.registered import ModelRef
 from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
 from ftcore.paths import home
 from ftcore.pins import pin
+from ftcore.quiet import quiet_libraries
 from ftcore.recipe import Recipe, StagesConfig, load_recipe
 from ftcore.schema import describe_error
 from ftcore.stages import LAST_STAGE, Stage
@@ -77,6 +78,7 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
             base model, evaluation, dataset path); a deployment's form shows the recipe's values, and the fields
             changed there become overrides.
     """
+    quiet_libraries()  # a worker's flow-run process starts afresh: `ftflow run` quieted its own already
     overrides = [*overrides, *run_options(options)]
     recipe = load_recipe(recipe_path, overrides)
     pins = pin(recipe)  # registered models, retained data and sources, before any stage (ftcore/pins.py)
@@ -212,6 +214,7 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
         finally:
             if dataset is not None:
                 tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": dataset.content_hash})
+            tracking.describe_run(summary.mlflow_run_id, run_description(summary.to_dict()))
             if outputs and all(entry["status"] in ("cached", "skipped") for entry in summary.stages.values()):
                 tracking.add_to_run_name(summary.mlflow_run_id, " (cached)")  # nothing ran: say so in the list
             tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)

@@ -19,6 +19,7 @@ from ftcore.models.config import MODEL_URI
 from ftcore.models.registered import pin_reference
 from ftcore.monitor.canaries import question_template
 from ftcore.monitor.config import parse_window
+from ftcore.quiet import quiet_libraries
 from ftcore.recipe import load_recipe
 from tasks.monitor import announce_breach, check_endpoint, is_champion, start_retraining
 
@@ -43,6 +44,7 @@ def monitor(
         endpoint: the endpoint's base URL the canaries are sent to; default: the recipe's monitor.endpoint.
         window: how far back to look, e.g. 30m, 1h, 1d; default: the recipe's monitor.window.
     """
+    quiet_libraries()  # a worker's flow-run process starts afresh
     parsed = load_recipe(recipe)
     cfg = parsed.monitor
     ref = pin_reference(model, "model")

@@ -117,6 +117,23 @@ def outcomes(summary: dict[str, Any]) -> list[Outcome]:
     return found
 
 
+def run_description(summary: dict[str, Any]) -> str:
+    """What the run came to, for the top of its MLflow page: the registered version and the gate's verdict, the
+    outcomes a reader must know, the failure, the changes to the recipe."""
+    lines = []
+    model, gate = summary.get("model"), summary.get("gate")
+    if model and gate:
+        verdict = "Gate passed" if gate["passed"] else "Gate failed"
+        lines.append(f"[{model['name']} v{model['version']}]({summary['model_version_url']}) "
+                     f"({', '.join(model['aliases'])}). **{verdict}**: {gate['reason']}")
+    lines += [f"**{o.message}**" for o in outcomes(summary)]
+    if summary.get("failure"):
+        lines.append(f"**Failed**: {summary['failure']}")
+    if summary.get("overrides"):
+        lines.append("Recipe overrides: " + ", ".join(f"`{o}`" for o in summary["overrides"]))
+    return "\n\n".join(lines)
+
+
 def stage_line(stage: str, entry: dict[str, Any]) -> str:
     """`✓ collect 0.4 s`, `✓ init 0.0 s (cached)`, `✗ train 3.1 s: <error>`."""
     line = f"{'✗' if entry.get('error') else '✓'} {stage} {entry['duration_s']:.1f} s"

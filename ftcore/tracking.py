@@ -329,6 +329,11 @@ def describe_version(name: str, version: str, description: str) -> None:
     client().update_model_version(name, version, description=description)
 
 
+def describe_run(run_id: str, description: str) -> None:
+    """The run's description (markdown) at the top of its page in MLflow's UI."""
+    client().set_tag(run_id, "mlflow.note.content", description)
+
+
 def version_exists(name: str, version: str) -> bool:
     from mlflow.exceptions import MlflowException
 

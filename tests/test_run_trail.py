@@ -8,7 +8,7 @@ from prefect.states import State
 from rich.console import Console
 
 from flows.finetune import end_state, run_title
-from flows.summary import outcomes, render_table
+from flows.summary import outcomes, render_table, run_description
 from ftcore import tracking
 from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE
@@ -80,3 +80,15 @@ def test_the_run_name_says_what_ran():
                                        "train.epochs=15", "train.max_steps=null"])
     assert run_title(recipe) == f"{recipe.objective} · lora r8 · lr 0.005 · 15 ep"
     assert run_title(load_recipe(DEMO_RECIPE, ["train.max_steps=40"])).endswith(" · 40 steps")
+
+
+def test_the_mlflow_run_s_description_says_what_the_run_came_to(ftflow_home):
+    summary = summary_of(["challenger"], passed=False, breaches=["canary_accuracy"])
+    summary |= {"model_version_url": tracking.version_url("clinical-qa", "3"), "overrides": ["train.epochs=3"]}
+    run_id = tracking.start_pipeline_run("trail", "run", {"name": "trail"}, {})
+    tracking.describe_run(run_id, run_description(summary))
+
+    shown = tracking.client().get_run(run_id).data.tags["mlflow.note.content"]  # the run page's Description
+    assert shown.startswith(f"[clinical-qa v3]({summary['model_version_url']}) (challenger). **Gate failed**: ...")
+    assert "**gate failed: v3 stays challenger**" in shown and "**monitor breach: canary_accuracy**" in shown
+    assert "Recipe overrides: `train.epochs=3`" in shown

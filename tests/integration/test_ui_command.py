@@ -1,5 +1,6 @@
-"""`ftflow ui` for real: in a fresh home it starts MLflow's UI and the local Prefect server (one start), both answer,
-and Ctrl-C stops every process it started: the server, its watchdog, MLflow's UI and its workers."""
+"""`ftflow ui` and `ftflow worker` for real, each in a fresh home where it starts the local Prefect server. `ui`: both
+UIs answer, and Ctrl-C stops every process it started (the server, its watchdog, MLflow's UI and its workers).
+`worker`: it polls the local server, and a SIGTERM stops Prefect's worker process with it."""
 
 from __future__ import annotations
 
@@ -86,3 +87,34 @@ def test_ftflow_ui_serves_both_uis_and_ctrl_c_stops_every_process_it_started(tmp
         with contextlib.suppress(ProcessLookupError):
             os.killpg(ui.pid, signal.SIGKILL)
         ui.wait(timeout=30)
+
+
+def test_ftflow_worker_takes_runs_from_the_local_server_and_a_sigterm_stops_its_worker(tmp_path: Path):
+    """A service manager stops `ftflow worker` with SIGTERM, which reaches it alone: Prefect's worker process must go
+    with it rather than poll on, orphaned."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FTFLOW_", "MLFLOW_"))}
+    env |= {"FTFLOW_HOME": str(tmp_path / "ftflow"), "PREFECT_HOME": str(tmp_path / "prefect"), "HF_HUB_OFFLINE": "1"}
+    worker = subprocess.Popen([FTFLOW, "worker"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        first = worker.stdout.readline()
+        assert first.startswith("Worker ") and "started" in first, first
+        record = read_record(tmp_path / "prefect")
+        assert record is not None and httpx.get(f"{record['url']}/api/health", timeout=10).status_code == 200
+        server = {record["pid"], *(p.pid for p in psutil.Process(record["pid"]).children(recursive=True))}
+        started = [p for p in descendants(worker) if p.pid not in server]  # the server outlives it: idle stop
+        assert "prefect worker start" in " ".join(" ".join(p.cmdline()) for p in started).replace("-m ", "")
+
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+    finally:
+        kill_all([*started, *descendants(worker)])
+        if (record := read_record(tmp_path / "prefect")) is not None:  # the local server it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record["pid"], signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
