@@ -56,7 +56,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def photograph_at(step: int, page, url: str, run_id: str, seen: dict):
+def photograph_at(step: int, page, run_id: str, seen: dict):
     """A callback that, at `step`'s log entry (after LiveMetrics logged it), opens the run's metrics page, waits
     for the loss chart and saves the screenshot; `seen` gets the loss steps MLflow held then and the picture."""
     from transformers import TrainerCallback
@@ -67,9 +67,8 @@ def photograph_at(step: int, page, url: str, run_id: str, seen: dict):
                 return
             client = tracking.client()
             seen["steps"] = [m.step for m in client.get_metric_history(run_id, tracking.metric_key("loss"))]
-            experiment = client.get_run(run_id).info.experiment_id
             page.set_viewport_size({"width": 1400, "height": 1000})
-            page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/model-metrics")
+            page.goto(tracking.run_url(run_id).replace("?", "/model-metrics?", 1))  # the link ftflow prints, its charts
             legend = f"{RUN_NAME} ({tracking.metric_key('loss')})"
             page.get_by_text(legend).first.wait_for(timeout=120_000)  # the loss chart's legend
             seen["status"] = client.get_run(run_id).info.status
@@ -78,14 +77,16 @@ def photograph_at(step: int, page, url: str, run_id: str, seen: dict):
     return Photograph
 
 
-def test_the_mlflow_run_page_shows_the_loss_curve_growing_during_training(tmp_path, mlflow_ui, browser_page):
+def test_the_mlflow_run_page_shows_the_loss_curve_growing_during_training(tmp_path, mlflow_ui, browser_page,
+                                                                         monkeypatch):
+    monkeypatch.setenv(tracking.UI_URL_VARIABLE, mlflow_ui)
     prepared = prepare(tmp_path / "stages")
     run_id = tracking.start_pipeline_run("clinical-qa", RUN_NAME, {"train": {"max_steps": STEPS}}, {})
     cfg = prepared.recipe.train.model_copy(update={"max_steps": STEPS, "logging_steps": 2, "save_steps": 100})
     seen: dict = {}
 
     train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg), tmp_path / "train",
-                callbacks=[photograph_at(MID_STEP, browser_page, mlflow_ui, run_id, seen)()], mlflow_run_id=run_id)
+                callbacks=[photograph_at(MID_STEP, browser_page, run_id, seen)()], mlflow_run_id=run_id)
 
     assert seen["steps"] == list(range(2, MID_STEP + 1, 2))  # the curve so far, while training went on
     assert seen["status"] == "RUNNING"
