@@ -12,7 +12,7 @@ from ftcore.fs import atomic_write_text
 from ftcore.locks import Lease
 from ftcore.paths import home
 from ftcore.stages import STAGES
-from ftcore.tracking import CHAMPION
+from ftcore.versions import CHAMPION
 
 # The metrics worth a glance in the terminal; everything is in summary.json and MLflow.
 KEY_METRICS = {

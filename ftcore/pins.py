@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ftcore import tracking
+from ftcore import versions
 from ftcore.data.retained import RetainedData, champion_data, file_data, held_out_data
 from ftcore.data.sources.config import FileSource, HfDatasetSource
 from ftcore.deploy.publish import MODEL_HASH_TAG
@@ -68,11 +68,11 @@ def starting_version(recipe: Recipe) -> ModelRef | None:
         return None
     name = recipe.model.registered_model or recipe.registered_model
     version = None if recipe.model.version is None else str(recipe.model.version)
-    return pin_registered(name, tracking.CHAMPION, version, "model.source: champion")
+    return pin_registered(name, versions.CHAMPION, version, "model.source: champion")
 
 
 def current_champion(recipe: Recipe) -> Champion | None:
-    found = tracking.version_for_alias(recipe.registered_model, tracking.CHAMPION)
+    found = versions.version_for_alias(recipe.registered_model, versions.CHAMPION)
     if found is None:
         return None
     ref = pin_registered(recipe.registered_model, None, found["version"], "deploy.registered_model")

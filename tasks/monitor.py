@@ -14,7 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.errors import UserError
 from ftcore.hashing import hash_file
 from ftcore.models.registered import ModelRef
@@ -96,7 +96,7 @@ def announce_breach(name: str, version: str, breaches: list[str], metrics: dict[
 
 
 def is_champion(name: str, version: str) -> bool:
-    return tracking.CHAMPION in tracking.aliases_of(name, version)
+    return versions.CHAMPION in versions.aliases_of(name, version)
 
 
 def start_retraining(retrain: RetrainConfig) -> str:

@@ -112,7 +112,7 @@ def test_bad_data_fails_its_stage_once_and_exits_2_naming_the_file(tmp_path, mon
 def _register(tmp_path: Path, name: str, metrics: dict[str, float], tagged: bool = False) -> str:
     """A version whose run logged `metrics` as the evaluate stage's; `tagged`: registered as before ftflow kept
     version tags to lineage, with the metrics as `metric.<name>` tags and none in its run."""
-    from ftcore import tracking
+    from ftcore import tracking, versions
 
     folder = tmp_path / f"{name}-{len(metrics)}"
     folder.mkdir()
@@ -121,16 +121,16 @@ def _register(tmp_path: Path, name: str, metrics: dict[str, float], tagged: bool
     if not tagged:
         tracking.log_stage(run_id, "evaluate", metrics, {}, cached=False)
     tags = {f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()} if tagged else {}
-    return tracking.register_version(run_id, name, folder, tags)
+    return versions.register_version(run_id, name, folder, tags)
 
 
 def test_compare_prints_the_metric_differences_between_two_versions(tmp_path):
-    from ftcore import tracking
+    from ftcore import versions
 
     _register(tmp_path, "qa", {"exact_match": 0.5, "perplexity": 3.0}, tagged=True)
     _register(tmp_path, "qa", {"exact_match": 0.75, "perplexity": 4.0, "forgetting.exact_match": 0.1,
                                "base.exact_match": 0.2, "exact_match.ci_low": 0.6})
-    tracking.set_alias("qa", "champion", "2")
+    versions.set_alias("qa", "champion", "2")
     result = runner.invoke(app, ["compare", "qa/1", "qa@champion", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["metric"]: r for r in json.loads(result.output)}

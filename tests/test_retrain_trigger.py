@@ -11,7 +11,7 @@ from prefect.testing.fixtures import asserting_events_worker  # noqa: F401  regi
 from typer.testing import CliRunner
 
 from flows.cli import app
-from ftcore import tracking
+from ftcore import tracking, versions
 from tasks.monitor import BREACH_EVENT, announce_breach
 from tests.conftest import DEMO_RECIPE
 
@@ -38,9 +38,9 @@ def register_versions(name: str, tmp: Path) -> tuple[str, str]:
     model_dir = tmp / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    champion, challenger = (tracking.register_version(run_id, name, model_dir, {}) for _ in range(2))
-    tracking.set_alias(name, tracking.CHAMPION, champion)
-    tracking.set_alias(name, tracking.CHALLENGER, challenger)
+    champion, challenger = (versions.register_version(run_id, name, model_dir, {}) for _ in range(2))
+    versions.set_alias(name, versions.CHAMPION, champion)
+    versions.set_alias(name, versions.CHALLENGER, challenger)
     return champion, challenger
 
 

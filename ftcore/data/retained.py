@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.columns import FORMAT_COLUMNS
 from ftcore.data.config import DataConfig
 from ftcore.data.split import format_for_model
@@ -46,7 +46,7 @@ def champion_data(start: ModelRef) -> RetainedData:
     folder = home() / "registry" / str(start.name) / f"{start.version}-data"
     if not (folder / "test.parquet").is_file():
         with atomic_dir(folder) as tmp:
-            run_id = tracking.version_run_id(str(start.name), str(start.version))
+            run_id = versions.version_run_id(str(start.name), str(start.version))
             try:
                 downloaded = tracking.download_run_artifact(run_id, DATASET_ARTIFACT, tmp)
             except FileNotFoundError:

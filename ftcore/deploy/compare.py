@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ftcore import tracking
+from ftcore import versions
 from ftcore.errors import UserError
 from ftcore.evaluation.config import LOWER_IS_BETTER
 from ftcore.models.registered import pin_registered
@@ -45,7 +45,7 @@ def version_metrics(ref: str) -> tuple[str, dict[str, float]]:
         raise UserError(f"{ref!r}: name a registered version as NAME/VERSION or NAME@ALIAS "
                         "(e.g. clinical-qa/3, clinical-qa@champion)")
     pinned = pin_registered(match["name"], match["alias"], match["version"], ref)
-    metrics = tracking.version_stage_metrics(str(pinned.name), str(pinned.version), Stage.evaluate)
+    metrics = versions.version_stage_metrics(str(pinned.name), str(pinned.version), Stage.evaluate)
     return pinned.label, {k: v for k, v in metrics.items()
                           if not k.startswith(BASELINE_PREFIXES) and not k.endswith((".ci_low", ".ci_high"))}
 

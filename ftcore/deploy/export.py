@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.deploy.fidelity import Fidelity, scorable_metrics, split_scores
 from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
 from ftcore.errors import UserError
@@ -179,14 +179,14 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
     report = ExportReport(records, ratio, fidelity)
     if fidelity is not None and not fidelity.within_tolerance:
         log.warning("%s/%s: %s", name, version, fidelity.describe())
-    tracking.set_version_tags(name, version, report.tags())
+    versions.set_version_tags(name, version, report.tags())
     return report
 
 
 def export_registered(ref: ModelRef, kinds: list[str], tolerance: float) -> ExportReport:
     """`export_version` for a pinned registered version (`ftflow export`): its files and its test split come from
     the registry and its run."""
-    run_id = tracking.version_run_id(str(ref.name), str(ref.version))
+    run_id = versions.version_run_id(str(ref.name), str(ref.version))
     return export_version(model_folder(ref), str(ref.name), str(ref.version), run_id, kinds,
                           version_test_split(run_id), tolerance)
 
@@ -278,7 +278,7 @@ def fetch_export(name: str, version: str, kind: str, dst: Path) -> Path:
     artifact store is a one-line error."""
     dst = Path(dst)
     uri = f"models:/{name}/{version}"
-    expected = tracking.version_tags(name, version).get(f"export.{kind}.hash")
+    expected = versions.version_tags(name, version).get(f"export.{kind}.hash")
     remake = f"make it again with `ftflow export {uri} --kind {kind}`"
     if expected is None:
         raise UserError(f"{uri} has no {kind} export; make it with `ftflow export {uri} --kind {kind}`")
@@ -286,7 +286,7 @@ def fetch_export(name: str, version: str, kind: str, dst: Path) -> Path:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
-        run_id = tracking.version_run_id(name, version)
+        run_id = versions.version_run_id(name, version)
         try:
             downloaded = tracking.download_run_artifact(run_id, f"{EXPORTS}/{kind}/artifacts/{WEIGHTS}", Path(tmp))
         except FileNotFoundError as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from ftcore import tracking
+from ftcore import versions
 from ftcore.deploy.config import DeployConfig
 from ftcore.deploy.export import ExportReport, VersionModel, check_kinds, export_version
 from ftcore.deploy.gate import GateDecision, Reference, decide, not_again
@@ -50,18 +50,18 @@ def deploy_stage(job: DeployJob, out_dir: Path, mlflow_run_id: str, tags: dict[s
     trained, name = job.trained, job.registered_model
     check_finite(trained.model_path)
     check_kinds(VersionModel.read(trained.model_path), list(job.deploy.exports))
-    champion = tracking.version_for_alias(name, tracking.CHAMPION)
+    champion = versions.version_for_alias(name, versions.CHAMPION)
     decision, reference_name = gate_decision(job, champion)
     # The same trained model (MODEL_HASH_TAG) registered before, by another run or at once with this one, is that
     # version again: one model, one version. Its tags are its lineage (`tags`); the gate's verdict and the metrics
-    # are in its description for people and in its run for code (tracking.version_stage_metrics).
-    version = tracking.register_version(mlflow_run_id, name, trained.model_path, tags=tags, identity=MODEL_HASH_TAG)
-    tracking.set_alias(name, tracking.CHALLENGER, version)
+    # are in its description for people and in its run for code (versions.version_stage_metrics).
+    version = versions.register_version(mlflow_run_id, name, trained.model_path, tags=tags, identity=MODEL_HASH_TAG)
+    versions.set_alias(name, versions.CHALLENGER, version)
     if decision.passed:
         decision = promote(name, version, compared_version(job.evaluation, champion), decision)
     # The decision that promoted it, or this run's on its own version; else an earlier run's verdict stays.
-    if decision.passed or tracking.version_run_id(name, version) == mlflow_run_id:
-        tracking.describe_version(name, version, version_description(decision, job.evaluation.metrics))
+    if decision.passed or versions.version_run_id(name, version) == mlflow_run_id:
+        versions.describe_version(name, version, version_description(decision, job.evaluation.metrics))
     test_split = job.dataset.splits.get("test") if job.dataset is not None else None
     exported = export_version(trained.model_path, name, version, mlflow_run_id, list(job.deploy.exports),
                               pd.read_parquet(test_split) if test_split is not None else None,
@@ -84,7 +84,7 @@ def gate_decision(job: DeployJob, champion: dict | None) -> tuple[GateDecision, 
 def write_record(name: str, version: str, decision: GateDecision, reference_name: str, exported: ExportReport,
                  out_dir: Path) -> DeployOutput:
     """deploy.json (the version, its aliases, the gate's rules, the exports), written atomically, and the output."""
-    aliases = tracking.aliases_of(name, version)
+    aliases = versions.aliases_of(name, version)
     rules = [outcome.as_dict() for outcome in decision.rules]
     record = {"registered_model": name, "version": version, "aliases": aliases,
               "gate": {"passed": decision.passed, "reason": decision.reason, "reference": reference_name,
@@ -128,9 +128,9 @@ def compared_version(evaluation: EvalOutput, champion: dict | None) -> str | Non
 def promote(name: str, version: str, compared: str | None, decision: GateDecision) -> GateDecision:
     """Move champion to `version` only if it still points at the version the gate compared with (compare and set):
     another run that promoted its own version meanwhile is not overwritten by a candidate that never faced it.
-    The compare and the set are atomic for runs sharing FTFLOW_HOME (tracking.move_alias); runs on other machines
+    The compare and the set are atomic for runs sharing FTFLOW_HOME (versions.move_alias); runs on other machines
     sharing only a tracking server keep a window of one registry call (MLflow has no compare-and-set)."""
-    found = tracking.move_alias(name, tracking.CHAMPION, version, expected=compared)
+    found = versions.move_alias(name, versions.CHAMPION, version, expected=compared)
     if found in (compared, version):  # moved now, or by a run that registered the same model at once with this one
         return decision
     faced = f"v{compared}" if compared else "the baseline (no champion then)"
@@ -156,7 +156,7 @@ def gate_reference(metric: str, evaluation: EvalOutput, registered_model: str, c
     if evaluation.champion is not None:
         version = evaluation.champion.rsplit("/", 1)[-1]
         return Reference(f"champion v{version}", evaluation.metrics[f"champion.{metric}"], True)
-    recorded = (tracking.version_stage_metrics(registered_model, champion["version"], Stage.evaluate) if champion
+    recorded = (versions.version_stage_metrics(registered_model, champion["version"], Stage.evaluate) if champion
                 else {})
     if metric in recorded:
         return Reference(f"champion v{champion['version']} (its recorded score)", recorded[metric], False)

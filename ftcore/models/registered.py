@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.errors import UserError
 from ftcore.hashing import file_hashes, hash_dir
 from ftcore.models.config import MODEL_URI
@@ -44,12 +44,12 @@ def pin_registered(name: str, alias: str | None, version: str | None, field: str
     """The version `alias` points at now (or `version`, checked to exist). `field` names the recipe field for the
     error message."""
     if version is None:
-        found = tracking.version_for_alias(name, alias or tracking.CHAMPION)
+        found = versions.version_for_alias(name, alias or versions.CHAMPION)
         if found is None:
             raise UserError(f"{field}: registered model {name!r} has no version with alias {alias!r} in "
                             f"{tracking.tracking_uri()}; run its recipe first, or name a version")
         version = found["version"]
-    elif not tracking.version_exists(name, version):
+    elif not versions.version_exists(name, version):
         raise UserError(f"{field}: registered model {name!r} has no version {version} in {tracking.tracking_uri()}")
     return ModelRef(fingerprint=f"{name}/{version}", name=name, version=version)
 
@@ -75,7 +75,7 @@ def model_folder(ref: ModelRef) -> Path:
     name, version = str(ref.name), str(ref.version)
     uri = f"models:/{name}/{version}"
     folder = home() / "registry" / name / version
-    expected = tracking.registered_files(name, version)
+    expected = versions.registered_files(name, version)
     if expected is None:
         log.warning("%s was registered before ftflow recorded its files' hashes: only config.json is checked", uri)
     if folder.exists():
@@ -84,7 +84,7 @@ def model_folder(ref: ModelRef) -> Path:
         log.warning("%s: the copy in %s is not what was registered (%s); fetching it again", uri, folder, damage)
         shutil.rmtree(folder)
     try:
-        tracking.download_version(name, version, folder)
+        versions.download_version(name, version, folder)
     except FileNotFoundError as e:
         raise UserError(f"{uri}: its files cannot be fetched from the artifact store ({e}); register the model "
                         "again (run its recipe) or use another version") from None

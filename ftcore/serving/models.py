@@ -12,7 +12,7 @@ import re
 from collections import OrderedDict
 from dataclasses import replace
 
-from ftcore import tracking
+from ftcore import versions
 from ftcore.errors import UserError
 from ftcore.models.registered import pin_reference
 from ftcore.serving.engine import Engine
@@ -59,7 +59,7 @@ class ModelPicker:
         if self.source.folder is not None:
             return [first | {"id": serving.name}]
         entries = []
-        for v in tracking.registered_versions(self.source.name):
+        for v in versions.registered_versions(self.source.name):
             for variant in ["model", *v["exports"]]:
                 serving_it = (v["version"], variant) == (serving.version, serving.variant)
                 entries.append({"id": _model_id(self.source.name, v["version"], variant), "version": v["version"],

@@ -183,7 +183,7 @@ def _assert_refused(server: Server, logged: int, response: httpx.Response, statu
 def registry(model, tmp_path_factory) -> Path:
     """An FTFLOW_HOME whose registry holds `whole` v1, `damaged` v1 (its weights cut in half in the artifact store)
     and `gone` v1 (its files deleted from the artifact store)."""
-    from ftcore import tracking
+    from ftcore import tracking, versions
 
     home = tmp_path_factory.mktemp("serve-registry")
     stored = {}
@@ -191,7 +191,7 @@ def registry(model, tmp_path_factory) -> Path:
         patch.setenv("FTFLOW_HOME", str(home))
         for name in ("whole", "damaged", "gone"):
             run = tracking.start_pipeline_run("serve-bad-input", name, {"name": name}, {})
-            tracking.register_version(run, name, model, tags={})
+            versions.register_version(run, name, model, tags={})
             [stored[name]] = (home / "mlartifacts").rglob(f"{run}/artifacts/model")
     weights = stored["damaged"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftcore import tracking
+from ftcore import tracking, versions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 RECIPES = Path(__file__).parents[2] / "data_recipes" / "recipes"
@@ -35,7 +35,7 @@ def test_replay_keeps_task_a_while_learning_task_b(tmp_path):
         assert f"champion v{1 if replay == 0 else 2} {champion:.4g}" in summary["gate"]["reason"]
         tags = tracking.client().get_model_version("clinical-abbreviations", summary["model"]["version"]).tags
         assert tags["started_from"] == "clinical-abbreviations/1"
-        recorded = tracking.version_stage_metrics("clinical-abbreviations", summary["model"]["version"], "evaluate")
+        recorded = versions.version_stage_metrics("clinical-abbreviations", summary["model"]["version"], "evaluate")
         assert recorded["forgetting.exact_match"] == results[replay]["forgetting.exact_match"]
 
     for replay, e in results.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
@@ -39,7 +39,7 @@ def test_a_worse_candidate_keeps_the_champion_and_the_report_shows_every_baselin
     worse = run("train.max_steps=2")
     # A failed gate is a normal outcome: the run succeeds and the candidate stays challenger.
     assert worse["succeeded"] and worse["model"]["version"] == "2" and worse["model"]["aliases"] == ["challenger"]
-    assert tracking.version_for_alias("clinical-qa", "champion")["version"] == "1"
+    assert versions.version_for_alias("clinical-qa", "champion")["version"] == "1"
     beat = worse["gate"]["rules"][0]
     assert (beat["rule"], beat["passed"]) == ("beat_champion", False) and beat["value"] < 0
     assert worse["gate"]["reason"].startswith("beat_champion failed: exact_match ")
@@ -72,4 +72,4 @@ def test_planted_toxicity_fails_the_safety_rule(tmp_path):
     assert not rules["max_toxicity"]["passed"] and rules["max_toxicity"]["value"] == metrics["toxic_rate"]
     assert summary["succeeded"] and not summary["gate"]["passed"]  # ... and is not promoted for what it says
     assert summary["model"]["aliases"] == ["challenger"]
-    assert tracking.version_for_alias("clinical-qa", "champion") is None
+    assert versions.version_for_alias("clinical-qa", "champion") is None

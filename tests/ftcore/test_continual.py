@@ -117,7 +117,7 @@ def test_continual_options_that_cannot_work_are_refused(tmp_path, task, override
 def test_start_adapter_continues_the_champions_own_adapter_on_its_recovered_base(tmp_path):
     from safetensors.torch import load_file
 
-    from ftcore import tracking
+    from ftcore import tracking, versions
     from ftcore.models.config import ModelConfig
     from ftcore.models.init import InitJob, init_stage
     from ftcore.models.load import load_model, load_trained
@@ -128,9 +128,9 @@ def test_start_adapter_continues_the_champions_own_adapter_on_its_recovered_base
     recipe, dataset, base = prepare(tmp_path, "sft")
     trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train), tmp_path / "train")
     run_id = tracking.start_pipeline_run("continual", "run", {}, {})
-    version = tracking.register_version(run_id, "continued", trained.model_path, {})
-    tracking.set_alias("continued", tracking.CHAMPION, version)
-    start = pin_registered("continued", tracking.CHAMPION, None, "model.source: champion")
+    version = versions.register_version(run_id, "continued", trained.model_path, {})
+    versions.set_alias("continued", versions.CHAMPION, version)
+    start = pin_registered("continued", versions.CHAMPION, None, "model.source: champion")
     cfg = ModelConfig(source="champion", start="adapter")
     continued = init_stage(InitJob(model=cfg, method=recipe.method, dataset=dataset, objective=OBJECTIVES["sft"],
                                    start=start), tmp_path / "init")

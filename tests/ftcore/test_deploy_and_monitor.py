@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.deploy.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
 from ftcore.deploy.gate import Reference, decide
 from ftcore.deploy.publish import deploy_stage
@@ -109,15 +109,15 @@ def test_champion_moves_only_when_the_gate_passes(tmp_path, trained):
     description = tracking.client().get_model_version("clinical", "2").description
     assert description.startswith("**Gate failed**: beat_champion failed: exact_match 0.4 does not beat champion v1")
     assert "- **failed** `beat_champion`: " in description and "Metrics: exact_match 0.4" in description
-    assert tracking.version_for_alias("clinical", "champion")["version"] == "1"
-    assert tracking.aliases_of("clinical", "1") == ["champion"]  # challenger moved on to v2
+    assert versions.version_for_alias("clinical", "champion")["version"] == "1"
+    assert versions.aliases_of("clinical", "1") == ["champion"]  # challenger moved on to v2
 
     better = deploy(base=0.0, candidate=0.9, n=3, champion=("clinical/1", 0.45))
     assert (better.version, better.aliases) == ("3", ["challenger", "champion"])
     # Its tags are its lineage and its exports; the verdict and the metrics are in its description (and its run).
-    tags = tracking.version_for_alias("clinical", "champion")["tags"]
+    tags = versions.version_for_alias("clinical", "champion")["tags"]
     assert {k for k in tags if not k.startswith("export.")} == {"recipe_hash", "dataset_hash", "git_commit",
-                                                                "ftflow_version", tracking.FILES_TAG}
+                                                                "ftflow_version", versions.FILES_TAG}
     assert tracking.client().get_model_version("clinical", "3").description.startswith("**Gate passed**")
 
 
@@ -127,7 +127,7 @@ def test_a_champion_that_moved_after_the_run_pinned_it_is_faced_with_its_recorde
     _, model = trained
     champion_run = _new_run()
     tracking.log_stage(champion_run, "evaluate", {"exact_match": 0.5}, {}, cached=False)
-    tracking.set_alias("moved", tracking.CHAMPION, tracking.register_version(champion_run, "moved",
+    versions.set_alias("moved", versions.CHAMPION, versions.register_version(champion_run, "moved",
                                                                              model.model_path, {}))
     job = deploy_job_of(model, _evaluation(tmp_path, base=0.0, candidate=0.4), GATE, "moved")
     late = deploy_stage(job, tmp_path / "deploy", _new_run(), {})
@@ -176,7 +176,7 @@ def test_the_same_model_deployed_by_runs_at_once_is_one_version(tmp_path, traine
         deployed = list(pool.map(deploy, range(4)))
     assert {d.version for d in deployed} == {"1"}
     assert len(tracking.client().search_model_versions("name = 'twice'")) == 1
-    assert tracking.version_for_alias("twice", "champion")["version"] == "1"
+    assert versions.version_for_alias("twice", "champion")["version"] == "1"
 
 
 def test_a_champion_promoted_by_another_run_meanwhile_is_not_overwritten(tmp_path, trained, monkeypatch):
@@ -189,18 +189,18 @@ def test_a_champion_promoted_by_another_run_meanwhile_is_not_overwritten(tmp_pat
     assert first.aliases == ["challenger", "champion"]
 
     # The other run registers and promotes v2 while this run's deploy stage is between its gate and the alias.
-    register = tracking.register_version
+    register = versions.register_version
 
     def concurrent_promotion(run_id, name, model_dir, tags, identity=None):
         other = register(_new_run(), name, model_dir, {})
-        tracking.set_alias(name, tracking.CHAMPION, other)
+        versions.set_alias(name, versions.CHAMPION, other)
         return register(run_id, name, model_dir, tags, identity)
 
-    monkeypatch.setattr(tracking, "register_version", concurrent_promotion)
+    monkeypatch.setattr(versions, "register_version", concurrent_promotion)
     job = deploy_job_of(model, _evaluation(tmp_path, 0.0, 0.9, champion=("raced/1", 0.5)), GATE, "raced")
     late = deploy_stage(job, tmp_path / "3", _new_run(), tags)
     assert (late.version, late.aliases, late.gate_passed) == ("3", ["challenger"], False)
     assert "champion moved to v2 meanwhile" in late.gate_reason and "run again to face v2" in late.gate_reason
-    assert tracking.version_for_alias("raced", "champion")["version"] == "2"
+    assert versions.version_for_alias("raced", "champion")["version"] == "2"
     assert tracking.client().get_model_version("raced", "3").description.startswith(
         "**Gate failed**: the gate passed against v1, but champion moved to v2 meanwhile")

@@ -21,7 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from flows.cli import app
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.data.split import data_prompting
 from ftcore.deploy import export
 from ftcore.deploy.config import BeatChampion
@@ -81,7 +81,7 @@ def full(lora, tmp_path_factory):
 def _register(model_path: Path, name: str = "exp") -> tuple[str, str]:
     """(run id, version) of `model_path` registered from a new run."""
     run_id = tracking.start_pipeline_run(name, "run", {"name": name}, {})
-    return run_id, tracking.register_version(run_id, name, model_path, {})
+    return run_id, versions.register_version(run_id, name, model_path, {})
 
 
 def _test_split(lora) -> pd.DataFrame:
@@ -109,7 +109,7 @@ def test_a_lora_version_gives_every_kind_smaller_where_promised_and_each_loads_b
     assert fidelity.within_tolerance and abs(fidelity.deltas["exact_match"]) <= 0.05
     assert abs(fidelity.deltas["perplexity"]) / fidelity.float32["perplexity"] < 0.05
 
-    tags = tracking.version_tags("exp", version)
+    tags = versions.version_tags("exp", version)
     assert tags["export.int8.uri"] == f"runs:/{run_id}/exports/int8"
     assert float(tags["export.int8.size_ratio"]) == pytest.approx(report.int8_size_ratio, rel=1e-5)
     assert float(tags["export.int8.exact_match.delta"]) == fidelity.deltas["exact_match"]
@@ -194,7 +194,7 @@ def test_prefix_tuning_cannot_be_merged_but_exports_its_adapter_and_int8(prefix,
     run_id, version = _register(prefix.model_path)
     with pytest.raises(UserError, match="exports: method prefix is prompt learning"):
         export_version(prefix.model_path, "exp", version, run_id, ["int8", "merged"], None, tolerance=0.05)
-    assert "export.int8.uri" not in tracking.version_tags("exp", version)  # refused before building anything
+    assert "export.int8.uri" not in versions.version_tags("exp", version)  # refused before building anything
 
     report = export_version(prefix.model_path, "exp", version, run_id, ["adapter", "int8"], None, tolerance=0.05)
     assert report.int8_size_ratio <= 0.35 and report.fidelity is None  # no test split given: size only
@@ -233,7 +233,7 @@ def test_the_deploy_stage_refuses_a_kind_the_method_cannot_give_before_registeri
     with pytest.raises(UserError, match="method prefix is prompt learning"):
         deploy_stage(deploy_job_of(prefix, evaluation, [BeatChampion(metric="exact_match", confident=False)], "refused",
                                    exports=["merged"]), tmp_path / "deploy", run_id, {})
-    assert tracking.version_for_alias("refused", tracking.CHALLENGER) is None
+    assert versions.version_for_alias("refused", versions.CHALLENGER) is None
 
 
 def test_the_deploy_stage_exports_what_it_registered(lora, tmp_path):
@@ -246,7 +246,7 @@ def test_the_deploy_stage_exports_what_it_registered(lora, tmp_path):
     record = json.loads((out.path / "deploy.json").read_text())
     assert record["exports"]["adapter"]["uri"] == f"runs:/{run_id}/exports/adapter"
     assert out.metrics["export.adapter.mb"] == record["exports"]["adapter"]["bytes"] / 2**20
-    assert tracking.version_tags("deployed", out.version)["export.adapter.uri"] == f"runs:/{run_id}/exports/adapter"
+    assert versions.version_tags("deployed", out.version)["export.adapter.uri"] == f"runs:/{run_id}/exports/adapter"
 
 
 def test_an_int8_loss_beyond_the_tolerance_is_tagged_and_logged(lora, monkeypatch, caplog):
@@ -257,7 +257,7 @@ def test_an_int8_loss_beyond_the_tolerance_is_tagged_and_logged(lora, monkeypatc
     monkeypatch.setattr(export, "int8_fidelity", lambda *args: worse)
     with caplog.at_level(logging.WARNING, logger="ftcore.deploy.export"):
         report = export_version(trained.model_path, "exp", version, run_id, ["int8"], None, tolerance=0.05)
-    tags = tracking.version_tags("exp", version)
+    tags = versions.version_tags("exp", version)
     assert tags["export.int8.within_tolerance"] == "0" and float(tags["export.int8.exact_match.delta"]) == -0.1
     assert "exact_match 0.5 against float32 0.6: a loss of +0.1, BEYOND the tolerance 0.05" in tags["export.int8.check"]
     assert report.metrics()["export.int8.within_tolerance"] == 0.0
@@ -352,7 +352,7 @@ def test_ftflow_export_exports_a_registered_version_with_its_runs_test_split(lor
     prepared, trained = lora
     run_id, version = _register(trained.model_path, "clinical")
     tracking.log_stage(run_id, "clean_balance", {}, {"dataset": prepared.dataset.artifacts["dataset"]}, cached=False)
-    tracking.set_alias("clinical", tracking.CHAMPION, version)
+    versions.set_alias("clinical", versions.CHAMPION, version)
     result = CliRunner().invoke(app, ["export", "models:/clinical@champion", "--kind", "merged", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prefect.testing.fixtures import asserting_events_worker  # noqa: F401  registers the fixture the flow test uses
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.errors import UserError
 from ftcore.monitor.canaries import question_template
 from ftcore.monitor.stage import REQUEST_LOG, MonitorJob, monitor_stage
@@ -52,7 +52,7 @@ def trained(tmp_path_factory) -> tuple:
 def test_the_stage_serves_the_version_and_assesses_exactly_its_own_traffic(tmp_path, trained):
     prepared, model = trained
     run_id = tracking.start_pipeline_run("watch-me", "run", {"name": "watch-me"}, {})
-    version = tracking.register_version(run_id, "watch-me", model.model_path, {})
+    version = versions.register_version(run_id, "watch-me", model.model_path, {})
     cfg = prepared.recipe.monitor.model_copy(update={"probe_size": 4, "max_new_tokens": 8})
     deployed = DeployOutput(path=tmp_path / "deploy", content_hash="d", registered_model="watch-me", version=version,
                             aliases=[], uri=f"models:/watch-me/{version}", gate_passed=True, gate_reason="")
@@ -93,8 +93,8 @@ def register_version_with_training_data(name: str, tmp: Path) -> str:
     model_dir = tmp / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    version = tracking.register_version(run_id, name, model_dir, {})
-    tracking.set_alias(name, tracking.CHAMPION, version)
+    version = versions.register_version(run_id, name, model_dir, {})
+    versions.set_alias(name, versions.CHAMPION, version)
     return version
 
 
@@ -200,7 +200,7 @@ def test_a_breach_of_a_version_that_is_not_the_champion_starts_no_retraining(tmp
         (tmp_path / folder).mkdir()
     champion = register_version_with_training_data("clinical-qa", tmp_path / "v1")
     experiment = register_version_with_training_data("clinical-qa", tmp_path / "v2")
-    tracking.set_alias("clinical-qa", tracking.CHAMPION, champion)  # v2 failed the gate
+    versions.set_alias("clinical-qa", versions.CHAMPION, champion)  # v2 failed the gate
     with monitored(tmp_path) as recipe:
         result = monitor(model=f"models:/clinical-qa/{experiment}", recipe=str(recipe))
     assert result["version"] == experiment and result["breaches"] == ["latency_p95_s", "toxic_rate"]

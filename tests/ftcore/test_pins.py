@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.hashing import hash_file
 from ftcore.pins import pin, rival
@@ -38,8 +38,8 @@ def test_the_champion_is_pinned_with_its_model_hash_and_is_no_rival_to_itself(tm
     model.mkdir()
     (model / "config.json").write_text("{}")
     run_id = tracking.start_pipeline_run(recipe.name, "run", {}, {})
-    version = tracking.register_version(run_id, recipe.registered_model, model, {MODEL_HASH_TAG: "h1"})
-    tracking.set_alias(recipe.registered_model, tracking.CHAMPION, version)
+    version = versions.register_version(run_id, recipe.registered_model, model, {MODEL_HASH_TAG: "h1"})
+    versions.set_alias(recipe.registered_model, versions.CHAMPION, version)
 
     champion = pin(recipe).champion
     assert champion.ref.version == version and champion.model_hash == "h1"

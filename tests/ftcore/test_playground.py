@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from ftcore import tracking
+from ftcore import tracking, versions
 from ftcore.data.split import data_prompting
 from ftcore.models.prompting import RECORD, Prompting
 from ftcore.serving.chat import Conversation
@@ -166,9 +166,9 @@ def test_a_chat_trained_conversation_keeps_its_history(folders):
 def _register_twice(model: Path) -> list[str]:
     """The model registered as clinical-qa v1 (champion) and v2 (challenger) in this test's FTFLOW_HOME."""
     run_id = tracking.start_pipeline_run("playground", "run", {"name": "playground"}, {})
-    versions = [tracking.register_version(run_id, "clinical-qa", model, tags={}) for _ in range(2)]
-    tracking.set_alias("clinical-qa", "champion", versions[0])
-    tracking.set_alias("clinical-qa", "challenger", versions[1])
+    versions = [versions.register_version(run_id, "clinical-qa", model, tags={}) for _ in range(2)]
+    versions.set_alias("clinical-qa", "champion", versions[0])
+    versions.set_alias("clinical-qa", "challenger", versions[1])
     return versions
 
 

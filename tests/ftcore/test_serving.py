@@ -201,18 +201,18 @@ def test_the_port_is_free_again_after_the_block(folders):
 
 
 def test_the_server_follows_the_alias_when_it_moves(folders):
-    from ftcore import tracking
+    from ftcore import tracking, versions
 
     run = tracking.start_pipeline_run("serve-test", "run", {"name": "serve-test"}, {})
-    first = tracking.register_version(run, "served", folders["causal"], tags={})
-    tracking.set_alias("served", tracking.CHAMPION, first)
+    first = versions.register_version(run, "served", folders["causal"], tags={})
+    versions.set_alias("served", versions.CHAMPION, first)
     cfg = serve_cfg(folders["root"], "reload", reload_interval_s=0.2)
     body = {"prompt": "Which version?", "max_tokens": 3, "temperature": 0}
     with serving("models:/served@champion", cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/health").json()["version"] == first
         assert client.post("/v1/completions", json=body).json()["model_version"] == first
-        second = tracking.register_version(run, "served", folders["causal"], tags={})
-        tracking.set_alias("served", tracking.CHAMPION, second)
+        second = versions.register_version(run, "served", folders["causal"], tags={})
+        versions.set_alias("served", versions.CHAMPION, second)
         deadline = time.monotonic() + 30
         while client.get("/health").json()["version"] != second:
             assert time.monotonic() < deadline, "the server did not load the version the alias moved to"

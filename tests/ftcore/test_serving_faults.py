@@ -291,11 +291,11 @@ def test_prompts_are_counted_off_the_event_loop(causal, monkeypatch):
 
 
 def test_a_damaged_copy_is_fetched_again_and_a_damaged_version_refused(folders):
-    from ftcore import tracking
+    from ftcore import tracking, versions
     from ftcore.paths import home
 
     run = tracking.start_pipeline_run("serve-damage", "run", {"name": "serve-damage"}, {})
-    version = tracking.register_version(run, "damaged", folders["causal"], tags={})
+    version = versions.register_version(run, "damaged", folders["causal"], tags={})
     cfg = serve_cfg(folders["root"], "damaged")
     body = {"prompt": "Define asthma.", "max_tokens": 2}
     with serving(f"models:/damaged/{version}", cfg) as url:
