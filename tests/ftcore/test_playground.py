@@ -166,10 +166,10 @@ def test_a_chat_trained_conversation_keeps_its_history(folders):
 def _register_twice(model: Path) -> list[str]:
     """The model registered as clinical-qa v1 (champion) and v2 (challenger) in this test's FTFLOW_HOME."""
     run_id = tracking.start_pipeline_run("playground", "run", {"name": "playground"}, {})
-    versions = [versions.register_version(run_id, "clinical-qa", model, tags={}) for _ in range(2)]
-    versions.set_alias("clinical-qa", "champion", versions[0])
-    versions.set_alias("clinical-qa", "challenger", versions[1])
-    return versions
+    registered = [versions.register_version(run_id, "clinical-qa", model, tags={}) for _ in range(2)]
+    versions.set_alias("clinical-qa", "champion", registered[0])
+    versions.set_alias("clinical-qa", "challenger", registered[1])
+    return registered
 
 
 def _without_record(folder: Path, dst: Path) -> Path:
