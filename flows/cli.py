@@ -172,7 +172,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Estimate parameters, memory and compute of RECIPE's model per fine-tuning method here, and recommend one."""
-    loaded = validated(recipe, set_ or [])
+    loaded = validated(recipe, set_ or [], model_folder="config")  # a model's config.json is enough to plan it
     quiet_libraries()  # plain library calls follow: Prefect is neither imported nor started
     from ftcore.planning.plan import make_plan
     from ftcore.planning.report import render_plan
@@ -185,6 +185,31 @@ def plan(
         print(json.dumps(result.to_dict(), indent=2))
     else:
         console.print(render_plan(result))
+
+
+@app.command(name="inspect")
+def inspect_model(
+    model: Annotated[str, typer.Argument(
+        metavar="MODEL", help="A model folder (with config.json), a .gguf file, models:/NAME@ALIAS or "
+                              "models:/NAME/VERSION.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Describe MODEL from its config alone, no weights loaded: family, parameters, dtype, context, vocabulary,
+    chat template, licence, which methods train it for which objective, and the default target modules."""
+    if model.startswith("models:/"):
+        configure()  # the registry's tracking URI, and FTFLOW_HOME for the fetched copy
+    quiet_libraries()
+    from ftcore.models.inspect import inspect_model as inspect_report
+    from ftcore.models.inspect import render_report
+
+    try:
+        report = inspect_report(model)
+    except UserError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(render_report(report))
 
 
 @app.command()

@@ -171,7 +171,7 @@ def monitor(
 ) -> None:
     """Run the monitor flow once: the endpoint's last window against the recipe's objectives (docs/monitoring.md).
     Exits 1 when an objective is breached, so a script or cron job can act on it."""
-    validated(recipe, [])
+    validated(recipe, [], model_folder="skip")  # the endpoint serves the registered model, not the recipe's base
     _check_monitor_arguments(model_uri, window)
     configure()
     quiet_libraries()

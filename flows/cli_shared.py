@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -43,14 +43,26 @@ class OneLineUsageErrors(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-def validated(recipe: Path, overrides: list[str]):
-    """The recipe loaded and checked; otherwise every problem on its own `error:` line, and exit 2."""
+def validated(recipe: Path, overrides: list[str], model_folder: Literal["files", "config", "skip"] = "files"):
+    """The recipe loaded and checked, its pretrained model's folder (`model_folder`: every file a run loads, its
+    config only, or not at all for commands that never load the base) and its method and objective against that
+    model's config too; otherwise every problem on its own `error:` line, and exit 2."""
+    from ftcore.models.folders import check_pretrained
+    from ftcore.models.support import check_recipe_model
+
     try:
-        return load_recipe(recipe, overrides)
+        loaded = load_recipe(recipe, overrides)
     except RecipeError as e:
         for problem in e.problems:
             err_console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    try:
+        if model_folder != "skip":  # the folder first (ftcore/models/folders.py): its config is read next
+            check_pretrained(loaded.model, files=model_folder == "files")
+            check_recipe_model(loaded.model, loaded.method.name, loaded.spec)
+    except UserError as e:
+        fail(f"{recipe}: {e}")
+    return loaded
 
 
 def configure() -> None:

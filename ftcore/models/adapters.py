@@ -23,14 +23,6 @@ METHOD = "bottleneck"
 NOT_MERGEABLE = ("bottleneck adapters cannot be merged into the base weights (a non-linearity sits between their "
                  "projections): keep the base and the adapter and load them with PeftModel.from_pretrained")
 NON_LINEARITIES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
-# Where each architecture's attention and MLP sub-blocks end: an adapter goes after each. Mixtral's experts are one
-# fused module without a down_proj Linear, so the whole MoE block is wrapped.
-DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
-    **{arch: ["o_proj", "down_proj"] for arch in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
-    "mixtral": ["o_proj", "mlp"],
-}
-
-
 def _add_peft_type(name: str) -> None:
     """Add a member to PEFT's closed PeftType enum, as Enum itself creates members.
 
@@ -58,7 +50,8 @@ class BottleneckConfig(PeftConfig):
     non_linearity: str = field(default="relu", metadata={"help": f"one of {sorted(NON_LINEARITIES)}"})
     adapter_dropout: float = field(default=0.0, metadata={"help": "dropout on the bottleneck activations"})
     target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "modules followed by an adapter (names or a regex); default per architecture"})
+        default=None, metadata={"help": "modules followed by an adapter (names or a regex); default: each block's "
+                                        "attention and MLP output (default_targets)"})
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "modules never adapted"})
 
     def __post_init__(self) -> None:
@@ -126,7 +119,6 @@ class BottleneckModel(BaseTuner):
 
     prefix = f"{METHOD}_"
     tuner_layer_cls = BottleneckLayer
-    target_module_mapping = DEFAULT_TARGET_MODULES
 
     def _create_and_replace(self, peft_config: BottleneckConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str) -> None:

@@ -170,7 +170,8 @@ class BottleneckAdapterMethod(PeftMethod):
     dropout: Fraction = 0.0
     target_modules: list[str] | None = Field(
         None, description="sub-blocks followed by an adapter; default: the attention output and MLP output of each "
-                          "decoder layer (Llama: o_proj, down_proj; Mixtral: o_proj, mlp)")
+                          "block, found in the model's modules (Llama: o_proj, down_proj; GPT-2: c_proj; BERT: "
+                          "attention.output.dense, output.dense; a mixture of experts: the whole MoE block)")
 
 
 def _one_method(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -244,8 +245,21 @@ class ScratchModelConfig(Strict):
 class ModelConfig(Strict):
     source: Literal["scratch", "pretrained", "champion"] = Field(
         "scratch", description="champion: continue from a registered model's champion (or `version`)")
-    name_or_path: str | None = None
-    trust_remote_code: bool = False
+    name_or_path: str | None = Field(
+        None, description="source pretrained: a local model folder (the one holding config.json; sharded "
+                          "checkpoints too), a .gguf file, or a hub id where a hub is reachable")
+    trust_remote_code: bool = Field(
+        False, description="source pretrained: run the Python code a model folder ships (config.json's auto_map) "
+                           "where transformers has no class of its own for the model; off, such a folder is "
+                           "refused. Only for code you have read and trust")
+    allow_pickle: bool = Field(
+        False, description="source pretrained: load weights that exist only as a pickle (pytorch_model.bin), read "
+                           "with torch.load(weights_only=True) and saved as safetensors by the init stage; off, "
+                           "such a folder is refused (a pickle can run code when loaded): convert it to safetensors")
+    gguf_file: str | None = Field(
+        None, description="source pretrained: the .gguf file inside name_or_path (a folder or a hub repo) to load, "
+                          "weights dequantised and tokenizer read from the file; the init stage saves it as a "
+                          "safetensors base. A local .gguf file can also be given as name_or_path itself")
     scratch: ScratchModelConfig = ScratchModelConfig()
     registered_model: str | None = Field(None, description="source champion: the registered model to start from; "
                                                            "default: this recipe's own (continual retraining)")
@@ -261,6 +275,29 @@ class ModelConfig(Strict):
         champion_only = {"registered_model", "version", "start"} & self.model_fields_set
         if self.source != "champion" and champion_only:
             raise ValueError(f"{', '.join(sorted(champion_only))}: only for source: champion")
+        pretrained_only = [name for name, on in (("allow_pickle", self.allow_pickle),
+                                                 ("gguf_file", self.gguf_file is not None)) if on]
+        if self.source != "pretrained" and pretrained_only:
+            raise ValueError(f"{', '.join(pretrained_only)}: only for source: pretrained")
+        return self
+
+    @field_validator("gguf_file")
+    @classmethod
+    def _a_gguf_file_name(cls, name: str | None) -> str | None:
+        if name is None:
+            return name
+        if not name.lower().endswith(".gguf"):
+            raise ValueError(f"{name!r} is not a .gguf file name")
+        if name.startswith(("/", "~")) or "\\" in name or ".." in name.split("/"):
+            raise ValueError(f"{name!r}: give the file's name inside name_or_path (or the whole path of the file as "
+                             "name_or_path, without gguf_file)")
+        return name
+
+    @model_validator(mode="after")
+    def _one_gguf_file(self) -> ModelConfig:
+        if self.gguf_file is not None and (self.name_or_path or "").lower().endswith(".gguf"):
+            raise ValueError("name_or_path is a .gguf file already; give the file either as name_or_path or as "
+                             "gguf_file (a file inside the folder name_or_path names), not both")
         return self
 
 

@@ -10,6 +10,15 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS and every stop token of the model's generation config
+    (a real folder lists its chat template's end-of-turn tokens there: Llama 3's `<|eot_id|>`, Qwen's
+    `<|im_end|>`, ...). Passing only the EOS would override that list and run past the end of each turn."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in (tokenizer.eos_token_id, *configured) if i is not None))
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
              progress: Callable[[int], object] | None = None) -> list[str]:
     """Greedy completions for each prompt (decoded, special tokens removed); `progress(n)` after each batch of n."""
@@ -26,7 +35,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stop_token_ids(model, tokenizer),
             )
         outputs.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
         if progress is not None:

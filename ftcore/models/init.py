@@ -14,7 +14,8 @@ from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir, hash_obj
 from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
-from ftcore.models.load import load_tokenizer, resolve_pretrained
+from ftcore.models.folders import check_vocabulary, fit_gguf_vocabulary, pretrained_source
+from ftcore.models.load import load_model, load_tokenizer
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,
     TRAINED_ADAPTER,
@@ -29,6 +30,7 @@ from ftcore.models.peft_methods import (
 )
 from ftcore.models.registered import ModelRef, model_folder
 from ftcore.models.scratch import build_model, train_tokenizer
+from ftcore.models.support import check_fits
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective
 from ftcore.outputs import DatasetOutput, ModelOutput
 
@@ -65,6 +67,7 @@ def init_stage(job: InitJob, out_dir: Path) -> ModelOutput:
     classes = model_classes(train, job.objective)
     with atomic_dir(out_dir) as tmp:
         base = base_model(job, train, classes, tmp, out_dir)
+        check_fits(base.model.config, job.method.name, job.objective)
         if base.model.config.pad_token_id is None:
             base.model.config.pad_token_id = base.tokenizer.pad_token_id
         wrapped = (attach_adapter(base.model, base.adapter, trainable=True) if base.adapter
@@ -106,15 +109,39 @@ def base_model(job: InitJob, train: pd.DataFrame, classes: list[str] | None, tmp
         load_from, adapter = continued_adapter(start, tmp, classes)
         path = out_dir / "base" if load_from == tmp / "base" else load_from
         return Base(load_base(load_from, method, classes=classes), load_tokenizer(load_from), path, adapter)
-    path = starting_folder(start) if start else resolve_pretrained(cfg.name_or_path)
-    return Base(load_base(path, method, cfg.trust_remote_code, classes),
-                load_tokenizer(path, cfg.trust_remote_code), Path(path))
+    if start is not None:
+        path = starting_folder(start)
+        return Base(load_base(path, method, cfg.trust_remote_code, classes),
+                    load_tokenizer(path, cfg.trust_remote_code), path)
+    return pretrained_base(job, classes, tmp, out_dir)
+
+
+def pretrained_base(job: InitJob, classes: list[str] | None, tmp: Path, out_dir: Path) -> Base:
+    """A pretrained folder, checked from its files first (ftcore/models/folders.py) and referenced in place. A GGUF
+    file or pickled weights load once here and are saved as a safetensors base in `base/`, which every later stage
+    loads like any other."""
+    cfg, method = job.model, job.method
+    source = pretrained_source(cfg)
+    tokenizer = load_tokenizer(source.location, cfg.trust_remote_code, source.gguf_file)
+    if not source.converted:
+        model = load_base(source.location, method, cfg.trust_remote_code, classes)
+        check_vocabulary(model, tokenizer, source.label)
+        return Base(model, tokenizer, Path(source.location))
+    model = load_model(source.location, cfg.trust_remote_code, classes, gguf_file=source.gguf_file,
+                       pickle=source.pickle_only)
+    if source.gguf_file is not None:
+        fit_gguf_vocabulary(model, tokenizer)
+    check_vocabulary(model, tokenizer, source.label)
+    model.save_pretrained(tmp / "base", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "base")
+    # The method wraps the base as the train stage will load it (for qlora: 4 bits in memory, full precision saved).
+    return Base(load_base(tmp / "base", method, classes=classes), tokenizer, out_dir / "base")
 
 
 def content_identity(job: InitJob, base_path: Path, out_dir: Path) -> dict[str, str]:
     """What the output's content hash covers: the folder written, and the base it references in place."""
     content = {"out": hash_dir(out_dir)}
-    if job.model.source == "pretrained":
+    if job.model.source == "pretrained" and not base_path.is_relative_to(out_dir):  # not a base converted into it
         content["base"] = hash_dir(base_path) if base_path.is_dir() else str(base_path)
     elif job.start is not None:
         content["base"] = job.start.fingerprint

@@ -1,5 +1,6 @@
-"""Loading models and tokenizers from folders (or hub ids where a hub is reachable): safetensors only, remote code
-only when the recipe allows it."""
+"""Loading models and tokenizers from folders (or hub ids where a hub is reachable): safetensors, or a GGUF file, or
+pickled weights only when the recipe allows them (ftcore/models/folders.py checks a folder first); remote code only
+when the recipe allows it."""
 
 from __future__ import annotations
 
@@ -9,19 +10,30 @@ from typing import TypeVar
 
 from safetensors import SafetensorError
 
-from ftcore.errors import UserError
+from ftcore.errors import UserError, first_line
 
 T = TypeVar("T")
 
 
 def _loaded(what: str, name_or_path: str | Path, load: Callable[[], T], field: str = "model.name_or_path") -> T:
     """Turn the many ways a load fails (no such folder, no config, no safetensors, a damaged or truncated one, offline
-    hub) into one line for the user, naming the recipe `field` that points at the model."""
+    hub, a GGUF of an architecture transformers cannot read) into one line for the user, naming the recipe `field`
+    that points at the model."""
+    import re
+    from pickle import UnpicklingError
+
     try:
         return load()
-    except (OSError, ValueError, SafetensorError) as e:
+    except UnpicklingError as e:  # torch.load(weights_only=True) met more than tensors: what a malicious pickle holds
+        called = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch's message, past its advice to load it unsafely
         raise UserError(
-            f"{field}: cannot load the {what} from {str(name_or_path)!r} ({str(e).splitlines()[0]}); "
+            f"model.allow_pickle: the pickled weights in {str(name_or_path)!r} hold more than tensors"
+            f"{f' (a call of {called.group(1)})' if called else ''}, which torch.load(weights_only=True) refuses: "
+            f"such a file runs code when it is loaded; get the model's safetensors weights instead"
+        ) from None
+    except (OSError, ValueError, SafetensorError, NotImplementedError) as e:
+        raise UserError(
+            f"{field}: cannot load the {what} from {str(name_or_path)!r} ({first_line(e)}); "
             f"give a local folder with config.json, tokenizer files and *.safetensors, or a hub id where a hub is "
             f"reachable"
         ) from None
@@ -64,11 +76,13 @@ def resolve_pretrained(name_or_path: str) -> Path | str:
     return packaged if packaged is not None else name_or_path
 
 
-def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, gguf_file: str | None = None):
+    """The tokenizer of a model folder (or hub id), or with `gguf_file` the one stored in that GGUF file."""
     from transformers import AutoTokenizer
 
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = _loaded("tokenizer", name_or_path, lambda: AutoTokenizer.from_pretrained(
-        str(name_or_path), trust_remote_code=trust_remote_code))
+        str(name_or_path), trust_remote_code=trust_remote_code, **gguf))
     if tokenizer.pad_token is None:  # causal LMs often ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:  # saved with the trained model, so serving formats chats the same way
@@ -81,13 +95,25 @@ def render_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bo
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classes: list[str] | None = None,
-               **kwargs):
+def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classes: list[str] | None = None, *,
+               gguf_file: str | None = None, pickle: bool = False, **kwargs):
     """A causal LM, or with `classes` a sequence classifier with one output per class. A folder without a matching
-    head (a pretrained encoder) gets a new one, the same for the same `classes` (seeded)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    head (a pretrained encoder) gets a new one, the same for the same `classes` (seeded).
 
+    Safetensors only, unless `gguf_file` (that GGUF file in the folder, dequantised) or `pickle` (pytorch_model.bin,
+    read with torch.load(weights_only=True); the caller checked that the recipe allows it). The weights load in
+    float32 on a CPU (whose half-precision kernels are slow or missing) and in the checkpoint's own dtype on a GPU;
+    a caller's `dtype` (qlora's) wins."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GgufConfig
+
+    kwargs.setdefault("dtype", "auto" if torch.cuda.is_available() else torch.float32)
+    if gguf_file:  # dequantised into plain dense layers: transformers would keep them packed where a kernel exists
+        kwargs |= {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+    elif pickle:
+        kwargs |= {"use_safetensors": False, "weights_only": True}
+    else:
+        kwargs |= {"use_safetensors": True}
     if classes is None:
         auto = AutoModelForCausalLM
     else:
@@ -95,8 +121,11 @@ def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classe
         kwargs |= {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
                    "label2id": {name: i for i, name in enumerate(classes)}}
         torch.manual_seed(0)
-    return _loaded("model", name_or_path, lambda: auto.from_pretrained(
-        str(name_or_path), trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs))
+    model = _loaded("model", name_or_path, lambda: auto.from_pretrained(
+        str(name_or_path), trust_remote_code=trust_remote_code, **kwargs))
+    if gguf_file and getattr(model, "hf_quantizer", None) is not None:  # nothing is packed: a plain model to save
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
 
 
 def load_local(auto_class, folder: str | Path, field: str):

@@ -57,7 +57,6 @@ def apply_method(model, cfg: MethodConfig, tokenizer=None):
     import torch
     from peft import get_peft_model
 
-    _check_fits_the_model(model, cfg)
     torch.manual_seed(cfg.seed)
     try:
         wrapped = get_peft_model(model, _peft_config(cfg, model))
@@ -80,24 +79,6 @@ def parameter_counts(model) -> tuple[int, int]:
 
 def is_classifier(model) -> bool:
     return type(model).__name__.endswith("ForSequenceClassification")
-
-
-def pools_last_token(model) -> bool:
-    """Whether a classifier reads its sequence's last token (decoder models: Llama, Mistral, GPT-2, ...) rather
-    than the first (encoders with a [CLS] token: BERT, RoBERTa, ...), told apart by the encoders' masked-LM head."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    return is_classifier(model) and model.config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def _check_fits_the_model(model, cfg: MethodConfig) -> None:
-    """Prompt tuning and P-tuning feed the model embeddings rather than token ids. A decoder's classifier finds each
-    text's last token by the padding in the ids, so it would read a pad for every text shorter than its batch's
-    longest (and left padding would move the virtual tokens away from short texts instead)."""
-    if isinstance(cfg, PromptMethod | PTuningMethod) and pools_last_token(model):
-        raise UserError(f"method.name: {cfg.name} does not fit a classifier on a decoder model "
-                        f"({model.config.model_type}): it passes embeddings, from which the classifier cannot find "
-                        f"each text's last token in a padded batch; use prefix, lora or another adapter method")
 
 
 def can_continue(cfg: MethodConfig) -> bool:
@@ -274,8 +255,8 @@ def _peft_config(cfg: MethodConfig, model) -> Any:
                                    target_modules=cfg.target_modules, target_parameters=cfg.target_parameters or None,
                                    use_dora=isinstance(cfg, DoraMethod), **common)
         case Ia3Method():
-            return peft.IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules,
-                                  **common)
+            targets, feedforward = _ia3_modules(cfg, model)
+            return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, **common)
         case LohaMethod() | LokrMethod():
             config_class = peft.LoHaConfig if isinstance(cfg, LohaMethod) else peft.LoKrConfig
             return config_class(r=cfg.r, alpha=cfg.alpha or cfg.r, rank_dropout=cfg.rank_dropout,
@@ -297,15 +278,31 @@ def _peft_config(cfg: MethodConfig, model) -> Any:
     raise TypeError(f"no PEFT config for method {cfg.name!r}")
 
 
-def _bottleneck_config(cfg: BottleneckAdapterMethod, model, common: dict[str, Any]):
-    from ftcore.models.adapters import DEFAULT_TARGET_MODULES, BottleneckConfig
+def _ia3_modules(cfg: Ia3Method, model) -> tuple[list[str] | None, list[str] | None]:
+    """The recipe's IA3 modules; by default PEFT's list for the architecture (None: PEFT picks it), unless PEFT
+    has none or one naming modules this model lacks (Mixtral's `w2`, now fused experts): then the attention
+    inputs and MLP outputs found in the model's own modules (ftcore/models/layers.py)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
 
-    model_type = model.config.model_type
-    if cfg.target_modules is None and model_type not in DEFAULT_TARGET_MODULES:
-        raise UserError(f"method.target_modules: adapter has no default for model type {model_type!r}; name the "
-                        f"modules after which an adapter goes (e.g. the attention and MLP output projections)")
+    if cfg.target_modules is not None:
+        return cfg.target_modules, cfg.feedforward_modules
+    names = [name for name, _ in model.named_modules()]
+    listed = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model.config.model_type)
+    if listed and all(any(name == t or name.endswith(f".{t}") for name in names) for t in listed):
+        return None, None
+    from ftcore.models.layers import ia3_targets
+
+    return ia3_targets(model)
+
+
+def _bottleneck_config(cfg: BottleneckAdapterMethod, model, common: dict[str, Any]):
+    from ftcore.models.adapters import BottleneckConfig
+    from ftcore.models.layers import residual_outputs
+
+    # Default: after every block's attention and MLP (the Houlsby placement), found in the model's own modules.
     return BottleneckConfig(bottleneck_size=cfg.bottleneck_size, non_linearity=cfg.non_linearity,
-                            adapter_dropout=cfg.dropout, target_modules=cfg.target_modules, **common)
+                            adapter_dropout=cfg.dropout, target_modules=cfg.target_modules or residual_outputs(model),
+                            **common)
 
 
 def _init_prompt_from_text(model, text: str | None, tokenizer) -> None:

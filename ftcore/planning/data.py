@@ -93,9 +93,11 @@ def _tokenizer(recipe: Recipe, texts: list[str]):
 
         # The tokenizer init trains, on the same texts (a row's prompt + completion)
         return train_tokenizer(texts, recipe.model.scratch.vocab_size)
+    from ftcore.models.folders import pretrained_source
     from ftcore.models.load import load_tokenizer
 
-    return load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
+    source = pretrained_source(recipe.model, files=False)
+    return load_tokenizer(source.location, recipe.model.trust_remote_code, source.gguf_file)
 
 
 def rows_in_sources(recipe: Recipe) -> int | None:

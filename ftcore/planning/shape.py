@@ -13,6 +13,7 @@ from typing import Any
 
 from ftcore.errors import UserError, first_line
 from ftcore.models.config import ModelConfig
+from ftcore.models.meta import count_params, linear_layers, meta_model
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -57,27 +58,29 @@ class VocabOnly:
 
 
 def build_meta_model(cfg: ModelConfig):
-    """The recipe's base model with shapes only. Scratch models go through the same `build_model` as init."""
+    """The recipe's base model with shapes only (ftcore/models/meta.py). Scratch models go through the same
+    `build_model` as init."""
+    if cfg.source != "scratch":
+        return meta_model(pretrained_config(cfg), trust_remote_code=cfg.trust_remote_code)
     import torch
 
-    config = None if cfg.source == "scratch" else pretrained_config(cfg)
+    from ftcore.models.scratch import build_model
+
     with torch.device("meta"):
-        if config is None:
-            from ftcore.models.scratch import build_model
-
-            return build_model(cfg.scratch, VocabOnly(cfg.scratch.vocab_size))
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        return build_model(cfg.scratch, VocabOnly(cfg.scratch.vocab_size))
 
 
 def pretrained_config(cfg: ModelConfig):
+    """The config of the recipe's pretrained base (a GGUF file's from its metadata), after the checks of its folder
+    (ftcore/models/folders.py)."""
     from transformers import AutoConfig
 
-    from ftcore.models.load import resolve_pretrained
+    from ftcore.models.folders import pretrained_source
 
+    source = pretrained_source(cfg, files=False)  # config.json is all planning reads
+    gguf = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
-        return AutoConfig.from_pretrained(resolve_pretrained(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code)
+        return AutoConfig.from_pretrained(source.location, trust_remote_code=cfg.trust_remote_code, **gguf)
     except (OSError, ValueError) as e:
         raise UserError(f"model.name_or_path: cannot read the model config from {cfg.name_or_path!r} "
                         f"({first_line(e)}); give a local folder with config.json, or a hub id where a hub is "
@@ -113,20 +116,6 @@ def model_shape(cfg: ModelConfig) -> ModelShape:
 def _checkpoint_dtype(config) -> str:
     dtype = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
     return dtype if dtype in DTYPE_BYTES else "float32"
-
-
-def count_params(model) -> tuple[int, int]:
-    """(trainable, total); parameters() yields a tied weight once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def linear_layers(model) -> list[tuple[str, Any]]:
-    """Layers PEFT's "all-linear" can target: torch Linear and transformers' Conv1D (GPT-2), by module name."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

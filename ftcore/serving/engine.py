@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ftcore.models.generate import stop_token_ids
 from ftcore.models.load import load_trained
 from ftcore.models.peft_methods import is_classifier
 from ftcore.models.prompting import Prompting, read_prompting
@@ -72,10 +73,13 @@ class Engine:
     # padded batch. A fast tokenizer keeps its padding setting in shared state, so one tokenizer used by both threads
     # sometimes hands the model an unpadded batch: the checking thread gets its own copy.
     checker: object = None
+    stop_ids: list[int] = field(default_factory=list)  # EOS and the end-of-turn tokens (`stop_token_ids`)
 
     def __post_init__(self) -> None:
         if self.checker is None:
             self.checker = copy.deepcopy(self.tokenizer)
+        if not self.stop_ids:
+            self.stop_ids = stop_token_ids(self.model, self.tokenizer)
 
     def count_tokens(self, text: str) -> int:
         return len(self.checker(text, add_special_tokens=self.kind == "classifier")["input_ids"])
@@ -120,19 +124,18 @@ class Engine:
             {"do_sample": False}
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=max(r.max_new_tokens for r in requests),
-                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
+                                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids, **sampling)
         new_tokens = out[:, enc["input_ids"].shape[1]:].cpu().tolist()
         prompt_lengths = enc["attention_mask"].sum(-1).tolist()
         return [self._finish(r, tokens, int(n)) for r, tokens, n in zip(requests, new_tokens, prompt_lengths,
                                                                           strict=True)]
 
     def _finish(self, request: Completion, tokens: list[int], tokens_in: int) -> Completed:
-        """One answer cut to its own max_new_tokens (the batch generated up to the largest), at EOS, and before its
-        first stop string."""
+        """One answer cut to its own max_new_tokens (the batch generated up to the largest), at its first stop token
+        (EOS or an end-of-turn token: `stop_token_ids`), and before its first stop string."""
         tokens = tokens[:request.max_new_tokens]
-        eos = self.tokenizer.eos_token_id
-        if eos in tokens:
-            tokens_out, tokens, reason = tokens.index(eos) + 1, tokens[:tokens.index(eos)], "stop"
+        if ends := [i for i, token in enumerate(tokens) if token in self.stop_ids][:1]:
+            tokens_out, tokens, reason = ends[0] + 1, tokens[:ends[0]], "stop"
         else:
             tokens_out, reason = len(tokens), "length"
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)

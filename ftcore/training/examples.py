@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftcore.errors import DataError, UserError
+from ftcore.errors import DataError, UserError, first_line
 from ftcore.models.load import render_chat
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,9 @@ def language_examples(rows: pd.DataFrame, tokenizer, max_length: int, classes: l
     from datasets import Dataset
 
     if "messages" in rows:
-        examples = [chat_example(json.loads(chat), tokenizer) for chat in rows["messages"]]
+        examples = [chat_example_of_row(i, chat, tokenizer) for i, chat in enumerate(rows["messages"])]
         check_room_for_answers([first_answer_token(e["assistant_masks"]) for e in examples], max_length)
+        warn_without_end_of_turn(examples, tokenizer)
         return Dataset.from_list(examples)
     if "prompt" not in rows:
         return Dataset.from_pandas(rows[TRAIN_COLUMNS["text"]], preserve_index=False)
@@ -112,27 +113,151 @@ def encode_classes(rows: pd.DataFrame, tokenizer, max_length: int, classes: list
 
 
 def chat_example(messages: list[dict[str, str]], tokenizer) -> dict[str, list[int]]:
-    """`input_ids` of the rendered chat and `assistant_masks`, 1 on the tokens of every assistant turn.
+    """`input_ids` of the rendered chat and `assistant_masks`, 1 on the tokens of every assistant turn: its content
+    as the template renders it (trimmed, if the template trims) and the end-of-turn marker the model must learn to
+    stop with (`<|eot_id|>`, `<|im_end|>`, `</s>`, ...), not the role header before it or the whitespace after it.
 
     The turns are found by rendering the chat up to each assistant turn (with the generation prompt) and through
-    it: the characters in between are that turn's answer and end-of-turn tokens. This works for any template whose
-    renderings of a longer chat extend those of a shorter one, unlike `return_assistant_tokens_mask`, which needs
-    `{% generation %}` markers that few templates have."""
+    it: what the turn adds after the prompt, less trailing whitespace, is that turn's answer and end-of-turn marker.
+    This works for any template whose renderings of a longer chat extend those of a shorter one, unlike
+    `return_assistant_tokens_mask`, which needs `{% generation %}` markers that few templates have. The chat is
+    tokenised as the template wrote it (`add_special_tokens=False`: a template that writes BOS gets one BOS), and cut
+    where a token would straddle a turn's edge (a BPE merge of the header's newline with the answer's), so that the
+    prompt's tokens are those the model sees when asked and the answer's are those it must write."""
     if not tokenizer.is_fast:
         raise DataError("data.format messages: the tokenizer has no fast (Rust) version, which locating the assistant "
                         "turns needs (character offsets); use a model folder with tokenizer.json")
+    from jinja2 import TemplateError
+
+    try:
+        text, spans = _assistant_spans(messages, tokenizer)
+    except TemplateError as e:
+        raise DataError(_refused(messages, tokenizer, e)) from None
+    ids, offsets = _encode(tokenizer, text, spans)
+    mask = [int(any(_overlaps(token, span) for span in spans)) for token in offsets]
+    return {"input_ids": ids, "assistant_masks": mask}
+
+
+def chat_example_of_row(row: int, chat: str, tokenizer) -> dict[str, list[int]]:
+    try:
+        return chat_example(json.loads(chat), tokenizer)
+    except DataError as e:
+        raise DataError(f"{e} (row {row} of the split)") from None
+
+
+CHATS_CHECKED_FOR_END_OF_TURN = 16
+
+
+def warn_without_end_of_turn(examples: list[dict[str, list[int]]], tokenizer) -> None:
+    """Warn where the template ends an assistant turn with no special token (Falcon's ends it with nothing, the next
+    turn's "User:" being the only boundary): a model trained on it does not learn to stop after its answer."""
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    for example in examples[:CHATS_CHECKED_FOR_END_OF_TURN]:  # one template renders every chat alike
+        ids, mask = example["input_ids"], example["assistant_masks"]
+        last = next((ids[k] for k in range(len(ids)) if mask[k] and (k + 1 == len(ids) or not mask[k + 1])
+                     and ids[k] not in special), None)
+        if last is not None:
+            log.warning("data.format messages: the chat template of %s ends assistant turns without an end-of-turn "
+                        "token (an answer ends with %r), so the model does not learn to stop after its answer; a "
+                        "template that ends each turn with one (such as the tokenizer's eos_token %r) teaches it",
+                        tokenizer.name_or_path, tokenizer.convert_ids_to_tokens(last), tokenizer.eos_token)
+            return
+
+
+def _assistant_spans(messages: list[dict[str, str]], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered chat and the character span of each assistant turn in it."""
     text = render_chat(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(render_chat(tokenizer, messages[:i], generation_prompt=True))
-        end = len(render_chat(tokenizer, messages[: i + 1]))
-        if text[:end] != render_chat(tokenizer, messages[: i + 1]) or start > end:
-            raise DataError("the tokenizer's chat template renders a chat differently from its beginning, so the "
-                            "assistant turns cannot be located; give a tokenizer whose template renders turns in "
-                            "order")
-        spans.append((start, end))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(any(s <= first < e for s, e in spans)) for first, _ in encoded["offset_mapping"]]
-    return {"input_ids": encoded["input_ids"], "assistant_masks": mask}
+        prompt = render_chat(tokenizer, messages[:i], generation_prompt=True)
+        through = render_chat(tokenizer, messages[: i + 1])
+        if not text.startswith(through):
+            raise DataError("data.format messages: the tokenizer's chat template renders a chat differently from its "
+                            "beginning, so the assistant turns cannot be located; give a tokenizer whose template "
+                            "renders turns in order")
+        start = answer_start(prompt, through)
+        spans.append((start, max(start, len(through.rstrip()))))
+    return text, spans
+
+
+def answer_start(prompt: str, through: str) -> int:
+    """Where the answer starts in `through` (the chat through an assistant turn): where `prompt` (the chat before it
+    with the generation prompt, what the model is asked with) ends. Templates whose generation prompt is not quite
+    the rendered turn's header are met half way: where the two part, unless the rest of the generation prompt (an
+    extra newline, a header the template lays out with other whitespace) shows up in the turn, then after it."""
+    start = common_prefix_length(prompt, through)
+    header = prompt[start:].strip()
+    at = through.find(header, start) if header else -1
+    if at < 0:
+        return start
+    after = at + len(header)
+    return after + common_prefix_length(prompt[prompt.index(header, start) + len(header):], through[after:])
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _refused(messages: list[dict[str, str]], tokenizer, error: Exception) -> str:
+    """One line for a chat the template refuses (raise_exception in the template), saying what to change."""
+    from jinja2 import TemplateError
+
+    reason = first_line(error)
+    without_system = [m for m in messages if m["role"] != "system"]
+    try:
+        system_refused = len(without_system) < len(messages) and bool(render_chat(tokenizer, without_system))
+    except TemplateError:
+        system_refused = False
+    if system_refused:
+        advice = "it takes no system message: drop the system message or fold it into the first user turn"
+    elif "alternate" in reason:
+        advice = ("make user and assistant turns alternate, starting with a user turn (merge consecutive turns of one "
+                  "role)")
+    else:
+        advice = "give chats with the roles and order this template accepts, or a model whose template accepts them"
+    return f"data.format messages: the chat template of {tokenizer.name_or_path} refuses a chat ({reason}); {advice}"
+
+
+def _encode(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of `text` with their character offsets, tokenised in pieces where a token straddles a span's edge.
+
+    A piece after a cut is tokenised after a special token (then dropped), so that it is tokenised as text in the
+    middle of the chat, not as the start of a text (where SentencePiece tokenizers add a space). Where pieces do not
+    put the text back together (a tokenizer that adds a space after every special token), the chat's own
+    tokenisation is kept and a straddling token counts as part of the turn."""
+    whole = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = whole["input_ids"], [tuple(o) for o in whole["offset_mapping"]]
+    cuts = sorted({edge for span in spans for edge in span if any(a < edge < b for a, b in offsets)})
+    if not cuts:
+        return ids, offsets
+    pieced = _encode_pieces(tokenizer, text, cuts)
+    if pieced is None or tokenizer.decode(pieced[0]) != tokenizer.decode(ids):
+        return ids, offsets
+    return pieced
+
+
+def _encode_pieces(tokenizer, text: str, cuts: list[int]) -> tuple[list[int], list[tuple[int, int]]] | None:
+    anchor = tokenizer.eos_token or tokenizer.bos_token
+    if anchor is None:
+        return None
+    anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
+    ids, offsets = [], []
+    for start, end in zip([0, *cuts], [*cuts, len(text)], strict=True):
+        lead = "" if start == 0 else anchor
+        encoded = tokenizer(lead + text[start:end], add_special_tokens=False, return_offsets_mapping=True)
+        piece_ids, piece_offsets = encoded["input_ids"], encoded["offset_mapping"]
+        if lead:
+            if piece_ids[:len(anchor_ids)] != anchor_ids:
+                return None
+            piece_ids, piece_offsets = piece_ids[len(anchor_ids):], piece_offsets[len(anchor_ids):]
+        shift = start - len(lead)
+        ids += piece_ids
+        offsets += [(a + shift, b + shift) for a, b in piece_offsets]
+    return ids, offsets
+
+
+def _overlaps(token: tuple[int, int], span: tuple[int, int]) -> bool:
+    (a, b), (start, end) = token, span
+    return max(a, start) < min(b, end) or (a == b and start <= a < end)

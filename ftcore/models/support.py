@@ -1,0 +1,113 @@
+"""Which fine-tuning methods and objectives fit a model, decided from its config.json alone (no weights loaded).
+
+`refusal` is the one place that knows what a family's architecture does not allow; `ftflow validate`, the init stage
+and `ftflow inspect` all ask it. Every rule here is proved by the support matrix (`make compat`, which writes
+docs/models.md): a refused cell must be refused in one line, and every other cell must train, export, reload and
+answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ftcore.errors import UserError
+from ftcore.models.config import METHOD_NAMES
+
+if TYPE_CHECKING:
+    from ftcore.models.config import ModelConfig
+    from ftcore.objectives import Objective
+
+# The methods that feed the model embeddings instead of token ids.
+EMBEDDING_INPUT_METHODS = ("prompt", "p_tuning")
+
+
+# LyCORIS methods in PEFT adapt nn.Linear and convolutions only.
+LYCORIS_METHODS = ("loha", "lokr")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What the rules need to know of a model: its config's model_type, whether it is a decoder (causal LM), and
+    whether its projections are transformers' Conv1D (GPT-2's layout: a Linear with its weight transposed)."""
+
+    model_type: str
+    decoder: bool
+    conv1d: bool = False
+
+    @classmethod
+    def of(cls, config, trust_remote_code: bool = False) -> ModelKind:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        return cls(config.model_type, config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                   _has_conv1d(config, trust_remote_code))
+
+
+def _has_conv1d(config, trust_remote_code: bool) -> bool:
+    """Whether the model built from `config` has Conv1D layers: built on PyTorch's meta device (shapes, no memory,
+    nothing read but the config), so the answer comes from the architecture's own code, not a list of families.
+    A remote-code model whose code offers no base model class counts as without."""
+    import torch
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except ValueError:
+        return False
+    return any(type(module).__name__ == "Conv1D" for module in model.modules())
+
+
+def refusal(kind: ModelKind, method: str, objective: Objective) -> str | None:
+    """Why `method` cannot train `objective` on this kind of model, or None when it can."""
+    if objective.head == "language_model" and not kind.decoder:
+        return (f"objective {objective.name} generates text, and {kind.model_type} is an encoder without a "
+                "language-model head; use objective classification, or a decoder model")
+    if method in LYCORIS_METHODS and kind.conv1d:
+        return (f"PEFT's {method} adapts nn.Linear and convolution layers, and {kind.model_type}'s projections are "
+                "transformers' Conv1D; use lora, dora, ia3 or adapter")
+    if objective.classifies and kind.decoder and method in EMBEDDING_INPUT_METHODS:
+        return (f"{method} passes embeddings to the model, from which a classifier on a decoder ({kind.model_type}) "
+                "cannot find each text's last token in a padded batch; use prefix, lora or another adapter method")
+    return None
+
+
+def check_fits(config, method: str, objective: Objective) -> None:
+    """Refuse, in one line, a method the loaded model's architecture cannot train for `objective`."""
+    if reason := refusal(ModelKind.of(config), method, objective):
+        raise UserError(f"method.name: {method} does not fit this model: {reason}")
+
+
+def supported_methods(kind: ModelKind, objective: Objective) -> dict[str, str | None]:
+    """Every method with why it is refused for `objective` (None: supported)."""
+    return {method: refusal(kind, method, objective) for method in METHOD_NAMES}
+
+
+def local_config(name_or_path: str | Path, trust_remote_code: bool = False):
+    """The config of a local model folder, or None when `name_or_path` is not a local folder (a hub id)."""
+    from transformers import AutoConfig
+
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").is_file():
+        return None
+    return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
+def check_recipe_model(cfg: ModelConfig, method: str, objective: Objective) -> None:
+    """Refuse, in one line, a recipe whose method or objective its base model (the `model` section) cannot train:
+    a scratch model is the decoder ftflow builds; a pretrained folder's kind is read from its config.json. A hub id
+    or a registered champion is checked by the init stage once it loads."""
+    if cfg.source == "scratch":
+        kind, model = ModelKind(cfg.scratch.architecture, decoder=True), f"the scratch {cfg.scratch.architecture}"
+    elif cfg.source == "pretrained" and cfg.name_or_path is not None:
+        from ftcore.models.load import resolve_pretrained
+
+        config = local_config(resolve_pretrained(cfg.name_or_path), cfg.trust_remote_code)
+        if config is None:
+            return
+        kind, model = ModelKind.of(config, cfg.trust_remote_code), cfg.name_or_path
+    else:
+        return
+    if reason := refusal(kind, method, objective):
+        raise UserError(f"method.name: {method} does not fit {model}: {reason}")
