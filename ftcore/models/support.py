@@ -29,25 +29,29 @@ LYCORIS_METHODS = ("loha", "lokr")
 
 @dataclass(frozen=True)
 class ModelKind:
-    """What the rules need to know of a model: its config's model_type, whether it is a decoder (causal LM), and
-    whether its projections are transformers' Conv1D (GPT-2's layout: a Linear with its weight transposed)."""
+    """What the rules need to know of a model: its config's model_type, whether it is a decoder (causal LM), whether
+    its projections are transformers' Conv1D (GPT-2's layout: a Linear with its weight transposed), and whether it
+    is a mixture of experts trained with a router load-balancing loss."""
 
     model_type: str
     decoder: bool
     conv1d: bool = False
+    router_loss: bool = False
 
     @classmethod
     def of(cls, config, trust_remote_code: bool = False) -> ModelKind:
         from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-        return cls(config.model_type, config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-                   _has_conv1d(config, trust_remote_code))
+        conv1d, experts = _layer_kinds(config, trust_remote_code)
+        router_loss = experts and bool(getattr(config.get_text_config(), "router_aux_loss_coef", 0))
+        return cls(config.model_type, config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES, conv1d, router_loss)
 
 
-def _has_conv1d(config, trust_remote_code: bool) -> bool:
-    """Whether the model built from `config` has Conv1D layers: built on PyTorch's meta device (shapes, no memory,
+def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool]:
+    """(Conv1D layers, experts) of the model built from `config` on PyTorch's meta device (shapes, no memory,
     nothing read but the config), so the answer comes from the architecture's own code, not a list of families.
-    A remote-code model whose code offers no base model class counts as without."""
+    Experts are fused 3-D parameters, or a list of expert blocks. A remote-code model whose code offers no base
+    model class counts as having neither."""
     import torch
     from transformers import AutoModel
 
@@ -55,8 +59,11 @@ def _has_conv1d(config, trust_remote_code: bool) -> bool:
         with torch.device("meta"):
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except ValueError:
-        return False
-    return any(type(module).__name__ == "Conv1D" for module in model.modules())
+        return False, False
+    conv1d = any(type(module).__name__ == "Conv1D" for module in model.modules())
+    experts = any(p.dim() == 3 for p in model.parameters()) or any(
+        name.endswith(".experts") for name, _ in model.named_modules())
+    return conv1d, experts
 
 
 def refusal(kind: ModelKind, method: str, objective: Objective) -> str | None:
@@ -67,6 +74,10 @@ def refusal(kind: ModelKind, method: str, objective: Objective) -> str | None:
     if method in LYCORIS_METHODS and kind.conv1d:
         return (f"PEFT's {method} adapts nn.Linear and convolution layers, and {kind.model_type}'s projections are "
                 "transformers' Conv1D; use lora, dora, ia3 or adapter")
+    if method == "prefix" and kind.router_loss:
+        return (f"prefix tuning lengthens the attention mask by its virtual tokens, and {kind.model_type}'s router "
+                "load-balancing loss pairs that mask with the router logits of the real tokens only; use lora, ia3 or "
+                "another adapter method (or a config with router_aux_loss_coef: 0)")
     if objective.classifies and kind.decoder and method in EMBEDDING_INPUT_METHODS:
         return (f"{method} passes embeddings to the model, from which a classifier on a decoder ({kind.model_type}) "
                 "cannot find each text's last token in a padded batch; use prefix, lora or another adapter method")
@@ -99,7 +110,10 @@ def check_recipe_model(cfg: ModelConfig, method: str, objective: Objective) -> N
     a scratch model is the decoder ftflow builds; a pretrained folder's kind is read from its config.json. A hub id
     or a registered champion is checked by the init stage once it loads."""
     if cfg.source == "scratch":
-        kind, model = ModelKind(cfg.scratch.architecture, decoder=True), f"the scratch {cfg.scratch.architecture}"
+        scratch = cfg.scratch
+        kind = ModelKind(scratch.architecture, decoder=True,
+                         router_loss=scratch.architecture == "mixtral" and scratch.router_aux_loss_coef > 0)
+        model = f"the scratch {scratch.architecture}"
     elif cfg.source == "pretrained" and cfg.name_or_path is not None:
         from ftcore.models.load import resolve_pretrained
 

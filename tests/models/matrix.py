@@ -176,10 +176,11 @@ def weight_changes(base, trained_dir: Path, method: str) -> dict[str, Any]:
     model's against the base), and whether the exported model kept every tensor the method leaves frozen."""
     from safetensors.torch import load_file
 
+    from ftcore.models.load import saved_classes
     from ftcore.models.peft_methods import EXPORTED_ADAPTER, TRAINED_ADAPTER
 
-    base_weights = _folder_weights(Path(base.base_path))
-    exported = _folder_weights(trained_dir)
+    base_weights = _model_weights(Path(base.base_path), base.classes or None)
+    exported = _model_weights(trained_dir, saved_classes(trained_dir))
     if method == "full":
         trainable = {name: (base_weights[name], exported[name]) for name in base_weights if name in exported}
         frozen: dict = {}
@@ -197,13 +198,13 @@ def weight_changes(base, trained_dir: Path, method: str) -> dict[str, Any]:
             "frozen_tensors": len(frozen)}
 
 
-def _folder_weights(path: Path) -> dict:
-    from safetensors.torch import load_file
+def _model_weights(path: Path, classes: list[str] | None) -> dict:
+    """The folder's weights as the loaded model names them, which the adapter's names follow: a checkpoint may store
+    them otherwise (Mixtral's experts are saved one by one as `block_sparse_moe.experts.N.w1` and load fused as
+    `mlp.experts.gate_up_proj`). A classifier's new head is seeded, so it loads the same twice."""
+    from ftcore.models.load import load_model
 
-    weights = {}
-    for file in sorted(path.glob("*.safetensors")):
-        weights |= load_file(str(file))
-    return weights
+    return {name: tensor.detach().clone() for name, tensor in load_model(path, classes=classes).state_dict().items()}
 
 
 def _touched_by_adapter(adapter: dict, base_weights: dict) -> set[str]:

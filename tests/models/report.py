@@ -25,7 +25,12 @@ the rules live in `ftcore/models/support.py`.
 Methods: {methods}. Objectives: `sft` on chats rendered with the family's chat template (loss on the assistant
 turns only), `dpo` on preference pairs, `classification` with a sequence-classification head.
 
-Run on {machine}, {date}: {summary}.
+Run on {machine}, {date}: {summary}. Not yet run on a GPU (bf16 kept on the device): no GPU machine was lent to
+the sessions that built the matrix.
+
+To check a model of your own before a run: `ftflow inspect PATH` (family, exact parameter count from config.json,
+context, vocabulary, chat template, licence, what each objective supports and the default target modules) and
+`ftflow validate RECIPE` (refuses a method the model's architecture does not allow, in one line).
 """
 
 

@@ -3,7 +3,7 @@
 The slice covers what differs between families and breaks first: a real SentencePiece tokenizer with its chat
 template and a sliding window (Mistral), Conv1D projections found for the bottleneck adapter (GPT-2), fused q/k/v
 with prefix tuning's cache under DPO (Phi-3), a mixture of experts (Mixtral), an encoder classifier (BERT), and a
-cell the rules refuse, refused by `ftflow validate` in one line.
+cell of each kind the rules refuse, refused by `ftflow validate` in one line.
 """
 
 from __future__ import annotations
@@ -33,14 +33,21 @@ def test_cell_trains_exports_and_answers(family: str, method: str, objective: st
     assert details["answer"] is not None
 
 
-def test_refused_cell_is_one_line_from_validate(tmp_path: Path) -> None:
-    """Prompt tuning feeds embeddings, so a decoder's classifier cannot find each text's last token: validate says
-    so in one line and exits 2, before anything loads."""
-    path = recipe(BY_NAME["qwen2_classifier"], "prompt", "classification", tmp_path)
-    assert_user_error(invoke_process(["validate", path]), "method.name: prompt", "last token")
+REFUSED = [("qwen2_classifier", "prompt", "classification", "last token"),
+           ("gpt2", "loha", "sft", "Conv1D"),
+           ("mixtral", "prefix", "dpo", "load-balancing loss")]
 
-    cell = run_cell("qwen2_classifier", "prompt", "classification", tmp_path / "cell")
-    assert cell.status == "refused" and "last token" in cell.reason
+
+@pytest.mark.parametrize(("family", "method", "objective", "why"), REFUSED, ids=[cell[0] for cell in REFUSED])
+def test_refused_cell_is_one_line_from_validate(family: str, method: str, objective: str, why: str,
+                                                tmp_path: Path) -> None:
+    """A cell the family's architecture does not allow: validate says why in one line and exits 2, before anything
+    loads, and the matrix records it as refused (not failed)."""
+    path = recipe(BY_NAME[family], method, objective, tmp_path)
+    assert_user_error(invoke_process(["validate", path]), f"method.name: {method}", why)
+
+    cell = run_cell(family, method, objective, tmp_path / "cell")
+    assert cell.status == "refused" and why in cell.reason
 
 
 def test_validate_refuses_what_the_scratch_model_cannot_train(tmp_path: Path) -> None:
