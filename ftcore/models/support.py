@@ -31,27 +31,32 @@ LYCORIS_METHODS = ("loha", "lokr")
 class ModelKind:
     """What the rules need to know of a model: its config's model_type, whether it is a decoder (causal LM), whether
     its projections are transformers' Conv1D (GPT-2's layout: a Linear with its weight transposed), and whether it
-    is a mixture of experts trained with a router load-balancing loss."""
+    is a mixture of experts trained with a router load-balancing loss, and whether its forward takes past keys and
+    values (which prefix tuning passes its prefixes as)."""
 
     model_type: str
     decoder: bool
     conv1d: bool = False
     router_loss: bool = False
+    takes_cache: bool = True
 
     @classmethod
     def of(cls, config, trust_remote_code: bool = False) -> ModelKind:
         from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-        conv1d, experts = _layer_kinds(config, trust_remote_code)
+        conv1d, experts, takes_cache = _layer_kinds(config, trust_remote_code)
         router_loss = experts and bool(getattr(config.get_text_config(), "router_aux_loss_coef", 0))
-        return cls(config.model_type, config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES, conv1d, router_loss)
+        return cls(config.model_type, config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES, conv1d, router_loss,
+                   takes_cache)
 
 
-def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool]:
-    """(Conv1D layers, experts) of the model built from `config` on PyTorch's meta device (shapes, no memory,
-    nothing read but the config), so the answer comes from the architecture's own code, not a list of families.
-    Experts are fused 3-D parameters, or a list of expert blocks. A remote-code model whose code offers no base
-    model class counts as having neither."""
+def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool, bool]:
+    """(Conv1D layers, experts, a forward taking past_key_values) of the model built from `config` on PyTorch's
+    meta device (shapes, no memory, nothing read but the config), so the answer comes from the architecture's own
+    code, not a list of families. Experts are fused 3-D parameters, or a list of expert blocks. A remote-code model
+    whose code offers no base model class counts as having neither, with a cache."""
+    import inspect
+
     import torch
     from transformers import AutoModel
 
@@ -59,11 +64,11 @@ def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool]:
         with torch.device("meta"):
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except ValueError:
-        return False, False
+        return False, False, True
     conv1d = any(type(module).__name__ == "Conv1D" for module in model.modules())
     experts = any(p.dim() == 3 for p in model.parameters()) or any(
         name.endswith(".experts") for name, _ in model.named_modules())
-    return conv1d, experts
+    return conv1d, experts, "past_key_values" in inspect.signature(model.forward).parameters
 
 
 def refusal(kind: ModelKind, method: str, objective: Objective) -> str | None:
@@ -74,6 +79,9 @@ def refusal(kind: ModelKind, method: str, objective: Objective) -> str | None:
     if method in LYCORIS_METHODS and kind.conv1d:
         return (f"PEFT's {method} adapts nn.Linear and convolution layers, and {kind.model_type}'s projections are "
                 "transformers' Conv1D; use lora, dora, ia3 or adapter")
+    if method == "prefix" and not kind.takes_cache:
+        return (f"prefix tuning passes its prefixes as past keys and values, which {kind.model_type}'s forward does "
+                "not take; use prompt, p_tuning, lora or another adapter method")
     if method == "prefix" and kind.router_loss:
         return (f"prefix tuning lengthens the attention mask by its virtual tokens, and {kind.model_type}'s router "
                 "load-balancing loss pairs that mask with the router logits of the real tokens only; use lora, ia3 or "
