@@ -59,7 +59,7 @@ def validated(recipe: Path, overrides: list[str], model_folder: Literal["files",
     try:
         if model_folder != "skip":  # the folder first (ftcore/models/folders.py): its config is read next
             check_pretrained(loaded.model, files=model_folder == "files")
-            check_recipe_model(loaded.model, loaded.method.name, loaded.spec)
+            check_recipe_model(loaded.model, loaded.method, loaded.spec)
     except UserError as e:
         fail(f"{recipe}: {e}")
     return loaded

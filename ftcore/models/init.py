@@ -67,7 +67,7 @@ def init_stage(job: InitJob, out_dir: Path) -> ModelOutput:
     classes = model_classes(train, job.objective)
     with atomic_dir(out_dir) as tmp:
         base = base_model(job, train, classes, tmp, out_dir)
-        check_fits(base.model.config, job.method.name, job.objective)
+        check_fits(base.model.config, job.method, job.objective)
         if base.model.config.pad_token_id is None:
             base.model.config.pad_token_id = base.tokenizer.pad_token_id
         wrapped = (attach_adapter(base.model, base.adapter, trainable=True) if base.adapter

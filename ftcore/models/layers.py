@@ -53,7 +53,8 @@ def blocks(model) -> tuple[str, list]:
         if (isinstance(module, nn.ModuleList) and len(module) == layers and len({type(m) for m in module}) == 1
                 and any(linear_width(m) is not None for m in module[0].modules())):
             return name, list(module)
-    raise ValueError(f"{type(model).__name__} has no stack of {layers} blocks with linear layers")
+    raise ValueError(f"{type(model).__name__} has no stack of {layers} blocks with linear layers to place it in; "
+                     "name method.target_modules")
 
 
 def sub_blocks(model) -> list[SubBlock]:

@@ -141,9 +141,28 @@ def load_base(path: str | Path, cfg: MethodConfig, trust_remote_code: bool = Fal
     device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
     model = load_model(path, trust_remote_code, classes, quantization_config=quantization, device_map=device_map,
                        dtype=torch.float32)
+    _new_layers_in_full_precision(model)
     _keep_the_trainable_4bit_kernel(model)
     # Gradient checkpointing is the trainer's setting (train.*), not the method's: PEFT would turn it on here.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _new_layers_in_full_precision(model) -> None:
+    """A layer the checkpoint lacks (an encoder's pooler, absent from its masked-LM checkpoint) is created while
+    loading as a 4-bit layer holding a plain full-precision weight, which PEFT cannot wrap ('Parameter' object has
+    no attribute 'compress_statistics'). Such a layer becomes the nn.Linear it is, in full precision, like the new
+    head."""
+    import bitsandbytes as bnb
+    from torch import nn
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, bnb.nn.Linear4bit) and not isinstance(module.weight, bnb.nn.Params4bit):
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                               device=module.weight.device, dtype=module.weight.dtype)
+            linear.weight = module.weight
+            linear.bias = module.bias
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
 
 
 def _keep_the_trainable_4bit_kernel(model) -> None:
@@ -204,7 +223,21 @@ def save_adapter(model, folder: Path) -> None:
 def merged_model(base_path: str | Path, adapter_path: str | Path, classes: list[str] | None = None):
     """The full-precision base with the trained adapter folded into its weights. The base is loaded again rather
     than merged in place: a qlora base is 4-bit, and merging into it would re-quantise the result."""
-    return attach_adapter(load_model(base_path, classes=classes), adapter_path, trainable=False).merge_and_unload()
+    model = attach_adapter(load_model(base_path, classes=classes), adapter_path, trainable=False)
+    _settle_trained_copies(model)
+    return model.merge_and_unload()
+
+
+def _settle_trained_copies(model) -> None:
+    """Put each module PEFT trained whole (modules_to_save: a classifier's head) in place of its wrapper. PEFT's
+    IA3, LoHa and LoKr merges look for a `weight` on the wrapper, which a head that is a block of layers rather than
+    one Linear lacks (RoBERTa's RobertaClassificationHead); LoRA's merge does this itself."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
 
 
 def export_model(cfg: MethodConfig, base_path: str | Path, adapter_path: Path, out: Path,
@@ -264,7 +297,8 @@ def _peft_config(cfg: MethodConfig, model) -> Any:
         case PrefixMethod():
             return peft.PrefixTuningConfig(
                 num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.prefix_projection,
-                encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size, **common)
+                encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size, **_prefix_heads(model),
+                **common)
         case PromptMethod():
             # Always PEFT's random init; a text init is copied in afterwards (_init_prompt_from_text).
             return peft.PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prompt_tuning_init="RANDOM",
@@ -276,6 +310,20 @@ def _peft_config(cfg: MethodConfig, model) -> Any:
         case BottleneckAdapterMethod():
             return _bottleneck_config(cfg, model, common)
     raise TypeError(f"no PEFT config for method {cfg.name!r}")
+
+
+def _prefix_heads(model) -> dict[str, int]:
+    """The key/value heads a prefix needs where the config does not say them as `num_key_value_heads` (which PEFT
+    reads): Falcon's multi-query attention keeps one key/value head whatever its config's `num_kv_heads`, and only
+    its attention modules know it. Empty where the config says it, or no module tells."""
+    config = model.config.get_text_config()
+    if getattr(config, "num_key_value_heads", None) is not None:
+        return {}
+    heads = {m.num_kv_heads for m in model.modules() if isinstance(getattr(m, "num_kv_heads", None), int)}
+    if len(heads) != 1:
+        return {}
+    kv_heads = heads.pop()
+    return {"num_attention_heads": kv_heads, "token_dim": kv_heads * config.hidden_size // config.num_attention_heads}
 
 
 def _ia3_modules(cfg: Ia3Method, model) -> tuple[list[str] | None, list[str] | None]:

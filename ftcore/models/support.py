@@ -8,6 +8,7 @@ answer.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from ftcore.errors import UserError
 from ftcore.models.config import METHOD_NAMES
 
 if TYPE_CHECKING:
-    from ftcore.models.config import ModelConfig
+    from ftcore.models.config import MethodConfig, ModelConfig
     from ftcore.objectives import Objective
 
 # The methods that feed the model embeddings instead of token ids.
@@ -39,24 +40,27 @@ class ModelKind:
     conv1d: bool = False
     router_loss: bool = False
     takes_cache: bool = True
+    parameter_targets: bool = False  # PEFT's all-linear adapts some weights as parameters (Mixtral's router)
 
     @classmethod
     def of(cls, config, trust_remote_code: bool = False) -> ModelKind:
         from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-        conv1d, experts, takes_cache = _layer_kinds(config, trust_remote_code)
+        conv1d, experts, takes_cache, parameter_targets = _layer_kinds(config, trust_remote_code)
         router_loss = experts and bool(getattr(config.get_text_config(), "router_aux_loss_coef", 0))
         return cls(config.model_type, config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES, conv1d, router_loss,
-                   takes_cache)
+                   takes_cache, parameter_targets)
 
 
-def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool, bool]:
-    """(Conv1D layers, experts, a forward taking past_key_values) of the model built from `config` on PyTorch's
-    meta device (shapes, no memory, nothing read but the config), so the answer comes from the architecture's own
-    code, not a list of families. Experts are fused 3-D parameters, or a list of expert blocks. A remote-code model
-    whose code offers no base model class counts as having neither, with a cache."""
+def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool, bool, bool]:
+    """(Conv1D layers, experts, a forward taking past_key_values, weights PEFT's all-linear adapts as parameters) of
+    the model built from `config` on PyTorch's meta device (shapes, no memory, nothing read but the config), so the
+    answer comes from the architecture's own code and PEFT's, not a list of families. Experts are fused 3-D
+    parameters, or a list of expert blocks. A remote-code model whose code offers no base model class counts as
+    having none of them, with a cache."""
     import inspect
 
+    import peft
     import torch
     from transformers import AutoModel
 
@@ -64,21 +68,30 @@ def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool, bool]:
         with torch.device("meta"):
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except ValueError:
-        return False, False, True
+        return False, False, True, False
     conv1d = any(type(module).__name__ == "Conv1D" for module in model.modules())
     experts = any(p.dim() == 3 for p in model.parameters()) or any(
         name.endswith(".experts") for name, _ in model.named_modules())
-    return conv1d, experts, "past_key_values" in inspect.signature(model.forward).parameters
+    takes_cache = "past_key_values" in inspect.signature(model.forward).parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT warns about the meta device; nothing is trained here
+        adapted = peft.get_peft_model(model, peft.LoraConfig(target_modules="all-linear"))
+    parameter_targets = any(type(module).__name__ == "ParamWrapper" for module in adapted.modules())
+    return conv1d, experts, takes_cache, parameter_targets
 
 
-def refusal(kind: ModelKind, method: str, objective: Objective) -> str | None:
-    """Why `method` cannot train `objective` on this kind of model, or None when it can."""
+def refusal(kind: ModelKind, method: str, objective: Objective, all_linear: bool = True) -> str | None:
+    """Why `method` cannot train `objective` on this kind of model, or None when it can; `all_linear`: the method
+    targets PEFT's all-linear (its default) rather than modules the recipe names."""
     if objective.head == "language_model" and not kind.decoder:
         return (f"objective {objective.name} generates text, and {kind.model_type} is an encoder without a "
                 "language-model head; use objective classification, or a decoder model")
     if method in LYCORIS_METHODS and kind.conv1d:
         return (f"PEFT's {method} adapts nn.Linear and convolution layers, and {kind.model_type}'s projections are "
                 "transformers' Conv1D; use lora, dora, ia3 or adapter")
+    if method == "dora" and all_linear and kind.parameter_targets:
+        return (f"PEFT's all-linear adapts some of {kind.model_type}'s weights as parameters (its router), and PEFT "
+                "has no DoRA for parameters; use lora, or name method.target_modules")
     if method == "prefix" and not kind.takes_cache:
         return (f"prefix tuning passes its prefixes as past keys and values, which {kind.model_type}'s forward does "
                 "not take; use prompt, p_tuning, lora or another adapter method")
@@ -92,10 +105,14 @@ def refusal(kind: ModelKind, method: str, objective: Objective) -> str | None:
     return None
 
 
-def check_fits(config, method: str, objective: Objective) -> None:
+def check_fits(config, method: MethodConfig, objective: Objective) -> None:
     """Refuse, in one line, a method the loaded model's architecture cannot train for `objective`."""
-    if reason := refusal(ModelKind.of(config), method, objective):
-        raise UserError(f"method.name: {method} does not fit this model: {reason}")
+    if reason := refusal(ModelKind.of(config), method.name, objective, _all_linear(method)):
+        raise UserError(f"method.name: {method.name} does not fit this model: {reason}")
+
+
+def _all_linear(method: MethodConfig) -> bool:
+    return getattr(method, "target_modules", "all-linear") == "all-linear"
 
 
 def supported_methods(kind: ModelKind, objective: Objective) -> dict[str, str | None]:
@@ -113,14 +130,15 @@ def local_config(name_or_path: str | Path, trust_remote_code: bool = False):
     return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
-def check_recipe_model(cfg: ModelConfig, method: str, objective: Objective) -> None:
+def check_recipe_model(cfg: ModelConfig, method: MethodConfig, objective: Objective) -> None:
     """Refuse, in one line, a recipe whose method or objective its base model (the `model` section) cannot train:
     a scratch model is the decoder ftflow builds; a pretrained folder's kind is read from its config.json. A hub id
     or a registered champion is checked by the init stage once it loads."""
     if cfg.source == "scratch":
         scratch = cfg.scratch
-        kind = ModelKind(scratch.architecture, decoder=True,
-                         router_loss=scratch.architecture == "mixtral" and scratch.router_aux_loss_coef > 0)
+        moe = scratch.architecture == "mixtral"
+        kind = ModelKind(scratch.architecture, decoder=True, router_loss=moe and scratch.router_aux_loss_coef > 0,
+                         parameter_targets=moe)
         model = f"the scratch {scratch.architecture}"
     elif cfg.source == "pretrained" and cfg.name_or_path is not None:
         from ftcore.models.load import resolve_pretrained
@@ -131,5 +149,5 @@ def check_recipe_model(cfg: ModelConfig, method: str, objective: Objective) -> N
         kind, model = ModelKind.of(config, cfg.trust_remote_code), cfg.name_or_path
     else:
         return
-    if reason := refusal(kind, method, objective):
-        raise UserError(f"method.name: {method} does not fit {model}: {reason}")
+    if reason := refusal(kind, method.name, objective, _all_linear(method)):
+        raise UserError(f"method.name: {method.name} does not fit {model}: {reason}")

@@ -340,11 +340,22 @@ def test_can_merge_says_yes_exactly_where_the_merged_model_answers_as_the_adapte
 # A method on a model it does not fit, the optimizer it gets, its adapter saved in another process
 
 
-def test_adapter_on_an_architecture_without_defaults_asks_for_target_modules(base):
+def test_adapter_finds_its_places_on_an_architecture_it_has_no_list_for(base):
+    """No list of module names per family: the blocks' attention and MLP outputs are found in the modules."""
     path, _ = base
     model = load_base(path, method("full"))
     model.config.model_type = "unknown-arch"
-    with pytest.raises(UserError, match=r"^method\.target_modules: adapter has no default for model type"):
+    wrapped = apply_method(model, method("adapter"))
+    adapted = sorted({name.split(".")[-1] for name, module in wrapped.named_modules()
+                      if type(module).__name__ == "BottleneckLayer"})
+    assert adapted == ["down_proj", "o_proj"]
+
+
+def test_adapter_on_a_model_without_a_stack_of_blocks_asks_for_target_modules(base):
+    path, _ = base
+    model = load_base(path, method("full"))
+    model.config.num_hidden_layers += 1  # no list of that many blocks
+    with pytest.raises(UserError, match=r"^method: adapter does not fit this model: .* name method\.target_modules"):
         apply_method(model, method("adapter"))
 
 

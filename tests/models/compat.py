@@ -1,12 +1,12 @@
 """`make compat`: run the whole support matrix (tests/models/matrix.py) and write docs/models.md from its results.
 
-    python -m tests.models.compat [--families qwen2 gpt2] [--methods lora full] [--results FILE] [--resume]
-                                  [--render-only]
+    python -m tests.models.compat [--families qwen2 gpt2] [--methods lora full] [--jobs N] [--results FILE]
+                                  [--resume] [--render-only]
 
-Cells run one after another in this process; each cell's result is appended to the results file (JSON lines) as it
-ends, so an interrupted run can go on with --resume (cells already in the file are skipped). The table is generated from
-that file and the support rules, never typed by hand. Exit 1 when a cell failed, or when a refused cell's reason is
-not the one the rules give.
+Cells run in --jobs worker processes (default: one per CPU, one thread each); each cell's result is appended to the
+results file (JSON lines) as it ends, so an interrupted run can go on with --resume (cells already in the file are
+skipped). The table is generated from that file, never typed by hand. Exit 1 when a cell failed (a refusal that
+only came at run time counts as a failure: `ftflow validate` should have given it).
 """
 
 from __future__ import annotations
@@ -41,25 +41,46 @@ def read_results(path: Path) -> dict[tuple[str, str, str], dict]:
     return {(row["family"], row["method"], row["objective"]): row for row in rows}
 
 
-def run(families: list[str], methods: list[str], results: Path) -> None:
+def run(families: list[str], methods: list[str], results: Path, jobs: int) -> None:
+    """Run the cells not in `results` in `jobs` worker processes, appending each result as it ends."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     done = read_results(results)
     todo = [cell for cell in cells(families, methods) if cell not in done]
     results.parent.mkdir(parents=True, exist_ok=True)
     for name in families:
-        folder(name)  # built before the clock of its first cell starts
+        folder(name)  # built once, before the workers start
     started = time.perf_counter()
-    for i, (family, method, objective) in enumerate(todo, 1):
-        root = Path(tempfile.mkdtemp(prefix="ftflow-compat-"))
-        os.environ["FTFLOW_HOME"] = str(root / "home")
-        try:
-            cell = run_cell(family, method, objective, root / "cell")
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        with results.open("a") as out:
-            out.write(json.dumps(cell.as_dict()) + "\n")
-        elapsed = time.perf_counter() - started
-        print(f"[{i}/{len(todo)} {elapsed / 60:.0f} min] {family} {method} {objective}: {cell.status} "
-              f"{cell.seconds:.1f} s {cell.reason}", flush=True)
+    # Spawned, not forked: this process has imported torch to build the folders. One thread each, so the workers
+    # share the cores without oversubscribing them, and each cell's numbers do not depend on the machine's size.
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_setup,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_isolated_cell, *cell) for cell in todo]
+        for i, future in enumerate(as_completed(futures), 1):
+            cell = future.result()
+            with results.open("a") as out:
+                out.write(json.dumps(cell.as_dict()) + "\n")
+            elapsed = time.perf_counter() - started
+            print(f"[{i}/{len(todo)} {elapsed / 60:.0f} min] {cell.family} {cell.method} {cell.objective}: "
+                  f"{cell.status} {cell.seconds:.1f} s {cell.reason}", flush=True)
+
+
+def _worker_setup(threads: int) -> None:
+    """A worker's environment, before it imports torch: the tests' offline settings and its thread count."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import tests.conftest  # noqa: F401  HF_HUB_OFFLINE, a temporary PREFECT_HOME, ftflow's own settings
+
+
+def _isolated_cell(family: str, method: str, objective: str):
+    """One cell in a fresh folder with its own FTFLOW_HOME, removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="ftflow-compat-"))
+    os.environ["FTFLOW_HOME"] = str(root / "home")
+    try:
+        return run_cell(family, method, objective, root / "cell")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep the results file's cells and run the others")
     parser.add_argument("--render-only", action="store_true", help="write docs/models.md from the results file")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells run at once (default: CPUs)")
     args = parser.parse_args(argv)
     if not (args.resume or args.render_only) and args.results.exists():
         args.results.unlink()
     if not args.render_only:
         fetch_vocabularies()
-        run(args.families, args.methods, args.results)
+        run(args.families, args.methods, args.results, args.jobs)
     from tests.models.report import render
 
     results = read_results(args.results)

@@ -17,7 +17,8 @@ Every cell below was run by `make compat` on a tiny model of the family, built f
 config class (2 layers, width 64, its structural options kept) and saved as an ordinary model folder with the
 family's tokenizer and chat template (tests/models/zoo.py). Each cell goes through ftflow's own stages as a recipe
 with `model.source: pretrained` does: the recipe check (`ftflow validate`), collect, clean, init, {steps} training
-steps, export, reload, then generate or classify. A cell **passes** when the training loss fell, every trainable
+steps on one batch of 4 rows, export, reload, then generate or classify. A cell **passes** when the training loss
+fell (the mean of the last quarter of the steps below that of the first quarter), every trainable
 tensor changed, every tensor the method leaves frozen is bit-identical in the exported model, and the reloaded
 export answered. A **refused** cell is refused by `ftflow validate` in one line, with the reason listed below;
 the rules live in `ftcore/models/support.py`.
@@ -41,7 +42,8 @@ def render(results: dict[tuple[str, str, str], dict], machine: str) -> str:
     for row in results.values():
         counts[row["status"]] += 1
     summary = ", ".join(f"{counts[s]} {s}" for s in ("passed", "refused", "failed") if counts[s]) or "no cells run"
-    lines = [HEADER.format(steps=STEPS, methods=", ".join(f"`{m}`" for m in METHODS), machine=machine,
+    steps = ", ".join(f"{n} ({objective})" for objective, n in STEPS.items())
+    lines = [HEADER.format(steps=steps, methods=", ".join(f"`{m}`" for m in METHODS), machine=machine,
                            date=datetime.now(UTC).strftime("%Y-%m-%d"), summary=summary)]
     lines += ["## The matrix", "", "| Family | model_type | " + " | ".join(OBJECTIVES) + " |",
               "|---|---|" + "---|" * len(OBJECTIVES)]

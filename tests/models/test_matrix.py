@@ -35,10 +35,13 @@ def test_cell_trains_exports_and_answers(family: str, method: str, objective: st
 
 REFUSED = [("qwen2_classifier", "prompt", "classification", "last token"),
            ("gpt2", "loha", "sft", "Conv1D"),
-           ("mixtral", "prefix", "dpo", "load-balancing loss")]
+           ("mixtral", "prefix", "dpo", "load-balancing loss"),
+           ("mixtral", "dora", "sft", "no DoRA for parameters"),
+           ("deberta_v2", "prefix", "classification", "does not take")]
 
 
-@pytest.mark.parametrize(("family", "method", "objective", "why"), REFUSED, ids=[cell[0] for cell in REFUSED])
+@pytest.mark.parametrize(("family", "method", "objective", "why"), REFUSED,
+                         ids=["-".join(cell[:2]) for cell in REFUSED])
 def test_refused_cell_is_one_line_from_validate(family: str, method: str, objective: str, why: str,
                                                 tmp_path: Path) -> None:
     """A cell the family's architecture does not allow: validate says why in one line and exits 2, before anything

