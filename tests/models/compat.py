@@ -1,7 +1,7 @@
 """`make compat`: run the whole support matrix (tests/models/matrix.py) and write docs/models.md from its results.
 
-    python -m tests.models.compat [--families qwen2 gpt2] [--methods lora full] [--jobs N] [--results FILE]
-                                  [--resume] [--render-only]
+    python -m tests.models.compat [--families qwen2 gpt2] [--methods lora full] [--objectives sft] [--jobs N]
+                                  [--results FILE] [--resume] [--render-only]
 
 Cells run in --jobs worker processes (default: one per CPU, one thread each); each cell's result is appended to the
 results file (JSON lines) as it ends, so an interrupted run can go on with --resume (cells already in the file are
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.models.matrix import METHODS, objectives_of, run_cell
+from tests.models.matrix import METHODS, OBJECTIVES, objectives_of, run_cell
 from tests.models.zoo import BY_NAME, FAMILIES, fetch_vocabularies, folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,9 +29,9 @@ DOC = REPO / "docs" / "models.md"
 RESULTS = REPO / "bench" / "results" / "compat.jsonl"
 
 
-def cells(families: list[str], methods: list[str]) -> list[tuple[str, str, str]]:
+def cells(families: list[str], methods: list[str], objectives: list[str]) -> list[tuple[str, str, str]]:
     return [(family, method, objective) for family in families for objective in objectives_of(BY_NAME[family])
-            for method in methods]
+            if objective in objectives for method in methods]
 
 
 def read_results(path: Path) -> dict[tuple[str, str, str], dict]:
@@ -41,13 +41,13 @@ def read_results(path: Path) -> dict[tuple[str, str, str], dict]:
     return {(row["family"], row["method"], row["objective"]): row for row in rows}
 
 
-def run(families: list[str], methods: list[str], results: Path, jobs: int) -> None:
+def run(families: list[str], methods: list[str], objectives: list[str], results: Path, jobs: int) -> None:
     """Run the cells not in `results` in `jobs` worker processes, appending each result as it ends."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
     done = read_results(results)
-    todo = [cell for cell in cells(families, methods) if cell not in done]
+    todo = [cell for cell in cells(families, methods, objectives) if cell not in done]
     results.parent.mkdir(parents=True, exist_ok=True)
     for name in families:
         folder(name)  # built once, before the workers start
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="*", default=[f.name for f in FAMILIES], choices=list(BY_NAME))
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--objectives", nargs="*", default=list(OBJECTIVES), choices=list(OBJECTIVES))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep the results file's cells and run the others")
     parser.add_argument("--render-only", action="store_true", help="write docs/models.md from the results file")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results.unlink()
     if not args.render_only:
         fetch_vocabularies()
-        run(args.families, args.methods, args.results, args.jobs)
+        run(args.families, args.methods, args.objectives, args.results, args.jobs)
     from tests.models.report import render
 
     results = read_results(args.results)

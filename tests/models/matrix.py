@@ -41,6 +41,9 @@ STEPS = {"sft": 8, "dpo": 8, "classification": 24}
 ROWS = 4
 
 
+OBJECTIVES = ("sft", "dpo", "classification")
+
+
 def objectives_of(family: Family) -> tuple[str, ...]:
     """What the matrix tries on a family: language models train sft and dpo, and every family classifies."""
     return ("classification",) if family.kind == "encoder" or family.head else ("sft", "dpo", "classification")
