@@ -14,7 +14,9 @@ from tests.models.matrix import recipe
 from tests.models.zoo import FAMILIES, folder, vocabularies_fetched
 
 pytestmark = pytest.mark.skipif(not vocabularies_fetched(), reason="tokenizer files not fetched: make zoo-fetch")
-GENERATIVE = [family for family in FAMILIES if family.kind == "decoder" and not family.head]
+# One family of each layout planning reads differently (GQA, tied embeddings, fused projections, Conv1D, experts);
+# tests/models/test_inspect.py counts every family exactly through the same meta model.
+GENERATIVE = [family for family in FAMILIES if family.name in ("llama3", "qwen2", "phi3", "gpt2", "mixtral")]
 
 
 @pytest.mark.parametrize("family", GENERATIVE, ids=[family.name for family in GENERATIVE])
