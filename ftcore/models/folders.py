@@ -140,14 +140,20 @@ def _read_config(folder: Path) -> dict:
     if not path.is_file():
         raise UserError(f"model.name_or_path: {folder} has no config.json, so it is not a transformers model "
                         f"folder; {_where_instead(folder)}")
+    return read_json_object(path, "model.name_or_path", "; download it again")
+
+
+def read_json_object(path: Path, field: str, fix: str = "") -> dict:
+    """A JSON object from `path` (a config.json), or one line naming `field` and the file: not UTF-8, not JSON (with
+    the line), or not an object; `fix` ends the message."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         where = f" (line {e.lineno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else " (not UTF-8)"
-        raise UserError(f"model.name_or_path: {path} is not valid JSON{where}; download it again") from None
-    if not isinstance(config, dict):
-        raise UserError(f"model.name_or_path: {path} is not a JSON object; download it again")
-    return config
+        raise UserError(f"{field}: {path} is not valid JSON{where}{fix}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{field}: {path} is not a JSON object{fix}")
+    return value
 
 
 def _where_instead(folder: Path) -> str:

@@ -184,14 +184,10 @@ def _folder_config(path: Path):
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+    from ftcore.models.folders import read_json_object
+
     file = path / "config.json"
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where = f" (line {e.lineno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else " (not UTF-8)"
-        raise UserError(f"{FIELD}: {file} is not valid JSON{where}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{FIELD}: {file} is not a JSON object")
+    raw = read_json_object(file, FIELD)
     model_type = raw.get("model_type")
     if model_type not in CONFIG_MAPPING_NAMES:
         what = f"model_type {model_type!r}" if model_type else "no model_type"
