@@ -130,8 +130,9 @@ def version_stage_metrics(name: str, version: str, stage: str) -> dict[str, floa
 
 def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
     c = client()
-    for k, v in tags.items():
-        c.set_model_version_tag(name, version, k, v)
+    with _registry_lock():  # as for aliases: the SQL store merges a tag by a select and then an insert
+        for k, v in tags.items():
+            c.set_model_version_tag(name, version, k, v)
 
 
 def aliases_of(name: str, version: str) -> list[str]:

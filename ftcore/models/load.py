@@ -4,6 +4,7 @@ when the recipe allows it."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -14,6 +15,13 @@ from ftcore.errors import UserError, first_line
 
 T = TypeVar("T")
 
+# transformers builds a model inside contexts that patch process-wide state and put it back on exit
+# (PreTrainedModel.tie_weights, torch's default dtype, torch.nn.init's functions). Two threads building at once can put
+# back each other's patch: tie_weights then stays a no-op for the rest of the process, and every tied output layer
+# loaded later is left on the meta device (transformers PR 44940, open). Every model ftflow builds or loads holds this
+# lock meanwhile: a server's alias watcher loading the new champion while a check loads its scorer, a flow's threads.
+MODEL_BUILD_LOCK = threading.RLock()
+
 
 def _loaded(what: str, name_or_path: str | Path, load: Callable[[], T], field: str = "model.name_or_path") -> T:
     """Turn the many ways a load fails (no such folder, no config, no safetensors, a damaged or truncated one, offline
@@ -23,7 +31,8 @@ def _loaded(what: str, name_or_path: str | Path, load: Callable[[], T], field: s
     from pickle import UnpicklingError
 
     try:
-        return load()
+        with MODEL_BUILD_LOCK:
+            return load()
     except UnpicklingError as e:  # torch.load(weights_only=True) met more than tensors: what a malicious pickle holds
         called = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch's message, past its advice to load it unsafely
         raise UserError(

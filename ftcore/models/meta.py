@@ -14,7 +14,9 @@ def meta_model(config, model_class=None, trust_remote_code: bool = False):
     the one `architecture_class` picks), or as AutoModelForCausalLM builds it."""
     import torch
 
-    with torch.device("meta"):
+    from ftcore.models.load import MODEL_BUILD_LOCK
+
+    with MODEL_BUILD_LOCK, torch.device("meta"):
         if model_class is None:
             from transformers import AutoModelForCausalLM
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ftcore.models.config import ScratchModelConfig
+from ftcore.models.load import MODEL_BUILD_LOCK
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -59,6 +60,7 @@ def build_model(cfg: ScratchModelConfig, tokenizer, classes: list[str] | None = 
         initializer_range=cfg.initializer_range,
         **extra,
     )
-    torch.manual_seed(cfg.seed)
     auto = AutoModelForCausalLM if classes is None else AutoModelForSequenceClassification
-    return auto.from_config(config)
+    with MODEL_BUILD_LOCK:  # the seed too: another thread building meanwhile would draw from the same generator
+        torch.manual_seed(cfg.seed)
+        return auto.from_config(config)

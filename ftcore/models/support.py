@@ -64,8 +64,10 @@ def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool, bool, boo
     import torch
     from transformers import AutoModel
 
+    from ftcore.models.load import MODEL_BUILD_LOCK
+
     try:
-        with torch.device("meta"):
+        with MODEL_BUILD_LOCK, torch.device("meta"):
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except ValueError:
         return False, False, True, False

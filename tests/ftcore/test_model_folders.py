@@ -175,3 +175,20 @@ def test_plan_reads_a_gguf_files_config_from_its_metadata(tmp_path, tiny_llama):
     reference = load_model(tiny_llama)
     assert (shape.architecture, shape.num_kv_heads) == ("LlamaForCausalLM", 2)
     assert shape.total_params == sum(p.numel() for p in reference.parameters())
+
+
+def test_models_loaded_by_several_threads_at_once_keep_their_output_layer_tied():
+    """transformers patches PreTrainedModel.tie_weights (and torch's default dtype) while it builds a model and puts
+    them back after: unserialised, threads loading at once put back each other's patch, tie_weights stays a no-op for
+    the process and a tied output layer loaded afterwards stays on the meta device (reproduced with 8 loads on 4
+    threads, 5 times, before MODEL_BUILD_LOCK). A server's alias watcher and its checks load in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gpt2 = folder("gpt2")
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            loaded = list(pool.map(lambda _: load_model(gpt2), range(8)))
+    model = load_model(gpt2)
+    for m in [*loaded, model]:
+        assert m.lm_head.weight.device.type == "cpu"
+        assert m.lm_head.weight.data_ptr() == m.get_input_embeddings().weight.data_ptr()
