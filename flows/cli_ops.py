@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -64,9 +65,7 @@ def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000)
     except KeyboardInterrupt:
         pass
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(mlflow_ui.pid, signal.SIGTERM)
-        mlflow_ui.wait()
+        stop_process(mlflow_ui, signal.SIGTERM, whole_session=True)
         if prefect is not None:
             from flows.prefect_server import release
 
@@ -267,5 +266,24 @@ def worker(pool: Annotated[str, typer.Option(help="The work pool to take flow ru
     process = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
                                 "--type", "process"], start_new_session=True)
     for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, lambda *_: process.send_signal(signal.SIGINT))
+        signal.signal(stop, lambda *_: threading.Thread(target=stop_process, args=(process, signal.SIGINT),
+                                                        daemon=True).start())
     raise typer.Exit(process.wait())
+
+
+# How long a child started in its own session gets to stop after the signal before its whole group is killed: a stop
+# that hangs (a worker stuck in a call to its server) must not keep a service manager or a terminal waiting.
+STOP_GRACE_S = 20
+
+
+def stop_process(process: subprocess.Popen, stop: signal.Signals, whole_session: bool = False) -> None:
+    """Send STOP to `process` (or to every process of the session it leads), and kill the session if `process` still
+    runs after STOP_GRACE_S."""
+    with contextlib.suppress(ProcessLookupError):
+        (os.killpg if whole_session else os.kill)(process.pid, stop)
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

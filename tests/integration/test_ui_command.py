@@ -75,7 +75,7 @@ def test_ftflow_ui_serves_both_uis_and_ctrl_c_stops_every_process_it_started(tmp
         assert "mlflow" in names
 
         ui.send_signal(signal.SIGINT)
-        assert ui.wait(timeout=60) == 0
+        assert ui.wait(timeout=120) == 0
         _, alive = psutil.wait_procs(started, timeout=30)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
         assert read_record(tmp_path / "prefect") is None
@@ -107,7 +107,7 @@ def test_ftflow_worker_takes_runs_from_the_local_server_and_a_sigterm_stops_its_
         assert "prefect worker start" in " ".join(" ".join(p.cmdline()) for p in started).replace("-m ", "")
 
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
+        assert worker.wait(timeout=120) == 0
         _, alive = psutil.wait_procs(started, timeout=30)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
     finally:
@@ -118,3 +118,23 @@ def test_ftflow_worker_takes_runs_from_the_local_server_and_a_sigterm_stops_its_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
+
+
+def test_a_child_that_ignores_its_stop_signal_is_killed_after_the_grace_period(monkeypatch):
+    """`ftflow ui` and `ftflow worker` wait STOP_GRACE_S for what they started, then kill its whole session: a hung
+    stop must not keep a terminal or a service manager waiting."""
+    from flows import cli_ops
+
+    monkeypatch.setattr(cli_ops, "STOP_GRACE_S", 1)
+    stubborn = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(flush=True); " \
+               "time.sleep(60)"
+    process = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True, stdout=subprocess.PIPE)
+    process.stdout.readline()  # its handler is set and its child started
+    child = descendants(process)
+    assert child
+    started = time.monotonic()
+    cli_ops.stop_process(process, signal.SIGTERM)
+    assert process.returncode == -signal.SIGKILL and time.monotonic() - started < 10
+    _, alive = psutil.wait_procs(child, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
