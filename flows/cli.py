@@ -10,8 +10,9 @@ import atexit
 import gc
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -177,14 +178,7 @@ def plan(
     from ftcore.planning.plan import make_plan
     from ftcore.planning.report import render_plan
 
-    try:
-        result = make_plan(loaded, recipe, memory_gb)
-    except UserError as e:
-        fail(str(e))
-    if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        console.print(render_plan(result))
+    print_report(lambda: make_plan(loaded, recipe, memory_gb), render_plan, as_json)
 
 
 @app.command(name="inspect")
@@ -202,14 +196,19 @@ def inspect_model(
     from ftcore.models.inspect import inspect_model as inspect_report
     from ftcore.models.inspect import render_report
 
+    print_report(lambda: inspect_report(model), render_report, as_json)
+
+
+def print_report(make: Callable[[], Any], render: Callable[[Any], Any], as_json: bool) -> None:
+    """The report `make` returns, as JSON (its `to_dict`) or rendered for the terminal; a UserError is one line."""
     try:
-        report = inspect_report(model)
+        report = make()
     except UserError as e:
         fail(str(e))
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        console.print(render_report(report))
+        console.print(render(report))
 
 
 @app.command()
