@@ -48,10 +48,23 @@ def test_plan_does_not_import_prefect():
     assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]
 
 
-def test_plan_refuses_a_classification_recipe_in_one_line(tmp_path):
+def test_plan_estimates_a_classification_recipe_as_a_classifier(tmp_path):
     from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
 
     recipe = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "classification"))
+    result = runner.invoke(app, ["plan", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["model"]["architecture"] == "LlamaForSequenceClassification" and plan["model"]["num_labels"] == 2
+    assert plan["data"]["classes"] == ["ham", "spam"]
+    assert "few_shot" not in plan["estimates"] and "few_shot" in plan["left_out"]
+
+
+def test_plan_refuses_a_preference_recipe_in_one_line(tmp_path):
+    from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
+
+    recipe = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "dpo"))
     result = runner.invoke(app, ["plan", str(recipe)])
     assert result.exit_code == 2
-    assert result.output.startswith("error: objective: classification is not estimated yet")
+    assert result.output.startswith("error: objective: dpo is not estimated yet")
+    assert len(result.output.strip().splitlines()) == 1

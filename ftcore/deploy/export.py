@@ -26,7 +26,14 @@ from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
 from ftcore.errors import UserError
 from ftcore.hashing import file_hashes, hash_dir, hash_files
 from ftcore.models.config import MethodConfig
-from ftcore.models.load import load_model, load_tokenizer, load_trained, saved_classes
+from ftcore.models.load import (
+    load_tokenizer,
+    load_trained,
+    reload_model,
+    reload_tokenizer,
+    runs_own_code,
+    saved_classes,
+)
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,
     TRAINED_ADAPTER,
@@ -220,14 +227,14 @@ def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "adapter":
         shutil.copytree(model.adapter, out)
-        load_tokenizer(model.folder).save_pretrained(out)
+        reload_tokenizer(model.folder).save_pretrained(out)
     elif kind in MERGED_DTYPES:
         import torch
 
-        weights = load_model(model.folder, classes=saved_classes(model.folder),
-                             dtype=getattr(torch, MERGED_DTYPES[kind]))
+        weights = reload_model(model.folder, saved_classes(model.folder),
+                               dtype=getattr(torch, MERGED_DTYPES[kind]))
         weights.save_pretrained(out, safe_serialization=True)
-        load_tokenizer(model.folder).save_pretrained(out)
+        reload_tokenizer(model.folder).save_pretrained(out)
     else:
         write_int8(model.folder, out)
         if not model.merged:  # the adapter stays float32 beside the int8 base: it is small, and cannot be merged
@@ -313,5 +320,6 @@ def load_export(folder: Path):
     version = VersionModel.read(model_folder(pin_reference(manifest["source"], f"{folder}/{MANIFEST}: source")))
     classes = saved_classes(version.folder)
     base = (unmerged_base(version.folder, version.adapter, classes) if version.merged
-            else load_model(version.folder, classes=classes))
-    return attach_adapter(base, folder, trainable=False), load_tokenizer(folder)
+            else reload_model(version.folder, classes))
+    # The adapter export has no config.json: the version it came from says whether the model runs its own code.
+    return attach_adapter(base, folder, trainable=False), load_tokenizer(folder, runs_own_code(version.folder))

@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ftcore.models.load import load_model, load_tokenizer, saved_classes
+from ftcore.models.load import reload_model, reload_tokenizer, runs_own_code, saved_classes
 
 WEIGHT_FILES = "*.safetensors"
 
@@ -31,9 +31,9 @@ def write_int8(src: Path, out: Path) -> None:
     modules = skeleton(src, classes)
     with tempfile.TemporaryDirectory(prefix=".untied.", dir=out.parent) as tmp:
         source = untied_copy(src, classes, Path(tmp)) if ties_embeddings(modules) else src
-        model = load_model(source, classes=classes, quantization_config=int8_config(modules), dtype=torch.float32)
+        model = reload_model(source, classes, quantization_config=int8_config(modules), dtype=torch.float32)
         model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer(src).save_pretrained(out)
+    reload_tokenizer(src).save_pretrained(out)
 
 
 def int8_config(modules):
@@ -62,7 +62,9 @@ def skeleton(folder: Path, classes: list[str] | None):
 
     auto = AutoModelForCausalLM if classes is None else AutoModelForSequenceClassification
     with torch.device("meta"):
-        return auto.from_config(AutoConfig.from_pretrained(folder))
+        trusted = runs_own_code(folder)
+        return auto.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=trusted),
+                                trust_remote_code=trusted)
 
 
 def ties_embeddings(modules) -> bool:
@@ -76,7 +78,7 @@ def untied_copy(src: Path, classes: list[str] | None, tmp: Path) -> Path:
     not implement), so each is quantised on its own."""
     import torch
 
-    model = load_model(src, classes=classes, dtype=torch.float32)
+    model = reload_model(src, classes, dtype=torch.float32)
     model.config.tie_word_embeddings = False
     output = model.get_output_embeddings()
     output.weight = torch.nn.Parameter(output.weight.detach().clone())

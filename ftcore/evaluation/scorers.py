@@ -37,7 +37,7 @@ from ftcore.evaluation.preference import (
     evaluate_policies_on_reward,
     evaluate_reward_models,
 )
-from ftcore.models.load import load_tokenizer, load_trained
+from ftcore.models.load import load_trained, reload_tokenizer
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ScorerName
 from ftcore.progress import progress_bar
 
@@ -122,7 +122,7 @@ def score_rewards(models: dict[str, Path], test: pd.DataFrame, scoring: Scoring,
 
 
 def templated_prompts(model: Path, test: pd.DataFrame) -> list[str]:
-    return eval_examples(test, load_tokenizer(model))["prompt"].tolist()
+    return eval_examples(test, reload_tokenizer(model))["prompt"].tolist()
 
 
 def raw_prompts(model: Path, test: pd.DataFrame) -> list[str]:
@@ -138,7 +138,7 @@ def answered_pairs(model: Path, test: pd.DataFrame) -> list[str]:
 
 
 def templated_questions(model: Path, test: pd.DataFrame) -> ScreenInputs:
-    examples = eval_examples(test, load_tokenizer(model))
+    examples = eval_examples(test, reload_tokenizer(model))
     return (examples["prompt"].tolist(), examples["raw_prompt"].astype(str).tolist(),
             examples["raw_completion"].astype(str).tolist())
 

@@ -29,12 +29,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 @dataclass(frozen=True)
 class PretrainedSource:
     """Where a pretrained base loads from: a local folder (or a hub id), the GGUF file in it to read instead of
-    config.json and safetensors, and whether its weights are only a pickle. GGUF and pickled bases are `converted`:
-    the init stage loads them once and saves them as a safetensors folder, which every later stage loads."""
+    config.json and safetensors, whether its weights are only a pickle, and whether it loads with its own code. GGUF
+    and pickled bases are `converted`: the init stage loads them once and saves them as a safetensors folder, which
+    every later stage loads."""
 
     location: Path | str
     gguf_file: str | None = None
     pickle_only: bool = False
+    # A folder runs its own code only where it needs it (`needs_own_code`, which the recipe must allow), as every
+    # later stage loads it again (`runs_own_code`); a hub id or GGUF file, whatever the recipe allows.
+    own_code: bool = False
 
     @property
     def converted(self) -> bool:
@@ -52,7 +56,7 @@ def pretrained_source(cfg: ModelConfig, files: bool = True) -> PretrainedSource:
     """The recipe's pretrained base (`model.source: pretrained`), checked from its files: UserError, one line, for a
     folder that cannot load or may not be loaded as the recipe stands. `files=False` checks what reading its
     config needs only (planning: a folder may hold config.json before its weights are downloaded)."""
-    from ftcore.models.load import resolve_pretrained
+    from ftcore.models.load import resolve_pretrained, runs_own_code
 
     name = cfg.name_or_path or ""
     given = Path(name).expanduser()
@@ -67,11 +71,13 @@ def pretrained_source(cfg: ModelConfig, files: bool = True) -> PretrainedSource:
         if _looks_like_a_path(name):
             raise UserError(f"model.name_or_path: no such folder {name}; give the folder of a downloaded model "
                             "(the one that holds config.json)")
-        return PretrainedSource(location, gguf_file)  # a hub id: nothing on disk to check yet
+        # a hub id: nothing on disk to check yet
+        return PretrainedSource(location, gguf_file, own_code=cfg.trust_remote_code)
     if gguf_file is not None:
         _check_gguf(location, gguf_file)
-        return PretrainedSource(location, gguf_file)
-    return PretrainedSource(location, pickle_only=_check_folder(location, cfg, files))
+        return PretrainedSource(location, gguf_file, own_code=cfg.trust_remote_code)
+    pickle_only = _check_folder(location, cfg, files)
+    return PretrainedSource(location, pickle_only=pickle_only, own_code=runs_own_code(location))
 
 
 def check_pretrained(cfg: ModelConfig, files: bool = True) -> None:
@@ -182,13 +188,15 @@ def _check_architecture(folder: Path, config: dict, trust_remote_code: bool) -> 
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+    from ftcore.models.load import needs_own_code
+
     model_type = config.get("model_type")
     if model_type in CONFIG_MAPPING_NAMES:
         return
-    auto_map = config.get("auto_map")
-    if auto_map:
+    if needs_own_code(config):
         if trust_remote_code:
             return
+        auto_map = config["auto_map"]
         code = auto_map.get("AutoConfig") if isinstance(auto_map, dict) else None
         raise UserError(f"model.trust_remote_code: {folder} needs its own Python code to load (config.json's "
                         f"auto_map{f' names {code}' if code else ''}; transformers has no {model_type!r} model), and "

@@ -15,7 +15,7 @@ from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir, hash_obj
 from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
 from ftcore.models.folders import check_vocabulary, fit_gguf_vocabulary, pretrained_source
-from ftcore.models.load import load_model, load_tokenizer
+from ftcore.models.load import load_model, load_tokenizer, reload_tokenizer, runs_own_code
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,
     TRAINED_ADAPTER,
@@ -108,11 +108,11 @@ def base_model(job: InitJob, train: pd.DataFrame, classes: list[str] | None, tmp
     if start is not None and cfg.start == "adapter":
         load_from, adapter = continued_adapter(start, tmp, classes)
         path = out_dir / "base" if load_from == tmp / "base" else load_from
-        return Base(load_base(load_from, method, classes=classes), load_tokenizer(load_from), path, adapter)
-    if start is not None:
+        return Base(load_base(load_from, method, runs_own_code(load_from), classes), reload_tokenizer(load_from),
+                    path, adapter)
+    if start is not None:  # a registered version runs its own code where the recipe that trained it allowed it
         path = starting_folder(start)
-        return Base(load_base(path, method, cfg.trust_remote_code, classes),
-                    load_tokenizer(path, cfg.trust_remote_code), path)
+        return Base(load_base(path, method, runs_own_code(path), classes), reload_tokenizer(path), path)
     return pretrained_base(job, classes, tmp, out_dir)
 
 
@@ -122,12 +122,12 @@ def pretrained_base(job: InitJob, classes: list[str] | None, tmp: Path, out_dir:
     loads like any other."""
     cfg, method = job.model, job.method
     source = pretrained_source(cfg)
-    tokenizer = load_tokenizer(source.location, cfg.trust_remote_code, source.gguf_file)
+    tokenizer = load_tokenizer(source.location, source.own_code, source.gguf_file)
     if not source.converted:
-        model = load_base(source.location, method, cfg.trust_remote_code, classes)
+        model = load_base(source.location, method, source.own_code, classes)
         check_vocabulary(model, tokenizer, source.label)
         return Base(model, tokenizer, Path(source.location))
-    model = load_model(source.location, cfg.trust_remote_code, classes, gguf_file=source.gguf_file,
+    model = load_model(source.location, source.own_code, classes, gguf_file=source.gguf_file,
                        pickle=source.pickle_only)
     if source.gguf_file is not None:
         fit_gguf_vocabulary(model, tokenizer)
@@ -135,7 +135,7 @@ def pretrained_base(job: InitJob, classes: list[str] | None, tmp: Path, out_dir:
     model.save_pretrained(tmp / "base", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "base")
     # The method wraps the base as the train stage will load it (for qlora: 4 bits in memory, full precision saved).
-    return Base(load_base(tmp / "base", method, classes=classes), tokenizer, out_dir / "base")
+    return Base(load_base(tmp / "base", method, runs_own_code(tmp / "base"), classes), tokenizer, out_dir / "base")
 
 
 def content_identity(job: InitJob, base_path: Path, out_dir: Path) -> dict[str, str]:
@@ -171,7 +171,7 @@ def continued_adapter(start: ModelRef, tmp: Path, classes: list[str] | None) -> 
                         "fine-tuning, or registered before ftflow kept adapters); use start: merged")
     base = unmerged_base(folder, folder / TRAINED_ADAPTER, classes)
     base.save_pretrained(tmp / "base", safe_serialization=True)
-    load_tokenizer(folder).save_pretrained(tmp / "base")
+    reload_tokenizer(folder).save_pretrained(tmp / "base")
     return tmp / "base", folder / TRAINED_ADAPTER
 
 

@@ -82,7 +82,7 @@ def inspect_model(model: str | Path) -> ModelReport:
     path, registered = _resolve(source)
     if path.is_file():
         return _gguf_report(source, path)
-    config, raw = _folder_config(path)
+    config, raw = _folder_config(path, registered is not None)
     template = _folder_chat_template(path)
     return _report(source, path, "folder", registered, config, dtype=_config_dtype(config, raw),
                    tokens=_tokenizer_size(path), chat_template=template, licence=card_licence(path))
@@ -176,26 +176,29 @@ def _resolve(source: str) -> tuple[Path, str | None]:
     return path.resolve(), None
 
 
-def _folder_config(path: Path):
+def _folder_config(path: Path, registered: bool):
     """(transformers config, config.json as a dict); an architecture transformers does not know is refused here
-    rather than run from the folder's own code."""
+    rather than run from the folder's own code, unless the folder is a `registered` version that needs its code: a
+    recipe allowed it to run (`runs_own_code`)."""
     import transformers
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from ftcore.models.folders import read_json_object
+    from ftcore.models.load import needs_own_code
 
     file = path / "config.json"
     raw = read_json_object(file, FIELD)
     model_type = raw.get("model_type")
-    if model_type not in CONFIG_MAPPING_NAMES:
+    own_code = registered and needs_own_code(raw)
+    if model_type not in CONFIG_MAPPING_NAMES and not own_code:
         what = f"model_type {model_type!r}" if model_type else "no model_type"
         code = "; its auto_map names code of its own, which ftflow does not run" if raw.get("auto_map") else ""
         raise UserError(f"{FIELD}: {file} has {what}, an architecture transformers {transformers.__version__} does "
                         f"not know{code}; upgrade transformers if the model is newer than it")
     try:
-        return AutoConfig.from_pretrained(str(path)), raw
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=own_code), raw
     except (OSError, ValueError, StrictDataclassError) as e:
         raise UserError(f"{FIELD}: {file}: {first_line(e)}") from None
 

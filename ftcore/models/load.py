@@ -4,6 +4,7 @@ when the recipe allows it."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,48 @@ def resolve_pretrained(name_or_path: str) -> Path | str:
     return packaged if packaged is not None else name_or_path
 
 
+def needs_own_code(config: dict) -> bool:
+    """Whether a model folder whose config.json holds `config` loads only with the folder's own code: its auto_map
+    names the code, and transformers has no model of its model_type. With a model of its own, transformers' classes
+    load the folder and its code never runs (releases such as Phi-3's keep an auto_map from before transformers had
+    the model), trust_remote_code or not."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return bool(config.get("auto_map")) and config.get("model_type") not in CONFIG_MAPPING_NAMES
+
+
+def runs_own_code(name_or_path: str | Path) -> bool:
+    """Whether a model loads again with its own code after the init stage: the pretrained base the init stage
+    loaded, or a folder ftflow wrote from it (the train stage's model, a registered version, an export), that needs
+    it (`needs_own_code`).
+
+    Read from the folder rather than carried beside it (in ModelOutput) because the folder is the one thing every
+    later load shares: registered versions, their exports and champions are loaded by commands that never see the
+    recipe (serve, export, inspect, the next run's evaluate). It is the recipe's decision all the same: the init
+    stage refuses a folder that needs its code unless the recipe sets model.trust_remote_code
+    (ftcore/models/folders.py), and a model loaded with its code saves the code and the auto_map naming it with its
+    weights (transformers' `save_pretrained`). A folder a user names outside a recipe (`ftflow serve FOLDER`,
+    `ftflow inspect FOLDER`) is refused instead: nothing vouched for its code."""
+    config = _config_file(name_or_path)
+    return config is not None and needs_own_code(json.loads(config.read_text()))
+
+
+def _config_file(name_or_path: str | Path) -> Path | None:
+    """The config.json of a model folder, or of a hub id in the local hub cache (where the init stage downloaded
+    it); None when there is none."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path / "config.json" if (path / "config.json").is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(str(name_or_path), "config.json")
+    except HFValidationError:  # not a hub id either (a folder that is gone)
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, gguf_file: str | None = None):
     """The tokenizer of a model folder (or hub id), or with `gguf_file` the one stored in that GGUF file."""
     from transformers import AutoTokenizer
@@ -137,6 +180,18 @@ def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classe
     return model
 
 
+def reload_model(path: str | Path, classes: list[str] | None = None, **kwargs):
+    """`load_model` of a model after the init stage (the base it loaded, or a folder ftflow wrote from it), with its
+    own code where it needs it (`runs_own_code`)."""
+    return load_model(path, runs_own_code(path), classes, **kwargs)
+
+
+def reload_tokenizer(path: str | Path):
+    """`load_tokenizer` of a model after the init stage, with its own code where the model needs it: the recipe's
+    model.trust_remote_code covers the folder's code, tokenizer and model alike."""
+    return load_tokenizer(path, runs_own_code(path))
+
+
 def load_local(auto_class, folder: str | Path, field: str):
     """A helper model (a toxicity scorer, a sentence encoder) and its tokenizer from a local folder, for inference.
     Safetensors only, like every model ftflow loads: a pickled `.bin` runs code when it is loaded."""
@@ -151,8 +206,6 @@ def load_local(auto_class, folder: str | Path, field: str):
 
 def saved_classes(path: str | Path) -> list[str] | None:
     """The classes of a sequence classifier saved by ftflow (in its config's id2label), None for a causal LM."""
-    import json
-
     config = json.loads((Path(path) / "config.json").read_text())
     if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
         return None
@@ -164,4 +217,4 @@ def load_trained(model_path: Path):
     with its tokenizer. A classifier loads as one (`saved_classes`)."""
     from ftcore.models.peft_methods import load_exported  # imported here: peft_methods imports this module
 
-    return load_exported(model_path), load_tokenizer(model_path)
+    return load_exported(model_path), reload_tokenizer(model_path)

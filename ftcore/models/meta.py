@@ -25,14 +25,18 @@ def meta_model(config, model_class=None, trust_remote_code: bool = False):
 
 
 def architecture_class(config):
-    """The transformers class of the model `config` describes: the first of its `architectures` that transformers
-    has, else (a GGUF file's config names none) the image-text-to-text model of a vision-language model, the causal
-    LM of a decoder, the masked LM of an encoder, or the bare model."""
+    """The transformers class of the model `config` describes: for a config built by a model's own code, the class
+    that code defines (`_own_class`); else the first of its `architectures` that transformers has, else (a GGUF
+    file's config names none) the image-text-to-text model of a vision-language model, the causal LM of a decoder,
+    the masked LM of an encoder, or the bare model."""
     import transformers
     from transformers.models.auto import modeling_auto
 
+    from ftcore.models.load import needs_own_code
     from ftcore.models.support import ModelKind
 
+    if needs_own_code(config.to_dict()) and (own := _own_class(config)) is not None:
+        return own
     for name in config.architectures or ():
         if (cls := getattr(transformers, name, None)) is not None:
             return cls
@@ -48,6 +52,19 @@ def architecture_class(config):
             return cls
     raise UserError(f"MODEL: transformers {transformers.__version__} has no model class for model_type "
                     f"{config.model_type!r}")
+
+
+def _own_class(config):
+    """The class that a model's own code (config.json's auto_map) defines for one of its `architectures`, else its
+    causal LM; None where the code names neither. Only for a config built by the same code: whoever loaded it had
+    allowed the folder's code to run already."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    auto_map = config.auto_map
+    named = [ref for ref in auto_map.values() if isinstance(ref, str) and ref.rsplit(".", 1)[-1] in
+             (config.architectures or ())]
+    ref = named[0] if named else auto_map.get("AutoModelForCausalLM")
+    return get_class_from_dynamic_module(ref, config._name_or_path) if ref else None
 
 
 def count_params(model) -> tuple[int, int]:

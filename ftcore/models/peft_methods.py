@@ -35,7 +35,7 @@ from ftcore.models.config import (
     QLoraMethod,
     bitsandbytes_installed,
 )
-from ftcore.models.load import load_model, saved_classes
+from ftcore.models.load import load_model, reload_model, runs_own_code, saved_classes
 
 SPEC_FILE = "method.json"
 EXPORTED_ADAPTER = "adapter"  # in an exported model folder: an adapter that cannot be merged, next to the base
@@ -179,15 +179,16 @@ def _keep_the_trainable_4bit_kernel(model) -> None:
 
 
 def load_trainable(base_path: str | Path, adapter_path: str | Path | None, cfg: MethodConfig, tokenizer,
-                   trust_remote_code: bool = False, classes: list[str] | None = None):
-    """What the train stage trains: the base as the method needs it (`load_base`) with the init stage's adapter.
+                   classes: list[str] | None = None):
+    """What the train stage trains: the base as the method needs it (`load_base`, with its own code where the init
+    stage loaded it so: `runs_own_code`) with the init stage's adapter.
 
     Prompt-learning adapters are built again from the spec instead: PEFT refuses to load them trainable, and saves
     only the virtual tokens' final embeddings, not the encoder that produces them (p_tuning's MLP or LSTM,
     prefix_projection's MLP), which training must keep reparameterising. The seed gives the same weights the init
     stage saved.
     """
-    model = load_base(base_path, cfg, trust_remote_code, classes)
+    model = load_base(base_path, cfg, runs_own_code(base_path), classes)
     if model.config.pad_token_id is None:  # a classifier finds each sequence's last token by the padding
         model.config.pad_token_id = tokenizer.pad_token_id
     if isinstance(cfg, FullMethod):
@@ -223,7 +224,7 @@ def save_adapter(model, folder: Path) -> None:
 def merged_model(base_path: str | Path, adapter_path: str | Path, classes: list[str] | None = None):
     """The full-precision base with the trained adapter folded into its weights. The base is loaded again rather
     than merged in place: a qlora base is 4-bit, and merging into it would re-quantise the result."""
-    model = attach_adapter(load_model(base_path, classes=classes), adapter_path, trainable=False)
+    model = attach_adapter(reload_model(base_path, classes), adapter_path, trainable=False)
     _settle_trained_copies(model)
     return model.merge_and_unload()
 
@@ -249,7 +250,7 @@ def export_model(cfg: MethodConfig, base_path: str | Path, adapter_path: Path, o
         merged_model(base_path, adapter_path, classes).save_pretrained(out, safe_serialization=True)
         shutil.copytree(adapter_path, out / TRAINED_ADAPTER)
         return
-    load_model(base_path, classes=classes).save_pretrained(out, safe_serialization=True)
+    reload_model(base_path, classes).save_pretrained(out, safe_serialization=True)
     shutil.copytree(adapter_path, out / EXPORTED_ADAPTER)
 
 
@@ -258,7 +259,7 @@ def unmerged_base(path: Path, adapter_path: Path, classes: list[str] | None = No
     adapter's delta subtracted (in float32, exact up to rounding)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    model = attach_adapter(load_model(path, classes=classes), adapter_path, trainable=False)
+    model = attach_adapter(reload_model(path, classes), adapter_path, trainable=False)
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.merged_adapters = list(module.active_adapters)  # marks the delta as already in the weights
@@ -268,7 +269,7 @@ def unmerged_base(path: Path, adapter_path: Path, classes: list[str] | None = No
 
 def load_exported(path: Path):
     """A model folder written by `export_model`: with its adapter attached when it could not be merged."""
-    model = load_model(path, classes=saved_classes(path))
+    model = reload_model(path, saved_classes(path))
     if (path / EXPORTED_ADAPTER).is_dir():
         model = attach_adapter(model, path / EXPORTED_ADAPTER, trainable=False)
     return model

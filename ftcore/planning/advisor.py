@@ -6,11 +6,14 @@ The data-size thresholds are rules of thumb, documented with their reasons in do
 - at least FULL_MIN_ROWS and full fine-tuning fits: full fine-tuning; below that, LoRA matches it on task data
   while training a fraction of the parameters, and forgets less of what the base knew;
 - LoRA when its base fits in the budget, else QLoRA (the same adapters on a 4-bit base), else few-shot prompting.
-A random (scratch) base knows nothing to prompt, so few-shot and prompt methods are left out for it.
+A random (scratch) base knows nothing to prompt, so few-shot and prompt methods are left out for it; so are the
+methods the objective or the model's architecture rules out (plan.py: few-shot for a classifier), and a data-size
+rule whose methods are all left out gives way to the next.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +72,9 @@ def needs(memory: Memory, hardware: Hardware) -> float:
 def recommend(estimates: dict[str, MethodEstimate], rows: int | None, pretrained: bool, budget: float,
               variants: dict[str, list[Variant]] | None = None) -> Recommendation:
     """The first method in order of preference for this much data that fits, as it is or with a setting that
-    saves memory (`variants`). `estimates` holds full, lora, qlora, prompt and few_shot."""
-    preference, reasons = _preference(rows, pretrained)
+    saves memory (`variants`). `estimates` holds the methods on offer: full, lora, qlora, prompt and few_shot, less
+    those the objective or the model rules out."""
+    preference, reasons = _preference(rows, pretrained, estimates.keys())
     for method in preference:
         estimate = estimates[method]
         peak, planned = human_bytes(estimate.memory.peak), human_bytes(estimate.planned_bytes)
@@ -90,15 +94,21 @@ def recommend(estimates: dict[str, MethodEstimate], rows: int | None, pretrained
     return Recommendation("none", reasons)
 
 
-def _preference(rows: int | None, pretrained: bool) -> tuple[list[str], list[str]]:
-    """The methods to try, best first, for this much data, and why."""
+def _preference(rows: int | None, pretrained: bool, offered: Collection[str]) -> tuple[list[str], list[str]]:
+    """The methods to try among those `offered`, best first, for this much data, and why."""
+    order, reasons = _preference_by_data(rows, pretrained, offered)
+    return [method for method in order if method in offered], reasons
+
+
+def _preference_by_data(rows: int | None, pretrained: bool,
+                        offered: Collection[str]) -> tuple[list[str], list[str]]:
     prompt_free = ["few_shot"] if pretrained else []
     if rows is None:
         return ["lora", "qlora", *prompt_free], ["train rows unknown: chosen by memory alone"]
-    if pretrained and rows < FEW_SHOT_MAX_ROWS:
+    if pretrained and rows < FEW_SHOT_MAX_ROWS and "few_shot" in offered:
         return ["few_shot"], [f"{rows} train rows: few enough to put in the prompt; training on them would "
                               f"overfit"]
-    if pretrained and rows < PROMPT_MAX_ROWS:
+    if pretrained and rows < PROMPT_MAX_ROWS and "prompt" in offered:
         return ["prompt", "few_shot"], [f"{rows} train rows: prompt tuning, which trains only a few virtual "
                                         f"tokens, rather than adapters these few rows cannot constrain"]
     reasons = [] if pretrained else ["scratch base: few-shot and prompt methods need a pretrained model"]

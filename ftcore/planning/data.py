@@ -1,4 +1,5 @@
-"""How much data a recipe trains on: rows and tokens, from the cleaned train split when a run has written one.
+"""How much data a recipe trains on: rows and tokens, from the cleaned train split when a run has written one, and
+for a classifier its classes (the outputs of the head init puts on the base).
 
 The train split lives in clean_balance's content-addressed folder, whose name depends on the collected rows; rather
 than collect again, the advisor finds it through the run summaries (`$FTFLOW_HOME/runs/*/summary.json`): the newest
@@ -8,15 +9,22 @@ run of the same recipe (same content hash), else the newest run of the same reci
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ftcore.columns import TEXT_COLUMNS
-from ftcore.data.sources import read_source
-from ftcore.data.sources.config import FileSource, HfDatasetSource
+from ftcore.columns import FORMAT_COLUMNS, LABEL_COLUMN, TEXT_COLUMNS
+from ftcore.data.formats import to_canonical
+from ftcore.data.sources import Chunk, read_source
+from ftcore.data.sources.config import FileSource, HfDatasetSource, Source
+from ftcore.models.init import model_classes
 from ftcore.paths import home
 from ftcore.recipe import Recipe
+
+# A classifier's labels where planning finds none (sources it does not read: queries, URLs): two, the fewest a
+# classifier has. Its head holds hidden x classes parameters, next to nothing beside the body.
+UNKNOWN_LABELS = ("class 0", "class 1")
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class DataStats:
     seq_len: int  # the padded length of the longest batch: the longest train row, at most train.max_length
     source: str  # where the figures come from, for the reader
     vocab_size: int | None = None  # a scratch model's: what its tokenizer reaches on the split (may be < asked)
+    classes: list[str] | None = None  # the head's outputs (init's `model_classes`); None: a causal LM
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,14 +52,19 @@ def data_stats(recipe: Recipe, recipe_path: Path) -> DataStats:
     if split is not None:
         return split_stats(recipe, split)
     max_length = recipe.train.max_length
-    rows = rows_in_sources(recipe)
+    read = read_sources(recipe)
+    rows, labels = read if read is not None else (None, set())
+    classes = head_classes(recipe, labels or UNKNOWN_LABELS)
+    unknown = f"; classes unknown: {len(UNKNOWN_LABELS)} counted" if labelled(recipe) and not labels else ""
     if rows is None:
         return DataStats(None, max_length, max_length, "no cleaned train split and sources planning does not read "
-                                                      "(queries, URLs); tokens per row = train.max_length")
+                                                      f"(queries, URLs); tokens per row = train.max_length{unknown}",
+                         classes=classes)
     rows_train = int(rows * (1 - recipe.data.split.validation - recipe.data.test_fraction))
     return DataStats(rows_train, max_length, max_length,
                      f"no cleaned train split yet: {rows} source rows x train share, before cleaning; tokens per "
-                     f"row = train.max_length (run `ftflow run RECIPE --until clean_balance` for real figures)")
+                     f"row = train.max_length (run `ftflow run RECIPE --until clean_balance` for real figures)"
+                     f"{unknown}", classes=classes)
 
 
 def find_train_split(recipe: Recipe, recipe_path: Path) -> TrainSplit | None:
@@ -72,19 +86,23 @@ def find_train_split(recipe: Recipe, recipe_path: Path) -> TrainSplit | None:
 
 
 def split_stats(recipe: Recipe, split: TrainSplit) -> DataStats:
-    """Rows of the split, and its rows' lengths in the model's tokens (+1 for the EOS the SFT trainer appends),
-    cut at train.max_length as training cuts them."""
+    """Rows of the split, its rows' lengths in the model's tokens cut at train.max_length as training cuts them, and
+    a classifier's classes. The text columns only: a label is the target, not input."""
     import pandas as pd
 
     frame = pd.read_parquet(split.path)
     texts = frame[TEXT_COLUMNS[recipe.data.format]].astype(str).agg("".join, axis=1).tolist()
     max_length = recipe.train.max_length
     tokenizer = _tokenizer(recipe, texts)
-    lengths = [min(len(ids) + 1, max_length) for ids in tokenizer(texts)["input_ids"]] or [0]
+    # A causal LM's trainer (TRL's) appends EOS to every row; a classifier's tokenizes the text as it is
+    # (ftcore/training/examples.py: encode_classes), its tokenizer's own special tokens included either way.
+    appended = 0 if recipe.spec.classifies else 1
+    lengths = [min(len(ids) + appended, max_length) for ids in tokenizer(texts)["input_ids"]] or [0]
     which = "this recipe" if split.same_recipe else "this recipe file, before its latest changes"
     return DataStats(len(frame), sum(lengths) / len(lengths), max(lengths),
                      f"cleaned train split of run {split.run_id} ({which}), in the model's tokens",
-                     len(tokenizer) if recipe.model.source == "scratch" else None)
+                     len(tokenizer) if recipe.model.source == "scratch" else None,
+                     model_classes(frame, recipe.spec))
 
 
 def _tokenizer(recipe: Recipe, texts: list[str]):
@@ -100,11 +118,35 @@ def _tokenizer(recipe: Recipe, texts: list[str]):
     return load_tokenizer(source.location, recipe.model.trust_remote_code, source.gguf_file)
 
 
-def rows_in_sources(recipe: Recipe) -> int | None:
-    """Rows in local files and saved datasets. Queries and URLs are not read: planning has no side effects."""
-    total = 0
+def read_sources(recipe: Recipe) -> tuple[int, set[str]] | None:
+    """Rows in local files and saved datasets, and the labels among them (none for a format without labels).
+    Queries and URLs are not read: planning has no side effects."""
+    total, labels = 0, set()
     for source in recipe.data.sources:
         if not (isinstance(source, FileSource) or (isinstance(source, HfDatasetSource) and source.local_path())):
             return None
-        total += sum(len(chunk.rows) for chunk in read_source(source, recipe.runtime.batch_rows))
-    return total
+        for chunk in read_source(source, recipe.runtime.batch_rows):
+            total += len(chunk.rows)
+            if labelled(recipe):
+                labels |= chunk_labels(chunk, source, recipe.data.format)
+    return total, labels
+
+
+def chunk_labels(chunk: Chunk, source: Source, data_format: str) -> set[str]:
+    """The labels of a chunk's usable rows, mapped and written as collect writes them (a source's `columns:`, the
+    label 1.0 read as "1")."""
+    rows = to_canonical(chunk, source, data_format, holdout=False)[0]
+    return set(rows[LABEL_COLUMN]) if len(rows) else set()
+
+
+def labelled(recipe: Recipe) -> bool:
+    """The data format has a label column (text_label)."""
+    return LABEL_COLUMN in FORMAT_COLUMNS[recipe.data.format]
+
+
+def head_classes(recipe: Recipe, labels: Iterable[str]) -> list[str] | None:
+    """The outputs of the head init puts on the base for these labels (`model_classes`): the sorted classes of a
+    classifier, None for a causal LM."""
+    import pandas as pd
+
+    return model_classes(pd.DataFrame({LABEL_COLUMN: list(labels)}, dtype=str), recipe.spec)

@@ -3,7 +3,8 @@
 Memory is the peak of live tensor memory, which is what an allocator must hold (on CUDA,
 `torch.cuda.max_memory_allocated`). docs/planning.md derives every term; ftcore/planning/measure.py measures it.
 The counts assume a Llama-style decoder (attention + gated MLP) with SDPA attention, which keeps no
-sequence x sequence matrices; other architectures are approximated by the same terms.
+sequence x sequence matrices; other architectures (encoders included) are approximated by the same terms. A causal
+LM's loss works on logits over the vocabulary, a classifier's on logits over its classes.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # output and its projection input) and 4 intermediate-sized ones (gate, SiLU(gate), up, their product).
 SAVED_HIDDEN = 11
 SAVED_INTERMEDIATE = 4
-# The loss holds four vocabulary-sized tensors per token at the start of backward: the logits, their log-softmax,
-# and the gradients of both.
-LOSS_VOCAB_TENSORS = 4
+# The loss holds four tensors of the head's outputs (a causal LM's vocabulary, a classifier's classes) per token at
+# the start of backward: the logits, their log-softmax, and the gradients of both. A classifier's are a rounding
+# error; counted per token, as a decoder's score head computes them (an encoder's only at the pooled token).
+LOSS_OUTPUT_TENSORS = 4
 # Measured over counted: corrects the layer count for what it gets wrong either way (tensors it counts that share
 # storage, buffers it misses). Fitted by `python -m ftcore.planning.measure` on its calibration probes, which differ
 # from the probes the test checks: 0.958 on 2 CPU cores (docs/planning.md has the figures).
@@ -69,7 +71,8 @@ class Memory:
 
 
 def activation_bytes(shape: ModelShape, setup: Setup, factor: float = ACTIVATION_FACTOR) -> float:
-    """batch x seq x [factor x layers x (11 h + 4 i k) + 4 vocab] values, k the experts each token goes through.
+    """batch x seq x [factor x layers x (11 h + 4 i k) + 4 outputs] values, k the experts each token goes through,
+    outputs the vocabulary of a causal LM or the classes of a classifier.
 
     With gradient checkpointing only each layer's input (h) is kept, and backward recomputes one layer at a time:
     layers x h + factor x (11 h + 4 i k). Under autocast, matmuls also keep 16-bit copies of their weights for the
@@ -81,7 +84,7 @@ def activation_bytes(shape: ModelShape, setup: Setup, factor: float = ACTIVATION
         layers = shape.num_layers * shape.hidden_size + factor * layer
     else:
         layers = factor * shape.num_layers * layer
-    per_token = layers + LOSS_VOCAB_TENSORS * shape.vocab_size
+    per_token = layers + LOSS_OUTPUT_TENSORS * shape.head_outputs
     casts = AUTOCAST_BYTES * (shape.total_params - shape.embedding_params) if setup.autocast else 0
     return setup.batch_size * setup.seq_len * per_token * setup.value_bytes + casts
 

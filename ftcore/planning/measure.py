@@ -3,7 +3,9 @@
 `measure_peak(probe)` trains a scratch Llama for a few steps with a plain PyTorch loop (AdamW, one fixed batch of
 random token ids) in a fresh Python process, and returns how far its peak memory rose above a baseline taken after
 the imports and a warm-up with a tiny model (lazy imports, thread pools and kernel caches belong to the process,
-not to the model). Two measures of the peak:
+not to the model). A classifier probe trains the model init builds for a classification objective instead, on one
+random label per sequence: the scratch Llama with a classification head, or a BERT encoder loaded from a folder of
+random weights as init loads a pretrained one (`load_model(folder, classes)`). Two measures of the peak:
 - `maxrss_bytes`: the rise of `ru_maxrss`, the peak resident set. It also counts the file-backed pages of the
   libraries, which the kernel may reclaim when another process needs memory: on the shared development machine one
   run read 88 MiB for a peak every other run measured at 134 MiB, most likely for that reason.
@@ -19,6 +21,7 @@ up step after step and stops measuring the tensors (docs/planning.md has the fig
     python -m ftcore.planning.measure                 # measure the calibration probes, fit ACTIVATION_FACTOR
     python -m ftcore.planning.measure --test-probes   # the test's probes, with and without each precaution
     python -m ftcore.planning.measure --options       # ... with gradient checkpointing, bf16, as a mixtral
+    python -m ftcore.planning.measure --classifiers   # the test's classifier probes (a Llama and a BERT)
 """
 
 from __future__ import annotations
@@ -27,20 +30,21 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from ftcore.models.config import ModelConfig, ScratchModelConfig
+from ftcore.models.config import FullMethod, LoraMethod, ModelConfig, ScratchModelConfig
 from ftcore.planning.estimate import ACTIVATION_FACTOR, Memory, Setup, activation_bytes, training_memory
-from ftcore.planning.shape import lora_config, model_shape, peft_trainable
+from ftcore.planning.shape import method_trainable, model_shape
 
 GLIBC_INITIAL_MMAP_THRESHOLD = 128 * 1024
 
 
 @dataclass(frozen=True)
 class Probe:
-    """A training configuration to measure: a scratch Llama, a method, a fixed batch."""
+    """A training configuration to measure: a model (a scratch Llama, or a BERT encoder), a method, a fixed batch."""
 
     hidden_size: int
     intermediate_size: int
@@ -54,13 +58,53 @@ class Probe:
     steps: int = 2  # step 1 already holds the optimizer states; later steps measured the same peak
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16: autocast, as the trainer's bf16=True
-    architecture: Literal["llama", "mixtral"] = "llama"  # mixtral: 4 experts, 2 per token (the scratch defaults)
+    # mixtral: 4 experts, 2 per token (the scratch defaults); bert: a pretrained encoder's folder (a classifier only,
+    # with BertConfig's defaults, its dropout of 0.1 included)
+    architecture: Literal["llama", "mixtral", "bert"] = "llama"
+    classes: int = 0  # a sequence classifier with this many outputs, one label per sequence; 0: a causal LM
 
     def model_config(self) -> ModelConfig:
+        if self.architecture == "bert":
+            return ModelConfig(source="pretrained", name_or_path=str(encoder_folder(self)))
         return ModelConfig(source="scratch", scratch=ScratchModelConfig(
             architecture=self.architecture, vocab_size=self.vocab_size, hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size, num_hidden_layers=self.num_layers,
             num_attention_heads=self.num_heads, max_position_embeddings=max(256, self.seq_len)))
+
+    def class_names(self) -> list[str] | None:
+        """The classifier's classes (what init reads from the train split), None for a causal LM."""
+        return [f"class {i}" for i in range(self.classes)] if self.classes else None
+
+    def method_config(self) -> FullMethod | LoraMethod:
+        """The method as a recipe's `method` section: the pipeline's apply_method wraps the model with it."""
+        return FullMethod() if self.method == "full" else LoraMethod(r=self.lora_r)
+
+    def warm_up(self) -> Probe:
+        """A tiny model of the same kind (an encoder warms up an encoder's kernels, a classifier a classifier's)."""
+        architecture = "bert" if self.architecture == "bert" else "llama"
+        return Probe(16, 32, 1, 2, 64, 1, 8, self.method, architecture=architecture, classes=self.classes)
+
+
+def encoder_folder(probe: Probe) -> Path:
+    """A folder of random BERT weights of the probe's shape, saved as a masked LM as checkpoints are (written once,
+    under the temporary directory, whole or not at all): init loads it as a classifier, with a new pooler and
+    head."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from ftcore.fs import atomic_dir
+
+    folder = Path(tempfile.gettempdir()) / "ftflow-probes" / (
+        f"bert-h{probe.hidden_size}-i{probe.intermediate_size}-l{probe.num_layers}-a{probe.num_heads}-"
+        f"v{probe.vocab_size}")
+    if not folder.is_dir():
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=probe.vocab_size, hidden_size=probe.hidden_size,
+                            intermediate_size=probe.intermediate_size, num_hidden_layers=probe.num_layers,
+                            num_attention_heads=probe.num_heads, max_position_embeddings=max(512, probe.seq_len))
+        with atomic_dir(folder) as tmp:
+            BertForMaskedLM(config).save_pretrained(tmp, safe_serialization=True)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -74,14 +118,12 @@ class Measured:
 
 def estimate(probe: Probe, factor: float | None = None) -> Memory:
     """The planner's estimate for a probe (with another activation factor when calibrating)."""
-    cfg = probe.model_config()
-    shape = model_shape(cfg)
+    cfg, classes = probe.model_config(), probe.class_names()
+    shape = model_shape(cfg, classes)
     setup = Setup(probe.batch_size, probe.seq_len, shape.bytes_per_param, probe.gradient_checkpointing,
                   autocast=probe.mixed_precision != "no")
-    if probe.method == "full":
-        memory = training_memory("full", shape, shape.total_params, setup)
-    else:
-        memory = training_memory("adapter", shape, peft_trainable(cfg, lora_config(probe.lora_r, "all-linear")), setup)
+    trainable = method_trainable(cfg, probe.method_config(), classes)[0]
+    memory = training_memory("full" if probe.method == "full" else "adapter", shape, trainable, setup)
     return memory if factor is None else replace(memory, activations=activation_bytes(shape, setup, factor))
 
 
@@ -103,22 +145,21 @@ def _child(probe: Probe, warm_up: bool) -> dict:
     import time
 
     import torch
-    from peft import get_peft_model
 
-    from ftcore.models.scratch import build_model
-    from ftcore.planning.shape import VocabOnly, count_params
+    from ftcore.models.peft_methods import apply_method
+    from ftcore.planning.shape import count_params
 
     def train(p: Probe, steps: int) -> tuple[int, int]:
-        model = build_model(p.model_config().scratch, VocabOnly(p.vocab_size))
-        if p.method == "lora":
-            model = get_peft_model(model, lora_config(p.lora_r, "all-linear"))
+        model = apply_method(_model(p), p.method_config())
         if p.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=1e-3)
         ids = torch.randint(0, p.vocab_size, (p.batch_size, p.seq_len))
+        # A causal LM learns the next tokens, a classifier one class per sequence
+        labels = torch.randint(0, p.classes, (p.batch_size,)) if p.classes else ids
         for _ in range(steps):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p.mixed_precision == "bf16"):
-                loss = model(input_ids=ids, labels=ids).loss
+                loss = model(input_ids=ids, labels=labels).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -128,13 +169,30 @@ def _child(probe: Probe, warm_up: bool) -> dict:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
     if warm_up:  # see the module docstring
-        train(Probe(16, 32, 1, 2, 64, 1, 8, probe.method), steps=1)
+        train(probe.warm_up(), steps=1)
     rss_baseline, started = maxrss(), time.perf_counter()
     torch.manual_seed(0)
     with AnonymousPeak() as anonymous:
         trainable, total = train(probe, probe.steps)
     return {"peak_bytes": anonymous.peak - anonymous.baseline, "maxrss_bytes": maxrss() - rss_baseline,
             "total_params": total, "trainable_params": trainable, "seconds": time.perf_counter() - started}
+
+
+def _model(probe: Probe):
+    """The model init builds: from config for a scratch base, from its folder for a pretrained one."""
+    from ftcore.models.load import load_model
+    from ftcore.models.scratch import build_model
+    from ftcore.planning.shape import VocabOnly
+
+    cfg = probe.model_config()
+    if cfg.source == "scratch":
+        return build_model(cfg.scratch, VocabOnly(probe.vocab_size), probe.class_names())
+    model = load_model(cfg.name_or_path, classes=probe.class_names())
+    # Safetensors weights load memory-mapped from their file: file-backed pages, which the anonymous measure leaves
+    # out until the optimizer writes them (a frozen base's never). Copied, they count as a scratch model's do.
+    for weight in model.parameters():
+        weight.data = weight.data.clone()
+    return model
 
 
 class AnonymousPeak:
@@ -177,6 +235,12 @@ CALIBRATION_PROBES = [
     Probe(128, 256, 4, 4, 512, batch_size=8, seq_len=128, method=m) for m in ("full", "lora")
 ]
 TEST_PROBES = [Probe(256, 688, 4, 4, 4096, batch_size=4, seq_len=128, method=m) for m in ("full", "lora")]
+# The classifiers init builds for objective classification, at the causal test probes' size: on a scratch base the
+# Llama with a 2-class head, on a pretrained encoder (BERT, 4 x hidden in its MLP) the encoder with a new one.
+TEST_CLASSIFIER_PROBES = [replace(probe, classes=2) for probe in TEST_PROBES] + [
+    Probe(256, 1024, 4, 4, 4096, batch_size=4, seq_len=128, method=m, architecture="bert", classes=2)
+    for m in ("full", "lora")
+]
 
 
 def fit_factor(probes: list[Probe], measured: list[Measured]) -> float:
@@ -193,7 +257,8 @@ def fit_factor(probes: list[Probe], measured: list[Measured]) -> float:
 
 
 def _describe(probe: Probe, estimated: float, measured: Measured, note: str = "") -> str:
-    return (f"  {probe.method:4s} h={probe.hidden_size} i={probe.intermediate_size} L={probe.num_layers} "
+    model = f"{probe.architecture} classifier ({probe.classes} classes) " if probe.classes else ""
+    return (f"  {model}{probe.method:4s} h={probe.hidden_size} i={probe.intermediate_size} L={probe.num_layers} "
             f"V={probe.vocab_size} b={probe.batch_size} s={probe.seq_len}{note}: estimated {estimated / 2**20:.1f} "
             f"MiB, measured {measured.peak_bytes / 2**20:.1f} MiB "
             f"({(estimated - measured.peak_bytes) / measured.peak_bytes:+.1%}; ru_maxrss "
@@ -228,6 +293,11 @@ def _check_options() -> None:
             print(_describe(varied, estimate(varied).peak, measure_peak(varied), f" {option}"))
 
 
+def _check_classifiers() -> None:
+    for probe in TEST_CLASSIFIER_PROBES:
+        print(_describe(probe, estimate(probe).peak, measure_peak(probe)))
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         spec = json.loads(sys.argv[2])
@@ -236,5 +306,7 @@ if __name__ == "__main__":
         _check_test_probes()
     elif sys.argv[1:2] == ["--options"]:
         _check_options()
+    elif sys.argv[1:2] == ["--classifiers"]:
+        _check_classifiers()
     else:
         _calibrate()

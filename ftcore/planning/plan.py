@@ -1,8 +1,10 @@
 """`ftflow plan`: parameters, memory and compute of a recipe's model under each fine-tuning method on this
 machine, and the method to use.
 
-The recipe's own method is counted by the pipeline's `apply_method` on a meta model; the alternatives (full, LoRA,
-QLoRA, prompt tuning, few-shot) with the recipe's LoRA rank and targets where it has them.
+The model is the one init builds for the recipe's objective: a causal LM, or a classifier with one output per class
+of the train split. The recipe's own method and the alternatives (full, LoRA, QLoRA, prompt tuning, few-shot; those
+the objective and the model's architecture allow, with the recipe's LoRA rank and targets where it has them) are
+counted by the pipeline's `apply_method` on a meta model.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any
 import yaml
 
 from ftcore.errors import UserError
-from ftcore.models.config import ModelConfig
-from ftcore.objectives import DEFAULT_OBJECTIVE
+from ftcore.models.config import LoraMethod, ModelConfig, PromptMethod
+from ftcore.objectives import DEFAULT_OBJECTIVE, objectives_where
 from ftcore.planning.advisor import (
     FEW_SHOT_MAX_ROWS,
     MethodEstimate,
@@ -37,15 +39,7 @@ from ftcore.planning.estimate import (
     training_memory,
 )
 from ftcore.planning.hardware import Hardware, detect_hardware
-from ftcore.planning.shape import (
-    DTYPE_BYTES,
-    ModelShape,
-    lora_config,
-    method_trainable,
-    model_shape,
-    peft_trainable,
-    prompt_tuning_config,
-)
+from ftcore.planning.shape import DTYPE_BYTES, ModelShape, build_meta_model, method_trainable, model_shape
 from ftcore.recipe import Recipe
 from ftcore.training.config import DistributedConfig, TrainConfig
 
@@ -54,6 +48,8 @@ DEFAULT_LORA_R = 8
 PROMPT_VIRTUAL_TOKENS = 20
 # Methods with a LoRA rank and targets (the alternatives copy them).
 LORA_NAMES = ("lora", "dora", "qlora")
+# The alternatives that train, as the support rules name them (few-shot prompting trains nothing).
+ALTERNATIVES = ("full", "lora", "qlora", "prompt")
 # Recipe methods that are not trained like adapters on a full-precision base.
 KINDS: dict[str, Kind] = {"full": "full", "qlora": "qlora", "prompt": "prompt", "prefix": "prompt",
                           "p_tuning": "prompt"}
@@ -72,6 +68,7 @@ class Plan:
     estimates: dict[str, MethodEstimate]
     recipe_method: str
     recommendation: Recommendation
+    left_out: dict[str, str]  # alternatives the objective or the model's architecture rules out, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +79,7 @@ class Plan:
             "budget": {"bytes": self.budget_bytes, "source": self.budget_source},
             "estimates": {name: e.to_dict() for name, e in self.estimates.items()},
             "recipe_method": self.recipe_method,
+            "left_out": self.left_out,
             "recommendation": {"method": self.recommendation.method, "settings": self.recommendation.settings,
                                "reasons": self.recommendation.reasons},
         }
@@ -90,28 +88,32 @@ class Plan:
 def make_plan(recipe: Recipe, recipe_path: Path, memory_gb: float | None = None) -> Plan:
     if recipe.spec.not_estimated:
         raise UserError(f"objective: {recipe.objective} is not estimated yet (the estimates model one causal language "
-                        f"model trained on one sequence per example: {recipe.spec.not_estimated}); plan the recipe's "
-                        f"model as objective: {DEFAULT_OBJECTIVE}, or measure with a short run (train.max_steps)")
+                        f"model or classifier trained on one sequence per example: {recipe.spec.not_estimated}); plan "
+                        f"the recipe's model as objective: {DEFAULT_OBJECTIVE}, or measure with a short run "
+                        f"(train.max_steps)")
     data = data_stats(recipe, recipe_path)
     model = recipe.model
     if data.vocab_size:  # the scratch model init builds has the vocabulary its tokenizer reached on the split
         model = model.model_copy(update={"scratch": model.scratch.model_copy(update={"vocab_size": data.vocab_size})})
-    shape = model_shape(model)
+    shape = model_shape(model, data.classes)
     hardware = detect_hardware()  # after the imports above, so the process's memory includes torch and friends
     if memory_gb is not None:
         budget, source = memory_gb * 1e9, "--memory-gb"
     else:
         budget, source = hardware.memory_bytes, hardware.device if hardware.gpus else "RAM"
     planner = _Planner(shape, data, recipe.train, hardware, budget)
-    specs = method_specs(recipe, model, shape, bool(hardware.gpus))
+    left_out = ruled_out(recipe, model, data.classes)
+    specs = {name: spec for name, spec in method_specs(recipe, model, shape, bool(hardware.gpus), data.classes).items()
+             if spec.is_recipe or name not in left_out}
     estimates = {name: planner.estimate(spec) for name, spec in specs.items()}
     advice = recommend(estimates, data.rows_train, recipe.model.source == "pretrained", budget,
                        _variants(planner, specs, estimates))
     mine = estimates[recipe.method.name]
-    lines = [*_model_lines(shape, mine), *_distributed_lines(recipe.train.distributed, hardware), *advice.reasons]
+    lines = [*_model_lines(shape, mine), *_distributed_lines(recipe.train.distributed, hardware),
+             *(f"{name} left out: {why}" for name, why in left_out.items()), *advice.reasons]
     advice = Recommendation(advice.method, lines, advice.settings)
     return Plan(str(recipe_path), shape, hardware, data, budget, source, planner.sequences_seen, planner.tokens_seen,
-                estimates, recipe.method.name, advice)
+                estimates, recipe.method.name, advice, left_out)
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,28 @@ class MethodSpec:
     setting: str | None = None  # the `--set` that makes the recipe use this method
 
 
-def method_specs(recipe: Recipe, model: ModelConfig, shape: ModelShape, gpu: bool) -> dict[str, MethodSpec]:
-    """full, lora, qlora, prompt and few_shot on `model`, with the recipe's own method in place of its namesake (or
-    added)."""
+def ruled_out(recipe: Recipe, model: ModelConfig, classes: list[str] | None) -> dict[str, str]:
+    """The alternatives that do not apply to this recipe, and why: few-shot prompting where the objective is not
+    scored against reference answers (a classifier's head has no answers to prompt for), and the methods the
+    support rules refuse on the model's architecture for the objective (prompt tuning on a decoder classifier)."""
+    from ftcore.models.support import ModelKind, refusal
+
+    objective = recipe.spec
+    why = {}
+    if not objective.references:
+        why["few_shot"] = (f"few-shot prompting applies to objectives {' and '.join(objectives_where('references'))}, "
+                           f"not {objective.name}")
+    kind = ModelKind.of(build_meta_model(model, classes).config, model.trust_remote_code)
+    for name in ALTERNATIVES:
+        if reason := refusal(kind, name, objective):
+            why[name] = reason
+    return why
+
+
+def method_specs(recipe: Recipe, model: ModelConfig, shape: ModelShape, gpu: bool,
+                 classes: list[str] | None = None) -> dict[str, MethodSpec]:
+    """full, lora, qlora, prompt and few_shot on `model` (with `classes`, the classifier init builds), with the
+    recipe's own method in place of its namesake (or added)."""
     method = recipe.method
     lora_like = method.name in LORA_NAMES  # the alternatives take its rank and targets
     lora_options = {"r": method.r, "target_modules": method.target_modules} if lora_like else {}
@@ -139,23 +160,23 @@ def method_specs(recipe: Recipe, model: ModelConfig, shape: ModelShape, gpu: boo
     where = targets if isinstance(targets, str) else ", ".join(targets)
     # On a GPU, QLoRA computes in the base's 16 bits where it has them; on the CPU in float32 (QLoraMethod's default)
     compute = shape.dtype if gpu and shape.bytes_per_param == 2 else "float32"
-    exact = "exact (PEFT on a meta model)"
-    lora = peft_trainable(model, lora_config(r, targets))
+    # QLoRA trains the same adapters as LoRA, on a 4-bit base
+    lora, lora_counted = method_trainable(model, LoraMethod(r=r, target_modules=targets), classes)
+    prompt, prompt_counted = method_trainable(model, PromptMethod(num_virtual_tokens=tokens), classes)
     specs = {
         "full": MethodSpec("full fine-tuning", "full", shape.total_params, "exact (meta model)",
                            setting=_method_setting("full")),
-        "lora": MethodSpec(f"LoRA r={r} ({where})", "adapter", lora, exact,
+        "lora": MethodSpec(f"LoRA r={r} ({where})", "adapter", lora, lora_counted,
                            setting=_method_setting("lora", **lora_options)),
-        "qlora": MethodSpec(f"QLoRA r={r} (4-bit base, {compute} compute)", "qlora", lora, exact,
+        "qlora": MethodSpec(f"QLoRA r={r} (4-bit base, {compute} compute)", "qlora", lora, lora_counted,
                             compute_dtype=compute,
                             setting=_method_setting("qlora", **lora_options, compute_dtype=compute)),
-        "prompt": MethodSpec(f"prompt tuning ({tokens} virtual tokens)", "prompt",
-                             peft_trainable(model, prompt_tuning_config(tokens)), exact, tokens,
+        "prompt": MethodSpec(f"prompt tuning ({tokens} virtual tokens)", "prompt", prompt, prompt_counted, tokens,
                              setting=_method_setting("prompt", num_virtual_tokens=tokens)),
         "few_shot": MethodSpec("few-shot prompting (no training)", "few_shot", 0, "nothing trains"),
     }
     # The recipe's own method, counted as init will count it
-    trainable, counted = method_trainable(model, method)
+    trainable, counted = method_trainable(model, method, classes)
     kind = KINDS.get(method.name, "adapter")
     compute = getattr(method, "compute_dtype", None)
     if compute:

@@ -29,9 +29,10 @@ def render_plan(plan: Plan):
                       style="bold green" if name == advice.method else None)
     gpus = ", ".join(f"{g.name} ({human_bytes(g.memory_bytes)})" for g in hw.gpus) or "no CUDA device"
     rows = "unknown" if data.rows_train is None else f"{data.rows_train:,}"
+    classes = f", {shape.num_labels} classes" if shape.num_labels else ""
     lines = [
         f"model: {shape.architecture}, {human_count(shape.total_params)} parameters in {shape.dtype}, "
-        f"{shape.num_layers} layers, hidden {shape.hidden_size}, vocabulary {shape.vocab_size:,}",
+        f"{shape.num_layers} layers, hidden {shape.hidden_size}, vocabulary {shape.vocab_size:,}{classes}",
         f"hardware: {hw.cpu_cores} CPU cores, {human_bytes(hw.ram_bytes)} RAM "
         f"({human_bytes(hw.ram_available_bytes)} available); {gpus}",
         f"data: {rows} train rows, {data.tokens_per_row:.1f} tokens per row, batches padded to {data.seq_len} "

@@ -1,9 +1,11 @@
 """The model a recipe trains, as shapes and exact parameter counts.
 
 The model is instantiated on PyTorch's `meta` device from its config: every parameter has a shape but no storage,
-so a 7B model costs milliseconds and no memory, and nothing is downloaded or read but config.json. Fine-tuning
-methods are applied to that meta model with PEFT, which gives the trainable count the init stage will see; the
-analytic formulas below are the fallback where a method cannot be applied without real weights.
+so a 7B model costs milliseconds and no memory, and nothing is downloaded or read but config.json. It is the model
+the init stage builds: the causal LM, or for an objective with a classifier's head the sequence classifier with one
+output per class (`classes`). Fine-tuning methods are applied to that meta model by the pipeline's own
+`apply_method`, which gives the trainable count the init stage will see; the analytic formulas below are the
+fallback where a method cannot be applied without real weights.
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ class ModelShape:
     experts_per_token: int
     expert_params: int
     dtype: str  # what from_pretrained loads ("auto": the checkpoint's dtype), hence what training runs in
+    num_labels: int | None = None  # a sequence classifier's outputs, one per class; None: a causal LM
 
     @property
     def bytes_per_param(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def head_outputs(self) -> int:
+        """The values the output head gives per token, which the loss works on: the vocabulary of a causal LM, the
+        classes of a classifier."""
+        return self.num_labels or self.vocab_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,17 +66,35 @@ class VocabOnly:
         return self.size
 
 
-def build_meta_model(cfg: ModelConfig):
-    """The recipe's base model with shapes only (ftcore/models/meta.py). Scratch models go through the same
+def build_meta_model(cfg: ModelConfig, classes: list[str] | None = None):
+    """The recipe's base model with shapes only (ftcore/models/meta.py): a causal LM, or with `classes` the
+    sequence classifier `load_model(..., classes)` loads (one output per class). Scratch models go through the same
     `build_model` as init."""
     if cfg.source != "scratch":
-        return meta_model(pretrained_config(cfg), trust_remote_code=cfg.trust_remote_code)
+        config = pretrained_config(cfg)
+        if classes is None:
+            return meta_model(config, trust_remote_code=cfg.trust_remote_code)
+        config.num_labels = len(classes)  # as load_model passes it to from_pretrained
+        return meta_model(config, classifier_class(config))
     import torch
 
     from ftcore.models.scratch import build_model
 
     with torch.device("meta"):
-        return build_model(cfg.scratch, VocabOnly(cfg.scratch.vocab_size))
+        return build_model(cfg.scratch, VocabOnly(cfg.scratch.vocab_size), classes)
+
+
+def classifier_class(config):
+    """The class AutoModelForSequenceClassification builds for `config`: an encoder or a decoder with a
+    classification head (the score of its last token)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    if name is None or not hasattr(transformers, name):
+        raise UserError(f"model.name_or_path: transformers {transformers.__version__} has no sequence-classification "
+                        f"model for model_type {config.model_type!r}, which a classifier's objective trains")
+    return getattr(transformers, name)
 
 
 def pretrained_config(cfg: ModelConfig):
@@ -87,17 +114,17 @@ def pretrained_config(cfg: ModelConfig):
                         f"reachable") from None
 
 
-def model_shape(cfg: ModelConfig) -> ModelShape:
-    model = build_meta_model(cfg)
+def model_shape(cfg: ModelConfig, classes: list[str] | None = None) -> ModelShape:
+    """The shape of the causal LM, or with `classes` of the sequence classifier, that init builds from `cfg`."""
+    model = build_meta_model(cfg, classes)
     text = model.config.get_text_config()
     hidden = text.hidden_size
     heads = text.num_attention_heads
-    output = model.get_output_embeddings()
     return ModelShape(
         architecture=type(model).__name__,
         total_params=count_params(model)[1],
         embedding_params=model.get_input_embeddings().weight.numel(),
-        quantizable_params=sum(m.weight.numel() for _, m in linear_layers(model) if m is not output),
+        quantizable_params=sum(m.weight.numel() for _, m in body_linear_layers(model)),
         hidden_size=hidden,
         # GPT-2 style configs call it n_inner, and leave it unset for the usual 4 x hidden
         intermediate_size=getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden,
@@ -110,7 +137,27 @@ def model_shape(cfg: ModelConfig) -> ModelShape:
         experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
         expert_params=sum(p.numel() for name, p in model.named_parameters() if ".experts." in name),
         dtype="float32" if cfg.source == "scratch" else _checkpoint_dtype(model.config),
+        num_labels=len(classes) if classes is not None else None,
     )
+
+
+def output_head(model):
+    """The module that gives the model's outputs: a causal LM's vocabulary projection, or a classifier's head, found
+    by the names PEFT gives it (`score`, `classifier`), which PEFT trains whole and leaves out of all-linear."""
+    from peft.utils.constants import SEQ_CLS_HEAD_NAMES
+
+    output = model.get_output_embeddings()
+    if output is not None:
+        return output
+    return next((getattr(model, name) for name in SEQ_CLS_HEAD_NAMES if getattr(model, name, None) is not None), None)
+
+
+def body_linear_layers(model) -> list[tuple[str, Any]]:
+    """The linear layers but the output head's: what bitsandbytes stores in 4 bits (it keeps the head in full
+    precision) and what PEFT's all-linear adapts."""
+    head = output_head(model)
+    in_head = {id(m) for m in head.modules()} if head is not None else set()
+    return [(name, m) for name, m in linear_layers(model) if id(m) not in in_head]
 
 
 def _checkpoint_dtype(config) -> str:
@@ -122,34 +169,15 @@ def _checkpoint_dtype(config) -> str:
 # Trainable parameters of a method
 
 
-def peft_trainable(cfg: ModelConfig, peft_config) -> int:
-    """Trainable parameters once `peft_config` wraps the meta model: exactly what get_peft_model gives in init."""
-    from peft import get_peft_model
-
-    return count_params(get_peft_model(build_meta_model(cfg), peft_config))[0]
-
-
-def lora_config(r: int, target_modules: list[str] | str):
-    from peft import LoraConfig
-
-    return LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules, task_type="CAUSAL_LM")
-
-
-def prompt_tuning_config(num_virtual_tokens: int):
-    from peft import PromptTuningConfig
-
-    return PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type="CAUSAL_LM")
-
-
 def lora_trainable_analytic(model, r: int, target_modules: list[str] | str, per_layer_extra: bool = False) -> int:
     """r x (in + out) per targeted linear layer (A is r x in, B is out x r). DoRA adds a magnitude vector of
     `out` per layer (`per_layer_extra`). Targets match a module's name or its last dotted parts, as in PEFT;
     "all-linear" is every linear layer except the output head."""
-    output = model.get_output_embeddings()
+    body = {name for name, _ in body_linear_layers(model)}
     total = 0
     for name, module in linear_layers(model):
         if target_modules == "all-linear":
-            if module is output:
+            if name not in body:
                 continue
         elif not any(name == t or name.endswith("." + t) for t in target_modules):
             continue
@@ -164,23 +192,31 @@ def _out_features(module) -> int:
     return module.weight.shape[0] if isinstance(module, torch.nn.Linear) else module.weight.shape[1]
 
 
-def method_trainable(cfg: ModelConfig, method) -> tuple[int, str]:
-    """Trainable parameters of the recipe's own method, and how they were counted: the pipeline's `apply_method`
-    on a meta model where it works there, else an analytic formula."""
+def method_trainable(cfg: ModelConfig, method, classes: list[str] | None = None) -> tuple[int, str]:
+    """Trainable parameters of a method (a recipe's `method` section) on the causal LM or, with `classes`, the
+    classifier, and how they were counted: the pipeline's `apply_method` on a meta model where it works there
+    (for a classifier PEFT also trains the head, as in init), else an analytic formula."""
     from ftcore.models.peft_methods import apply_method
 
     try:
-        return count_params(apply_method(build_meta_model(cfg), method))[0], "exact (PEFT on a meta model)"
+        return count_params(apply_method(build_meta_model(cfg, classes), method))[0], "exact (PEFT on a meta model)"
     except UserError:
         raise  # the method does not fit the model (targets no layer of it): the recipe's to fix
     except Exception as e:  # apply_method is written for real weights (QLoRA quantizes them): a failure on a meta
         # model means "count it another way", not "no plan"
         reason = f"analytic: apply_method needs real weights ({type(e).__name__})"
-    return analytic_trainable(cfg, method), reason
+    return analytic_trainable(cfg, method, classes), reason
 
 
-def analytic_trainable(cfg: ModelConfig, method) -> int:
-    name, model = method.name, build_meta_model(cfg)
+def analytic_trainable(cfg: ModelConfig, method, classes: list[str] | None = None) -> int:
+    """The method's own parameters by formula, plus a classifier's head, which PEFT trains whole (SEQ_CLS)."""
+    model = build_meta_model(cfg, classes)
+    head = output_head(model) if classes is not None else None
+    return _method_params_analytic(model, method) + (count_params(head)[1] if head is not None else 0)
+
+
+def _method_params_analytic(model, method) -> int:
+    name = method.name
     if name in ("lora", "qlora", "dora", "loha"):
         r, targets = getattr(method, "r", 8), getattr(method, "target_modules", "all-linear")
         lora = lora_trainable_analytic(model, r, targets, per_layer_extra=name == "dora")

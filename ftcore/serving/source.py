@@ -12,6 +12,7 @@ from pathlib import Path
 from ftcore.errors import UserError
 from ftcore.hashing import hash_dir, short
 from ftcore.models.config import MODEL_URI
+from ftcore.models.load import runs_own_code
 from ftcore.models.registered import model_folder, pin_reference
 
 log = logging.getLogger("ftflow.serve")
@@ -64,6 +65,10 @@ def model_source(target: str, variant: str = "model", device: str = "cpu") -> Mo
                         "folder with config.json")
     if variant != "model":
         raise UserError(f"--variant {variant}: exports belong to registered versions; serve models:/NAME@ALIAS")
+    if runs_own_code(folder):  # a registered version's code was allowed by its recipe; this folder's, by no one
+        raise UserError(f"MODEL_URI: {folder} needs its own Python code to load (config.json's auto_map), and ftflow "
+                        "runs a folder's code only for a recipe that sets model.trust_remote_code: true; serve the "
+                        "version registered from it (models:/NAME/VERSION)")
     return ModelSource(target=target, name=folder.name, folder=folder, device=device)
 
 

@@ -42,11 +42,11 @@ def _reference(model, base_path: Path):
     """None with an adapter (TRL switches it off for the reference), else the starting weights loaded again."""
     from accelerate.utils import is_peft_model
 
-    from ftcore.models.load import load_model
+    from ftcore.models.load import reload_model
 
     if is_peft_model(model):
         return None
-    reference = load_model(base_path, dtype=model.dtype)
+    reference = reload_model(base_path, dtype=model.dtype)
     reference.config.pad_token_id = model.config.pad_token_id
     return reference
 

@@ -24,7 +24,7 @@ import pandas as pd
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
-from ftcore.models.load import load_tokenizer
+from ftcore.models.load import reload_tokenizer
 from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec, save_adapter
 from ftcore.models.prompting import Prompting, write_prompting
 from ftcore.models.registered import model_folder
@@ -293,7 +293,7 @@ def alignment_metrics(history: list[dict]) -> dict[str, float]:
 
 def load_for_training(base: ModelOutput):
     """The model to train (a 4-bit base for qlora) with the init stage's adapter, or the base for full FT."""
-    tokenizer = load_tokenizer(base.base_path)
+    tokenizer = reload_tokenizer(base.base_path)
     model = load_trainable(base.base_path, base.adapter_path, read_method_spec(base.path), tokenizer,
                            classes=base.classes or None)
     return model, tokenizer

@@ -25,11 +25,16 @@ class Prepared:
     base: ModelOutput
 
 
+def demo_dataset(recipe: Recipe, root: Path) -> DatasetOutput:
+    """The recipe's data, collected and cleaned under `root`: what the init stage reads."""
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), root / "collected")
+    return clean_balance_stage(clean_job(recipe, collected), root / "clean")
+
+
 def prepare(root: Path, *overrides: str, tiny: bool = True) -> Prepared:
     """The demo's stages up to init; `tiny=False` keeps the demo's own model size and schedule."""
     recipe = load_recipe(DEMO_RECIPE, [*(TINY_OVERRIDES if tiny else []), *overrides])
-    collected = collect_stage(CollectJob(data=recipe.data, sources={}), root / "collected")
-    dataset = clean_balance_stage(clean_job(recipe, collected), root / "clean")
+    dataset = demo_dataset(recipe, root)
     base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),
                       root / "init")
     return Prepared(recipe, dataset, base)

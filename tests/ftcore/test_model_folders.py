@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftcore.data.clean import clean_balance_stage
-from ftcore.data.collect import CollectJob, collect_stage
-from ftcore.jobs import clean_job
 from ftcore.models.config import LoraMethod, ModelConfig, QLoraMethod
 from ftcore.models.folders import pretrained_source
 from ftcore.models.init import InitJob, init_stage
@@ -21,6 +18,7 @@ from ftcore.models.load import load_model, load_tokenizer
 from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
 from tests.ftcore.gguf_writer import tiny_llama_folder, write_gguf
+from tests.ftcore.pipeline_fixtures import demo_dataset
 from tests.models.zoo import folder
 
 DEMO_DATA = Path(__file__).resolve().parents[2] / "data_recipes" / "demo" / "clinical_qa.jsonl"
@@ -30,10 +28,7 @@ PROMPT = "Question: What does MI stand for?\nAnswer:"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """The demo data, collected and cleaned once: what the init stage reads."""
-    root = tmp_path_factory.mktemp("data")
-    recipe = load_recipe(DEMO_RECIPE, TINY_OVERRIDES)
-    collected = collect_stage(CollectJob(data=recipe.data, sources={}), root / "collected")
-    return clean_balance_stage(clean_job(recipe, collected), root / "clean")
+    return demo_dataset(load_recipe(DEMO_RECIPE, TINY_OVERRIDES), tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +145,11 @@ def test_pickled_weights_are_read_with_the_weights_only_loader(tmp_path, monkeyp
     assert calls and all(weights_only is True for weights_only in calls)
 
 
-def test_an_auto_map_on_an_architecture_transformers_knows_loads_its_class_and_runs_no_code(tmp_path):
-    """Releases such as Phi-3's keep auto_map in config.json from before transformers had the model: with
-    trust_remote_code off, transformers' own class loads it and the folder's code never runs."""
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
+def test_an_auto_map_on_an_architecture_transformers_knows_loads_its_class_and_runs_no_code(tmp_path, trusted):
+    """Releases such as Phi-3's keep auto_map in config.json from before transformers had the model: transformers'
+    own class loads it and the folder's code never runs. With trust_remote_code on too: every stage after init
+    loads the folder without its code (`runs_own_code`), so init does, and all of them load the same class."""
     path = _copy("mistral", tmp_path)
     marker = tmp_path / "code-ran"
     for module in ("configuration_custom", "modeling_custom"):
@@ -162,8 +159,9 @@ def test_an_auto_map_on_an_architecture_transformers_knows_loads_its_class_and_r
                           "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
     (path / "config.json").write_text(json.dumps(config))
 
-    assert not pretrained_source(ModelConfig(source="pretrained", name_or_path=str(path))).converted
-    assert type(load_model(path)).__name__ == "MistralForCausalLM"
+    source = pretrained_source(ModelConfig(source="pretrained", name_or_path=str(path), trust_remote_code=trusted))
+    assert not source.converted and not source.own_code
+    assert type(load_model(path, source.own_code)).__name__ == "MistralForCausalLM"
     assert not marker.exists()
 
 

@@ -1,5 +1,5 @@
 """The method advisor: exact parameter counts, memory estimates against measured peaks, data statistics from a
-cleaned split, and the recommendation rules."""
+cleaned split, and the recommendation rules; for causal LMs and for the classifiers objective classification trains."""
 
 import json
 
@@ -7,49 +7,50 @@ import pandas as pd
 import pytest
 
 from ftcore.errors import UserError
-from ftcore.models.config import ModelConfig, ScratchModelConfig
+from ftcore.models.config import LoraMethod, ModelConfig, ScratchModelConfig
 from ftcore.planning.advisor import FEW_SHOT_MAX_ROWS, FULL_MIN_ROWS, MethodEstimate, Variant, needs, recommend
 from ftcore.planning.data import data_stats
 from ftcore.planning.estimate import Memory, Setup, activation_bytes, training_flops, training_memory
 from ftcore.planning.hardware import detect_hardware
-from ftcore.planning.measure import TEST_PROBES, estimate, measure_peak
-from ftcore.planning.plan import make_plan
-from ftcore.planning.shape import (
-    VocabOnly,
-    build_meta_model,
-    count_params,
-    lora_config,
-    lora_trainable_analytic,
-    method_trainable,
-    model_shape,
-    peft_trainable,
+from ftcore.planning.measure import (
+    TEST_CLASSIFIER_PROBES,
+    TEST_PROBES,
+    Probe,
+    estimate,
+    measure_peak,
 )
+from ftcore.planning.plan import make_plan
+from ftcore.planning.shape import VocabOnly, analytic_trainable, count_params, method_trainable, model_shape
 from ftcore.recipe import load_recipe
 from tests.conftest import DEMO_RECIPE, TINY_OVERRIDES
+from tests.ftcore.objective_fixtures import objective_recipe, recipe_file
 from tests.ftcore.pipeline_fixtures import prepare
 
 TINY = ScratchModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=2)
+CLASSES = ["ham", "spam"]
 
 
-def _real_model(cfg: ModelConfig):
+def _real_model(cfg: ModelConfig, classes: list[str] | None = None):
     from ftcore.models.scratch import build_model
 
-    return build_model(cfg.scratch, VocabOnly(cfg.scratch.vocab_size))
+    return build_model(cfg.scratch, VocabOnly(cfg.scratch.vocab_size), classes)
 
 
+@pytest.mark.parametrize("classes", [None, CLASSES], ids=["causal_lm", "classifier"])
 @pytest.mark.parametrize("architecture", ["llama", "mixtral"])
 @pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"]])
-def test_meta_counts_equal_an_instantiated_model_for_full_and_lora(architecture, targets):
-    from peft import get_peft_model
+def test_meta_counts_equal_an_instantiated_model_for_full_and_lora(architecture, targets, classes):
+    """A classifier's LoRA count includes its head, which PEFT trains whole (as init applies the method)."""
+    from ftcore.models.peft_methods import apply_method
 
     cfg = ModelConfig(scratch=TINY.model_copy(update={"architecture": architecture}))
-    real = _real_model(cfg)
-    assert model_shape(cfg).total_params == count_params(real)[1]
-    lora_real = count_params(get_peft_model(real, lora_config(4, targets)))[0]
-    assert peft_trainable(cfg, lora_config(4, targets)) == lora_real
+    lora = LoraMethod(r=4, target_modules=targets)
+    assert model_shape(cfg, classes).total_params == count_params(_real_model(cfg, classes))[1]
+    lora_real = count_params(apply_method(_real_model(cfg, classes), lora))[0]
+    assert method_trainable(cfg, lora, classes) == (lora_real, "exact (PEFT on a meta model)")
     if architecture == "llama":  # the analytic fallback knows linear layers, not PEFT's wrappers of fused experts
-        assert lora_trainable_analytic(build_meta_model(cfg), 4, targets) == lora_real
+        assert analytic_trainable(cfg, lora, classes) == lora_real
 
 
 def test_pretrained_folder_is_read_from_its_config_with_its_dtype(tmp_path):
@@ -79,6 +80,30 @@ def test_plan_counts_what_the_init_stage_counts(tmp_path, method):
     assert base_total == metrics["total_params"] - (trainable if "r=" in method else 0)
 
 
+def test_plan_counts_what_the_init_stage_counts_for_a_classifier(tmp_path):
+    """The classifier init builds on the train split's classes, with full fine-tuning and with LoRA (whose trainable
+    parameters include the head, trained whole)."""
+    from ftcore.data.clean import clean_balance_stage
+    from ftcore.data.collect import CollectJob, collect_stage
+    from ftcore.jobs import clean_job
+    from ftcore.models.init import InitJob, init_stage
+
+    path = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "classification"))
+    for method in ("method={name: full}", "method.r=4"):
+        recipe = load_recipe(path, [method])
+        collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / method / "collected")
+        dataset = clean_balance_stage(clean_job(recipe, collected), tmp_path / method / "clean")
+        base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),
+                          tmp_path / method / "init")
+        model = recipe.model.model_copy(update={"scratch": recipe.model.scratch.model_copy(
+            update={"vocab_size": int(base.metrics["vocab_size"])})})
+        assert base.classes == CLASSES
+        trainable, counted = method_trainable(model, recipe.method, base.classes)
+        assert trainable == base.metrics["trainable_params"] and counted.startswith("exact")
+        total = model_shape(model, base.classes).total_params
+        assert total == base.metrics["total_params"] - (trainable if "r=" in method else 0)
+
+
 def test_a_method_that_needs_real_weights_is_counted_by_formula():
     # Prompt tuning initialised from text needs a tokenizer to embed the text: apply_method fails on a bare meta model
     recipe = load_recipe(DEMO_RECIPE, ["method={name: prompt, num_virtual_tokens: 7, init: text, init_text: hi}"])
@@ -86,19 +111,31 @@ def test_a_method_that_needs_real_weights_is_counted_by_formula():
     assert counted.startswith("analytic") and trainable == 7 * recipe.model.scratch.hidden_size
 
 
+def _estimate_error(probe: Probe) -> float:
+    """(estimated - measured) / measured peak of a probe, after checking that the measured model trained the
+    parameters the estimate counts."""
+    measured = measure_peak(probe)
+    assert measured.trainable_params == method_trainable(probe.model_config(), probe.method_config(),
+                                                         probe.class_names())[0]
+    return (estimate(probe).peak - measured.peak_bytes) / measured.peak_bytes
+
+
 def test_estimates_are_within_30_percent_of_measured_peak_memory():
     """A scratch Llama of 5.3 M parameters, 2 steps of AdamW at batch 4 x 128 tokens in a fresh process: full
     fine-tuning and LoRA. ACTIVATION_FACTOR was fitted on other shapes (measure.CALIBRATION_PROBES)."""
     for probe in TEST_PROBES:
-        measured = measure_peak(probe)
-        estimated = estimate(probe)
-        cfg = probe.model_config()
-        trainable = model_shape(cfg).total_params if probe.method == "full" else \
-            peft_trainable(cfg, lora_config(probe.lora_r, "all-linear"))
-        assert measured.trainable_params == trainable
-        error = abs(estimated.peak - measured.peak_bytes) / measured.peak_bytes
-        assert error <= 0.30, f"{probe.method}: estimated {estimated.peak / 2**20:.1f} MiB, measured " \
-                              f"{measured.peak_bytes / 2**20:.1f} MiB"
+        error = _estimate_error(probe)
+        assert abs(error) <= 0.30, f"{probe.method}: estimated {error:+.1%} off the measured peak"
+
+
+def test_classifier_estimates_are_within_30_percent_of_measured_peak_memory():
+    """The classifiers init builds for objective classification, 2 steps of AdamW on one label per sequence at the
+    test probes' size, full fine-tuning and LoRA: on a scratch base the Llama with a 2-class head (measured -5.0 %,
+    -3.2 %: without the causal LM's loss over the vocabulary, 32 MiB at this size), on a pretrained encoder a BERT
+    with a new head (+15.2 %, +22.5 % to +24.6 %; docs/planning.md)."""
+    for probe in TEST_CLASSIFIER_PROBES:
+        error = _estimate_error(probe)
+        assert abs(error) <= 0.30, f"{probe.architecture} {probe.method}: estimated {error:+.1%} off the measured peak"
 
 
 def test_memory_terms_follow_the_method():
@@ -118,6 +155,19 @@ def test_memory_terms_follow_the_method():
     forward = 2 * (shape.total_params - shape.embedding_params) + 2 * shape.num_layers * 10 * shape.hidden_size
     assert training_flops("full", shape, shape.total_params, tokens, 10) == 3 * forward * tokens
     assert training_flops("adapter", shape, 500, tokens, 10) == (2 * forward + 6 * 500) * tokens
+
+
+def test_a_classifier_holds_logits_over_its_classes_not_the_vocabulary():
+    lm, classifier = model_shape(ModelConfig(scratch=TINY)), model_shape(ModelConfig(scratch=TINY), CLASSES)
+    assert (classifier.architecture, classifier.num_labels, classifier.head_outputs) == \
+        ("LlamaForSequenceClassification", 2, 2)
+    assert (lm.num_labels, lm.head_outputs) == (None, TINY.vocab_size)
+    # The classifier has no vocabulary projection: its head is hidden x classes, and stays out of the 4-bit weights
+    assert lm.total_params - classifier.total_params == TINY.hidden_size * (TINY.vocab_size - 2)
+    assert lm.quantizable_params == classifier.quantizable_params
+    setup = Setup(batch_size=4, seq_len=64, value_bytes=4)
+    # The loss's four tensors per token: logits, log-softmax and their gradients, over 2 classes instead of 128 tokens
+    assert activation_bytes(lm, setup) - activation_bytes(classifier, setup) == 4 * 64 * 4 * (128 - 2) * 4
 
 
 def _write_run(home, run_id, recipe_hash, recipe_path, frame):
@@ -150,6 +200,38 @@ def test_data_comes_from_the_cleaned_split_of_this_recipe_else_from_the_sources(
     assert (stats.rows_train, stats.tokens_per_row, stats.seq_len) == (30, expected, expected)
     assert "run mine (this recipe)" in stats.source
     assert stats.vocab_size == len(tokenizer) < 512  # one repeated row: the vocabulary stops short of 512
+
+
+def test_a_classification_split_gives_its_classes_and_its_texts_lengths(ftflow_home, tmp_path):
+    """The label is the target, not input: only the text is tokenized, with no EOS appended (the classifier's
+    trainer appends none); the classes are the split's, sorted, as init reads them."""
+    from ftcore.models.scratch import train_tokenizer
+
+    path = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "classification"))
+    recipe = load_recipe(path, ["train.max_length=64"])
+    split = pd.DataFrame({"text": ["free prize, call now", "see you at lunch", "ok"], "label": ["spam", "ham", "ok"]})
+    _write_run(ftflow_home, "mine", recipe.content_hash(), path, split)
+    stats = data_stats(recipe, path)
+    tokenizer = train_tokenizer(split["text"].tolist(), 400)  # as init trains it, on the text alone
+    lengths = [len(ids) for ids in tokenizer(split["text"].tolist())["input_ids"]]
+    assert (stats.rows_train, stats.tokens_per_row, stats.seq_len) == (3, sum(lengths) / 3, max(lengths))
+    assert stats.classes == ["ham", "ok", "spam"]
+
+
+def test_classes_come_from_the_sources_before_a_run(tmp_path):
+    """Labels mapped and written as collect writes them (a source's `columns:`, a number as text)."""
+    from tests.ftcore.objective_fixtures import write_jsonl
+
+    rows = [{"message": "win a prize", "is_spam": 1}, {"message": "lunch?", "is_spam": 0},
+            {"message": "call now", "is_spam": 1}]
+    source = {"type": "jsonl", "path": str(write_jsonl(tmp_path / "sms.jsonl", rows)),
+              "columns": {"text": "message", "label": "is_spam"}}
+    path = recipe_file(tmp_path, {"objective": "classification",
+                                  "data": {"sources": [source], "format": "text_label"}})
+    stats = data_stats(load_recipe(path), path)
+    assert stats.classes == ["0", "1"] and "no cleaned train split yet: 3 source rows" in stats.source
+    sft = data_stats(load_recipe(DEMO_RECIPE), DEMO_RECIPE)
+    assert sft.classes is None  # a causal LM: no classes
 
 
 def test_hardware_reports_this_machine():
@@ -190,6 +272,18 @@ def test_recommendation_follows_memory_and_data_size(budget_gb, rows, pretrained
     assert advice.reasons and all("\n" not in reason for reason in advice.reasons)
 
 
+@pytest.mark.parametrize(("offered", "rows", "expected"), [
+    (("full", "lora", "qlora", "prompt"), FEW_SHOT_MAX_ROWS - 1, "prompt"),  # no few-shot: the next rule's method
+    (("full", "lora", "qlora"), FEW_SHOT_MAX_ROWS - 1, "lora"),  # nor prompt tuning: adapters
+    (("full", "lora", "qlora"), 60, "lora"),
+])
+def test_only_the_methods_on_offer_are_recommended(offered, rows, expected):
+    """A classifier is not offered few-shot prompting, a decoder's classifier not prompt tuning either."""
+    estimates = _estimates({name: NEEDS[name] for name in offered}, 24e9)
+    advice = recommend(estimates, rows, True, 24e9)
+    assert advice.method == expected, advice.reasons
+
+
 def test_a_setting_that_makes_a_preferred_method_fit_is_recommended_with_it():
     checkpointing = Variant("with train.gradient_checkpointing: true", 12e9, "train.gradient_checkpointing=true")
     eight_bit = Variant("with 8-bit AdamW states", 50e9, None)  # the train stage has no such setting
@@ -218,6 +312,20 @@ def test_small_budget_on_the_demo_model_picks_qlora_and_says_why(monkeypatch):
     # The recommended overrides turn the recipe into the recommended method
     switched = load_recipe(DEMO_RECIPE, [*TINY_OVERRIDES, *tight.recommendation.settings])
     assert switched.method.name == "qlora"
+
+
+def test_a_classification_recipe_is_planned_as_the_classifier_init_builds(tmp_path):
+    path = recipe_file(tmp_path, objective_recipe(tmp_path / "data", "classification"))
+    plan = make_plan(load_recipe(path), path)
+    assert (plan.model.architecture, plan.model.num_labels) == ("LlamaForSequenceClassification", 2)
+    assert plan.data.classes == CLASSES
+    # No few-shot prompting of a classifier, nor prompt tuning of a decoder's (the support rules refuse it)
+    assert set(plan.estimates) == {"full", "lora", "qlora"} and set(plan.left_out) == {"few_shot", "prompt"}
+    assert "few-shot prompting applies to objectives sft and multitask" in plan.left_out["few_shot"]
+    assert "cannot find each text's last token" in plan.left_out["prompt"]
+    assert any(line.startswith("few_shot left out:") for line in plan.recommendation.reasons)
+    assert plan.recommendation.method in plan.estimates
+    assert plan.to_dict()["left_out"] == plan.left_out
 
 
 def test_a_distributed_recipe_is_planned_per_process():
