@@ -147,7 +147,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check RECIPE without running it: exit 0, or list every problem and exit 2."""
     loaded = validated(recipe, set_ or [])
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r}, objective {loaded.objective}, "
-                  f"{len(loaded.data.sources)} source(s), method {loaded.method.name}")
+                  f"{len(loaded.data.sources)} source(s), method {loaded.method.name}", highlight=False, soft_wrap=True)
     _check_hardware(loaded, recipe, strict=False)  # the recipe may be meant for other hardware: warn only
 
 
@@ -174,7 +174,6 @@ def plan(
 ) -> None:
     """Estimate parameters, memory and compute of RECIPE's model per fine-tuning method here, and recommend one."""
     loaded = validated(recipe, set_ or [], model_folder="config")  # a model's config.json is enough to plan it
-    quiet_libraries()  # plain library calls follow: Prefect is neither imported nor started
     from ftcore.planning.plan import make_plan
     from ftcore.planning.report import render_plan
 

@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from flows.settings import configure_environment, verbose
 from ftcore.errors import RecipeError, UserError
+from ftcore.quiet import quiet_libraries
 from ftcore.recipe import load_recipe
 
 console = Console()
@@ -50,6 +51,7 @@ def validated(recipe: Path, overrides: list[str], model_folder: Literal["files",
     from ftcore.models.folders import check_pretrained
     from ftcore.models.support import check_recipe_model
 
+    quiet_libraries()  # the model checks import torch, PEFT, bitsandbytes and torchao, each with its load-time notes
     try:
         loaded = load_recipe(recipe, overrides)
     except RecipeError as e:

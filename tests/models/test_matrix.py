@@ -55,6 +55,14 @@ def test_refused_cell_is_one_line_from_validate(family: str, method: str, object
     assert cell.status == "refused" and why in cell.reason
 
 
+def test_validate_of_a_recipe_on_a_model_folder_prints_its_one_line_and_nothing_else(tmp_path: Path) -> None:
+    """The model checks import torch, PEFT, bitsandbytes and torchao, which print notes as they load (kernels not
+    found, deprecations): none of them reach the user."""
+    outcome = invoke_process(["validate", recipe(BY_NAME["qwen2"], "lora", "sft", tmp_path)])
+    assert (outcome.code, outcome.stderr) == (0, ""), outcome.stderr
+    assert outcome.stdout.startswith("ok ") and len(outcome.stdout.splitlines()) == 1, outcome.stdout
+
+
 def test_validate_refuses_what_the_scratch_model_cannot_train(tmp_path: Path) -> None:
     """A scratch model is the decoder ftflow builds: the same rule holds before anything is built."""
     path = recipe(BY_NAME["bert"], "p_tuning", "classification", tmp_path)
