@@ -6,6 +6,7 @@ Environment is set at import time, before Prefect is imported anywhere, because 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -51,11 +52,28 @@ TINY_OVERRIDES = [
 ]
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema and nothing else, made once: a new store migrates its schema for about
+    a second, which hundreds of tests would pay again."""
+    from ftcore.tracking import client
+
+    home = tmp_path_factory.mktemp("mlflow-template")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FTFLOW_HOME", str(home))
+        client()
+    return home / "mlflow.db"
+
+
 @pytest.fixture(autouse=True)
-def ftflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own FTFLOW_HOME: stage outputs, caches, MLflow store and summaries."""
+def ftflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+    """Each test gets its own FTFLOW_HOME: stage outputs, caches, MLflow store and summaries. The store starts as a
+    copy of `empty_mlflow_store`, except for tests marked `new_home` (what a first run on a new machine meets)."""
     home = tmp_path / "ftflow"
     monkeypatch.setenv("FTFLOW_HOME", str(home))
+    if request.node.get_closest_marker("new_home") is None:
+        home.mkdir()
+        shutil.copyfile(request.getfixturevalue("empty_mlflow_store"), home / "mlflow.db")
     return home
 
 

@@ -84,6 +84,7 @@ def test_a_killed_run_is_ended_by_the_next_run_of_its_recipe(ftflow_home, tmp_pa
     assert _flow_run_state(ftflow_home, flow_run_id) == "CRASHED"
 
 
+@pytest.mark.new_home
 def test_two_first_runs_at_once_on_a_new_home_both_succeed(ftflow_home, tmp_path):
     """Both set up MLflow's and Prefect's stores on the same new FTFLOW_HOME at the same moment."""
     logs = [tmp_path / f"run-{i}.log" for i in range(2)]
