@@ -51,7 +51,7 @@ def int8_config(modules):
     for module_type, scheme in schemes.items():
         names = {name.rsplit(".", 1)[-1] for name, m in modules.named_modules() if isinstance(m, module_type)}
         if names:
-            fqn_to_config[f"re:(.+\\.)?({'|'.join(sorted(map(re.escape, names)))})"] = scheme
+            fqn_to_config[f"re:(.+\\.)?({'|'.join(sorted(map(re.escape, names)))})\\.weight"] = scheme
     return TorchAoConfig(FqnToConfig(fqn_to_config), include_input_output_embeddings=True)
 
 

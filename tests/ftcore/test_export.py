@@ -155,6 +155,24 @@ def test_an_output_layer_tied_to_the_embeddings_is_quantised_apart(lora, tmp_pat
     assert (_logits(int8, tokenizer, prompt) - expected).abs().max() < 0.05 * expected.abs().max()
 
 
+def test_int8_quantises_the_weights_of_linear_layers_with_biases_and_keeps_the_biases(tmp_path):
+    """Qwen2's attention projections carry biases: a config naming the module quantised its bias too (transformers
+    quantises every parameter of a module that matches), and the export failed on its first forward (torchao's int8
+    linear adds the bias)."""
+    from ftcore.deploy.quantize import write_int8
+    from ftcore.models.load import load_model, load_tokenizer
+    from tests.models.zoo import folder
+
+    write_int8(folder("qwen2"), tmp_path / "int8")
+    int8, _ = load_export(tmp_path / "int8")
+    attention = int8.model.layers[0].self_attn.q_proj
+    assert type(attention.weight).__name__ == "Int8Tensor" and type(attention.bias) is torch.nn.Parameter
+    tokenizer = load_tokenizer(folder("qwen2"))
+    expected = _logits(load_model(folder("qwen2")), tokenizer, "Question: What does MI stand for?")
+    answer = _logits(int8, tokenizer, "Question: What does MI stand for?")
+    assert (answer - expected).abs().max() < 0.05 * expected.abs().max()
+
+
 def test_fetching_an_export_again_reuses_the_folder_and_a_missing_one_says_how_to_make_it(lora, tmp_path,
                                                                                            monkeypatch):
     _, trained = lora
