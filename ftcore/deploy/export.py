@@ -280,12 +280,16 @@ def export_hash(folder: Path) -> str | None:
 
 
 def fetch_export(name: str, version: str, kind: str, dst: Path) -> Path:
-    """The version's `kind` export as the folder `dst` (for `load_export`), downloaded from its run unless `dst`
-    already holds it. Either copy is checked against the content hash in the version's tag: a damaged one in the
-    artifact store is a one-line error."""
+    """The version's `kind` export as the folder `dst` (for `load_export`), downloaded from the run that made it
+    unless `dst` already holds it. Either copy is checked against the content hash in the version's tag: a damaged
+    one in the artifact store is a one-line error.
+
+    The run is the one the version's `export.<kind>.uri` tag names: a later run that trained the same model gets
+    the earlier run's version back (`register_version`'s identity) and logs the exports it makes in its own run."""
     dst = Path(dst)
     uri = f"models:/{name}/{version}"
-    expected = versions.version_tags(name, version).get(f"export.{kind}.hash")
+    tags = versions.version_tags(name, version)
+    expected = tags.get(f"export.{kind}.hash")
     remake = f"make it again with `ftflow export {uri} --kind {kind}`"
     if expected is None:
         raise UserError(f"{uri} has no {kind} export; make it with `ftflow export {uri} --kind {kind}`")
@@ -293,7 +297,7 @@ def fetch_export(name: str, version: str, kind: str, dst: Path) -> Path:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
-        run_id = versions.version_run_id(name, version)
+        run_id = tags[f"export.{kind}.uri"].removeprefix("runs:/").split("/", 1)[0]
         try:
             downloaded = tracking.download_run_artifact(run_id, f"{EXPORTS}/{kind}/artifacts/{WEIGHTS}", Path(tmp))
         except FileNotFoundError as e:

@@ -155,6 +155,18 @@ def test_an_output_layer_tied_to_the_embeddings_is_quantised_apart(lora, tmp_pat
     assert (_logits(int8, tokenizer, prompt) - expected).abs().max() < 0.05 * expected.abs().max()
 
 
+def test_an_export_made_by_a_later_run_of_the_same_model_is_fetched_from_that_run(lora, tmp_path):
+    """A second run that trains the same model gets the first run's version back and logs the exports it makes in
+    its own run (the first run's deploy had failed before exporting): serving the export reads the run its tag
+    names, not the version's."""
+    _, trained = lora
+    _, version = _register(trained.model_path, "again")
+    later = tracking.start_pipeline_run("again", "run", {"name": "again"}, {})
+    export_version(trained.model_path, "again", version, later, ["merged"], None, tolerance=0.05)
+    folder = fetch_export("again", version, "merged", tmp_path / "merged")
+    assert load_export(folder)[0] is not None
+
+
 def test_int8_quantises_the_weights_of_linear_layers_with_biases_and_keeps_the_biases(tmp_path):
     """Qwen2's attention projections carry biases: a config naming the module quantised its bias too (transformers
     quantises every parameter of a module that matches), and the export failed on its first forward (torchao's int8
