@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ftcore.models.load import reload_model, reload_tokenizer, runs_own_code, saved_classes
+from ftcore.models.load import MODEL_BUILD_LOCK, reload_model, reload_tokenizer, runs_own_code, saved_classes
 
 WEIGHT_FILES = "*.safetensors"
 
@@ -61,7 +61,7 @@ def skeleton(folder: Path, classes: list[str] | None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = AutoModelForCausalLM if classes is None else AutoModelForSequenceClassification
-    with torch.device("meta"):
+    with MODEL_BUILD_LOCK, torch.device("meta"):  # from_config sets torch's default dtype while it builds
         trusted = runs_own_code(folder)
         return auto.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=trusted),
                                 trust_remote_code=trusted)

@@ -108,8 +108,10 @@ def runs_own_code(name_or_path: str | Path) -> bool:
     (ftcore/models/folders.py), and a model loaded with its code saves the code and the auto_map naming it with its
     weights (transformers' `save_pretrained`). A folder a user names outside a recipe (`ftflow serve FOLDER`,
     `ftflow inspect FOLDER`) is refused instead: nothing vouched for its code."""
+    from ftcore.models.folders import read_json_object  # imported here: folders imports this module
+
     config = _config_file(name_or_path)
-    return config is not None and needs_own_code(json.loads(config.read_text()))
+    return config is not None and needs_own_code(read_json_object(config, "model"))
 
 
 def _config_file(name_or_path: str | Path) -> Path | None:
