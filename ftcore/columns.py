@@ -13,7 +13,15 @@ FORMAT_COLUMNS: dict[str, list[str]] = {
     "text": ["text"],
     "text_label": ["text", "label"],
     "preference": ["prompt", "chosen", "rejected"],
+    # images: a JSON list of names in the dataset's image store; messages: a chat with one placeholder per image
+    # (ftcore/data/images.py).
+    "image_text": ["images", "messages"],
 }
-TEXT_COLUMNS: dict[str, list[str]] = {fmt: [c for c in cols if c != "label"] for fmt, cols in FORMAT_COLUMNS.items()}
 LABEL_COLUMN = "label"
-DataFormat = Literal["prompt_completion", "messages", "text", "text_label", "preference"]
+IMAGES_COLUMN = "images"
+# Where an image sits in an image_text chat: U+FFFC, OBJECT REPLACEMENT CHARACTER, Unicode's placeholder for an
+# embedded object, which no text-cleaning step takes for markup to strip.
+IMAGE_PLACEHOLDER = "\ufffc"
+TEXT_COLUMNS: dict[str, list[str]] = {fmt: [c for c in cols if c not in (LABEL_COLUMN, IMAGES_COLUMN)]
+                                      for fmt, cols in FORMAT_COLUMNS.items()}
+DataFormat = Literal["prompt_completion", "messages", "text", "text_label", "preference", "image_text"]

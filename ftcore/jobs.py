@@ -28,7 +28,8 @@ def clean_job(recipe: Recipe, collected: DatasetOutput) -> CleanJob:
 
 
 def init_job(recipe: Recipe, pins: Pins, dataset: DatasetOutput) -> InitJob:
-    return InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec, start=pins.start)
+    return InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec, start=pins.start,
+                   vision=recipe.train.vision if recipe.spec.sees_images else None)
 
 
 def train_job(recipe: Recipe, pins: Pins, base: ModelOutput, dataset: DatasetOutput) -> TrainJob:

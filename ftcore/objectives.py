@@ -15,19 +15,22 @@ from pydantic import BaseModel, ConfigDict
 
 from ftcore.columns import DataFormat
 
-ObjectiveName = Literal["sft", "dapt", "classification", "multitask", "dpo", "reward_model", "rl"]
+ObjectiveName = Literal["sft", "dapt", "classification", "multitask", "dpo", "reward_model", "rl", "vision_language"]
 DEFAULT_OBJECTIVE: ObjectiveName = "sft"
 
 # Metrics of generated answers against reference answers.
 GENERATION = ("exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf")
+# Of answers about images: text recognition (error rates, raw and with historical characters normalised),
+# captions (CIDEr), visual questions (exact match, token F1).
+IMAGE_ANSWERS = ("cer", "wer", "cer_normalized", "wer_normalized", "cider", "bleu", "rougeL", "exact_match", "token_f1")
 
 # What the init stage puts on the base: the language-model head, a classifier over the train split's classes, or
 # a one-output head scoring a (prompt, answer) text.
 Head = Literal["language_model", "classes", "reward"]
 # ftcore/training/trainers.py: TRAINERS.
-TrainerName = Literal["language_model", "classifier", "preference", "pairwise_reward", "online_rl"]
+TrainerName = Literal["language_model", "classifier", "preference", "pairwise_reward", "online_rl", "image_text"]
 # ftcore/evaluation/scorers.py: SCORERS.
-ScorerName = Literal["answers", "text", "classes", "preference_pairs", "reward_pairs", "rewards"]
+ScorerName = Literal["answers", "text", "classes", "preference_pairs", "reward_pairs", "rewards", "image_answers"]
 
 
 class Objective(BaseModel):
@@ -48,6 +51,7 @@ class Objective(BaseModel):
     continual: bool = False  # replay, regularisers and forgetting (continual, evaluate.forgetting)
     cross_validates: bool = False  # evaluate.cross_validation can train and score k folds
     tagged_sources: bool = False  # every source names its task (data.tasks): the multitask mixture
+    sees_images: bool = False  # its rows show images: a vision-language model trains on them
     not_estimated: str | None = None  # why `ftflow plan` cannot estimate it; None: it can
 
     @property
@@ -65,7 +69,7 @@ class Objective(BaseModel):
     @property
     def train_section(self) -> str | None:
         """The `train.<section>` only this objective reads (train.preference, train.rl), if any."""
-        return {"preference": "preference", "online_rl": "rl"}.get(self.trainer)
+        return {"preference": "preference", "online_rl": "rl", "image_text": "vision"}.get(self.trainer)
 
 
 _LANGUAGE = dict(formats=("prompt_completion", "messages"), metrics=(*GENERATION, "perplexity"), head="language_model",
@@ -89,6 +93,11 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective(name="rl", formats=("prompt_completion", "preference"), metrics=("mean_reward",), head="language_model",
               trainer="online_rl", scorer="rewards", answers_prompts=True,
               not_estimated="online RL generates several answers per prompt and scores them with reward models"),
+    # Chats about images (captions, transcriptions, visual questions): the first metric (the gate's default) is CER;
+    # a captioning recipe names cider first in evaluate.metrics.
+    Objective(name="vision_language", formats=("image_text",), metrics=IMAGE_ANSWERS, head="language_model",
+              trainer="image_text", scorer="image_answers", answers_prompts=True, sees_images=True,
+              not_estimated="the estimate does not count image tokens and the vision tower yet"),
 )}
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from pydantic import ConfigDict
 
+from ftcore.columns import IMAGES_COLUMN
 from ftcore.plugins import Plugin, Registry
 from ftcore.schema import RecipeModel
 
@@ -37,11 +39,14 @@ class Batch:
     name another row ("duplicate of row 12"). A chat `messages` cell is a JSON list of {role, content}: read and
     rewrite text through `text()` and `map_text()` and a step works on every format without knowing it.
     `state` is the step's own dict; for a `stateful=True` step it is the same dict for every batch of a run.
+    Rows of the image_text format name their images in an `images` column (ftcore/data/images.py); `images` is the
+    folder holding those files, where a step that rewrites an image stores the new one.
     """
 
     frame: pd.DataFrame
     text_columns: list[str]
     state: dict = field(default_factory=dict)
+    images: Path | None = None
 
     def text(self, column: str) -> pd.Series:
         """The column as strings; a `messages` column gives the contents of its messages, one per line."""
@@ -49,6 +54,12 @@ class Batch:
         if column == MESSAGES_COLUMN:
             return values.map(lambda cell: "\n".join(m["content"] for m in json.loads(cell)))
         return values.astype(str)
+
+    def identity(self, columns: list[str] | None = None) -> pd.Series:
+        """What makes two rows the same row: their text columns (or `columns`) joined, and the images they show
+        (two pictures with one caption are two rows)."""
+        keys = pd.concat([self.text(c) for c in columns or self.text_columns], axis=1).agg("\x1f".join, axis=1)
+        return keys + "\x1f" + self.frame[IMAGES_COLUMN] if IMAGES_COLUMN in self.frame else keys
 
     def map_text(self, fn: Callable[[str], str], columns: list[str] | None = None) -> pd.DataFrame:
         """A copy of the frame with `fn` applied to every text value of `columns` (default: the text columns);

@@ -10,6 +10,7 @@ this process. Invariant, checked for every step of every part: rows in = rows ke
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ftcore.data.balance import balance_rows, with_features
 from ftcore.data.card import collect_card_stats, render_data_card
 from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, StepSpec
 from ftcore.data.formats import HOLDOUT, TASK
+from ftcore.data.images import IMAGES_DIR, store_of
 from ftcore.data.sources.config import FileSource
 from ftcore.data.split import SPLITS, assign_splits, check_classes, format_for_model, mix_tasks
 from ftcore.errors import DataError
@@ -72,8 +74,11 @@ def clean_balance_stage(job: CleanJob, out_dir: Path, batch_rows: int = 10_000,
     collected, clean, balance, data = job.collected, job.clean, job.balance, job.data
     text_columns = TEXT_COLUMNS[data.format]
     with atomic_dir(out_dir) as tmp:
+        images = link_images(store_of(collected.splits["all"]), tmp / IMAGES_DIR) if data.format == "image_text" \
+            else None
         kept_parts, quarantine_parts, step_metrics = clean_in_parts(
-            collected.splits["all"], plan_steps(clean.steps), text_columns, tmp / "work", batch_rows, map_parts)
+            collected.splits["all"], plan_steps(clean.steps), text_columns, tmp / "work", batch_rows, map_parts,
+            images)
         rows_kept = sum(num_rows(p) for p in kept_parts)
         if rows_kept < 3:
             raise DataError(f"clean: only {rows_kept} rows survived cleaning; at least 3 are needed to split")
@@ -146,16 +151,28 @@ def segments(plan: list[PlannedStep]) -> list[list[PlannedStep]]:
     return runs
 
 
+def link_images(store: Path, into: Path) -> Path:
+    """The collected images in this stage's own store, as hard links (no copy) where the file system allows."""
+    into.mkdir()
+    for image in store.iterdir() if store.is_dir() else ():
+        try:
+            os.link(image, into / image.name)
+        except OSError:
+            shutil.copy2(image, into / image.name)
+    return into
+
+
 def clean_in_parts(collected: Path, plan: list[PlannedStep], text_columns: list[str], work: Path, batch_rows: int,
-                   map_parts: MapParts) -> tuple[list[Path], list[Path], dict[str, float]]:
-    """(kept parts in row order, quarantine parts, `<step>.rows_in/rows_kept/rows_quarantined` metrics)."""
+                   map_parts: MapParts, images: Path | None = None) -> tuple[list[Path], list[Path], dict[str, float]]:
+    """(kept parts in row order, quarantine parts, `<step>.rows_in/rows_kept/rows_quarantined` metrics). `images`:
+    the image store the steps read and write."""
     parts = _split_into_parts(collected, work / "in", batch_rows)
     quarantined: list[Path] = []
     counts: dict[str, list[int]] = {step.label: [0, 0, 0] for step in plan}
     for k, segment in enumerate(segments(plan)):
         out = work / f"segment-{k}"
         out.mkdir(parents=True)
-        run = partial(clean_part, steps=segment, text_columns=text_columns, out_dir=out)
+        run = partial(clean_part, steps=segment, text_columns=text_columns, out_dir=out, images=images)
         if segment[0].stateful:
             states: dict[str, dict] = {step.label: {} for step in segment}
             results = [run(part, states=states) for part in parts]
@@ -181,10 +198,10 @@ def _split_into_parts(collected: Path, out: Path, batch_rows: int) -> list[Path]
 
 
 def clean_part(part: Path, steps: list[PlannedStep], text_columns: list[str], out_dir: Path,
-               states: dict[str, dict] | None = None) -> PartResult:
+               states: dict[str, dict] | None = None, images: Path | None = None) -> PartResult:
     """Run `steps` on one part and write what it keeps and quarantines beside it. Module level and given only
     paths and plain data, so a Dask worker can run it."""
-    kept, quarantine, counts = apply_steps(pd.read_parquet(part), steps, text_columns, states)
+    kept, quarantine, counts = apply_steps(pd.read_parquet(part), steps, text_columns, states, images)
     kept_path, quarantine_path = out_dir / part.name, out_dir / f"q-{part.name}"
     kept.to_parquet(kept_path)
     if len(quarantine):
@@ -194,7 +211,8 @@ def clean_part(part: Path, steps: list[PlannedStep], text_columns: list[str], ou
 
 
 def apply_steps(rows: pd.DataFrame, steps: list[PlannedStep], text_columns: list[str],
-                states: dict[str, dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                states: dict[str, dict] | None = None, images: Path | None = None,
+                ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Apply each step to the surviving rows, in order. A step that loses or invents rows fails, naming itself."""
     kept, quarantined, counts = rows, [], {}
     for step in steps:
@@ -205,7 +223,7 @@ def apply_steps(rows: pd.DataFrame, steps: list[PlannedStep], text_columns: list
             counts[step.label] = (0, 0, 0)
             continue
         state = states.setdefault(step.label, {}) if states is not None else {}
-        result = registered.fn(Batch(kept, text_columns, state), params)
+        result = registered.fn(Batch(kept, text_columns, state, images), params)
         if len(result.kept) + len(result.quarantined) != len(kept):
             raise DataError(
                 f"clean.steps.{step.index} ({step.name}): returned {len(result.kept)} kept + "
@@ -218,9 +236,9 @@ def apply_steps(rows: pd.DataFrame, steps: list[PlannedStep], text_columns: list
     return kept, pd.concat([empty, *quarantined]), counts
 
 
-def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str]):
+def run_steps(rows: pd.DataFrame, steps: list[StepSpec], text_columns: list[str], images: Path | None = None):
     """The steps on an in-memory table, as one batch: (kept, quarantine, per-step metrics)."""
-    kept, quarantine, counts = apply_steps(rows, plan_steps(steps), text_columns, states={})
+    kept, quarantine, counts = apply_steps(rows, plan_steps(steps), text_columns, states={}, images=images)
     metrics = {f"{label}.{name}": v for label, values in counts.items()
                for name, v in zip(("rows_in", "rows_kept", "rows_quarantined"), values, strict=True)}
     return kept.reset_index(drop=True), quarantine.reset_index(drop=True), metrics
@@ -260,7 +278,8 @@ def write_splits(kept_parts: list[Path], data: DataConfig, balance: BalanceConfi
     strata = "label" if data.format == "text_label" else TASK if data.tasks else None
     labels = _concat_column(kept_parts, strata) if strata else None
     holdout = _concat_column(kept_parts, HOLDOUT).to_numpy(dtype=bool)
-    assignment = assign_splits(len(holdout), labels, holdout, data.split, data.test_fraction)
+    groups = _group_column(kept_parts, data.split.group_by) if data.split.group_by else None
+    assignment = assign_splits(len(holdout), labels, holdout, data.split, data.test_fraction, groups)
     if data.format == "text_label":
         check_classes(labels, assignment)
     rebalance = needs_balancing(balance) or bool(data.tasks)
@@ -311,6 +330,13 @@ def rebalance_train(written: SplitsWritten, data: DataConfig, balance: BalanceCo
 
 def needs_balancing(balance: BalanceConfig) -> bool:
     return balance.strategy != "none" or balance.augment.enabled
+
+
+def _group_column(parts: list[Path], column: str) -> pd.Series:
+    if parts and column not in pq.read_schema(parts[0]).names:
+        raise DataError(f"data.split.group_by: no column {column!r} in the data; keep it by mapping it in "
+                        f"data.sources[].columns (e.g. columns: {{{column}: {column}}})")
+    return _concat_column(parts, column)
 
 
 def _concat_column(parts: list[Path], column: str) -> pd.Series:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from ftcore.columns import FORMAT_COLUMNS
 from ftcore.data.config import DataConfig
 from ftcore.data.formats import HOLDOUT, QUARANTINE_COLUMNS, SOURCE, to_canonical
+from ftcore.data.images import IMAGES_DIR, ImageReader
 from ftcore.data.sources import ROW_ID, read_source
 from ftcore.errors import DataError
 from ftcore.fs import atomic_dir
@@ -47,8 +48,9 @@ def collect_stage(job: CollectJob, out_dir: Path, batch_rows: int = 10_000) -> D
         first_reason, rows_read = None, 0
         for field, source, holdout in labelled:
             seen = rows.rows + quarantine.rows
+            images = ImageReader(tmp / IMAGES_DIR, source.fetch_images) if cfg.format == "image_text" else None
             for chunk in read_source(source, batch_rows):
-                kept, bad = to_canonical(chunk, source, cfg.format, holdout)
+                kept, bad = to_canonical(chunk, source, cfg.format, holdout, images)
                 rows_read += len(chunk.rows) + len(chunk.bad)
                 if len(kept):
                     rows.write(kept)

@@ -20,6 +20,11 @@ class SplitConfig(Strict):
     validation: Fraction = 0.1
     test: Fraction | None = Field(None, description="default 0.1, or 0 when data.test_sources supplies the test set")
     seed: Seed = 0
+    group_by: str | None = Field(
+        None, description="a column whose rows stay together: every row of a value (a book, a patient, a speaker) "
+                          "lands in one split, so no split is scored on rows that look like its training rows. Map "
+                          "the column in data.sources[].columns to keep it; the fractions then count rows, filled "
+                          "group by group in a seeded order")
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:
@@ -85,6 +90,15 @@ class DataConfig(Strict):
     def _one_test_set(self) -> DataConfig:
         if self.test_sources and self.split.test:
             raise ValueError("data.test_sources supplies the test set: remove data.split.test (or set it to 0)")
+        return self
+
+    @model_validator(mode="after")
+    def _image_fields_for_images(self) -> DataConfig:
+        if self.format != "image_text":
+            for i, source in enumerate(self.all_sources()):
+                used = [name for name in ("prompt", "fetch_images") if name in source.model_fields_set]
+                if used:
+                    raise ValueError(f"source {i} ({source.label()}): {', '.join(used)} only for format image_text")
         return self
 
     @property

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ftcore.columns import FORMAT_COLUMNS, LABEL_COLUMN
+from ftcore.columns import FORMAT_COLUMNS, IMAGES_COLUMN, LABEL_COLUMN
+from ftcore.data.images import ImageReader, ImageUnusable, content_text, placed_images, with_placeholders
 from ftcore.data.sources import ROW_ID, Chunk
 from ftcore.data.sources.config import SourceBase
 from ftcore.errors import DataError
@@ -34,11 +35,12 @@ class Unusable(ValueError):
     """A value that cannot be used in its column; the message is the quarantine reason."""
 
 
-def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool,
+                 images: ImageReader | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(canonical rows, quarantined rows) of one chunk. Extra keys of `columns:` beyond the format's are kept as
-    they are (e.g. `category: qtype`, for balancing by category)."""
-    mapping = _column_mapping(source, fmt)
+    they are (e.g. `category: qtype`, for balancing by category). `images` stores the images of image_text rows."""
     rows = chunk.rows
+    mapping = _column_mapping(source, fmt, rows)
     tag = source.name or chunk.origin
     malformed = pd.DataFrame([{SOURCE: tag, **bad, "step": COLLECT} for bad in chunk.bad],
                              columns=list(QUARANTINE_COLUMNS))
@@ -47,12 +49,14 @@ def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool) -> t
     _check_columns(rows, mapping, source, chunk.origin)
     converted, problems = {}, pd.Series("", index=rows.index, dtype=object)
     for canonical, column in mapping.items():
-        values, reasons = _convert(rows[column], _converter(canonical, fmt))
+        values, reasons = _convert(rows[column], _converter(canonical, fmt, images, chunk))
         converted[canonical] = values
         problems = problems.where(problems != "", reasons.map(lambda r, c=canonical: f"{c}: {r}" if r else ""))
     frame = pd.DataFrame(converted, index=rows.index)
     if fmt == "preference" and source.derive_prompt:
         frame, problems = _derive_prompt(frame, problems)
+    if fmt == "image_text":
+        frame, problems = _image_chats(frame, problems, source)
     ok = problems == ""
     canonical = frame[ok].assign(**{SOURCE: tag, ROW_ID: rows.loc[ok, ROW_ID].astype("int64"), HOLDOUT: holdout})
     if source.task is not None:
@@ -64,10 +68,13 @@ def to_canonical(chunk: Chunk, source: SourceBase, fmt: str, holdout: bool) -> t
     return canonical.reset_index(drop=True), pd.concat([malformed, quarantined], ignore_index=True)
 
 
-def _column_mapping(source: SourceBase, fmt: str) -> dict[str, str]:
+def _column_mapping(source: SourceBase, fmt: str, rows: pd.DataFrame) -> dict[str, str]:
     columns = FORMAT_COLUMNS[fmt]
     if fmt == "preference" and source.derive_prompt:
         columns = [c for c in columns if c != "prompt"]
+    if fmt == "image_text" and "messages" not in source.columns and "messages" not in rows:
+        # Images with a prompt (or the source's fixed one) and a completion: a caption, a transcription, an answer.
+        columns = [IMAGES_COLUMN, *(["prompt"] if source.prompt is None else []), "completion"]
     mapping = {canonical: source.columns.get(canonical, canonical) for canonical in columns}
     return {**mapping, **{k: v for k, v in source.columns.items() if k not in mapping and k != "prompt"}}
 
@@ -88,7 +95,7 @@ def _convert(values: pd.Series, convert: Callable) -> tuple[pd.Series, pd.Series
         try:
             out.append(convert(value))
             reasons.append("")
-        except Unusable as e:
+        except (Unusable, ImageUnusable) as e:
             out.append(None)
             reasons.append(str(e))
         except RecursionError:  # a value nested deeper than Python can walk (or parse, for messages as JSON text)
@@ -97,9 +104,13 @@ def _convert(values: pd.Series, convert: Callable) -> tuple[pd.Series, pd.Series
     return pd.Series(out, index=values.index, dtype=object), pd.Series(reasons, index=values.index, dtype=object)
 
 
-def _converter(canonical: str, fmt: str) -> Callable:
+def _converter(canonical: str, fmt: str, images: ImageReader | None, chunk: Chunk) -> Callable:
+    if canonical == IMAGES_COLUMN:
+        if images is None:
+            raise ValueError("image_text rows are collected with an ImageReader")
+        return lambda value: json.dumps(images.names(value, chunk.folder))
     if canonical == "messages":
-        return as_messages
+        return as_image_messages if fmt == "image_text" else as_messages
     if canonical == LABEL_COLUMN:
         return _as_label
     return as_text if canonical in FORMAT_COLUMNS[fmt] else _as_scalar
@@ -134,9 +145,15 @@ def _as_scalar(value) -> str:
     return "" if _missing(value) else str(value)
 
 
-def as_messages(value) -> str:
+def as_image_messages(value) -> str:
+    """`as_messages` whose contents may be lists of text and image parts, or text with `<image>` placeholders."""
+    return as_messages(value, content_text)
+
+
+def as_messages(value, content: Callable | None = None) -> str:
     """A chat as JSON: [{role, content}, ...] with roles system/user/assistant/tool. ShareGPT's {from, value} and
-    roles human/gpt are accepted; at least one assistant turn is required (it is what the model learns)."""
+    roles human/gpt are accepted; at least one assistant turn is required (it is what the model learns).
+    `content` turns a message's content into text (default: it must be text already)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -146,19 +163,24 @@ def as_messages(value) -> str:
         value = value.tolist()
     if not isinstance(value, list) or not value:
         raise Unusable(f"expected a list of messages, got {_kind(value)}")
-    messages = [_message(i, m) for i, m in enumerate(value)]
+    messages = [_message(i, m, content) for i, m in enumerate(value)]
     if not any(m["role"] == "assistant" for m in messages):
         raise Unusable("no assistant message")
     return json.dumps(messages, ensure_ascii=False)
 
 
-def _message(i: int, message) -> dict[str, str]:
+def _message(i: int, message, as_content: Callable | None) -> dict[str, str]:
     if not isinstance(message, dict):
         raise Unusable(f"message {i} is {_kind(message)}, expected {{role, content}}")
     role = message.get("role", message.get("from"))
     content = message.get("content", message.get("value"))
     if str(role).lower() not in ROLES:
         raise Unusable(f"message {i} has role {role!r}; expected one of {', '.join(sorted(set(ROLES.values())))}")
+    if as_content is not None:
+        try:
+            content = as_content(content)
+        except ImageUnusable as e:
+            raise Unusable(f"message {i}: {e}") from None
     if not isinstance(content, str):
         raise Unusable(f"message {i} content is {_kind(content)}, expected text")
     return {"role": ROLES[str(role).lower()], "content": content}
@@ -193,6 +215,29 @@ def _derive_prompt(frame: pd.DataFrame, problems: pd.Series) -> tuple[pd.DataFra
     split = pd.DataFrame(parts, index=frame.index, columns=["prompt", "chosen", "rejected"], dtype=object)
     return frame.drop(columns=["chosen", "rejected"]).join(split)[
         ["prompt", "chosen", "rejected", *[c for c in frame.columns if c not in ("chosen", "rejected")]]], problems
+
+
+def _image_chats(frame: pd.DataFrame, problems: pd.Series, source: SourceBase) -> tuple[pd.DataFrame, pd.Series]:
+    """image_text rows as chats with one placeholder per image: a prompt/completion row becomes a user turn (the
+    row's prompt or the source's) and an assistant turn; a chat's placeholders must match its images."""
+    problems, chats = problems.copy(), []
+    for index, row in frame.iterrows():
+        if problems[index]:
+            chats.append(None)
+            continue
+        if "messages" in frame:
+            messages = json.loads(row["messages"])
+        else:
+            prompt = source.prompt if source.prompt is not None else row["prompt"]
+            messages = [{"role": "user", "content": with_placeholders(prompt)},
+                        {"role": "assistant", "content": row["completion"]}]
+        try:
+            chats.append(json.dumps(placed_images(messages, len(json.loads(row[IMAGES_COLUMN]))), ensure_ascii=False))
+        except ImageUnusable as e:
+            problems[index] = f"messages: {e}"
+            chats.append(None)
+    rest = [c for c in frame.columns if c not in (IMAGES_COLUMN, "messages", "prompt", "completion")]
+    return frame.assign(messages=chats)[[IMAGES_COLUMN, "messages", *rest]], problems
 
 
 def _kind(value) -> str:

@@ -17,14 +17,18 @@ SPLITS = ("train", "validation", "test")
 
 
 def assign_splits(n: int, labels: pd.Series | None, holdout: np.ndarray, cfg: SplitConfig,
-                  test_fraction: float) -> np.ndarray:
+                  test_fraction: float, groups: pd.Series | None = None) -> np.ndarray:
     """The split of each of `n` rows. Holdout rows (from data.test_sources) are the test split; the others are
     shuffled with the seed and test and validation are carved off the front, per label when there are labels
-    (stratified), so every split keeps the label distribution. Each requested split gets at least one row."""
+    (stratified), so every split keeps the label distribution, or whole groups at a time (split.group_by). Each
+    requested split gets at least one row."""
     assignment = np.full(n, "train", dtype=object)
     assignment[holdout] = "test"
     rng = np.random.default_rng(cfg.seed)
     candidates = np.flatnonzero(~holdout)
+    if groups is not None:
+        return _assign_groups(assignment, candidates, groups.astype(str).to_numpy()[candidates], cfg, test_fraction,
+                              rng)
     if labels is None:
         groups = [candidates]
     else:
@@ -35,6 +39,27 @@ def assign_splits(n: int, labels: pd.Series | None, holdout: np.ndarray, cfg: Sp
         n_test, n_val = _count(len(group), test_fraction), _count(len(group), cfg.validation)
         assignment[shuffled[:n_test]] = "test"
         assignment[shuffled[n_test: n_test + n_val]] = "validation"
+    return assignment
+
+
+def _assign_groups(assignment: np.ndarray, candidates: np.ndarray, groups: np.ndarray, cfg: SplitConfig,
+                   test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Whole groups to test, then validation, in a seeded order, each until it holds its share of the rows."""
+    names, sizes = np.unique(groups, return_counts=True)
+    wanted = {"test": test_fraction, "validation": cfg.validation}
+    needed = 1 + sum(fraction > 0 for fraction in wanted.values())
+    if len(names) < needed:
+        raise DataError(f"data.split.group_by {cfg.group_by!r}: {len(names)} distinct value(s) for {needed} splits; "
+                        "every split needs a group of its own: add data, or split without group_by")
+    held = {split: 0 for split in wanted}
+    for k, g in enumerate(rng.permutation(len(names))):
+        groups_left = len(names) - k
+        split = next((s for s, fraction in wanted.items() if fraction > 0 and
+                      (held[s] == 0 or held[s] + sizes[g] / 2 <= fraction * len(candidates))), None)
+        if split is None or groups_left == 1:  # the last group always trains: train never ends up empty
+            continue
+        assignment[candidates[groups == names[g]]] = split
+        held[split] += sizes[g]
     return assignment
 
 

@@ -30,7 +30,7 @@ from ftcore.models.load import (
     load_tokenizer,
     load_trained,
     reload_model,
-    reload_tokenizer,
+    reload_processing,
     runs_own_code,
     saved_classes,
 )
@@ -227,14 +227,14 @@ def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "adapter":
         shutil.copytree(model.adapter, out)
-        reload_tokenizer(model.folder).save_pretrained(out)
+        reload_processing(model.folder).save_pretrained(out)
     elif kind in MERGED_DTYPES:
         import torch
 
         weights = reload_model(model.folder, saved_classes(model.folder),
                                dtype=getattr(torch, MERGED_DTYPES[kind]))
         weights.save_pretrained(out, safe_serialization=True)
-        reload_tokenizer(model.folder).save_pretrained(out)
+        reload_processing(model.folder).save_pretrained(out)
     else:
         write_int8(model.folder, out)
         if not model.merged:  # the adapter stays float32 beside the int8 base: it is small, and cannot be merged

@@ -4,22 +4,27 @@ stage's own scorers (greedy generation and perplexity, or classification), and t
 
 The metrics are the ones the test split has references for: exact match, token F1 and perplexity of the reference
 answers (prompt/completion and chat rows), perplexity of the text (text rows), accuracy and macro F1 (a classifier
-on labelled texts). Preference pairs and unanswered prompts have no reference to score against; their int8 export is
-measured by size only.
+on labelled texts), character error rate and token F1 of answers about images (image_text rows, where their files are
+at hand). Preference pairs and unanswered prompts have no reference to score against; their int8 export is measured
+by size only.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
+from ftcore.columns import IMAGES_COLUMN
 from ftcore.evaluation.config import LOWER_IS_BETTER
 
 # The metric the tolerance applies to, by what the test split holds; the first listed is the primary one.
 GENERATION = ("exact_match", "token_f1", "perplexity")
 CLASSIFICATION = ("accuracy", "macro_f1")
 TEXT = ("perplexity",)
+IMAGE_ANSWERS = ("cer", "token_f1")
 # Generation budget beyond the longest reference answer: a longer output cannot match it exactly, so both models
 # stop there rather than at evaluate.max_new_tokens, which the deploy stage does not see.
 SPARE_TOKENS = 8
@@ -61,6 +66,8 @@ def scorable_metrics(test: pd.DataFrame, classifier: bool) -> tuple[str, ...]:
     """The metrics the test split has references for (none: nothing to compare)."""
     if classifier:
         return CLASSIFICATION if {"text", "label"} <= set(test.columns) else ()
+    if IMAGES_COLUMN in test:  # the images' files, or only their names (a dataset read back from MLflow)
+        return IMAGE_ANSWERS if all(Path(p).is_file() for p in json.loads(test[IMAGES_COLUMN].iloc[0])) else ()
     if "completion" in test or "messages" in test:
         return GENERATION
     return TEXT if "text" in test else ()
@@ -73,7 +80,23 @@ def split_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...],
 
     if is_classifier(model):
         return classifier_scores(model, tokenizer, test, metrics, label)
+    if IMAGES_COLUMN in test:
+        return image_scores(model, tokenizer, test, metrics, label)
     return language_scores(model, tokenizer, test, metrics, label)
+
+
+def image_scores(model, processor, test: pd.DataFrame, metrics: tuple[str, ...], label: str) -> dict[str, float]:
+    from ftcore.evaluation.example_metrics import score
+    from ftcore.evaluation.vision import answered, image_questions
+    from ftcore.progress import progress_bar
+
+    questions = image_questions(test)
+    references = questions["raw_completion"].tolist()
+    longest = max(len(processor.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
+    with progress_bar(len(questions), f"{label}: answering") as bar:
+        outputs = [o.strip() for o in answered(model, processor, questions, longest + SPARE_TOKENS, BATCH_SIZE,
+                                                bar.update)]
+    return {metric: score(metric, outputs, references)[0] for metric in metrics}
 
 
 def classifier_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ...], label: str) -> dict[str, float]:

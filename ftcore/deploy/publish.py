@@ -11,6 +11,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ftcore import versions
+from ftcore.data.images import with_image_paths
 from ftcore.deploy.config import DeployConfig
 from ftcore.deploy.export import ExportReport, VersionModel, check_kinds, export_version
 from ftcore.deploy.gate import GateDecision, Reference, decide, not_again
@@ -64,9 +65,14 @@ def deploy_stage(job: DeployJob, out_dir: Path, mlflow_run_id: str, tags: dict[s
         versions.describe_version(name, version, version_description(decision, job.evaluation.metrics))
     test_split = job.dataset.splits.get("test") if job.dataset is not None else None
     exported = export_version(trained.model_path, name, version, mlflow_run_id, list(job.deploy.exports),
-                              pd.read_parquet(test_split) if test_split is not None else None,
+                              test_rows(test_split) if test_split is not None else None,
                               job.deploy.int8_tolerance)
     return write_record(name, version, decision, reference_name, exported, out_dir)
+
+
+def test_rows(split: Path) -> pd.DataFrame:
+    """The test split's rows, images as file paths."""
+    return with_image_paths(pd.read_parquet(split), split)
 
 
 def gate_decision(job: DeployJob, champion: dict | None) -> tuple[GateDecision, str]:

@@ -17,7 +17,14 @@ import re
 import tempfile
 from pathlib import Path
 
-from ftcore.models.load import MODEL_BUILD_LOCK, reload_model, reload_tokenizer, runs_own_code, saved_classes
+from ftcore.models.load import (
+    MODEL_BUILD_LOCK,
+    folder_sees_images,
+    reload_model,
+    reload_processing,
+    runs_own_code,
+    saved_classes,
+)
 
 WEIGHT_FILES = "*.safetensors"
 
@@ -33,7 +40,7 @@ def write_int8(src: Path, out: Path) -> None:
         source = untied_copy(src, classes, Path(tmp)) if ties_embeddings(modules) else src
         model = reload_model(source, classes, quantization_config=int8_config(modules), dtype=torch.float32)
         model.save_pretrained(out, safe_serialization=True)
-    reload_tokenizer(src).save_pretrained(out)
+    reload_processing(src).save_pretrained(out)
 
 
 def int8_config(modules):
@@ -58,9 +65,17 @@ def int8_config(modules):
 def skeleton(folder: Path, classes: list[str] | None):
     """The model's modules without its weights (on the meta device): to name them before loading."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoModelForSequenceClassification,
+    )
 
-    auto = AutoModelForCausalLM if classes is None else AutoModelForSequenceClassification
+    if classes is not None:
+        auto = AutoModelForSequenceClassification
+    else:
+        auto = AutoModelForImageTextToText if folder_sees_images(folder) else AutoModelForCausalLM
     with MODEL_BUILD_LOCK, torch.device("meta"):  # from_config sets torch's default dtype while it builds
         trusted = runs_own_code(folder)
         return auto.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=trusted),

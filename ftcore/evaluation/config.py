@@ -16,8 +16,9 @@ from ftcore.safety.config import SafetyConfig
 from ftcore.schema import PluginSpec, Strict, resolve_relative
 
 Metric = Literal["exact_match", "token_f1", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "perplexity", "accuracy",
-                 "macro_f1", "reward_accuracy", "mean_reward"]
-LOWER_IS_BETTER = {"perplexity"}
+                 "macro_f1", "reward_accuracy", "mean_reward", "cer", "wer", "cer_normalized", "wer_normalized",
+                 "cider"]
+LOWER_IS_BETTER = {"perplexity", "cer", "wer", "cer_normalized", "wer_normalized"}
 
 
 class DomainMetricSpec(PluginSpec):

@@ -67,7 +67,7 @@ def evaluate_models(models: dict[str, Path], scoring: Scoring, out_dir: Path) ->
         for name, rows in safety.items():
             scores.setdefault(name, {}).update(rows)
         plain |= counts
-    if cfg.latency_probes:
+    if cfg.latency_probes and scorer.probe_texts is not None:
         seconds = latency(models[candidate], scorer.probe_texts(models[candidate], test), cfg,
                           scoring.objective.classifies)
         plain |= {f"{candidate}.{k}": v for k, v in seconds.items()}

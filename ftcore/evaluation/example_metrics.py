@@ -25,6 +25,11 @@ GENERATION_METRICS: dict[str, tuple[str, str | None]] = {
     "rougeL": ("rouge.py", "rougeL"),
     "bleu": ("sacrebleu_metrics.py", "bleu"),
     "chrf": ("sacrebleu_metrics.py", "chrf"),
+    "cer": ("error_rates.py", "cer"),
+    "wer": ("error_rates.py", "wer"),
+    "cer_normalized": ("error_rates.py", "cer_normalized"),
+    "wer_normalized": ("error_rates.py", "wer_normalized"),
+    "cider": ("cider.py", "cider"),
 }
 
 

@@ -6,7 +6,8 @@ safety screen reads for objectives whose models answer prompts.
 - text (dapt): perplexity of the whole text;
 - classes (classification): accuracy and F1 against a TF-IDF + logistic regression baseline trained on the same
   train split (an encoder without its trained head cannot classify, so there is no meaningful "base" score);
-- preference_pairs (dpo), reward_pairs (reward_model), rewards (rl): ftcore/evaluation/preference.py.
+- preference_pairs (dpo), reward_pairs (reward_model), rewards (rl): ftcore/evaluation/preference.py;
+- image_answers (vision_language): answers about the test images (ftcore/evaluation/vision.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from ftcore.alignment.config import RewardConfig
+from ftcore.data.images import with_image_paths
 from ftcore.evaluation.classification import (
     classification_metrics,
     classification_rows,
@@ -37,6 +39,7 @@ from ftcore.evaluation.preference import (
     evaluate_policies_on_reward,
     evaluate_reward_models,
 )
+from ftcore.evaluation.vision import evaluate_image_models, image_questions
 from ftcore.models.load import load_trained, reload_tokenizer
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ScorerName
 from ftcore.progress import progress_bar
@@ -62,7 +65,9 @@ class Scoring(BaseModel):
     folds: dict[str, float] = {}  # cross-validation metrics (cv.*), reported with the others
 
     def rows(self, split: str) -> pd.DataFrame | None:
-        return pd.read_parquet(self.splits[split]) if split in self.splits else None
+        """The split's rows (images as file paths), or None."""
+        return with_image_paths(pd.read_parquet(self.splits[split]), self.splits[split]) if split in self.splits \
+            else None
 
 
 Scores = tuple[ModelScores, dict[str, float], pd.DataFrame]  # per-example scores, plain metrics, predictions
@@ -74,7 +79,8 @@ ScreenInputs = tuple[list[str], list[str], list[str]]
 class Scorer:
     score: Callable[[dict[str, Path], pd.DataFrame, Scoring, str], Scores]  # (models, test, scoring, start)
     reference: str  # the model the candidate must beat when there is no champion
-    probe_texts: Callable[[Path, pd.DataFrame], list[str]]  # what a latency probe sends (model folder, test rows)
+    # What a latency probe sends (model folder, test rows); None: the scorer times the candidate itself.
+    probe_texts: Callable[[Path, pd.DataFrame], list[str]] | None
     screen_inputs: Callable[[Path, pd.DataFrame], ScreenInputs] | None = None  # models that answer prompts
     confusion_matrix: bool = False
 
@@ -105,6 +111,17 @@ def score_classifiers(models: dict[str, Path], test: pd.DataFrame, scoring: Scor
              for metric, value in classification_metrics(references, predictions[name], classes).items()
              if metric not in scores[name]}
     return scores, plain, predictions
+
+
+def score_images(models: dict[str, Path], test: pd.DataFrame, scoring: Scoring, start: str) -> Scores:
+    return evaluate_image_models(models, test, scoring.evaluate)
+
+
+def image_questions_asked(model: Path, test: pd.DataFrame) -> ScreenInputs:
+    """The questions as written stand for the prompts: the screen reads the answers' text, not the images."""
+    questions = image_questions(test)
+    return (questions["raw_prompt"].tolist(), questions["raw_prompt"].tolist(),
+            questions["raw_completion"].tolist())
 
 
 def score_pairs(models: dict[str, Path], test: pd.DataFrame, scoring: Scoring, start: str) -> Scores:
@@ -158,6 +175,8 @@ SCORERS: dict[ScorerName, Scorer] = {
     "preference_pairs": Scorer(score_pairs, "base", raw_prompts, raw_questions),
     "reward_pairs": Scorer(score_reward_models, LENGTH_BASELINE, answered_pairs),
     "rewards": Scorer(score_rewards, "base", raw_prompts, raw_questions),
+    # Its latency is timed while scoring (a probe is an image request, not a text).
+    "image_answers": Scorer(score_images, "base", None, image_questions_asked),
 }
 
 CONFUSION_FILES = {"confusion_matrix": "confusion_matrix.png", "confusion_counts": "confusion_matrix.json"}

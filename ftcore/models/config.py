@@ -206,11 +206,68 @@ METHOD_NAMES = [method.model_fields["name"].default for method in METHODS]
 MethodConfig = Annotated[Union[METHODS], Field(discriminator="name"), WrapValidator(_one_method)]  # noqa: UP007
 
 
-class ScratchModelConfig(Strict):
-    """A small model built from config, with a BPE tokenizer trained on the corpus: a Llama, or a Mixtral-style
-    mixture of experts (every MLP is `num_experts` experts of which a router picks `experts_per_token`)."""
+class ScratchVisionConfig(Strict):
+    """The vision side of a scratch vision-language model: a small ViT (CLIP's for llava, SigLIP's for idefics3)
+    whose patch features a projector maps into the language model's embeddings."""
 
-    architecture: Literal["llama", "mixtral"] = "llama"
+    image_size: int = Field(64, ge=16, description="pixels per side of the encoder's input (llava: the whole "
+                                                   "image, resized; idefics3: one tile)")
+    patch_size: int = Field(8, ge=2, description="pixels per side of a patch: (image_size/patch_size)^2 patches")
+    hidden_size: int = Field(64, ge=16)
+    intermediate_size: int = Field(128, ge=16)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    max_tiles: int = Field(4, ge=1, le=6, description="idefics3: an image is resized so that its longest side is at "
+                                                      "most max_tiles tiles, and cut into tiles plus a global view "
+                                                      "(wide text lines stay readable)")
+
+    @model_validator(mode="after")
+    def _patches_fit(self) -> ScratchVisionConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("vision hidden_size must be divisible by num_attention_heads")
+        return self
+
+
+VISION_ARCHITECTURES = ("llava", "idefics3")
+
+
+class VisionParts(Strict):
+    """`train.vision`: which parts of a vision-language model train, as peers offer it (LLaMA-Factory's
+    freeze_vision_tower / freeze_multi_modal_projector / freeze_language_model, ms-swift's freeze_vit / freeze_aligner /
+    freeze_llm). With full fine-tuning a frozen part keeps its weights; with an adapter method the adapter goes on the
+    language model's linear layers (and the vision tower's with vision_tower: true) and a trained projector is trained
+    whole beside it."""
+
+    vision_tower: bool = Field(False, description="train the image encoder (pretrained encoders are usually kept)")
+    projector: bool = Field(True, description="train the layers that map image features into the text embeddings")
+    language_model: bool = Field(True, description="train the language model")
+    vision_tower_lr: float | None = Field(None, gt=0, description="the vision tower's learning rate; default: "
+                                                                  "train.learning_rate")
+    projector_lr: float | None = Field(None, gt=0, description="the projector's learning rate; default: "
+                                                               "train.learning_rate")
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> VisionParts:
+        if not (self.vision_tower or self.projector or self.language_model):
+            raise ValueError("every part is frozen: train at least one of vision_tower, projector, language_model")
+        for part in ("vision_tower", "projector"):
+            if getattr(self, f"{part}_lr") is not None and not getattr(self, part):
+                raise ValueError(f"{part}_lr: the {part} is frozen ({part}: false)")
+        return self
+
+    def trained(self) -> list[str]:
+        return [part for part in ("vision_tower", "projector", "language_model") if getattr(self, part)]
+
+
+class ScratchModelConfig(Strict):
+    """A small model built from config, with a BPE tokenizer trained on the corpus: a Llama, a Mixtral-style
+    mixture of experts (every MLP is `num_experts` experts of which a router picks `experts_per_token`), or a
+    vision-language model whose language model is that Llama (llava: one resized image; idefics3: tiles)."""
+
+    architecture: Literal["llama", "mixtral", "llava", "idefics3"] = "llama"
+    vision: ScratchVisionConfig = ScratchVisionConfig()
     num_experts: int = Field(4, ge=2, description="mixtral: experts per MoE layer")
     experts_per_token: int = Field(2, ge=1, description="mixtral: experts the router picks for each token")
     router_aux_loss_coef: float = Field(0.02, ge=0, description="mixtral: weight of the load-balancing loss")
@@ -235,11 +292,17 @@ class ScratchModelConfig(Strict):
     @model_validator(mode="after")
     def _experts_fit(self) -> ScratchModelConfig:
         moe_fields = {"num_experts", "experts_per_token", "router_aux_loss_coef"} & self.model_fields_set
-        if self.architecture == "llama" and moe_fields:
+        if self.architecture != "mixtral" and moe_fields:
             raise ValueError(f"{', '.join(sorted(moe_fields))}: only for architecture: mixtral")
+        if "vision" in self.model_fields_set and not self.sees_images:
+            raise ValueError(f"vision: only for architecture {' or '.join(VISION_ARCHITECTURES)}")
         if self.experts_per_token > self.num_experts:
             raise ValueError("experts_per_token must be at most num_experts")
         return self
+
+    @property
+    def sees_images(self) -> bool:
+        return self.architecture in VISION_ARCHITECTURES
 
 
 class ModelConfig(Strict):

@@ -4,7 +4,7 @@ the folder, the recipe field and the fix.
 
 `ftflow validate` (and every command that validates a recipe) and the init stage ask `pretrained_source`; nothing
 here reads weights or runs code from the folder. Hub ids are not checked here (nothing is on disk yet): their load
-errors are made one line by `ftcore.models.load._loaded`.
+errors are made one line by `ftcore.models.load.loaded`.
 """
 
 from __future__ import annotations

@@ -80,3 +80,31 @@ def completion_batches(tokenizer, prompts: list[str], completions: list[str], ba
         label_ids = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
         attention = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids])[:, None]).long()
         yield input_ids, attention, label_ids
+
+
+def generate_with_images(model, processor, chats: list[list[dict]], images: list[list], max_new_tokens: int,
+                         batch_size: int, progress: Callable[[int], object] | None = None) -> list[str]:
+    """Greedy answers of a vision-language model to chats (content parts, images as `{"type": "image"}`) with their
+    images (PIL images, in order); `progress(n)` after each batch of n. Rows without images go in batches of their
+    own: a processor takes a batch with images for every row or for none."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    texts = [processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
+    answers: dict[int, str] = {}
+    model.eval()
+    for with_images in (True, False):
+        rows = [i for i in range(len(chats)) if bool(images[i]) == with_images]
+        for batch in _batches(rows, batch_size):
+            encoded = processor(images=[images[i] for i in batch] if with_images else None,
+                                text=[texts[i] for i in batch], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(model.device, dtype=model.dtype)
+            with torch.no_grad():
+                out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, tokenizer))
+            decoded = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+            answers.update(zip(batch, decoded, strict=True))
+            if progress is not None:
+                progress(len(batch))
+    return [answers[i] for i in range(len(chats))]

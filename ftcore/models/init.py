@@ -9,13 +9,20 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from ftcore.columns import LABEL_COLUMN
+from ftcore.columns import IMAGE_PLACEHOLDER, LABEL_COLUMN
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir, hash_obj
-from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
+from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig, VisionParts
 from ftcore.models.folders import check_vocabulary, fit_gguf_vocabulary, pretrained_source
-from ftcore.models.load import load_model, load_tokenizer, reload_tokenizer, runs_own_code
+from ftcore.models.load import (
+    load_model,
+    load_tokenizer,
+    reload_processing,
+    reload_tokenizer,
+    runs_own_code,
+    sees_images,
+)
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,
     TRAINED_ADAPTER,
@@ -29,7 +36,7 @@ from ftcore.models.peft_methods import (
     write_method_spec,
 )
 from ftcore.models.registered import ModelRef, model_folder
-from ftcore.models.scratch import build_model, train_tokenizer
+from ftcore.models.scratch import build_model, build_vision_language, train_tokenizer
 from ftcore.models.support import check_fits
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective
 from ftcore.outputs import DatasetOutput, ModelOutput
@@ -47,6 +54,7 @@ class InitJob(BaseModel):
     dataset: DatasetOutput
     objective: Objective = OBJECTIVES[DEFAULT_OBJECTIVE]
     start: ModelRef | None = None
+    vision: VisionParts | None = None  # a vision-language objective: the parts an adapter goes on (train.vision)
 
 
 @dataclass
@@ -68,10 +76,12 @@ def init_stage(job: InitJob, out_dir: Path) -> ModelOutput:
     with atomic_dir(out_dir) as tmp:
         base = base_model(job, train, classes, tmp, out_dir)
         check_fits(base.model.config, job.method, job.objective)
-        if base.model.config.pad_token_id is None:
-            base.model.config.pad_token_id = base.tokenizer.pad_token_id
+        check_modality(base.model.config, job.objective, job.model)
+        text_config = base.model.config.get_text_config()
+        if text_config.pad_token_id is None:
+            text_config.pad_token_id = base.tokenizer.pad_token_id
         wrapped = (attach_adapter(base.model, base.adapter, trainable=True) if base.adapter
-                   else apply_method(base.model, job.method, base.tokenizer))
+                   else apply_method(base.model, job.method, base.tokenizer, job.vision))
         adapter_path = None
         if wrapped is not base.model:
             save_adapter(wrapped, tmp / "adapter")
@@ -96,10 +106,13 @@ def base_model(job: InitJob, train: pd.DataFrame, classes: list[str] | None, tmp
     (model.start adapter), or a folder's weights (a pretrained model, or the champion's merged weights)."""
     cfg, method, start = job.model, job.method, job.start
     if cfg.source == "scratch":
-        tokenizer = train_tokenizer(corpus(train), cfg.scratch.vocab_size)
-        model = build_model(cfg.scratch, tokenizer, classes)
+        tokenizer = train_tokenizer(corpus(train), cfg.scratch.vocab_size, cfg.scratch)
+        if cfg.scratch.sees_images:
+            model, processing = build_vision_language(cfg.scratch, tokenizer)
+        else:
+            model, processing = build_model(cfg.scratch, tokenizer, classes), tokenizer
         model.save_pretrained(tmp / "base", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "base")
+        processing.save_pretrained(tmp / "base")
         if quantization_config(method) is not None:
             # The base stays saved in full precision (4-bit weights cannot be saved as a base to merge into); the
             # adapter is built on the base as the train stage will load it.
@@ -171,7 +184,7 @@ def continued_adapter(start: ModelRef, tmp: Path, classes: list[str] | None) -> 
                         "fine-tuning, or registered before ftflow kept adapters); use start: merged")
     base = unmerged_base(folder, folder / TRAINED_ADAPTER, classes)
     base.save_pretrained(tmp / "base", safe_serialization=True)
-    reload_tokenizer(folder).save_pretrained(tmp / "base")
+    reload_processing(folder).save_pretrained(tmp / "base")
     return tmp / "base", folder / TRAINED_ADAPTER
 
 
@@ -190,9 +203,23 @@ def model_classes(train: pd.DataFrame, objective: Objective) -> list[str] | None
     return None
 
 
+def check_modality(config, objective: Objective, model: ModelConfig) -> None:
+    """A vision-language objective needs a model that sees images, and a text objective one that does not."""
+    sees = sees_images(config.to_dict())
+    if sees == objective.sees_images:
+        return
+    where = "model.scratch.architecture" if model.source == "scratch" else "model.name_or_path"
+    if objective.sees_images:
+        raise UserError(f"{where}: objective {objective.name} trains on images, and this model reads only text; use "
+                        f"a vision-language model (a local folder of one, or scratch architecture llava or idefics3)")
+    raise UserError(f"{where}: a vision-language model, and objective {objective.name} trains on text only; use "
+                    f"objective vision_language with data.format image_text, or a text model")
+
+
 def corpus(train: pd.DataFrame) -> list[str]:
-    """The train split's text, whatever its format, for training the scratch tokenizer."""
+    """The train split's text, whatever its format, for training the scratch tokenizer (image placeholders left
+    out: the image token is a special token of its own)."""
     if "messages" in train:
-        return [m["content"] for chat in train["messages"] for m in json.loads(chat)]
+        return [m["content"].replace(IMAGE_PLACEHOLDER, "") for chat in train["messages"] for m in json.loads(chat)]
     columns = [c for c in ("prompt", "completion", "text", "chosen", "rejected") if c in train]
     return train[columns].astype(str).agg("".join, axis=1).tolist()

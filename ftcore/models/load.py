@@ -24,7 +24,7 @@ T = TypeVar("T")
 MODEL_BUILD_LOCK = threading.RLock()
 
 
-def _loaded(what: str, name_or_path: str | Path, load: Callable[[], T], field: str = "model.name_or_path") -> T:
+def loaded(what: str, name_or_path: str | Path, load: Callable[[], T], field: str = "model.name_or_path") -> T:
     """Turn the many ways a load fails (no such folder, no config, no safetensors, a damaged or truncated one, offline
     hub, a GGUF of an architecture transformers cannot read) into one line for the user, naming the recipe `field`
     that points at the model."""
@@ -108,10 +108,16 @@ def runs_own_code(name_or_path: str | Path) -> bool:
     (ftcore/models/folders.py), and a model loaded with its code saves the code and the auto_map naming it with its
     weights (transformers' `save_pretrained`). A folder a user names outside a recipe (`ftflow serve FOLDER`,
     `ftflow inspect FOLDER`) is refused instead: nothing vouched for its code."""
+    config = config_of(name_or_path)
+    return config is not None and needs_own_code(config)
+
+
+def config_of(name_or_path: str | Path) -> dict | None:
+    """The config.json of a model folder (or a cached hub id) as a dict; None when there is none."""
     from ftcore.models.folders import read_json_object  # imported here: folders imports this module
 
     config = _config_file(name_or_path)
-    return config is not None and needs_own_code(read_json_object(config, "model"))
+    return None if config is None else read_json_object(config, "model")
 
 
 def _config_file(name_or_path: str | Path) -> Path | None:
@@ -135,13 +141,42 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, gg
     from transformers import AutoTokenizer
 
     gguf = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = _loaded("tokenizer", name_or_path, lambda: AutoTokenizer.from_pretrained(
+    tokenizer = loaded("tokenizer", name_or_path, lambda: AutoTokenizer.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code, **gguf))
     if tokenizer.pad_token is None:  # causal LMs often ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:  # saved with the trained model, so serving formats chats the same way
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
+
+
+def sees_images(config: dict) -> bool:
+    """Whether a model's config.json (as a dict) is a vision-language model's: it nests a vision config."""
+    return "vision_config" in config
+
+
+def folder_sees_images(name_or_path: str | Path) -> bool:
+    config = config_of(name_or_path)
+    return config is not None and sees_images(config)
+
+
+def load_processor(name_or_path: str | Path, trust_remote_code: bool = False):
+    """The processor a vision-language folder ships (image processor, tokenizer and chat template), loaded with
+    PIL's image backends where torchvision is missing (it is not installed here: its wheels pin another torch)."""
+    from transformers import AutoProcessor
+
+    processor = loaded("processor", name_or_path, lambda: AutoProcessor.from_pretrained(
+        str(name_or_path), trust_remote_code=trust_remote_code))
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
+def reload_processing(path: str | Path):
+    """What turns inputs into a model's ids, as saved beside it: a vision-language model's processor, else the
+    tokenizer (`reload_tokenizer`)."""
+    return load_processor(path, runs_own_code(path)) if folder_sees_images(path) else reload_tokenizer(path)
 
 
 def render_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
@@ -151,7 +186,8 @@ def render_chat(tokenizer, messages: list[dict[str, str]], generation_prompt: bo
 
 def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classes: list[str] | None = None, *,
                gguf_file: str | None = None, pickle: bool = False, **kwargs):
-    """A causal LM, or with `classes` a sequence classifier with one output per class. A folder without a matching
+    """A causal LM (a vision-language model for a folder of one), or with `classes` a sequence classifier with one
+    output per class. A folder without a matching
     head (a pretrained encoder) gets a new one, the same for the same `classes` (seeded).
 
     Safetensors only, unless `gguf_file` (that GGUF file in the folder, dequantised) or `pickle` (pytorch_model.bin,
@@ -159,7 +195,12 @@ def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classe
     float32 on a CPU (whose half-precision kernels are slow or missing) and in the checkpoint's own dtype on a GPU;
     a caller's `dtype` (qlora's) wins."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GgufConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoModelForSequenceClassification,
+        GgufConfig,
+    )
 
     kwargs.setdefault("dtype", "auto" if torch.cuda.is_available() else torch.float32)
     if gguf_file:  # dequantised into plain dense layers: transformers would keep them packed where a kernel exists
@@ -169,13 +210,13 @@ def load_model(name_or_path: str | Path, trust_remote_code: bool = False, classe
     else:
         kwargs |= {"use_safetensors": True}
     if classes is None:
-        auto = AutoModelForCausalLM
+        auto = AutoModelForImageTextToText if folder_sees_images(name_or_path) else AutoModelForCausalLM
     else:
         auto = AutoModelForSequenceClassification
         kwargs |= {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
                    "label2id": {name: i for i, name in enumerate(classes)}}
         torch.manual_seed(0)
-    model = _loaded("model", name_or_path, lambda: auto.from_pretrained(
+    model = loaded("model", name_or_path, lambda: auto.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code, **kwargs))
     if gguf_file and getattr(model, "hf_quantizer", None) is not None:  # nothing is packed: a plain model to save
         model.hf_quantizer.remove_quantization_config(model)
@@ -199,9 +240,9 @@ def load_local(auto_class, folder: str | Path, field: str):
     Safetensors only, like every model ftflow loads: a pickled `.bin` runs code when it is loaded."""
     from transformers import AutoTokenizer
 
-    tokenizer = _loaded("tokenizer", folder, lambda: AutoTokenizer.from_pretrained(folder, local_files_only=True),
+    tokenizer = loaded("tokenizer", folder, lambda: AutoTokenizer.from_pretrained(folder, local_files_only=True),
                         field)
-    model = _loaded("model", folder, lambda: auto_class.from_pretrained(folder, local_files_only=True,
+    model = loaded("model", folder, lambda: auto_class.from_pretrained(folder, local_files_only=True,
                                                                         use_safetensors=True), field)
     return tokenizer, model.eval()
 
@@ -216,7 +257,7 @@ def saved_classes(path: str | Path) -> list[str] | None:
 
 def load_trained(model_path: Path):
     """A model folder written by ftflow (a base, a merged model, or a base with an adapter that cannot be merged),
-    with its tokenizer. A classifier loads as one (`saved_classes`)."""
+    with its tokenizer (a vision-language model's processor). A classifier loads as one (`saved_classes`)."""
     from ftcore.models.peft_methods import load_exported  # imported here: peft_methods imports this module
 
-    return load_exported(model_path), reload_tokenizer(model_path)
+    return load_exported(model_path), reload_processing(model_path)

@@ -33,9 +33,11 @@ from ftcore.models.config import (
     PromptMethod,
     PTuningMethod,
     QLoraMethod,
+    VisionParts,
     bitsandbytes_installed,
 )
 from ftcore.models.load import load_model, reload_model, runs_own_code, saved_classes
+from ftcore.models.vision import linear_layers, part_modules
 
 SPEC_FILE = "method.json"
 EXPORTED_ADAPTER = "adapter"  # in an exported model folder: an adapter that cannot be merged, next to the base
@@ -47,8 +49,9 @@ TRAINED_ADAPTER = "trained_adapter"
 _MERGEABLE = (LoraMethod, Ia3Method, LycorisMethod)
 
 
-def apply_method(model, cfg: MethodConfig, tokenizer=None):
-    """Return the model to train: the model itself for `full`, a PeftModel for adapter methods.
+def apply_method(model, cfg: MethodConfig, tokenizer=None, vision: VisionParts | None = None):
+    """Return the model to train: the model itself for `full`, a PeftModel for adapter methods. On a
+    vision-language model, `vision` says which parts the adapter goes on (`on_vision_parts`).
 
     For qlora, `model` must come from `load_base` (4-bit). `tokenizer` is needed only by prompt with init: text.
     """
@@ -58,13 +61,31 @@ def apply_method(model, cfg: MethodConfig, tokenizer=None):
     from peft import get_peft_model
 
     torch.manual_seed(cfg.seed)
+    peft_config = _peft_config(cfg, model)
+    if vision is not None:
+        on_vision_parts(peft_config, model, vision)
     try:
-        wrapped = get_peft_model(model, _peft_config(cfg, model))
+        wrapped = get_peft_model(model, peft_config)
     except ValueError as e:  # e.g. target_modules that name no module of this model
         raise UserError(f"method: {cfg.name} does not fit this model: {first_line(e)}") from None
     if isinstance(cfg, PromptMethod) and cfg.init == "text":
         _init_prompt_from_text(wrapped, cfg.init_text, tokenizer)
     return wrapped
+
+
+def on_vision_parts(peft_config, model, vision: VisionParts) -> None:
+    """An adapter on the linear layers of the parts train.vision trains (PEFT's all-linear would take the vision
+    tower's too), and a trained projector whole beside it. Only where the method names all-linear: explicit
+    target_modules are the recipe's own choice."""
+    if getattr(peft_config, "target_modules", None) != "all-linear":
+        return
+    adapted = [part for part in vision.trained() if part != "projector"]
+    if not adapted:
+        raise UserError("train.vision: an adapter goes on the language model or the vision tower, and both are "
+                        "frozen; to train only the projector use method: full")
+    peft_config.target_modules = linear_layers(model, adapted)
+    if vision.projector:
+        peft_config.modules_to_save = [part_modules(model)["projector"]]
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -189,8 +210,9 @@ def load_trainable(base_path: str | Path, adapter_path: str | Path | None, cfg: 
     stage saved.
     """
     model = load_base(base_path, cfg, runs_own_code(base_path), classes)
-    if model.config.pad_token_id is None:  # a classifier finds each sequence's last token by the padding
-        model.config.pad_token_id = tokenizer.pad_token_id
+    text_config = model.config.get_text_config()  # a vision-language model's language model holds its ids
+    if text_config.pad_token_id is None:  # a classifier finds each sequence's last token by the padding
+        text_config.pad_token_id = tokenizer.pad_token_id
     if isinstance(cfg, FullMethod):
         return model
     if isinstance(cfg, PromptLearningMethod):

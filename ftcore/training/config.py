@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ftcore.models.config import VisionParts
 from ftcore.schema import Fraction, Seed, Strict, resolve_relative
 
 # TRL's DPO loss variants (DPOConfig.loss_type); several combine with loss_weights.
@@ -155,6 +156,7 @@ class TrainConfig(Strict):
                                                             "slower steps")
     preference: PreferenceConfig = PreferenceConfig()
     rl: RlConfig = RlConfig()
+    vision: VisionParts = VisionParts()
     distributed: DistributedConfig = DistributedConfig()
 
     @field_validator("mixed_precision", mode="before")

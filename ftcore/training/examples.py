@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ftcore.data.images import with_image_paths
 from ftcore.errors import DataError, UserError, first_line
 from ftcore.models.load import render_chat
 
@@ -28,11 +29,11 @@ TRAIN_COLUMNS = {"prompt_completion": ["prompt", "completion"], "text": ["text"]
 
 
 def read_split(path: Path | None) -> pd.DataFrame | None:
-    """The split's rows, or None when there is no such split or it is empty."""
+    """The split's rows (images as file paths), or None when there is no such split or it is empty."""
     if path is None:
         return None
     rows = pd.read_parquet(path)
-    return rows if len(rows) else None
+    return with_image_paths(rows, path) if len(rows) else None
 
 
 def language_examples(rows: pd.DataFrame, tokenizer, max_length: int, classes: list[str]):

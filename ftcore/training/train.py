@@ -24,10 +24,12 @@ import pandas as pd
 from ftcore.errors import UserError
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
-from ftcore.models.load import reload_tokenizer
+from ftcore.models.config import FullMethod
+from ftcore.models.load import reload_processing
 from ftcore.models.peft_methods import export_model, load_trainable, read_method_spec, save_adapter
 from ftcore.models.prompting import Prompting, write_prompting
 from ftcore.models.registered import model_folder
+from ftcore.models.vision import freeze_parts
 from ftcore.outputs import ModelOutput, TrainOutput
 from ftcore.tensors import first_non_finite
 from ftcore.training.analytics import layer_weight_norms, peak_memory_mb, reset_peak_memory
@@ -103,7 +105,7 @@ def train_in_process(run: TrainRun, callbacks: Sequence = ()) -> dict[str, float
     stage's metrics; the others return None."""
     job, cfg = run.job, run.job.train
     reset_peak_memory()
-    model, tokenizer = load_for_training(job.base)
+    model, tokenizer = load_for_training(job)
     train_rows, eval_rows, replayed = training_rows(run, tokenizer)
     store = CheckpointStore(run.checkpoints, keep=cfg.save_total_limit)
     setup = TrainerSetup(model, tokenizer, train_rows, eval_rows, trainer_arguments(model, cfg, store, eval_rows), run)
@@ -152,7 +154,7 @@ def train_session(trainer, run: TrainRun, eval_rows) -> Trained | None:
             end_progress_bars(trainer)
         runtime = time.perf_counter() - started
         eval_loss = _final_eval_loss(trainer, eval_rows)  # every process: evaluation gathers from all of them
-        model = whole_model(trainer, run.job.base)  # every process: gathering sharded weights is collective
+        model = whole_model(trainer, run.job)  # every process: gathering sharded weights is collective
         if not trainer.is_world_process_zero():
             return None
         # The last optimizer step comes after the last loss: only the weights show what it did.
@@ -199,7 +201,7 @@ def end_progress_bars(trainer) -> None:
                     setattr(callback, bar, None)
 
 
-def whole_model(trainer, base: ModelOutput):
+def whole_model(trainer, job: TrainJob):
     """The trained model with all of its weights. FSDP and DeepSpeed ZeRO-3 leave each process a shard of them:
     every process takes part in gathering them, and the first loads them into a fresh copy of the model, which
     saves, merges and measures as a one-process model does. (Run on GPUs only; none was at hand when this was
@@ -211,7 +213,7 @@ def whole_model(trainer, base: ModelOutput):
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.is_world_process_zero():
         return None
-    model, _ = load_for_training(base)
+    model, _ = load_for_training(job)
     model.load_state_dict(weights)
     return model
 
@@ -291,12 +293,17 @@ def alignment_metrics(history: list[dict]) -> dict[str, float]:
     return metrics
 
 
-def load_for_training(base: ModelOutput):
-    """The model to train (a 4-bit base for qlora) with the init stage's adapter, or the base for full FT."""
-    tokenizer = reload_tokenizer(base.base_path)
-    model = load_trainable(base.base_path, base.adapter_path, read_method_spec(base.path), tokenizer,
+def load_for_training(job: TrainJob):
+    """The model to train (a 4-bit base for qlora) with the init stage's adapter, or the base for full FT (a
+    vision-language model's frozen parts frozen), and its tokenizer (a vision-language model's processor)."""
+    base = job.base
+    processing = reload_processing(base.base_path)
+    method = read_method_spec(base.path)
+    model = load_trainable(base.base_path, base.adapter_path, method, getattr(processing, "tokenizer", processing),
                            classes=base.classes or None)
-    return model, tokenizer
+    if job.objective.sees_images and isinstance(method, FullMethod):
+        freeze_parts(model, job.train.vision)
+    return model, processing
 
 
 def build_trainer(setup: TrainerSetup, store: CheckpointStore):

@@ -1,7 +1,8 @@
 """The trainers of the objective table (`Objective.trainer`): for each, the rows it trains on
 (ftcore/training/examples.py) and how it is built from the arguments every trainer shares. TRL's SFTTrainer
-trains the language-model objectives, a Trainer with the balance stage's loss trains classifiers, and TRL's
-alignment trainers the rest (ftcore/training/alignment_trainers.py)."""
+trains the language-model objectives (with the processor, the vision-language one: ftcore/training/vision.py), a
+Trainer with the balance stage's loss trains classifiers, and TRL's alignment trainers the rest
+(ftcore/training/alignment_trainers.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ftcore.objectives import TrainerName
 from ftcore.training import alignment_trainers as alignment
 from ftcore.training.examples import class_examples, language_examples, pair_examples, prompt_examples
 from ftcore.training.jobs import TrainerSetup
+from ftcore.training.vision import image_examples, vision_language_trainer
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ TRAINERS: dict[TrainerName, Trainer] = {
     "preference": Trainer(pair_examples, alignment.preference_trainer),
     "pairwise_reward": Trainer(pair_examples, alignment.reward_model_trainer),
     "online_rl": Trainer(prompt_examples, alignment.rl_trainer),
+    "image_text": Trainer(image_examples, vision_language_trainer),
 }
 
 

@@ -130,7 +130,7 @@ def test_task_the_objective_s_old_name_keeps_working(tmp_path):
     with pytest.raises(RecipeError) as wrong:  # a problem names the key as the recipe or the override wrote it
         load_recipe(DEMO_RECIPE, ["task=bogus"])
     assert wrong.value.problems[0].endswith("task: Input should be 'sft', 'dapt', 'classification', 'multitask', "
-                                            "'dpo', 'reward_model' or 'rl', got 'bogus'")
+                                            "'dpo', 'reward_model', 'rl' or 'vision_language', got 'bogus'")
     both = tmp_path / "both.yaml"
     both.write_text(old.read_text().replace("task: sft", "task: sft\nobjective: sft"))
     with pytest.raises(RecipeError, match=r"both\.yaml: task: is the old name of objective:; give only objective"):

@@ -14,7 +14,7 @@ from rouge_score import rouge_scorer
 from ftcore.evaluation.bootstrap import bootstrap_interval, perplexity_of
 from ftcore.evaluation.example_metrics import GENERATION_METRICS, MODULES, score
 from ftcore.evaluation.scorers import Scoring
-from ftcore.objectives import OBJECTIVES
+from ftcore.objectives import GENERATION, OBJECTIVES
 from ftcore.text_metrics import exact_match, token_f1
 from ftcore.training.jobs import TrainJob
 
@@ -86,9 +86,11 @@ def test_the_evaluate_stage_reports_every_metric_with_its_interval_overall_and_p
                           tmp_path / "evaluate")
     m = out.metrics
     predictions = pd.read_json(out.predictions_path, lines=True)
-    # The objective's metrics (every metric module's, and perplexity) are scored below.
+    # The objective's metrics (every text metric module's, and perplexity) are scored below; the image answers'
+    # modules (error rates, CIDEr) are tested in test_image_text_metrics.py.
     assert recipe.evaluate.metrics == list(OBJECTIVES["multitask"].metrics)
-    assert set(GENERATION_METRICS) <= set(recipe.evaluate.metrics) and "perplexity" in recipe.evaluate.metrics
+    assert set(GENERATION) <= set(recipe.evaluate.metrics) <= {*GENERATION_METRICS, "perplexity"}
+    assert "perplexity" in recipe.evaluate.metrics
     for name in ("base", "candidate"):
         key = functools.partial(metric_key, name)  # the candidate's metrics carry no prefix
         for metric in recipe.evaluate.metrics:

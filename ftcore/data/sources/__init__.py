@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -23,6 +24,7 @@ class Chunk:
     rows: pd.DataFrame  # the source's own columns plus ROW_ID
     origin: str  # where these rows came from: a file name, a URL, "sql"
     bad: list[dict] = field(default_factory=list)  # {ROW_ID: int, "raw": str (<= 500 chars), "reason": str}
+    folder: Path | None = None  # where relative paths in the rows (image files) are resolved: the file's folder
 
 
 def read_source(source: Source, batch_rows: int) -> Iterator[Chunk]:

@@ -42,6 +42,11 @@ class SourceBase(Strict):
     derive_prompt: bool = Field(
         False, description="preference format: the prompt is the dialogue both answers share, up to the last "
                            "'Assistant:' turn (HH-RLHF style full dialogues in chosen/rejected)")
+    prompt: str | None = Field(
+        None, description="format image_text: the prompt of every row, for sources of images with a caption or "
+                          "transcription and no prompt column (e.g. 'Transcribe the line.')")
+    fetch_images: bool = Field(False, description="format image_text: download image values that are http(s) URLs; "
+                                                  "off, such rows are quarantined")
 
     def label(self) -> str:
         """How this source is named in messages."""

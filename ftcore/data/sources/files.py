@@ -41,7 +41,9 @@ CONTAINERS = [(b"\x1f\x8b", "is gzip-compressed; give it a .gz suffix (e.g. data
 def read_files(source: FileSource, batch_rows: int) -> Iterator[Chunk]:
     for path in source.files():
         reader = {"jsonl": _read_jsonl, "csv": _read_csv, "json": _read_json, "parquet": _read_parquet}[source.type]
-        yield from reader(path, source, batch_rows)
+        for chunk in reader(path, source, batch_rows):
+            chunk.folder = path.parent  # image paths in a file are relative to the file
+            yield chunk
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from ftcore.errors import DataError, first_line
 
 def read_hf_dataset(source: HfDatasetSource, batch_rows: int) -> Iterator[Chunk]:
     where = f"data.sources ({source.label()} {source.path})"
-    dataset = _pick_split(_load(source, where), source, where)
+    dataset = _undecoded_images(_pick_split(_load(source, where), source, where))
     origin = f"{source.path}[{source.split}]" if source.split else source.path
     first_row = 1
     for batch in dataset.iter(batch_size=batch_rows):
@@ -26,7 +26,18 @@ def read_hf_dataset(source: HfDatasetSource, batch_rows: int) -> Iterator[Chunk]
         frame = pd.DataFrame(batch, dtype=object)
         frame[ROW_ID] = range(first_row, first_row + len(frame))
         first_row += len(frame)
-        yield Chunk(rows=frame, origin=origin)
+        yield Chunk(rows=frame, origin=origin, folder=source.local_path())
+
+
+def _undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Image columns as their stored bytes ({"bytes", "path"}) rather than decoded pictures: collect stores the bytes
+    as they are, and decoding is what the image checks of the clean stage do (and quarantine when it fails)."""
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image):
+            dataset = dataset.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Image):  # a list of images
+            dataset = dataset.cast_column(name, type(feature)(datasets.Image(decode=False)))
+    return dataset
 
 
 def _load(source: HfDatasetSource, where: str) -> datasets.Dataset | datasets.DatasetDict:

@@ -10,6 +10,7 @@ import re
 import pandas as pd
 from pydantic import Field
 
+from ftcore.columns import IMAGES_COLUMN
 from ftcore.registry import Batch, StepParams, StepResult, cleaning_step
 from ftcore.schema import Seed
 
@@ -24,7 +25,7 @@ class DropDuplicatesParams(StepParams):
 @cleaning_step("drop_duplicates", params=DropDuplicatesParams, stateful=True)
 def drop_duplicates(batch: Batch, p: DropDuplicatesParams) -> StepResult:
     """Quarantine exact duplicates (after any earlier normalisation), keeping the first occurrence."""
-    keys = pd.concat([batch.text(c) for c in p.columns or batch.text_columns], axis=1).agg("\x1f".join, axis=1)
+    keys = batch.identity(p.columns)
     if not p.case_sensitive:
         keys = keys.str.lower()
     # 16-byte digests of the rows seen so far, across batches: memory grows with distinct rows, not their text.
@@ -46,11 +47,13 @@ class DropNearDuplicatesParams(StepParams):
     seed: Seed = 1
 
 
-def _shingles(text: str, n: int) -> set[bytes]:
+def _shingles(text: str, n: int, images: str = "") -> set[bytes]:
+    """Word n-grams of the text; of an image row, tagged with its images, so that only rows showing the same
+    images can be near-duplicates (two pictures with similar captions are two rows)."""
     words = _WORD.findall(text.lower())
     if len(words) < n:
-        return {" ".join(words).encode()} if words else set()
-    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+        return {f"{images}{' '.join(words)}".encode()} if words else set()
+    return {f"{images}{' '.join(words[i : i + n])}".encode() for i in range(len(words) - n + 1)}
 
 
 @cleaning_step("drop_near_duplicates", params=DropNearDuplicatesParams, stateful=True)
@@ -65,9 +68,10 @@ def drop_near_duplicates(batch: Batch, p: DropNearDuplicatesParams) -> StepResul
     lsh = batch.state["lsh"]
     kept_hashes: dict[str, MinHash] = batch.state.setdefault("kept", {})
     reasons = pd.Series("", index=batch.frame.index)
+    images = batch.frame[IMAGES_COLUMN] if IMAGES_COLUMN in batch.frame else pd.Series("", index=texts.index)
     for index, text in texts.items():
         minhash = MinHash(num_perm=p.num_perm, seed=p.seed)
-        minhash.update_batch(list(_shingles(text, p.shingle_words)))
+        minhash.update_batch(list(_shingles(text, p.shingle_words, images[index])))
         # LSH candidates are probable matches; confirm with the estimated Jaccard before quarantining.
         matches = [(minhash.jaccard(kept_hashes[key]), key) for key in lsh.query(minhash)]
         similar = [(j, key) for j, key in matches if j >= p.threshold]

@@ -1,0 +1,189 @@
+"""Images through the data stages and a vision-language model: sources whose rows carry images (paths, base64, data
+URLs, Hugging Face Image columns, chats with image parts or `<image>` placeholders) into the content-addressed store;
+splits by group; scratch LLaVA and Idefics3 models that learn to read the picture."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ftcore.columns import IMAGE_PLACEHOLDER
+from ftcore.data.collect import CollectJob, collect_stage
+from ftcore.data.config import DataConfig
+from ftcore.errors import UserError
+from ftcore.evaluation.evaluate import evaluate_models
+from ftcore.evaluation.scorers import Scoring
+from ftcore.jobs import clean_job
+from ftcore.models.init import InitJob, init_stage
+from ftcore.recipe import Recipe
+from ftcore.training.jobs import TrainJob
+from ftcore.training.train import train_stage
+from tests.ftcore.image_fixtures import draw, write_shapes
+
+
+def png(colour: str = "red", shape: str = "circle") -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    draw(colour, shape).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def collect(tmp_path: Path, rows: list[dict], **source) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cfg = DataConfig.model_validate({"format": "image_text", "sources": [{"type": "jsonl", "path": str(data),
+                                                                          **source}]})
+    out = collect_stage(CollectJob(data=cfg, sources={}), tmp_path / "collected")
+    assert out.metrics["rows_in"] == out.metrics["rows_kept"] + out.metrics["rows_quarantined"]
+    return (pd.read_parquet(out.path / "collected.parquet"), pd.read_parquet(out.path / "quarantine.parquet"),
+            out.path / "images")
+
+
+def test_every_form_of_image_a_row_brings_is_stored_once_by_its_content(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "a.png").write_bytes(png())
+    encoded = base64.b64encode(png("blue")).decode()
+    rows = [
+        {"image": "pics/a.png", "prompt": "What is this?", "completion": "a red circle"},  # relative to the file
+        {"image": f"data:image/png;base64,{encoded}", "prompt": "<image> Colour?", "completion": "blue"},
+        {"image": encoded, "prompt": "Colour?", "completion": "blue"},  # bare base64: the same picture again
+        {"image": ["pics/a.png", "pics/a.png"], "prompt": "<image> and <image>: same?", "completion": "yes"},
+    ]
+    kept, quarantined, store = collect(tmp_path, rows, columns={"images": "image"})
+    assert len(kept) == 4 and quarantined.empty
+    names = [json.loads(cell) for cell in kept["images"]]
+    red, blue = (f"{hashlib.sha256(png(c)).hexdigest()}.png" for c in ("red", "blue"))
+    assert names == [[red], [blue], [blue], [red, red]]
+    assert sorted(p.name for p in store.iterdir()) == sorted({red, blue})  # one file per distinct picture
+    chats = [json.loads(cell) for cell in kept["messages"]]
+    # Without a placeholder the image goes before the prompt; placeholders stay where they were written.
+    assert chats[0] == [{"role": "user", "content": f"{IMAGE_PLACEHOLDER}What is this?"},
+                        {"role": "assistant", "content": "a red circle"}]
+    assert chats[1][0]["content"] == f"{IMAGE_PLACEHOLDER} Colour?"
+    assert chats[3][0]["content"] == f"{IMAGE_PLACEHOLDER} and {IMAGE_PLACEHOLDER}: same?"
+
+
+def test_chats_with_image_parts_and_a_fixed_prompt_for_captions(tmp_path):
+    (tmp_path / "a.png").write_bytes(png())
+    parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}]
+    kept, _, _ = collect(tmp_path, [{"images": ["a.png"], "messages": parts}])
+    assert json.loads(kept["messages"][0])[0]["content"] == f"{IMAGE_PLACEHOLDER}Describe."
+    kept, _, _ = collect(tmp_path, [{"picture": "a.png", "caption": "a red circle"}], prompt="Describe the picture.",
+                         columns={"images": "picture", "completion": "caption"})
+    assert json.loads(kept["messages"][0])[0]["content"] == f"{IMAGE_PLACEHOLDER}Describe the picture."
+
+
+def test_rows_whose_images_cannot_be_used_are_quarantined_with_the_reason(tmp_path):
+    (tmp_path / "a.png").write_bytes(png())
+    rows = [{"image": "a.png", "prompt": "ok", "completion": "kept"},
+            {"image": "missing.png", "prompt": "q", "completion": "a"},
+            {"image": "https://example.org/a.png", "prompt": "q", "completion": "a"},
+            {"image": "a.png", "prompt": "<image> <image>", "completion": "a"},
+            {"image": "data:image/png;base64,@@@", "prompt": "q", "completion": "a"}]
+    kept, quarantined, _ = collect(tmp_path, rows, columns={"images": "image"})
+    assert len(kept) == 1
+    reasons = dict(zip(quarantined["source_row"], quarantined["reason"], strict=True))
+    assert "image file not found" in reasons[2] and "missing.png" in reasons[2]
+    assert "fetching images is off" in reasons[3] and "fetch_images: true" in reasons[3]
+    assert reasons[4] == "messages: 2 image placeholders for 1 image"
+    assert "invalid base64" in reasons[5]
+
+
+def test_a_saved_hugging_face_dataset_with_an_image_column(tmp_path):
+    import datasets
+
+    folder = tmp_path / "hf"
+    datasets.Dataset.from_dict({"image": [{"bytes": png("green"), "path": None}], "caption": ["a green circle"]},
+                               features=datasets.Features({"image": datasets.Image(),
+                                                           "caption": datasets.Value("string")})
+                               ).save_to_disk(str(folder))
+    cfg = DataConfig.model_validate({"format": "image_text", "sources": [{
+        "type": "hf_dataset", "path": str(folder), "prompt": "Describe.",
+        "columns": {"images": "image", "completion": "caption"}}]})
+    out = collect_stage(CollectJob(data=cfg, sources={}), tmp_path / "collected")
+    kept = pd.read_parquet(out.path / "collected.parquet")
+    assert json.loads(kept["images"][0]) == [f"{hashlib.sha256(png('green')).hexdigest()}.png"]
+
+
+def test_image_fields_only_for_the_image_format():
+    with pytest.raises(ValueError, match="prompt only for format image_text"):
+        DataConfig.model_validate({"sources": [{"type": "jsonl", "path": __file__, "prompt": "x"}]})
+
+
+def test_a_group_never_spans_two_splits():
+    import numpy as np
+
+    from ftcore.data.config import SplitConfig
+    from ftcore.data.split import assign_splits
+
+    groups = pd.Series([f"book{i % 23}" for i in range(460)])
+    cfg = SplitConfig(validation=0.1, test=0.2, group_by="book", seed=3)
+    splits = assign_splits(len(groups), None, np.zeros(len(groups), dtype=bool), cfg, 0.2, groups)
+    per_group = pd.DataFrame({"group": groups, "split": splits}).groupby("group")["split"].nunique()
+    assert (per_group == 1).all()
+    shares = pd.Series(splits).value_counts(normalize=True)
+    assert set(shares.index) == {"train", "validation", "test"}
+    assert abs(shares["test"] - 0.2) <= 0.05 and abs(shares["validation"] - 0.1) <= 0.05
+
+
+def shapes_recipe(manifest: Path, architecture: str, **train) -> Recipe:
+    return Recipe.model_validate({
+        "name": "shapes", "objective": "vision_language",
+        "data": {"format": "image_text", "split": {"validation": 0.1, "test": 0.25, "seed": 0},
+                 "sources": [{"type": "jsonl", "path": str(manifest), "prompt": "What is this?",
+                              "columns": {"images": "image", "completion": "caption"}}]},
+        "model": {"source": "scratch", "scratch": {
+            "architecture": architecture, "vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 256,
+            "vision": {"image_size": 32, "patch_size": 8, "max_tiles": 2}}},
+        "method": {"name": "full"},
+        "train": {"max_steps": 60, "batch_size": 8, "learning_rate": 3e-3, "max_length": 128,
+                  "lr_scheduler": "constant", "save_steps": 1000, **train},
+        "evaluate": {"metrics": ["exact_match", "cer"], "max_new_tokens": 24, "latency_probes": 2,
+                     "bootstrap_resamples": 200},
+    })
+
+
+@pytest.mark.parametrize("architecture", ["llava", "idefics3"])
+def test_a_scratch_vision_language_model_learns_to_read_the_picture(tmp_path, architecture):
+    """The captions name a colour and a shape that only the picture shows: the base model gets none right, the
+    trained one most (measured, one thread: llava 0.89, idefics3 1.0 exact match on the 18 test pictures; the
+    assertion leaves room for other thread counts)."""
+    recipe = shapes_recipe(write_shapes(tmp_path / "data"), architecture)
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collected")
+    from ftcore.data.clean import clean_balance_stage
+
+    dataset = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec,
+                              vision=recipe.train.vision), tmp_path / "init")
+    assert {"processor_config.json", "chat_template.jinja"} <= {p.name for p in base.base_path.iterdir()}
+    trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
+                          tmp_path / "train")
+    assert trained.metrics["train_loss_last"] < trained.metrics["train_loss_first"] / 5
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=recipe.spec)
+    metrics = evaluate_models({"base": base.base_path, "candidate": trained.model_path}, scoring,
+                              tmp_path / "evaluate").metrics
+    assert metrics["base.exact_match"] == 0 and metrics["exact_match"] >= 0.6
+    assert metrics["cer"] < metrics["base.cer"] - 0.5
+    assert metrics["cer.ci_high"] < metrics["base.cer.ci_low"]  # the interval excludes no change
+    assert metrics["latency_p50_s"] > 0
+
+
+def test_an_image_objective_on_a_text_model_is_refused_in_one_line(tmp_path):
+    recipe = shapes_recipe(write_shapes(tmp_path / "data", copies=1), "llava")
+    recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
+        "scratch": recipe.model.scratch.model_copy(update={"architecture": "llama"})})})
+    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collected")
+    from ftcore.data.clean import clean_balance_stage
+
+    dataset = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
+    with pytest.raises(UserError, match="objective vision_language trains on images, and this model reads only text"):
+        init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),
+                   tmp_path / "init")
