@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from ftcore.columns import IMAGES_COLUMN
 from ftcore.evaluation.config import LOWER_IS_BETTER, EvaluateConfig
 from ftcore.evaluation.cross_validation import cross_validate
 from ftcore.evaluation.intervals import CANDIDATE, FEWSHOT, improvements, public_names, summarize
 from ftcore.evaluation.jobs import EvaluateJob
 from ftcore.evaluation.language import evaluate_language_models
 from ftcore.evaluation.preference import LENGTH_BASELINE
-from ftcore.evaluation.report import ReportData, worst_examples, write_report
+from ftcore.evaluation.report import ReportData, example_sets, write_report
 from ftcore.evaluation.scorers import BASELINE, CONFUSION_FILES, SCORERS, Scorer, Scoring, write_confusion
 from ftcore.evaluation.screen import latency, screen_answers
 from ftcore.fs import atomic_dir
@@ -168,13 +169,14 @@ def report_data(scoring: Scoring, metrics: dict[str, float], predictions: pd.Dat
     notes = [f"{metrics['test_rows']:.0f} test examples; intervals: {cfg.confidence:.0%} bootstrap, "
              f"{cfg.bootstrap_resamples} resamples", f"the candidate must beat {rival}"]
     example_metric = next((m for m in table if f"{CANDIDATE}.{m}" in predictions), None)
-    examples = None
+    examples = {}
     if example_metric is not None:
         source, reference_column = ("raw_prompt", "raw_completion") if "raw_prompt" in predictions else (
             "text", "label")
         others = {name: name for name in models if name != CANDIDATE and name in predictions}
-        examples = worst_examples(predictions, f"{CANDIDATE}.{example_metric}", source, reference_column, CANDIDATE,
-                                  other_outputs=others)
+        examples = example_sets(predictions, f"{CANDIDATE}.{example_metric}", source, reference_column, CANDIDATE,
+                                example_metric in LOWER_IS_BETTER, others,
+                                IMAGES_COLUMN if IMAGES_COLUMN in predictions else None)
     shown = {name: value for name, value in metrics.items() if name != "test_rows"}  # said in the notes
     return ReportData(title=scoring.title, objective=scoring.objective.name, models=models, table_metrics=table,
                       metrics=shown, lower_is_better=frozenset(LOWER_IS_BETTER), examples=examples,

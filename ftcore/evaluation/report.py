@@ -3,7 +3,8 @@ model per metric in bold), a comparison chart, the stage's images (loss curves, 
 and every other metric.
 
 The page is a single self-contained file (inline CSS, images as base64 data URIs, no JavaScript, no external URLs),
-because it is opened from MLflow's artifact viewer or a laptop, where nothing beside it can be fetched.
+because it is opened from MLflow's artifact viewer or a laptop, where nothing beside it can be fetched. Examples about
+images show each example's first image as a thumbnail beside its reference and outputs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ CANDIDATE = "candidate"
 INTERVAL_SUFFIXES = (".ci_low", ".ci_high")
 MAX_TEXT = 400  # characters of an example's text shown; the full rows are in predictions.jsonl
 MISSING = "–"
+THUMBNAIL = (360, 120)  # the largest width and height of an example's image (a text line keeps its shape)
+EXAMPLES = {"Worst examples": 10, "Best examples": 5, "Random examples": 5}  # title -> rows shown
+EXAMPLE_SEED = 0
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
@@ -32,6 +36,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-a
 th:first-child, td:first-child, .text { text-align: left; }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; max-width: 28em; }
 img { max-width: 100%; }
+td img { max-width: none; }
 .candidate { background: #fff4d6; }
 .note { color: #555; margin: 0.2em 0; }
 figure { margin: 1em 0; }
@@ -43,7 +48,7 @@ figcaption { font-weight: bold; margin-bottom: 0.3em; }
 class ReportData:
     """What one run's report shows. In `metrics` the candidate's value of metric x is `x`, another model m's is
     `m.x`, each with optional interval bounds `<key>.ci_low` and `<key>.ci_high`; `examples` is `worst_examples`'
-    frame; `images` maps captions to PNG files (missing ones are left out)."""
+    frames by title (`example_sets`); `images` maps captions to PNG files (missing ones are left out)."""
 
     title: str
     objective: str
@@ -51,7 +56,7 @@ class ReportData:
     table_metrics: list[str]
     metrics: dict[str, float]
     lower_is_better: frozenset[str] = frozenset({"perplexity"})
-    examples: pd.DataFrame | None = None
+    examples: dict[str, pd.DataFrame] = field(default_factory=dict)
     example_metric: str | None = None
     images: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -71,7 +76,7 @@ def write_report(report: ReportData, path: Path) -> Path:
         "<h2>Metrics</h2>",
         _main_table(report),
         *(_figure(caption, png) for caption, png in figures.items()),
-        _examples_table(report.examples, report.example_metric),
+        *(_examples_table(title, frame, report.example_metric) for title, frame in report.examples.items()),
         _all_metrics_table(report),
         "</body>\n</html>\n",
     ]
@@ -79,14 +84,28 @@ def write_report(report: ReportData, path: Path) -> Path:
     return Path(path)
 
 
-def worst_examples(predictions: pd.DataFrame, score_column: str, input_column: str, reference_column: str,
-                   output_column: str, n: int = 10, other_outputs: dict[str, str] | None = None) -> pd.DataFrame:
-    """The `n` lowest-scoring rows (unscored ones last) in `ReportData.examples`' shape: input, reference, output,
-    score and `output.<model>` for each model -> column in `other_outputs`."""
-    worst = predictions.sort_values(score_column, na_position="last", kind="stable").head(n)
+def example_sets(predictions: pd.DataFrame, score_column: str, input_column: str, reference_column: str,
+                 output_column: str, lower_is_better: bool = False, other_outputs: dict[str, str] | None = None,
+                 image_column: str | None = None) -> dict[str, pd.DataFrame]:
+    """The worst-scoring rows (unscored ones last), the best and a random few (seeded), by title (`EXAMPLES`), each
+    in the shape the report shows: input, reference, output, score, `output.<model>` for each model -> column in
+    `other_outputs`, and with `image_column` (lists of image files) the first image's `image`."""
     columns = {"input": input_column, "reference": reference_column, "output": output_column, "score": score_column}
     columns |= {f"output.{model}": column for model, column in (other_outputs or {}).items()}
-    return pd.DataFrame({name: worst[column].to_numpy() for name, column in columns.items()})
+    worst_first = predictions.sort_values(score_column, ascending=not lower_is_better, na_position="last",
+                                          kind="stable")
+    best_first = predictions.dropna(subset=[score_column]).sort_values(score_column, ascending=lower_is_better,
+                                                                       kind="stable")
+    picked = {"Worst examples": worst_first, "Best examples": best_first,
+              "Random examples": predictions.sample(frac=1.0, random_state=EXAMPLE_SEED)}
+    sets = {}
+    for title, ordered in picked.items():
+        rows = ordered.head(EXAMPLES[title])
+        frame = pd.DataFrame({name: rows[column].to_numpy() for name, column in columns.items()})
+        if image_column is not None:
+            frame["image"] = [paths[0] if len(paths) else None for paths in rows[image_column]]
+        sets[title] = frame
+    return sets
 
 
 def _metric_keys(model: str, metric: str) -> list[str]:
@@ -198,21 +217,42 @@ def _figure(caption: str, png: bytes) -> str:
             f'<img src="data:image/png;base64,{data}" alt="{escape(caption)}"></figure>')
 
 
-def _examples_table(examples: pd.DataFrame | None, example_metric: str | None) -> str:
-    if examples is None or examples.empty:
+def _examples_table(title: str, examples: pd.DataFrame, example_metric: str | None) -> str:
+    if examples.empty:
         return ""
     others = [column for column in examples.columns if column.startswith("output.")]
-    headers = ["input", "reference", "candidate output", example_metric or "score",
+    images = "image" in examples
+    headers = [*(["image"] if images else []), "input", "reference", "candidate output", example_metric or "score",
                *(f"{column.removeprefix('output.')} output" for column in others)]
     rows = []
     for _, example in examples.iterrows():
+        picture = [f"<td>{_thumbnail(example['image'])}</td>"] if images else []
         texts = [f'<td class="text">{escape(_truncate(example[column]))}</td>'
                  for column in ("input", "reference", "output")]
         score = f"<td>{_num(example['score'])}</td>"
         outputs = [f'<td class="text">{escape(_truncate(example[column]))}</td>' for column in others]
-        rows.append("<tr>" + "".join([*texts, score, *outputs]) + "</tr>")
+        rows.append("<tr>" + "".join([*picture, *texts, score, *outputs]) + "</tr>")
     header = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"
-    return "<h2>Worst examples</h2>\n<table>\n" + header + "\n" + "\n".join(rows) + "\n</table>"
+    return f"<h2>{escape(title)}</h2>\n<table>\n" + header + "\n" + "\n".join(rows) + "\n</table>"
+
+
+def _thumbnail(path: object) -> str:
+    """The image scaled down to fit THUMBNAIL, inline as PNG; a dash when there is none or it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(path, str) or not path:  # no image: None, or NaN once in a frame
+        return MISSING
+    try:
+        with Image.open(path) as image:
+            small = image.convert("RGB")
+            small.thumbnail(THUMBNAIL)
+    except (OSError, UnidentifiedImageError):
+        return MISSING
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="test image" width="{small.width}" height="{small.height}">'
+
 
 
 def _all_metrics_table(report: ReportData) -> str:

@@ -21,7 +21,6 @@ from ftcore.models.load import (
     reload_processing,
     reload_tokenizer,
     runs_own_code,
-    sees_images,
 )
 from ftcore.models.peft_methods import (
     EXPORTED_ADAPTER,
@@ -76,7 +75,6 @@ def init_stage(job: InitJob, out_dir: Path) -> ModelOutput:
     with atomic_dir(out_dir) as tmp:
         base = base_model(job, train, classes, tmp, out_dir)
         check_fits(base.model.config, job.method, job.objective)
-        check_modality(base.model.config, job.objective, job.model)
         text_config = base.model.config.get_text_config()
         if text_config.pad_token_id is None:
             text_config.pad_token_id = base.tokenizer.pad_token_id
@@ -201,19 +199,6 @@ def model_classes(train: pd.DataFrame, objective: Objective) -> list[str] | None
         case "reward":
             return REWARD_CLASSES
     return None
-
-
-def check_modality(config, objective: Objective, model: ModelConfig) -> None:
-    """A vision-language objective needs a model that sees images, and a text objective one that does not."""
-    sees = sees_images(config.to_dict())
-    if sees == objective.sees_images:
-        return
-    where = "model.scratch.architecture" if model.source == "scratch" else "model.name_or_path"
-    if objective.sees_images:
-        raise UserError(f"{where}: objective {objective.name} trains on images, and this model reads only text; use "
-                        f"a vision-language model (a local folder of one, or scratch architecture llava or idefics3)")
-    raise UserError(f"{where}: a vision-language model, and objective {objective.name} trains on text only; use "
-                    f"objective vision_language with data.format image_text, or a text model")
 
 
 def corpus(train: pd.DataFrame) -> list[str]:

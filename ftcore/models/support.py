@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 EMBEDDING_INPUT_METHODS = ("prompt", "p_tuning")
 
 
+# Methods that do not fit a vision-language model, with the reason.
+VISION_REFUSED = {
+    "prefix": ("PEFT's prefix tuning sizes its prefixes from the top-level config's hidden size, which a "
+               "vision-language model's config nests in its text config; use prompt, p_tuning, lora or another "
+               "adapter method"),
+}
+
 # LyCORIS methods in PEFT adapt nn.Linear and convolutions only.
 LYCORIS_METHODS = ("loha", "lokr")
 
@@ -41,15 +48,18 @@ class ModelKind:
     router_loss: bool = False
     takes_cache: bool = True
     parameter_targets: bool = False  # PEFT's all-linear adapts some weights as parameters (Mixtral's router)
+    sees_images: bool = False  # a vision-language model
 
     @classmethod
     def of(cls, config, trust_remote_code: bool = False) -> ModelKind:
         from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+        from ftcore.models.load import sees_images
+
         conv1d, experts, takes_cache, parameter_targets = _layer_kinds(config, trust_remote_code)
         router_loss = experts and bool(getattr(config.get_text_config(), "router_aux_loss_coef", 0))
         return cls(config.model_type, config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES, conv1d, router_loss,
-                   takes_cache, parameter_targets)
+                   takes_cache, parameter_targets, sees_images(config.to_dict()))
 
 
 def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool, bool, bool]:
@@ -85,6 +95,14 @@ def _layer_kinds(config, trust_remote_code: bool) -> tuple[bool, bool, bool, boo
 def refusal(kind: ModelKind, method: str, objective: Objective, all_linear: bool = True) -> str | None:
     """Why `method` cannot train `objective` on this kind of model, or None when it can; `all_linear`: the method
     targets PEFT's all-linear (its default) rather than modules the recipe names."""
+    if objective.sees_images and not kind.sees_images:
+        return (f"objective {objective.name} trains on images, and {kind.model_type} reads only text; use a "
+                "vision-language model (a local folder of one, or scratch architecture llava or idefics3)")
+    if kind.sees_images and not objective.sees_images:
+        return (f"{kind.model_type} is a vision-language model, and objective {objective.name} trains on text only; "
+                "use objective vision_language (data.format image_text), or a text model")
+    if kind.sees_images and method in VISION_REFUSED:
+        return VISION_REFUSED[method]
     if objective.head == "language_model" and not kind.decoder:
         return (f"objective {objective.name} generates text, and {kind.model_type} is an encoder without a "
                 "language-model head; use objective classification, or a decoder model")
@@ -140,7 +158,7 @@ def check_recipe_model(cfg: ModelConfig, method: MethodConfig, objective: Object
         scratch = cfg.scratch
         moe = scratch.architecture == "mixtral"
         kind = ModelKind(scratch.architecture, decoder=True, router_loss=moe and scratch.router_aux_loss_coef > 0,
-                         parameter_targets=moe)
+                         parameter_targets=moe, sees_images=scratch.sees_images)
         model = f"the scratch {scratch.architecture}"
     elif cfg.source == "pretrained" and cfg.name_or_path is not None:
         from ftcore.models.load import resolve_pretrained

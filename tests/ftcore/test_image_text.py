@@ -133,13 +133,14 @@ def test_a_group_never_spans_two_splits():
     assert abs(shares["test"] - 0.2) <= 0.05 and abs(shares["validation"] - 0.1) <= 0.05
 
 
-def shapes_recipe(manifest: Path, architecture: str, **train) -> Recipe:
+def shapes_recipe(manifest: Path, architecture: str, model: dict | None = None, **train) -> Recipe:
+    """The shapes data on a small scratch model (or `model`, the recipe's model section), trained 60 steps."""
     return Recipe.model_validate({
         "name": "shapes", "objective": "vision_language",
         "data": {"format": "image_text", "split": {"validation": 0.1, "test": 0.25, "seed": 0},
                  "sources": [{"type": "jsonl", "path": str(manifest), "prompt": "What is this?",
                               "columns": {"images": "image", "completion": "caption"}}]},
-        "model": {"source": "scratch", "scratch": {
+        "model": model or {"source": "scratch", "scratch": {
             "architecture": architecture, "vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 256,
             "vision": {"image_size": 32, "patch_size": 8, "max_tiles": 2}}},
@@ -176,14 +177,119 @@ def test_a_scratch_vision_language_model_learns_to_read_the_picture(tmp_path, ar
     assert metrics["latency_p50_s"] > 0
 
 
-def test_an_image_objective_on_a_text_model_is_refused_in_one_line(tmp_path):
-    recipe = shapes_recipe(write_shapes(tmp_path / "data", copies=1), "llava")
-    recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
-        "scratch": recipe.model.scratch.model_copy(update={"architecture": "llama"})})})
-    collected = collect_stage(CollectJob(data=recipe.data, sources={}), tmp_path / "collected")
+@pytest.fixture(scope="module")
+def llava():
+    from ftcore.models.config import ScratchModelConfig
+    from ftcore.models.scratch import build_vision_language, train_tokenizer
+
+    cfg = ScratchModelConfig(architecture="llava", vocab_size=128, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=1, num_attention_heads=2,
+                             vision={"image_size": 16, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                                     "num_hidden_layers": 1, "num_attention_heads": 2})
+    model, _ = build_vision_language(cfg, train_tokenizer(["a red circle"], 128, cfg))
+    return model
+
+
+def test_an_adapter_goes_on_the_language_model_and_the_projector_trains_whole(llava):
+    import copy
+
+    from ftcore.models.config import LoraMethod, VisionParts
+    from ftcore.models.peft_methods import apply_method
+
+    wrapped = apply_method(copy.deepcopy(llava), LoraMethod(r=2), vision=VisionParts())
+    trained = [name for name, p in wrapped.named_parameters() if p.requires_grad]
+    assert trained and all("language_model" in n or "multi_modal_projector" in n for n in trained)
+    assert any("lora_A" in n and "language_model" in n for n in trained)
+    assert not any("vision_tower" in n for n in trained)
+    with_tower = apply_method(copy.deepcopy(llava), LoraMethod(r=2), vision=VisionParts(vision_tower=True))
+    assert any("lora_A" in n and "vision_tower" in n for n, p in with_tower.named_parameters() if p.requires_grad)
+
+
+def test_full_fine_tuning_freezes_the_parts_train_vision_freezes(llava):
+    import copy
+
+    from ftcore.models.config import VisionParts
+    from ftcore.models.vision import freeze_parts
+
+    model = copy.deepcopy(llava)
+    freeze_parts(model, VisionParts(language_model=False))
+    trained = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"multi_modal_projector"}
+
+
+def test_the_vision_tower_and_the_projector_learn_at_their_own_rates(llava):
+    import torch
+
+    from ftcore.models.config import VisionParts
+    from ftcore.training.vision import with_part_rates
+
+    optimizer = torch.optim.AdamW([{"params": list(llava.parameters()), "lr": 1e-3, "weight_decay": 0.0}])
+    with_part_rates(optimizer, llava, VisionParts(vision_tower=True, vision_tower_lr=1e-5, projector_lr=1e-4))
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    parts = {name: rate[id(p)] for name, p in llava.named_parameters()}
+    assert {r for n, r in parts.items() if ".vision_tower." in f".{n}"} == {1e-5}
+    assert {r for n, r in parts.items() if "multi_modal_projector" in n} == {1e-4}
+    assert {r for n, r in parts.items() if "language_model" in n or "lm_head" in n} == {1e-3}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(llava.parameters()))
+
+
+def test_validate_refuses_a_model_that_does_not_see_images_or_a_method_that_does_not_fit(tmp_path):
+    from ftcore.models.support import check_recipe_model
+
+    recipe = shapes_recipe(write_shapes(tmp_path, copies=1), "llava")
+    text_model = recipe.model.model_copy(update={"scratch": recipe.model.scratch.model_copy(
+        update={"architecture": "llama"})})
+    with pytest.raises(UserError, match="trains on images, and llama reads only text"):
+        check_recipe_model(text_model, recipe.method, recipe.spec)
+    from pydantic import TypeAdapter
+
+    from ftcore.models.config import MethodConfig
+    from ftcore.objectives import OBJECTIVES
+
+    with pytest.raises(UserError, match="llava is a vision-language model, and objective sft trains on text only"):
+        check_recipe_model(recipe.model, recipe.method, OBJECTIVES["sft"])
+    with pytest.raises(UserError, match="prefix does not fit the scratch llava"):
+        check_recipe_model(recipe.model, TypeAdapter(MethodConfig).validate_python({"name": "prefix"}), recipe.spec)
+
+
+def prepared_shapes(root: Path, architecture: str = "llava", **train):
+    """The shapes recipe's data cleaned and its scratch model built under `root`: (recipe, dataset, base)."""
     from ftcore.data.clean import clean_balance_stage
 
-    dataset = clean_balance_stage(clean_job(recipe, collected), tmp_path / "clean")
-    with pytest.raises(UserError, match="objective vision_language trains on images, and this model reads only text"):
-        init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec),
-                   tmp_path / "init")
+    recipe = shapes_recipe(write_shapes(root / "data", copies=2), architecture, **train)
+    dataset = clean_balance_stage(clean_job(recipe, collect_stage(CollectJob(data=recipe.data, sources={}),
+                                                                  root / "collected")), root / "clean")
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec,
+                              vision=recipe.train.vision), root / "init")
+    return recipe, dataset, base
+
+
+def test_a_max_length_that_leaves_no_room_after_the_image_tokens_is_refused_with_the_length_that_fits(tmp_path):
+    recipe, dataset, base = prepared_shapes(tmp_path, "idefics3", max_length=24)
+    with pytest.raises(UserError, match=r"train.max_length: 24 tokens leaves no room for the answer after the "
+                                        r"prompt in \d+ of \d+ rows \(prompts up to \d+ tokens\); raise max_length"):
+        train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
+                    tmp_path / "train")
+    assert not (tmp_path / "train").exists()
+
+
+def test_a_local_folder_of_a_vision_language_model_trains_like_a_downloaded_one(tmp_path):
+    """A folder as a user downloads one (config.json with a vision_config, safetensors, the processor's and the
+    tokenizer's files, the chat template), named by model.source: pretrained: init keeps it in place, the trained
+    model carries the processor, and it answers images."""
+    import shutil
+
+    _, dataset, scratch = prepared_shapes(tmp_path / "scratch")
+    folder = tmp_path / "models" / "tiny-llava"
+    shutil.copytree(scratch.base_path, folder)
+    recipe = shapes_recipe(write_shapes(tmp_path / "data", copies=2), "llava",
+                           model={"source": "pretrained", "name_or_path": str(folder)})
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec,
+                              vision=recipe.train.vision), tmp_path / "init")
+    assert base.base_path == folder
+    trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
+                          tmp_path / "train")
+    assert (trained.model_path / "processor_config.json").is_file()
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=recipe.spec)
+    metrics = evaluate_models({"candidate": trained.model_path}, scoring, tmp_path / "evaluate").metrics
+    assert metrics["exact_match"] >= 0.5

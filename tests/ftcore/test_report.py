@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from ftcore.evaluation.report import ReportData, worst_examples, write_report
+from ftcore.evaluation.report import ReportData, example_sets, write_report
 from ftcore.training.plots import pyplot
 
 runner = CliRunner()
@@ -45,7 +45,8 @@ def _report(tmp_path: Path) -> ReportData:
     })
     return ReportData(
         title="clinical-qa: evaluation", objective="sft", models=["base", "fewshot", "champion", "candidate"],
-        table_metrics=["exact_match", "token_f1", "perplexity"], metrics=METRICS, examples=examples,
+        table_metrics=["exact_match", "token_f1", "perplexity"], metrics=METRICS,
+        examples={"Worst examples": examples},
         example_metric="token_f1", notes=["reference model: base", "test rows: 40"],
         images={"Training loss": _png(tmp_path / "loss.png"), "Confusion matrix": tmp_path / "missing.png"},
     )
@@ -109,13 +110,33 @@ def test_worst_examples_come_worst_first_with_unscored_last():
     predictions = pd.DataFrame({"question": ["q1", "q2", "q3", "q4"], "answer": ["a1", "a2", "a3", "a4"],
                                 "candidate": ["c1", "c2", "c3", "c4"], "base": ["b1", "b2", "b3", "b4"],
                                 "candidate.token_f1": [0.5, float("nan"), 0.1, 0.9]})
-    worst = worst_examples(predictions, "candidate.token_f1", "question", "answer", "candidate", n=3,
-                           other_outputs={"base": "base"})
+    sets = example_sets(predictions, "candidate.token_f1", "question", "answer", "candidate",
+                        other_outputs={"base": "base"})
+    worst, best = sets["Worst examples"], sets["Best examples"]
     assert list(worst.columns) == ["input", "reference", "output", "score", "output.base"]
-    assert worst["input"].tolist() == ["q3", "q1", "q4"]
-    assert worst["output.base"].tolist() == ["b3", "b1", "b4"]
-    everything = worst_examples(predictions, "candidate.token_f1", "question", "answer", "candidate")
-    assert everything["input"].tolist() == ["q3", "q1", "q4", "q2"] and math.isnan(everything["score"].iloc[-1])
+    assert worst["input"].tolist() == ["q3", "q1", "q4", "q2"] and math.isnan(worst["score"].iloc[-1])
+    assert worst["output.base"].tolist() == ["b3", "b1", "b4", "b2"]
+    assert best["input"].tolist() == ["q4", "q1", "q3"]  # unscored rows are neither best nor worst of the scored
+    assert sorted(sets["Random examples"]["input"]) == ["q1", "q2", "q3", "q4"]
+
+
+def test_for_a_lower_is_better_metric_the_worst_are_the_highest_and_images_are_shown(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (600, 40), "white").save(tmp_path / "line.png")
+    predictions = pd.DataFrame({"raw_prompt": ["q1", "q2"], "raw_completion": ["abc", "abd"],
+                                "candidate": ["abc", "xyz"], "candidate.cer": [0.0, 0.67],
+                                "images": [[str(tmp_path / "line.png")], []]})
+    sets = example_sets(predictions, "candidate.cer", "raw_prompt", "raw_completion", "candidate",
+                        lower_is_better=True, image_column="images")
+    assert sets["Worst examples"]["input"].tolist() == ["q2", "q1"]
+    assert sets["Best examples"]["input"].tolist() == ["q1", "q2"]
+    report = ReportData(title="ocr", objective="vision_language", models=["candidate"], table_metrics=["cer"],
+                        metrics={"cer": 0.33}, examples=sets, example_metric="cer")
+    page = write_report(report, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.count('alt="test image"') == 3  # the line in each set; the row without one gets a dash
+    assert 'width="360" height="24"' in page  # scaled into 360 x 120, its shape kept
+    assert "<h2>Best examples</h2>" in page and "<h2>Random examples</h2>" in page
 
 
 # ---------------------------------------------------------------------------------------------------------------
