@@ -102,6 +102,10 @@ def serve(
     no_batching: Annotated[bool, typer.Option("--no-batching", help="Answer one request at a time.")] = False,
     variant: Annotated[str | None, typer.Option(
         help="model, or an export of the version: int8 (8-bit, for CPUs), merged, merged_bf16, adapter.")] = None,
+    image_url_host: Annotated[list[str] | None, typer.Option(
+        "--image-url-host", metavar="HOST", help="A host whose http(s) image URLs chat requests may name (repeat "
+                                                 "for more; adds to images.url_hosts). Default: none, images come "
+                                                 "inline as data: URLs.")] = None,
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible completions and chat, classify, health, Prometheus metrics."""
     configure()
@@ -115,6 +119,8 @@ def serve(
         batching = {k: v for k, v in {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
                                       "enabled": False if no_batching else None}.items() if v is not None}
         updates = {"batching": cfg.batching.model_dump() | batching} | ({"variant": variant} if variant else {})
+        if image_url_host:
+            updates["images"] = cfg.images.model_dump() | {"url_hosts": [*cfg.images.url_hosts, *image_url_host]}
         cfg = ServeConfig.model_validate(cfg.model_dump() | updates)
         serve_model(model_uri, cfg, host=host, port=port, token=token)
     except UserError as e:

@@ -7,6 +7,7 @@ path and what was expected.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from pydantic import (
 
 from ftcore.alignment.config import RewardConfig
 from ftcore.data.balance import check_format
-from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, RuntimeConfig
+from ftcore.data.config import DEFAULT_STEPS, BalanceConfig, CleanConfig, DataConfig, RuntimeConfig, StepSpec
+from ftcore.data.steps import images as image_steps
 from ftcore.deploy.config import BeatChampion, DeployConfig, GateRule, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
 from ftcore.deploy.export import planned_export_problems
 from ftcore.errors import DataError, RecipeError
@@ -30,8 +32,11 @@ from ftcore.models.peft_methods import can_continue
 from ftcore.monitor.config import MonitorConfig
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ObjectiveName, objectives_where
 from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_yaml, read_yaml_file
+from ftcore.registry import STEPS
 from ftcore.schema import MAX_RETRIES, MAX_WAIT_S, Strict, describe_error
 from ftcore.training.config import CHAMPION_DATA, ContinualConfig, TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class StagesConfig(Strict):
@@ -75,11 +80,11 @@ class Recipe(Strict):
     @model_validator(mode="before")
     @classmethod
     def _objective_defaults(cls, raw: Any) -> Any:
-        """`task:` read as `objective:`; the objective's metrics and gate metric filled in where the recipe leaves
-        them out."""
+        """`task:` read as `objective:`; the objective's metrics and gate metric, and image_text data's cleaning
+        steps, filled in where the recipe leaves them out."""
         if not isinstance(raw, dict):
             return raw  # validation reports it
-        raw = current_names(raw)
+        raw = with_default_steps(current_names(raw))
         objective = OBJECTIVES.get(raw.get("objective", DEFAULT_OBJECTIVE))
         return raw if objective is None else with_default_metrics(raw, objective.metrics)
 
@@ -90,6 +95,17 @@ class Recipe(Strict):
                    or evaluation_problem(self.evaluate, objective))
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _steps_fit_the_format(self) -> Recipe:
+        problem = image_steps_problem(self.clean.steps, self.data.format)
+        if problem:
+            raise ValueError(problem)
+        if self.data.format == "image_text" and all(s.step != image_steps.DECODE_CHECK for s in self.clean.steps):
+            # A warning, not an error: the recipe's own steps may check the images, or its images be known good.
+            log.warning(f"clean.steps: no {image_steps.DECODE_CHECK} for data.format image_text, so an image that "
+                        f"does not decode stops training when it is reached; add {{step: {image_steps.DECODE_CHECK}}}")
         return self
 
     @model_validator(mode="after")
@@ -144,6 +160,38 @@ def with_default_metrics(raw: dict, metrics: tuple[str, ...]) -> dict:
                     and rule.get("metric") is None else rule for rule in gate]
         raw["deploy"] = {**deploy, "gate": gate}
     return raw
+
+
+# image_text data also gets the image checks when the recipe lists no steps of its own (CleanConfig's default list
+# cannot: it does not know the format). The images are checked before the text steps run; metadata is stripped
+# before drop_duplicates, so copies that differed only in it are one file by then.
+IMAGE_TEXT_STEPS = [
+    {"step": image_steps.DECODE_CHECK},
+    {"step": "drop_placeholder_mismatch"},
+    {"step": "filter_image_size", "max_pixels": 4096 * 4096, "action": "resize"},
+    {"step": "strip_image_metadata"},
+    *({"step": spec.step, **spec.params} for spec in DEFAULT_STEPS),
+]
+
+
+def with_default_steps(raw: dict) -> dict:
+    """The image steps where a recipe of data.format image_text gives no clean.steps."""
+    data, clean = raw.get("data"), raw.get("clean") or {}
+    if not isinstance(data, dict) or data.get("format") != "image_text" or not isinstance(clean, dict) \
+            or "steps" in clean:
+        return raw
+    return {**raw, "clean": {**clean, "steps": IMAGE_TEXT_STEPS}}
+
+
+def image_steps_problem(steps: list[StepSpec], data_format: str) -> str | None:
+    """An image step in a recipe whose data has no images."""
+    if data_format == "image_text":
+        return None
+    for i, spec in enumerate(steps):
+        if STEPS.get(spec.step).module == image_steps.__name__:
+            return (f"clean.steps.{i} ({spec.step}): image steps apply to data.format image_text, not "
+                    f"{data_format!r}; remove it")
+    return None
 
 
 def data_problem(recipe: Recipe, objective: Objective) -> str | None:

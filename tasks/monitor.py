@@ -16,8 +16,8 @@ from prefect.exceptions import ObjectNotFound
 
 from ftcore import tracking, versions
 from ftcore.errors import UserError
-from ftcore.hashing import hash_file
 from ftcore.models.registered import ModelRef
+from ftcore.monitor.canaries import canaries_fingerprint
 from ftcore.monitor.config import MonitorConfig, RetrainConfig
 from ftcore.monitor.scheduled import MonitorPass, monitor_endpoint
 from ftcore.monitor.stage import MonitorJob, monitor_stage
@@ -32,9 +32,10 @@ SOURCE_LABEL, CHAMPION_LABEL = "ftflow.monitor.source", "ftflow.model.champion"
 
 
 def canaries_hash(job: MonitorJob) -> str:
-    """The canaries file's content joins the cache key and the folder: edited canaries are asked again."""
+    """The canaries' content (the file and its pictures) joins the cache key and the folder: edited canaries are
+    asked again."""
     path = job.monitor.canaries
-    return hash_file(path) if path is not None else ""
+    return canaries_fingerprint(path) if path is not None else ""
 
 
 @stage_task("monitor", plugin_code=lambda params: canaries_hash(params["job"]))

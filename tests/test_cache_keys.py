@@ -248,3 +248,15 @@ def test_editing_the_training_code_leaves_the_stages_before_train_cached(project
     edit(project_copy, "ftcore/training/trainers.py")
     after = {stage: stage_key(stage) for stage in before}
     assert {stage for stage in before if after[stage] != before[stage]} == {"train"}
+
+
+def test_a_replaced_canary_picture_changes_the_canaries_fingerprint(tmp_path):
+    from ftcore.monitor.canaries import canaries_fingerprint
+
+    canaries = tmp_path / "canaries.jsonl"
+    canaries.write_text('{"question": "What is this?", "answer": "a red circle", "image": "red.png"}\n')
+    (tmp_path / "red.png").write_bytes(b"\x89PNG first")
+    before = canaries_fingerprint(canaries)
+    assert canaries_fingerprint(canaries) == before
+    (tmp_path / "red.png").write_bytes(b"\x89PNG second")
+    assert canaries_fingerprint(canaries) != before

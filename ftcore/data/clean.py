@@ -23,12 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from ftcore.columns import TEXT_COLUMNS
+from ftcore.columns import IMAGES_COLUMN, TEXT_COLUMNS
 from ftcore.data.balance import balance_rows, with_features
-from ftcore.data.card import collect_card_stats, render_data_card
+from ftcore.data.card import collect_card_stats, render_data_card, write_thumbnails
 from ftcore.data.config import BalanceConfig, CleanConfig, DataConfig, StepSpec
 from ftcore.data.formats import HOLDOUT, TASK
-from ftcore.data.images import IMAGES_DIR, store_of
+from ftcore.data.images import IMAGES_DIR, image_names, store_of
 from ftcore.data.sources.config import FileSource
 from ftcore.data.split import SPLITS, assign_splits, check_classes, format_for_model, mix_tasks
 from ftcore.errors import DataError
@@ -39,6 +39,7 @@ from ftcore.parquet_io import ParquetSink, frame_hash, iter_frames, num_rows, re
 from ftcore.registry import STEPS, Batch
 
 MapParts = Callable[[Callable[[Path], "PartResult"], list[Path]], Iterable["PartResult"]]
+CARD_DIR = "card"  # the data card's thumbnails, beside data_card.md
 
 
 @dataclass(frozen=True)
@@ -93,19 +94,25 @@ def clean_balance_stage(job: CleanJob, out_dir: Path, batch_rows: int = 10_000,
         if metrics["rows_in"] != rows_kept + rows_quarantined:
             raise DataError(f"clean: {metrics['rows_in']} rows in but {rows_kept} kept + {rows_quarantined} "
                             f"quarantined; a step lost or invented rows")
-        stats = collect_card_stats({name: tmp / f"{name}.parquet" for name in SPLITS}, tmp / "quarantine.parquet",
-                                   text_columns, batch_rows)
+        written = [tmp / f"{name}.parquet" for name in SPLITS]
+        pruned = prune_images(images, [*written, tmp / "quarantine.parquet"], batch_rows) if images else 0
+        stats = collect_card_stats(dict(zip(SPLITS, written, strict=True)), tmp / "quarantine.parquet", text_columns,
+                                   batch_rows, images, pruned)
         card = render_data_card(data_name(data), metrics, collected.metrics, stats,
                                 balance.column if balance.strategy != "none" else None)
         (tmp / "data_card.md").write_text(card, encoding="utf-8")
+        thumbnails = write_thumbnails(stats, tmp / CARD_DIR)
         if splits.loss is not None:
             (tmp / "loss.json").write_text(json.dumps(splits.loss, indent=1), encoding="utf-8")
-    return _cleaned_output(out_dir, splits, rows_kept, metrics)
+    return _cleaned_output(out_dir, splits, rows_kept, metrics, thumbnails)
 
 
-def _cleaned_output(out_dir: Path, splits: SplitsWritten, rows_kept: int, metrics: dict) -> DatasetOutput:
+def _cleaned_output(out_dir: Path, splits: SplitsWritten, rows_kept: int, metrics: dict,
+                    thumbnails: list[str]) -> DatasetOutput:
     artifacts = {"dataset": out_dir / "dataset.parquet", "quarantine": out_dir / "quarantine.parquet",
                  "data_card": out_dir / "data_card.md"}
+    # Each thumbnail its own artifact: MLflow shows image files, not the card's embedded ones.
+    artifacts |= {name.removesuffix(".jpg"): out_dir / CARD_DIR / name for name in thumbnails}
     if splits.loss is not None:
         artifacts["loss"] = out_dir / "loss.json"
     return DatasetOutput(
@@ -160,6 +167,20 @@ def link_images(store: Path, into: Path) -> Path:
         except OSError:
             shutil.copy2(image, into / image.name)
     return into
+
+
+def prune_images(store: Path, datasets: list[Path], batch_rows: int) -> int:
+    """Remove the store's files that no row of `datasets` names (originals a step rewrote, the images of rows
+    collect set aside), so the dataset folder holds what its rows name; returns how many."""
+    named: set[str] = set()
+    for path in datasets:
+        if IMAGES_COLUMN in pq.read_schema(path).names:
+            for frame in iter_frames(path, batch_rows, [IMAGES_COLUMN]):
+                named.update(name for cell in frame[IMAGES_COLUMN] for name in image_names(cell))
+    unnamed = [file for file in store.iterdir() if file.name not in named]
+    for file in unnamed:
+        file.unlink()
+    return len(unnamed)
 
 
 def clean_in_parts(collected: Path, plan: list[PlannedStep], text_columns: list[str], work: Path, batch_rows: int,

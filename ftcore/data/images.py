@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 from ftcore.columns import IMAGE_PLACEHOLDER as PLACEHOLDER
@@ -82,7 +83,7 @@ def put(store: Path, data: bytes) -> str:
     target = store / name
     if not target.exists():
         store.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(f".{os.getpid()}.part")
+        partial = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.part")
         partial.write_bytes(data)
         partial.replace(target)  # a crash leaves a .part file, never a half-written image under a store name
     return name

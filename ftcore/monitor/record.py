@@ -30,7 +30,7 @@ def write_files(assessment: Assessment, out: Path) -> dict[str, Path]:
     if assessment.canaries:
         files["canaries"] = out / "canaries.jsonl"
         rows = [{"question": c.question, "expected": c.expected, "output": c.output, "error": c.error,
-                 "correct": c.correct} for c in assessment.canaries]
+                 "correct": c.correct} | ({"image": c.image} if c.image else {}) for c in assessment.canaries]
         atomic_write_text(files["canaries"], "".join(json.dumps(r) + "\n" for r in rows))
     return files
 

@@ -20,6 +20,8 @@ STATUS_STYLE = """
 """
 DRIFT_VIEWS = {"length": "input lengths (KS statistic)", "vocabulary": "word distribution (Jensen-Shannon)",
                "embedding": "MiniLM embeddings (2·AUC − 1 of a two-sample classifier)"}
+IMAGE_VIEWS = {"image_width": "image widths (KS statistic)", "image_height": "image heights (KS statistic)",
+               "image_brightness": "image mean brightness (KS statistic)"}
 
 
 def verdict(assessment: Assessment) -> str:
@@ -93,13 +95,17 @@ def _charts(a: Assessment) -> list[str]:
 
 
 def _drift_section(a: Assessment) -> str:
-    rows = [f"<tr><td>{escape(DRIFT_VIEWS.get(part, part))}</td><td>{_num(value)}</td></tr>"
+    with_images = bool(a.live_images or a.reference_images)
+    views = DRIFT_VIEWS | (IMAGE_VIEWS if with_images else {})
+    rows = [f"<tr><td>{escape(views.get(part, part))}</td><td>{_num(value)}</td></tr>"
             for part, value in a.drift.parts.items()]
-    skipped = [f"<tr><td>{escape(DRIFT_VIEWS[part])}</td><td>not computed</td></tr>"
-               for part in DRIFT_VIEWS if part not in a.drift.parts]
+    skipped = [f"<tr><td>{escape(label)}</td><td>not computed</td></tr>"
+               for part, label in views.items() if part not in a.drift.parts]
     note = f'<p class="note">{escape(a.drift.note)}</p>' if a.drift.note else ""
+    images = (f", {len(a.live_images)} logged images against {len(a.reference_images)} training images"
+              if with_images else "")
     counts = (f'<p class="note">{len(a.live_inputs)} logged inputs against {len(a.reference_inputs)} training '
-              "inputs; the score is the largest view</p>")
+              f"inputs{images}; the score is the largest view</p>")
     return ("<h2>Input drift</h2>\n" + counts + note + "\n<table>\n<tr><th>view</th><th>value</th></tr>\n"
             + "\n".join(rows + skipped) + "\n</table>")
 
@@ -111,7 +117,8 @@ def _canaries_table(a: Assessment) -> str:
     for c in a.canaries:
         answer = c.output if c.error is None else f"ERROR {c.error}"
         css = "met" if c.correct else "breached"
-        rows.append(f'<tr><td class="text">{escape(_cut(c.question))}</td><td class="text">{escape(c.expected)}</td>'
+        question = c.question if c.image is None else f"[{c.image}] {c.question}"
+        rows.append(f'<tr><td class="text">{escape(_cut(question))}</td><td class="text">{escape(c.expected)}</td>'
                     f'<td class="text">{escape(_cut(answer))}</td><td class="{css}">{"yes" if c.correct else "no"}'
                     "</td></tr>")
     header = "<tr><th>question</th><th>expected</th><th>answer</th><th>right</th></tr>"

@@ -3,7 +3,8 @@ with its request log inside the stage's folder; the test split's inputs and the 
 any client would send them, and the window is exactly that traffic.
 
 The endpoint is served without a response cache, so every probe reaches the model, and without reloads: the stage
-judges this version only.
+judges this version only. A vision-language model is probed with the test split's chats about images, each image
+sent inline as a data: URL, and its drift compares the probes' images with the training split's.
 """
 
 from __future__ import annotations
@@ -14,21 +15,23 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from ftcore.columns import IMAGES_COLUMN
+from ftcore.data.images import with_image_paths
 from ftcore.fs import atomic_dir
 from ftcore.hashing import hash_dir
 from ftcore.monitor.assess import assess
 from ftcore.monitor.canaries import ask_canaries, load_canaries
 from ftcore.monitor.config import MonitorConfig
-from ftcore.monitor.endpoint import CLASSIFIER, Endpoint, EndpointError
+from ftcore.monitor.endpoint import CLASSIFIER, Endpoint, EndpointError, image_chat
 from ftcore.monitor.record import SOURCE_TAG, log_assessment, write_files
-from ftcore.monitor.window import read_window, training_inputs
+from ftcore.monitor.window import read_window, training_images, training_inputs
 from ftcore.outputs import DatasetOutput, DeployOutput, MonitorOutput
 from ftcore.progress import progress_bar
 from ftcore.safety.config import ToxicityScreenConfig
 from ftcore.serving.config import CacheConfig, RequestLogConfig, ServeConfig
 
 REQUEST_LOG = "requests.db"
-Probe = str | list[dict[str, str]]  # a prompt (or a text to classify), or a chat's turns before its last answer
+Probe = str | list[dict]  # a prompt (or a text to classify), or a chat's turns before its last answer
 
 
 class MonitorJob(BaseModel):
@@ -62,7 +65,8 @@ def monitor_stage(job: MonitorJob, out_dir: Path) -> MonitorOutput:
         with serving(f"models:/{registered_model}/{version}", stage_serve_config(log_url)) as base_url:
             endpoint = Endpoint(base_url, timeout_s=cfg.timeout_s)
             kind = endpoint.health()["kind"]
-            probes = probe_requests(pd.read_parquet(splits["test"]), cfg.probe_size)
+            test = with_image_paths(pd.read_parquet(splits["test"]), splits["test"])
+            probes = probe_requests(test, cfg.probe_size)
             with progress_bar(len(probes), f"probing models:/{registered_model}/{version}", unit="requests") as bar:
                 for probe in probes:
                     send_probe(endpoint, kind, probe, cfg.max_new_tokens)
@@ -73,7 +77,8 @@ def monitor_stage(job: MonitorJob, out_dir: Path) -> MonitorOutput:
                                         cfg.max_new_tokens)
         reference = training_inputs(pd.read_parquet(splits["train"]))
         assessment = assess(registered_model, version, f"the stage's {cfg.probe_size} probes and the canaries",
-                            read_window(log_url, None, None, None), reference, canaries, cfg, job.toxicity)
+                            read_window(log_url, None, None, None), reference, canaries, cfg, job.toxicity,
+                            reference_images=training_images(splits["train"], cfg.drift))
         names = {name: f.name for name, f in write_files(assessment, out).items()}
     files = {name: out_dir / file for name, file in names.items()}
     log_assessment(assessment, files, {SOURCE_TAG: "pipeline"})
@@ -88,12 +93,17 @@ def stage_serve_config(log_url: str) -> ServeConfig:
 
 def probe_requests(test: pd.DataFrame, size: int) -> list[Probe]:
     """`size` requests made of the split's inputs, repeated when it has fewer: prompts as the model saw them in
-    training, texts, or chats up to their last assistant turn."""
-    if "messages" in test:
-        probes: list[Probe] = [_before_last_answer(json.loads(chat)) for chat in test["messages"]]
-    else:
-        probes = test["prompt" if "prompt" in test else "text"].astype(str).tolist()
-    return [probes[i % len(probes)] for i in range(size)] if probes else []
+    training, texts, or chats up to their last assistant turn (with their images, whose files `images` names:
+    `with_image_paths`)."""
+    if test.empty:
+        return []
+    rows = test.iloc[[i % len(test) for i in range(size)]]
+    if IMAGES_COLUMN in rows:
+        return [image_chat(_before_last_answer(json.loads(chat)), json.loads(paths))
+                for chat, paths in zip(rows["messages"], rows[IMAGES_COLUMN], strict=True)]
+    if "messages" in rows:
+        return [_before_last_answer(json.loads(chat)) for chat in rows["messages"]]
+    return rows["prompt" if "prompt" in rows else "text"].astype(str).tolist()
 
 
 def send_probe(endpoint: Endpoint, kind: str, probe: Probe, max_tokens: int) -> None:
@@ -109,6 +119,6 @@ def send_probe(endpoint: Endpoint, kind: str, probe: Probe, max_tokens: int) -> 
         pass  # counted from the request log: a 5xx as an error, a 4xx as the client's
 
 
-def _before_last_answer(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+def _before_last_answer(messages: list[dict]) -> list[dict]:
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
     return messages[:last]

@@ -1,15 +1,21 @@
 """What a window of the request log says: how many requests, how fast (p50/p95/p99 over every request, failed
 ones included: a client waits for those too), how many failed (5xx: the server's fault; 4xx, the client's, are
 reported apart; a client that left before its answer, 499, is neither and counts in no error rate), and how many
-logged outputs the evaluate stage's toxicity scorer flags."""
+logged outputs the evaluate stage's toxicity scorer flags; and what inputs it compares with the training split's,
+texts and images."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ftcore.columns import IMAGES_COLUMN
+from ftcore.data.images import open_image, with_image_paths
+from ftcore.monitor.config import DriftConfig
+from ftcore.monitor.drift import sample
 from ftcore.serving.request_log import CLIENT_CLOSED, RequestLog
 
 SERVER_ERROR, CLIENT_ERROR = 500, 400
@@ -64,6 +70,13 @@ def logged_inputs(rows: pd.DataFrame) -> list[str]:
     return [text for value in rows["input"].dropna().astype(str) for text in logged_texts(value)]
 
 
+def logged_images(rows: pd.DataFrame) -> list[dict[str, float]]:
+    """The statistics of the images the logged chats carried, one per image."""
+    if IMAGES_COLUMN not in rows:  # a log read from before images were kept
+        return []
+    return [stats for value in rows[IMAGES_COLUMN].dropna() for stats in json.loads(value)]
+
+
 def logged_texts(value: str) -> list[str]:
     """A logged input or output: one text, or a JSON list of texts (a request with several inputs)."""
     if value.startswith("[") and value.endswith("]"):
@@ -84,6 +97,19 @@ def training_inputs(split: pd.DataFrame) -> list[str]:
     if "text" in split:
         return split["text"].astype(str).tolist()
     return [_last_user_turn(json.loads(chat)) for chat in split["messages"]]
+
+
+def training_images(split_file: Path, cfg: DriftConfig) -> list[dict[str, float]]:
+    """`image_stats` of a seeded sample (drift.max_rows) of a split's images, opened from the dataset's image
+    store; none for a split without images."""
+    # Imported here: serving's modules import FastAPI (~0.25 s), which loading the monitor stage's job must not pay.
+    from ftcore.serving.images import image_stats
+
+    split = pd.read_parquet(split_file)
+    if IMAGES_COLUMN not in split:
+        return []
+    paths = [path for cell in with_image_paths(split, split_file)[IMAGES_COLUMN] for path in json.loads(cell)]
+    return [image_stats(open_image(path)) for path in sample(paths, cfg.max_rows, np.random.default_rng(cfg.seed))]
 
 
 def _last_user_turn(messages: list[dict[str, str]]) -> str:

@@ -2,8 +2,9 @@
 `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`, and the playground page at `GET /`
 (ftcore/serving/static/playground.html).
 
-Every request goes through the same path: auth, limits, the response cache, the dynamic batcher, the model. Every
-error is a JSON body `{"error": {"message", "type", "param", "code"}}` with a 4xx status when the request is at
+Every request goes through the same path: auth, limits, the response cache, the dynamic batcher, the model. A
+chat's images (for a vision-language model) are decoded before its tokens are counted (ftcore/serving/images.py).
+Every error is a JSON body `{"error": {"message", "type", "param", "code"}}` with a 4xx status when the request is at
 fault; nothing a client sends can stop the server. docs/serving.md lists the status codes."""
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
 
@@ -33,6 +33,7 @@ from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.config import ServeConfig
 from ftcore.serving.engine import Completion, Engine
 from ftcore.serving.errors import ApiError, error_response, validation_message
+from ftcore.serving.images import Picture, content_text, image_urls, load_pictures
 from ftcore.serving.metrics import ServeMetrics
 from ftcore.serving.middleware import Authenticate, ReadBody, RecordRequests
 from ftcore.serving.models import ModelPicker
@@ -169,10 +170,11 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
     async def chat_completions(body: ChatRequest, request: Request) -> dict:
         engine = _causal(await state.engine_for(body.model), "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
+        pictures = await _pictures(engine, messages, state.cfg)
         item = await state.check(lambda: _completion(engine, _rendered(engine, messages), "messages", body,
-                                                     state.cfg))
+                                                     state.cfg, pictures))
         [answer] = await _answer(state, request, engine, [item])
-        _note(request, engine, [messages[-1]["content"]], [answer.text], [answer])
+        _note(request, engine, [content_text(messages[-1]["content"])], [answer.text], [answer], pictures)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
                 "model_version": engine.version, "usage": _usage([answer]),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -206,8 +208,8 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health", response_model=Health)
     async def health() -> dict:
         e = state.engine
-        return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "queued": state.batcher.queued,
-                "prompting": e.prompting.format}
+        return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "images": e.sees_images,
+                "queued": state.batcher.queued, "prompting": e.prompting.format}
 
     @app.get("/metrics", dependencies=[Depends(BEARER)], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
@@ -252,7 +254,23 @@ def _check_count(inputs: list[str], cfg: ServeConfig, param: str) -> None:
                        code="too_many_inputs")
 
 
-def _rendered(engine: Engine, messages: list[dict[str, str]]) -> str:
+async def _pictures(engine: Engine, messages: list[dict], cfg: ServeConfig) -> list[Picture]:
+    """The chat's images, decoded (an allowed remote one fetched first) on a thread of their own, so a slow fetch
+    holds up neither the event loop nor the checking of other requests; 4xx for any the server will not take."""
+    urls = image_urls(messages)
+    if not urls:
+        return []
+    param = urls[0][0]
+    if not engine.sees_images:
+        raise ApiError(400, f"{param}: {engine.name} v{engine.version} reads text only; send text content, or serve "
+                            "a vision-language model for images", param=param, code="images_not_supported")
+    if len(urls) > cfg.images.max_images:
+        raise ApiError(400, f"messages: {len(urls)} images in one request; the limit is {cfg.images.max_images} "
+                            "(images.max_images)", param="messages", code="too_many_images")
+    return await asyncio.to_thread(load_pictures, urls, cfg.images)
+
+
+def _rendered(engine: Engine, messages: list[dict]) -> str:
     """The chat written as the model's training prompts were. A model never trained on such chats refuses it (it
     would answer with noise), and so may a chat template (many insist that user and assistant alternate): either is
     the request's fault, a 400 saying what to send instead."""
@@ -271,10 +289,14 @@ def _params(name: str, value: str | list[str]) -> list[str]:
     return [name] if isinstance(value, str) else [f"{name}.{i}" for i in range(len(value))]
 
 
-def _count_tokens(engine: Engine, text: str, param: str) -> int:
-    """The text's tokens, at least one: a model cannot run on none (a batch of one empty prompt failed, while
-    padding hid it in a batch with others)."""
-    tokens = engine.count_tokens(text)
+def _count_tokens(engine: Engine, text: str, param: str, pictures: list[Picture] | None = None) -> int:
+    """The text's tokens (a chat's images as their image tokens), at least one: a model cannot run on none (a batch
+    of one empty prompt failed, while padding hid it in a batch with others)."""
+    try:
+        tokens = engine.count_tokens(text, pictures) if pictures else engine.count_tokens(text)
+    except ValueError as e:  # a processor's: the text names the image token, which stands for a sent image only
+        raise ApiError(400, f"{param}: {str(e).rstrip('.')}; send each image as an image_url part and no image "
+                            "token in the text", param=param, code="invalid_images") from None
     if tokens == 0:
         raise ApiError(400, f"{param}: the text is empty (0 tokens); give at least one token", param=param,
                        code="empty_input")
@@ -282,14 +304,14 @@ def _count_tokens(engine: Engine, text: str, param: str) -> int:
 
 
 def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest | ChatRequest,
-                cfg: ServeConfig) -> Completion:
-    """The request checked against the limits and the model's context: a 400 names what was exceeded. Runs on the
-    checking thread (ServerState.check)."""
+                cfg: ServeConfig, pictures: list[Picture] | None = None) -> Completion:
+    """The request checked against the limits and the model's context, image tokens included: a 400 names what was
+    exceeded. Runs on the checking thread (ServerState.check)."""
     limits = cfg.limits
     if body.max_tokens > limits.max_new_tokens:
         raise ApiError(400, f"max_tokens: {body.max_tokens} is over the limit of {limits.max_new_tokens} "
                             "(limits.max_new_tokens)", param="max_tokens", code="max_tokens_exceeded")
-    tokens = _count_tokens(engine, prompt, param)
+    tokens = _count_tokens(engine, prompt, param, pictures)
     if tokens > limits.max_prompt_tokens:
         raise ApiError(400, f"{param}: the prompt has {tokens} tokens; the limit is {limits.max_prompt_tokens} "
                             "(limits.max_prompt_tokens)", param=param, code="prompt_too_long")
@@ -298,13 +320,14 @@ def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest
                             f"context of {engine.max_context} tokens", param="max_tokens",
                        code="context_length_exceeded")
     return Completion(prompt=prompt, max_new_tokens=body.max_tokens, temperature=body.temperature,
-                      top_p=body.top_p, stop=body.stops())
+                      top_p=body.top_p, stop=body.stops(), images=tuple(pictures or ()))
 
 
 async def _answer(state: ServerState, request: Request, engine: Engine, items: list) -> list:
     """Each item's answer: from the cache when the request is deterministic and was answered before, else from the
     batcher (items of one request may join different batches)."""
-    keys = [cache_key(f"{engine.version}:{engine.variant}", engine.kind, asdict(i) if isinstance(i, Completion) else i)
+    keys = [cache_key(f"{engine.version}:{engine.variant}", engine.kind,
+                      i.cache_fields() if isinstance(i, Completion) else i)
             if state.cache.enabled and _deterministic(i) else None for i in items]
     answers = [state.cache.get(k) if k else None for k in keys]
     for key, answer in zip(keys, answers, strict=True):
@@ -332,13 +355,16 @@ def _usage(answers) -> dict[str, int]:
     return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
 
 
-def _note(request: Request, engine: Engine, inputs: list[str], outputs: list[str], answers: list) -> None:
-    """What the request log keeps of a successful request. Several inputs in one request are kept as a JSON list."""
+def _note(request: Request, engine: Engine, inputs: list[str], outputs: list[str], answers: list,
+          pictures: list[Picture] | None = None) -> None:
+    """What the request log keeps of a successful request. Several inputs in one request are kept as a JSON list;
+    a chat's images as their sizes and brightness (for the monitor's drift), never their pixels."""
     request.state.logged = {
         "model": engine.name, "version": engine.version,
         "tokens_in": sum(a.tokens_in for a in answers), "tokens_out": sum(getattr(a, "tokens_out", 0) for a in answers),
         "input": inputs[0] if len(inputs) == 1 else json.dumps(inputs, ensure_ascii=False),
-        "output": outputs[0] if len(outputs) == 1 else json.dumps(outputs, ensure_ascii=False)}
+        "output": outputs[0] if len(outputs) == 1 else json.dumps(outputs, ensure_ascii=False),
+        "images": json.dumps([p.stats for p in pictures]) if pictures else None}
 
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions", "/v1/classify": "classify"}

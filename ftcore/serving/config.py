@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from ftcore.errors import UserError
 from ftcore.paths import home
@@ -50,6 +50,33 @@ class LimitsConfig(Strict):
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="from the headers until the body is complete")
 
 
+class ImagesConfig(Strict):
+    """Images in chat requests to a vision-language model (docs/serving.md, "Images"): how many and how large, and
+    the hosts whose http(s) image URLs the server may fetch. With no host listed the server fetches nothing: a
+    server that fetches what clients name can be made to reach addresses only it can reach."""
+
+    max_images: int = Field(8, ge=1, le=256, description="images in one request")
+    max_image_bytes: int = Field(10_000_000, ge=1024, description="bytes of one image as sent (an inline image also "
+                                                                  "counts against limits.max_body_bytes)")
+    max_pixels: int = Field(4096 * 4096, ge=1, description="width × height of one image, checked before it is "
+                                                           "decoded")
+    url_hosts: list[str] = Field(default_factory=list, description="hosts whose http(s) image URLs are fetched "
+                                                                   "(`ftflow serve --image-url-host`); empty: "
+                                                                   "images come inline as data: URLs only")
+    fetch_timeout_s: float = Field(10.0, gt=0, le=300, description="to fetch one image from an allowed host")
+
+    @field_validator("url_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        """As a URL's hostname reads: lowercase, an IPv6 address without brackets. A host is given without scheme,
+        port or path (one colon is a port; an IPv6 address has several)."""
+        names = [host.strip().lower().strip("[]") for host in hosts]
+        for host, name in zip(hosts, names, strict=True):
+            if not name or any(c in name for c in "/@ ") or name.count(":") == 1:
+                raise ValueError(f"{host!r} is not a host name; give the host alone, e.g. images.example.org")
+        return names
+
+
 class RequestLogConfig(Strict):
     """Where every request is recorded for the monitor: any SQLAlchemy URL (SQLite by default)."""
 
@@ -65,6 +92,7 @@ class ServeConfig(Strict):
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     request_log: RequestLogConfig = RequestLogConfig()
+    images: ImagesConfig = ImagesConfig()
     reload_interval_s: float = Field(30.0, ge=0, description="how often the alias is checked; 0: never reload")
     variant: Literal["model", "adapter", "merged", "merged_bf16", "int8"] = Field(
         "model", description="the registered model, or one of its exports (docs/deploy.md); int8 for CPUs")

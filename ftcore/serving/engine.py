@@ -1,19 +1,24 @@
 """A loaded model answering batches: completions for causal LMs (a chat is first written the way the model's
 training prompts were, ftcore/models/prompting.py), labels with class probabilities for classifiers. The batcher
-hands it requests that arrived together; one `model.generate` call answers all those that sample the same way."""
+hands it requests that arrived together; one `model.generate` call answers all those that sample the same way.
+
+A vision-language model keeps its processor beside it: a chat is written with the processor's chat template, and
+the processor turns the prompt and its images into image tokens and pixel values, for counting as for generating."""
 
 from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ftcore.models.generate import stop_token_ids
-from ftcore.models.load import load_trained
+from ftcore.models.load import load_trained, render_chat
 from ftcore.models.peft_methods import is_classifier
-from ftcore.models.prompting import Prompting, read_prompting
+from ftcore.models.prompting import ChatRefused, Prompting, read_prompting
+from ftcore.serving.images import Picture, content_text, template_messages
 
 Kind = Literal["causal", "classifier"]
 # Temperatures below this are greedy: dividing the logits by one (1e-300, say) overflows them into infinities, and
@@ -28,6 +33,11 @@ class Completion:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    images: tuple[Picture, ...] = ()  # in the order of the prompt's image tokens
+
+    def cache_fields(self) -> dict:
+        """What shapes the answer, as JSON for the response cache's key: the images by their digests."""
+        return {**vars(self), "images": [p.digest for p in self.images]}
 
     @property
     def greedy(self) -> bool:
@@ -69,32 +79,52 @@ class Engine:
     device: str = "cpu"
     variant: str = "model"
     labels: list[str] = field(default_factory=list)
+    processor: object = None  # a vision-language model's (image processor, `tokenizer`, chat template); else None
     # The checking thread checks requests (counting tokens, rendering chats) while the model thread tokenizes a
     # padded batch. A fast tokenizer keeps its padding setting in shared state, so one tokenizer used by both threads
-    # sometimes hands the model an unpadded batch: the checking thread gets its own copy.
+    # sometimes hands the model an unpadded batch: the checking thread gets its own copy (of the processor, which
+    # holds the tokenizer, for a vision-language model).
     checker: object = None
     stop_ids: list[int] = field(default_factory=list)  # EOS and the end-of-turn tokens (`stop_token_ids`)
 
     def __post_init__(self) -> None:
         if self.checker is None:
-            self.checker = copy.deepcopy(self.tokenizer)
+            self.checker = copy.deepcopy(self.tokenizer if self.processor is None else self.processor)
         if not self.stop_ids:
             self.stop_ids = stop_token_ids(self.model, self.tokenizer)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.checker(text, add_special_tokens=self.kind == "classifier")["input_ids"])
+    @property
+    def sees_images(self) -> bool:
+        return self.processor is not None
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """The chat as the model's training prompts were written; ChatRefused when it never saw one like it."""
-        return self.prompting.chat_prompt(self.checker, messages)
+    def count_tokens(self, text: str, images: Sequence[Picture] = ()) -> int:
+        """The text's tokens as the model reads them, each image expanded into its image tokens. A processor
+        refuses (ValueError) a prompt whose image tokens and images differ in number."""
+        if not self.sees_images:
+            return len(self.checker(text, add_special_tokens=self.kind == "classifier")["input_ids"])
+        pixels = [[p.image for p in images]] if images else None
+        return len(self.checker(images=pixels, text=[text], add_special_tokens=False)["input_ids"][0])
+
+    def render_chat(self, messages: list[dict]) -> str:
+        """The chat as the model's training prompts were written; ChatRefused when it never saw one like it. Content
+        given as parts keeps its image parts for a vision-language model; a text model reads the text parts joined
+        (the app refuses image parts for it before)."""
+        if self.sees_images:
+            if self.checker.chat_template is None:
+                raise ChatRefused("its processor has no chat template to write a chat with: POST /v1/completions "
+                                  "with the prompt as the model expects it")
+            return render_chat(self.checker, template_messages(messages), generation_prompt=True)
+        texts = [{**m, "content": content_text(m["content"])} for m in messages]
+        return self.prompting.chat_prompt(self.checker, texts)
 
     def complete(self, requests: list[Completion]) -> list[Completed]:
-        """Answers in the order asked; requests that sample alike share one generate call."""
-        groups: dict[tuple[float, float], list[int]] = defaultdict(list)
+        """Answers in the order asked; requests that sample alike share one generate call, those with images apart
+        from those without (a processor takes images for every prompt of a batch or for none)."""
+        groups: dict[tuple[tuple[float, float], bool], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[r.sampling].append(i)
+            groups[r.sampling, bool(r.images)].append(i)
         results: list[Completed | None] = [None] * len(requests)
-        for (temperature, top_p), indices in groups.items():
+        for ((temperature, top_p), _), indices in groups.items():
             answers = self._generate([requests[i] for i in indices], temperature, top_p)
             for i, answer in zip(indices, answers, strict=True):
                 results[i] = answer
@@ -118,8 +148,7 @@ class Engine:
 
         tok = self.tokenizer
         tok.padding_side = "left"  # decoder-only models continue from the right edge
-        enc = tok([r.prompt for r in requests], return_tensors="pt", padding=True,
-                  add_special_tokens=False).to(self.device)
+        enc = self._encode(requests)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature else \
             {"do_sample": False}
         with torch.inference_mode():
@@ -129,6 +158,15 @@ class Engine:
         prompt_lengths = enc["attention_mask"].sum(-1).tolist()
         return [self._finish(r, tokens, int(n)) for r, tokens, n in zip(requests, new_tokens, prompt_lengths,
                                                                           strict=True)]
+
+    def _encode(self, requests: list[Completion]):
+        """The batch's ids (and with images their pixel values, in the model's dtype), padded on the left."""
+        prompts = [r.prompt for r in requests]
+        if not requests[0].images:
+            return self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        images = [[p.image for p in r.images] for r in requests]
+        return self.processor(images=images, text=prompts, return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(self.device, dtype=self.model.dtype)
 
     def _finish(self, request: Completion, tokens: list[int], tokens_in: int) -> Completed:
         """One answer cut to its own max_new_tokens (the batch generated up to the largest), at its first stop token
@@ -146,18 +184,28 @@ class Engine:
 
 
 def load_engine(folder: Path, name: str, version: str, device: str = "cpu") -> Engine:
-    """The model folder written by ftflow (any method, a classifier too), ready to answer."""
-    model, tokenizer = load_trained(folder)
-    return engine_for(model, tokenizer, name, version, read_prompting(folder, tokenizer), device)
+    """The model folder written by ftflow (any method, a classifier too, a vision-language model), ready to
+    answer."""
+    model, processing = load_trained(folder)
+    return engine_for(model, processing, name, version, read_prompting(folder, processing), device)
 
 
-def engine_for(model, tokenizer, name: str, version: str, prompting: Prompting, device: str = "cpu",
+def engine_for(model, processing, name: str, version: str, prompting: Prompting, device: str = "cpu",
                variant: str = "model") -> Engine:
+    """`processing`: the model's tokenizer, or a vision-language model's processor (what `load_trained` gives)."""
+    processor = processing if hasattr(processing, "image_processor") else None
+    tokenizer = processing if processor is None else processor.tokenizer
+    if processor is not None:
+        # A vision-language model learnt chats through its processor's template, whatever its prompting.json says
+        # (an image_text dataset records none of the text formats).
+        prompting = Prompting(format="messages")
     model = model.to(device).eval()
     classifier = is_classifier(model)
     config = getattr(model, "config", None)
-    max_context = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length or 2048)
+    # A vision-language model's context is its language model's (text_config); a text model's config is its own.
+    text_config = config.get_text_config() if config is not None else None
+    max_context = int(getattr(text_config, "max_position_embeddings", 0) or tokenizer.model_max_length or 2048)
     labels = [config.id2label[i] for i in range(len(config.id2label))] if classifier else []
     return Engine(name=name, version=version, model=model, tokenizer=tokenizer,
                   kind="classifier" if classifier else "causal", max_context=max_context, prompting=prompting,
-                  device=device, variant=variant, labels=labels)
+                  device=device, variant=variant, labels=labels, processor=processor)

@@ -25,7 +25,9 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -51,6 +53,7 @@ requests_table = Table(
     Column("error", Text),  # the error type and message of a failed request
     Column("input", Text),  # the prompt (or text), kept for a sample of requests (request_log.sample_rate)
     Column("output", Text),  # the answer, kept with the input
+    Column("images", Text),  # a chat's images: a JSON list of {width, height, brightness} (serving/images.py)
 )
 
 
@@ -68,6 +71,7 @@ class RequestRecord:
     error: str | None = None
     input: str | None = None
     output: str | None = None
+    images: str | None = None
 
 
 MAX_BATCH = 500  # records per insert: a steady stream of requests still gets written
@@ -86,6 +90,7 @@ class RequestLog:
                 if self.engine.url.database not in (None, "", ":memory:"):
                     Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
             metadata.create_all(self.engine)
+            _add_new_columns(self.engine)
         except (SQLAlchemyError, ArgumentError, OSError) as e:
             raise UserError(f"request_log.url: cannot open {url!r} ({str(e).splitlines()[0]}); give a SQLAlchemy "
                             "URL of a reachable database, e.g. sqlite:///requests.db") from None
@@ -112,6 +117,17 @@ class RequestLog:
         self.engine.dispose()
 
 
+def _add_new_columns(engine) -> None:
+    """A log created by an earlier ftflow gets the columns added since (empty for its old rows): create_all leaves
+    an existing table as it is, and inserts naming a missing column would fail."""
+    present = {column["name"] for column in inspect(engine).get_columns(requests_table.name)}
+    missing = [column for column in requests_table.columns if column.name not in present]
+    with engine.begin() as conn:
+        for column in missing:
+            conn.execute(text(f"ALTER TABLE {requests_table.name} ADD COLUMN {column.name} "
+                              f"{column.type.compile(engine.dialect)}"))
+
+
 def _sqlite_wal(dbapi_connection, _record) -> None:
     # WAL lets the monitor read while the server writes; without it a reader can block the writer.
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
@@ -119,8 +135,8 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
 
 
 class RequestLogWriter:
-    """Records requests from any thread; a background thread appends them in batches. Input and output text are
-    kept for a `sample_rate` share of requests; the numbers are kept for all."""
+    """Records requests from any thread; a background thread appends them in batches. Input and output text (and
+    the input's image statistics) are kept for a `sample_rate` share of requests; the numbers are kept for all."""
 
     def __init__(self, log: RequestLog, sample_rate: float = 1.0, flush_interval_s: float = 0.25, seed: int = 0):
         self.log, self.sample_rate, self.flush_interval_s = log, sample_rate, flush_interval_s
@@ -131,7 +147,7 @@ class RequestLogWriter:
 
     def record(self, rec: RequestRecord) -> None:
         if self._random.random() >= self.sample_rate:
-            rec.input = rec.output = None
+            rec.input = rec.output = rec.images = None
         self._queue.put(rec)
 
     def close(self) -> None:

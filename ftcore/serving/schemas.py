@@ -50,11 +50,38 @@ class CompletionRequest(_Sampling):
     prompt: Text | list[Text] = Field(description="a prompt, or a list of prompts answered together")
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: Text
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="data:image/png;base64,... (or jpeg, webp, gif), or an http(s) URL of a host the "
+                                 "server fetches from (images.url_hosts)")
+    detail: Literal["auto", "low", "high"] = Field("auto", description="accepted as OpenAI's; the model's "
+                                                                       "processor decides the resolution")
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: Text
+    content: Text | list[ContentPart] = Field(description="text, or content parts: text, and images for a "
+                                                          "vision-language model")
 
 
 class ChatRequest(_Sampling):
@@ -122,6 +149,7 @@ class Health(BaseModel):
     model: str
     version: str
     kind: Literal["causal", "classifier"]
+    images: bool = Field(description="whether chat messages may carry image_url parts (a vision-language model)")
     queued: int
     prompting: Literal["messages", "prompt_completion", "raw"] = Field(
         description="how the model's training prompts were written: messages (chats), prompt_completion (one prompt "

@@ -2,4 +2,4 @@
 function registered with `@cleaning_step` (ftcore/registry.py); the registry imports this package, and so every
 module below, the first time a step is looked up. A new family is a module here, imported below."""
 
-from ftcore.data.steps import dedup, filter, nlp, text  # noqa: F401  (each registers its steps on import)
+from ftcore.data.steps import dedup, filter, images, nlp, text  # noqa: F401  (each registers its steps on import)
