@@ -187,3 +187,18 @@ def test_the_train_section_survives_the_trip_through_the_job_file():
     for cfg in (TrainConfig(), TrainConfig(distributed=DistributedConfig(num_processes=2, strategy="deepspeed",
                                                                          zero_stage=3))):
         assert TrainConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_two_ddp_processes_train_a_vision_language_model_as_one_process_does(tmp_path):
+    """Images decoded in each process's collator, the projector trained beside the LoRA adapter, the frozen vision
+    tower without gradients (DDP told to expect unused parameters): the same steps as one process."""
+    from tests.ftcore.test_image_text import prepared_shapes
+
+    recipe, dataset, base = prepared_shapes(tmp_path / "shapes", "llava", method={"name": "lora", "r": 4},
+                                            **SCHEDULE, batch_size=GLOBAL_BATCH)
+    one = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
+                      tmp_path / "one")
+    two = train_stage(TrainJob(base=base, dataset=dataset, train=two_processes(recipe.train), objective=recipe.spec),
+                      tmp_path / "two")
+    assert two.metrics["processes"] == 2 and losses(two)[-1] < losses(two)[0]
+    assert_same_training(two, one)

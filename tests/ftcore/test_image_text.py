@@ -133,8 +133,10 @@ def test_a_group_never_spans_two_splits():
     assert abs(shares["test"] - 0.2) <= 0.05 and abs(shares["validation"] - 0.1) <= 0.05
 
 
-def shapes_recipe(manifest: Path, architecture: str, model: dict | None = None, **train) -> Recipe:
-    """The shapes data on a small scratch model (or `model`, the recipe's model section), trained 60 steps."""
+def shapes_recipe(manifest: Path, architecture: str, model: dict | None = None, method: dict | None = None,
+                  **train) -> Recipe:
+    """The shapes data on a small scratch model (or `model`, the recipe's model section), fully fine-tuned (or
+    `method`) for 60 steps."""
     return Recipe.model_validate({
         "name": "shapes", "objective": "vision_language",
         "data": {"format": "image_text", "split": {"validation": 0.1, "test": 0.25, "seed": 0},
@@ -144,7 +146,7 @@ def shapes_recipe(manifest: Path, architecture: str, model: dict | None = None, 
             "architecture": architecture, "vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 256,
             "vision": {"image_size": 32, "patch_size": 8, "max_tiles": 2}}},
-        "method": {"name": "full"},
+        "method": method or {"name": "full"},
         "train": {"max_steps": 60, "batch_size": 8, "learning_rate": 3e-3, "max_length": 128,
                   "lr_scheduler": "constant", "save_steps": 1000, **train},
         "evaluate": {"metrics": ["exact_match", "cer"], "max_new_tokens": 24, "latency_probes": 2,
@@ -252,11 +254,11 @@ def test_validate_refuses_a_model_that_does_not_see_images_or_a_method_that_does
         check_recipe_model(recipe.model, TypeAdapter(MethodConfig).validate_python({"name": "prefix"}), recipe.spec)
 
 
-def prepared_shapes(root: Path, architecture: str = "llava", **train):
+def prepared_shapes(root: Path, architecture: str = "llava", method: dict | None = None, **train):
     """The shapes recipe's data cleaned and its scratch model built under `root`: (recipe, dataset, base)."""
     from ftcore.data.clean import clean_balance_stage
 
-    recipe = shapes_recipe(write_shapes(root / "data", copies=2), architecture, **train)
+    recipe = shapes_recipe(write_shapes(root / "data", copies=2), architecture, method=method, **train)
     dataset = clean_balance_stage(clean_job(recipe, collect_stage(CollectJob(data=recipe.data, sources={}),
                                                                   root / "collected")), root / "clean")
     base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec,
@@ -293,3 +295,25 @@ def test_a_local_folder_of_a_vision_language_model_trains_like_a_downloaded_one(
     scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=recipe.spec)
     metrics = evaluate_models({"candidate": trained.model_path}, scoring, tmp_path / "evaluate").metrics
     assert metrics["exact_match"] >= 0.5
+
+
+def test_rows_without_images_train_and_are_answered_beside_rows_with_them(tmp_path):
+    manifest = write_shapes(tmp_path / "data", copies=2)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows += [{"image": [], "caption": f"no picture {k}"} for k in range(12)]  # text-only rows in every batch
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = shapes_recipe(manifest, "llava", max_steps=12, logging_steps=2)
+    from ftcore.data.clean import clean_balance_stage
+
+    dataset = clean_balance_stage(clean_job(recipe, collect_stage(CollectJob(data=recipe.data, sources={}),
+                                                                  tmp_path / "collected")), tmp_path / "clean")
+    assert (pd.read_parquet(dataset.splits["train"])["images"] == "[]").sum() >= 6
+    base = init_stage(InitJob(model=recipe.model, method=recipe.method, dataset=dataset, objective=recipe.spec,
+                              vision=recipe.train.vision), tmp_path / "init")
+    trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
+                          tmp_path / "train")
+    assert trained.metrics["train_loss_last"] < trained.metrics["train_loss_first"]
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=recipe.spec)
+    out = evaluate_models({"candidate": trained.model_path}, scoring, tmp_path / "evaluate")
+    predictions = pd.read_json(out.predictions_path, lines=True)
+    assert predictions["candidate"].notna().all() and (predictions["images"].map(len) == 0).any()
