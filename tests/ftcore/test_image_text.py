@@ -317,3 +317,20 @@ def test_rows_without_images_train_and_are_answered_beside_rows_with_them(tmp_pa
     out = evaluate_models({"candidate": trained.model_path}, scoring, tmp_path / "evaluate")
     predictions = pd.read_json(out.predictions_path, lines=True)
     assert predictions["candidate"].notna().all() and (predictions["images"].map(len) == 0).any()
+
+
+def test_a_folder_of_pictures_with_a_captions_file_beside_them(tmp_path):
+    """The layout people keep pictures in (Hugging Face's imagefolder: a metadata file naming each picture's file):
+    a CSV of file names and captions, the names relative to the CSV's folder."""
+    (tmp_path / "pictures").mkdir()
+    for colour in ("red", "blue"):
+        (tmp_path / "pictures" / f"{colour}.png").write_bytes(png(colour))
+    (tmp_path / "pictures" / "captions.csv").write_text("file_name,caption\nred.png,a red circle\n"
+                                                        "blue.png,a blue circle\n")
+    cfg = DataConfig.model_validate({"format": "image_text", "sources": [{
+        "type": "csv", "path": str(tmp_path / "pictures" / "captions.csv"), "prompt": "Describe.",
+        "columns": {"images": "file_name", "completion": "caption"}}]})
+    out = collect_stage(CollectJob(data=cfg, sources={}), tmp_path / "collected")
+    kept = pd.read_parquet(out.path / "collected.parquet")
+    assert [json.loads(cell) for cell in kept["images"]] == [[f"{hashlib.sha256(png(c)).hexdigest()}.png"]
+                                                             for c in ("red", "blue")]
