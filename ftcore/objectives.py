@@ -96,8 +96,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     # Chats about images (captions, transcriptions, visual questions): the first metric (the gate's default) is CER;
     # a captioning recipe names cider first in evaluate.metrics.
     Objective(name="vision_language", formats=("image_text",), metrics=IMAGE_ANSWERS, head="language_model",
-              trainer="image_text", scorer="image_answers", answers_prompts=True, sees_images=True,
-              not_estimated="the estimate does not count image tokens and the vision tower yet"),
+              trainer="image_text", scorer="image_answers", answers_prompts=True, sees_images=True),
 )}
 
 

@@ -5,14 +5,15 @@ version (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, fetched as every command 
 ftcore/models/registered.py). No weight is read: the parameter count comes from the model built on PyTorch's meta
 device (ftcore/models/meta.py), which methods fit which objectives from the rule table (ftcore/models/support.py),
 and the default target modules from ftflow's own `apply_method` run on a meta model, so they are the modules
-training would wrap.
+training would wrap. A vision-language model's vision side (its parts, image and patch size, and the image tokens
+its processor makes) is read from its config, the meta model and the folder's processor run on a blank image.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,25 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 TOKENIZER_FILES = ("tokenizer.model", "spm.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt",
                    "vocab.json", "tokenizer.tiktoken")
 GGUF_MAGIC = b"GGUF"
+# The files a vision-language folder's processor loads from (AutoProcessor).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+# The keys of an image processor's `size` that bound the images it takes.
+IMAGE_SIZE_KEYS = ("longest_edge", "height", "width", "shortest_edge", "max_height", "max_width")
+
+
+@dataclass(frozen=True)
+class VisionReport:
+    """A vision-language model's vision side."""
+
+    family: str  # the vision config's model_type
+    parts: dict[str, int]  # vision_tower, projector, language_model -> parameters (the output head in the last)
+    image_size: int  # pixels per side the tower sees (an image, or one tile)
+    patch_size: int
+    processor: str | None  # its class; None: the folder has none that loads (`processor_note` says why)
+    processor_note: str | None
+    image_tokens: int | None  # the image tokens of the largest image the processor takes (all its tiles)
+    tokens_per_tile: int | None  # a tiling processor's (Idefics3, SmolVLM)
+    max_tiles: int | None  # the tiles of the largest image, the downsized whole included; 1 for one whole image
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,7 @@ class ModelReport:
     target_modules: dict[str, list[str]]  # "all-linear", "adapter", "ia3", "ia3_feedforward" -> module names
     target_notes: dict[str, str]  # why a method has no default targets on this model
     all_linear_methods: list[str]  # the methods whose default targets are "all-linear"
+    vision: VisionReport | None = None  # a vision-language model's vision side
 
     @property
     def vocab_note(self) -> str | None:
@@ -84,8 +105,13 @@ def inspect_model(model: str | Path) -> ModelReport:
         return _gguf_report(source, path)
     config, raw = _folder_config(path, registered is not None)
     template = _folder_chat_template(path)
-    return _report(source, path, "folder", registered, config, dtype=_config_dtype(config, raw),
-                   tokens=_tokenizer_size(path), chat_template=template, licence=card_licence(path))
+    report = _report(source, path, "folder", registered, config, dtype=_config_dtype(config, raw),
+                     tokens=_tokenizer_size(path), chat_template=template, licence=card_licence(path))
+    if report.modality != "vision-language":
+        return report
+    from ftcore.models.load import needs_own_code
+
+    return replace(report, vision=vision_report(config, path, registered is not None and needs_own_code(raw)))
 
 
 def default_target_modules(config) -> list[str]:
@@ -95,7 +121,16 @@ def default_target_modules(config) -> list[str]:
     from ftcore.models.config import LoraMethod
     from ftcore.models.meta import meta_model
 
-    return method_targets(meta_model(config, trained_class(config)), LoraMethod())[0]
+    return method_targets(meta_model(config, trained_class(config)), LoraMethod(), init_vision(config))[0]
+
+
+def init_vision(config):
+    """The train.vision init puts an adapter on by default (the language model; the projector trains whole) for a
+    vision-language model, None for a text model."""
+    from ftcore.models.config import VisionParts
+    from ftcore.models.load import sees_images
+
+    return VisionParts() if sees_images(config.to_dict()) else None
 
 
 def trained_class(config):
@@ -114,9 +149,11 @@ def trained_class(config):
     return getattr(transformers, name) if name else model_class
 
 
-def method_targets(model, method) -> tuple[list[str], list[str]]:
+def method_targets(model, method, vision=None) -> tuple[list[str], list[str]]:
     """The modules ftflow's `apply_method` wraps for `method` (a method config) in `model` (a meta model, which it
-    changes), by name, and those of them that IA3 rescales on their input (its feed-forward modules). A weight
+    changes; on a vision-language model, the parts `vision`, a train.vision, trains), by name, and those of them that
+    IA3 rescales on their input (its feed-forward modules); a projector trained whole beside an adapter is not
+    among them. A weight
     adapted as a parameter rather than a layer (PEFT's `target_parameters`: the fused experts of a mixture of
     experts, which PEFT targets on Mixtral for all-linear) is named MODULE.PARAMETER. A method that does not fit the
     model raises UserError."""
@@ -126,7 +163,7 @@ def method_targets(model, method) -> tuple[list[str], list[str]]:
 
     with warnings.catch_warnings():  # PEFT's notes on the model it wraps (GPT-2's Conv1D, Mixtral's experts)
         warnings.simplefilter("ignore")
-        wrapped = apply_method(model, method)
+        wrapped = apply_method(model, method, vision=vision)
     names, feedforward = set(), set()
     for path, module in wrapped.named_modules():
         if isinstance(module, BaseTunerLayer):
@@ -263,6 +300,60 @@ def _report(source: str, path: Path, format_: str, registered: str | None, confi
     )
 
 
+def vision_report(config, path: Path, own_code: bool) -> VisionReport:
+    """The parts of the vision-language model `config` describes (on the meta device, as the report counts it),
+    the image and patch size its tower sees, and the image tokens the folder's processor makes."""
+    from ftcore.models.meta import architecture_class, count_params, meta_model
+    from ftcore.models.vision import part_modules
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = meta_model(config, architecture_class(config))
+    modules = part_modules(model)
+    parts = {part: count_params(model.get_submodule(name))[1] for part, name in modules.items()
+             if part != "language_model"}
+    parts["language_model"] = count_params(model)[1] - sum(parts.values())  # with the output head beside it
+    vision = config.vision_config
+    processor, note = _processor(path, own_code)
+    tokens, tiles = _largest_image_tokens(processor, vision.image_size) if processor is not None else (None, None)
+    return VisionReport(family=vision.model_type, parts=parts, image_size=vision.image_size,
+                        patch_size=vision.patch_size, processor=type(processor).__name__ if processor else None,
+                        processor_note=note, image_tokens=tokens,
+                        tokens_per_tile=getattr(processor, "image_seq_len", None), max_tiles=tiles)
+
+
+def _processor(path: Path, own_code: bool):
+    """(the folder's processor, None) or (None, why there is none)."""
+    if not any((path / name).is_file() for name in PROCESSOR_FILES):
+        return None, f"no {' or '.join(PROCESSOR_FILES)} in the folder"
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(path), trust_remote_code=own_code), None
+    except Exception as e:  # a processor that does not load leaves the rest of the report standing (as targets do)
+        return None, f"its processor does not load ({type(e).__name__}: {first_line(e)})"
+
+
+def _largest_image_tokens(processor, image_size: int) -> tuple[int, int]:
+    """(image tokens, tiles) of a blank square image as large as the processor takes one (`image_size`, the tower's,
+    where its image processor states no size): a resizing processor (LLaVA's) makes the same tokens of every image,
+    a tiling one (Idefics3's) makes its most tiles of this one."""
+    from PIL import Image
+
+    size = processor.image_processor.size or {}  # a dict, or transformers' SizeDict
+    side = max((v for key in IMAGE_SIZE_KEYS if isinstance(v := size.get(key), int)), default=image_size)
+    encoded = processor(images=[[Image.new("RGB", (side, side), "white")]], text=[processor.image_token],
+                        return_tensors="pt")
+    pixels = encoded["pixel_values"]
+    return int((encoded["input_ids"] == image_token_id(processor)).sum()), pixels.numel() // pixels.shape[-3:].numel()
+
+
+def image_token_id(processor) -> int:
+    """The id of the token a vision-language processor expands each image into."""
+    token_id = getattr(processor, "image_token_id", None)
+    return token_id if token_id is not None else processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+
+
 def _default_targets(config, model_class, model=None) -> tuple[dict[str, list[str]], dict[str, str]]:
     """The modules LoRA-like methods (all-linear), bottleneck adapters and IA3 wrap by default, each applied by
     ftflow's `apply_method` to a meta model of `model_class` (`model`, one already counted, serves the first);
@@ -275,7 +366,7 @@ def _default_targets(config, model_class, model=None) -> tuple[dict[str, list[st
     for key, method in (("all-linear", LoraMethod()), ("adapter", BottleneckAdapterMethod()), ("ia3", Ia3Method())):
         wrapped, model = model or meta_model(config, model_class), None  # apply_method changes the model
         try:
-            names, feedforward = method_targets(wrapped, method)
+            names, feedforward = method_targets(wrapped, method, init_vision(config))
         except UserError as e:  # the method has no default on this architecture: the recipe must name targets
             notes[key] = str(e).removeprefix("method: ")
             continue
@@ -423,6 +514,8 @@ def render_report(report: ModelReport):
             targets.append((label, f"no default ({report.target_notes.get(key, '')}): name method.target_modules"))
             continue
         names = ", ".join(report.target_modules[key]) or "none"
+        if key == "all-linear" and report.vision:  # peft_methods.on_vision_parts, with train.vision's defaults
+            names += " (the language model's; the projector trains whole beside them)"
         if key == "ia3" and report.target_modules.get("ia3_feedforward"):
             names += f" (rescaled on their input: {', '.join(report.target_modules['ia3_feedforward'])})"
         targets.append((label, names))
@@ -453,12 +546,27 @@ def _facts(report: ModelReport) -> list[tuple[str, str]]:
         ("model", where),
         ("family", family),
         ("parameters", f"{report.parameters:,} ({_short(report.parameters)}), counted from the config"),
+        *(_vision_facts(report.vision) if report.vision else []),
         ("dtype", report.dtype or "not stated"),
         ("context", context),
         ("vocabulary", vocabulary),
         ("chat template", template),
         ("licence", report.licence),
     ]
+
+
+def _vision_facts(vision: VisionReport) -> list[tuple[str, str]]:
+    parts = ", ".join(f"{part.replace('_', ' ')} {n:,}" for part, n in vision.parts.items())
+    if vision.processor is None:
+        tokens = f"unknown: {vision.processor_note}"
+    elif vision.tokens_per_tile:
+        tokens = (f"{vision.tokens_per_tile} per tile, up to {vision.max_tiles} tiles ({vision.image_tokens:,} "
+                  f"tokens) per image ({vision.processor})")
+    else:
+        tokens = f"{vision.image_tokens:,} per image, each resized whole ({vision.processor})"
+    return [("vision", f"{vision.family}: {parts}"),
+            ("images", f"{vision.image_size}x{vision.image_size} pixels in {vision.patch_size}-pixel patches"),
+            ("image tokens", tokens)]
 
 
 def _methods(names: list[str], of: int) -> str:

@@ -45,11 +45,17 @@ def linear_width(module) -> int | None:
 
 def blocks(model) -> tuple[str, list]:
     """(path, blocks) of the model's stack of blocks: the ModuleList of identical blocks with linear layers, one
-    per hidden layer (a list of experts is shorter or longer)."""
+    per hidden layer (a list of experts is shorter or longer). A vision-language model's are its language model's:
+    its vision tower's stack comes first and may have as many blocks."""
     from torch import nn
 
+    from ftcore.models.vision import part_modules
+
     layers = model.config.get_text_config().num_hidden_layers
+    scope = part_modules(model).get("language_model")
     for name, module in model.named_modules():
+        if scope is not None and not name.startswith(f"{scope}."):
+            continue
         if (isinstance(module, nn.ModuleList) and len(module) == layers and len({type(m) for m in module}) == 1
                 and any(linear_width(m) is not None for m in module[0].modules())):
             return name, list(module)

@@ -61,12 +61,12 @@ def apply_method(model, cfg: MethodConfig, tokenizer=None, vision: VisionParts |
     from peft import get_peft_model
 
     torch.manual_seed(cfg.seed)
-    peft_config = _peft_config(cfg, model)
-    if vision is not None:
-        on_vision_parts(peft_config, model, vision)
-    try:
+    try:  # a model without the layers a method looks for, or target_modules that name none of its modules
+        peft_config = _peft_config(cfg, model)
+        if vision is not None:
+            on_vision_parts(peft_config, model, vision)
         wrapped = get_peft_model(model, peft_config)
-    except ValueError as e:  # e.g. target_modules that name no module of this model
+    except ValueError as e:
         raise UserError(f"method: {cfg.name} does not fit this model: {first_line(e)}") from None
     if isinstance(cfg, PromptMethod) and cfg.init == "text":
         _init_prompt_from_text(wrapped, cfg.init_text, tokenizer)

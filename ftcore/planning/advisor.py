@@ -97,7 +97,10 @@ def recommend(estimates: dict[str, MethodEstimate], rows: int | None, pretrained
 def _preference(rows: int | None, pretrained: bool, offered: Collection[str]) -> tuple[list[str], list[str]]:
     """The methods to try among those `offered`, best first, for this much data, and why."""
     order, reasons = _preference_by_data(rows, pretrained, offered)
-    return [method for method in order if method in offered], reasons
+    preference = [method for method in order if method in offered]
+    if not preference and "full" in offered:  # e.g. a vision-language model training its projector alone
+        return ["full"], [*reasons, f"full fine-tuning: {', '.join(order)} left out"]
+    return preference, reasons
 
 
 def _preference_by_data(rows: int | None, pretrained: bool,

@@ -1,5 +1,7 @@
 """How much data a recipe trains on: rows and tokens, from the cleaned train split when a run has written one, and
-for a classifier its classes (the outputs of the head init puts on the base).
+for a classifier its classes (the outputs of the head init puts on the base). For a recipe that sees images, the
+tokens the processor makes of them and the tiles the vision tower sees (ftcore/planning/images.py), from a sample of
+the split's rows or, before a run, of the sources' rows.
 
 The train split lives in clean_balance's content-addressed folder, whose name depends on the collected rows; rather
 than collect again, the advisor finds it through the run summaries (`$FTFLOW_HOME/runs/*/summary.json`): the newest
@@ -20,6 +22,7 @@ from ftcore.data.sources import Chunk, read_source
 from ftcore.data.sources.config import FileSource, HfDatasetSource, Source
 from ftcore.models.init import model_classes
 from ftcore.paths import home
+from ftcore.planning.images import ImageStats, image_stats, measure_rows, sample_positions, source_image_stats
 from ftcore.recipe import Recipe
 
 # A classifier's labels where planning finds none (sources it does not read: queries, URLs): two, the fewest a
@@ -35,6 +38,7 @@ class DataStats:
     source: str  # where the figures come from, for the reader
     vocab_size: int | None = None  # a scratch model's: what its tokenizer reaches on the split (may be < asked)
     classes: list[str] | None = None  # the head's outputs (init's `model_classes`); None: a causal LM
+    images: ImageStats | None = None  # a vision-language recipe's images; None: text, or sources planning cannot read
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,10 +65,11 @@ def data_stats(recipe: Recipe, recipe_path: Path) -> DataStats:
                                                       f"(queries, URLs); tokens per row = train.max_length{unknown}",
                          classes=classes)
     rows_train = int(rows * (1 - recipe.data.split.validation - recipe.data.test_fraction))
+    images = source_image_stats(recipe, rows) if recipe.spec.sees_images else None
     return DataStats(rows_train, max_length, max_length,
                      f"no cleaned train split yet: {rows} source rows x train share, before cleaning; tokens per "
                      f"row = train.max_length (run `ftflow run RECIPE --until clean_balance` for real figures)"
-                     f"{unknown}", classes=classes)
+                     f"{unknown}", classes=classes, images=images)
 
 
 def find_train_split(recipe: Recipe, recipe_path: Path) -> TrainSplit | None:
@@ -91,6 +96,8 @@ def split_stats(recipe: Recipe, split: TrainSplit) -> DataStats:
     import pandas as pd
 
     frame = pd.read_parquet(split.path)
+    if recipe.spec.sees_images:
+        return image_split_stats(recipe, split, frame)
     texts = frame[TEXT_COLUMNS[recipe.data.format]].astype(str).agg("".join, axis=1).tolist()
     max_length = recipe.train.max_length
     tokenizer = _tokenizer(recipe, texts)
@@ -103,6 +110,37 @@ def split_stats(recipe: Recipe, split: TrainSplit) -> DataStats:
                      f"cleaned train split of run {split.run_id} ({which}), in the model's tokens",
                      len(tokenizer) if recipe.model.source == "scratch" else None,
                      model_classes(frame, recipe.spec))
+
+
+def image_split_stats(recipe: Recipe, split: TrainSplit, frame) -> DataStats:
+    """A vision-language split: a sample of its rows, with their images (`image_rows_stats`)."""
+    from ftcore.data.images import with_image_paths
+
+    which = "this recipe" if split.same_recipe else "this recipe file, before its latest changes"
+    sample = with_image_paths(frame.iloc[sample_positions(len(frame))], split.path)
+    return image_rows_stats(recipe, sample, frame, f"cleaned train split of run {split.run_id} ({which})")
+
+
+def image_rows_stats(recipe: Recipe, rows, train, origin: str) -> DataStats:
+    """`rows` (a sample of the train split `train`, images as file paths) as the train stage's collator makes them,
+    in the tokens of the processor init gives the model: a scratch model's around the tokenizer init trains on the
+    split, whose size the model then has."""
+    from ftcore.planning.images import model_type, vision_processor
+
+    tokenizer = vocab_size = None
+    if recipe.model.source == "scratch":
+        from ftcore.models.init import corpus
+        from ftcore.models.scratch import train_tokenizer
+
+        tokenizer = train_tokenizer(corpus(train), recipe.model.scratch.vocab_size, recipe.model.scratch)
+        vocab_size = len(tokenizer)  # the language model's, before the processor sees the tokenizer (as in init)
+    processor = vision_processor(recipe.model, tokenizer)
+    measured = measure_rows(rows, processor, recipe.train.max_length)
+    lengths = [row.tokens for row in measured] or [0]
+    return DataStats(len(train), sum(lengths) / len(lengths), max(lengths),
+                     f"{origin}: {len(rows):,} of {len(train):,} rows through the train stage's collator, images "
+                     "included, in the model's tokens", vocab_size,
+                     images=image_stats(measured, len(train), model_type(recipe.model), processor))
 
 
 def _tokenizer(recipe: Recipe, texts: list[str]):

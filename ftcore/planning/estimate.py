@@ -4,7 +4,9 @@ Memory is the peak of live tensor memory, which is what an allocator must hold (
 `torch.cuda.max_memory_allocated`). docs/planning.md derives every term; ftcore/planning/measure.py measures it.
 The counts assume a Llama-style decoder (attention + gated MLP) with SDPA attention, which keeps no
 sequence x sequence matrices; other architectures (encoders included) are approximated by the same terms. A causal
-LM's loss works on logits over the vocabulary, a classifier's on logits over its classes.
+LM's loss works on logits over the vocabulary, a classifier's on logits over its classes. A vision-language model's
+language model is counted the same way over its sequences, image tokens included; its vision tower (a ViT) and
+projector add what they keep for backward where gradients reach them (the parts train.vision trains).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ftcore.planning.shape import ModelShape
+from ftcore.planning.shape import ModelShape, VisionShape
 from ftcore.training.config import DistributedConfig
 
 # How a method trains, as far as memory and compute care. The recipe's method names map onto these in plan.py.
 Kind = Literal["full", "adapter", "qlora", "prompt", "few_shot"]
+# How far back a vision-language model's gradients go: to the vision tower when it trains, else to the projector
+# when that trains, else into the language model only (a frozen tower and projector keep nothing for backward).
+GradientsReach = Literal["tower", "projector", "language_model"]
 
 ADAPTER_BYTES = 4  # PEFT keeps adapter weights in fp32 even on a 16-bit base (autocast_adapter_dtype)
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, allocated like the parameter (zeros_like): same dtype
@@ -39,6 +44,12 @@ LOSS_OUTPUT_TENSORS = 4
 # from the probes the test checks: 0.958 on 2 CPU cores (docs/planning.md has the figures).
 ACTIVATION_FACTOR = 0.96
 AUTOCAST_BYTES = 2  # autocast's 16-bit copy of each matmul weight, cached for the step
+# A vision tower layer (CLIP's or SigLIP's pre-norm ViT layer) keeps 8 hidden-sized tensors per patch for backward
+# (norm inputs and outputs, q, k, v, the attention output) besides its MLP's intermediate ones (shape.py:
+# TOWER_SAVED_INTERMEDIATE); outside its layers, the patch embedding keeps its input pixels (3 x patch^2) and the
+# embeddings and the last norm 2 hidden-sized ones. Counted with saved-tensor hooks (SDPA attention).
+TOWER_SAVED_HIDDEN = 8
+TOWER_SAVED_OUTSIDE_LAYERS = 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,18 @@ class Setup:
     value_bytes: int  # bytes per activation value: the dtype the layers compute in
     gradient_checkpointing: bool = False
     autocast: bool = False  # train.mixed_precision bf16 or fp16
+    # A vision-language model: per row of the batch, the images or tiles its vision tower sees, the image tokens
+    # the projector makes of them and the bytes of the tensors the collator makes (pixel values, a tiling
+    # processor's pixel mask: the batch holds them through the step), each row counted at the data's most; and how
+    # far back gradients go.
+    tiles: int = 0
+    image_tokens: int = 0
+    input_bytes: float = 0
+    gradients_reach: GradientsReach = "language_model"
+    # A batch of rows of different lengths carries a padding mask, which PyTorch's SDPA turns into a float
+    # batch x seq x seq mask in every layer and keeps for backward (found on the CPU in vision-language batches:
+    # 19.5 MiB at 8 x 400 tokens and 4 layers). Set for vision-language recipes, where it was measured.
+    padding_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,8 +94,9 @@ class Memory:
 
 
 def activation_bytes(shape: ModelShape, setup: Setup, factor: float = ACTIVATION_FACTOR) -> float:
-    """batch x seq x [factor x layers x (11 h + 4 i k) + 4 outputs] values, k the experts each token goes through,
-    outputs the vocabulary of a causal LM or the classes of a classifier.
+    """batch x seq x [factor x layers x (11 h + 4 i k) + 4 outputs (+ layers x seq for a padding mask)] values, k
+    the experts each token goes through, outputs the vocabulary of a causal LM or the classes of a classifier; plus
+    a vision-language model's vision side (`vision_values`) and the batch's inputs (pixel values: `input_bytes`).
 
     With gradient checkpointing only each layer's input (h) is kept, and backward recomputes one layer at a time:
     layers x h + factor x (11 h + 4 i k). Under autocast, matmuls also keep 16-bit copies of their weights for the
@@ -84,9 +108,31 @@ def activation_bytes(shape: ModelShape, setup: Setup, factor: float = ACTIVATION
         layers = shape.num_layers * shape.hidden_size + factor * layer
     else:
         layers = factor * shape.num_layers * layer
-    per_token = layers + LOSS_OUTPUT_TENSORS * shape.head_outputs
+    # The padding mask: seq values per token in each layer that keeps it (the one recomputed under checkpointing)
+    mask = (1 if setup.gradient_checkpointing else shape.num_layers) * setup.seq_len if setup.padding_mask else 0
+    per_token = layers + LOSS_OUTPUT_TENSORS * shape.head_outputs + mask
     casts = AUTOCAST_BYTES * (shape.total_params - shape.embedding_params) if setup.autocast else 0
-    return setup.batch_size * setup.seq_len * per_token * setup.value_bytes + casts
+    vision = vision_values(shape.vision, setup, factor) if shape.vision else 0
+    inputs = setup.batch_size * setup.input_bytes
+    return (setup.batch_size * setup.seq_len * per_token + vision) * setup.value_bytes + inputs + casts
+
+
+def vision_values(vision: VisionShape, setup: Setup, factor: float = ACTIVATION_FACTOR) -> float:
+    """What a batch keeps for backward in the vision tower and the projector, in values: the projector's layer
+    inputs per image token where gradients reach it, and the tower's layers (as for the language model: factor x
+    layers x (8 h + k i) per patch, each layer's input alone with gradient checkpointing) where they reach the
+    tower. Where they stop at the language model, the tower and the projector keep nothing."""
+    if setup.gradients_reach == "language_model":
+        return 0
+    projector = setup.image_tokens * vision.projector_saved
+    if setup.gradients_reach == "projector":
+        return setup.batch_size * projector
+    h = vision.hidden_size
+    layer = TOWER_SAVED_HIDDEN * h + vision.saved_intermediate * vision.intermediate_size
+    layers = vision.num_layers * h + factor * layer if setup.gradient_checkpointing else \
+        factor * vision.num_layers * layer
+    per_patch = layers + 3 * vision.patch_size ** 2 + TOWER_SAVED_OUTSIDE_LAYERS * h
+    return setup.batch_size * (setup.tiles * vision.patches_per_tile * per_patch + projector)
 
 
 def inference_bytes(shape: ModelShape, context: int) -> float:
@@ -104,12 +150,15 @@ def quantized_base_bytes(shape: ModelShape) -> float:
 
 
 def training_memory(kind: Kind, shape: ModelShape, trainable: int, setup: Setup) -> Memory:
+    """`trainable`: the parameters the optimizer updates; for full fine-tuning every one, but on a vision-language
+    model those of the parts train.vision trains (the frozen ones have neither gradients nor optimizer states)."""
     base = shape.total_params * shape.bytes_per_param
     if kind == "few_shot":
         return Memory(weights=base, gradients=0, optimizer=0, activations=inference_bytes(shape, setup.seq_len))
     activations = activation_bytes(shape, setup)
     if kind == "full":
-        return Memory(weights=base, gradients=base, optimizer=ADAMW_STATES * base, activations=activations)
+        trained = trainable * shape.bytes_per_param
+        return Memory(weights=base, gradients=trained, optimizer=ADAMW_STATES * trained, activations=activations)
     if kind == "qlora":
         base = quantized_base_bytes(shape)
     adapters = trainable * ADAPTER_BYTES
@@ -143,8 +192,21 @@ def training_flops(kind: Kind, shape: ModelShape, trainable: int, tokens: float,
     if kind == "few_shot":
         return 0.0
     idle_experts = shape.expert_params * (1 - shape.experts_per_token / shape.num_experts)
-    matmul = shape.total_params - shape.embedding_params - idle_experts
+    # A vision-language model's tower and projector see images, not tokens: vision_flops counts them
+    seeing = shape.vision.tower_params + shape.vision.projector_params if shape.vision else 0
+    matmul = shape.total_params - shape.embedding_params - idle_experts - seeing
     forward = 2 * matmul + 2 * shape.num_layers * context * shape.hidden_size
     if kind == "full":
         return 3 * forward * tokens
     return (2 * forward + 6 * trainable) * tokens
+
+
+def vision_flops(vision: VisionShape, tiles: float, image_tokens: float, reach: GradientsReach) -> float:
+    """Floating-point operations of a vision-language model's tower over `tiles` images or tiles (2 per weight and
+    patch, plus attention's 2 x layers x patches x hidden per patch) and of its projector over `image_tokens`: a
+    forward where no gradient reaches the part, 3 forwards (forward and backward) where one does. An adapter on the
+    tower is counted like full training of it (an overestimate of a third: its frozen weights get no gradients)."""
+    patches = vision.patches_per_tile
+    tower = tiles * patches * (2 * vision.tower_params + 2 * vision.num_layers * patches * vision.hidden_size)
+    projector = image_tokens * 2 * vision.projector_params
+    return tower * (3 if reach == "tower" else 1) + projector * (1 if reach == "language_model" else 3)

@@ -5,7 +5,9 @@ random token ids) in a fresh Python process, and returns how far its peak memory
 the imports and a warm-up with a tiny model (lazy imports, thread pools and kernel caches belong to the process,
 not to the model). A classifier probe trains the model init builds for a classification objective instead, on one
 random label per sequence: the scratch Llama with a classification head, or a BERT encoder loaded from a folder of
-random weights as init loads a pretrained one (`load_model(folder, classes)`). Two measures of the peak:
+random weights as init loads a pretrained one (`load_model(folder, classes)`). A vision probe (`VisionProbe`) trains
+a vision-language recipe's scratch model, built as init builds it, with its method and train.vision, on one batch of
+the recipe's longest rows with their real images, through the train stage's collator. Two measures of the peak:
 - `maxrss_bytes`: the rise of `ru_maxrss`, the peak resident set. It also counts the file-backed pages of the
   libraries, which the kernel may reclaim when another process needs memory: on the shared development machine one
   run read 88 MiB for a peak every other run measured at 134 MiB, most likely for that reason.
@@ -22,6 +24,7 @@ up step after step and stops measuring the tensors (docs/planning.md has the fig
     python -m ftcore.planning.measure --test-probes   # the test's probes, with and without each precaution
     python -m ftcore.planning.measure --options       # ... with gradient checkpointing, bf16, as a mixtral
     python -m ftcore.planning.measure --classifiers   # the test's classifier probes (a Llama and a BERT)
+    python -m ftcore.planning.measure --vision RECIPE...  # vision-language recipes: full, with the tower, LoRA
 """
 
 from __future__ import annotations
@@ -33,11 +36,17 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ftcore.models.config import FullMethod, LoraMethod, ModelConfig, ScratchModelConfig
 from ftcore.planning.estimate import ACTIVATION_FACTOR, Memory, Setup, activation_bytes, training_memory
 from ftcore.planning.shape import method_trainable, model_shape
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ftcore.planning.plan import Plan
+    from ftcore.recipe import Recipe
 
 GLIBC_INITIAL_MMAP_THRESHOLD = 128 * 1024
 
@@ -108,10 +117,27 @@ def encoder_folder(probe: Probe) -> Path:
 
 
 @dataclass(frozen=True)
+class VisionProbe:
+    """A vision-language recipe's training step: the scratch model init builds for the recipe (its tokenizer trained
+    on the rows), wrapped by its method on the parts train.vision trains (full fine-tuning freezing the others),
+    `steps` steps of AdamW on one batch of its `train.batch_size` longest rows, images and all, through the train
+    stage's collator. The rows are planning's sample of the recipe's sources (ftcore/planning/images.py)."""
+
+    recipe: str  # the recipe file
+    overrides: tuple[str, ...] = ()  # `--set` values
+    steps: int = 2
+
+    def load(self) -> Recipe:
+        from ftcore.recipe import load_recipe
+
+        return load_recipe(self.recipe, list(self.overrides))
+
+
+@dataclass(frozen=True)
 class Measured:
     peak_bytes: float  # anonymous memory, sampled (see the module docstring)
     maxrss_bytes: float
-    total_params: int
+    total_params: int  # a vision probe's: its base model's, before the method wraps it
     trainable_params: int
     seconds: float
 
@@ -127,12 +153,32 @@ def estimate(probe: Probe, factor: float | None = None) -> Memory:
     return memory if factor is None else replace(memory, activations=activation_bytes(shape, setup, factor))
 
 
-def measure_peak(probe: Probe, pin_malloc: bool = True, warm_up: bool = True) -> Measured:
+def probe_rows(recipe: Recipe, store: Path) -> pd.DataFrame:
+    """A vision probe's rows: planning's sample of the recipe's sources, images written into `store`."""
+    from ftcore.planning.data import read_sources
+    from ftcore.planning.images import source_rows
+
+    return source_rows(recipe, read_sources(recipe)[0], store)
+
+
+def vision_plan(probe: VisionProbe) -> Plan:
+    """The plan of a vision probe's recipe, its data counted on the probe's rows as on a train split of them."""
+    from ftcore.planning.data import image_rows_stats
+    from ftcore.planning.plan import make_plan
+
+    recipe = probe.load()
+    with tempfile.TemporaryDirectory(prefix="ftflow-probe-") as tmp:
+        rows = probe_rows(recipe, Path(tmp))
+        data = image_rows_stats(recipe, rows, rows, "the probe's rows")
+    return make_plan(recipe, Path(probe.recipe), data=data)
+
+
+def measure_peak(probe: Probe | VisionProbe, pin_malloc: bool = True, warm_up: bool = True) -> Measured:
     """`pin_malloc` and `warm_up` off show what each precaution removes (`--test-probes`)."""
     env = dict(os.environ)
     if pin_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = str(GLIBC_INITIAL_MMAP_THRESHOLD)
-    child = json.dumps({"probe": asdict(probe), "warm_up": warm_up})
+    child = json.dumps({"probe": asdict(probe), "vision": isinstance(probe, VisionProbe), "warm_up": warm_up})
     done = subprocess.run([sys.executable, "-m", "ftcore.planning.measure", "--child", child],
                           capture_output=True, text=True, env=env)
     if done.returncode:
@@ -174,6 +220,60 @@ def _child(probe: Probe, warm_up: bool) -> dict:
     torch.manual_seed(0)
     with AnonymousPeak() as anonymous:
         trainable, total = train(probe, probe.steps)
+    return {"peak_bytes": anonymous.peak - anonymous.baseline, "maxrss_bytes": maxrss() - rss_baseline,
+            "total_params": total, "trainable_params": trainable, "seconds": time.perf_counter() - started}
+
+
+def _vision_child(probe: VisionProbe, warm_up: bool) -> dict:
+    import resource
+    import time
+
+    import torch
+
+    from ftcore.columns import IMAGES_COLUMN
+    from ftcore.models.init import corpus
+    from ftcore.models.peft_methods import apply_method
+    from ftcore.models.scratch import build_vision_language, train_tokenizer
+    from ftcore.models.vision import freeze_parts
+    from ftcore.planning.images import collator_row, measure_rows, vision_processor
+    from ftcore.planning.shape import count_params
+    from ftcore.training.vision import ImageCollator
+
+    recipe = probe.load()
+    cfg, method, vision, max_length = recipe.model.scratch, recipe.method, recipe.train.vision, recipe.train.max_length
+
+    def train(scratch: ScratchModelConfig, rows: list[dict], steps: int) -> tuple[int, int]:
+        model = build_vision_language(scratch, tokenizer)[0]
+        total = count_params(model)[1]
+        model = apply_method(model, method, tokenizer, vision)
+        if isinstance(method, FullMethod):  # as the train stage does
+            freeze_parts(model, vision)
+        optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=1e-3)
+        batch = ImageCollator(processor, max_length)(rows)
+        for _ in range(steps):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return count_params(model)[0], total
+
+    def maxrss() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+    with tempfile.TemporaryDirectory(prefix="ftflow-probe-") as tmp:
+        rows = probe_rows(recipe, Path(tmp))
+        tokenizer = train_tokenizer(corpus(rows), cfg.vocab_size, cfg)  # as init trains it on the split
+        processor = vision_processor(recipe.model, tokenizer)
+        measured = measure_rows(rows, processor, max_length)
+        # The longest rows, as the plan counts a batch (every row at the longest length and the most tiles)
+        longest = sorted(range(len(rows)), key=lambda i: (measured[i].tokens, measured[i].tiles), reverse=True)
+        batch = [collator_row(rows["messages"][i], rows[IMAGES_COLUMN][i]) for i in longest[:recipe.train.batch_size]]
+        if warm_up:  # a tiny model of the same architecture, images and method (see the module docstring)
+            tiny = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+            train(cfg.model_copy(update={**tiny, "vision": cfg.vision.model_copy(update=tiny)}), batch[:1], 1)
+        rss_baseline, started = maxrss(), time.perf_counter()
+        torch.manual_seed(0)
+        with AnonymousPeak() as anonymous:
+            trainable, total = train(cfg, batch, probe.steps)
     return {"peak_bytes": anonymous.peak - anonymous.baseline, "maxrss_bytes": maxrss() - rss_baseline,
             "total_params": total, "trainable_params": trainable, "seconds": time.perf_counter() - started}
 
@@ -298,15 +398,46 @@ def _check_classifiers() -> None:
         print(_describe(probe, estimate(probe).peak, measure_peak(probe)))
 
 
+# What a vision-language recipe is measured with (`--vision`): its own method, the same with the vision tower
+# trained, and LoRA (an adapter on the language model, the projector trained whole).
+VISION_VARIANTS = ((), ("train.vision.vision_tower=true",), ("method={name: lora, r: 8}",))
+
+
+def describe_vision(probe: VisionProbe, plan: Plan, measured: Measured) -> str:
+    """A vision probe's estimate against its measured peak, and the counts they rest on, in one line."""
+    mine, images = plan.estimates[plan.recipe_method], plan.data.images
+    estimated = mine.memory.peak
+    return (f"  {probe.recipe} {' '.join(probe.overrides) or '(as written)'}: batch {plan.data.seq_len} tokens x "
+            f"{probe.load().train.batch_size}, at most {images.tiles_per_row_max} tower inputs a row; parameters "
+            f"{plan.model.total_params:,} (measured {measured.total_params:,}), trainable {mine.trainable:,} "
+            f"(measured {measured.trainable_params:,}); estimated {estimated / 2**20:.1f} MiB (activations "
+            f"{mine.memory.activations / 2**20:.1f}), measured {measured.peak_bytes / 2**20:.1f} MiB "
+            f"({(estimated - measured.peak_bytes) / measured.peak_bytes:+.1%}; ru_maxrss "
+            f"{measured.maxrss_bytes / 2**20:.1f} MiB; {measured.seconds:.1f} s)")
+
+
+def _check_vision(recipes: list[str]) -> None:
+    for recipe in recipes:
+        for overrides in VISION_VARIANTS:
+            probe = VisionProbe(recipe, overrides)
+            print(describe_vision(probe, vision_plan(probe), measure_peak(probe)))
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         spec = json.loads(sys.argv[2])
-        print(json.dumps(_child(Probe(**spec["probe"]), spec["warm_up"])))
+        if spec["vision"]:
+            print(json.dumps(_vision_child(VisionProbe(**{**spec["probe"], "overrides": tuple(
+                spec["probe"]["overrides"])}), spec["warm_up"])))
+        else:
+            print(json.dumps(_child(Probe(**spec["probe"]), spec["warm_up"])))
     elif sys.argv[1:2] == ["--test-probes"]:
         _check_test_probes()
     elif sys.argv[1:2] == ["--options"]:
         _check_options()
     elif sys.argv[1:2] == ["--classifiers"]:
         _check_classifiers()
+    elif sys.argv[1:2] == ["--vision"]:
+        _check_vision(sys.argv[2:])
     else:
         _calibrate()

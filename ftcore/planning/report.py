@@ -42,10 +42,27 @@ def render_plan(plan: Plan):
             f"(peak + {hw.heap_retention:g} x activations glibc's heap keeps) x {MARGIN} + "
             f"{human_bytes(hw.overhead_bytes)} for the Python process"),
     ]
+    lines[1:1] = image_lines(plan)
     chosen = plan.estimates[advice.method].label if advice.method in plan.estimates else "none fits"
     chosen += "".join(f" with --set {setting}" for setting in advice.settings)
     advice_lines = [Text(f"recommendation: {chosen}", style="bold"), *(Text(f"  {r}") for r in advice.reasons)]
     return Group(table, *map(Text, lines), *advice_lines)
+
+
+def image_lines(plan: Plan) -> list[str]:
+    """A vision-language model's tower, and the tokens the processor made of the sampled images."""
+    vision, images = plan.model.vision, plan.data.images
+    if vision is None:
+        return []
+    lines = [f"vision: {vision.family}, a tower of {vision.num_layers} layers, hidden {vision.hidden_size}, seeing "
+             f"{vision.image_size}x{vision.image_size} pixels in {vision.patch_size}-pixel patches"]
+    if images is None:
+        return [*lines, "image tokens: not counted (no images read: sources planning does not read)"]
+    how = f"{images.tokens_per_tile} per tile, up to {images.tiles_per_image_max} tiles" if images.tokens_per_tile \
+        else "each image whole"
+    return [*lines, f"image tokens per image: mean {images.tokens_per_image_mean:.0f}, max "
+                    f"{images.tokens_per_image_max} ({images.family}: {how}; {images.processor} on {images.images:,} "
+                    f"images of {images.rows_sampled:,} sampled rows of {images.rows_total:,})"]
 
 
 def human_flops(n: float) -> str:

@@ -2,10 +2,12 @@
 
 The model is instantiated on PyTorch's `meta` device from its config: every parameter has a shape but no storage,
 so a 7B model costs milliseconds and no memory, and nothing is downloaded or read but config.json. It is the model
-the init stage builds: the causal LM, or for an objective with a classifier's head the sequence classifier with one
-output per class (`classes`). Fine-tuning methods are applied to that meta model by the pipeline's own
-`apply_method`, which gives the trainable count the init stage will see; the analytic formulas below are the
-fallback where a method cannot be applied without real weights.
+the init stage builds: the causal LM, the vision-language model (vision tower, projector, language model) of a
+recipe that sees images, or for an objective with a classifier's head the sequence classifier with one output per
+class (`classes`). Fine-tuning methods are applied to that meta model by the pipeline's own `apply_method` (on a
+vision-language model, to the parts train.vision trains; full fine-tuning freezes the others as the train stage
+does), which gives the trainable count the init stage will see; the analytic formulas below are the fallback where a
+method cannot be applied without real weights.
 """
 
 from __future__ import annotations
@@ -14,10 +16,33 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ftcore.errors import UserError, first_line
-from ftcore.models.config import ModelConfig
+from ftcore.models.config import FullMethod, ModelConfig, ScratchModelConfig, VisionParts
 from ftcore.models.meta import count_params, linear_layers, meta_model
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+# Intermediate-sized tensors a vision tower's MLP keeps per patch for backward: its input and output of the
+# activation, and for QuickGELU (CLIP's x * sigmoid(1.702 x)) the sigmoid too; counted with autograd's saved-tensor
+# hooks on CLIP's and SigLIP's encoder layers (docs/planning.md).
+TOWER_SAVED_INTERMEDIATE = {"quick_gelu": 3}
+TOWER_SAVED_INTERMEDIATE_DEFAULT = 2
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """The vision side of a vision-language model: what each part holds, and the vision tower's shape."""
+
+    family: str  # the config's model_type: llava, idefics3, ...
+    tower_params: int
+    projector_params: int
+    language_params: int  # the language model with its output head: every parameter of neither part
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    image_size: int  # pixels per side of what the tower sees (an image, or one tile)
+    patch_size: int
+    patches_per_tile: int  # the tower's positions per image or tile (CLIP's class token included)
+    saved_intermediate: int  # intermediate-sized tensors a tower layer keeps per patch for backward
+    projector_saved: int  # values the projector keeps per image token for backward: its layers' inputs
 
 
 @dataclass(frozen=True)
@@ -38,6 +63,7 @@ class ModelShape:
     expert_params: int
     dtype: str  # what from_pretrained loads ("auto": the checkpoint's dtype), hence what training runs in
     num_labels: int | None = None  # a sequence classifier's outputs, one per class; None: a causal LM
+    vision: VisionShape | None = None  # a vision-language model's vision side
 
     @property
     def bytes_per_param(self) -> int:
@@ -66,22 +92,56 @@ class VocabOnly:
         return self.size
 
 
+def stand_in_tokenizer(cfg: ScratchModelConfig):
+    """Stands in for the tokenizer init trains for a scratch vision-language model, whose processor needs a real
+    one: the special and image tokens at the ids the trained one gives them, then fillers up to its size."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from ftcore.models.scratch import SPECIAL_TOKENS
+    from ftcore.models.vision import IMAGE_TOKEN, TILE_TOKENS
+
+    named = [*SPECIAL_TOKENS.values(), IMAGE_TOKEN, *TILE_TOKENS]
+    tokens = named + [f"<filler {i}>" for i in range(len(named), cfg.vocab_size)]
+    words = Tokenizer(models.WordLevel({token: i for i, token in enumerate(tokens)},
+                                       unk_token=SPECIAL_TOKENS["unk_token"]))
+    words.add_special_tokens(named)  # found in any text, as the processor finds its image tokens in a prompt
+    return PreTrainedTokenizerFast(tokenizer_object=words, **SPECIAL_TOKENS)
+
+
 def build_meta_model(cfg: ModelConfig, classes: list[str] | None = None):
-    """The recipe's base model with shapes only (ftcore/models/meta.py): a causal LM, or with `classes` the
-    sequence classifier `load_model(..., classes)` loads (one output per class). Scratch models go through the same
-    `build_model` as init."""
+    """The recipe's base model with shapes only (ftcore/models/meta.py): a causal LM, a vision-language model (as
+    `load_model` loads a folder with a vision config), or with `classes` the sequence classifier
+    `load_model(..., classes)` loads (one output per class). Scratch models go through the same builders as init."""
     if cfg.source != "scratch":
+        from ftcore.models.load import sees_images
+
         config = pretrained_config(cfg)
         if classes is None:
-            return meta_model(config, trust_remote_code=cfg.trust_remote_code)
+            model_class = image_text_class(config) if sees_images(config.to_dict()) else None
+            return meta_model(config, model_class, trust_remote_code=cfg.trust_remote_code)
         config.num_labels = len(classes)  # as load_model passes it to from_pretrained
         return meta_model(config, classifier_class(config))
     import torch
 
-    from ftcore.models.scratch import build_model
+    from ftcore.models.scratch import build_model, build_vision_language
 
     with torch.device("meta"):
+        if cfg.scratch.sees_images:
+            return build_vision_language(cfg.scratch, stand_in_tokenizer(cfg.scratch))[0]
         return build_model(cfg.scratch, VocabOnly(cfg.scratch.vocab_size), classes)
+
+
+def image_text_class(config):
+    """The class AutoModelForImageTextToText builds for `config`, as load_model loads a vision-language folder."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(config.model_type)
+    if name is None or not hasattr(transformers, name):
+        raise UserError(f"model.name_or_path: transformers {transformers.__version__} has no image-text-to-text "
+                        f"model for model_type {config.model_type!r}, which objective vision_language trains")
+    return getattr(transformers, name)
 
 
 def classifier_class(config):
@@ -115,7 +175,8 @@ def pretrained_config(cfg: ModelConfig):
 
 
 def model_shape(cfg: ModelConfig, classes: list[str] | None = None) -> ModelShape:
-    """The shape of the causal LM, or with `classes` of the sequence classifier, that init builds from `cfg`."""
+    """The shape of the causal LM (or vision-language model), or with `classes` of the sequence classifier, that init
+    builds from `cfg`."""
     model = build_meta_model(cfg, classes)
     text = model.config.get_text_config()
     hidden = text.hidden_size
@@ -138,7 +199,35 @@ def model_shape(cfg: ModelConfig, classes: list[str] | None = None) -> ModelShap
         expert_params=sum(p.numel() for name, p in model.named_parameters() if ".experts." in name),
         dtype="float32" if cfg.source == "scratch" else _checkpoint_dtype(model.config),
         num_labels=len(classes) if classes is not None else None,
+        vision=vision_shape(model),
     )
+
+
+def vision_shape(model) -> VisionShape | None:
+    """The parts of a vision-language model (ftcore/models/vision.py: `part_modules`) and its tower's shape; None
+    for a model without a vision tower."""
+    from ftcore.models.vision import part_modules
+
+    parts = part_modules(model)
+    if "vision_tower" not in parts or "projector" not in parts:
+        return None
+    tower, projector = (model.get_submodule(parts[part]) for part in ("vision_tower", "projector"))
+    vision = model.config.vision_config
+    positions = next((m.weight.shape[0] for name, m in tower.named_modules() if name.endswith("position_embedding")),
+                     (vision.image_size // vision.patch_size) ** 2)
+    layers = [m for _, m in linear_layers(projector)]
+    # Each layer keeps its input for its weight's gradient; between two layers that is the activation's output,
+    # and the activation keeps its input, the earlier layer's output.
+    projector_saved = sum(m.in_features for m in layers) + sum(m.out_features for m in layers[:-1])
+    tower_params, projector_params = count_params(tower)[1], count_params(projector)[1]
+    return VisionShape(
+        family=model.config.model_type, tower_params=tower_params, projector_params=projector_params,
+        language_params=count_params(model)[1] - tower_params - projector_params,
+        hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+        num_layers=vision.num_hidden_layers, image_size=vision.image_size, patch_size=vision.patch_size,
+        patches_per_tile=positions,
+        saved_intermediate=TOWER_SAVED_INTERMEDIATE.get(vision.hidden_act, TOWER_SAVED_INTERMEDIATE_DEFAULT),
+        projector_saved=projector_saved)
 
 
 def output_head(model):
@@ -192,14 +281,21 @@ def _out_features(module) -> int:
     return module.weight.shape[0] if isinstance(module, torch.nn.Linear) else module.weight.shape[1]
 
 
-def method_trainable(cfg: ModelConfig, method, classes: list[str] | None = None) -> tuple[int, str]:
+def method_trainable(cfg: ModelConfig, method, classes: list[str] | None = None,
+                     vision: VisionParts | None = None) -> tuple[int, str]:
     """Trainable parameters of a method (a recipe's `method` section) on the causal LM or, with `classes`, the
     classifier, and how they were counted: the pipeline's `apply_method` on a meta model where it works there
-    (for a classifier PEFT also trains the head, as in init), else an analytic formula."""
+    (for a classifier PEFT also trains the head, as in init), else an analytic formula. On a vision-language model
+    `vision` (train.vision) says which parts train: an adapter goes on those init puts it on, and full fine-tuning
+    freezes the others as the train stage does."""
     from ftcore.models.peft_methods import apply_method
+    from ftcore.models.vision import freeze_parts
 
     try:
-        return count_params(apply_method(build_meta_model(cfg, classes), method))[0], "exact (PEFT on a meta model)"
+        model = apply_method(build_meta_model(cfg, classes), method, vision=vision)
+        if vision is not None and isinstance(method, FullMethod):
+            freeze_parts(model, vision)
+        return count_params(model)[0], "exact (PEFT on a meta model)"
     except UserError:
         raise  # the method does not fit the model (targets no layer of it): the recipe's to fix
     except Exception as e:  # apply_method is written for real weights (QLoRA quantizes them): a failure on a meta

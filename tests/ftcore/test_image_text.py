@@ -334,3 +334,20 @@ def test_a_folder_of_pictures_with_a_captions_file_beside_them(tmp_path):
     kept = pd.read_parquet(out.path / "collected.parquet")
     assert [json.loads(cell) for cell in kept["images"]] == [[f"{hashlib.sha256(png(c)).hexdigest()}.png"]
                                                              for c in ("red", "blue")]
+
+
+@pytest.mark.parametrize("method", ["ia3", "adapter"])
+def test_methods_that_find_their_layers_by_block_find_the_language_model_s(llava, method):
+    """IA3 and bottleneck adapters place themselves in the stack of blocks; a vision-language model's vision tower
+    has a stack too (here as deep as the language model's), which is not the one to adapt."""
+    import copy
+
+    from pydantic import TypeAdapter
+
+    from ftcore.models.config import MethodConfig, VisionParts
+    from ftcore.models.peft_methods import apply_method
+
+    wrapped = apply_method(copy.deepcopy(llava), TypeAdapter(MethodConfig).validate_python({"name": method}),
+                           vision=VisionParts())
+    adapted = [name for name, p in wrapped.named_parameters() if p.requires_grad and "projector" not in name]
+    assert adapted and all("language_model" in name for name in adapted)

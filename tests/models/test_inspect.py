@@ -145,6 +145,48 @@ def test_a_vision_language_config(tmp_path):
     assert report.parameters == sum(p.numel() for p in model.parameters())
     assert (report.modality, report.architecture) == ("vision-language", "LlavaForConditionalGeneration")
     assert (report.context_length, report.config_vocab_size, report.tokenizer_vocab_size) == (256, 300, None)
+    vision = report.vision
+    assert sum(vision.parts.values()) == report.parameters
+    assert vision.parts["vision_tower"] == sum(p.numel() for p in model.model.vision_tower.parameters())
+    assert (vision.family, vision.image_size, vision.patch_size) == ("clip_vision_model", 32, 8)
+    assert vision.processor is None and vision.image_tokens is None
+    assert vision.processor_note == "no processor_config.json or preprocessor_config.json in the folder"
+
+
+# The shapes recipe's scratch models (tests/ftcore/test_image_text.py: 32-pixel images or tiles, 8-pixel patches):
+# LLaVA sees each image resized whole, one token per patch; Idefics3 cuts the largest image it takes (64 pixels a side,
+# max_tiles 2) into 2 x 2 tiles and the downsized whole, 2 x 2 patches per token.
+VISION_FOLDERS = {"llava": ("LlavaProcessor", 16, None, 1), "idefics3": ("Idefics3Processor", 20, 4, 5)}
+
+
+@pytest.mark.parametrize("architecture", VISION_FOLDERS)
+def test_a_vision_language_folder_shows_its_parts_and_image_tokens(tmp_path, architecture):
+    from ftcore.models.vision import part_modules
+    from tests.ftcore.test_image_text import prepared_shapes
+
+    _, _, base = prepared_shapes(tmp_path, architecture)
+    report = inspect_model(base.base_path)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(base.base_path)
+    assert report.parameters == sum(p.numel() for p in model.parameters())
+    vision, parts = report.vision, part_modules(model)
+    for part in ("vision_tower", "projector"):
+        assert vision.parts[part] == sum(p.numel() for p in model.get_submodule(parts[part]).parameters())
+    assert sum(vision.parts.values()) == report.parameters  # the language model with its output head
+    assert (vision.image_size, vision.patch_size) == (32, 8)
+    assert (vision.processor, vision.image_tokens, vision.tokens_per_tile, vision.max_tiles) == \
+        VISION_FOLDERS[architecture]
+    assert report.supported("vision_language") == [m for m in report.methods["vision_language"] if m != "prefix"]
+    assert not any(report.supported(objective) for objective in report.methods if objective != "vision_language")
+    # all-linear on the language model alone, as init applies it with train.vision's defaults
+    assert report.target_modules["all-linear"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                                   "v_proj"]
+    result = runner.invoke(app, ["inspect", str(base.base_path)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    processor, tokens, per_tile, tiles = VISION_FOLDERS[architecture]
+    assert (f"image tokens {per_tile} per tile, up to {tiles} tiles ({tokens} tokens) per image ({processor})"
+            if per_tile else f"image tokens {tokens} per image, each resized whole ({processor})") in text
+    assert "is a vision-language model, and objective sft trains on text only" in text
 
 
 def test_a_gguf_file(tmp_path):
