@@ -9,7 +9,7 @@ BENCH_ARGS ?= --repeats 3
 LOCK := constraints.txt
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: lock run test zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale ui clean install install-dev
+.PHONY: lock run test zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale bench-vision ui clean install install-dev
 
 # Stamp files make installs incremental: a change to pyproject.toml or the lock reinstalls, nothing else does.
 $(BIN)/python:
@@ -61,7 +61,8 @@ zoo: install-dev
 compat: zoo
 	$(BIN)/python -m tests.models.compat
 
-bench: bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale
+bench: bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-scale \
+	bench-vision
 
 bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
@@ -101,6 +102,11 @@ bench-serve: install-dev
 # Scale-out: the clean stage on Dask (2 workers) vs the default runner on MedQuAD; 2 DDP processes vs 1.
 bench-scale: install-dev
 	$(BIN)/python bench/scale_out.py
+
+# Vision-language models on the two shared recipes: images/s in training (and the collator's share), in evaluation
+# batched against one at a time.
+bench-vision: install-dev
+	$(BIN)/python bench/vision_throughput.py
 
 ui: install
 	$(BIN)/ftflow ui

@@ -15,7 +15,7 @@ import pytest
 from ftcore.columns import IMAGE_PLACEHOLDER
 from ftcore.data.collect import CollectJob, collect_stage
 from ftcore.data.config import DataConfig
-from ftcore.errors import UserError
+from ftcore.errors import DataError, UserError
 from ftcore.evaluation.evaluate import evaluate_models
 from ftcore.evaluation.scorers import Scoring
 from ftcore.jobs import clean_job
@@ -35,6 +35,7 @@ def png(colour: str = "red", shape: str = "circle") -> bytes:
 
 
 def collect(tmp_path: Path, rows: list[dict], **source) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     cfg = DataConfig.model_validate({"format": "image_text", "sources": [{"type": "jsonl", "path": str(data),
@@ -351,3 +352,27 @@ def test_methods_that_find_their_layers_by_block_find_the_language_model_s(llava
                            vision=VisionParts())
     adapted = [name for name, p in wrapped.named_parameters() if p.requires_grad and "projector" not in name]
     assert adapted and all("language_model" in name for name in adapted)
+
+
+def test_image_urls_are_fetched_only_where_the_source_allows_it(tmp_path):
+    from tests.loopback import QuietHandler, serve
+
+    picture = png("yellow")
+
+    class Pictures(QuietHandler):
+        def do_GET(self):
+            found = self.path == "/yellow.png"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            if found:
+                self.wfile.write(picture)
+
+    with serve(Pictures) as base_url:
+        rows = [{"image": f"{base_url}/yellow.png", "prompt": "Colour?", "completion": "yellow"},
+                {"image": f"{base_url}/missing.png", "prompt": "Colour?", "completion": "none"}]
+        with pytest.raises(DataError, match="fetching images is off for this source .set fetch_images: true"):
+            collect(tmp_path / "off", rows, columns={"images": "image"})  # no row usable: the run stops, saying why
+        kept, quarantined, _ = collect(tmp_path / "on", rows, columns={"images": "image"}, fetch_images=True)
+    assert json.loads(kept["images"][0]) == [f"{hashlib.sha256(picture).hexdigest()}.png"]
+    assert quarantined["reason"].tolist() == [f"images: image URL {base_url}/missing.png: HTTPError"]
