@@ -62,7 +62,7 @@ def test_the_regulariser_penalises_the_distance_from_the_starting_weights(fisher
 
 def test_the_fisher_is_positive_on_the_adapter_and_averages_one(tmp_path):
     _, dataset, base = prepare(tmp_path, "sft")
-    model, tokenizer = load_for_training(base)
+    model, tokenizer = load_for_training(TrainJob(base=base, dataset=dataset))
     fisher = diagonal_fisher(model, tokenizer, pd.read_parquet(dataset.splits["train"]),
                              RegularizerConfig(method="ewc", fisher_batches=2), batch_size=4, seed=0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
