@@ -371,7 +371,7 @@ def test_image_urls_are_fetched_only_where_the_source_allows_it(tmp_path):
     with serve(Pictures) as base_url:
         rows = [{"image": f"{base_url}/yellow.png", "prompt": "Colour?", "completion": "yellow"},
                 {"image": f"{base_url}/missing.png", "prompt": "Colour?", "completion": "none"}]
-        with pytest.raises(DataError, match="fetching images is off for this source .set fetch_images: true"):
+        with pytest.raises(DataError, match=r"fetching images is off for this source \(set fetch_images: true"):
             collect(tmp_path / "off", rows, columns={"images": "image"})  # no row usable: the run stops, saying why
         kept, quarantined, _ = collect(tmp_path / "on", rows, columns={"images": "image"}, fetch_images=True)
     assert json.loads(kept["images"][0]) == [f"{hashlib.sha256(picture).hexdigest()}.png"]
