@@ -4,12 +4,7 @@ parts' learning rates all come back from the checkpoint."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from pydantic import TypeAdapter
@@ -22,8 +17,7 @@ from ftcore.models.init import InitJob, init_stage
 from ftcore.training import train
 from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
 from ftcore.training.jobs import TrainJob
-from tests.conftest import REPO
-from tests.e2e.test_train_resume import KILLABLE, SCHEDULE, _reached, assert_same_training
+from tests.e2e.test_train_resume import SCHEDULE, assert_same_training, kill_at_step_10
 from tests.ftcore.image_fixtures import write_shapes
 from tests.ftcore.test_image_text import shapes_recipe
 
@@ -47,20 +41,7 @@ def job(tmp_path_factory) -> TrainJob:
 def test_a_killed_image_training_resumes_and_ends_as_an_uninterrupted_one(job, tmp_path):
     reference = train.train_stage(job, tmp_path / "reference")
     out_dir, progress = tmp_path / "train", tmp_path / "progress"
-    payload = [job.model_dump(mode="json"), str(out_dir), str(progress)]
-    with (tmp_path / "killed.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(payload)], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            deadline = time.monotonic() + 300
-            while _reached(progress) < 10:  # checkpoints at steps 4 and 8 are complete: kill between 8 and 12
-                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "training did not reach step 10 in 300 s"
-                time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
+    assert kill_at_step_10(job, out_dir, progress, tmp_path / "killed.log") == -signal.SIGKILL
     left = [c.step for c in CheckpointStore(checkpoint_root(out_dir), keep=2).all()]
     assert not out_dir.exists() and left[0] >= 8
 

@@ -139,6 +139,26 @@ def test_an_uninterrupted_run_reports_its_analytics(reference):
     assert not checkpoint_root(reference.path).exists()
 
 
+def kill_at_step_10(job: TrainJob, out_dir: Path, progress: Path, log_path: Path) -> int:
+    """Run `job` in a fresh interpreter and SIGKILL it once step 10 is reached (with a checkpoint every 4 steps,
+    those at steps 4 and 8 are complete, the one at 12 not yet); returns its exit status."""
+    payload = [job.model_dump(mode="json"), str(out_dir), str(progress)]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(payload)], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            deadline = time.monotonic() + 300
+            while _reached(progress) < 10:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "training did not reach step 10 in 300 s"
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def _reached(progress: Path) -> int:
     text = progress.read_text().strip() if progress.exists() else ""
     return int(text) if text.isdigit() else 0
@@ -147,22 +167,7 @@ def _reached(progress: Path) -> int:
 def test_a_training_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(prepared, cfg, reference, tmp_path):
     out_dir, progress = tmp_path / "train", tmp_path / "progress"
     job = TrainJob(base=prepared.base, dataset=prepared.dataset, train=cfg)
-    payload = [job.model_dump(mode="json"), str(out_dir), str(progress)]
-    with (tmp_path / "killed.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(payload)], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            deadline = time.monotonic() + 300
-            # Two checkpoints (steps 4 and 8) are complete once step 10 is reached; kill between 8 and 12.
-            while _reached(progress) < 10:
-                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "training did not reach step 10 in 300 s"
-                time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_at_step_10(job, out_dir, progress, tmp_path / "killed.log") == -signal.SIGKILL
     reached = _reached(progress)
     assert reached < SCHEDULE["max_steps"] and not out_dir.exists()
     left = [c.step for c in CheckpointStore(checkpoint_root(out_dir), keep=2).all()]
