@@ -114,3 +114,9 @@ def freeze_parts(model, vision: VisionParts) -> None:
         model.get_submodule(name).requires_grad_(False)
     if not vision.language_model:  # the output layer belongs to the language model, outside its module
         model.get_output_embeddings().requires_grad_(False)
+
+
+def image_token_id(processor) -> int:
+    """The id of the token a vision-language processor expands each image into."""
+    token_id = getattr(processor, "image_token_id", None)
+    return token_id if token_id is not None else processor.tokenizer.convert_tokens_to_ids(processor.image_token)

@@ -93,7 +93,7 @@ def vision_processor(cfg: ModelConfig, tokenizer=None):
 def measure_rows(rows: pd.DataFrame, processor, max_length: int) -> list[MeasuredRow]:
     """Each row (`messages`, and `images` as file paths: ftcore/data/images.py `with_image_paths`) through the
     train stage's collator."""
-    from ftcore.models.inspect import image_token_id
+    from ftcore.models.vision import image_token_id
     from ftcore.training.vision import ImageCollator
 
     collate = ImageCollator(processor, max_length)
