@@ -96,7 +96,8 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     # Chats about images (captions, transcriptions, visual questions): the first metric (the gate's default) is CER;
     # a captioning recipe names cider first in evaluate.metrics.
     Objective(name="vision_language", formats=("image_text",), metrics=IMAGE_ANSWERS, head="language_model",
-              trainer="image_text", scorer="image_answers", answers_prompts=True, sees_images=True),
+              trainer="image_text", scorer="image_answers", answers_prompts=True, references=True,
+              sees_images=True),
 )}
 
 

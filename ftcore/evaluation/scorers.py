@@ -114,7 +114,8 @@ def score_classifiers(models: dict[str, Path], test: pd.DataFrame, scoring: Scor
 
 
 def score_images(models: dict[str, Path], test: pd.DataFrame, scoring: Scoring, start: str) -> Scores:
-    return evaluate_image_models(models, test, scoring.evaluate)
+    demos = scoring.rows("train") if scoring.evaluate.fewshot else None
+    return evaluate_image_models(models, test, scoring.evaluate, demos)
 
 
 def image_questions_asked(model: Path, test: pd.DataFrame) -> ScreenInputs:

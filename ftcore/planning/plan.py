@@ -267,6 +267,7 @@ class _Planner:
 
     def estimate(self, spec: MethodSpec) -> MethodEstimate:
         data, train, shape = self.data, self.train, self.shape
+        examples = 1  # rows in one sequence, each with its images
         if spec.kind == "few_shot":  # the examples in the prompt, then the question
             examples = min(data.rows_train or 0, FEW_SHOT_MAX_ROWS) + 1
             seq = min(shape.max_positions, int(examples * data.tokens_per_row))
@@ -277,9 +278,9 @@ class _Planner:
         setup = Setup(train.batch_size, seq, DTYPE_BYTES[compute], train.gradient_checkpointing,
                       autocast=train.mixed_precision != "no",
                       # every row of a batch counted with the most tiles and image tokens a sampled row has
-                      tiles=images.tiles_per_row_max if images else 0,
-                      image_tokens=images.image_tokens_per_row_max if images else 0,
-                      input_bytes=images.input_bytes_per_row_max if images else 0, gradients_reach=reach,
+                      tiles=examples * images.tiles_per_row_max if images else 0,
+                      image_tokens=examples * images.image_tokens_per_row_max if images else 0,
+                      input_bytes=examples * images.input_bytes_per_row_max if images else 0, gradients_reach=reach,
                       padding_mask=shape.vision is not None)
         memory = training_memory(spec.kind, shape, spec.trainable, setup)
         if spec.kind != "few_shot":

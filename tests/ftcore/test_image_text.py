@@ -171,13 +171,42 @@ def test_a_scratch_vision_language_model_learns_to_read_the_picture(tmp_path, ar
     trained = train_stage(TrainJob(base=base, dataset=dataset, train=recipe.train, objective=recipe.spec),
                           tmp_path / "train")
     assert trained.metrics["train_loss_last"] < trained.metrics["train_loss_first"] / 5
-    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate, objective=recipe.spec)
-    metrics = evaluate_models({"base": base.base_path, "candidate": trained.model_path}, scoring,
-                              tmp_path / "evaluate").metrics
+    scoring = Scoring(splits=dataset.splits, evaluate=recipe.evaluate.model_copy(update={"fewshot": 2}),
+                      objective=recipe.spec)
+    out = evaluate_models({"base": base.base_path, "candidate": trained.model_path}, scoring, tmp_path / "evaluate")
+    metrics = out.metrics
     assert metrics["base.exact_match"] == 0 and metrics["exact_match"] >= 0.6
     assert metrics["cer"] < metrics["base.cer"] - 0.5
     assert metrics["cer.ci_high"] < metrics["base.cer.ci_low"]  # the interval excludes no change
     assert metrics["latency_p50_s"] > 0
+    # the base prompted with two training pictures and their captions before each test picture (three images)
+    assert metrics["cer"] < metrics["fewshot.cer"] and "fewshot.cer.ci_low" in metrics
+    assert pd.read_json(out.predictions_path, lines=True)["fewshot"].notna().all()
+
+
+def test_few_shot_prompting_puts_training_pictures_and_answers_before_each_question(tmp_path):
+    """The same k training rows for every test row, as earlier turns of its chat, their images first in the order
+    their parts appear; the processor expands every one of them into image tokens."""
+    from ftcore.data.images import with_image_paths
+    from ftcore.evaluation.vision import fewshot_questions, image_questions
+    from ftcore.models.load import load_processor
+    from ftcore.training.vision import prompt_tokens
+
+    _, dataset, base = prepared_shapes(tmp_path)
+    train, test = (with_image_paths(pd.read_parquet(dataset.splits[s]), dataset.splits[s]) for s in ("train", "test"))
+    questions = image_questions(test)
+    shots = fewshot_questions(questions, train, 2)
+    assert shots.equals(fewshot_questions(questions, train, 2))  # drawn with a fixed seed
+    for (_, plain), (_, shot) in zip(questions.iterrows(), shots.iterrows(), strict=True):
+        assert [m["role"] for m in shot["chat"]] == ["user", "assistant", "user", "assistant", "user"]
+        assert shot["chat"][-1] == plain["chat"][-1] and shot["images"][-1:] == plain["images"]
+        demos = [m for m in shot["chat"][:-1] if m["role"] == "assistant"]
+        assert {d["content"][0]["text"] for d in demos} <= {json.loads(c)[-1]["content"] for c in train["messages"]}
+    assert shots["chat"].iloc[0][:4] == shots["chat"].iloc[1][:4]
+    processor = load_processor(base.base_path)
+    one = prompt_tokens(processor, questions["chat"].iloc[0], questions["images"].iloc[0])
+    three = prompt_tokens(processor, shots["chat"].iloc[0], shots["images"].iloc[0])
+    assert three - one > 2 * 16  # two more pictures of 16 image tokens each (32 pixels in 8-pixel patches)
 
 
 @pytest.fixture(scope="module")
