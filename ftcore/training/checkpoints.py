@@ -101,6 +101,52 @@ class CheckpointStore:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def restore_renamed_weights(trainer) -> None:
+    """Make `trainer` restore a checkpoint's weights through `from_pretrained` where the checkpoint names them
+    otherwise than the model does.
+
+    transformers 5 renames some families' weights on saving (save_pretrained writes LLaVA's language model as
+    `language_model.model.*`, the layout of the checkpoints on the hub, while the model holds
+    `model.language_model.*`) and renames them back on loading. The Trainer's resume skips that: it reads the file
+    with `load_state_dict(strict=False)`, so every renamed weight silently stays as the run began (transformers issue
+    43701) and the resumed run trains a mismatched model. Where the names differ, the checkpoint is loaded as
+    `from_pretrained` loads a model (one more copy of the weights in memory meanwhile) and copied in strictly;
+    elsewhere (adapters, families saved as they are held) the Trainer's own loader runs."""
+    # An instance attribute: every objective's trainer class (SFT, DPO, ...) resumes through this one method.
+    own_loader = trainer._load_from_checkpoint
+
+    def load(checkpoint: str, model=None) -> None:
+        target = trainer.model if model is None else model
+        saved = _saved_weight_names(Path(checkpoint))
+        held = set(target.state_dict())
+        if saved is None or not hasattr(target, "save_pretrained") or saved <= held:  # tied weights are saved once
+            own_loader(checkpoint, model)
+            return
+        from ftcore.models.load import MODEL_BUILD_LOCK
+
+        with MODEL_BUILD_LOCK:
+            restored = type(target).from_pretrained(checkpoint, dtype=target.dtype)
+        target.load_state_dict(restored.state_dict(), strict=True)
+        log.info("restored the weights of %s through from_pretrained (%d saved under other names)", checkpoint,
+                 len(saved - held))
+
+    trainer._load_from_checkpoint = load
+
+
+def _saved_weight_names(checkpoint: Path) -> set[str] | None:
+    """The weight names of a checkpoint of a whole model (model.safetensors, or its shards' index); None for an
+    adapter's checkpoint."""
+    index = checkpoint / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    if not (checkpoint / "model.safetensors").is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(checkpoint / "model.safetensors", "pt") as weights:
+        return set(weights.keys())
+
+
 def problem_with(checkpoint: Checkpoint) -> str | None:
     """Why `checkpoint` cannot be resumed from, or None when it is complete: the marker is there, every file it
     lists has the recorded size and content hash, the resume files and weights are among them, every tensor file

@@ -33,7 +33,7 @@ from ftcore.models.vision import freeze_parts
 from ftcore.outputs import ModelOutput, TrainOutput
 from ftcore.tensors import first_non_finite
 from ftcore.training.analytics import layer_weight_norms, peak_memory_mb, reset_peak_memory
-from ftcore.training.checkpoints import CheckpointStore, checkpoint_root
+from ftcore.training.checkpoints import CheckpointStore, checkpoint_root, restore_renamed_weights
 from ftcore.training.config import ContinualConfig, TrainConfig
 from ftcore.training.continual import anchor_to_start, diagonal_fisher, with_replay
 from ftcore.training.distributed import check_distributed, run_workers, strategy_arguments
@@ -324,6 +324,7 @@ def build_trainer(setup: TrainerSetup, store: CheckpointStore):
 
     cfg = setup.cfg
     trainer = TRAINERS[setup.run.job.objective.trainer].build(setup)
+    restore_renamed_weights(trainer)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     analytics = StepAnalytics()

@@ -115,7 +115,8 @@ def assert_same_training(resumed: TrainOutput, reference: TrainOutput) -> None:
                           for key in ("loss", "eval_loss") if key in h] for o in (resumed, reference))
     assert [entry[:2] for entry in history] == [entry[:2] for entry in expected]
     assert [entry[2] for entry in history] == pytest.approx([entry[2] for entry in expected], rel=1e-4)
-    after, wanted = (load_file(o.adapter_path / "adapter_model.safetensors") for o in (resumed, reference))
+    after, wanted = (load_file(o.adapter_path / "adapter_model.safetensors" if o.adapter_path else
+                               o.model_path / "model.safetensors") for o in (resumed, reference))
     assert after.keys() == wanted.keys()
     for name in wanted:
         torch.testing.assert_close(after[name], wanted[name], rtol=1e-4, atol=1e-5)
