@@ -36,7 +36,7 @@ from ftcore.models.config import (
     VisionParts,
     bitsandbytes_installed,
 )
-from ftcore.models.load import load_model, reload_model, runs_own_code, saved_classes
+from ftcore.models.load import folder_sees_images, load_model, reload_model, runs_own_code, saved_classes
 from ftcore.models.vision import linear_layers, part_modules
 
 SPEC_FILE = "method.json"
@@ -131,8 +131,9 @@ def read_method_spec(folder: Path) -> MethodConfig:
 # Loading the base and the adapter, merging, exporting
 
 
-def quantization_config(cfg: MethodConfig):
-    """The BitsAndBytesConfig the base loads with (qlora), or None: the base loads in full precision."""
+def quantization_config(cfg: MethodConfig, keep: list[str] | None = None):
+    """The BitsAndBytesConfig the base loads with (qlora), or None: the base loads in full precision. `keep`: the
+    modules left in full precision (None: those transformers keeps by default, the output head)."""
     if not isinstance(cfg, QLoraMethod):
         return None
     if not bitsandbytes_installed():
@@ -145,16 +146,35 @@ def quantization_config(cfg: MethodConfig):
         bnb_4bit_quant_type=cfg.quant_type,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype),
+        llm_int8_skip_modules=keep,  # despite the name, the 4-bit quantiser's too
     )
+
+
+def vision_parts_kept(path: str | Path, trust_remote_code: bool = False) -> list[str] | None:
+    """A vision-language model's vision tower and projector, with what transformers keeps in full precision by
+    default (the output head), for a 4-bit base; None for a text model. The projector trains whole beside the adapter
+    (a 4-bit weight cannot), and a tower quantised to 4 bits would blur what the language model is trained on, so
+    only the language model is quantised, as LLaMA-Factory and Unsloth do."""
+    if not folder_sees_images(path):
+        return None
+    from transformers import AutoConfig
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    from ftcore.models.meta import architecture_class, meta_model
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    model = meta_model(config, architecture_class(config), trust_remote_code)
+    parts = part_modules(model)
+    return [*get_keys_to_not_convert(model), *(parts[part] for part in ("vision_tower", "projector") if part in parts)]
 
 
 def load_base(path: str | Path, cfg: MethodConfig, trust_remote_code: bool = False,
               classes: list[str] | None = None):
     """The base as the method trains it: as saved, or for qlora quantised to 4 bits while loading and prepared for
     k-bit training (frozen, norms and head in float32). With `classes`, a sequence classifier (`load_model`)."""
-    quantization = quantization_config(cfg)
-    if quantization is None:
+    if not isinstance(cfg, QLoraMethod):
         return load_model(path, trust_remote_code, classes)
+    quantization = quantization_config(cfg, vision_parts_kept(path, trust_remote_code))
     import torch
     from peft import prepare_model_for_kbit_training
 

@@ -50,7 +50,7 @@ class ModelShape:
     architecture: str
     total_params: int
     embedding_params: int  # the input embedding table: a lookup, not a matmul, so FLOPs leave it out
-    quantizable_params: int  # weights of the linear layers bitsandbytes stores in 4 bits (all but the output head)
+    quantizable_params: int  # weights qlora stores in 4 bits: linear layers but the output head (and vision parts)
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -185,7 +185,7 @@ def model_shape(cfg: ModelConfig, classes: list[str] | None = None) -> ModelShap
         architecture=type(model).__name__,
         total_params=count_params(model)[1],
         embedding_params=model.get_input_embeddings().weight.numel(),
-        quantizable_params=sum(m.weight.numel() for _, m in body_linear_layers(model)),
+        quantizable_params=sum(m.weight.numel() for _, m in quantized_linear_layers(model)),
         hidden_size=hidden,
         # GPT-2 style configs call it n_inner, and leave it unset for the usual 4 x hidden
         intermediate_size=getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden,
@@ -247,6 +247,15 @@ def body_linear_layers(model) -> list[tuple[str, Any]]:
     head = output_head(model)
     in_head = {id(m) for m in head.modules()} if head is not None else set()
     return [(name, m) for name, m in linear_layers(model) if id(m) not in in_head]
+
+
+def quantized_linear_layers(model) -> list[tuple[str, Any]]:
+    """What qlora stores in 4 bits: the body's linear layers, less a vision-language model's vision tower and
+    projector, which stay in full precision (ftcore/models/peft_methods.py: `vision_parts_kept`)."""
+    from ftcore.models.vision import part_modules
+
+    kept = [f"{name}." for part, name in part_modules(model).items() if part != "language_model"]
+    return [(name, m) for name, m in body_linear_layers(model) if not name.startswith(tuple(kept))]
 
 
 def _checkpoint_dtype(config) -> str:

@@ -90,8 +90,24 @@ def vision_language_trainer(s: TrainerSetup):
             return optimizer
 
     args = SFTConfig(**s.shared, max_length=s.cfg.max_length, completion_only_loss=True)
-    return PartsTrainer(model=s.model, args=args, train_dataset=s.train_rows, eval_dataset=s.eval_rows,
-                        processing_class=s.tokenizer, data_collator=ImageCollator(s.tokenizer, s.cfg.max_length))
+    trainer = PartsTrainer(model=s.model, args=args, train_dataset=s.train_rows, eval_dataset=s.eval_rows,
+                           processing_class=s.tokenizer, data_collator=ImageCollator(s.tokenizer, s.cfg.max_length))
+    whole_modules_as_their_originals(trainer.model)
+    return trainer
+
+
+def whole_modules_as_their_originals(model) -> None:
+    """Modules trained whole beside an adapter (the projector) back in their original module's dtype. TRL casts every
+    trainable weight of a 4-bit model to bf16 (QLoRA's recipe, which LoRA layers absorb by casting their input), but a
+    plain linear layer in bf16 fed the full-precision tower's float32 features fails ("expected m1 and m2 to have the
+    same dtype")."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            dtype = next(module.original_module.parameters()).dtype
+            for copy in module.modules_to_save.values():
+                copy.to(dtype)
 
 
 def with_part_rates(optimizer, model, vision: VisionParts) -> None:
