@@ -154,7 +154,7 @@ def vision_parts_kept(path: str | Path, trust_remote_code: bool = False) -> list
     """A vision-language model's vision tower and projector, with what transformers keeps in full precision by
     default (the output head), for a 4-bit base; None for a text model. The projector trains whole beside the adapter
     (a 4-bit weight cannot), and a tower quantised to 4 bits would blur what the language model is trained on, so
-    only the language model is quantised, as LLaMA-Factory and Unsloth do."""
+    only the language model is quantised."""
     if not folder_sees_images(path):
         return None
     from transformers import AutoConfig
