@@ -15,13 +15,17 @@ second of one static `generate` batch (0.67x with a 5M model), it has no per-req
 closed loop of 64 requests 16 at a time, answered 1.59x (116M) and 1.31x (5M) the static batches' tokens per second
 (spike scripts; bench/serve_load.py will measure the server).
 
-Every row samples with its own settings (greedy, or temperature and top_p) from its own seeded generator, so its
-answer does not depend on the rows beside it.
+Rows of different adapters on one base share the batch: each forward pass routes every row through its own adapter
+(PEFT's mixed-batch `adapter_names`). Every row samples with its own settings (greedy, or temperature and top_p)
+from its own seeded generator, so its answer does not depend on the rows beside it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# PEFT's name for "no adapter" in a mixed batch's adapter_names.
+BASE = "__base__"
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Row:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None
+    adapter: str | None = None  # the PEFT adapter it is answered with; None: the base model
     stop_ids: frozenset[int] = frozenset()  # tokens that end the answer (not kept in it)
     tokens: list[int] = field(default_factory=list)
     generator: object = None
@@ -69,7 +74,7 @@ class DecodeBatch:
         cache = self._empty_cache()
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                             past_key_values=cache, use_cache=True)
+                             past_key_values=cache, use_cache=True, **self._adapters(rows))
         for r in rows:
             if r.seed is not None:
                 r.generator = torch.Generator().manual_seed(r.seed)
@@ -90,9 +95,15 @@ class DecodeBatch:
         with torch.inference_mode():
             out = self.model(input_ids=last, attention_mask=self.mask,
                              position_ids=self.mask.sum(-1, keepdim=True) - 1, past_key_values=self.cache,
-                             use_cache=True)
+                             use_cache=True, **self._adapters(self.rows))
         self.cache = out.past_key_values
         return self._leave_finished(self._choose(out.logits[:, -1], self.rows))
+
+    @staticmethod
+    def _adapters(rows: list[Row]) -> dict:
+        """PEFT's mixed-batch routing (`adapter_names`, one per row) where any row names an adapter: rows of different
+        adapters share every forward pass."""
+        return {"adapter_names": [r.adapter or BASE for r in rows]} if any(r.adapter for r in rows) else {}
 
     def cancel(self, key) -> None:
         """Drop the row of `key` (its client went away) at once."""

@@ -91,3 +91,31 @@ def test_a_stop_token_ends_a_row_and_a_cancelled_row_leaves_at_once(model):
     while batch:
         batch.step()
     assert keeper.tokens == alone(model, keeper.prompt, 30)
+
+
+def test_rows_of_different_adapters_share_the_batch_and_answer_as_each_adapter_alone(model):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)  # random B: adapters that differ
+    torch.manual_seed(1)
+    peft = get_peft_model(copy.deepcopy(model), lora, adapter_name="a")
+    peft.add_adapter("b", lora)
+    peft.eval()
+    asked = prompts(6, 8)
+    adapters = ["a", "b", None, "b", "a", None]
+    rows = [Row(key=i, prompt=p, max_new_tokens=10, adapter=name) for i, (p, name) in
+            enumerate(zip(asked, adapters, strict=True))]
+    run(DecodeBatch(peft), {0: rows[:3], 4: rows[3:]})
+    for row in rows:
+        if row.adapter is None:
+            with peft.disable_adapter():
+                expected = alone(peft, row.prompt, 10)
+        else:
+            peft.set_adapter(row.adapter)
+            expected = alone(peft, row.prompt, 10)
+        assert row.tokens == expected, row.key
+    assert len({tuple(r.tokens) for r in rows if r.prompt == asked[0]}) == 1
+    with peft.disable_adapter():
+        assert alone(peft, asked[0], 10) != rows[0].tokens  # the adapter changes the answer
