@@ -39,7 +39,8 @@ class Row:
     top_p: float = 1.0
     seed: int | None = None
     adapter: str | None = None  # the PEFT adapter it is answered with; None: the base model
-    stop_ids: frozenset[int] = frozenset()  # tokens that end the answer (not kept in it)
+    stop_ids: frozenset[int] = frozenset()  # tokens that end the answer (not kept in it); empty: vLLM's ignore_eos
+    min_tokens: int = 0  # vLLM's min_tokens: no stop token before this many tokens
     tokens: list[int] = field(default_factory=list)
     generator: object = None
     stopped: bool = False  # its last token was a stop token
@@ -115,6 +116,8 @@ class DecodeBatch:
 
         chosen = []
         for row, scores in zip(rows, logits.float(), strict=True):
+            if len(row.tokens) < row.min_tokens and row.stop_ids:
+                scores = scores.index_fill(0, torch.tensor(sorted(row.stop_ids)), float("-inf"))
             if row.temperature <= 0:
                 token = int(scores.argmax())
             else:

@@ -119,3 +119,14 @@ def test_rows_of_different_adapters_share_the_batch_and_answer_as_each_adapter_a
     assert len({tuple(r.tokens) for r in rows if r.prompt == asked[0]}) == 1
     with peft.disable_adapter():
         assert alone(peft, asked[0], 10) != rows[0].tokens  # the adapter changes the answer
+
+
+def test_min_tokens_holds_back_the_stop_tokens_until_then(model):
+    prompt = prompts(1, 5)[0]
+    first = alone(model, prompt, 6)
+    stop = frozenset({first[2]})
+    early = Row(key="early", prompt=prompt, max_new_tokens=12, stop_ids=stop)
+    held = Row(key="held", prompt=prompt, max_new_tokens=12, stop_ids=stop, min_tokens=8)
+    run(DecodeBatch(model), {0: [early, held]})
+    assert early.stopped and len(early.tokens) == first.index(first[2])
+    assert len(held.tokens) >= 8 and first[2] not in held.tokens[:8] and held.tokens[:2] == first[:2]
