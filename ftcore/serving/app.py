@@ -31,6 +31,7 @@ from ftcore.models.prompting import ChatRefused
 from ftcore.serving.batcher import Batcher, Overloaded
 from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.config import ServeConfig
+from ftcore.serving.decode_loop import DecodeLoop
 from ftcore.serving.engine import Completion, Engine
 from ftcore.serving.errors import ApiError, error_response, validation_message
 from ftcore.serving.images import Picture, content_text, image_urls, load_pictures
@@ -68,6 +69,8 @@ class ServerState:
         self.metrics.serving(engine.name, engine.version)
         self.cache = ResponseCache(cfg.cache.max_entries)
         self.batcher = Batcher(run_batch, cfg.batching, on_batch=self.metrics.batch_size.observe)
+        self.decoder = DecodeLoop(cfg.batching.max_batch_size if cfg.batching.enabled else 1,
+                                  on_join=self.metrics.batch_size.observe, on_step=self.metrics.decode_rows.observe)
         self.log = RequestLogWriter(RequestLog(cfg.request_log.resolved_url()), cfg.request_log.sample_rate)
         # Counting a prompt's tokens takes about a second for 1 MB of text: done on the event loop, it would stall
         # every other client meanwhile. One thread, because the engine's checking tokenizer is not shared.
@@ -80,6 +83,18 @@ class ServerState:
     async def check(self, fn: Callable[[], Any]) -> Any:
         """`fn()` on the checking thread; an ApiError it raises reaches the client."""
         return await asyncio.get_running_loop().run_in_executor(self.checker, fn)
+
+    @property
+    def queued(self) -> int:
+        return self.batcher.queued + self.decoder.queued
+
+    def submit(self, engine: Engine, item) -> Any:
+        """The awaitable answer of one item: a text completion of a model that decodes continuously joins the decode
+        loop; the rest go to the dynamic batcher."""
+        if (self.cfg.batching.continuous and isinstance(item, Completion) and not item.images
+                and engine.decodes_continuously):
+            return self.decoder.submit(engine, item)
+        return self.batcher.submit((engine, item))
 
     def swap(self, engine: Engine) -> None:
         self.engine = engine
@@ -128,9 +143,11 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await state.batcher.start()
+        await state.decoder.start()
         watcher.start()
         yield
         watcher.stop()
+        await state.decoder.stop()
         await state.batcher.stop()
         state.checker.shutdown(wait=True)
         state.log.close()
@@ -209,13 +226,13 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
     async def health() -> dict:
         e = state.engine
         return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "images": e.sees_images,
-                "queued": state.batcher.queued, "prompting": e.prompting.format}
+                "queued": state.queued, "prompting": e.prompting.format}
 
     @app.get("/metrics", dependencies=[Depends(BEARER)], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def metrics() -> Response:
         m = state.metrics
-        m.queue_depth.set(state.batcher.queued)
+        m.queue_depth.set(state.queued)
         m.cache_hit_rate.set(state.cache.hit_rate)
         m.cache_entries.set(len(state.cache))
         return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -335,7 +352,7 @@ async def _answer(state: ServerState, request: Request, engine: Engine, items: l
             (state.metrics.cache_misses if answer is None else state.metrics.cache_hits).inc()
     missing = [i for i, a in enumerate(answers) if a is None]
     try:
-        computed = await asyncio.gather(*(state.batcher.submit((engine, items[i])) for i in missing))
+        computed = await asyncio.gather(*(state.submit(engine, items[i]) for i in missing))
     except Overloaded as e:
         raise ApiError(429, str(e), "overloaded_error", code="queue_full") from None
     for i, answer in zip(missing, computed, strict=True):

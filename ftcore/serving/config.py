@@ -22,12 +22,16 @@ REQUEST_LOG_ENV = "FTFLOW_REQUEST_LOG_URL"
 
 
 class BatchingConfig(Strict):
-    """Dynamic batching: requests that arrive together are generated together. A batch closes when it holds
-    `max_batch_size` requests or its first request has waited `max_wait_ms`."""
+    """Batching. Text completions of a causal model are batched continuously: a request joins the running decode
+    batch at its next step and leaves it when its answer is done, up to `max_batch_size` at once
+    (ftcore/serving/decode_loop.py). Classifications and requests with images are batched dynamically: requests that
+    arrive together are generated together, a batch closing when it holds `max_batch_size` requests or its first
+    request has waited `max_wait_ms`. `continuous: false` batches completions dynamically too."""
 
     enabled: bool = True
     max_batch_size: int = Field(16, ge=1, le=512)
     max_wait_ms: float = Field(20.0, ge=0, le=10_000)
+    continuous: bool = True
 
 
 class CacheConfig(Strict):

@@ -37,8 +37,10 @@ class _Job:
 class DecodeLoop:
     """Continuous batching of `Completion`s on one model thread; at most `max_rows` rows decode at once."""
 
-    def __init__(self, max_rows: int, max_queue: int = 4096):
+    def __init__(self, max_rows: int, max_queue: int = 4096, on_join: Callable[[int], None] | None = None,
+                 on_step: Callable[[int], None] | None = None):
         self.max_rows, self.max_queue = max_rows, max_queue
+        self.on_join, self.on_step = on_join, on_step  # metrics: requests prefilled together; rows per step
         self._waiting: queue.Queue[_Job] = queue.Queue()
         self._wake = threading.Event()
         self._stopping = False
@@ -107,27 +109,51 @@ class DecodeLoop:
                 prompt = engine.tokenizer(job.request.prompt, add_special_tokens=False)["input_ids"]
                 job.tokens_in = len(prompt)
                 job.row = Row(key=job, prompt=prompt, max_new_tokens=job.request.max_new_tokens,
-                              temperature=job.request.temperature, top_p=job.request.top_p,
-                              stop_ids=frozenset(engine.stop_ids))
-            self._deliver(engine, lambda b=batch, js=jobs: b.join([j.row for j in js]), jobs)
+                              temperature=0.0 if job.request.greedy else job.request.temperature,
+                              top_p=job.request.top_p, stop_ids=frozenset(engine.stop_ids))
+            self._join(engine, batch, jobs)
+
+    def _join(self, engine: Engine, batch: DecodeBatch, jobs: list[_Job]) -> None:
+        """Prefill `jobs` together; when that fails, each alone: a request the model cannot answer then fails by
+        itself, and the requests that happened to join with it are answered."""
+        if self.on_join is not None:
+            self.on_join(len(jobs))
+        try:
+            chosen = batch.join([j.row for j in jobs])  # a failed prefill leaves the batch as it was
+        except Exception as e:  # the server goes on
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._join(engine, batch, [job])
+            else:
+                self._fail(jobs, e)
+            return
+        self._deliver(engine, chosen)
 
     def _step(self, engine: Engine, batch: DecodeBatch) -> None:
+        """One token for every row of the batch; a failed step fails them all (their cache is gone with it)."""
         for row in list(batch.rows):
             if row.key.future.cancelled():  # the client went away
                 batch.cancel(row.key)
-        self._deliver(engine, batch.step, [row.key for row in batch.rows])
-
-    def _deliver(self, engine: Engine, produce: Callable[[], list], jobs: list[_Job]) -> None:
-        """Run `produce` (a join or a step) and hand each token and each finished answer to its request. A failure
-        fails the requests involved and leaves the loop running."""
-        try:
-            chosen = produce()
-        except Exception as e:  # the server goes on
-            log.exception("decoding failed for %d requests", len(jobs))
-            for job in jobs:
-                self._settle(job, exception=e)
-            self._batches.pop(id(engine), None)
+        if not batch:
             return
+        if self.on_step is not None:
+            self.on_step(len(batch))
+        jobs = [row.key for row in batch.rows]
+        try:
+            chosen = batch.step()
+        except Exception as e:  # the server goes on
+            self._batches.pop(id(engine), None)
+            self._fail(jobs, e)
+            return
+        self._deliver(engine, chosen)
+
+    def _fail(self, jobs: list[_Job], error: Exception) -> None:
+        log.error("decoding failed for %d requests", len(jobs), exc_info=error)
+        for job in jobs:
+            self._settle(job, exception=error)
+
+    def _deliver(self, engine: Engine, chosen: list) -> None:
+        """Hand each chosen token to its request (streaming), and each finished answer to its future."""
         for row, token in chosen:
             job = row.key
             if job.on_token is not None and not row.stopped:

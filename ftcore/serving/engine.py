@@ -97,6 +97,14 @@ class Engine:
     def sees_images(self) -> bool:
         return self.processor is not None
 
+    @property
+    def decodes_continuously(self) -> bool:
+        """Whether its text completions can join a running decode batch (ftcore/serving/decoding.py): a causal
+        model whose layers all keep a full cache (a sliding window's cache cannot be left-padded and joined)."""
+        text = self.model.config.get_text_config()
+        sliding = getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True) is not False
+        return self.kind == "causal" and not sliding
+
     def count_tokens(self, text: str, images: Sequence[Picture] = ()) -> int:
         """The text's tokens as the model reads them, each image expanded into its image tokens. A processor
         refuses (ValueError) a prompt whose image tokens and images differ in number."""

@@ -19,8 +19,11 @@ class ServeMetrics:
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokens_in = Counter("ftflow_prompt_tokens", "Prompt tokens received", registry=r)
         self.tokens_out = Counter("ftflow_completion_tokens", "Completion tokens generated", registry=r)
+        # With continuous batching, the requests prefilled together as they join the decode batch.
         self.batch_size = Histogram("ftflow_batch_size", "Requests per model batch", buckets=BATCH_BUCKETS,
                                     registry=r)
+        self.decode_rows = Histogram("ftflow_decode_rows", "Requests in each continuous decode step",
+                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("ftflow_queue_depth", "Requests waiting for the model", registry=r)
         self.cache_hits = Counter("ftflow_cache_hits", "Responses served from the cache", registry=r)
         self.cache_misses = Counter("ftflow_cache_misses", "Cacheable requests the model answered", registry=r)

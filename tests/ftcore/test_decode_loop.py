@@ -83,3 +83,40 @@ def test_tokens_stream_as_chosen_and_a_cancelled_request_leaves_the_batch(engine
     assert engine.tokenizer.decode(streamed, skip_special_tokens=True) == answer.text
     assert len(streamed) == answer.tokens_out - (answer.finish_reason == "stop")
     assert after == answer and not loop._batches  # the cancelled row did not stay behind
+
+
+def test_a_request_the_model_cannot_prefill_fails_alone_and_a_failed_step_fails_only_its_batch(engine, monkeypatch):
+    from ftcore.serving.decoding import DecodeBatch
+
+    join, step = DecodeBatch.join, DecodeBatch.step
+    poison = engine.tokenizer("poison", add_special_tokens=False)["input_ids"]
+
+    def refuses_poison(self, rows):
+        if any(r.prompt == poison for r in rows):
+            raise RuntimeError("the model cannot run this")
+        return join(self, rows)
+
+    monkeypatch.setattr(DecodeBatch, "join", refuses_poison)
+
+    async def scenario():
+        sizes: list[int] = []
+        loop = DecodeLoop(4, on_join=sizes.append)
+        asked = [Completion(p, max_new_tokens=4) for p in ("Question 1?", "poison", "Question 2?")]
+        pending = asyncio.gather(*(loop.submit(engine, r) for r in asked), return_exceptions=True)
+        await asyncio.sleep(0.05)  # all three queued before the loop starts: they join together
+        await loop.start()
+        try:
+            first = await pending
+            monkeypatch.setattr(DecodeBatch, "step", lambda self: (_ for _ in ()).throw(RuntimeError("no memory")))
+            failed = await asyncio.gather(loop.submit(engine, Completion("Question 3?", max_new_tokens=4)),
+                                          return_exceptions=True)
+            monkeypatch.setattr(DecodeBatch, "step", step)
+            after = await loop.submit(engine, Completion("Question 1?", max_new_tokens=4))
+        finally:
+            await loop.stop()
+        return sizes, first, failed, after
+
+    sizes, first, failed, after = asyncio.run(scenario())
+    assert sizes[:4] == [3, 1, 1, 1]  # tried together, then each alone
+    assert [type(a).__name__ for a in first] == ["Completed", "RuntimeError", "Completed"]
+    assert isinstance(failed[0], RuntimeError) and after == first[0]  # the loop goes on after a failed step

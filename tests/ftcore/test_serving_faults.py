@@ -17,6 +17,7 @@ import pytest
 
 from ftcore.errors import UserError
 from ftcore.serving.config import ServeConfig, load_serve_config
+from ftcore.serving.decoding import DecodeBatch
 from ftcore.serving.engine import Engine
 from ftcore.serving.request_log import RequestLog
 from ftcore.serving.server import serving
@@ -87,11 +88,12 @@ def test_unknown_routes_and_methods_are_json_errors(causal):
 def test_a_failing_model_gives_500_json_and_the_server_goes_on(folders, monkeypatch):
     cfg = serve_cfg(folders["root"], "failing")
     with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
-        def out_of_memory(self, items):
+        def out_of_memory(self, *rows):
             raise RuntimeError("CUDA out of memory")
 
         with monkeypatch.context() as patch:  # the server runs in this process: its engine fails from now on
-            patch.setattr(Engine, "complete", out_of_memory)
+            patch.setattr(Engine, "complete", out_of_memory)  # dynamic batches
+            patch.setattr(DecodeBatch, "join", out_of_memory)  # continuous batching
             error = api_error(client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 500)
         # The client learns the kind of failure; the details stay in the server log and the request log.
         assert error["type"] == "server_error" and "RuntimeError" in error["message"]
@@ -163,14 +165,14 @@ def test_a_client_that_leaves_is_recorded_as_499_and_is_no_server_error(folders,
 
     cfg = serve_cfg(folders["root"], "disconnects")
     answering = threading.Event()
-    complete = Engine.complete
+    step = DecodeBatch.step
 
-    def slow_complete(self, items):
+    def slow_step(self):
         answering.set()
-        time.sleep(1.0)  # long enough for the client below to leave while its answer is computed
-        return complete(self, items)
+        time.sleep(0.25)  # long enough for the client below to leave while its answer is computed
+        return step(self)
 
-    monkeypatch.setattr(Engine, "complete", slow_complete)
+    monkeypatch.setattr(DecodeBatch, "step", slow_step)
     body = json.dumps({"prompt": "What is asthma?", "max_tokens": 4}).encode()
     with serving(str(folders["causal"]), cfg, token=TOKEN) as url, httpx.Client(base_url=url, timeout=60) as client:
         auth = f"Authorization: Bearer {TOKEN}"
@@ -216,7 +218,8 @@ def test_an_empty_input_is_a_400_alone_in_a_list_and_in_a_shared_batch(causal, c
 
 
 def test_a_request_the_model_cannot_answer_fails_alone_not_its_batch(folders, monkeypatch):
-    cfg = serve_cfg(folders["root"], "isolated", batching={"max_wait_ms": 500})
+    """Dynamic batches (classifiers, images); tests/ftcore/test_decode_loop.py holds the continuous loop's case."""
+    cfg = serve_cfg(folders["root"], "isolated", batching={"max_wait_ms": 500, "continuous": False})
     complete = Engine.complete
 
     def fails_on_poison(self, items):
