@@ -14,11 +14,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +33,7 @@ from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.config import ServeConfig
 from ftcore.serving.decode_loop import DecodeLoop
 from ftcore.serving.engine import Completion, Engine
-from ftcore.serving.errors import ApiError, error_response, validation_message
+from ftcore.serving.errors import ApiError, error_body, error_response, validation_message
 from ftcore.serving.images import Picture, content_text, image_urls, load_pictures
 from ftcore.serving.metrics import ServeMetrics
 from ftcore.serving.middleware import Authenticate, ReadBody, RecordRequests
@@ -51,11 +51,14 @@ from ftcore.serving.schemas import (
     ModelList,
 )
 from ftcore.serving.source import AliasWatcher, ModelSource
+from ftcore.serving.streaming import Chunks, EventStream, TextStream, event
 
 log = logging.getLogger("ftflow.serve")
 # Documents the token in the OpenAPI spec; it is checked before the body is read, by middleware.Authenticate.
 BEARER = HTTPBearer(auto_error=False, description="required when the server has a token")
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500)}
+GENERATES = {**ERRORS, 200: {"content": {"text/event-stream": {}},
+                             "description": "the answer; with `stream: true`, server-sent events (OpenAI's chunks)"}}
 
 
 class ServerState:
@@ -88,12 +91,13 @@ class ServerState:
     def queued(self) -> int:
         return self.batcher.queued + self.decoder.queued
 
-    def submit(self, engine: Engine, item) -> Any:
+    def submit(self, engine: Engine, item, on_token: Callable[[int], None] | None = None) -> Any:
         """The awaitable answer of one item: a text completion of a model that decodes continuously joins the decode
-        loop; the rest go to the dynamic batcher."""
+        loop (`on_token` then gets each token as it is chosen); the rest go to the dynamic batcher, whose answers
+        come whole."""
         if (self.cfg.batching.continuous and isinstance(item, Completion) and not item.images
                 and engine.decodes_continuously):
-            return self.decoder.submit(engine, item)
+            return self.decoder.submit(engine, item, on_token)
         return self.batcher.submit((engine, item))
 
     def swap(self, engine: Engine) -> None:
@@ -166,15 +170,20 @@ def _install_middleware(app: FastAPI, state: ServerState, token: str | None) -> 
 def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
     """POST /v1/completions and /v1/chat/completions: text generation, for causal models only."""
 
-    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=GENERATES,
               dependencies=[Depends(BEARER)])
-    async def completions(body: CompletionRequest, request: Request) -> dict:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         engine = _causal(await state.engine_for(body.model), "/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         _check_count(prompts, state.cfg, "prompt")
+        if body.stream and len(prompts) > 1:
+            raise ApiError(400, f"prompt: {len(prompts)} prompts in a streamed request; stream one prompt per request",
+                           param="prompt", code="stream_many_prompts")
         params = _params("prompt", body.prompt)
         items = await state.check(lambda: [_completion(engine, p, param, body, state.cfg)
                                            for p, param in zip(prompts, params, strict=True)])
+        if body.stream:
+            return await _stream(state, request, engine, items[0], body, "completion", prompts[0])
         answers = await _answer(state, request, engine, items)
         _note(request, engine, prompts, [a.text for a in answers], answers)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
@@ -182,16 +191,19 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
                 "choices": [{"index": i, "text": a.text, "finish_reason": a.finish_reason}
                             for i, a in enumerate(answers)]}
 
-    @app.post("/v1/chat/completions", response_model=ChatResponse, responses=ERRORS,
+    @app.post("/v1/chat/completions", response_model=ChatResponse, responses=GENERATES,
               dependencies=[Depends(BEARER)])
-    async def chat_completions(body: ChatRequest, request: Request) -> dict:
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
         engine = _causal(await state.engine_for(body.model), "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
         pictures = await _pictures(engine, messages, state.cfg)
         item = await state.check(lambda: _completion(engine, _rendered(engine, messages), "messages", body,
                                                      state.cfg, pictures))
+        asked = content_text(messages[-1]["content"])
+        if body.stream:
+            return await _stream(state, request, engine, item, body, "chat", asked, pictures)
         [answer] = await _answer(state, request, engine, [item])
-        _note(request, engine, [content_text(messages[-1]["content"])], [answer.text], [answer], pictures)
+        _note(request, engine, [asked], [answer.text], [answer], pictures)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
                 "model_version": engine.version, "usage": _usage([answer]),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -337,30 +349,113 @@ def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest
                             f"context of {engine.max_context} tokens", param="max_tokens",
                        code="context_length_exceeded")
     return Completion(prompt=prompt, max_new_tokens=body.max_tokens, temperature=body.temperature,
-                      top_p=body.top_p, stop=body.stops(), images=tuple(pictures or ()))
+                      top_p=body.top_p, stop=body.stops(), images=tuple(pictures or ()), seed=body.seed,
+                      min_tokens=body.min_tokens, ignore_eos=body.ignore_eos)
 
 
 async def _answer(state: ServerState, request: Request, engine: Engine, items: list) -> list:
     """Each item's answer: from the cache when the request is deterministic and was answered before, else from the
-    batcher (items of one request may join different batches)."""
-    keys = [cache_key(f"{engine.version}:{engine.variant}", engine.kind,
-                      i.cache_fields() if isinstance(i, Completion) else i)
-            if state.cache.enabled and _deterministic(i) else None for i in items]
-    answers = [state.cache.get(k) if k else None for k in keys]
-    for key, answer in zip(keys, answers, strict=True):
-        if key is not None:
-            (state.metrics.cache_misses if answer is None else state.metrics.cache_hits).inc()
+    model (items of one request may join different batches)."""
+    looked_up = [_cached(state, engine, i) for i in items]
+    answers = [answer for _, answer in looked_up]
     missing = [i for i, a in enumerate(answers) if a is None]
     try:
         computed = await asyncio.gather(*(state.submit(engine, items[i]) for i in missing))
     except Overloaded as e:
-        raise ApiError(429, str(e), "overloaded_error", code="queue_full") from None
+        raise _overloaded(e) from None
     for i, answer in zip(missing, computed, strict=True):
         answers[i] = answer
-        if keys[i] is not None:
-            state.cache.put(keys[i], answer)
+        if (key := looked_up[i][0]) is not None:
+            state.cache.put(key, answer)
     request.state.cached = not missing
     return answers
+
+
+def _cached(state: ServerState, engine: Engine, item) -> tuple[str | None, Any]:
+    """The item's response-cache key (None when its answer may differ each time it is asked) and its cached answer
+    (None when there is none)."""
+    if not (state.cache.enabled and _deterministic(item)):
+        return None, None
+    key = cache_key(f"{engine.version}:{engine.variant}", engine.kind,
+                    item.cache_fields() if isinstance(item, Completion) else item)
+    answer = state.cache.get(key)
+    (state.metrics.cache_misses if answer is None else state.metrics.cache_hits).inc()
+    return key, answer
+
+
+def _overloaded(e: Overloaded) -> ApiError:
+    return ApiError(429, str(e), "overloaded_error", code="queue_full")
+
+
+async def _stream(state: ServerState, request: Request, engine: Engine, item: Completion,
+                  body: CompletionRequest | ChatRequest, kind: Literal["completion", "chat"], asked: str,
+                  pictures: list[Picture] | None = None) -> EventStream:
+    """A streamed answer (ftcore/serving/streaming.py). The response starts with the first token (or the whole
+    answer, from the cache or a model that does not decode continuously), so a request refused before it (a full
+    queue, a failed prefill) still gets its status and JSON error; a failure after it ends the stream with an error
+    event."""
+    key, cached = _cached(state, engine, item)
+    tokens: asyncio.Queue[int | None] = asyncio.Queue()  # holds at most the answer's max_tokens
+    if cached is None:
+        answer: asyncio.Future = asyncio.ensure_future(state.submit(engine, item, tokens.put_nowait))
+    else:
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_result(cached)
+    answer.add_done_callback(lambda _: tokens.put_nowait(None))
+    try:
+        first = await tokens.get()
+    except BaseException:  # the client left: its row leaves the decode batch
+        answer.cancel()
+        raise
+    if first is None and isinstance(answer.exception(), Overloaded):
+        raise _overloaded(answer.exception())
+    if first is None and answer.exception() is not None:
+        raise answer.exception()
+    endpoint = ENDPOINTS[request.url.path]
+    state.metrics.first_token.labels(endpoint=endpoint).observe(time.perf_counter() - request.state.started)
+    request.state.cached = cached is not None
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    chunks = Chunks(kind, f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}", int(time.time()),
+                    engine.name, engine.version, include_usage)
+    text = TextStream(engine.tokenizer, item.stop)
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks.opening():
+            yield chunk
+        token = first
+        while token is not None:
+            if piece := text.push(token):
+                yield chunks.piece(piece)
+            token = await tokens.get()
+        try:
+            done = answer.result()
+        except Exception as e:  # the model failed after the first token: the status is sent, the stream says it
+            log.error("a streamed answer failed", exc_info=e)
+            request.state.error = f"{type(e).__name__}: {e}"
+            state.metrics.streams_closed.labels(reason="error").inc()
+            yield event(error_body(f"internal error ({type(e).__name__}); the server logged it", "server_error"))
+            return
+        if key is not None and cached is None:
+            state.cache.put(key, done)
+        if rest := text.rest(done.text):
+            yield chunks.piece(rest)
+        _note(request, engine, [asked], [done.text], [done], pictures)
+        for chunk in chunks.finish(done.finish_reason, _usage([done])):
+            yield chunk
+
+    def ended(how: str) -> None:
+        answer.cancel()  # a row still decoding leaves its batch
+        if how != "done":
+            reason = "stalled" if how == "stalled" else "client_closed"
+            state.metrics.streams_closed.labels(reason=reason).inc()
+            request.state.closed = True
+            request.state.error = (f"the client took no chunk for {state.cfg.limits.stream_stall_s:g} s "
+                                   "(limits.stream_stall_s): stream closed") if how == "stalled" else \
+                "the client closed the stream before the answer's end"
+            log.warning("stream to %s ended early: %s", request.client.host if request.client else "?",
+                        request.state.error)
+
+    return EventStream(events(), state.cfg.limits.stream_stall_s, ended)
 
 
 def _deterministic(item) -> bool:
@@ -396,13 +491,15 @@ def _recorder(state: ServerState) -> Callable[[dict, int, float], None]:
         if endpoint is None:
             return
         noted = scope.get("state", {})
+        if noted.get("closed"):  # a stream that ended early: the client's doing, like leaving before the answer
+            status = CLIENT_CLOSED
         logged = noted.get("logged", {"model": state.engine.name, "version": state.engine.version})
         state.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         state.metrics.latency.labels(endpoint=endpoint).observe(latency_s)
         state.metrics.tokens_in.inc(logged.get("tokens_in", 0))
         state.metrics.tokens_out.inc(logged.get("tokens_out", 0))
-        error = "the client closed the connection before the answer" if status == CLIENT_CLOSED else \
-            noted.get("error")
+        error = noted.get("error") or ("the client closed the connection before the answer"
+                                       if status == CLIENT_CLOSED else None)
         state.log.record(RequestRecord(ts=time.time() - latency_s, endpoint=endpoint, status=status,
                                        latency_s=latency_s, cached=noted.get("cached", False), error=error,
                                        **logged))

@@ -52,6 +52,8 @@ class LimitsConfig(Strict):
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="from the connection (or the last answer on "
                                                                     "it) until the request's headers are complete")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="from the headers until the body is complete")
+    stream_stall_s: float = Field(30.0, gt=0, le=3600, description="a streamed chunk the client has not taken "
+                                                                  "within this is the end of its stream")
 
 
 class ImagesConfig(Strict):

@@ -108,10 +108,15 @@ class DecodeLoop:
             for job in jobs:
                 prompt = engine.tokenizer(job.request.prompt, add_special_tokens=False)["input_ids"]
                 job.tokens_in = len(prompt)
-                job.row = Row(key=job, prompt=prompt, max_new_tokens=job.request.max_new_tokens,
-                              temperature=0.0 if job.request.greedy else job.request.temperature,
-                              top_p=job.request.top_p, stop_ids=frozenset(engine.stop_ids))
+                job.row = self._row(engine, job, prompt)
             self._join(engine, batch, jobs)
+
+    @staticmethod
+    def _row(engine: Engine, job: _Job, prompt: list[int]) -> Row:
+        r = job.request
+        return Row(key=job, prompt=prompt, max_new_tokens=r.max_new_tokens,
+                   temperature=0.0 if r.greedy else r.temperature, top_p=r.top_p, seed=r.seed,
+                   stop_ids=frozenset() if r.ignore_eos else frozenset(engine.stop_ids), min_tokens=r.min_tokens)
 
     def _join(self, engine: Engine, batch: DecodeBatch, jobs: list[_Job]) -> None:
         """Prefill `jobs` together; when that fails, each alone: a request the model cannot answer then fails by

@@ -34,6 +34,9 @@ class Completion:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     images: tuple[Picture, ...] = ()  # in the order of the prompt's image tokens
+    seed: int | None = None  # a sampled answer's random seed
+    min_tokens: int = 0  # vLLM's extension: no stop token before this many tokens
+    ignore_eos: bool = False  # vLLM's extension: stop tokens do not end the answer (answers of max_new_tokens)
 
     def cache_fields(self) -> dict:
         """What shapes the answer, as JSON for the response cache's key: the images by their digests."""
@@ -44,9 +47,10 @@ class Completion:
         return self.temperature < GREEDY_BELOW
 
     @property
-    def sampling(self) -> tuple[float, float]:
-        """Requests generated in one call must sample alike; greedy ones ignore top_p."""
-        return (0.0, 1.0) if self.greedy else (self.temperature, self.top_p)
+    def sampling(self) -> tuple[float, float, int | None, int, bool]:
+        """Requests generated in one call must sample and stop alike; greedy ones ignore top_p and the seed."""
+        chance = (0.0, 1.0, None) if self.greedy else (self.temperature, self.top_p, self.seed)
+        return (*chance, self.min_tokens, self.ignore_eos)
 
 
 @dataclass
@@ -128,12 +132,12 @@ class Engine:
     def complete(self, requests: list[Completion]) -> list[Completed]:
         """Answers in the order asked; requests that sample alike share one generate call, those with images apart
         from those without (a processor takes images for every prompt of a batch or for none)."""
-        groups: dict[tuple[tuple[float, float], bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[tuple, bool], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[r.sampling, bool(r.images)].append(i)
         results: list[Completed | None] = [None] * len(requests)
-        for ((temperature, top_p), _), indices in groups.items():
-            answers = self._generate([requests[i] for i in indices], temperature, top_p)
+        for _, indices in groups.items():
+            answers = self._generate([requests[i] for i in indices])
             for i, answer in zip(indices, answers, strict=True):
                 results[i] = answer
         return results  # type: ignore[return-value]
@@ -151,17 +155,22 @@ class Engine:
                            tokens_in=int(n))
                 for p, n in zip(probs, lengths, strict=True)]
 
-    def _generate(self, requests: list[Completion], temperature: float, top_p: float) -> list[Completed]:
+    def _generate(self, requests: list[Completion]) -> list[Completed]:
+        """One generate call for requests that sample and stop alike (`Completion.sampling`)."""
         import torch
 
         tok = self.tokenizer
         tok.padding_side = "left"  # decoder-only models continue from the right edge
         enc = self._encode(requests)
+        temperature, top_p, seed, min_tokens, ignore_eos = requests[0].sampling
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature else \
             {"do_sample": False}
+        if seed is not None:
+            torch.manual_seed(seed)  # the model thread is the only one sampling
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=max(r.max_new_tokens for r in requests),
-                                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids, **sampling)
+                                      min_new_tokens=min_tokens or None, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=self._ends(ignore_eos), **sampling)
         new_tokens = out[:, enc["input_ids"].shape[1]:].cpu().tolist()
         prompt_lengths = enc["attention_mask"].sum(-1).tolist()
         return [self._finish(r, tokens, int(n)) for r, tokens, n in zip(requests, new_tokens, prompt_lengths,
@@ -176,11 +185,16 @@ class Engine:
         return self.processor(images=images, text=prompts, return_tensors="pt", padding=True,
                               add_special_tokens=False).to(self.device, dtype=self.model.dtype)
 
+    def _ends(self, ignore_eos: bool) -> list[int]:
+        """The tokens that end an answer: EOS and the end-of-turn tokens (`stop_token_ids`); with ignore_eos, an id
+        no vocabulary has, so that generate stops at max_new_tokens only."""
+        return [-1] if ignore_eos else self.stop_ids
+
     def _finish(self, request: Completion, tokens: list[int], tokens_in: int) -> Completed:
         """One answer cut to its own max_new_tokens (the batch generated up to the largest), at its first stop token
         (EOS or an end-of-turn token: `stop_token_ids`), and before its first stop string."""
         tokens = tokens[:request.max_new_tokens]
-        if ends := [i for i, token in enumerate(tokens) if token in self.stop_ids][:1]:
+        if ends := [i for i, token in enumerate(tokens) if token in self._ends(request.ignore_eos)][:1]:
             tokens_out, tokens, reason = ends[0] + 1, tokens[:ends[0]], "stop"
         else:
             tokens_out, reason = len(tokens), "length"

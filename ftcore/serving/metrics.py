@@ -17,6 +17,10 @@ class ServeMetrics:
                                 ["endpoint", "status"], registry=r)
         self.latency = Histogram("ftflow_request_latency_seconds", "Arrival to response, queueing included",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.first_token = Histogram("ftflow_time_to_first_token_seconds", "Arrival to the first token of a "
+                                     "streamed answer", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.streams_closed = Counter("ftflow_streams_closed", "Streams that ended before their answer: the client "
+                                      "left, stopped reading (stalled), or the model failed", ["reason"], registry=r)
         self.tokens_in = Counter("ftflow_prompt_tokens", "Prompt tokens received", registry=r)
         self.tokens_out = Counter("ftflow_completion_tokens", "Completion tokens generated", registry=r)
         # With continuous batching, the requests prefilled together as they join the decode batch.

@@ -80,6 +80,7 @@ class RecordRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        scope.setdefault("state", {})["started"] = started  # for the time to a streamed answer's first token
         exchange = Exchange(receive, send)
         try:
             await self._answer(scope, exchange)

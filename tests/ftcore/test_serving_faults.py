@@ -69,7 +69,8 @@ def test_an_oversized_body_is_refused_before_it_is_read(causal):
     ('{"prompt": "x", "max_tokens": "many"}', "max_tokens", "invalid_field"),
     ('{"prompt": "x", "temperature": -1}', "temperature", "invalid_field"),
     ('{"prompt": "x", "n": 3}', "n", "invalid_field"),
-    ('{"prompt": "x", "stream": true}', "stream", "invalid_field"),
+    ('{"prompt": "x", "stop": [' + ", ".join(['"a"'] * 17) + ']}', "stop", "invalid_field"),
+    ('{"prompt": "x", "stream": true, "n": 2}', "n", "invalid_field"),
     ("{}", "prompt", "invalid_field"),
     ("[1, 2]", None, "invalid_field"),
 ])
