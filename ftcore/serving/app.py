@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal
 
@@ -27,7 +28,9 @@ from fastapi.security import HTTPBearer
 from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ftcore.errors import UserError
 from ftcore.models.prompting import ChatRefused
+from ftcore.serving.adapters import Adapter, AdapterSet
 from ftcore.serving.batcher import Batcher, Overloaded
 from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.config import ServeConfig
@@ -40,6 +43,7 @@ from ftcore.serving.middleware import Authenticate, ReadBody, RecordRequests
 from ftcore.serving.models import ModelPicker
 from ftcore.serving.request_log import CLIENT_CLOSED, RequestLog, RequestLogWriter, RequestRecord
 from ftcore.serving.schemas import (
+    AdapterLoad,
     ChatRequest,
     ChatResponse,
     ClassifyRequest,
@@ -48,6 +52,7 @@ from ftcore.serving.schemas import (
     CompletionResponse,
     ErrorBody,
     Health,
+    ModelEntry,
     ModelList,
 )
 from ftcore.serving.source import AliasWatcher, ModelSource
@@ -78,10 +83,33 @@ class ServerState:
         # Counting a prompt's tokens takes about a second for 1 MB of text: done on the event loop, it would stall
         # every other client meanwhile. One thread, because the engine's checking tokenizer is not shared.
         self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftflow-checks")
+        self.adapters = AdapterSet(engine, cfg.adapters.max_loaded, self.decoder.between_steps,
+                                   self.decoder.adapters_in_use, engine.folder) if self.takes_adapters(engine) else None
+        if self.adapters is not None:
+            self.adapters.on_change = self.metrics.adapters.set
+
+    def takes_adapters(self, engine: Engine) -> bool:
+        """Whether LoRA adapters can be attached to the engine and share its decode batches: a causal text model
+        loaded from its folder, batched continuously."""
+        return (self.cfg.batching.continuous and self.cfg.variant == "model" and engine.decodes_continuously
+                and not engine.sees_images and engine.folder is not None)
 
     async def engine_for(self, model: str | None) -> Engine:
         """The engine answering a request's `model` (left out: the one serving now)."""
         return await self.picker.engine(model, self.engine)
+
+    async def target(self, model: str | None, request: Request) -> Target:
+        """What answers a request's `model`: an adapter on the base (held until the request is over: the recorder
+        releases it), or an engine."""
+        adapters = self.adapters
+        if adapters is not None and model in adapters.known:
+            target = Target(adapters.engine, await adapters.acquire(model))
+            request.state.adapter = target.adapter
+            return target
+        if adapters is not None and model and "/" not in model and "@" not in model and \
+                model not in self.picker.served_ids(self.engine):  # a plain name can only be an adapter's
+            raise adapters.unknown(model)
+        return Target(await self.engine_for(model))
 
     async def check(self, fn: Callable[[], Any]) -> Any:
         """`fn()` on the checking thread; an ApiError it raises reaches the client."""
@@ -101,9 +129,33 @@ class ServerState:
         return self.batcher.submit((engine, item))
 
     def swap(self, engine: Engine) -> None:
+        if self.adapters is not None and self.adapters.known:
+            log.warning("%s: not serving version %s, since the adapters served are attached to version %s",
+                        engine.name, engine.version, self.engine.version)
+            return
         self.engine = engine
         self.metrics.serving(engine.name, engine.version)
         self.metrics.reloads.inc()
+
+
+@dataclass(frozen=True)
+class Target:
+    """What answers a request: an engine, or an adapter on its base. Its name and version label the response."""
+
+    engine: Engine
+    adapter: Adapter | None = None
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name if self.adapter else self.engine.name
+
+    @property
+    def version(self) -> str:
+        return self.adapter.version if self.adapter else self.engine.version
+
+    @property
+    def peft_name(self) -> str | None:
+        return self.adapter.peft_name if self.adapter else None
 
 
 def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
@@ -122,8 +174,16 @@ def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
     return results
 
 
-def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None) -> FastAPI:
+def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None,
+               admin_token: str | None = None) -> FastAPI:
+    """The app; the adapters `cfg.adapters.serve` names are attached before it is returned (UserError when one
+    cannot be)."""
     state = ServerState(engine, cfg, source)
+    if cfg.adapters.serve and state.adapters is None:
+        raise UserError(f"--adapter: {engine.name} cannot take adapters: they need a causal text model served as it "
+                        "was registered (variant model) with continuous batching (batching.continuous)")
+    for name, uri in cfg.adapters.serve.items():
+        state.adapters.preload(name, uri)  # type: ignore[union-attr]
     watcher = AliasWatcher(source, lambda: state.engine.version, state.swap, cfg.reload_interval_s)
     app = FastAPI(title="ftflow serving", version="1", lifespan=_lifespan(state, watcher),
                   description="OpenAI-compatible completions, chat completions and classification of one "
@@ -131,12 +191,13 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
     app.state.ftflow = state
     app.state.watcher = watcher
     _install_error_handlers(app)
-    _install_middleware(app, state, token)
+    _install_middleware(app, state, token, admin_token)
     # Registered in this order, which is also the OpenAPI spec's.
     _add_completion_routes(app, state)
     _add_classify_route(app, state)
     _add_status_routes(app, state)
     _add_playground(app, state)
+    _add_admin_routes(app, state)
     return app
 
 
@@ -149,7 +210,9 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
         await state.batcher.start()
         await state.decoder.start()
         watcher.start()
+        following = asyncio.ensure_future(_follow_adapter_aliases(state))
         yield
+        following.cancel()
         watcher.stop()
         await state.decoder.stop()
         await state.batcher.stop()
@@ -159,11 +222,24 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
     return lifespan
 
 
-def _install_middleware(app: FastAPI, state: ServerState, token: str | None) -> None:
+async def _follow_adapter_aliases(state: ServerState) -> None:
+    """Every reload_interval_s, adapters named by alias load the version their alias points to now."""
+    if state.adapters is None or state.cfg.reload_interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(state.cfg.reload_interval_s)
+        try:
+            await state.adapters.follow_aliases()
+        except Exception as e:  # a registry or load failure must not stop the endpoint
+            log.warning("adapter alias check failed, still serving the adapters loaded: %s",
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _install_middleware(app: FastAPI, state: ServerState, token: str | None, admin_token: str | None) -> None:
     limits = state.cfg.limits
     # The last added is the outermost: every request is recorded, refusals by the token and the body included.
     app.add_middleware(ReadBody, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
-    app.add_middleware(Authenticate, token=token)
+    app.add_middleware(Authenticate, token=token, admin_token=admin_token)
     app.add_middleware(RecordRequests, record=_recorder(state))
 
 
@@ -173,39 +249,41 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions", response_model=CompletionResponse, responses=GENERATES,
               dependencies=[Depends(BEARER)])
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        engine = _causal(await state.engine_for(body.model), "/v1/completions")
+        target = await state.target(body.model, request)
+        engine = _causal(target.engine, "/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         _check_count(prompts, state.cfg, "prompt")
         if body.stream and len(prompts) > 1:
             raise ApiError(400, f"prompt: {len(prompts)} prompts in a streamed request; stream one prompt per request",
                            param="prompt", code="stream_many_prompts")
         params = _params("prompt", body.prompt)
-        items = await state.check(lambda: [_completion(engine, p, param, body, state.cfg)
+        items = await state.check(lambda: [_completion(engine, p, param, body, state.cfg, adapter=target.peft_name)
                                            for p, param in zip(prompts, params, strict=True)])
         if body.stream:
-            return await _stream(state, request, engine, items[0], body, "completion", prompts[0])
+            return await _stream(state, request, target, items[0], body, "completion", prompts[0])
         answers = await _answer(state, request, engine, items)
-        _note(request, engine, prompts, [a.text for a in answers], answers)
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
-                "model_version": engine.version, "usage": _usage(answers),
+        _note(request, target, prompts, [a.text for a in answers], answers)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
+                "model_version": target.version, "usage": _usage(answers),
                 "choices": [{"index": i, "text": a.text, "finish_reason": a.finish_reason}
                             for i, a in enumerate(answers)]}
 
     @app.post("/v1/chat/completions", response_model=ChatResponse, responses=GENERATES,
               dependencies=[Depends(BEARER)])
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        engine = _causal(await state.engine_for(body.model), "/v1/chat/completions")
+        target = await state.target(body.model, request)
+        engine = _causal(target.engine, "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
         pictures = await _pictures(engine, messages, state.cfg)
         item = await state.check(lambda: _completion(engine, _rendered(engine, messages), "messages", body,
-                                                     state.cfg, pictures))
+                                                     state.cfg, pictures, target.peft_name))
         asked = content_text(messages[-1]["content"])
         if body.stream:
-            return await _stream(state, request, engine, item, body, "chat", asked, pictures)
+            return await _stream(state, request, target, item, body, "chat", asked, pictures)
         [answer] = await _answer(state, request, engine, [item])
-        _note(request, engine, [asked], [answer.text], [answer], pictures)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
-                "model_version": engine.version, "usage": _usage([answer]),
+        _note(request, target, [asked], [answer.text], [answer], pictures)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
+                "model_version": target.version, "usage": _usage([answer]),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": answer.finish_reason}]}
 
@@ -224,7 +302,7 @@ def _add_classify_route(app: FastAPI, state: ServerState) -> None:
         params = _params("input", body.input)
         await state.check(lambda: [_count_tokens(engine, t, param) for t, param in zip(texts, params, strict=True)])
         answers = await _answer(state, request, engine, texts)
-        _note(request, engine, texts, [a.label for a in answers], answers)
+        _note(request, Target(engine), texts, [a.label for a in answers], answers)
         tokens = sum(a.tokens_in for a in answers)
         return {"model": engine.name, "model_version": engine.version,
                 "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
@@ -258,6 +336,8 @@ def _add_playground(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS, dependencies=[Depends(BEARER)])
     async def models() -> dict:
         listing = await asyncio.to_thread(state.picker.listing, state.engine)
+        if state.adapters is not None:
+            listing += state.adapters.listing()
         return {"object": "list", "data": [{"object": "model", "owned_by": "ftflow", **m} for m in listing]}
 
     page = files("ftcore.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
@@ -265,6 +345,35 @@ def _add_playground(app: FastAPI, state: ServerState) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(page)
+
+
+def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
+    """The adapters attached at run time: list, load (or replace), unload. The admin token guards them
+    (middleware.Authenticate)."""
+
+    def adapters() -> AdapterSet:
+        if state.adapters is None:
+            raise ApiError(400, f"{state.engine.name} v{state.engine.version} cannot take adapters: they need a causal "
+                                "text model served as registered (variant model) with continuous batching",
+                           code="adapters_unavailable")
+        return state.adapters
+
+    @app.get("/admin/adapters", response_model=ModelList, responses=ERRORS)
+    async def list_adapters() -> dict:
+        return {"object": "list", "data": [{"object": "model", "owned_by": "ftflow", **m}
+                                           for m in adapters().listing()]}
+
+    @app.post("/admin/adapters", response_model=ModelEntry, responses=ERRORS)
+    async def load_adapter(body: AdapterLoad) -> dict:
+        loaded = await adapters().add(body.name, body.uri)
+        log.info("adapter %s loaded: %s version %s", loaded.name, loaded.uri, loaded.version)
+        return {"object": "model", "owned_by": "ftflow", **state.adapters.entry(loaded.name)}  # type: ignore[union-attr]
+
+    @app.delete("/admin/adapters/{name}", responses=ERRORS)
+    async def unload_adapter(name: str) -> dict:
+        await adapters().remove(name)
+        log.info("adapter %s unloaded", name)
+        return {"id": name, "object": "model", "deleted": True}
 
 
 def _causal(engine: Engine, path: str) -> Engine:
@@ -333,7 +442,7 @@ def _count_tokens(engine: Engine, text: str, param: str, pictures: list[Picture]
 
 
 def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest | ChatRequest,
-                cfg: ServeConfig, pictures: list[Picture] | None = None) -> Completion:
+                cfg: ServeConfig, pictures: list[Picture] | None = None, adapter: str | None = None) -> Completion:
     """The request checked against the limits and the model's context, image tokens included: a 400 names what was
     exceeded. Runs on the checking thread (ServerState.check)."""
     limits = cfg.limits
@@ -350,7 +459,7 @@ def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest
                        code="context_length_exceeded")
     return Completion(prompt=prompt, max_new_tokens=body.max_tokens, temperature=body.temperature,
                       top_p=body.top_p, stop=body.stops(), images=tuple(pictures or ()), seed=body.seed,
-                      min_tokens=body.min_tokens, ignore_eos=body.ignore_eos)
+                      min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, adapter=adapter)
 
 
 async def _answer(state: ServerState, request: Request, engine: Engine, items: list) -> list:
@@ -387,13 +496,14 @@ def _overloaded(e: Overloaded) -> ApiError:
     return ApiError(429, str(e), "overloaded_error", code="queue_full")
 
 
-async def _stream(state: ServerState, request: Request, engine: Engine, item: Completion,
+async def _stream(state: ServerState, request: Request, target: Target, item: Completion,
                   body: CompletionRequest | ChatRequest, kind: Literal["completion", "chat"], asked: str,
                   pictures: list[Picture] | None = None) -> EventStream:
     """A streamed answer (ftcore/serving/streaming.py). The response starts with the first token (or the whole
     answer, from the cache or a model that does not decode continuously), so a request refused before it (a full
     queue, a failed prefill) still gets its status and JSON error; a failure after it ends the stream with an error
     event."""
+    engine = target.engine
     key, cached = _cached(state, engine, item)
     tokens: asyncio.Queue[int | None] = asyncio.Queue()  # holds at most the answer's max_tokens
     if cached is None:
@@ -416,7 +526,7 @@ async def _stream(state: ServerState, request: Request, engine: Engine, item: Co
     request.state.cached = cached is not None
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     chunks = Chunks(kind, f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}", int(time.time()),
-                    engine.name, engine.version, include_usage)
+                    target.name, target.version, include_usage)
     text = TextStream(engine.tokenizer, item.stop)
 
     async def events() -> AsyncIterator[bytes]:
@@ -439,7 +549,7 @@ async def _stream(state: ServerState, request: Request, engine: Engine, item: Co
             state.cache.put(key, done)
         if rest := text.rest(done.text):
             yield chunks.piece(rest)
-        _note(request, engine, [asked], [done.text], [done], pictures)
+        _note(request, target, [asked], [done.text], [done], pictures)
         for chunk in chunks.finish(done.finish_reason, _usage([done])):
             yield chunk
 
@@ -467,12 +577,12 @@ def _usage(answers) -> dict[str, int]:
     return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
 
 
-def _note(request: Request, engine: Engine, inputs: list[str], outputs: list[str], answers: list,
+def _note(request: Request, target: Target, inputs: list[str], outputs: list[str], answers: list,
           pictures: list[Picture] | None = None) -> None:
     """What the request log keeps of a successful request. Several inputs in one request are kept as a JSON list;
     a chat's images as their sizes and brightness (for the monitor's drift), never their pixels."""
     request.state.logged = {
-        "model": engine.name, "version": engine.version,
+        "model": target.name, "version": target.version,
         "tokens_in": sum(a.tokens_in for a in answers), "tokens_out": sum(getattr(a, "tokens_out", 0) for a in answers),
         "input": inputs[0] if len(inputs) == 1 else json.dumps(inputs, ensure_ascii=False),
         "output": outputs[0] if len(outputs) == 1 else json.dumps(outputs, ensure_ascii=False),
@@ -491,6 +601,8 @@ def _recorder(state: ServerState) -> Callable[[dict, int, float], None]:
         if endpoint is None:
             return
         noted = scope.get("state", {})
+        if (adapter := noted.get("adapter")) is not None:
+            state.adapters.release(adapter)  # type: ignore[union-attr]
         if noted.get("closed"):  # a stream that ended early: the client's doing, like leaving before the answer
             status = CLIENT_CLOSED
         logged = noted.get("logged", {"model": state.engine.name, "version": state.engine.version})

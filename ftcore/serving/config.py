@@ -16,6 +16,7 @@ from ftcore.recipe_yaml import read_yaml_file
 from ftcore.schema import Strict, describe_error
 
 TOKEN_ENV = "FTFLOW_SERVE_TOKEN"  # where the bearer token comes from when --token is not given: never a file
+ADMIN_TOKEN_ENV = "FTFLOW_ADMIN_TOKEN"  # the admin routes' token (loading adapters), when --admin-token is not given
 # The request log's URL when the config names none: a production database URL carries a password, so it comes from
 # the environment (a Kubernetes Secret, the compose .env), not from a file.
 REQUEST_LOG_ENV = "FTFLOW_REQUEST_LOG_URL"
@@ -93,8 +94,19 @@ class RequestLogConfig(Strict):
         return self.url or os.environ.get(REQUEST_LOG_ENV) or f"sqlite:///{home() / 'requests.db'}"
 
 
+class AdaptersConfig(Strict):
+    """LoRA adapters of registered versions answered on this server's base (docs/serving.md, "Many adapters on one
+    base"): a request's `model` names one."""
+
+    serve: dict[str, str] = Field(default_factory=dict, description="NAME: models:/MODEL@ALIAS or models:/MODEL/"
+                                                                    "VERSION (`ftflow serve --adapter NAME=URI`)")
+    max_loaded: int = Field(8, ge=1, le=1024, description="adapters attached at once; one more evicts the least "
+                                                          "recently used, which loads again when asked for")
+
+
 class ServeConfig(Strict):
     batching: BatchingConfig = BatchingConfig()
+    adapters: AdaptersConfig = AdaptersConfig()
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     request_log: RequestLogConfig = RequestLogConfig()

@@ -16,6 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ftcore.serving.batcher import Overloaded
 from ftcore.serving.decoding import DecodeBatch, Row
@@ -42,6 +43,7 @@ class DecodeLoop:
         self.max_rows, self.max_queue = max_rows, max_queue
         self.on_join, self.on_step = on_join, on_step  # metrics: requests prefilled together; rows per step
         self._waiting: queue.Queue[_Job] = queue.Queue()
+        self._chores: queue.Queue[tuple[Callable[[], Any], asyncio.Future]] = queue.Queue()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -73,10 +75,25 @@ class DecodeLoop:
         self._wake.set()
         return await job.future
 
+    async def between_steps(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` on the model thread between two decode steps, when nothing runs the model (attaching an adapter, say);
+        its result or its exception."""
+        future = asyncio.get_running_loop().create_future()
+        self._chores.put((fn, future))
+        self._wake.set()
+        return await future
+
+    def adapters_in_use(self) -> set[str]:
+        """The adapters of the rows decoding and of the requests waiting to join. Model thread only."""
+        with self._waiting.mutex:
+            waiting = {job.request.adapter for job in self._waiting.queue}
+        return waiting | {row.adapter for _, batch in self._batches.values() for row in batch.rows}
+
     # ---- the model thread
 
     def _run(self) -> None:
         while not self._stopping:
+            self._do_chores()
             self._admit()
             if not any(len(batch) for _, batch in self._batches.values()):
                 self._wake.wait(0.05)
@@ -86,6 +103,25 @@ class DecodeLoop:
                 self._step(engine, batch)
                 if not batch:
                     self._batches.pop(key, None)  # a failed step has removed it already
+
+    def _do_chores(self) -> None:
+        while True:
+            try:
+                fn, future = self._chores.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result, error = fn(), None
+            except Exception as e:  # the caller gets it
+                result, error = None, e
+            self._resolve(future, result, error)
+
+    def _resolve(self, future: asyncio.Future, result: Any, error: Exception | None) -> None:
+        def resolve() -> None:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(result)
+
+        self._loop.call_soon_threadsafe(resolve)
 
     def _admit(self) -> None:
         """Waiting requests join the batch of their engine, while there is room; each joining group is prefilled
@@ -115,7 +151,7 @@ class DecodeLoop:
     def _row(engine: Engine, job: _Job, prompt: list[int]) -> Row:
         r = job.request
         return Row(key=job, prompt=prompt, max_new_tokens=r.max_new_tokens,
-                   temperature=0.0 if r.greedy else r.temperature, top_p=r.top_p, seed=r.seed,
+                   temperature=0.0 if r.greedy else r.temperature, top_p=r.top_p, seed=r.seed, adapter=r.adapter,
                    stop_ids=frozenset() if r.ignore_eos else frozenset(engine.stop_ids), min_tokens=r.min_tokens)
 
     def _join(self, engine: Engine, batch: DecodeBatch, jobs: list[_Job]) -> None:
@@ -123,6 +159,7 @@ class DecodeLoop:
         itself, and the requests that happened to join with it are answered."""
         if self.on_join is not None:
             self.on_join(len(jobs))
+        self._follow(engine, batch)
         try:
             chosen = batch.join([j.row for j in jobs])  # a failed prefill leaves the batch as it was
         except Exception as e:  # the server goes on
@@ -144,6 +181,7 @@ class DecodeLoop:
         if self.on_step is not None:
             self.on_step(len(batch))
         jobs = [row.key for row in batch.rows]
+        self._follow(engine, batch)
         try:
             chosen = batch.step()
         except Exception as e:  # the server goes on
@@ -151,6 +189,11 @@ class DecodeLoop:
             self._fail(jobs, e)
             return
         self._deliver(engine, chosen)
+
+    @staticmethod
+    def _follow(engine: Engine, batch: DecodeBatch) -> None:
+        """The engine's model as it is now: the first adapter attached wraps it in PEFT (ftcore/serving/adapters.py)."""
+        batch.model, batch.routes_adapters = engine.model, engine.routes_adapters
 
     def _fail(self, jobs: list[_Job], error: Exception) -> None:
         log.error("decoding failed for %d requests", len(jobs), exc_info=error)
@@ -185,8 +228,4 @@ class DecodeLoop:
                          finish_reason="stop" if stopped else "length")
 
     def _settle(self, job: _Job, result: Completed | None = None, exception: Exception | None = None) -> None:
-        def settle() -> None:
-            if not job.future.done():
-                job.future.set_exception(exception) if exception is not None else job.future.set_result(result)
-
-        self._loop.call_soon_threadsafe(settle)
+        self._resolve(job.future, result, exception)

@@ -55,6 +55,7 @@ class DecodeBatch:
 
     def __init__(self, model, pad_id: int = 0):
         self.model, self.pad_id = model, pad_id
+        self.routes_adapters = False  # every forward pass names each row's adapter, even when all are the base's
         self.rows: list[Row] = []
         self.cache = None
         self.mask = None  # long tensor [rows, columns]: 1 where the cache holds a row's real token
@@ -100,11 +101,12 @@ class DecodeBatch:
         self.cache = out.past_key_values
         return self._leave_finished(self._choose(out.logits[:, -1], self.rows))
 
-    @staticmethod
-    def _adapters(rows: list[Row]) -> dict:
-        """PEFT's mixed-batch routing (`adapter_names`, one per row) where any row names an adapter: rows of different
-        adapters share every forward pass."""
-        return {"adapter_names": [r.adapter or BASE for r in rows]} if any(r.adapter for r in rows) else {}
+    def _adapters(self, rows: list[Row]) -> dict:
+        """PEFT's mixed-batch routing (`adapter_names`, one per row) where the model routes adapters or any row names
+        one: rows of different adapters share every forward pass. (A model that merely carries its own trained
+        adapter, a prompt-tuned one say, is run as it is.)"""
+        routed = self.routes_adapters or any(r.adapter for r in rows)
+        return {"adapter_names": [r.adapter or BASE for r in rows]} if routed else {}
 
     def cancel(self, key) -> None:
         """Drop the row of `key` (its client went away) at once."""

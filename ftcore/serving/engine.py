@@ -37,6 +37,7 @@ class Completion:
     seed: int | None = None  # a sampled answer's random seed
     min_tokens: int = 0  # vLLM's extension: no stop token before this many tokens
     ignore_eos: bool = False  # vLLM's extension: stop tokens do not end the answer (answers of max_new_tokens)
+    adapter: str | None = None  # the PEFT name of the adapter that answers (ftcore/serving/adapters.py); None: the base
 
     def cache_fields(self) -> dict:
         """What shapes the answer, as JSON for the response cache's key: the images by their digests."""
@@ -90,6 +91,10 @@ class Engine:
     # holds the tokenizer, for a vision-language model).
     checker: object = None
     stop_ids: list[int] = field(default_factory=list)  # EOS and the end-of-turn tokens (`stop_token_ids`)
+    folder: Path | None = None  # the model folder it was loaded from (a registered version's fetched copy)
+    # Wrapped in PEFT with adapters attached by name (ftcore/serving/adapters.py): every row of a decode batch names
+    # its adapter, the base's rows PEFT's "__base__".
+    routes_adapters: bool = False
 
     def __post_init__(self) -> None:
         if self.checker is None:
@@ -209,7 +214,9 @@ def load_engine(folder: Path, name: str, version: str, device: str = "cpu") -> E
     """The model folder written by ftflow (any method, a classifier too, a vision-language model), ready to
     answer."""
     model, processing = load_trained(folder)
-    return engine_for(model, processing, name, version, read_prompting(folder, processing), device)
+    engine = engine_for(model, processing, name, version, read_prompting(folder, processing), device)
+    engine.folder = folder
+    return engine
 
 
 def engine_for(model, processing, name: str, version: str, prompting: Prompting, device: str = "cpu",

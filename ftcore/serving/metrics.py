@@ -33,6 +33,7 @@ class ServeMetrics:
         self.cache_misses = Counter("ftflow_cache_misses", "Cacheable requests the model answered", registry=r)
         self.cache_hit_rate = Gauge("ftflow_cache_hit_rate", "Cache hits over cacheable requests", registry=r)
         self.cache_entries = Gauge("ftflow_cache_entries", "Responses held in the cache", registry=r)
+        self.adapters = Gauge("ftflow_adapters_loaded", "Adapters attached to the base", registry=r)
         self.reloads = Counter("ftflow_model_reloads", "Times a moved alias was loaded", registry=r)
         self.model = Gauge("ftflow_model_info", "The model version serving (value 1)", ["model", "version"],
                            registry=r)

@@ -183,6 +183,16 @@ class ModelEntry(BaseModel):
     variant: str
     aliases: list[str]
     serving: bool = Field(description="whether this is the version answering requests that name no model")
+    adapter_of: str | None = Field(None, description="an adapter's base: the served model it is attached to")
+    uri: str | None = Field(None, description="an adapter's registered model URI (its alias followed)")
+    loaded: bool = Field(True, description="whether an adapter is attached now (an evicted one loads when asked for)")
+
+
+class AdapterLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="what requests send as `model`: letters, digits, _ and -")
+    uri: str = Field(description="models:/MODEL@ALIAS (followed when the alias moves) or models:/MODEL/VERSION")
 
 
 class ModelList(BaseModel):
