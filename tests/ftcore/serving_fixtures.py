@@ -129,3 +129,25 @@ def other_base_folder(base: Path, out: Path, seed: int) -> Path:
         if file.is_file() and not file.name.startswith(("model", "config", "generation_config")):
             shutil.copy2(file, out / file.name)
     return out
+
+
+def register(model: str, folder: Path) -> str:
+    """A version of `model` registered from `folder` by a run of its own (a run keeps one model's files); its
+    number."""
+    from ftcore import tracking, versions
+
+    run = tracking.start_pipeline_run("serving-test", "run", {"name": "serving-test"}, {})
+    return versions.register_version(run, model, folder, tags={})
+
+
+def logged_when(cfg: ServeConfig, count: int):
+    """The request log once it holds `count` rows (the writer appends in the background)."""
+    import time
+
+    from ftcore.serving.request_log import RequestLog
+
+    deadline = time.monotonic() + 30
+    while len(rows := RequestLog(cfg.request_log.resolved_url()).read()) < count:
+        assert time.monotonic() < deadline, f"{len(rows)} of {count} requests logged"
+        time.sleep(0.1)
+    return rows

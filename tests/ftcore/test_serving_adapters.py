@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ftcore import tracking, versions
+from ftcore import versions
 from ftcore.errors import UserError
 from ftcore.serving.decoding import DecodeBatch
 from ftcore.serving.server import serving
@@ -21,6 +21,7 @@ from tests.ftcore.serving_fixtures import (
     lora_version_folder,
     metric,
     other_base_folder,
+    register,
     serve_cfg,
 )
 
@@ -33,16 +34,10 @@ def registered(folders, tmp_path) -> dict[str, str]:
     """Two LoRA versions of the served base, registered as models `support` (champion) and `legal`, and a third
     for `support` kept aside: their version numbers."""
     base = folders["causal"]
-    made = {name: _register(model, lora_version_folder(base, tmp_path / name, seed))
+    made = {name: register(model, lora_version_folder(base, tmp_path / name, seed))
             for name, model, seed in [("support", "support", 1), ("legal", "legal", 2), ("support2", "support", 3)]}
     versions.set_alias("support", versions.CHAMPION, made["support"])
     return made
-
-
-def _register(model: str, folder: Path) -> str:
-    """A version of `model` from a run of its own (a run keeps one model's files)."""
-    run = tracking.start_pipeline_run("adapters-test", "run", {"name": "adapters-test"}, {})
-    return versions.register_version(run, model, folder, tags={})
 
 
 def _answers(client: httpx.Client, model: str | None, prompts=ASKED) -> list[str]:
@@ -161,7 +156,7 @@ def test_the_lru_bound_evicts_and_reloads(folders, registered):
 
 def test_an_adapter_of_another_base_is_refused(folders, registered, tmp_path):
     other = other_base_folder(folders["causal"], tmp_path / "other-base", seed=7)
-    foreign = _register("foreign", lora_version_folder(other, tmp_path / "foreign", 4))
+    foreign = register("foreign", lora_version_folder(other, tmp_path / "foreign", 4))
     cfg = serve_cfg(folders["root"], "foreign", adapters={"serve": {"foreign": f"models:/foreign/{foreign}"}})
     with pytest.raises(UserError, match="was not trained on the served base"), \
             serving(str(folders["causal"]), cfg):
@@ -177,7 +172,7 @@ def test_an_adapter_of_another_base_is_refused(folders, registered, tmp_path):
         refused = client.post("/admin/adapters", json={"name": "f", "uri": f"models:/foreign/{foreign}"},
                               headers=auth)
         assert api_error(refused, 400)["code"] == "adapter_base_mismatch"
-        full = _register("fullft", folders["causal"])
+        full = register("fullft", folders["causal"])
         refused = client.post("/admin/adapters", json={"name": "f", "uri": f"models:/fullft/{full}"}, headers=auth)
         assert api_error(refused, 400)["code"] == "not_an_adapter"
         assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200

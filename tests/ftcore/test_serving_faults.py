@@ -24,6 +24,7 @@ from ftcore.serving.server import serving
 from tests.ftcore.serving_fixtures import (
     TOKEN,
     api_error,
+    logged_when,
     metric,
     serve_cfg,
 )
@@ -143,15 +144,6 @@ def _post_head(path: str, length: int, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def _logged_when(cfg: ServeConfig, count: int):
-    """The request log once it holds `count` rows (the writer appends in the background)."""
-    deadline = time.monotonic() + 30
-    while len(rows := RequestLog(cfg.request_log.resolved_url()).read()) < count:
-        assert time.monotonic() < deadline, f"{len(rows)} of {count} requests logged"
-        time.sleep(0.1)
-    return rows
-
-
 @pytest.fixture
 def server_log(caplog):
     """What the in-process server logs, uvicorn's own logger (which does not propagate) included."""
@@ -184,7 +176,7 @@ def test_a_client_that_leaves_is_recorded_as_499_and_is_no_server_error(folders,
         answered = client.post("/v1/completions", content=body, headers={"Authorization": f"Bearer {TOKEN}",
                                                                         "content-type": "application/json"})
         assert answered.status_code == 200
-        rows = _logged_when(cfg, 3)
+        rows = logged_when(cfg, 3)
         metrics = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert sorted(rows.status) == [200, 499, 499]
     assert 'status="499"} 2.0' in metrics and 'status="500"' not in metrics
@@ -268,7 +260,7 @@ def test_slow_clients_are_cut_off_in_every_phase(folders):
         for sock in partial_body:
             answer = _read_until_closed(sock)
             assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer, answer
-        assert list(_logged_when(cfg, 5).status) == [408] * 5
+        assert list(logged_when(cfg, 5).status) == [408] * 5
 
 
 def test_prompts_are_counted_off_the_event_loop(causal, monkeypatch):

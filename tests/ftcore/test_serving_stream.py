@@ -18,7 +18,7 @@ import ftcore.serving.engine as engine_module
 from ftcore.serving.decoding import DecodeBatch
 from ftcore.serving.server import serving
 from ftcore.serving.streaming import EventStream, TextStream
-from tests.ftcore.serving_fixtures import api_error, metric, serve_cfg
+from tests.ftcore.serving_fixtures import api_error, logged_when, metric, serve_cfg
 
 PROMPT = "Define asthma."
 
@@ -123,12 +123,7 @@ def test_a_client_that_leaves_a_stream_frees_its_row_at_once(folders, slow_steps
         decoded = len(slow_steps)
         time.sleep(0.3)
         assert len(slow_steps) == decoded < 60  # 200 steps (2 s at least) had the row stayed
-    from ftcore.serving.request_log import RequestLog
-
-    deadline = time.monotonic() + 30
-    while (rows := RequestLog(cfg.request_log.resolved_url()).read()).empty:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    rows = logged_when(cfg, 1)
     assert list(rows.status) == [499] and "closed the stream" in rows.error[0]
 
 
