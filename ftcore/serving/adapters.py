@@ -50,6 +50,7 @@ class Adapter:
     version: str
     peft_name: str
     aliases: tuple[str, ...] = ()
+    prompting: object = None  # how its version's training prompts were written (chats are rendered so)
 
 
 def parse_adapter(text: str) -> tuple[str, str]:
@@ -121,7 +122,7 @@ class AdapterSet:
             self._check_name(name)
             version, folder = self._fetch(uri)
             check_same_base(folder, self.base_folder, uri)
-            adapter = self._new(name, uri, version)
+            adapter = self._new(name, uri, version, folder)
             self._attach(folder, adapter)
         except ApiError as e:
             raise UserError(f"--adapter {name}={uri}: {e.message.removeprefix('uri: ')}") from None
@@ -167,7 +168,7 @@ class AdapterSet:
         """Fetch, check and attach `uri` as `name`; the adapter it replaces and any beyond the bound are detached
         once no request holds them. Caller holds the lock."""
         version, folder = await asyncio.to_thread(self._fetch, uri)
-        adapter = self._new(name, uri, version)
+        adapter = self._new(name, uri, version, folder)
         await asyncio.to_thread(check_same_base, folder, self.base_folder, uri)
         await self._between_steps(lambda: self._attach(folder, adapter))
         if (old := self.loaded.pop(name, None)) is not None:
@@ -181,9 +182,12 @@ class AdapterSet:
         self._changed()
         return adapter
 
-    def _new(self, name: str, uri: str, version: str) -> Adapter:
+    def _new(self, name: str, uri: str, version: str, folder: Path) -> Adapter:
+        from ftcore.models.prompting import read_prompting
+
         alias = MODEL_URI.match(uri)["alias"]
-        return Adapter(name, uri, version, f"{name}--v{version}--{next(self._numbers)}", (alias,) if alias else ())
+        return Adapter(name, uri, version, f"{name}--v{version}--{next(self._numbers)}", (alias,) if alias else (),
+                       read_prompting(folder, self.engine.tokenizer))
 
     @staticmethod
     def _check_name(name: str) -> None:

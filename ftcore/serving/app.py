@@ -275,7 +275,7 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
         engine = _causal(target.engine, "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
         pictures = await _pictures(engine, messages, state.cfg)
-        item = await state.check(lambda: _completion(engine, _rendered(engine, messages), "messages", body,
+        item = await state.check(lambda: _completion(engine, _rendered(target, messages), "messages", body,
                                                      state.cfg, pictures, target.peft_name))
         asked = content_text(messages[-1]["content"])
         if body.stream:
@@ -408,14 +408,14 @@ async def _pictures(engine: Engine, messages: list[dict], cfg: ServeConfig) -> l
     return await asyncio.to_thread(load_pictures, urls, cfg.images)
 
 
-def _rendered(engine: Engine, messages: list[dict]) -> str:
-    """The chat written as the model's training prompts were. A model never trained on such chats refuses it (it
-    would answer with noise), and so may a chat template (many insist that user and assistant alternate): either is
-    the request's fault, a 400 saying what to send instead."""
+def _rendered(target: Target, messages: list[dict]) -> str:
+    """The chat written as the model's (or the adapter's version's) training prompts were. A model never trained on
+    such chats refuses it (it would answer with noise), and so may a chat template (many insist that user and
+    assistant alternate): either is the request's fault, a 400 saying what to send instead."""
     try:
-        return engine.render_chat(messages)
+        return target.engine.render_chat(messages, target.adapter.prompting if target.adapter else None)
     except ChatRefused as e:
-        raise ApiError(400, f"messages: {engine.name} v{engine.version}: {e}", param="messages",
+        raise ApiError(400, f"messages: {target.name} v{target.version}: {e}", param="messages",
                        code="chat_not_trained") from None
     except TemplateError as e:
         raise ApiError(400, f"messages: the model's chat template refuses this chat ({e})", param="messages",

@@ -122,17 +122,17 @@ class Engine:
         pixels = [[p.image for p in images]] if images else None
         return len(self.checker(images=pixels, text=[text], add_special_tokens=False)["input_ids"][0])
 
-    def render_chat(self, messages: list[dict]) -> str:
-        """The chat as the model's training prompts were written; ChatRefused when it never saw one like it. Content
-        given as parts keeps its image parts for a vision-language model; a text model reads the text parts joined
-        (the app refuses image parts for it before)."""
+    def render_chat(self, messages: list[dict], prompting: Prompting | None = None) -> str:
+        """The chat as the model's training prompts were written (or those of the adapter answering it: `prompting`);
+        ChatRefused when it never saw one like it. Content given as parts keeps its image parts for a vision-language
+        model; a text model reads the text parts joined (the app refuses image parts for it before)."""
         if self.sees_images:
             if self.checker.chat_template is None:
                 raise ChatRefused("its processor has no chat template to write a chat with: POST /v1/completions "
                                   "with the prompt as the model expects it")
             return render_chat(self.checker, template_messages(messages), generation_prompt=True)
         texts = [{**m, "content": content_text(m["content"])} for m in messages]
-        return self.prompting.chat_prompt(self.checker, texts)
+        return (prompting or self.prompting).chat_prompt(self.checker, texts)
 
     def complete(self, requests: list[Completion]) -> list[Completed]:
         """Answers in the order asked; requests that sample alike share one generate call, those with images apart

@@ -176,3 +176,19 @@ def test_an_adapter_of_another_base_is_refused(folders, registered, tmp_path):
         refused = client.post("/admin/adapters", json={"name": "f", "uri": f"models:/fullft/{full}"}, headers=auth)
         assert api_error(refused, 400)["code"] == "not_an_adapter"
         assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_a_chat_is_written_as_the_adapter_s_version_was_trained(folders, registered, tmp_path):
+    """The base learnt chats; a version trained on raw text refuses them, though it is served on that base."""
+    from ftcore.models.prompting import Prompting, write_prompting
+
+    raw = lora_version_folder(folders["causal"], tmp_path / "raw", seed=5)
+    write_prompting(raw, Prompting(format="raw"))
+    cfg = serve_cfg(folders["root"], "adapter-prompting", adapters={"serve": {
+        "raw": f"models:/raw/{register('raw', raw)}", "legal": "models:/legal/1"}})
+    chat = {"messages": [{"role": "user", "content": "What is asthma?"}], "max_tokens": 2}
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.post("/v1/chat/completions", json=chat).status_code == 200
+        assert client.post("/v1/chat/completions", json=chat | {"model": "legal"}).status_code == 200
+        refused = api_error(client.post("/v1/chat/completions", json=chat | {"model": "raw"}), 400)
+    assert refused["code"] == "chat_not_trained" and refused["message"].startswith("messages: raw v1:")
