@@ -316,7 +316,8 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
     async def health() -> dict:
         e = state.engine
         return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "images": e.sees_images,
-                "queued": state.queued, "prompting": e.prompting.format}
+                "queued": state.queued, "prompting": e.prompting.format,
+                "dtype": str(getattr(e.model, "dtype", "float32")).removeprefix("torch.")}
 
     @app.get("/metrics", dependencies=[Depends(BEARER)], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})

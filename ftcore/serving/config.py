@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftcore.errors import UserError
 from ftcore.paths import home
@@ -115,9 +115,18 @@ class ServeConfig(Strict):
     variant: Literal["model", "adapter", "merged", "merged_bf16", "int8"] = Field(
         "model", description="the registered model, or one of its exports (docs/deploy.md); int8 for CPUs")
     device: str = Field("cpu", description="torch device the model runs on: cpu, cuda, cuda:1")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the weights' type in memory: bfloat16 or float16 halve it (on a GPU, faster too)")
     max_models: int = Field(2, ge=0, le=16, description="other versions or exports that requests' `model` picks "
                                                          "(the playground's compare mode), kept loaded beside the "
                                                          "serving one; 0: none")
+
+
+    @model_validator(mode="after")
+    def _int8_keeps_its_types(self) -> ServeConfig:
+        if self.variant == "int8" and self.dtype != "float32":
+            raise ValueError(f"dtype {self.dtype}: the int8 export keeps its own types; leave dtype float32")
+        return self
 
 
 def load_serve_config(path: Path | None) -> ServeConfig:

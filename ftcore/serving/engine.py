@@ -210,17 +210,17 @@ class Engine:
         return Completed(text=text, tokens_in=tokens_in, tokens_out=tokens_out, finish_reason=reason)
 
 
-def load_engine(folder: Path, name: str, version: str, device: str = "cpu") -> Engine:
+def load_engine(folder: Path, name: str, version: str, device: str = "cpu", dtype: str = "float32") -> Engine:
     """The model folder written by ftflow (any method, a classifier too, a vision-language model), ready to
     answer."""
     model, processing = load_trained(folder)
-    engine = engine_for(model, processing, name, version, read_prompting(folder, processing), device)
+    engine = engine_for(model, processing, name, version, read_prompting(folder, processing), device, dtype=dtype)
     engine.folder = folder
     return engine
 
 
 def engine_for(model, processing, name: str, version: str, prompting: Prompting, device: str = "cpu",
-               variant: str = "model") -> Engine:
+               variant: str = "model", dtype: str = "float32") -> Engine:
     """`processing`: the model's tokenizer, or a vision-language model's processor (what `load_trained` gives)."""
     processor = processing if hasattr(processing, "image_processor") else None
     tokenizer = processing if processor is None else processor.tokenizer
@@ -228,7 +228,10 @@ def engine_for(model, processing, name: str, version: str, prompting: Prompting,
         # A vision-language model learnt chats through its processor's template, whatever its prompting.json says
         # (an image_text dataset records none of the text formats).
         prompting = Prompting(format="messages")
-    model = model.to(device).eval()
+    import torch
+
+    # float32 is how ftflow writes weights: left as loaded. Casting moves floating-point tensors only.
+    model = (model.to(device) if dtype == "float32" else model.to(device=device, dtype=getattr(torch, dtype))).eval()
     classifier = is_classifier(model)
     config = getattr(model, "config", None)
     # A vision-language model's context is its language model's (text_config); a text model's config is its own.

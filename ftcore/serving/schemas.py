@@ -170,6 +170,7 @@ class Health(BaseModel):
     kind: Literal["causal", "classifier"]
     images: bool = Field(description="whether chat messages may carry image_url parts (a vision-language model)")
     queued: int
+    dtype: str = Field(description="the weights' type in memory (float32, bfloat16, float16)")
     prompting: Literal["messages", "prompt_completion", "raw"] = Field(
         description="how the model's training prompts were written: messages (chats), prompt_completion (one prompt "
                     "in a template), raw")

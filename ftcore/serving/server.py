@@ -82,7 +82,7 @@ def build_app(source: ModelSource, cfg: ServeConfig, token: str | None, admin_to
 
 def serve(target: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           admin_token: str | None = None) -> None:
-    source = model_source(target, cfg.variant, cfg.device)
+    source = model_source(target, cfg.variant, cfg.device, cfg.dtype)
     sock = bind(host, port)
     token, generated = bearer_token(host, token)
     app = build_app(source, cfg, token, admin_token_of(admin_token))
@@ -101,7 +101,7 @@ def serve(target: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 80
 def serving(target: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 0,
             token: str | None = None, admin_token: str | None = None) -> Iterator[str]:
     """The endpoint for `target` on a background thread; yields its base URL (port 0: a free port)."""
-    source = model_source(target, cfg.variant, cfg.device)
+    source = model_source(target, cfg.variant, cfg.device, cfg.dtype)
     sock = bind(host, port)
     try:
         app = build_app(source, cfg, bearer_token(host, token)[0], admin_token_of(admin_token))

@@ -259,6 +259,7 @@ def test_an_address_this_machine_does_not_have(model, tmp_path):
     ("limits: {body_timeout_s: 0}\n", "limits.body_timeout_s"),
     ("limits: {header_timeout_s: forever}\n", "limits.header_timeout_s"),
     ("batching: [unclosed\n", "not valid YAML"),
+    ("dtype: float8\n", "dtype"),
     ("cache: {enabled: true}\ncache: {enabled: false}\n", "duplicate key 'cache'"),
 ])
 def test_a_bad_config_file(model, tmp_path, content, names):

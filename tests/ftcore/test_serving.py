@@ -355,3 +355,17 @@ def test_the_request_log_url_comes_from_the_environment_when_the_config_names_no
     monkeypatch.setenv("FTFLOW_REQUEST_LOG_URL", f"sqlite:///{tmp_path}/env.db")
     assert RequestLogConfig().resolved_url() == f"sqlite:///{tmp_path}/env.db"
     assert RequestLogConfig(url="sqlite:///x.db").resolved_url() == "sqlite:///x.db"  # the config wins
+
+
+def test_weights_served_in_bfloat16_take_half_the_memory_and_answer(folders):
+    cfg = serve_cfg(folders["root"], "bf16", dtype="bfloat16")
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/health").json()["dtype"] == "bfloat16"
+        answer = client.post("/v1/completions", json={"prompt": "What is asthma?", "max_tokens": 6, "temperature": 0,
+                                                      "ignore_eos": True, "stream": False})
+        streamed = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                             "max_tokens": 4, "stream": True})
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 6
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    with pytest.raises(ValueError, match="int8 export keeps its own types"):
+        serve_cfg(folders["root"], "x", variant="int8", dtype="float16")
