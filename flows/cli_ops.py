@@ -106,11 +106,22 @@ def serve(
         "--image-url-host", metavar="HOST", help="A host whose http(s) image URLs chat requests may name (repeat "
                                                  "for more; adds to images.url_hosts). Default: none, images come "
                                                  "inline as data: URLs.")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", metavar="NAME=URI", help="A registered LoRA version answered on this base when a request's "
+                                              "`model` is NAME: NAME=models:/MODEL@ALIAS (followed when the alias "
+                                              "moves) or NAME=models:/MODEL/VERSION; repeat for more.")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="The weights' type in memory: float32 (as written), bfloat16 or float16 (half the memory; on a GPU "
+             "faster too). Overrides the config's dtype.")] = None,
+    admin_token: Annotated[str | None, typer.Option(
+        help="Token of the admin routes (POST/DELETE /admin/adapters; default: $FTFLOW_ADMIN_TOKEN); without one "
+             "they are off.")] = None,
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible completions and chat, classify, health, Prometheus metrics."""
     configure()
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ftcore.serving.adapters import parse_adapter
     from ftcore.serving.config import ServeConfig, load_serve_config
     from ftcore.serving.server import serve as serve_model
 
@@ -118,11 +129,15 @@ def serve(
         cfg = load_serve_config(config)
         batching = {k: v for k, v in {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
                                       "enabled": False if no_batching else None}.items() if v is not None}
-        updates = {"batching": cfg.batching.model_dump() | batching} | ({"variant": variant} if variant else {})
+        updates = {"batching": cfg.batching.model_dump() | batching} | ({"variant": variant} if variant else {}) | \
+            ({"dtype": dtype} if dtype else {})
         if image_url_host:
             updates["images"] = cfg.images.model_dump() | {"url_hosts": [*cfg.images.url_hosts, *image_url_host]}
+        if adapter:
+            updates["adapters"] = cfg.adapters.model_dump() | {"serve": cfg.adapters.serve | dict(map(parse_adapter,
+                                                                                                        adapter))}
         cfg = ServeConfig.model_validate(cfg.model_dump() | updates)
-        serve_model(model_uri, cfg, host=host, port=port, token=token)
+        serve_model(model_uri, cfg, host=host, port=port, token=token, admin_token=admin_token)
     except UserError as e:
         fail(str(e))
     except ValidationError as e:

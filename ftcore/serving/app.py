@@ -14,11 +14,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -27,18 +28,22 @@ from fastapi.security import HTTPBearer
 from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ftcore.errors import UserError
 from ftcore.models.prompting import ChatRefused
+from ftcore.serving.adapters import Adapter, AdapterSet
 from ftcore.serving.batcher import Batcher, Overloaded
 from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.config import ServeConfig
+from ftcore.serving.decode_loop import DecodeLoop
 from ftcore.serving.engine import Completion, Engine
-from ftcore.serving.errors import ApiError, error_response, validation_message
+from ftcore.serving.errors import ApiError, error_body, error_response, validation_message
 from ftcore.serving.images import Picture, content_text, image_urls, load_pictures
 from ftcore.serving.metrics import ServeMetrics
 from ftcore.serving.middleware import Authenticate, ReadBody, RecordRequests
 from ftcore.serving.models import ModelPicker
 from ftcore.serving.request_log import CLIENT_CLOSED, RequestLog, RequestLogWriter, RequestRecord
 from ftcore.serving.schemas import (
+    AdapterLoad,
     ChatRequest,
     ChatResponse,
     ClassifyRequest,
@@ -47,14 +52,18 @@ from ftcore.serving.schemas import (
     CompletionResponse,
     ErrorBody,
     Health,
+    ModelEntry,
     ModelList,
 )
 from ftcore.serving.source import AliasWatcher, ModelSource
+from ftcore.serving.streaming import Chunks, EventStream, TextStream, event
 
 log = logging.getLogger("ftflow.serve")
 # Documents the token in the OpenAPI spec; it is checked before the body is read, by middleware.Authenticate.
 BEARER = HTTPBearer(auto_error=False, description="required when the server has a token")
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500)}
+GENERATES = {**ERRORS, 200: {"content": {"text/event-stream": {}},
+                             "description": "the answer; with `stream: true`, server-sent events (OpenAI's chunks)"}}
 
 
 class ServerState:
@@ -68,23 +77,85 @@ class ServerState:
         self.metrics.serving(engine.name, engine.version)
         self.cache = ResponseCache(cfg.cache.max_entries)
         self.batcher = Batcher(run_batch, cfg.batching, on_batch=self.metrics.batch_size.observe)
+        self.decoder = DecodeLoop(cfg.batching.max_batch_size if cfg.batching.enabled else 1,
+                                  on_join=self.metrics.batch_size.observe, on_step=self.metrics.decode_rows.observe)
         self.log = RequestLogWriter(RequestLog(cfg.request_log.resolved_url()), cfg.request_log.sample_rate)
         # Counting a prompt's tokens takes about a second for 1 MB of text: done on the event loop, it would stall
         # every other client meanwhile. One thread, because the engine's checking tokenizer is not shared.
         self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftflow-checks")
+        self.adapters = AdapterSet(engine, cfg.adapters.max_loaded, self.decoder.between_steps,
+                                   self.decoder.adapters_in_use, engine.folder) if self.takes_adapters(engine) else None
+        if self.adapters is not None:
+            self.adapters.on_change = self.metrics.adapters.set
+
+    def takes_adapters(self, engine: Engine) -> bool:
+        """Whether LoRA adapters can be attached to the engine and share its decode batches: a causal text model
+        loaded from its folder, batched continuously."""
+        return (self.cfg.batching.continuous and self.cfg.variant == "model" and engine.decodes_continuously
+                and not engine.sees_images and engine.folder is not None)
 
     async def engine_for(self, model: str | None) -> Engine:
         """The engine answering a request's `model` (left out: the one serving now)."""
         return await self.picker.engine(model, self.engine)
 
+    async def target(self, model: str | None, request: Request) -> Target:
+        """What answers a request's `model`: an adapter on the base (held until the request is over: the recorder
+        releases it), or an engine."""
+        adapters = self.adapters
+        if adapters is not None and model in adapters.known:
+            target = Target(adapters.engine, await adapters.acquire(model))
+            request.state.adapter = target.adapter
+            return target
+        if adapters is not None and model and "/" not in model and "@" not in model and \
+                model not in self.picker.served_ids(self.engine):  # a plain name can only be an adapter's
+            raise adapters.unknown(model)
+        return Target(await self.engine_for(model))
+
     async def check(self, fn: Callable[[], Any]) -> Any:
         """`fn()` on the checking thread; an ApiError it raises reaches the client."""
         return await asyncio.get_running_loop().run_in_executor(self.checker, fn)
 
+    @property
+    def queued(self) -> int:
+        return self.batcher.queued + self.decoder.queued
+
+    def submit(self, engine: Engine, item, on_token: Callable[[int], None] | None = None) -> Any:
+        """The awaitable answer of one item: a text completion of a model that decodes continuously joins the decode
+        loop (`on_token` then gets each token as it is chosen); the rest go to the dynamic batcher, whose answers
+        come whole."""
+        if (self.cfg.batching.continuous and isinstance(item, Completion) and not item.images
+                and engine.decodes_continuously):
+            return self.decoder.submit(engine, item, on_token)
+        return self.batcher.submit((engine, item))
+
     def swap(self, engine: Engine) -> None:
+        if self.adapters is not None and self.adapters.known:
+            log.warning("%s: not serving version %s, since the adapters served are attached to version %s",
+                        engine.name, engine.version, self.engine.version)
+            return
         self.engine = engine
         self.metrics.serving(engine.name, engine.version)
         self.metrics.reloads.inc()
+
+
+@dataclass(frozen=True)
+class Target:
+    """What answers a request: an engine, or an adapter on its base. Its name and version label the response."""
+
+    engine: Engine
+    adapter: Adapter | None = None
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name if self.adapter else self.engine.name
+
+    @property
+    def version(self) -> str:
+        return self.adapter.version if self.adapter else self.engine.version
+
+    @property
+    def peft_name(self) -> str | None:
+        return self.adapter.peft_name if self.adapter else None
 
 
 def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
@@ -103,8 +174,16 @@ def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
     return results
 
 
-def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None) -> FastAPI:
+def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str | None,
+               admin_token: str | None = None) -> FastAPI:
+    """The app; the adapters `cfg.adapters.serve` names are attached before it is returned (UserError when one
+    cannot be)."""
     state = ServerState(engine, cfg, source)
+    if cfg.adapters.serve and state.adapters is None:
+        raise UserError(f"--adapter: {engine.name} cannot take adapters: they need a causal text model served as it "
+                        "was registered (variant model) with continuous batching (batching.continuous)")
+    for name, uri in cfg.adapters.serve.items():
+        state.adapters.preload(name, uri)  # type: ignore[union-attr]
     watcher = AliasWatcher(source, lambda: state.engine.version, state.swap, cfg.reload_interval_s)
     app = FastAPI(title="ftflow serving", version="1", lifespan=_lifespan(state, watcher),
                   description="OpenAI-compatible completions, chat completions and classification of one "
@@ -112,12 +191,13 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
     app.state.ftflow = state
     app.state.watcher = watcher
     _install_error_handlers(app)
-    _install_middleware(app, state, token)
+    _install_middleware(app, state, token, admin_token)
     # Registered in this order, which is also the OpenAPI spec's.
     _add_completion_routes(app, state)
     _add_classify_route(app, state)
     _add_status_routes(app, state)
     _add_playground(app, state)
+    _add_admin_routes(app, state)
     return app
 
 
@@ -128,9 +208,13 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await state.batcher.start()
+        await state.decoder.start()
         watcher.start()
+        following = asyncio.ensure_future(_follow_adapter_aliases(state))
         yield
+        following.cancel()
         watcher.stop()
+        await state.decoder.stop()
         await state.batcher.stop()
         state.checker.shutdown(wait=True)
         state.log.close()
@@ -138,45 +222,68 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
     return lifespan
 
 
-def _install_middleware(app: FastAPI, state: ServerState, token: str | None) -> None:
+async def _follow_adapter_aliases(state: ServerState) -> None:
+    """Every reload_interval_s, adapters named by alias load the version their alias points to now."""
+    if state.adapters is None or state.cfg.reload_interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(state.cfg.reload_interval_s)
+        try:
+            await state.adapters.follow_aliases()
+        except Exception as e:  # a registry or load failure must not stop the endpoint
+            log.warning("adapter alias check failed, still serving the adapters loaded: %s",
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _install_middleware(app: FastAPI, state: ServerState, token: str | None, admin_token: str | None) -> None:
     limits = state.cfg.limits
     # The last added is the outermost: every request is recorded, refusals by the token and the body included.
     app.add_middleware(ReadBody, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
-    app.add_middleware(Authenticate, token=token)
+    app.add_middleware(Authenticate, token=token, admin_token=admin_token)
     app.add_middleware(RecordRequests, record=_recorder(state))
 
 
 def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
     """POST /v1/completions and /v1/chat/completions: text generation, for causal models only."""
 
-    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=GENERATES,
               dependencies=[Depends(BEARER)])
-    async def completions(body: CompletionRequest, request: Request) -> dict:
-        engine = _causal(await state.engine_for(body.model), "/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        target = await state.target(body.model, request)
+        engine = _causal(target.engine, "/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         _check_count(prompts, state.cfg, "prompt")
+        if body.stream and len(prompts) > 1:
+            raise ApiError(400, f"prompt: {len(prompts)} prompts in a streamed request; stream one prompt per request",
+                           param="prompt", code="stream_many_prompts")
         params = _params("prompt", body.prompt)
-        items = await state.check(lambda: [_completion(engine, p, param, body, state.cfg)
+        items = await state.check(lambda: [_completion(engine, p, param, body, state.cfg, adapter=target.peft_name)
                                            for p, param in zip(prompts, params, strict=True)])
+        if body.stream:
+            return await _stream(state, request, target, items[0], body, "completion", prompts[0])
         answers = await _answer(state, request, engine, items)
-        _note(request, engine, prompts, [a.text for a in answers], answers)
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
-                "model_version": engine.version, "usage": _usage(answers),
+        _note(request, target, prompts, [a.text for a in answers], answers)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
+                "model_version": target.version, "usage": _usage(answers),
                 "choices": [{"index": i, "text": a.text, "finish_reason": a.finish_reason}
                             for i, a in enumerate(answers)]}
 
-    @app.post("/v1/chat/completions", response_model=ChatResponse, responses=ERRORS,
+    @app.post("/v1/chat/completions", response_model=ChatResponse, responses=GENERATES,
               dependencies=[Depends(BEARER)])
-    async def chat_completions(body: ChatRequest, request: Request) -> dict:
-        engine = _causal(await state.engine_for(body.model), "/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        target = await state.target(body.model, request)
+        engine = _causal(target.engine, "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
         pictures = await _pictures(engine, messages, state.cfg)
-        item = await state.check(lambda: _completion(engine, _rendered(engine, messages), "messages", body,
-                                                     state.cfg, pictures))
+        item = await state.check(lambda: _completion(engine, _rendered(target, messages), "messages", body,
+                                                     state.cfg, pictures, target.peft_name))
+        asked = content_text(messages[-1]["content"])
+        if body.stream:
+            return await _stream(state, request, target, item, body, "chat", asked, pictures)
         [answer] = await _answer(state, request, engine, [item])
-        _note(request, engine, [content_text(messages[-1]["content"])], [answer.text], [answer], pictures)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name,
-                "model_version": engine.version, "usage": _usage([answer]),
+        _note(request, target, [asked], [answer.text], [answer], pictures)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
+                "model_version": target.version, "usage": _usage([answer]),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": answer.finish_reason}]}
 
@@ -195,7 +302,7 @@ def _add_classify_route(app: FastAPI, state: ServerState) -> None:
         params = _params("input", body.input)
         await state.check(lambda: [_count_tokens(engine, t, param) for t, param in zip(texts, params, strict=True)])
         answers = await _answer(state, request, engine, texts)
-        _note(request, engine, texts, [a.label for a in answers], answers)
+        _note(request, Target(engine), texts, [a.label for a in answers], answers)
         tokens = sum(a.tokens_in for a in answers)
         return {"model": engine.name, "model_version": engine.version,
                 "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
@@ -209,13 +316,14 @@ def _add_status_routes(app: FastAPI, state: ServerState) -> None:
     async def health() -> dict:
         e = state.engine
         return {"status": "ok", "model": e.name, "version": e.version, "kind": e.kind, "images": e.sees_images,
-                "queued": state.batcher.queued, "prompting": e.prompting.format}
+                "queued": state.queued, "prompting": e.prompting.format,
+                "dtype": str(getattr(e.model, "dtype", "float32")).removeprefix("torch.")}
 
     @app.get("/metrics", dependencies=[Depends(BEARER)], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def metrics() -> Response:
         m = state.metrics
-        m.queue_depth.set(state.batcher.queued)
+        m.queue_depth.set(state.queued)
         m.cache_hit_rate.set(state.cache.hit_rate)
         m.cache_entries.set(len(state.cache))
         return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -229,6 +337,8 @@ def _add_playground(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS, dependencies=[Depends(BEARER)])
     async def models() -> dict:
         listing = await asyncio.to_thread(state.picker.listing, state.engine)
+        if state.adapters is not None:
+            listing += state.adapters.listing()
         return {"object": "list", "data": [{"object": "model", "owned_by": "ftflow", **m} for m in listing]}
 
     page = files("ftcore.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
@@ -236,6 +346,35 @@ def _add_playground(app: FastAPI, state: ServerState) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(page)
+
+
+def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
+    """The adapters attached at run time: list, load (or replace), unload. The admin token guards them
+    (middleware.Authenticate)."""
+
+    def adapters() -> AdapterSet:
+        if state.adapters is None:
+            raise ApiError(400, f"{state.engine.name} v{state.engine.version} cannot take adapters: they need a causal "
+                                "text model served as registered (variant model) with continuous batching",
+                           code="adapters_unavailable")
+        return state.adapters
+
+    @app.get("/admin/adapters", response_model=ModelList, responses=ERRORS)
+    async def list_adapters() -> dict:
+        return {"object": "list", "data": [{"object": "model", "owned_by": "ftflow", **m}
+                                           for m in adapters().listing()]}
+
+    @app.post("/admin/adapters", response_model=ModelEntry, responses=ERRORS)
+    async def load_adapter(body: AdapterLoad) -> dict:
+        loaded = await adapters().add(body.name, body.uri)
+        log.info("adapter %s loaded: %s version %s", loaded.name, loaded.uri, loaded.version)
+        return {"object": "model", "owned_by": "ftflow", **state.adapters.entry(loaded.name)}  # type: ignore[union-attr]
+
+    @app.delete("/admin/adapters/{name}", responses=ERRORS)
+    async def unload_adapter(name: str) -> dict:
+        await adapters().remove(name)
+        log.info("adapter %s unloaded", name)
+        return {"id": name, "object": "model", "deleted": True}
 
 
 def _causal(engine: Engine, path: str) -> Engine:
@@ -270,14 +409,14 @@ async def _pictures(engine: Engine, messages: list[dict], cfg: ServeConfig) -> l
     return await asyncio.to_thread(load_pictures, urls, cfg.images)
 
 
-def _rendered(engine: Engine, messages: list[dict]) -> str:
-    """The chat written as the model's training prompts were. A model never trained on such chats refuses it (it
-    would answer with noise), and so may a chat template (many insist that user and assistant alternate): either is
-    the request's fault, a 400 saying what to send instead."""
+def _rendered(target: Target, messages: list[dict]) -> str:
+    """The chat written as the model's (or the adapter's version's) training prompts were. A model never trained on
+    such chats refuses it (it would answer with noise), and so may a chat template (many insist that user and
+    assistant alternate): either is the request's fault, a 400 saying what to send instead."""
     try:
-        return engine.render_chat(messages)
+        return target.engine.render_chat(messages, target.adapter.prompting if target.adapter else None)
     except ChatRefused as e:
-        raise ApiError(400, f"messages: {engine.name} v{engine.version}: {e}", param="messages",
+        raise ApiError(400, f"messages: {target.name} v{target.version}: {e}", param="messages",
                        code="chat_not_trained") from None
     except TemplateError as e:
         raise ApiError(400, f"messages: the model's chat template refuses this chat ({e})", param="messages",
@@ -304,7 +443,7 @@ def _count_tokens(engine: Engine, text: str, param: str, pictures: list[Picture]
 
 
 def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest | ChatRequest,
-                cfg: ServeConfig, pictures: list[Picture] | None = None) -> Completion:
+                cfg: ServeConfig, pictures: list[Picture] | None = None, adapter: str | None = None) -> Completion:
     """The request checked against the limits and the model's context, image tokens included: a 400 names what was
     exceeded. Runs on the checking thread (ServerState.check)."""
     limits = cfg.limits
@@ -320,30 +459,114 @@ def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest
                             f"context of {engine.max_context} tokens", param="max_tokens",
                        code="context_length_exceeded")
     return Completion(prompt=prompt, max_new_tokens=body.max_tokens, temperature=body.temperature,
-                      top_p=body.top_p, stop=body.stops(), images=tuple(pictures or ()))
+                      top_p=body.top_p, stop=body.stops(), images=tuple(pictures or ()), seed=body.seed,
+                      min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, adapter=adapter)
 
 
 async def _answer(state: ServerState, request: Request, engine: Engine, items: list) -> list:
     """Each item's answer: from the cache when the request is deterministic and was answered before, else from the
-    batcher (items of one request may join different batches)."""
-    keys = [cache_key(f"{engine.version}:{engine.variant}", engine.kind,
-                      i.cache_fields() if isinstance(i, Completion) else i)
-            if state.cache.enabled and _deterministic(i) else None for i in items]
-    answers = [state.cache.get(k) if k else None for k in keys]
-    for key, answer in zip(keys, answers, strict=True):
-        if key is not None:
-            (state.metrics.cache_misses if answer is None else state.metrics.cache_hits).inc()
+    model (items of one request may join different batches)."""
+    looked_up = [_cached(state, engine, i) for i in items]
+    answers = [answer for _, answer in looked_up]
     missing = [i for i, a in enumerate(answers) if a is None]
     try:
-        computed = await asyncio.gather(*(state.batcher.submit((engine, items[i])) for i in missing))
+        computed = await asyncio.gather(*(state.submit(engine, items[i]) for i in missing))
     except Overloaded as e:
-        raise ApiError(429, str(e), "overloaded_error", code="queue_full") from None
+        raise _overloaded(e) from None
     for i, answer in zip(missing, computed, strict=True):
         answers[i] = answer
-        if keys[i] is not None:
-            state.cache.put(keys[i], answer)
+        if (key := looked_up[i][0]) is not None:
+            state.cache.put(key, answer)
     request.state.cached = not missing
     return answers
+
+
+def _cached(state: ServerState, engine: Engine, item) -> tuple[str | None, Any]:
+    """The item's response-cache key (None when its answer may differ each time it is asked) and its cached answer
+    (None when there is none)."""
+    if not (state.cache.enabled and _deterministic(item)):
+        return None, None
+    key = cache_key(f"{engine.version}:{engine.variant}", engine.kind,
+                    item.cache_fields() if isinstance(item, Completion) else item)
+    answer = state.cache.get(key)
+    (state.metrics.cache_misses if answer is None else state.metrics.cache_hits).inc()
+    return key, answer
+
+
+def _overloaded(e: Overloaded) -> ApiError:
+    return ApiError(429, str(e), "overloaded_error", code="queue_full")
+
+
+async def _stream(state: ServerState, request: Request, target: Target, item: Completion,
+                  body: CompletionRequest | ChatRequest, kind: Literal["completion", "chat"], asked: str,
+                  pictures: list[Picture] | None = None) -> EventStream:
+    """A streamed answer (ftcore/serving/streaming.py). The response starts with the first token (or the whole
+    answer, from the cache or a model that does not decode continuously), so a request refused before it (a full
+    queue, a failed prefill) still gets its status and JSON error; a failure after it ends the stream with an error
+    event."""
+    engine = target.engine
+    key, cached = _cached(state, engine, item)
+    tokens: asyncio.Queue[int | None] = asyncio.Queue()  # holds at most the answer's max_tokens
+    if cached is None:
+        answer: asyncio.Future = asyncio.ensure_future(state.submit(engine, item, tokens.put_nowait))
+    else:
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_result(cached)
+    answer.add_done_callback(lambda _: tokens.put_nowait(None))
+    try:
+        first = await tokens.get()
+    except BaseException:  # the client left: its row leaves the decode batch
+        answer.cancel()
+        raise
+    if first is None and isinstance(answer.exception(), Overloaded):
+        raise _overloaded(answer.exception())
+    if first is None and answer.exception() is not None:
+        raise answer.exception()
+    endpoint = ENDPOINTS[request.url.path]
+    state.metrics.first_token.labels(endpoint=endpoint).observe(time.perf_counter() - request.state.started)
+    request.state.cached = cached is not None
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    chunks = Chunks(kind, f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}", int(time.time()),
+                    target.name, target.version, include_usage)
+    text = TextStream(engine.tokenizer, item.stop)
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks.opening():
+            yield chunk
+        token = first
+        while token is not None:
+            if piece := text.push(token):
+                yield chunks.piece(piece)
+            token = await tokens.get()
+        try:
+            done = answer.result()
+        except Exception as e:  # the model failed after the first token: the status is sent, the stream says it
+            log.error("a streamed answer failed", exc_info=e)
+            request.state.error = f"{type(e).__name__}: {e}"
+            state.metrics.streams_closed.labels(reason="error").inc()
+            yield event(error_body(f"internal error ({type(e).__name__}); the server logged it", "server_error"))
+            return
+        if key is not None and cached is None:
+            state.cache.put(key, done)
+        if rest := text.rest(done.text):
+            yield chunks.piece(rest)
+        _note(request, target, [asked], [done.text], [done], pictures)
+        for chunk in chunks.finish(done.finish_reason, _usage([done])):
+            yield chunk
+
+    def ended(how: str) -> None:
+        answer.cancel()  # a row still decoding leaves its batch
+        if how != "done":
+            reason = "stalled" if how == "stalled" else "client_closed"
+            state.metrics.streams_closed.labels(reason=reason).inc()
+            request.state.closed = True
+            request.state.error = (f"the client took no chunk for {state.cfg.limits.stream_stall_s:g} s "
+                                   "(limits.stream_stall_s): stream closed") if how == "stalled" else \
+                "the client closed the stream before the answer's end"
+            log.warning("stream to %s ended early: %s", request.client.host if request.client else "?",
+                        request.state.error)
+
+    return EventStream(events(), state.cfg.limits.stream_stall_s, ended)
 
 
 def _deterministic(item) -> bool:
@@ -355,12 +578,12 @@ def _usage(answers) -> dict[str, int]:
     return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
 
 
-def _note(request: Request, engine: Engine, inputs: list[str], outputs: list[str], answers: list,
+def _note(request: Request, target: Target, inputs: list[str], outputs: list[str], answers: list,
           pictures: list[Picture] | None = None) -> None:
     """What the request log keeps of a successful request. Several inputs in one request are kept as a JSON list;
     a chat's images as their sizes and brightness (for the monitor's drift), never their pixels."""
     request.state.logged = {
-        "model": engine.name, "version": engine.version,
+        "model": target.name, "version": target.version,
         "tokens_in": sum(a.tokens_in for a in answers), "tokens_out": sum(getattr(a, "tokens_out", 0) for a in answers),
         "input": inputs[0] if len(inputs) == 1 else json.dumps(inputs, ensure_ascii=False),
         "output": outputs[0] if len(outputs) == 1 else json.dumps(outputs, ensure_ascii=False),
@@ -379,13 +602,17 @@ def _recorder(state: ServerState) -> Callable[[dict, int, float], None]:
         if endpoint is None:
             return
         noted = scope.get("state", {})
+        if (adapter := noted.get("adapter")) is not None:
+            state.adapters.release(adapter)  # type: ignore[union-attr]
+        if noted.get("closed"):  # a stream that ended early: the client's doing, like leaving before the answer
+            status = CLIENT_CLOSED
         logged = noted.get("logged", {"model": state.engine.name, "version": state.engine.version})
         state.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         state.metrics.latency.labels(endpoint=endpoint).observe(latency_s)
         state.metrics.tokens_in.inc(logged.get("tokens_in", 0))
         state.metrics.tokens_out.inc(logged.get("tokens_out", 0))
-        error = "the client closed the connection before the answer" if status == CLIENT_CLOSED else \
-            noted.get("error")
+        error = noted.get("error") or ("the client closed the connection before the answer"
+                                       if status == CLIENT_CLOSED else None)
         state.log.record(RequestRecord(ts=time.time() - latency_s, endpoint=endpoint, status=status,
                                        latency_s=latency_s, cached=noted.get("cached", False), error=error,
                                        **logged))

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftcore.errors import UserError
 from ftcore.paths import home
@@ -16,18 +16,23 @@ from ftcore.recipe_yaml import read_yaml_file
 from ftcore.schema import Strict, describe_error
 
 TOKEN_ENV = "FTFLOW_SERVE_TOKEN"  # where the bearer token comes from when --token is not given: never a file
+ADMIN_TOKEN_ENV = "FTFLOW_ADMIN_TOKEN"  # the admin routes' token (loading adapters), when --admin-token is not given
 # The request log's URL when the config names none: a production database URL carries a password, so it comes from
 # the environment (a Kubernetes Secret, the compose .env), not from a file.
 REQUEST_LOG_ENV = "FTFLOW_REQUEST_LOG_URL"
 
 
 class BatchingConfig(Strict):
-    """Dynamic batching: requests that arrive together are generated together. A batch closes when it holds
-    `max_batch_size` requests or its first request has waited `max_wait_ms`."""
+    """Batching. Text completions of a causal model are batched continuously: a request joins the running decode
+    batch at its next step and leaves it when its answer is done, up to `max_batch_size` at once
+    (ftcore/serving/decode_loop.py). Classifications and requests with images are batched dynamically: requests that
+    arrive together are generated together, a batch closing when it holds `max_batch_size` requests or its first
+    request has waited `max_wait_ms`. `continuous: false` batches completions dynamically too."""
 
     enabled: bool = True
     max_batch_size: int = Field(16, ge=1, le=512)
     max_wait_ms: float = Field(20.0, ge=0, le=10_000)
+    continuous: bool = True
 
 
 class CacheConfig(Strict):
@@ -48,6 +53,8 @@ class LimitsConfig(Strict):
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="from the connection (or the last answer on "
                                                                     "it) until the request's headers are complete")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="from the headers until the body is complete")
+    stream_stall_s: float = Field(30.0, gt=0, le=3600, description="a streamed chunk the client has not taken "
+                                                                  "within this is the end of its stream")
 
 
 class ImagesConfig(Strict):
@@ -87,8 +94,19 @@ class RequestLogConfig(Strict):
         return self.url or os.environ.get(REQUEST_LOG_ENV) or f"sqlite:///{home() / 'requests.db'}"
 
 
+class AdaptersConfig(Strict):
+    """LoRA adapters of registered versions answered on this server's base (docs/serving.md, "Many adapters on one
+    base"): a request's `model` names one."""
+
+    serve: dict[str, str] = Field(default_factory=dict, description="NAME: models:/MODEL@ALIAS or models:/MODEL/"
+                                                                    "VERSION (`ftflow serve --adapter NAME=URI`)")
+    max_loaded: int = Field(8, ge=1, le=1024, description="adapters attached at once; one more evicts the least "
+                                                          "recently used, which loads again when asked for")
+
+
 class ServeConfig(Strict):
     batching: BatchingConfig = BatchingConfig()
+    adapters: AdaptersConfig = AdaptersConfig()
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     request_log: RequestLogConfig = RequestLogConfig()
@@ -97,9 +115,18 @@ class ServeConfig(Strict):
     variant: Literal["model", "adapter", "merged", "merged_bf16", "int8"] = Field(
         "model", description="the registered model, or one of its exports (docs/deploy.md); int8 for CPUs")
     device: str = Field("cpu", description="torch device the model runs on: cpu, cuda, cuda:1")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the weights' type in memory: bfloat16 or float16 halve it (on a GPU, faster too)")
     max_models: int = Field(2, ge=0, le=16, description="other versions or exports that requests' `model` picks "
                                                          "(the playground's compare mode), kept loaded beside the "
                                                          "serving one; 0: none")
+
+
+    @model_validator(mode="after")
+    def _int8_keeps_its_types(self) -> ServeConfig:
+        if self.variant == "int8" and self.dtype != "float32":
+            raise ValueError(f"dtype {self.dtype}: the int8 export keeps its own types; leave dtype float32")
+        return self
 
 
 def load_serve_config(path: Path | None) -> ServeConfig:

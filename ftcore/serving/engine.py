@@ -34,6 +34,10 @@ class Completion:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     images: tuple[Picture, ...] = ()  # in the order of the prompt's image tokens
+    seed: int | None = None  # a sampled answer's random seed
+    min_tokens: int = 0  # vLLM's extension: no stop token before this many tokens
+    ignore_eos: bool = False  # vLLM's extension: stop tokens do not end the answer (answers of max_new_tokens)
+    adapter: str | None = None  # the PEFT name of the adapter that answers (ftcore/serving/adapters.py); None: the base
 
     def cache_fields(self) -> dict:
         """What shapes the answer, as JSON for the response cache's key: the images by their digests."""
@@ -44,9 +48,10 @@ class Completion:
         return self.temperature < GREEDY_BELOW
 
     @property
-    def sampling(self) -> tuple[float, float]:
-        """Requests generated in one call must sample alike; greedy ones ignore top_p."""
-        return (0.0, 1.0) if self.greedy else (self.temperature, self.top_p)
+    def sampling(self) -> tuple[float, float, int | None, int, bool]:
+        """Requests generated in one call must sample and stop alike; greedy ones ignore top_p and the seed."""
+        chance = (0.0, 1.0, None) if self.greedy else (self.temperature, self.top_p, self.seed)
+        return (*chance, self.min_tokens, self.ignore_eos)
 
 
 @dataclass
@@ -86,6 +91,10 @@ class Engine:
     # holds the tokenizer, for a vision-language model).
     checker: object = None
     stop_ids: list[int] = field(default_factory=list)  # EOS and the end-of-turn tokens (`stop_token_ids`)
+    folder: Path | None = None  # the model folder it was loaded from (a registered version's fetched copy)
+    # Wrapped in PEFT with adapters attached by name (ftcore/serving/adapters.py): every row of a decode batch names
+    # its adapter, the base's rows PEFT's "__base__".
+    routes_adapters: bool = False
 
     def __post_init__(self) -> None:
         if self.checker is None:
@@ -97,6 +106,14 @@ class Engine:
     def sees_images(self) -> bool:
         return self.processor is not None
 
+    @property
+    def decodes_continuously(self) -> bool:
+        """Whether its text completions can join a running decode batch (ftcore/serving/decoding.py): a causal
+        model whose layers all keep a full cache (a sliding window's cache cannot be left-padded and joined)."""
+        text = self.model.config.get_text_config()
+        sliding = getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True) is not False
+        return self.kind == "causal" and not sliding
+
     def count_tokens(self, text: str, images: Sequence[Picture] = ()) -> int:
         """The text's tokens as the model reads them, each image expanded into its image tokens. A processor
         refuses (ValueError) a prompt whose image tokens and images differ in number."""
@@ -105,27 +122,27 @@ class Engine:
         pixels = [[p.image for p in images]] if images else None
         return len(self.checker(images=pixels, text=[text], add_special_tokens=False)["input_ids"][0])
 
-    def render_chat(self, messages: list[dict]) -> str:
-        """The chat as the model's training prompts were written; ChatRefused when it never saw one like it. Content
-        given as parts keeps its image parts for a vision-language model; a text model reads the text parts joined
-        (the app refuses image parts for it before)."""
+    def render_chat(self, messages: list[dict], prompting: Prompting | None = None) -> str:
+        """The chat as the model's training prompts were written (or those of the adapter answering it: `prompting`);
+        ChatRefused when it never saw one like it. Content given as parts keeps its image parts for a vision-language
+        model; a text model reads the text parts joined (the app refuses image parts for it before)."""
         if self.sees_images:
             if self.checker.chat_template is None:
                 raise ChatRefused("its processor has no chat template to write a chat with: POST /v1/completions "
                                   "with the prompt as the model expects it")
             return render_chat(self.checker, template_messages(messages), generation_prompt=True)
         texts = [{**m, "content": content_text(m["content"])} for m in messages]
-        return self.prompting.chat_prompt(self.checker, texts)
+        return (prompting or self.prompting).chat_prompt(self.checker, texts)
 
     def complete(self, requests: list[Completion]) -> list[Completed]:
         """Answers in the order asked; requests that sample alike share one generate call, those with images apart
         from those without (a processor takes images for every prompt of a batch or for none)."""
-        groups: dict[tuple[tuple[float, float], bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[tuple, bool], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[r.sampling, bool(r.images)].append(i)
         results: list[Completed | None] = [None] * len(requests)
-        for ((temperature, top_p), _), indices in groups.items():
-            answers = self._generate([requests[i] for i in indices], temperature, top_p)
+        for _, indices in groups.items():
+            answers = self._generate([requests[i] for i in indices])
             for i, answer in zip(indices, answers, strict=True):
                 results[i] = answer
         return results  # type: ignore[return-value]
@@ -143,17 +160,22 @@ class Engine:
                            tokens_in=int(n))
                 for p, n in zip(probs, lengths, strict=True)]
 
-    def _generate(self, requests: list[Completion], temperature: float, top_p: float) -> list[Completed]:
+    def _generate(self, requests: list[Completion]) -> list[Completed]:
+        """One generate call for requests that sample and stop alike (`Completion.sampling`)."""
         import torch
 
         tok = self.tokenizer
         tok.padding_side = "left"  # decoder-only models continue from the right edge
         enc = self._encode(requests)
+        temperature, top_p, seed, min_tokens, ignore_eos = requests[0].sampling
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature else \
             {"do_sample": False}
+        if seed is not None:
+            torch.manual_seed(seed)  # the model thread is the only one sampling
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=max(r.max_new_tokens for r in requests),
-                                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids, **sampling)
+                                      min_new_tokens=min_tokens or None, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=self._ends(ignore_eos), **sampling)
         new_tokens = out[:, enc["input_ids"].shape[1]:].cpu().tolist()
         prompt_lengths = enc["attention_mask"].sum(-1).tolist()
         return [self._finish(r, tokens, int(n)) for r, tokens, n in zip(requests, new_tokens, prompt_lengths,
@@ -168,11 +190,16 @@ class Engine:
         return self.processor(images=images, text=prompts, return_tensors="pt", padding=True,
                               add_special_tokens=False).to(self.device, dtype=self.model.dtype)
 
+    def _ends(self, ignore_eos: bool) -> list[int]:
+        """The tokens that end an answer: EOS and the end-of-turn tokens (`stop_token_ids`); with ignore_eos, an id
+        no vocabulary has, so that generate stops at max_new_tokens only."""
+        return [-1] if ignore_eos else self.stop_ids
+
     def _finish(self, request: Completion, tokens: list[int], tokens_in: int) -> Completed:
         """One answer cut to its own max_new_tokens (the batch generated up to the largest), at its first stop token
         (EOS or an end-of-turn token: `stop_token_ids`), and before its first stop string."""
         tokens = tokens[:request.max_new_tokens]
-        if ends := [i for i, token in enumerate(tokens) if token in self.stop_ids][:1]:
+        if ends := [i for i, token in enumerate(tokens) if token in self._ends(request.ignore_eos)][:1]:
             tokens_out, tokens, reason = ends[0] + 1, tokens[:ends[0]], "stop"
         else:
             tokens_out, reason = len(tokens), "length"
@@ -183,15 +210,17 @@ class Engine:
         return Completed(text=text, tokens_in=tokens_in, tokens_out=tokens_out, finish_reason=reason)
 
 
-def load_engine(folder: Path, name: str, version: str, device: str = "cpu") -> Engine:
+def load_engine(folder: Path, name: str, version: str, device: str = "cpu", dtype: str = "float32") -> Engine:
     """The model folder written by ftflow (any method, a classifier too, a vision-language model), ready to
     answer."""
     model, processing = load_trained(folder)
-    return engine_for(model, processing, name, version, read_prompting(folder, processing), device)
+    engine = engine_for(model, processing, name, version, read_prompting(folder, processing), device, dtype=dtype)
+    engine.folder = folder
+    return engine
 
 
 def engine_for(model, processing, name: str, version: str, prompting: Prompting, device: str = "cpu",
-               variant: str = "model") -> Engine:
+               variant: str = "model", dtype: str = "float32") -> Engine:
     """`processing`: the model's tokenizer, or a vision-language model's processor (what `load_trained` gives)."""
     processor = processing if hasattr(processing, "image_processor") else None
     tokenizer = processing if processor is None else processor.tokenizer
@@ -199,7 +228,10 @@ def engine_for(model, processing, name: str, version: str, prompting: Prompting,
         # A vision-language model learnt chats through its processor's template, whatever its prompting.json says
         # (an image_text dataset records none of the text formats).
         prompting = Prompting(format="messages")
-    model = model.to(device).eval()
+    import torch
+
+    # float32 is how ftflow writes weights: left as loaded. Casting moves floating-point tensors only.
+    model = (model.to(device) if dtype == "float32" else model.to(device=device, dtype=getattr(torch, dtype))).eval()
     classifier = is_classifier(model)
     config = getattr(model, "config", None)
     # A vision-language model's context is its language model's (text_config); a text model's config is its own.

@@ -17,15 +17,23 @@ class ServeMetrics:
                                 ["endpoint", "status"], registry=r)
         self.latency = Histogram("ftflow_request_latency_seconds", "Arrival to response, queueing included",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.first_token = Histogram("ftflow_time_to_first_token_seconds", "Arrival to the first token of a "
+                                     "streamed answer", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.streams_closed = Counter("ftflow_streams_closed", "Streams that ended before their answer: the client "
+                                      "left, stopped reading (stalled), or the model failed", ["reason"], registry=r)
         self.tokens_in = Counter("ftflow_prompt_tokens", "Prompt tokens received", registry=r)
         self.tokens_out = Counter("ftflow_completion_tokens", "Completion tokens generated", registry=r)
+        # With continuous batching, the requests prefilled together as they join the decode batch.
         self.batch_size = Histogram("ftflow_batch_size", "Requests per model batch", buckets=BATCH_BUCKETS,
                                     registry=r)
+        self.decode_rows = Histogram("ftflow_decode_rows", "Requests in each continuous decode step",
+                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("ftflow_queue_depth", "Requests waiting for the model", registry=r)
         self.cache_hits = Counter("ftflow_cache_hits", "Responses served from the cache", registry=r)
         self.cache_misses = Counter("ftflow_cache_misses", "Cacheable requests the model answered", registry=r)
         self.cache_hit_rate = Gauge("ftflow_cache_hit_rate", "Cache hits over cacheable requests", registry=r)
         self.cache_entries = Gauge("ftflow_cache_entries", "Responses held in the cache", registry=r)
+        self.adapters = Gauge("ftflow_adapters_loaded", "Adapters attached to the base", registry=r)
         self.reloads = Counter("ftflow_model_reloads", "Times a moved alias was loaded", registry=r)
         self.model = Gauge("ftflow_model_info", "The model version serving (value 1)", ["model", "version"],
                            registry=r)

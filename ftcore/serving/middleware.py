@@ -27,6 +27,10 @@ def is_api(path: str) -> bool:
     return path.startswith("/v1/")
 
 
+def is_admin(path: str) -> bool:
+    return path.startswith("/admin/")
+
+
 def needs_token(path: str) -> bool:
     """The API and the metrics; /health stays open for load balancers' probes."""
     return is_api(path) or path == "/metrics"
@@ -80,6 +84,7 @@ class RecordRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        scope.setdefault("state", {})["started"] = started  # for the time to a streamed answer's first token
         exchange = Exchange(receive, send)
         try:
             await self._answer(scope, exchange)
@@ -114,23 +119,39 @@ class RecordRequests:
 
 class Authenticate:
     """With a token, refuses a request to the API or the metrics without `Authorization: Bearer <token>` (401),
-    before its body is read."""
+    before its body is read. The admin routes (`/admin/`) take the admin token only, on loopback too; without one
+    they are off (403)."""
 
-    def __init__(self, app, token: str | None):
-        self.app, self.token = app, token
+    def __init__(self, app, token: str | None, admin_token: str | None = None):
+        self.app, self.token, self.admin_token = app, token, admin_token
 
     async def __call__(self, scope, receive, send):
-        if self.token is None or scope["type"] != "http" or not needs_token(scope["path"]) or self._carries(scope):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'"
-        scope.setdefault("state", {})["error"] = message
-        await send_error(send, 401, message, "authentication_error", code="invalid_token",
-                         headers=[(b"www-authenticate", b"Bearer")])
+        if is_admin(scope["path"]):
+            if self.admin_token is None:
+                return await self._refuse(scope, send, 403, "the admin routes are off: start the server with "
+                                                            "--admin-token or $FTFLOW_ADMIN_TOKEN", "admin_disabled")
+            if not self._carries(scope, self.admin_token):
+                return await self._refuse(scope, send, 401, "missing or wrong admin token: send the header "
+                                                            "'Authorization: Bearer <admin token>'", "invalid_token")
+        elif self.token is not None and needs_token(scope["path"]) and not self._carries(scope, self.token):
+            return await self._refuse(scope, send, 401, "missing or wrong bearer token: send the header "
+                                                        "'Authorization: Bearer <token>'", "invalid_token")
+        return await self.app(scope, receive, send)
 
-    def _carries(self, scope) -> bool:
+    @staticmethod
+    async def _refuse(scope, send, status: int, message: str, code: str) -> None:
+        scope.setdefault("state", {})["error"] = message
+        kind = "authentication_error" if status == 401 else "permission_error"
+        await send_error(send, status, message, kind, code=code,
+                         headers=[(b"www-authenticate", b"Bearer")] if status == 401 else None)
+
+    @staticmethod
+    def _carries(scope, token: str) -> bool:
         value = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, credentials = value.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token.encode())
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token.encode())
 
 
 class ReadBody:

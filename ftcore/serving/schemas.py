@@ -31,14 +31,33 @@ class _Request(BaseModel):
                                                 "(GET /v1/models lists them)")
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(False, description="a last chunk before [DONE] with the usage and no choices")
+
+
+# OpenAI takes 4 stop strings; every one is searched for after every token, so their number is bounded.
+MAX_STOPS = 16
+
+
 class _Sampling(_Request):
     max_tokens: int = Field(16, ge=1, description="tokens to generate at most (capped by limits.max_new_tokens)")
     temperature: float = Field(1.0, ge=0, le=2, description="0 (below 1e-5): greedy and cached; as OpenAI, 1 by "
                                                             "default")
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: Text | list[Text] | None = Field(None, description="the answer ends before the first of these strings")
+    seed: int | None = Field(None, description="a sampled answer's random seed: the same request with the same seed "
+                                               "gets the same answer")
+    stop: Text | Annotated[list[Text], Field(max_length=MAX_STOPS)] | None = Field(
+        None, description=f"the answer ends before the first of these strings (at most {MAX_STOPS})")
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: no stop token ends the answer before this many "
+                                                 "tokens")
+    ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens tokens whatever the model "
+                                                "ends with (load tests)")
     n: Literal[1] = Field(1, description="one answer per prompt")
-    stream: Literal[False] = Field(False, description="streaming is not supported")
+    stream: bool = Field(False, description="server-sent events, OpenAI's chunks as tokens are generated, ending "
+                                            "with `data: [DONE]`")
+    stream_options: StreamOptions | None = None
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -151,6 +170,7 @@ class Health(BaseModel):
     kind: Literal["causal", "classifier"]
     images: bool = Field(description="whether chat messages may carry image_url parts (a vision-language model)")
     queued: int
+    dtype: str = Field(description="the weights' type in memory (float32, bfloat16, float16)")
     prompting: Literal["messages", "prompt_completion", "raw"] = Field(
         description="how the model's training prompts were written: messages (chats), prompt_completion (one prompt "
                     "in a template), raw")
@@ -164,6 +184,16 @@ class ModelEntry(BaseModel):
     variant: str
     aliases: list[str]
     serving: bool = Field(description="whether this is the version answering requests that name no model")
+    adapter_of: str | None = Field(None, description="an adapter's base: the served model it is attached to")
+    uri: str | None = Field(None, description="an adapter's registered model URI (its alias followed)")
+    loaded: bool = Field(True, description="whether an adapter is attached now (an evicted one loads when asked for)")
+
+
+class AdapterLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="what requests send as `model`: letters, digits, _ and -")
+    uri: str = Field(description="models:/MODEL@ALIAS (followed when the alias moves) or models:/MODEL/VERSION")
 
 
 class ModelList(BaseModel):

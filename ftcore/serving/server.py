@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ftcore.errors import UserError
-from ftcore.serving.config import TOKEN_ENV, ServeConfig
+from ftcore.serving.config import ADMIN_TOKEN_ENV, TOKEN_ENV, ServeConfig
 from ftcore.serving.protocol import serving_protocol
 from ftcore.serving.source import ModelSource, model_source
 
@@ -63,23 +63,29 @@ def _server(app, sock: socket.socket, cfg: ServeConfig, log_level: str):
                                          http=serving_protocol(cfg.limits.header_timeout_s)))
 
 
-def build_app(source: ModelSource, cfg: ServeConfig, token: str | None):
-    """The app for the source with its first version loaded (a missing version, or one whose files are missing or
-    damaged, fails here)."""
+def admin_token_of(given: str | None) -> str | None:
+    """The admin routes' token: the one given, else $FTFLOW_ADMIN_TOKEN; none turns the routes off."""
+    return given or os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def build_app(source: ModelSource, cfg: ServeConfig, token: str | None, admin_token: str | None = None):
+    """The app for the source with its first version loaded and its adapters attached (a missing version, one whose
+    files are missing or damaged, or an adapter of another base fails here)."""
     from ftcore.serving.app import create_app
 
     version = source.current_version()
     started = time.perf_counter()
     engine = source.load(version)
     log.info("loaded %s version %s (%s) in %.1f s", engine.name, version, engine.kind, time.perf_counter() - started)
-    return create_app(source, engine, cfg, token)
+    return create_app(source, engine, cfg, token, admin_token)
 
 
-def serve(target: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -> None:
-    source = model_source(target, cfg.variant, cfg.device)
+def serve(target: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          admin_token: str | None = None) -> None:
+    source = model_source(target, cfg.variant, cfg.device, cfg.dtype)
     sock = bind(host, port)
     token, generated = bearer_token(host, token)
-    app = build_app(source, cfg, token)
+    app = build_app(source, cfg, token, admin_token_of(admin_token))
     if generated:
         print(f"Serving beyond loopback: auth is on. Send 'Authorization: Bearer {token}' "
               f"(set {TOKEN_ENV} or pass --token to choose it).", flush=True)
@@ -93,12 +99,12 @@ def serve(target: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 80
 
 @contextmanager
 def serving(target: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int = 0,
-            token: str | None = None) -> Iterator[str]:
+            token: str | None = None, admin_token: str | None = None) -> Iterator[str]:
     """The endpoint for `target` on a background thread; yields its base URL (port 0: a free port)."""
-    source = model_source(target, cfg.variant, cfg.device)
+    source = model_source(target, cfg.variant, cfg.device, cfg.dtype)
     sock = bind(host, port)
     try:
-        app = build_app(source, cfg, bearer_token(host, token)[0])
+        app = build_app(source, cfg, bearer_token(host, token)[0], admin_token_of(admin_token))
     except BaseException:
         sock.close()
         raise

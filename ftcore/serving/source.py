@@ -26,6 +26,7 @@ class ModelSource:
     folder: Path | None = None
     variant: str = "model"
     device: str = "cpu"
+    dtype: str = "float32"  # the weights' type in memory (ServeConfig.dtype)
 
     def current_version(self) -> str:
         """The version to serve now: the alias's (one registry call), the fixed one, or the folder's content hash."""
@@ -40,10 +41,10 @@ class ModelSource:
         from ftcore.serving.engine import engine_for, load_engine
 
         if self.folder is not None:
-            return load_engine(self.folder, self.name, version, self.device)
+            return load_engine(self.folder, self.name, version, self.device, self.dtype)
         folder = model_folder(pin_reference(f"models:/{self.name}/{version}", "MODEL_URI"))
         if self.variant == "model":
-            return load_engine(folder, self.name, version, self.device)
+            return load_engine(folder, self.name, version, self.device, self.dtype)
         from ftcore.deploy.export import fetch_export, load_export
         from ftcore.models.prompting import read_prompting
 
@@ -51,14 +52,15 @@ class ModelSource:
         model, tokenizer = load_export(export)
         # An export keeps the weights; how the model was prompted is recorded with the version it came from.
         return engine_for(model, tokenizer, self.name, version, read_prompting(folder, tokenizer), self.device,
-                          self.variant)
+                          self.variant, self.dtype)
 
 
-def model_source(target: str, variant: str = "model", device: str = "cpu") -> ModelSource:
+def model_source(target: str, variant: str = "model", device: str = "cpu", dtype: str = "float32") -> ModelSource:
     """Parse MODEL_URI; a bad one is a one-line error naming the forms accepted."""
     match = MODEL_URI.match(target)
     if match:
-        return ModelSource(target=target, name=match["name"], alias=match["alias"], variant=variant, device=device)
+        return ModelSource(target=target, name=match["name"], alias=match["alias"], variant=variant, device=device,
+                           dtype=dtype)
     folder = Path(target).expanduser().resolve()
     if not (folder / "config.json").is_file():
         raise UserError(f"MODEL_URI: {target!r} is neither models:/NAME@ALIAS, models:/NAME/VERSION nor a model "
@@ -69,7 +71,7 @@ def model_source(target: str, variant: str = "model", device: str = "cpu") -> Mo
         raise UserError(f"MODEL_URI: {folder} needs its own Python code to load (config.json's auto_map), and ftflow "
                         "runs a folder's code only for a recipe that sets model.trust_remote_code: true; serve the "
                         "version registered from it (models:/NAME/VERSION)")
-    return ModelSource(target=target, name=folder.name, folder=folder, device=device)
+    return ModelSource(target=target, name=folder.name, folder=folder, device=device, dtype=dtype)
 
 
 class AliasWatcher:

@@ -107,7 +107,11 @@ REQUESTS = [
     ("top_p 0", "/v1/completions", {"prompt": "x", "top_p": 0}, JSON, 400, "top_p"),
     ("stop of the wrong type", "/v1/completions", {"prompt": "x", "stop": 5}, JSON, 400, "stop"),
     ("n other than 1", "/v1/completions", {"prompt": "x", "n": 2}, JSON, 400, "n"),
-    ("streaming", "/v1/completions", {"prompt": "x", "stream": True}, JSON, 400, "stream"),
+    ("streaming several prompts", "/v1/completions", {"prompt": ["x", "y"], "stream": True}, JSON, 400, "prompt"),
+    ("streaming with n 2", "/v1/completions", {"prompt": "x", "stream": True, "n": 2}, JSON, 400, "n"),
+    ("a stop list over 16", "/v1/completions", {"prompt": "x", "stop": ["a"] * 17}, JSON, 400, "stop"),
+    ("min_tokens negative", "/v1/completions", {"prompt": "x", "min_tokens": -1}, JSON, 400, "min_tokens"),
+    ("an unknown adapter", "/v1/completions", {"prompt": "x", "model": "billing"}, JSON, 404, "billing"),
     ("no messages", "/v1/chat/completions", {"messages": []}, JSON, 400, "messages"),
     ("an unknown role", "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, JSON, 400,
      "messages.0.role"),
@@ -255,6 +259,7 @@ def test_an_address_this_machine_does_not_have(model, tmp_path):
     ("limits: {body_timeout_s: 0}\n", "limits.body_timeout_s"),
     ("limits: {header_timeout_s: forever}\n", "limits.header_timeout_s"),
     ("batching: [unclosed\n", "not valid YAML"),
+    ("dtype: float8\n", "dtype"),
     ("cache: {enabled: true}\ncache: {enabled: false}\n", "duplicate key 'cache'"),
 ])
 def test_a_bad_config_file(model, tmp_path, content, names):
@@ -262,3 +267,14 @@ def test_a_bad_config_file(model, tmp_path, content, names):
     config.write_text(content)
     assert_user_error(_serve([str(model), "--config", str(config), "--port", "0"], tmp_path / "home"),
                       "serve.yaml", names)
+
+
+@pytest.mark.parametrize(("adapter", "names"), [
+    ("support", "NAME=models:/MODEL@ALIAS"),
+    ("sup port=models:/support@champion", "letters, digits"),
+    ("support=/some/folder", "NAME=models:/MODEL@ALIAS"),
+    ("support=models:/support@champion", "no version with alias 'champion'"),
+])
+def test_a_bad_adapter_option(model, tmp_path, adapter, names):
+    assert_user_error(_serve([str(model), "--adapter", adapter, "--port", "0"], tmp_path / "home"), "--adapter",
+                      names)

@@ -24,6 +24,7 @@ def all_completed(summary: dict) -> bool:
     return statuses.keys() == {s.value for s in STAGES} and set(statuses.values()) <= {"completed", "cached"}
 
 
+@pytest.mark.slow
 def test_dpo_on_hh_rlhf_raises_held_out_reward_accuracy_above_half(shared_data):
     from flows.finetune import finetune
 

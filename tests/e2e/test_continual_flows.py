@@ -16,6 +16,7 @@ RECIPES = Path(__file__).parents[2] / "data_recipes" / "recipes"
 QUICK = ["monitor.probe_size=2", "stages.retry_delay_s=0"]
 
 
+@pytest.mark.slow
 def test_replay_keeps_task_a_while_learning_task_b(tmp_path):
     from flows.finetune import finetune
 

@@ -49,6 +49,7 @@ def test_real_data_recipe_runs_until_clean_balance_and_loses_nothing(recipe):
             in card
 
 
+@pytest.mark.slow
 def test_the_spam_recipe_fine_tunes_the_pretrained_minilm_with_lora_and_class_weights(tmp_path):
     """The acceptance recipe, shortened to a few steps: the real encoder gets a two-class head, LoRA trains with the
     class-weighted loss, and the evaluation has per-class F1 for the model and the TF-IDF baseline. (The full run,

@@ -92,3 +92,62 @@ def metric(client: httpx.Client, name: str) -> float:
     """A sample's value in the endpoint's /metrics (0 when absent)."""
     match = re.search(rf"^{re.escape(name)} (\S+)$", client.get("/metrics").text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def lora_version_folder(base: Path, out: Path, seed: int) -> Path:
+    """A folder as the train stage writes a LoRA version of `base`: the merged weights at the top, the adapter in
+    trained_adapter/, the tokenizer and the prompting record. The adapter's weights are random (seeded), so each
+    seed answers differently."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    peft = get_peft_model(model, lora)
+    peft.save_pretrained(out / "trained_adapter")
+    peft.merge_and_unload().save_pretrained(out, safe_serialization=True)
+    for file in base.iterdir():  # tokenizer, chat template, prompting.json
+        if file.is_file() and not file.name.startswith(("model", "config", "generation_config")):
+            shutil.copy2(file, out / file.name)
+    return out
+
+
+def other_base_folder(base: Path, out: Path, seed: int) -> Path:
+    """A base of the same architecture and tokenizer as `base`, with other (seeded) weights."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base)).save_pretrained(out, safe_serialization=True)
+    for file in base.iterdir():
+        if file.is_file() and not file.name.startswith(("model", "config", "generation_config")):
+            shutil.copy2(file, out / file.name)
+    return out
+
+
+def register(model: str, folder: Path) -> str:
+    """A version of `model` registered from `folder` by a run of its own (a run keeps one model's files); its
+    number."""
+    from ftcore import tracking, versions
+
+    run = tracking.start_pipeline_run("serving-test", "run", {"name": "serving-test"}, {})
+    return versions.register_version(run, model, folder, tags={})
+
+
+def logged_when(cfg: ServeConfig, count: int):
+    """The request log once it holds `count` rows (the writer appends in the background)."""
+    import time
+
+    from ftcore.serving.request_log import RequestLog
+
+    deadline = time.monotonic() + 30
+    while len(rows := RequestLog(cfg.request_log.resolved_url()).read()) < count:
+        assert time.monotonic() < deadline, f"{len(rows)} of {count} requests logged"
+        time.sleep(0.1)
+    return rows

@@ -103,8 +103,8 @@ def test_a_request_picks_another_registered_version(demo_model, tmp_path):
         assert _chat(client, [{"role": "user", "content": QUESTION}]).json()["model_version"] == "1"
         missing = api_error(_chat(client, [{"role": "user", "content": QUESTION}], model="clinical-qa/9"), 404)
         assert missing["code"] == "model_not_found"
-        other = api_error(_chat(client, [{"role": "user", "content": QUESTION}], model="gpt-4"), 400)
-        assert other["param"] == "model"
+        other = api_error(_chat(client, [{"role": "user", "content": QUESTION}], model="gpt-4"), 404)
+        assert other["param"] == "model" and "NAME@ALIAS" in other["message"]
     assert client_versions == ["1", "2"]
 
 

@@ -23,7 +23,10 @@ from ftcore.serving.server import bearer_token, serving
 from tests.ftcore.serving_fixtures import (
     TOKEN,
     api_error,
+    logged_when,
+    lora_version_folder,
     metric,
+    register,
     serve_cfg,
 )
 
@@ -142,43 +145,68 @@ def test_concurrent_requests_share_batches(causal):
     assert new_requests == 16 and new_batches < 16  # some requests were generated together
 
 
-def test_five_hundred_mixed_requests_get_no_5xx_and_are_all_logged(folders):
-    cfg = serve_cfg(folders["root"], "mixed", batching={"max_wait_ms": 5})
+def test_five_hundred_mixed_requests_get_no_5xx_and_are_all_logged(folders, tmp_path):
+    """Plain, streamed and adapter requests, good and bad, and clients that leave their streams, 16 at a time."""
+    adapters = {name: f"models:/{name}/{register(name, lora_version_folder(folders['causal'], tmp_path / name, seed))}"
+                for name, seed in (("support", 1), ("legal", 2))}
+    cfg = serve_cfg(folders["root"], "mixed", batching={"max_wait_ms": 5}, adapters={"serve": adapters})
     rng = random.Random(0)
+    streamed = {"prompt": "Define asthma.", "max_tokens": 6, "stream": True, "stream_options": {"include_usage": True}}
     good = [
-        ("POST", "/v1/completions", {"prompt": "What is asthma?", "max_tokens": 4, "temperature": 0}),
-        ("POST", "/v1/completions", {"prompt": ["a", "b", "c"], "max_tokens": 3, "temperature": 0.7}),
-        ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+        ("/v1/completions", {"prompt": "What is asthma?", "max_tokens": 4, "temperature": 0}),
+        ("/v1/completions", {"prompt": ["a", "b", "c"], "max_tokens": 3, "temperature": 0.7}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+        ("/v1/completions", {"prompt": "What is asthma?", "max_tokens": 4, "model": "support"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                                  "model": "legal"}),
+        ("/v1/completions", streamed),
+        ("/v1/completions", {**streamed, "model": "legal", "ignore_eos": True}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True,
+                                  "model": "support", "seed": 3}),
     ]
     bad = [
-        ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 100_000}),
-        ("POST", "/v1/completions", {"prompt": 7}),
-        ("POST", "/v1/classify", {"input": "x"}),
-        ("POST", "/v1/chat/completions", {"messages": []}),
-        ("POST", "/v1/completions", "{broken"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 100_000}),
+        ("/v1/completions", {"prompt": 7}),
+        ("/v1/classify", {"input": "x"}),
+        ("/v1/chat/completions", {"messages": []}),
+        ("/v1/completions", "{broken"),
+        ("/v1/completions", {"prompt": ["a", "b"], "stream": True}),
+        ("/v1/completions", {"prompt": "x", "model": "billing"}),
     ]
-    plan = [rng.choice(good) if rng.random() < 0.7 else rng.choice(bad) for _ in range(500)]
+    leaves = ("/v1/completions", {**streamed, "max_tokens": 64, "ignore_eos": True})  # reads one chunk, then goes
+    plan = [rng.choice(good) if rng.random() < 0.7 else rng.choice(bad) if rng.random() < 0.9 else leaves
+            for _ in range(500)]
     with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=120) as client:
         def send(call):
-            method, path, body = call
+            path, body = call
             content = body if isinstance(body, str) else json.dumps(body)
-            return client.request(method, path, content=content, headers={"content-type": "application/json"})
+            with client.stream("POST", path, content=content, headers={"content-type": "application/json"}) as r:
+                if call is leaves:
+                    next(r.iter_lines())
+                    return r.status_code, None
+                return r.status_code, r.read().decode()
 
         with ThreadPoolExecutor(16) as pool:
             responses = list(pool.map(send, plan))
-    statuses = [r.status_code for r in responses]
+    statuses = [status for status, _ in responses]
     assert not [s for s in statuses if s >= 500]
-    expected = [200 if call in good else 400 for call in plan]
+    expected = [200 if call in good or call is leaves else 404 if "billing" in str(call) else 400 for call in plan]
     assert statuses == expected
-    for r in responses:
-        assert ("error" in r.json()) == (r.status_code != 200)
+    for (_, body), (status, text) in zip(plan, responses, strict=True):
+        if isinstance(body, dict) and body.get("stream") and status == 200 and text is not None:
+            assert text.endswith("data: [DONE]\n\n") and '"error"' not in text
+        elif text is not None:
+            assert ("error" in json.loads(text)) == (status != 200)
 
-    logged = RequestLog(cfg.request_log.resolved_url()).read()
-    assert len(logged) == 500 and sorted(logged["status"]) == sorted(statuses)
+    logged = logged_when(cfg, 500)
+    left = sum(call is leaves for call in plan)
+    assert sorted(logged["status"]) == sorted([s for s, call in zip(statuses, plan, strict=True)
+                                               if call is not leaves] + [499] * left)
     ok = logged[logged.status == 200]
     assert (ok.tokens_in > 0).all() and (ok.tokens_out > 0).all() and ok.input.notna().all()
-    assert logged[logged.status == 400].error.notna().all()
+    assert logged[logged.status >= 400].error.notna().all()
     assert set(logged.endpoint) == {"completions", "chat.completions", "classify"}
+    assert set(ok.model) == {"base", "support", "legal"}
 
 
 def test_request_log_keeps_text_for_a_sample_only(folders):
@@ -327,3 +355,17 @@ def test_the_request_log_url_comes_from_the_environment_when_the_config_names_no
     monkeypatch.setenv("FTFLOW_REQUEST_LOG_URL", f"sqlite:///{tmp_path}/env.db")
     assert RequestLogConfig().resolved_url() == f"sqlite:///{tmp_path}/env.db"
     assert RequestLogConfig(url="sqlite:///x.db").resolved_url() == "sqlite:///x.db"  # the config wins
+
+
+def test_weights_served_in_bfloat16_take_half_the_memory_and_answer(folders):
+    cfg = serve_cfg(folders["root"], "bf16", dtype="bfloat16")
+    with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/health").json()["dtype"] == "bfloat16"
+        answer = client.post("/v1/completions", json={"prompt": "What is asthma?", "max_tokens": 6, "temperature": 0,
+                                                      "ignore_eos": True, "stream": False})
+        streamed = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                             "max_tokens": 4, "stream": True})
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 6
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    with pytest.raises(ValueError, match="int8 export keeps its own types"):
+        serve_cfg(folders["root"], "x", variant="int8", dtype="float16")

@@ -17,12 +17,14 @@ import pytest
 
 from ftcore.errors import UserError
 from ftcore.serving.config import ServeConfig, load_serve_config
+from ftcore.serving.decoding import DecodeBatch
 from ftcore.serving.engine import Engine
 from ftcore.serving.request_log import RequestLog
 from ftcore.serving.server import serving
 from tests.ftcore.serving_fixtures import (
     TOKEN,
     api_error,
+    logged_when,
     metric,
     serve_cfg,
 )
@@ -68,7 +70,8 @@ def test_an_oversized_body_is_refused_before_it_is_read(causal):
     ('{"prompt": "x", "max_tokens": "many"}', "max_tokens", "invalid_field"),
     ('{"prompt": "x", "temperature": -1}', "temperature", "invalid_field"),
     ('{"prompt": "x", "n": 3}', "n", "invalid_field"),
-    ('{"prompt": "x", "stream": true}', "stream", "invalid_field"),
+    ('{"prompt": "x", "stop": [' + ", ".join(['"a"'] * 17) + ']}', "stop", "invalid_field"),
+    ('{"prompt": "x", "stream": true, "n": 2}', "n", "invalid_field"),
     ("{}", "prompt", "invalid_field"),
     ("[1, 2]", None, "invalid_field"),
 ])
@@ -87,11 +90,12 @@ def test_unknown_routes_and_methods_are_json_errors(causal):
 def test_a_failing_model_gives_500_json_and_the_server_goes_on(folders, monkeypatch):
     cfg = serve_cfg(folders["root"], "failing")
     with serving(str(folders["causal"]), cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
-        def out_of_memory(self, items):
+        def out_of_memory(self, *rows):
             raise RuntimeError("CUDA out of memory")
 
         with monkeypatch.context() as patch:  # the server runs in this process: its engine fails from now on
-            patch.setattr(Engine, "complete", out_of_memory)
+            patch.setattr(Engine, "complete", out_of_memory)  # dynamic batches
+            patch.setattr(DecodeBatch, "join", out_of_memory)  # continuous batching
             error = api_error(client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 500)
         # The client learns the kind of failure; the details stay in the server log and the request log.
         assert error["type"] == "server_error" and "RuntimeError" in error["message"]
@@ -140,15 +144,6 @@ def _post_head(path: str, length: int, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def _logged_when(cfg: ServeConfig, count: int):
-    """The request log once it holds `count` rows (the writer appends in the background)."""
-    deadline = time.monotonic() + 30
-    while len(rows := RequestLog(cfg.request_log.resolved_url()).read()) < count:
-        assert time.monotonic() < deadline, f"{len(rows)} of {count} requests logged"
-        time.sleep(0.1)
-    return rows
-
-
 @pytest.fixture
 def server_log(caplog):
     """What the in-process server logs, uvicorn's own logger (which does not propagate) included."""
@@ -163,14 +158,14 @@ def test_a_client_that_leaves_is_recorded_as_499_and_is_no_server_error(folders,
 
     cfg = serve_cfg(folders["root"], "disconnects")
     answering = threading.Event()
-    complete = Engine.complete
+    step = DecodeBatch.step
 
-    def slow_complete(self, items):
+    def slow_step(self):
         answering.set()
-        time.sleep(1.0)  # long enough for the client below to leave while its answer is computed
-        return complete(self, items)
+        time.sleep(0.25)  # long enough for the client below to leave while its answer is computed
+        return step(self)
 
-    monkeypatch.setattr(Engine, "complete", slow_complete)
+    monkeypatch.setattr(DecodeBatch, "step", slow_step)
     body = json.dumps({"prompt": "What is asthma?", "max_tokens": 4}).encode()
     with serving(str(folders["causal"]), cfg, token=TOKEN) as url, httpx.Client(base_url=url, timeout=60) as client:
         auth = f"Authorization: Bearer {TOKEN}"
@@ -181,7 +176,7 @@ def test_a_client_that_leaves_is_recorded_as_499_and_is_no_server_error(folders,
         answered = client.post("/v1/completions", content=body, headers={"Authorization": f"Bearer {TOKEN}",
                                                                         "content-type": "application/json"})
         assert answered.status_code == 200
-        rows = _logged_when(cfg, 3)
+        rows = logged_when(cfg, 3)
         metrics = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert sorted(rows.status) == [200, 499, 499]
     assert 'status="499"} 2.0' in metrics and 'status="500"' not in metrics
@@ -216,7 +211,8 @@ def test_an_empty_input_is_a_400_alone_in_a_list_and_in_a_shared_batch(causal, c
 
 
 def test_a_request_the_model_cannot_answer_fails_alone_not_its_batch(folders, monkeypatch):
-    cfg = serve_cfg(folders["root"], "isolated", batching={"max_wait_ms": 500})
+    """Dynamic batches (classifiers, images); tests/ftcore/test_decode_loop.py holds the continuous loop's case."""
+    cfg = serve_cfg(folders["root"], "isolated", batching={"max_wait_ms": 500, "continuous": False})
     complete = Engine.complete
 
     def fails_on_poison(self, items):
@@ -264,7 +260,7 @@ def test_slow_clients_are_cut_off_in_every_phase(folders):
         for sock in partial_body:
             answer = _read_until_closed(sock)
             assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer, answer
-        assert list(_logged_when(cfg, 5).status) == [408] * 5
+        assert list(logged_when(cfg, 5).status) == [408] * 5
 
 
 def test_prompts_are_counted_off_the_event_loop(causal, monkeypatch):
