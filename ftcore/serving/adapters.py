@@ -32,6 +32,7 @@ from pathlib import Path
 from ftcore.errors import UserError
 from ftcore.models.config import MODEL_URI
 from ftcore.models.registered import model_folder, pin_reference
+from ftcore.serving.engine import Engine
 from ftcore.serving.errors import ApiError
 
 log = logging.getLogger("ftflow.serve")
@@ -51,6 +52,26 @@ class Adapter:
     peft_name: str
     aliases: tuple[str, ...] = ()
     prompting: object = None  # how its version's training prompts were written (chats are rendered so)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What answers a request: an engine, or an adapter on its base. Its name and version label the response."""
+
+    engine: Engine
+    adapter: Adapter | None = None
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name if self.adapter else self.engine.name
+
+    @property
+    def version(self) -> str:
+        return self.adapter.version if self.adapter else self.engine.version
+
+    @property
+    def peft_name(self) -> str | None:
+        return self.adapter.peft_name if self.adapter else None
 
 
 def parse_adapter(text: str) -> tuple[str, str]:
@@ -148,6 +169,19 @@ class AdapterSet:
         if (adapter := self.loaded.pop(name, None)) is not None:
             self._doom(adapter)
         self._changed()
+
+    async def follow_aliases_every(self, interval_s: float) -> None:
+        """Every `interval_s`, adapters named by alias load the version their alias points to now (runs until
+        cancelled; 0: never)."""
+        if interval_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.follow_aliases()
+            except Exception as e:  # a registry or load failure must not stop the endpoint
+                log.warning("adapter alias check failed, still serving the adapters loaded: %s",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
 
     async def follow_aliases(self) -> list[str]:
         """Load the version each alias-named adapter's alias points to now, where it moved; the names reloaded."""

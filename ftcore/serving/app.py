@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal
 
@@ -25,34 +24,32 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
-from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ftcore.errors import UserError
-from ftcore.models.prompting import ChatRefused
-from ftcore.serving.adapters import Adapter, AdapterSet
+from ftcore.serving import checks
+from ftcore.serving.adapters import AdapterSet, Target
+from ftcore.serving.admin import add_admin_routes
 from ftcore.serving.batcher import Batcher, Overloaded
 from ftcore.serving.cache import ResponseCache, cache_key
 from ftcore.serving.config import ServeConfig
 from ftcore.serving.decode_loop import DecodeLoop
 from ftcore.serving.engine import Completion, Engine
 from ftcore.serving.errors import ApiError, error_body, error_response, validation_message
-from ftcore.serving.images import Picture, content_text, image_urls, load_pictures
+from ftcore.serving.images import Picture, content_text
 from ftcore.serving.metrics import ServeMetrics
 from ftcore.serving.middleware import Authenticate, ReadBody, RecordRequests
 from ftcore.serving.models import ModelPicker
 from ftcore.serving.request_log import CLIENT_CLOSED, RequestLog, RequestLogWriter, RequestRecord
 from ftcore.serving.schemas import (
-    AdapterLoad,
+    ERRORS,
     ChatRequest,
     ChatResponse,
     ClassifyRequest,
     ClassifyResponse,
     CompletionRequest,
     CompletionResponse,
-    ErrorBody,
     Health,
-    ModelEntry,
     ModelList,
 )
 from ftcore.serving.source import AliasWatcher, ModelSource
@@ -61,7 +58,6 @@ from ftcore.serving.streaming import Chunks, EventStream, TextStream, event
 log = logging.getLogger("ftflow.serve")
 # Documents the token in the OpenAPI spec; it is checked before the body is read, by middleware.Authenticate.
 BEARER = HTTPBearer(auto_error=False, description="required when the server has a token")
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500)}
 GENERATES = {**ERRORS, 200: {"content": {"text/event-stream": {}},
                              "description": "the answer; with `stream: true`, server-sent events (OpenAI's chunks)"}}
 
@@ -138,26 +134,6 @@ class ServerState:
         self.metrics.reloads.inc()
 
 
-@dataclass(frozen=True)
-class Target:
-    """What answers a request: an engine, or an adapter on its base. Its name and version label the response."""
-
-    engine: Engine
-    adapter: Adapter | None = None
-
-    @property
-    def name(self) -> str:
-        return self.adapter.name if self.adapter else self.engine.name
-
-    @property
-    def version(self) -> str:
-        return self.adapter.version if self.adapter else self.engine.version
-
-    @property
-    def peft_name(self) -> str | None:
-        return self.adapter.peft_name if self.adapter else None
-
-
 def run_batch(items: list[tuple[Engine, Any]]) -> list[Any]:
     """One batch on the model thread. Items carry the engine that checked them, so a batch that straddles a reload
     answers each request with the version it was admitted for."""
@@ -197,7 +173,7 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
     _add_classify_route(app, state)
     _add_status_routes(app, state)
     _add_playground(app, state)
-    _add_admin_routes(app, state)
+    add_admin_routes(app, state)
     return app
 
 
@@ -210,9 +186,11 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
         await state.batcher.start()
         await state.decoder.start()
         watcher.start()
-        following = asyncio.ensure_future(_follow_adapter_aliases(state))
+        following = None if state.adapters is None else \
+            asyncio.ensure_future(state.adapters.follow_aliases_every(state.cfg.reload_interval_s))
         yield
-        following.cancel()
+        if following is not None:
+            following.cancel()
         watcher.stop()
         await state.decoder.stop()
         await state.batcher.stop()
@@ -220,19 +198,6 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
         state.log.close()
 
     return lifespan
-
-
-async def _follow_adapter_aliases(state: ServerState) -> None:
-    """Every reload_interval_s, adapters named by alias load the version their alias points to now."""
-    if state.adapters is None or state.cfg.reload_interval_s <= 0:
-        return
-    while True:
-        await asyncio.sleep(state.cfg.reload_interval_s)
-        try:
-            await state.adapters.follow_aliases()
-        except Exception as e:  # a registry or load failure must not stop the endpoint
-            log.warning("adapter alias check failed, still serving the adapters loaded: %s",
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def _install_middleware(app: FastAPI, state: ServerState, token: str | None, admin_token: str | None) -> None:
@@ -250,15 +215,16 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
               dependencies=[Depends(BEARER)])
     async def completions(body: CompletionRequest, request: Request) -> Any:
         target = await state.target(body.model, request)
-        engine = _causal(target.engine, "/v1/completions")
+        engine = checks.causal(target.engine, "/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        _check_count(prompts, state.cfg, "prompt")
+        checks.check_count(prompts, state.cfg, "prompt")
         if body.stream and len(prompts) > 1:
             raise ApiError(400, f"prompt: {len(prompts)} prompts in a streamed request; stream one prompt per request",
                            param="prompt", code="stream_many_prompts")
-        params = _params("prompt", body.prompt)
-        items = await state.check(lambda: [_completion(engine, p, param, body, state.cfg, adapter=target.peft_name)
-                                           for p, param in zip(prompts, params, strict=True)])
+        params = checks.params("prompt", body.prompt)
+        items = await state.check(lambda: [
+            checks.completion(engine, p, param, body, state.cfg, adapter=target.peft_name)
+            for p, param in zip(prompts, params, strict=True)])
         if body.stream:
             return await _stream(state, request, target, items[0], body, "completion", prompts[0])
         answers = await _answer(state, request, engine, items)
@@ -272,11 +238,11 @@ def _add_completion_routes(app: FastAPI, state: ServerState) -> None:
               dependencies=[Depends(BEARER)])
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         target = await state.target(body.model, request)
-        engine = _causal(target.engine, "/v1/chat/completions")
+        engine = checks.causal(target.engine, "/v1/chat/completions")
         messages = [m.model_dump() for m in body.messages]
-        pictures = await _pictures(engine, messages, state.cfg)
-        item = await state.check(lambda: _completion(engine, _rendered(target, messages), "messages", body,
-                                                     state.cfg, pictures, target.peft_name))
+        pictures = await checks.chat_pictures(engine, messages, state.cfg)
+        item = await state.check(lambda: checks.completion(engine, checks.rendered(target, messages), "messages",
+                                                           body, state.cfg, pictures, target.peft_name))
         asked = content_text(messages[-1]["content"])
         if body.stream:
             return await _stream(state, request, target, item, body, "chat", asked, pictures)
@@ -298,9 +264,10 @@ def _add_classify_route(app: FastAPI, state: ServerState) -> None:
             raise ApiError(400, f"{engine.name} v{engine.version} generates text: use POST /v1/completions or "
                                 "/v1/chat/completions", code="wrong_endpoint")
         texts = [body.input] if isinstance(body.input, str) else body.input
-        _check_count(texts, state.cfg, "input")
-        params = _params("input", body.input)
-        await state.check(lambda: [_count_tokens(engine, t, param) for t, param in zip(texts, params, strict=True)])
+        checks.check_count(texts, state.cfg, "input")
+        params = checks.params("input", body.input)
+        await state.check(lambda: [checks.count_tokens(engine, t, param)
+                                   for t, param in zip(texts, params, strict=True)])
         answers = await _answer(state, request, engine, texts)
         _note(request, Target(engine), texts, [a.label for a in answers], answers)
         tokens = sum(a.tokens_in for a in answers)
@@ -346,121 +313,6 @@ def _add_playground(app: FastAPI, state: ServerState) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(page)
-
-
-def _add_admin_routes(app: FastAPI, state: ServerState) -> None:
-    """The adapters attached at run time: list, load (or replace), unload. The admin token guards them
-    (middleware.Authenticate)."""
-
-    def adapters() -> AdapterSet:
-        if state.adapters is None:
-            raise ApiError(400, f"{state.engine.name} v{state.engine.version} cannot take adapters: they need a causal "
-                                "text model served as registered (variant model) with continuous batching",
-                           code="adapters_unavailable")
-        return state.adapters
-
-    @app.get("/admin/adapters", response_model=ModelList, responses=ERRORS)
-    async def list_adapters() -> dict:
-        return {"object": "list", "data": [{"object": "model", "owned_by": "ftflow", **m}
-                                           for m in adapters().listing()]}
-
-    @app.post("/admin/adapters", response_model=ModelEntry, responses=ERRORS)
-    async def load_adapter(body: AdapterLoad) -> dict:
-        loaded = await adapters().add(body.name, body.uri)
-        log.info("adapter %s loaded: %s version %s", loaded.name, loaded.uri, loaded.version)
-        return {"object": "model", "owned_by": "ftflow", **state.adapters.entry(loaded.name)}  # type: ignore[union-attr]
-
-    @app.delete("/admin/adapters/{name}", responses=ERRORS)
-    async def unload_adapter(name: str) -> dict:
-        await adapters().remove(name)
-        log.info("adapter %s unloaded", name)
-        return {"id": name, "object": "model", "deleted": True}
-
-
-def _causal(engine: Engine, path: str) -> Engine:
-    if engine.kind != "causal":
-        raise ApiError(400, f"{engine.name} v{engine.version} is a classifier: use POST /v1/classify, not {path}",
-                       code="wrong_endpoint")
-    return engine
-
-
-def _check_count(inputs: list[str], cfg: ServeConfig, param: str) -> None:
-    if not inputs:
-        raise ApiError(400, f"{param}: give at least one", param=param)
-    if len(inputs) > cfg.limits.max_batch_inputs:
-        raise ApiError(400, f"{param}: {len(inputs)} inputs in one request; the limit is "
-                            f"{cfg.limits.max_batch_inputs} (limits.max_batch_inputs)", param=param,
-                       code="too_many_inputs")
-
-
-async def _pictures(engine: Engine, messages: list[dict], cfg: ServeConfig) -> list[Picture]:
-    """The chat's images, decoded (an allowed remote one fetched first) on a thread of their own, so a slow fetch
-    holds up neither the event loop nor the checking of other requests; 4xx for any the server will not take."""
-    urls = image_urls(messages)
-    if not urls:
-        return []
-    param = urls[0][0]
-    if not engine.sees_images:
-        raise ApiError(400, f"{param}: {engine.name} v{engine.version} reads text only; send text content, or serve "
-                            "a vision-language model for images", param=param, code="images_not_supported")
-    if len(urls) > cfg.images.max_images:
-        raise ApiError(400, f"messages: {len(urls)} images in one request; the limit is {cfg.images.max_images} "
-                            "(images.max_images)", param="messages", code="too_many_images")
-    return await asyncio.to_thread(load_pictures, urls, cfg.images)
-
-
-def _rendered(target: Target, messages: list[dict]) -> str:
-    """The chat written as the model's (or the adapter's version's) training prompts were. A model never trained on
-    such chats refuses it (it would answer with noise), and so may a chat template (many insist that user and
-    assistant alternate): either is the request's fault, a 400 saying what to send instead."""
-    try:
-        return target.engine.render_chat(messages, target.adapter.prompting if target.adapter else None)
-    except ChatRefused as e:
-        raise ApiError(400, f"messages: {target.name} v{target.version}: {e}", param="messages",
-                       code="chat_not_trained") from None
-    except TemplateError as e:
-        raise ApiError(400, f"messages: the model's chat template refuses this chat ({e})", param="messages",
-                       code="invalid_chat") from None
-
-
-def _params(name: str, value: str | list[str]) -> list[str]:
-    """What an error names for each input: the field, or its item in a list (`prompt.2`)."""
-    return [name] if isinstance(value, str) else [f"{name}.{i}" for i in range(len(value))]
-
-
-def _count_tokens(engine: Engine, text: str, param: str, pictures: list[Picture] | None = None) -> int:
-    """The text's tokens (a chat's images as their image tokens), at least one: a model cannot run on none (a batch
-    of one empty prompt failed, while padding hid it in a batch with others)."""
-    try:
-        tokens = engine.count_tokens(text, pictures) if pictures else engine.count_tokens(text)
-    except ValueError as e:  # a processor's: the text names the image token, which stands for a sent image only
-        raise ApiError(400, f"{param}: {str(e).rstrip('.')}; send each image as an image_url part and no image "
-                            "token in the text", param=param, code="invalid_images") from None
-    if tokens == 0:
-        raise ApiError(400, f"{param}: the text is empty (0 tokens); give at least one token", param=param,
-                       code="empty_input")
-    return tokens
-
-
-def _completion(engine: Engine, prompt: str, param: str, body: CompletionRequest | ChatRequest,
-                cfg: ServeConfig, pictures: list[Picture] | None = None, adapter: str | None = None) -> Completion:
-    """The request checked against the limits and the model's context, image tokens included: a 400 names what was
-    exceeded. Runs on the checking thread (ServerState.check)."""
-    limits = cfg.limits
-    if body.max_tokens > limits.max_new_tokens:
-        raise ApiError(400, f"max_tokens: {body.max_tokens} is over the limit of {limits.max_new_tokens} "
-                            "(limits.max_new_tokens)", param="max_tokens", code="max_tokens_exceeded")
-    tokens = _count_tokens(engine, prompt, param, pictures)
-    if tokens > limits.max_prompt_tokens:
-        raise ApiError(400, f"{param}: the prompt has {tokens} tokens; the limit is {limits.max_prompt_tokens} "
-                            "(limits.max_prompt_tokens)", param=param, code="prompt_too_long")
-    if tokens + body.max_tokens > engine.max_context:
-        raise ApiError(400, f"the prompt's {tokens} tokens plus max_tokens {body.max_tokens} exceed the model's "
-                            f"context of {engine.max_context} tokens", param="max_tokens",
-                       code="context_length_exceeded")
-    return Completion(prompt=prompt, max_new_tokens=body.max_tokens, temperature=body.temperature,
-                      top_p=body.top_p, stop=body.stops(), images=tuple(pictures or ()), seed=body.seed,
-                      min_tokens=body.min_tokens, ignore_eos=body.ignore_eos, adapter=adapter)
 
 
 async def _answer(state: ServerState, request: Request, engine: Engine, items: list) -> list:

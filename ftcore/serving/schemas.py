@@ -210,3 +210,7 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# The error responses every API route documents in the OpenAPI spec.
+ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 429, 500)}
