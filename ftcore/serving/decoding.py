@@ -1,8 +1,9 @@
 """Continuous batching: one decode batch that requests join and leave at every step, so a short answer never waits
 for a long one that started earlier.
 
-The batch keeps one key/value cache (transformers' DynamicCache) for all its rows, left-padded to a common length,
-and a 2-D attention mask that marks each row's real tokens. A joining request is prefilled on its own (its prompt
+The batch keeps one key/value cache (transformers' DynamicCache, its layers keeping spare columns so that a step does
+not copy it: ftcore/serving/kv_cache.py) for all its rows, left-padded to a common length, and a 2-D attention mask
+that marks each row's real tokens. A joining request is prefilled on its own (its prompt
 through the model once, with the rows that join at the same step), then its cache is padded on the left and
 concatenated to the batch's; a finished row's cache rows are dropped (`batch_select_indices`), and columns no row uses
 any more are cut from the left. Positions come from each row's mask, so a row's rotary positions are those it would
@@ -180,23 +181,12 @@ class DecodeBatch:
             self.cache, self.mask = cache, mask
             return
         width = max(self.mask.shape[1], mask.shape[1])
-        self._pad_left(self.cache, width - self.mask.shape[1])
-        self._pad_left(cache, width - mask.shape[1])
         self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
                                F.pad(mask, (width - mask.shape[1], 0))])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys, mine.values = torch.cat([mine.keys, theirs.keys]), torch.cat([mine.values, theirs.values])
-
-    @staticmethod
-    def _pad_left(cache, columns: int) -> None:
-        import torch.nn.functional as F
-
-        if columns:
-            for layer in cache.layers:
-                layer.keys = F.pad(layer.keys, (0, 0, columns, 0))
-                layer.values = F.pad(layer.values, (0, 0, columns, 0))
+            mine.stack(theirs, width)
 
     def _empty_cache(self):
-        from transformers import DynamicCache
+        from ftcore.serving.kv_cache import decode_cache
 
-        return DynamicCache(config=self.model.config)
+        return decode_cache(self.model.config)

@@ -109,10 +109,11 @@ class Engine:
     @property
     def decodes_continuously(self) -> bool:
         """Whether its text completions can join a running decode batch (ftcore/serving/decoding.py): a causal
-        model whose layers all keep a full cache (a sliding window's cache cannot be left-padded and joined)."""
-        text = self.model.config.get_text_config()
-        sliding = getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True) is not False
-        return self.kind == "causal" and not sliding
+        model whose layers all keep a full cache (a sliding window's, or a recurrent layer's state, cannot be
+        left-padded and joined)."""
+        from ftcore.serving.kv_cache import keeps_full_cache
+
+        return self.kind == "causal" and keeps_full_cache(self.model.config)
 
     def count_tokens(self, text: str, images: Sequence[Picture] = ()) -> int:
         """The text's tokens as the model reads them, each image expanded into its image tokens. A processor
