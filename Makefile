@@ -104,7 +104,8 @@ bench-evaluate: install-dev
 bench-serve: install-dev
 	$(BIN)/python bench/serve_load.py
 
-# Continuous against static batching (16 and 64 clients), streaming's time to first token, 1/4/16 adapters on one base.
+# A decode step's cache, continuous against static batching (16 and 64 clients, 3 runs each), streaming's time to
+# first token, 1/4/16 adapters on one base and mixed-adapter batches against per-adapter queues.
 bench-serve-traffic: install-dev
 	$(BIN)/python bench/serve_traffic.py
 

@@ -5,6 +5,8 @@ Models are built from config (no hub), `ftflow serve` runs in its own process on
 loop (each sends its next request when its answer is in). Every request asks for a fixed length (`ignore_eos`), so
 both servers do the same work: answers of 4 to 128 tokens, drawn once (seeded).
 
+0. **step**: one decode step of 16 rows of the continuous suite's model with the decode batch's cache layers (spare
+   columns, written in place) against transformers' DynamicLayer (a concatenation per step), in this process.
 1. **continuous**: a Llama of ~100M parameters (`--hidden 768 --layers 12`); the mixed workload at 16 and 64 clients
    with `batching.continuous` true and false (max_batch_size 16 both); tokens/s and p50/p99 latency. Beside them, the
    model's own batched throughput without HTTP: the same requests through `DecodeBatch`, 16 rows kept full, in this
@@ -13,9 +15,12 @@ both servers do the same work: answers of 4 to 128 tokens, drawn once (seeded).
 3. **adapters**: a Llama of ~20M parameters and 16 LoRA versions of it (r 8, every linear layer) registered in a
    temporary registry; 1, 4 and 16 adapters on one base: the server's peak resident memory and tokens/s with requests
    spread over the adapters, against one server per adapter (each serving its version's merged weights): the memory
-   of one, measured, times N, and for N = 4 the throughput of 4 such servers at once sharing the clients.
+   of one, measured, times N, and for N = 4 the throughput of 4 such servers at once sharing the clients. And, in
+   this process without HTTP, 4 adapters' requests in one mixed batch of 16 rows against one batch of 4 rows per
+   adapter stepped in turn (what per-adapter queues would do).
 
-    python bench/serve_traffic.py [--suite continuous streaming adapters] [--requests 64]
+    python bench/serve_traffic.py [--suite step continuous streaming adapters] [--requests 64] [--clients 16 64]\
+        [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,17 +31,17 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import REPO, Phase, start_server
-
-CLIENTS = (16, 64)
 
 
 def build_model(root: Path, hidden: int, layers: int, heads: int) -> Path:
@@ -135,43 +140,115 @@ def model_alone(model: Path, bodies: list[dict], rows: int) -> float:
     from transformers import AutoTokenizer
 
     from ftcore.models.load import load_trained
-    from ftcore.serving.decoding import DecodeBatch, Row
 
     loaded, _ = load_trained(model)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    batch = DecodeBatch(loaded.eval(), tokenizer.pad_token_id or 0)
-    waiting = [Row(key=i, prompt=tokenizer(b["prompt"], add_special_tokens=False)["input_ids"],
-                   max_new_tokens=b["max_tokens"]) for i, b in enumerate(bodies)]
+    return decode_rate(loaded.eval(), [rows_of(AutoTokenizer.from_pretrained(model), bodies)], rows)
+
+
+def rows_of(tokenizer, bodies: list[dict], adapters: list[str] | None = None) -> list:
+    from ftcore.serving.decoding import Row
+
+    return [Row(key=i, prompt=tokenizer(b["prompt"], add_special_tokens=False)["input_ids"],
+                max_new_tokens=b["max_tokens"], adapter=adapters[i % len(adapters)] if adapters else None)
+            for i, b in enumerate(bodies)]
+
+
+def decode_rate(model, queues: list[list], rows_each: int) -> float:
+    """Tokens/s of one DecodeBatch per queue of rows, each kept at `rows_each` rows from its queue, stepped in
+    turn (as a server with one queue per adapter would), in this process."""
+    from ftcore.serving.decoding import DecodeBatch
+
+    queues = [list(q) for q in queues]
+    batches = [DecodeBatch(model) for _ in queues]
     tokens, started = 0, time.perf_counter()
-    while waiting or len(batch):
-        joining, waiting = waiting[:rows - len(batch)], waiting[rows - len(batch):]
-        tokens += len(batch.join(joining)) + len(batch.step())
+    while any(queues) or any(len(b) for b in batches):
+        for batch, waiting in zip(batches, queues, strict=True):
+            joining = waiting[:rows_each - len(batch)]
+            del waiting[:len(joining)]
+            tokens += len(batch.join(joining)) + len(batch.step())
     return tokens / (time.perf_counter() - started)
 
 
+def mixed_against_queues(base: Path, uris: list[str], bodies: list[dict]) -> tuple[float, float]:
+    """Tokens/s of 4 adapters' requests sharing one batch of 16 rows (PEFT's mixed-batch routing), against one batch
+    of 4 rows per adapter (per-adapter queues), on one base in this process."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from ftcore.models.load import load_trained
+    from ftcore.models.registered import model_folder, pin_reference
+
+    model, names = load_trained(base)[0].eval(), [f"a{i}" for i in range(4)]
+    for name, uri in zip(names, uris, strict=False):
+        adapter = str(model_folder(pin_reference(uri, "bench")) / "trained_adapter")
+        if isinstance(model, PeftModel):
+            model.load_adapter(adapter, adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, adapter, adapter_name=name).eval()
+    rows = rows_of(AutoTokenizer.from_pretrained(base), bodies, names)
+    mixed = decode_rate(model, [rows], 16)
+    rows = rows_of(AutoTokenizer.from_pretrained(base), bodies, names)  # fresh rows: a Row keeps its tokens
+    return mixed, decode_rate(model, [[r for r in rows if r.adapter == n] for n in names], 4)
+
+
 def continuous_suite(root: Path, args) -> None:
+    """Continuous against static batching at each load, `--repeats` times in alternating order (ABBA...: this VM's
+    speed drifts between minutes), then the medians; and the model alone at 16 rows."""
     model = build_model(root / "mid", args.hidden, args.layers, args.heads)
     print(f"\n## continuous batching: {model} ({args.hidden} hidden, {args.layers} layers)")
-    results = {}
-    for clients in CLIENTS:
+    medians = {}  # clients -> continuous tokens/s
+    for clients in args.clients:
         bodies = workload(args.requests * clients // 16, 128)
-        for continuous in (True, False):
-            process, url = served(model, root, f"cont-{continuous}-{clients}",
-                                  {"batching": {"continuous": continuous, "max_batch_size": 16}})
-            try:
-                name = f"{'continuous' if continuous else 'static'} batching, {clients} clients"
-                phase, _, tokens = asyncio.run(closed_loop(url, bodies, clients, name))
-            finally:
-                stop(process)
-            results[continuous, clients] = (phase, tokens)
-            print(report(phase, tokens), flush=True)
-        (on, on_tokens), (off, off_tokens) = results[True, clients], results[False, clients]
-        print(f"  {clients} clients: continuous/static {on_tokens / on.seconds / (off_tokens / off.seconds):.2f}x "
-              f"tokens/s; p99 {on.percentile(0.99):.2f} s vs {off.percentile(0.99):.2f} s")
+        rates, p99s = {True: [], False: []}, {True: [], False: []}
+        for repeat in range(args.repeats):
+            for continuous in (True, False) if repeat % 2 == 0 else (False, True):
+                process, url = served(model, root, f"cont-{continuous}-{clients}-{repeat}",
+                                      {"batching": {"continuous": continuous, "max_batch_size": 16}})
+                try:
+                    name = f"{'continuous' if continuous else 'static'} batching, {clients} clients"
+                    phase, _, tokens = asyncio.run(closed_loop(url, bodies, clients, name))
+                finally:
+                    stop(process)
+                rates[continuous].append(tokens / phase.seconds)
+                p99s[continuous].append(phase.percentile(0.99))
+                print(report(phase, tokens), flush=True)
+        on, off = statistics.median(rates[True]), statistics.median(rates[False])
+        print(f"  {clients} clients, medians of {args.repeats}: continuous {on:.1f} vs static {off:.1f} tokens/s = "
+              f"{on / off:.2f}x; p99 {statistics.median(p99s[True]):.2f} s vs {statistics.median(p99s[False]):.2f} s",
+              flush=True)
+        medians[clients] = on
     alone = model_alone(model, workload(args.requests, 128), 16)
-    on, on_tokens = results[True, 16]
-    print(f"model alone (DecodeBatch, 16 rows, no HTTP): {alone:.1f} tokens/s; the server at 16 clients: "
-          f"{on_tokens / on.seconds / alone:.2f}x of it")
+    print(f"model alone (DecodeBatch, 16 rows, no HTTP): {alone:.1f} tokens/s; the server at {args.clients[0]} "
+          f"clients (median): {medians[args.clients[0]] / alone:.2f}x of it")
+
+
+def step_suite(root: Path, args) -> None:
+    """A decode step of 16 rows with the decode batch's cache (kv_cache.SpareLayer: a step writes its column in
+    place) against transformers' DynamicLayer (a step concatenates the whole cache): 200 steps from 16 prompts,
+    alternating three times, in this process."""
+    from transformers import AutoTokenizer, DynamicCache
+
+    from ftcore.models.load import load_trained
+    from ftcore.serving.decoding import DecodeBatch
+
+    model = build_model(root / "mid", args.hidden, args.layers, args.heads)
+    loaded, tokenizer = load_trained(model)[0].eval(), AutoTokenizer.from_pretrained(model)
+    print(f"\n## decode step, 16 rows: {model}")
+    times: dict[str, list[float]] = {"spare columns": [], "DynamicLayer": []}
+    for _ in range(3):
+        for kind, ms in times.items():
+            batch = DecodeBatch(loaded)
+            if kind == "DynamicLayer":
+                batch._empty_cache = lambda: DynamicCache(config=loaded.config)
+            batch.join([replace(r, max_new_tokens=1000) for r in rows_of(tokenizer, workload(16, 128))])
+            started = time.perf_counter()
+            for _ in range(200):
+                batch.step()
+            ms.append((time.perf_counter() - started) / 200 * 1000)
+    for kind, ms in times.items():
+        print(f"{kind:<14} {statistics.median(ms):6.1f} ms a step (median; runs {', '.join(f'{m:.1f}' for m in ms)})")
+    spare, dynamic = (statistics.median(times[k]) for k in ("spare columns", "DynamicLayer"))
+    print(f"a step with DynamicLayer takes {dynamic / spare:.2f}x the time with spare columns")
 
 
 def streaming_suite(root: Path, args) -> None:
@@ -236,6 +313,9 @@ def adapters_suite(root: Path, args) -> None:
             print(report(phase, tokens) + f"  peak RSS {peak_rss_mb(process.pid):.0f} MB")
         finally:
             stop(process)
+    mixed, queued = mixed_against_queues(base, uris, bodies)
+    print(f"4 adapters, no HTTP: one mixed batch of 16 rows {mixed:.1f} tokens/s; one batch of 4 rows per adapter "
+          f"(per-adapter queues) {queued:.1f} tokens/s: {mixed / queued:.2f}x")
     from ftcore.models.registered import model_folder, pin_reference
 
     folders = [model_folder(pin_reference(uri, "bench")) for uri in uris[:4]]
@@ -261,9 +341,11 @@ def adapters_suite(root: Path, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--suite", nargs="+", default=["continuous", "streaming", "adapters"],
-                        choices=["continuous", "streaming", "adapters"])
+    parser.add_argument("--suite", nargs="+", default=["step", "continuous", "streaming", "adapters"],
+                        choices=["step", "continuous", "streaming", "adapters"])
     parser.add_argument("--requests", type=int, default=64, help="at 16 clients (4x as many at 64)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64], help="the continuous suite's loads")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each batching at each load (continuous suite)")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--heads", type=int, default=12)
@@ -275,7 +357,8 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; repo {REPO}")
-    suites = {"continuous": continuous_suite, "streaming": streaming_suite, "adapters": adapters_suite}
+    suites = {"step": step_suite, "continuous": continuous_suite, "streaming": streaming_suite,
+              "adapters": adapters_suite}
     for name in args.suite:
         suites[name](root, args)
 

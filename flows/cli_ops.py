@@ -110,6 +110,10 @@ def serve(
         "--adapter", metavar="NAME=URI", help="A registered LoRA version answered on this base when a request's "
                                               "`model` is NAME: NAME=models:/MODEL@ALIAS (followed when the alias "
                                               "moves) or NAME=models:/MODEL/VERSION; repeat for more.")] = None,
+    all_versions: Annotated[list[str] | None, typer.Option(
+        "--all-versions", metavar="MODEL", help="Every version of the registered MODEL that is a LoRA adapter of "
+                                                "this base is answered as `model` MODEL/VERSION (new versions join "
+                                                "while serving); repeat for more.")] = None,
     dtype: Annotated[str | None, typer.Option(
         help="The weights' type in memory: float32 (as written), bfloat16 or float16 (half the memory; on a GPU "
              "faster too). Overrides the config's dtype.")] = None,
@@ -133,9 +137,10 @@ def serve(
             ({"dtype": dtype} if dtype else {})
         if image_url_host:
             updates["images"] = cfg.images.model_dump() | {"url_hosts": [*cfg.images.url_hosts, *image_url_host]}
-        if adapter:
-            updates["adapters"] = cfg.adapters.model_dump() | {"serve": cfg.adapters.serve | dict(map(parse_adapter,
-                                                                                                        adapter))}
+        if adapter or all_versions:
+            updates["adapters"] = cfg.adapters.model_dump() | {
+                "serve": cfg.adapters.serve | dict(map(parse_adapter, adapter or [])),
+                "every_version": [*cfg.adapters.every_version, *(all_versions or [])]}
         cfg = ServeConfig.model_validate(cfg.model_dump() | updates)
         serve_model(model_uri, cfg, host=host, port=port, token=token, admin_token=admin_token)
     except UserError as e:

@@ -12,6 +12,9 @@ name, and a request's `model` picks one. Rows of different adapters share the de
   own (`NAME--vVERSION--N`), so a request already decoding with one keeps it to its end.
 - **Alias moves.** An adapter named by alias follows it: every `reload_interval_s` the registry is asked, and a moved
   alias loads the new version; requests from then on get it, those decoding finish with the old one.
+- **Every version of a registered model** (`--all-versions MODEL`): each version that is a LoRA adapter of this base
+  is the adapter `MODEL/VERSION`, loaded when first asked for; versions registered later join at the next registry
+  check, deleted ones leave; a version that is no adapter of this base is passed over with one logged line.
 - **Run time.** `POST /admin/adapters` {name, uri} loads (or replaces) one, `DELETE /admin/adapters/NAME` unloads
   it; both need the admin token (ftcore/serving/app.py).
 
@@ -98,6 +101,8 @@ class AdapterSet:
         self._lock = asyncio.Lock()  # one load at a time
         self._numbers = itertools.count(1)
         self._detaching: set[asyncio.Task] = set()
+        self.every_version: list[str] = []  # registered models whose every version is an adapter (MODEL/VERSION)
+        self._passed_over: set[str] = set()  # their versions' uris that are no adapter of this base, or unloaded
         self.on_change = None  # metrics: called with the number attached
 
     # ---- requests
@@ -165,23 +170,80 @@ class AdapterSet:
     async def remove(self, name: str) -> None:
         if name not in self.known:
             raise self.unknown(name)
+        if self.model_of(name) is not None:  # else the next registry check would adopt it again
+            self._passed_over.add(self.known[name])
         del self.known[name]
         if (adapter := self.loaded.pop(name, None)) is not None:
             self._doom(adapter)
         self._changed()
 
-    async def follow_aliases_every(self, interval_s: float) -> None:
-        """Every `interval_s`, adapters named by alias load the version their alias points to now (runs until
-        cancelled; 0: never)."""
+    async def follow_registry_every(self, interval_s: float) -> None:
+        """Every `interval_s`, adapters named by alias load the version their alias points to now, and the versions
+        of `every_version`'s models come and go with the registry (runs until cancelled; 0: never)."""
         if interval_s <= 0:
             return
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.follow_aliases()
+                await self.follow_versions()
             except Exception as e:  # a registry or load failure must not stop the endpoint
-                log.warning("adapter alias check failed, still serving the adapters loaded: %s",
+                log.warning("adapter registry check failed, still serving the adapters loaded: %s",
                             str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+    # ---- every version of a registered model
+
+    def adopt_versions(self, model: str) -> None:
+        """Before the server starts: every version of `model` that is a LoRA adapter of this base becomes the
+        adapter MODEL/VERSION (attached when first asked for); UserError when `model` is not registered."""
+        from mlflow.exceptions import MlflowException
+
+        from ftcore.versions import registered_versions
+
+        try:
+            listed = registered_versions(model)
+        except MlflowException:
+            raise UserError(f"--all-versions {model}: no registered model of that name (`ftflow models` lists "
+                            "them)") from None
+        self.every_version.append(model)
+        self.known.update(self._new_versions(model, listed))
+
+    async def follow_versions(self) -> None:
+        """The versions of `every_version`'s models registered since the last check join; deleted ones leave."""
+        from ftcore.versions import registered_versions
+
+        for model in self.every_version:
+            listed = await asyncio.to_thread(registered_versions, model)
+            registered = {f"{model}/{v['version']}" for v in listed}
+            for name in [n for n in self.known if self.model_of(n) == model and n not in registered]:
+                log.info("adapter %s: the version was deleted from the registry; unloading it", name)
+                await self.remove(name)
+            for name, uri in (await asyncio.to_thread(self._new_versions, model, listed)).items():
+                log.info("adapter %s: a new version of %s; loaded when first asked for", name, model)
+                self.known[name] = uri
+
+    def _new_versions(self, model: str, listed: list[dict]) -> dict[str, str]:
+        """{MODEL/VERSION: uri} of the `listed` versions of `model` not known yet that are LoRA adapters of this
+        base; each other one is logged once and passed over. Blocking (files): not on the event loop."""
+        found = {}
+        for v in listed:
+            name, uri = f"{model}/{v['version']}", f"models:/{model}/{v['version']}"
+            if name in self.known or uri in self._passed_over:
+                continue
+            try:
+                _, folder = self._fetch(uri)
+                check_same_base(folder, self.base_folder, uri)
+            except ApiError as e:
+                log.warning("%s is not served as an adapter: %s", name, e.message.removeprefix("uri: "))
+                self._passed_over.add(uri)
+                continue
+            found[name] = uri
+        return found
+
+    def model_of(self, name: str) -> str | None:
+        """The `every_version` model whose version the adapter `name` is (MODEL/VERSION), if any."""
+        model = name.rpartition("/")[0]
+        return model if model in self.every_version else None
 
     async def follow_aliases(self) -> list[str]:
         """Load the version each alias-named adapter's alias points to now, where it moved; the names reloaded."""

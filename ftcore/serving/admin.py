@@ -40,7 +40,7 @@ def add_admin_routes(app: FastAPI, state: ServerState) -> None:
         log.info("adapter %s loaded: %s version %s", loaded.name, loaded.uri, loaded.version)
         return {"object": "model", "owned_by": "ftflow", **state.adapters.entry(loaded.name)}  # type: ignore[union-attr]
 
-    @app.delete("/admin/adapters/{name}", responses=ERRORS)
+    @app.delete("/admin/adapters/{name:path}", responses=ERRORS)  # MODEL/VERSION of --all-versions
     async def unload_adapter(name: str) -> dict:
         await adapters().remove(name)
         log.info("adapter %s unloaded", name)

@@ -102,8 +102,8 @@ class ServerState:
             target = Target(adapters.engine, await adapters.acquire(model))
             request.state.adapter = target.adapter
             return target
-        if adapters is not None and model and "/" not in model and "@" not in model and \
-                model not in self.picker.served_ids(self.engine):  # a plain name can only be an adapter's
+        if adapters is not None and model and model not in self.picker.served_ids(self.engine) and \
+                (("/" not in model and "@" not in model) or adapters.model_of(model)):  # can only be an adapter's
             raise adapters.unknown(model)
         return Target(await self.engine_for(model))
 
@@ -155,11 +155,14 @@ def create_app(source: ModelSource, engine: Engine, cfg: ServeConfig, token: str
     """The app; the adapters `cfg.adapters.serve` names are attached before it is returned (UserError when one
     cannot be)."""
     state = ServerState(engine, cfg, source)
-    if cfg.adapters.serve and state.adapters is None:
-        raise UserError(f"--adapter: {engine.name} cannot take adapters: they need a causal text model served as it "
+    if (cfg.adapters.serve or cfg.adapters.every_version) and state.adapters is None:
+        flag = "--adapter" if cfg.adapters.serve else "--all-versions"
+        raise UserError(f"{flag}: {engine.name} cannot take adapters: they need a causal text model served as it "
                         "was registered (variant model) with continuous batching (batching.continuous)")
     for name, uri in cfg.adapters.serve.items():
         state.adapters.preload(name, uri)  # type: ignore[union-attr]
+    for model in cfg.adapters.every_version:
+        state.adapters.adopt_versions(model)  # type: ignore[union-attr]
     watcher = AliasWatcher(source, lambda: state.engine.version, state.swap, cfg.reload_interval_s)
     app = FastAPI(title="ftflow serving", version="1", lifespan=_lifespan(state, watcher),
                   description="OpenAI-compatible completions, chat completions and classification of one "
@@ -187,7 +190,7 @@ def _lifespan(state: ServerState, watcher: AliasWatcher):
         await state.decoder.start()
         watcher.start()
         following = None if state.adapters is None else \
-            asyncio.ensure_future(state.adapters.follow_aliases_every(state.cfg.reload_interval_s))
+            asyncio.ensure_future(state.adapters.follow_registry_every(state.cfg.reload_interval_s))
         yield
         if following is not None:
             following.cancel()

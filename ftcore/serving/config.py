@@ -100,6 +100,10 @@ class AdaptersConfig(Strict):
 
     serve: dict[str, str] = Field(default_factory=dict, description="NAME: models:/MODEL@ALIAS or models:/MODEL/"
                                                                     "VERSION (`ftflow serve --adapter NAME=URI`)")
+    every_version: list[str] = Field(default_factory=list, description="registered models whose every version is "
+                                     "an adapter named MODEL/VERSION (`ftflow serve --all-versions MODEL`); versions "
+                                     "registered later join every reload_interval_s, versions that are no LoRA "
+                                     "adapter of this base are passed over with a logged line")
     max_loaded: int = Field(8, ge=1, le=1024, description="adapters attached at once; one more evicts the least "
                                                           "recently used, which loads again when asked for")
 

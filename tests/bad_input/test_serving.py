@@ -278,3 +278,8 @@ def test_a_bad_config_file(model, tmp_path, content, names):
 def test_a_bad_adapter_option(model, tmp_path, adapter, names):
     assert_user_error(_serve([str(model), "--adapter", adapter, "--port", "0"], tmp_path / "home"), "--adapter",
                       names)
+
+
+def test_all_versions_of_a_model_that_is_not_registered(model, tmp_path):
+    assert_user_error(_serve([str(model), "--all-versions", "nobody", "--port", "0"], tmp_path / "home"),
+                      "--all-versions nobody", "no registered model")

@@ -192,3 +192,34 @@ def test_a_chat_is_written_as_the_adapter_s_version_was_trained(folders, registe
         assert client.post("/v1/chat/completions", json=chat | {"model": "legal"}).status_code == 200
         refused = api_error(client.post("/v1/chat/completions", json=chat | {"model": "raw"}), 400)
     assert refused["code"] == "chat_not_trained" and refused["message"].startswith("messages: raw v1:")
+
+
+def test_every_version_of_a_registered_model_is_an_adapter_and_new_ones_join(folders, registered, tmp_path):
+    full = register("support", folders["causal"])  # a full fine-tune: no adapter, passed over
+    cfg = serve_cfg(folders["root"], "every-version", reload_interval_s=0.2, adapters={"every_version": ["support"]})
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+
+    def adapters(client) -> set[str]:
+        return {m["id"] for m in client.get("/v1/models").json()["data"] if m.get("adapter_of")}
+
+    with serving(str(folders["causal"]), cfg, admin_token=ADMIN) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        first, second = f"support/{registered['support']}", f"support/{registered['support2']}"
+        assert adapters(client) == {first, second}
+        answers = {name: _answers(client, name) for name in (first, second)}
+        assert answers[first] != answers[second]
+        missing = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1, "model": f"support/{full}"})
+        assert first in api_error(missing, 404)["message"]
+        newest = register("support", lora_version_folder(folders["causal"], tmp_path / "support4", 5))
+        deadline = time.monotonic() + 30
+        while f"support/{newest}" not in adapters(client):
+            assert time.monotonic() < deadline, "a version registered while serving did not join"
+            time.sleep(0.1)
+        assert _answers(client, f"support/{newest}") not in answers.values()
+        assert client.delete(f"/admin/adapters/{first}", headers=auth).status_code == 200
+        time.sleep(1)  # several registry checks: an unloaded version stays unloaded
+        assert adapters(client) == {second, f"support/{newest}"}
+    assert answers[second] == _alone(tmp_path / "support2", folders["root"])
+    with pytest.raises(UserError, match="--all-versions nobody: no registered model"), \
+            serving(str(folders["causal"]), serve_cfg(folders["root"], "none", adapters={"every_version": ["nobody"]})):
+        pass
