@@ -203,8 +203,8 @@ class AdapterSet:
         try:
             listed = registered_versions(model)
         except MlflowException:
-            raise UserError(f"--all-versions {model}: no registered model of that name (`ftflow models` lists "
-                            "them)") from None
+            raise UserError(f"--all-versions {model}: no registered model of that name (`ftflow ui` lists them "
+                            "in MLflow's Models tab)") from None
         self.every_version.append(model)
         self.known.update(self._new_versions(model, listed))
 
