@@ -217,9 +217,11 @@ def continuous_suite(root: Path, args) -> None:
               f"{on / off:.2f}x; p99 {statistics.median(p99s[True]):.2f} s vs {statistics.median(p99s[False]):.2f} s",
               flush=True)
         medians[clients] = on
-    alone = model_alone(model, workload(args.requests, 128), 16)
-    print(f"model alone (DecodeBatch, 16 rows, no HTTP): {alone:.1f} tokens/s; the server at {args.clients[0]} "
-          f"clients (median): {medians[args.clients[0]] / alone:.2f}x of it")
+    runs = [model_alone(model, workload(args.requests, 128), 16) for _ in range(args.repeats)]
+    alone = statistics.median(runs)
+    print(f"model alone (DecodeBatch, 16 rows, no HTTP): {alone:.1f} tokens/s (median; runs "
+          f"{', '.join(f'{r:.1f}' for r in runs)}); the server at {args.clients[0]} clients (median): "
+          f"{medians[args.clients[0]] / alone:.2f}x of it")
 
 
 def step_suite(root: Path, args) -> None:
