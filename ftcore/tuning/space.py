@@ -5,10 +5,10 @@ recipe's own schema and checks decide, before any trial runs."""
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 from ftcore.tuning.config import Choice, TuneConfig
+from ftcore.tuning.study import overrides
 
 
 def probe_values(param) -> list[Any]:
@@ -42,8 +42,8 @@ def _refusal(base: dict, context: list[tuple[str, Any]], path: str, value: Any, 
 
     def problems(settings: list[tuple[str, Any]]) -> list[str]:
         tree = copy.deepcopy(base)
-        for field, setting in settings:
-            apply_override(tree, f"{field}={json.dumps(setting)}")
+        for item in overrides(dict(settings)):
+            apply_override(tree, item)
         return validate(tree)
 
     try:
