@@ -18,17 +18,16 @@ def probe_values(param) -> list[Any]:
 
 def space_problems(raw: dict, tune: TuneConfig, validate) -> list[str]:
     """One line per space field whose path or values the recipe refuses (the first refusal); `validate(raw)` returns
-    the recipe's problems for a raw recipe (empty when it loads). Each value is checked alone and beside each value of
-    every unconditional choice listed before it (a rank beside each method: a pair is reported once), where its own
-    `when` conditions hold (each condition's first value)."""
+    the recipe's problems for a raw recipe (empty when it loads). Each value is checked alone and beside
+    each value of every chosen section name (a rank beside each `method.name`), where its own `when` conditions hold
+    (each condition's first value)."""
     base = {k: v for k, v in raw.items() if k != "tune"}
-    choices = {p: c for p, c in tune.space.items() if isinstance(c, Choice) and not c.when}
+    names = {p: c for p, c in tune.space.items() if isinstance(c, Choice) and not c.when and p.endswith(".name")}
     problems = []
     for path, param in tune.space.items():
         conditions = [(field, values[0]) for field, values in (param.when or {}).items()]
-        before = list(tune.space)[:list(tune.space).index(path)]
-        beside = [[]] + [[(other, value)] for other, choice in choices.items()
-                         if other in before and other not in (param.when or {}) for value in choice.choice]
+        beside = [[]] + [[(other, value)] for other, choice in names.items()
+                         if other != path and other not in (param.when or {}) for value in choice.choice]
         problem = next((p for context in beside for value in probe_values(param)
                         if (p := _refusal(base, [*context, *conditions], path, value, validate))), None)
         if problem:
@@ -55,6 +54,6 @@ def _refusal(base: dict, context: list[tuple[str, Any]], path: str, value: Any, 
     if not refused:
         return None
     written = " and ".join(f"{f}={v!r}" for f, v in [*context, (path, value)])
-    hint = "".join(f"; if {path} applies to some values of {f} only, add when: {{{f}: [those values]}}"
+    hint = "".join(f"; if {path} applies to some values of {f} only, add when: {{{f}: VALUES}} listing them"
                    for f, _ in context)
     return f"with {written}: {refused[0]}{hint}"

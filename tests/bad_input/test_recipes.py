@@ -16,6 +16,11 @@ SOURCE = {"type": "jsonl", "path": str(DEMO_DATA), "columns": {"prompt": "questi
 VALID = {"data": {"sources": [SOURCE]}}
 
 
+# method.r beside method.name ia3, which has no rank, whichever of the two the space lists first.
+RANK_OF_ONE_METHOD = ("recipe.yaml: tune.space.method.r: with method.name='ia3' and method.r=4:",
+                      "add when: {method.name: VALUES} listing them")
+
+
 def _tune(space: dict, metric: str = "exact_match", direction: str = "maximize") -> dict:
     return {"space": space, "objectives": [{"metric": metric, "direction": direction}]}
 
@@ -132,8 +137,11 @@ CASES = {
     "tune-value-refused": Case(("recipe.yaml: tune.space.train.batch_size: with train.batch_size=0:",),
                                sections={**VALID, "tune": _tune({"train.batch_size": {"choice": [8, 0]}})}),
     "tune-field-of-one-method": Case(
-        ("recipe.yaml: tune.space.method.r: with method.name='ia3' and method.r=4:", "add when: {method.name:"),
+        RANK_OF_ONE_METHOD,
         sections={**VALID, "tune": _tune({"method.name": {"choice": ["lora", "ia3"]}, "method.r": {"choice": [4]}})}),
+    "tune-field-listed-before-its-method": Case(
+        RANK_OF_ONE_METHOD,
+        sections={**VALID, "tune": _tune({"method.r": {"choice": [4]}, "method.name": {"choice": ["lora", "ia3"]}})}),
     "tune-metric-not-measured": Case(("recipe.yaml: tune.objectives.0.metric: 'accuracy' is not measured",),
                                      sections={**VALID, "tune": _tune({"train.epochs": {"int": [1, 3]}}, "accuracy")}),
     "tune-direction": Case(("recipe.yaml: tune.objectives.0.direction:",), sections={**VALID, "tune": _tune(
