@@ -7,6 +7,7 @@ path and what was expected.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -373,7 +374,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe, refused = validated(raw)
     problems += [f"{path}: {p}" for p in refused]
     if not problems and recipe.tune is not None:  # the space's values, each in a recipe of its own
-        problems = [f"{path}: {p}" for p in space_problems(raw, recipe.tune, lambda tree: validated(tree)[1])]
+        untuned = {k: v for k, v in raw.items() if k != "tune"}
+
+        def refused(items: list[str]) -> list[str]:
+            tree = copy.deepcopy(untuned)
+            for item in items:
+                apply_override(tree, item)
+            return validated(tree)[1]
+
+        problems = [f"{path}: {p}" for p in space_problems(recipe.tune, refused)]
     if problems:
         raise RecipeError(problems)
     return recipe
