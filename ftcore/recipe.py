@@ -7,6 +7,7 @@ path and what was expected.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_ya
 from ftcore.registry import STEPS
 from ftcore.schema import MAX_RETRIES, MAX_WAIT_S, Strict, describe_error
 from ftcore.training.config import CHAMPION_DATA, ContinualConfig, TrainConfig
+from ftcore.tuning.config import TRIAL_MEASURES, TuneConfig
+from ftcore.tuning.space import space_problems
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class Recipe(Strict):
     monitor: MonitorConfig = MonitorConfig()
     stages: StagesConfig = StagesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    tune: TuneConfig | None = Field(None, description="the search `ftflow tune` runs over this recipe's fields")
 
     @property
     def registered_model(self) -> str:
@@ -75,7 +79,7 @@ class Recipe(Strict):
         return OBJECTIVES[self.objective]
 
     def content_hash(self) -> str:
-        return hash_obj(self.model_dump(mode="json"))
+        return hash_obj(self.model_dump(mode="json", exclude={"tune"}))  # a search's settings train nothing
 
     @model_validator(mode="before")
     @classmethod
@@ -130,6 +134,16 @@ class Recipe(Strict):
         problems = planned_export_problems(self.method, self.deploy.exports)
         if problems:
             raise ValueError("deploy.exports: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _tune_goals_are_measured(self) -> Recipe:
+        if self.tune is not None:
+            measured = [*self.evaluate.metrics, *self.evaluate.domain_metric_names, *TRIAL_MEASURES]
+            for i, goal in enumerate(self.tune.objectives):
+                if goal.metric not in measured:
+                    raise ValueError(f"tune.objectives.{i}.metric: {goal.metric!r} is not measured for this recipe; "
+                                     f"use one of {', '.join(measured)}")
         return self
 
     @model_validator(mode="after")
@@ -351,10 +365,24 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             apply_override(raw, current_override(item))
         except ValueError as e:
             problems.append(f"{path}: --set {item}: {e}")
-    try:
-        recipe = Recipe.model_validate(raw, context={"base_dir": path.parent.resolve()})
-    except ValidationError as e:
-        problems += [f"{path}: {as_written(describe_error(err, Recipe), written)}" for err in e.errors()]
+    def validated(tree: dict) -> tuple[Recipe | None, list[str]]:
+        try:
+            return Recipe.model_validate(tree, context={"base_dir": path.parent.resolve()}), []
+        except ValidationError as e:
+            return None, [as_written(describe_error(err, Recipe), written) for err in e.errors()]
+
+    recipe, refused = validated(raw)
+    problems += [f"{path}: {p}" for p in refused]
+    if not problems and recipe.tune is not None:  # the space's values, each in a recipe of its own
+        untuned = {k: v for k, v in raw.items() if k != "tune"}
+
+        def refused(items: list[str]) -> list[str]:
+            tree = copy.deepcopy(untuned)
+            for item in items:
+                apply_override(tree, item)
+            return validated(tree)[1]
+
+        problems = [f"{path}: {p}" for p in space_problems(recipe.tune, refused)]
     if problems:
         raise RecipeError(problems)
     return recipe

@@ -16,6 +16,15 @@ SOURCE = {"type": "jsonl", "path": str(DEMO_DATA), "columns": {"prompt": "questi
 VALID = {"data": {"sources": [SOURCE]}}
 
 
+# method.r beside method.name ia3, which has no rank, whichever of the two the space lists first.
+RANK_OF_ONE_METHOD = ("recipe.yaml: tune.space.method.r: with method.name='ia3' and method.r=4:",
+                      "add when: {method.name: VALUES} listing them")
+
+
+def _tune(space: dict, metric: str = "exact_match", direction: str = "maximize") -> dict:
+    return {"space": space, "objectives": [{"metric": metric, "direction": direction}]}
+
+
 @dataclass(frozen=True)
 class Case:
     """A recipe (sections to write, or raw bytes) plus overrides, and what each error line must say."""
@@ -119,6 +128,24 @@ CASES = {
         overrides=("data.sources.4.path=x.jsonl",)),
     "set-duplicate-key-in-value": Case(("recipe.yaml: --set train={epochs: 1, epochs: 2}: line 1, column 13: "
                                         "duplicate key 'epochs'",), overrides=("train={epochs: 1, epochs: 2}",)),
+    "tune-empty-space": Case(("recipe.yaml: tune.space: ",), sections={**VALID, "tune": _tune({})}),
+    "tune-low-above-high": Case(("recipe.yaml: tune.space.train.epochs.int: the range's low 5 must be below its "
+                                 "high 1",),
+                                sections={**VALID, "tune": _tune({"train.epochs": {"int": [5, 1]}})}),
+    "tune-unknown-field": Case(("recipe.yaml: tune.space.train.lr: with train.lr=1e-05: train.lr: unknown field",),
+                               sections={**VALID, "tune": _tune({"train.lr": {"log_uniform": [1e-5, 1e-3]}})}),
+    "tune-value-refused": Case(("recipe.yaml: tune.space.train.batch_size: with train.batch_size=0:",),
+                               sections={**VALID, "tune": _tune({"train.batch_size": {"choice": [8, 0]}})}),
+    "tune-field-of-one-method": Case(
+        RANK_OF_ONE_METHOD,
+        sections={**VALID, "tune": _tune({"method.name": {"choice": ["lora", "ia3"]}, "method.r": {"choice": [4]}})}),
+    "tune-field-listed-before-its-method": Case(
+        RANK_OF_ONE_METHOD,
+        sections={**VALID, "tune": _tune({"method.r": {"choice": [4]}, "method.name": {"choice": ["lora", "ia3"]}})}),
+    "tune-metric-not-measured": Case(("recipe.yaml: tune.objectives.0.metric: 'accuracy' is not measured",),
+                                     sections={**VALID, "tune": _tune({"train.epochs": {"int": [1, 3]}}, "accuracy")}),
+    "tune-direction": Case(("recipe.yaml: tune.objectives.0.direction:",), sections={**VALID, "tune": _tune(
+        {"train.epochs": {"int": [1, 3]}}, direction="upwards")}),
     "every-problem-at-once": Case(
         ("--set data.sources.2.path=x: data.sources.2:", "train.batch_size: Input should be greater",
          "train.epochs: Input should be a finite number"),

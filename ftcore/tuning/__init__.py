@@ -1,0 +1,1 @@
+"""Hyperparameter and method search over a recipe's fields (`ftflow tune`, docs/tune.md)."""
