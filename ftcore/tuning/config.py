@@ -38,7 +38,7 @@ class _Param(Strict):
 class _Range(_Param):
     @property
     def bounds(self) -> tuple[float, float]:
-        raise NotImplementedError
+        return getattr(self, self.kind)  # the field is named by the key a recipe writes
 
     @model_validator(mode="after")
     def _low_below_high(self):
@@ -52,10 +52,6 @@ class LogUniform(_Range):
     kind = "log_uniform"
     log_uniform: tuple[float, float] = Field(description="[low, high], sampled evenly in log space; low > 0")
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        return self.log_uniform
-
     @model_validator(mode="after")
     def _positive(self):
         if self.log_uniform[0] <= 0:
@@ -68,18 +64,10 @@ class Uniform(_Range):
     kind = "uniform"
     uniform: tuple[float, float] = Field(description="[low, high], sampled evenly")
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        return self.uniform
-
 
 class IntRange(_Range):
     kind = "int"
     int: tuple[builtins.int, builtins.int] = Field(description="[low, high], whole numbers, both included")
-
-    @property
-    def bounds(self) -> tuple[float, float]:
-        return self.int
 
 
 class Choice(_Param):
