@@ -147,6 +147,25 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _trials_can_be_scored_and_pruned(self) -> Recipe:
+        if self.tune is None:
+            return self
+        if self.data.split.validation == 0:  # the test split stays unseen until the best trial's final run
+            raise ValueError("tune: trials are scored on the validation split, and this recipe has none; set "
+                             "data.split.validation above 0")
+        if self.tune.pruner != "none" and len(self.tune.objectives) > 1:
+            raise ValueError(f"tune.pruner: {self.tune.pruner} stops trials that fall behind on one objective; with "
+                             "several objectives set pruner: none")
+        if self.tune.pruner != "none" and self.train.eval_steps is None:
+            raise ValueError(f"tune.pruner: {self.tune.pruner} reads the validation loss at each evaluation, and "
+                             "train.eval_steps is not set (one evaluation, at the end); set train.eval_steps or "
+                             "pruner: none")
+        if self.tune.pruner != "none" and self.train.distributed.enabled:
+            raise ValueError(f"tune.pruner: {self.tune.pruner} watches training in the flow's process, and "
+                             "train.distributed trains in others; set pruner: none")
+        return self
+
+    @model_validator(mode="after")
     def _gate_rules_can_be_decided(self) -> Recipe:
         problem = gate_problem(self.deploy.gate, self.evaluate, self.spec, self.continual is not None)
         if problem:

@@ -143,6 +143,35 @@ def running_runs(experiment: str) -> list[dict[str, Any]]:
     return [{"run_id": r.info.run_id, "tags": dict(r.data.tags)} for r in runs]
 
 
+def tagged_run(experiment: str, tags: dict[str, str]) -> str | None:
+    """The id of the experiment's newest run carrying every tag in `tags`, or None."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = c.search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                         order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def reopen_run(run_id: str, tags: dict[str, str]) -> None:
+    """Set an ended run RUNNING again, with `tags` (a resumed search goes on in its study's run)."""
+    c = client()
+    c.update_run(run_id, status="RUNNING")
+    set_run_tags(run_id, tags)
+
+
+def log_study(run_id: str, metrics: dict[str, float], trial_values: list[tuple[str, float, int]],
+              plots: Path) -> None:
+    """A search's results in its study run: `study/<name>` metrics (counts, the best values), each finished trial's
+    objective values as `study/trials/<metric>` at the trial's number as step (MLflow's chart of them is the
+    optimisation history), and the plots in `plots` under `study/`."""
+    _log_metrics(run_id, [(f"study/{name}", value, 0) for name, value in metrics.items()]
+                 + [(f"study/trials/{name}", value, number) for name, value, number in trial_values])
+    client().log_artifacts(run_id, str(plots), "study")
+
+
 def mark_killed(run_id: str, reason: str) -> None:
     """End a run whose process died: status KILLED, and the reason as its `ftflow.ended` tag."""
     c = client()

@@ -73,8 +73,15 @@ def sampler(tune: TuneConfig, seed: int):
 def pruner(tune: TuneConfig):
     import optuna
 
-    return getattr(optuna.pruners, PRUNERS[tune.pruner])()
+    kind = getattr(optuna.pruners, PRUNERS[tune.pruner])
+    return kind(n_startup_trials=tune.startup_trials) if tune.pruner == "median" else kind()
 
 
 def directions(tune: TuneConfig) -> list[str]:
     return [goal.direction for goal in tune.objectives]
+
+
+def budget_overrides(n_trials: int | None, timeout_s: float | None) -> list[str]:
+    """A budget given apart from the recipe (the dashboard's form, `--trials`, `--timeout`) as recipe overrides."""
+    given = {"tune.n_trials": n_trials, "tune.timeout_s": timeout_s}
+    return [f"{field}={value}" for field, value in given.items() if value is not None]
