@@ -295,7 +295,9 @@ class StageRunner:
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
             if isinstance(error, Pruned):  # a search's pruner stopped the trial: not a failure
-                self.summary.record(name, "pruned", duration, {"pruned_at_step": error.step, "eval_loss": error.loss})
+                metrics = {"pruned_at_step": error.step, "eval_loss": error.loss}
+                self.summary.record(name, "pruned", duration, metrics)
+                tracking.log_stage_status(self.summary.mlflow_run_id, name, metrics, "pruned")
                 raise StopPipeline
             self.summary.record(name, "failed", duration, error=_describe(error, state),
                                 user_error=is_user_error(error))

@@ -181,12 +181,17 @@ def mark_killed(run_id: str, reason: str) -> None:
 
 def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dict[str, Path], cached: bool) -> None:
     """Log one stage's metrics (`<stage>/<name>`: metric_key) and artifacts (under `stages/<stage>/`)."""
-    _log_metrics(run_id, [(metric_key(k, stage), v, 0) for k, v in metrics.items()])
+    log_stage_status(run_id, stage, metrics, "cached" if cached else "completed")
     c = client()
-    c.set_tag(run_id, f"ftflow.stage.{stage}", "cached" if cached else "completed")
     for path in artifacts.values():
         if Path(path).exists():
             c.log_artifact(run_id, str(path), artifact_path=str(Path(stage_artifact(stage, path)).parent))
+
+
+def log_stage_status(run_id: str, stage: str, metrics: dict[str, float], status: str) -> None:
+    """A stage's metrics and its status tag `ftflow.stage.<stage>` (completed, cached; pruned: a search's trial)."""
+    _log_metrics(run_id, [(metric_key(k, stage), v, 0) for k, v in metrics.items()])
+    client().set_tag(run_id, f"ftflow.stage.{stage}", status)
 
 
 def stage_artifact(stage: str, path: Path | str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcore.tuning.config import TuneConfig
+from ftcore.tuning.storage import optuna_notes_silenced
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
@@ -31,15 +32,17 @@ def trial_row(trial) -> dict[str, Any]:
         "retry_of": RetryHeartbeatStaleTrialCallback.retried_trial_number(trial),
         "duplicate_of": attrs.get("duplicate_of"),
         "mlflow_run_id": attrs.get("mlflow_run_id"),
+        "worker": attrs.get("worker"),
     }
 
 
 def study_summary(study, tune: TuneConfig) -> dict[str, Any]:
     """The study's trials, and its best: the best trial of one objective; with several, the Pareto front, and as
     `best` the point of it best on the first objective (the one the final run trains)."""
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    with optuna_notes_silenced():
+        rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     complete = [r for r in rows if r["state"] == "complete" and r["duplicate_of"] is None]
-    front = [trial_row(t)["number"] for t in study.best_trials] if complete else []
+    front = [t.number for t in study.best_trials] if complete else []
     best = None
     if front:
         sign = 1 if tune.objectives[0].direction == "maximize" else -1

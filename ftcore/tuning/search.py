@@ -9,6 +9,8 @@ the earlier trial's outcome). Running the trials is the caller's: the Prefect fl
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -126,6 +128,7 @@ class Search:
         from optuna.trial import TrialState
 
         trial.optuna_trial.set_user_attr("overrides", trial.overrides)
+        trial.optuna_trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         with heartbeat(self.storage, trial.hook.trial_id):
             outcome = run_trial(trial)
         if outcome.run_id:
