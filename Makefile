@@ -49,7 +49,7 @@ run: install
 test: install-dev zoo-fetch
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" --durations=25
 
 test-slow: install-dev zoo-fetch
 	$(BIN)/pytest -m slow

@@ -42,6 +42,8 @@ from tasks.train import train
 LEASE_TAG = "ftflow.lease"  # a run's MLflow tag: the file its process holds a lock on while it lives
 PREFECT_URL_TAG = "ftflow.prefect_flow_run_url"  # the flow run's page in Prefect's UI, when its server has one
 OVERRIDES_TAG = "ftflow.overrides"  # the run's changes to its recipe file (--set, the dashboard form), as JSON
+# A plain mapping as default, not `dict | None`: the dashboard's form shows an optional field as a type picker.
+EMPTY_LINEAGE: dict[str, str] = {}
 
 
 class StopPipeline(Exception):
@@ -67,7 +69,7 @@ class UserStageFailed(StageFailed, UserError):
 
 @flow(name="finetune", log_prints=False, validate_parameters=False)
 def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = LAST_STAGE,
-             options: RunOptions = UNCHANGED, lineage: dict[str, str] | None = None) -> State:
+             options: RunOptions = UNCHANGED, lineage: dict[str, str] = EMPTY_LINEAGE) -> State:
     """Run a recipe's seven stages. Calling it returns the run's summary (a dict); the flow run ends Completed, named
     for what its reader must know when the gate kept the champion or the monitor found a breach (end_state).
 
@@ -85,7 +87,7 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
     overrides = [*overrides, *run_options(options)]
     recipe = load_recipe(recipe_path, overrides)
     pins = pin(recipe)  # registered models, retained data and sources, before any stage (ftcore/pins.py)
-    summary = start_run(recipe, recipe_path, overrides, lineage or {})
+    summary = start_run(recipe, recipe_path, overrides, lineage)
     stages = StageRunner(recipe.stages, summary, until)
     try:
         dataset = prepare_data(stages, recipe, pins)
@@ -94,7 +96,7 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
         evaluation = stages.run(evaluate, job=jobs.evaluate_job(recipe, pins, base, trained, dataset))
         deployed = stages.run(deploy, job=jobs.deploy_job(recipe, trained, evaluation, dataset),
                               run_tags=version_tags(summary, dataset, base, trained, pins.reward_model) | {
-                                  k: v for k, v in (lineage or {}).items() if not k.startswith("mlflow.")})
+                                  k: v for k, v in lineage.items() if not k.startswith("mlflow.")})
         stages.run(monitor, job=jobs.monitor_job(recipe, deployed, dataset))
     except StopPipeline:
         pass

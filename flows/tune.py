@@ -49,22 +49,22 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's UI nests a run under the run this 
 
 
 @flow(name="tune", log_prints=False, validate_parameters=False)
-def tune(recipe_path: str, overrides: tuple[str, ...] = (), n_trials: int | None = None,
-         timeout_s: float | None = None, workers: int = 1, join: bool = False, worker: int = 0) -> dict:
+def tune(recipe_path: str, overrides: tuple[str, ...] = (), n_trials: int = 0, timeout_s: float = 0,
+         workers: int = 1, join: bool = False, worker: int = 0) -> dict:
     """Search the recipe's `tune:` space and send the best configuration through the pipeline and its gate. Running
     the same search again resumes its study: finished trials are not run again.
 
     Args:
         recipe_path: the recipe YAML with a `tune:` section, e.g. data_recipes/recipes/sms_spam.yaml.
         overrides: recipe fields to change, as a.b=value (values parsed as YAML), e.g. train.max_steps=60.
-        n_trials: trials in the study (default: the recipe's tune.n_trials); raise it to extend a finished search.
-        timeout_s: no new trial starts after this many seconds (default: the recipe's tune.timeout_s).
+        n_trials: trials in the study (0: the recipe's tune.n_trials); raise it to extend a finished search.
+        timeout_s: no new trial starts after this many seconds (0: the recipe's tune.timeout_s).
         workers: processes running trials on this machine, this one included (each trial one at a time).
         join: only run trials of the study, alongside the run that started it (another worker, another machine).
         worker: this worker's number among the study's workers (seeds its sampler apart from theirs).
     """
     quiet_libraries()
-    overrides = [*overrides, *budget_overrides(n_trials, timeout_s)]
+    overrides = [*overrides, *budget_overrides(n_trials or None, timeout_s or None)]
     recipe = searched_recipe(recipe_path, overrides)
     search = Search(study_name(recipe.name, recipe.content_hash(), recipe.tune), recipe.tune, recipe.train.seed,
                     worker)
