@@ -99,7 +99,7 @@ def _stop_after(until: str | None, recipe_count: int) -> Stage:
 @app.command()
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check RECIPE without running it: exit 0, or list every problem and exit 2."""
-    loaded = validated(recipe, set_ or [])
+    loaded = validated(recipe, set_ or [], search=True)  # the tune: section too, as `ftflow tune` would check it
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r}, objective {loaded.objective}, "
                   f"{len(loaded.data.sources)} source(s), method {loaded.method.name}", highlight=False, soft_wrap=True)
     check_hardware(loaded, recipe, strict=False)  # the recipe may be meant for other hardware: warn only

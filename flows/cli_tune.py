@@ -43,7 +43,7 @@ def tune(
     from ftcore.tuning.study import budget_overrides
 
     overrides = [*(set_ or []), *budget_overrides(trials, timeout)]
-    loaded = validated(recipe, overrides, model_folder="config" if dry_run else "files")
+    loaded = validated(recipe, overrides, model_folder="config" if dry_run else "files", search=True)
     if loaded.tune is None:
         fail(f"{recipe}: has no tune: section to search; add one (docs/tune.md)")
     if dry_run:

@@ -42,8 +42,6 @@ from tasks.train import train
 LEASE_TAG = "ftflow.lease"  # a run's MLflow tag: the file its process holds a lock on while it lives
 PREFECT_URL_TAG = "ftflow.prefect_flow_run_url"  # the flow run's page in Prefect's UI, when its server has one
 OVERRIDES_TAG = "ftflow.overrides"  # the run's changes to its recipe file (--set, the dashboard form), as JSON
-# A plain mapping as default, not `dict | None`: the dashboard's form shows an optional field as a type picker.
-EMPTY_LINEAGE: dict[str, str] = {}
 
 
 class StopPipeline(Exception):
@@ -69,7 +67,7 @@ class UserStageFailed(StageFailed, UserError):
 
 @flow(name="finetune", log_prints=False, validate_parameters=False)
 def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = LAST_STAGE,
-             options: RunOptions = UNCHANGED, lineage: dict[str, str] = EMPTY_LINEAGE) -> State:
+             options: RunOptions = UNCHANGED) -> State:
     """Run a recipe's seven stages. Calling it returns the run's summary (a dict); the flow run ends Completed, named
     for what its reader must know when the gate kept the champion or the monitor found a breach (end_state).
 
@@ -80,14 +78,12 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
         options: the recipe's common fields as a form (method, rank, epochs, batch size, learning rate, max steps,
             base model, evaluation, dataset path); a deployment's form shows the recipe's values, and the fields
             changed there become overrides.
-        lineage: tags of the MLflow run and its registered version saying what chose this configuration (`ftflow
-            tune`: the study and the trial); `mlflow.*` ones (the study's run as parent) go to the run only.
     """
     quiet_libraries()  # a worker's flow-run process starts afresh: `ftflow run` quieted its own already
     overrides = [*overrides, *run_options(options)]
     recipe = load_recipe(recipe_path, overrides)
     pins = pin(recipe)  # registered models, retained data and sources, before any stage (ftcore/pins.py)
-    summary = start_run(recipe, recipe_path, overrides, lineage)
+    summary = start_run(recipe, recipe_path, overrides)
     stages = StageRunner(recipe.stages, summary, until)
     try:
         dataset = prepare_data(stages, recipe, pins)
@@ -95,8 +91,7 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
         trained = stages.run(train, job=jobs.train_job(recipe, pins, base, dataset))
         evaluation = stages.run(evaluate, job=jobs.evaluate_job(recipe, pins, base, trained, dataset))
         deployed = stages.run(deploy, job=jobs.deploy_job(recipe, trained, evaluation, dataset),
-                              run_tags=version_tags(summary, dataset, base, trained, pins.reward_model) | {
-                                  k: v for k, v in lineage.items() if not k.startswith("mlflow.")})
+                              run_tags=version_tags(summary, dataset, base, trained, pins.reward_model))
         stages.run(monitor, job=jobs.monitor_job(recipe, deployed, dataset))
     except StopPipeline:
         pass

@@ -28,7 +28,7 @@ from flows.finetune import (
     run_title,
     start_run,
 )
-from ftcore import jobs, tracking
+from ftcore import jobs, tracking, versions
 from ftcore.errors import UserError
 from ftcore.paths import home
 from ftcore.pins import pin
@@ -37,7 +37,7 @@ from ftcore.recipe import Recipe, load_recipe
 from ftcore.stages import Stage
 from ftcore.tuning.report import study_summary, write_plots
 from ftcore.tuning.search import Outcome, Search, Trial, objective_values, study_name
-from ftcore.tuning.study import budget_overrides
+from ftcore.tuning.study import budget_overrides, final_overrides
 from ftcore.tuning.trial import TrialHook
 from tasks.evaluate import evaluate
 from tasks.init import init
@@ -55,13 +55,14 @@ def tune(recipe_path: str, overrides: tuple[str, ...] = (), n_trials: int = 0, t
     the same search again resumes its study: finished trials are not run again.
 
     Args:
-        recipe_path: the recipe YAML with a `tune:` section, e.g. data_recipes/recipes/sms_spam.yaml.
+        recipe_path: the recipe YAML with a `tune:` section, e.g. data_recipes/recipes/clinical_qa.yaml.
         overrides: recipe fields to change, as a.b=value (values parsed as YAML), e.g. train.max_steps=60.
         n_trials: trials in the study (0: the recipe's tune.n_trials); raise it to extend a finished search.
         timeout_s: no new trial starts after this many seconds (0: the recipe's tune.timeout_s).
         workers: processes running trials on this machine, this one included (each trial one at a time).
         join: only run trials of the study, alongside the run that started it (another worker, another machine).
-        worker: this worker's number among the study's workers (seeds its sampler apart from theirs).
+        worker: this worker's number among the study's workers, one of its own for each join run (it seeds the
+            sampler apart from the others').
     """
     quiet_libraries()
     overrides = [*overrides, *budget_overrides(n_trials or None, timeout_s or None)]
@@ -82,13 +83,14 @@ def tune(recipe_path: str, overrides: tuple[str, ...] = (), n_trials: int = 0, t
         publish_study(search, summary.mlflow_run_id)
     finish_run(summary, stages.outputs, say_cached=False)  # raises StageFailed when the data stages failed
     result = study_summary(search.study, search.tune)
-    if result["best"] is not None:
-        result["final"] = run_best(recipe_path, overrides, search.name, result["best"], summary.mlflow_run_id)
+    if (best := result["best"]) is not None:
+        final = [*overrides, *final_overrides(recipe.tune, best["overrides"])]
+        result["final"] = run_best(recipe_path, final, search.name, best["number"], summary.mlflow_run_id)
     return result
 
 
 def searched_recipe(recipe_path: str, overrides: list[str]) -> Recipe:
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = load_recipe(recipe_path, overrides, search=True)
     if recipe.tune is None:
         raise UserError(f"{recipe_path}: has no tune: section to search; add one (docs/tune.md)")
     return recipe
@@ -163,16 +165,21 @@ def trial_flow(recipe_path: str, overrides: tuple[str, ...], hook: TrialHook, pa
     return Completed(data=result)
 
 
-def run_best(recipe_path: str, overrides: list[str], study: str, best: dict, parent_run: str) -> dict:
-    """The best trial's configuration through the whole pipeline: trained again, scored on the test split,
-    registered through the gate; its run and version tagged with the study and the trial. A failed stage is this
-    run's summary (the search's results stand)."""
-    lineage = {STUDY_TAG: study, TRIAL_TAG: str(best["number"]), PARENT_TAG: parent_run}
-    named = finetune.with_options(flow_run_name=f"{study} · best (trial {best['number']})")
+def run_best(recipe_path: str, overrides: list[str], study: str, trial: int, parent_run: str) -> dict:
+    """The best trial's configuration (`overrides`: study.final_overrides) through the whole pipeline, the normal
+    finetune flow: its model (the trial's, or trained again with tune.refit), scored on the test split, registered
+    through the gate; its run (a child of the study's) and version then tagged with the study and the trial. A failed
+    stage is this run's summary (the search's results stand)."""
+    named = finetune.with_options(flow_run_name=f"{study} · best (trial {trial})")
     try:
-        return named(recipe_path, (*overrides, *best["overrides"]), lineage=lineage)
+        summary = named(recipe_path, overrides)
     except StageFailed as failed:
-        return failed.summary
+        summary = failed.summary
+    chose = {STUDY_TAG: study, TRIAL_TAG: str(trial)}
+    tracking.set_run_tags(summary["mlflow_run_id"], {**chose, PARENT_TAG: parent_run})
+    if summary["model"]:
+        versions.set_version_tags(summary["model"]["name"], summary["model"]["version"], chose)
+    return summary
 
 
 def publish_study(search: Search, run_id: str) -> None:

@@ -24,6 +24,8 @@ def trial_row(trial) -> dict[str, Any]:
         "values": list(trial.values) if trial.state.name == "COMPLETE" else None,
         "params": dict(trial.params),
         "overrides": attrs.get("overrides", []),
+        "started": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "ended": ended.isoformat() if ended else None,
         "duration_s": (ended - trial.datetime_start).total_seconds() if ended and trial.datetime_start else None,
         "pruned_at_step": attrs.get("pruned_at_step"),
         # A trial without a recorded failure failed when its worker stopped beating (killed, lost): retried.
@@ -33,6 +35,7 @@ def trial_row(trial) -> dict[str, Any]:
         "duplicate_of": attrs.get("duplicate_of"),
         "mlflow_run_id": attrs.get("mlflow_run_id"),
         "worker": attrs.get("worker"),
+        "cpu_s": attrs.get("cpu_s"),  # CPU seconds of the worker's process while the trial ran
     }
 
 

@@ -129,8 +129,10 @@ class Search:
 
         trial.optuna_trial.set_user_attr("overrides", trial.overrides)
         trial.optuna_trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
+        started = time.process_time()  # this process's CPU, every thread: the trial's compute (it runs here alone)
         with heartbeat(self.storage, trial.hook.trial_id):
             outcome = run_trial(trial)
+        trial.optuna_trial.set_user_attr("cpu_s", round(time.process_time() - started, 2))
         if outcome.run_id:
             trial.optuna_trial.set_user_attr("mlflow_run_id", outcome.run_id)
         if outcome.state == "complete":

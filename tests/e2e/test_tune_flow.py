@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 # configuration. The random sampler's seed (the recipe's train.seed) fixes the order: 1e-2, 1e3, 3e-4 with seed 150.
 SPACE = {"train.learning_rate": {"choice": [1.0e-2, 3.0e-4, 1.0e3]}, "train.warmup_ratio": {"uniform": [0.0, 0.1]}}
 TUNE = {"space": SPACE, "objectives": [{"metric": "exact_match", "direction": "maximize"}], "n_trials": 3,
-        "sampler": "random", "pruner": "median", "startup_trials": 1}
+        "sampler": "random", "pruner": "median", "startup_trials": 1, "refit": True}
 # 15% validation rows against the test split's 10%: the row counts tell which split a model was scored on.
 SEARCH = [*TINY_OVERRIDES, "train.epochs=6", "train.eval_steps=20", "train.seed=150", "data.split.validation=0.15",
           f"tune={json.dumps(TUNE)}"]
@@ -72,19 +72,21 @@ def test_each_trial_is_a_child_run_of_the_study_with_its_state(searched, client)
     assert client.get_run(study_run).data.metrics["study/trials_pruned"] == 1
 
 
-def test_trials_were_scored_on_the_validation_split_and_the_best_on_the_test_split(searched, client):
+def test_trials_are_scored_on_the_validation_split_and_the_best_refit_on_train_and_validation(searched, client):
     result, _ = searched
     best = result["best"]
     assert best["number"] == 0 and best["state"] == "complete"
-    final = result["final"]
-    assert final["stages"]["train"]["status"] == "cached"  # the best trial's model: the same configuration
-    trial_eval = client.get_run(best["mlflow_run_id"]).data.metrics
-    assert trial_eval["evaluate/exact_match"] == best["values"][0]
-    split_rows = final["stages"]["clean_balance"]["metrics"]
-    assert split_rows["rows_validation"] != split_rows["rows_test"]  # so the counts below tell the splits apart
-    assert trial_eval["evaluate/test_rows"] == split_rows["rows_validation"]
-    assert final["stages"]["evaluate"]["status"] == "completed"
-    assert final["stages"]["evaluate"]["metrics"]["test_rows"] == split_rows["rows_test"]
+    trial = client.get_run(best["mlflow_run_id"]).data.metrics
+    assert trial["evaluate/exact_match"] == best["values"][0]
+    assert trial["clean_balance/rows_validation"] != trial["clean_balance/rows_test"]  # the counts tell them apart
+    assert trial["evaluate/test_rows"] == trial["clean_balance/rows_validation"]
+    # tune.refit: the best configuration trained again with the validation rows in its train split; scored on the
+    # same test rows the search never saw.
+    final = result["final"]["stages"]
+    assert final["train"]["status"] == "completed"
+    rows = final["clean_balance"]["metrics"]
+    assert rows["rows_train"] == trial["clean_balance/rows_train"] + trial["clean_balance/rows_validation"]
+    assert rows["rows_test"] == trial["clean_balance/rows_test"] == final["evaluate"]["metrics"]["test_rows"]
 
 
 def test_the_best_is_registered_through_the_gate_with_the_study_and_trial_as_tags(searched, client):

@@ -3,6 +3,8 @@ configuration drawn again, outcomes told to the study, the study's name, a trial
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ftcore.tuning.config import TuneConfig
@@ -85,3 +87,28 @@ def test_several_objectives_give_a_pareto_front_and_the_best_of_it_on_the_first(
         search.run(trial, lambda _: Outcome("complete", next(outcomes)))
     summary = study_summary(search.study, search.tune)
     assert sorted(summary["pareto_front"]) == [0, 1] and summary["best"]["number"] == 1
+
+
+def test_on_a_team_server_the_study_lives_in_mlflows_postgresql_in_a_schema_of_its_own(postgres_url, monkeypatch):
+    import os
+
+    import sqlalchemy
+
+    from ftcore.tuning.storage import SCHEMA, storage_url
+
+    # A user's MLFLOW_TRACKING_URI holds its password; the test server's URL names it as ${env:...}.
+    url = sqlalchemy.make_url(postgres_url).set(password=os.environ["FTFLOW_TEST_PGPASSWORD"])
+    url = url.render_as_string(hide_password=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    assert storage_url() == url
+    name = f"qa-pg-{time.time_ns()}"  # the database outlives the test
+    search = Search(name, config(RATES, n_trials=2), seed=0)
+    while (trial := search.next_trial()) is not None:
+        search.run(trial, lambda _: Outcome("complete", [0.5]))
+    assert Search(name, config(RATES, n_trials=2), seed=0).next_trial() is None  # resumed: the budget is spent
+    engine = sqlalchemy.create_engine(url)
+    try:
+        tables = sqlalchemy.inspect(engine).get_table_names(schema=SCHEMA)
+    finally:
+        engine.dispose()
+    assert {"studies", "trials", "alembic_version"} <= set(tables)
