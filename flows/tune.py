@@ -203,7 +203,9 @@ def publish_study(search: Search, run_id: str) -> None:
     for row in summary["trials"]:
         values = ", ".join(f"{v:.4g}" for v in row["values"] or [])
         lines.append(f"| {row['number']} | {row['state']} | {values} | {' '.join(row['overrides'])} |")
-    lines += ["", *(f"- [{plot.stem}]({tracking.run_url(run_id, f'study/{plot.name}')})" for plot in plots)]
+    # The plots themselves, served by MLflow's UI (`ftflow ui`): shown where the browser reaches it.
+    lines += ["", *(f"![{plot.stem}]({tracking.artifact_file_url(run_id, f'study/{plot.name}')})" for plot in plots),
+              "", f"[the study's run in MLflow]({tracking.run_url(run_id)})"]
     create_markdown_artifact("\n".join(lines), key="tune-study", description=f"study {search.name}")
 
 

@@ -51,6 +51,13 @@ def run_url(run_id: str, artifact: str | None = None) -> str:
     return f"{page}{f'/artifacts/{quote(artifact)}' if artifact else ''}?{UI_VIEW}"
 
 
+def artifact_file_url(run_id: str, artifact: str) -> str:
+    """The artifact file itself as MLflow's UI server serves it (an image to show in another page)."""
+    from urllib.parse import quote
+
+    return f"{ui_url()}/get-artifact?path={quote(artifact)}&run_uuid={run_id}"
+
+
 def version_url(name: str, version: str) -> str:
     from urllib.parse import quote
 
