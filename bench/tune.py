@@ -128,6 +128,7 @@ def workers(bench: Bench, arms: dict) -> None:
 def resume(bench: Bench, arms: dict) -> None:
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     command, env = bench.command("tune", "resume", "--json", "--trials", str(bench.trials), "--set",
                                  "tune.pruner=none")
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
