@@ -81,6 +81,10 @@ def tune(recipe_path: str, overrides: tuple[str, ...] = (), n_trials: int = 0, t
     if summary.succeeded:
         with local_workers(workers - 1, recipe_path, overrides, search.name):
             run_trials(search, recipe_path, overrides, summary.mlflow_run_id)
+        # Other workers' trials (a join run elsewhere) end before the study is reported and its best chosen; one
+        # whose worker died is queued again, and run here.
+        while search.wait_for_running():
+            run_trials(search, recipe_path, overrides, summary.mlflow_run_id)
         publish_study(search, summary.mlflow_run_id)
     finish_run(summary, stages.outputs, say_cached=False)  # raises StageFailed when the data stages failed
     result = study_summary(search.study, search.tune)

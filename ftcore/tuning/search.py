@@ -19,7 +19,7 @@ from ftcore.hashing import hash_obj, short
 from ftcore.locks import file_lock
 from ftcore.paths import home
 from ftcore.tuning.config import TuneConfig
-from ftcore.tuning.storage import heartbeat, open_storage, optuna_notes_silenced
+from ftcore.tuning.storage import heartbeat, heartbeat_s, open_storage, optuna_notes_silenced
 from ftcore.tuning.study import directions, draw, overrides, pruner, sampler
 from ftcore.tuning.trial import TrialHook
 
@@ -94,6 +94,22 @@ class Search:
         # The trial's id in the storage (Optuna keeps it private; the train stage's reporter needs it).
         hook = TrialHook(study=self.name, trial_id=trial._trial_id, number=trial.number, tune=self.tune)
         return Trial(trial.number, values, overrides(values), hook, trial)
+
+    def wait_for_running(self) -> bool:
+        """Wait while other workers' trials run; True when one of them died and its configuration is queued again
+        (the caller runs it), False once none runs."""
+        import optuna
+        from optuna.trial import TrialState
+
+        while True:
+            with optuna_notes_silenced():
+                optuna.storages.fail_stale_trials(self.study)
+            states = {t.state for t in self.trials()}
+            if TrialState.WAITING in states:
+                return True
+            if TrialState.RUNNING not in states:
+                return False
+            time.sleep(heartbeat_s())
 
     def _budget_spent(self) -> bool:
         from optuna.storages import RetryHeartbeatStaleTrialCallback

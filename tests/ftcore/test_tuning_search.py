@@ -112,3 +112,27 @@ def test_on_a_team_server_the_study_lives_in_mlflows_postgresql_in_a_schema_of_i
     finally:
         engine.dispose()
     assert {"studies", "trials", "alembic_version"} <= set(tables)
+
+
+def test_the_search_waits_for_another_workers_trial_and_takes_over_one_whose_worker_died(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("FTFLOW_TUNE_HEARTBEAT_S", "1")  # stale after three seconds
+    tune = config(RATES, n_trials=2)
+    search, other = Search("qa-5", tune, seed=0), Search("qa-5", tune, seed=0, worker=1)
+    running = other.next_trial()  # another worker's trial, beating its heartbeat while it runs
+    ended = threading.Event()
+    beating = threading.Thread(target=lambda: other.run(running, lambda _: ended.wait(30) and Outcome("complete",
+                                                                                                      [0.1])))
+    beating.start()
+    threading.Timer(2, ended.set).start()
+    assert search.wait_for_running() is False  # returned once that trial ended
+    beating.join()
+    assert [t.state.name for t in search.trials()] == ["COMPLETE"]
+    # A trial whose worker died (no heartbeat for three beats) is failed and queued again for this worker.
+    dead = search.next_trial()
+    search.storage.record_heartbeat(dead.hook.trial_id)
+    time.sleep(3.5)
+    assert search.wait_for_running() is True
+    retry = search.next_trial()
+    assert retry.values == dead.values and retry.number == dead.number + 1
