@@ -9,7 +9,7 @@ BENCH_ARGS ?= --repeats 3
 LOCK := constraints.txt
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: lock run test test-slow zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-serve-traffic bench-scale bench-vision ui clean install install-dev
+.PHONY: lock run test test-slow zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-serve-traffic bench-scale bench-vision bench-tune ui clean install install-dev
 
 # Stamp files make installs incremental: a change to pyproject.toml or the lock reinstalls, nothing else does.
 $(BIN)/python:
@@ -49,7 +49,7 @@ run: install
 test: install-dev zoo-fetch
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" --durations=25
 
 test-slow: install-dev zoo-fetch
 	$(BIN)/pytest -m slow
@@ -67,7 +67,7 @@ compat: zoo
 	$(BIN)/python -m tests.models.compat
 
 bench: bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve \
-	bench-serve-traffic bench-scale bench-vision
+	bench-serve-traffic bench-scale bench-vision bench-tune
 
 bench-pipeline: install-dev
 	$(BIN)/python bench/pipeline_overhead.py $(BENCH_ARGS)
@@ -117,6 +117,11 @@ bench-scale: install-dev
 # batched against one at a time.
 bench-vision: install-dev
 	$(BIN)/python bench/vision_throughput.py
+
+# `ftflow tune` on the demo: pruning's compute saved, the tuned configuration against the recipe's own values and a
+# random search, 2 workers against 1, and a killed search resumed (about 40 minutes on 2 cores).
+bench-tune: install-dev
+	$(BIN)/python bench/tune.py $(BENCH_ARGS)
 
 ui: install
 	$(BIN)/ftflow ui

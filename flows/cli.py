@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows import cli_data, cli_ops
+from flows import cli_data, cli_ops, cli_tune
+from flows.cli_runs import check_hardware, report_run, run_reporting_failures
 from flows.cli_shared import (
     OneLineUsageErrors,
     RecipeArg,
@@ -24,12 +25,11 @@ from flows.cli_shared import (
     configure,
     connect_prefect,
     console,
-    err_console,
     fail,
     validated,
 )
-from flows.settings import VERBOSE, check_room, start_embedded_prefect
-from ftcore.errors import UserError, storage_error
+from flows.settings import VERBOSE, check_room
+from ftcore.errors import UserError
 from ftcore.paths import home
 from ftcore.plugins import Registry
 from ftcore.quiet import quiet_libraries
@@ -63,18 +63,28 @@ def run(
     for recipe in recipes:
         loaded = validated(recipe, overrides)  # fail fast, before Prefect's server starts
         if STAGES.index(stop_after) >= STAGES.index(Stage.train):
-            _check_hardware(loaded, recipe, strict=True)
+            check_hardware(loaded, recipe, strict=True)
     configure()
     try:
         check_room(home())
     except UserError as e:
         fail(str(e))
     connect_prefect()
-    summaries = _run_flows(recipes, overrides, stop_after, as_json)
+    summaries = run_reporting_failures(lambda: _run_flows(recipes, overrides, stop_after), as_json)
     for summary in summaries:
-        _report(summary, as_json and len(summaries) == 1)
+        report_run(summary, as_json and len(summaries) == 1)
     if as_json and len(summaries) > 1:
         print(json.dumps(summaries, indent=2))
+
+
+def _run_flows(recipes: list[Path], overrides: list[str], stop_after: Stage) -> list[dict]:
+    """The summaries of the finetune flow on one recipe, or of the chain of several."""
+    from flows.chain import chain
+    from flows.finetune import finetune
+
+    if len(recipes) == 1:
+        return [finetune(str(recipes[0]), overrides, stop_after)]
+    return chain([str(r) for r in recipes], overrides)
 
 
 def _stop_after(until: str | None, recipe_count: int) -> Stage:
@@ -86,82 +96,13 @@ def _stop_after(until: str | None, recipe_count: int) -> Stage:
     return LAST_STAGE if until is None else Stage(until)
 
 
-def _run_flows(recipes: list[Path], overrides: list[str], stop_after: Stage, as_json: bool) -> list[dict]:
-    """The summaries of the finetune flow on one recipe, or of the chain of several. A failed stage is reported (its
-    summary, then one error line) before exiting."""
-    from flows.chain import chain
-    from flows.finetune import StageFailed, finetune
-
-    try:
-        start_embedded_prefect()
-        if len(recipes) == 1:
-            return [finetune(str(recipes[0]), overrides, stop_after)]
-        return chain([str(r) for r in recipes], overrides)
-    except StageFailed as failed:
-        _report(failed.summary, as_json)
-        err_console.print(f"[red]error:[/] {failed.summary['failure']}", highlight=False, soft_wrap=True)
-        # Bad data or recipe (the user's to fix) exits 2 like any user error; anything else is a failure (1).
-        raise typer.Exit(2 if failed.summary["failure_is_user_error"] else 1) from None
-    except UserError as e:
-        fail(str(e))
-    except Exception as e:  # a full or read-only disk anywhere in the run (MLflow's store, a summary) is one line
-        problem = storage_error(e)
-        if problem is None:
-            raise
-        fail(str(problem))
-
-
-def _report(summary: dict, as_json: bool) -> None:
-    """The run's stage table, its model and gate, and where its summary.json is: on stderr when stdout carries the
-    JSON."""
-    from flows.summary import render_table
-
-    out = err_console if as_json else console
-    out.print(render_table(summary))
-    model = summary.get("model")
-    if model:
-        out.print(f"model [bold]{model['name']}[/] version [bold]{model['version']}[/] "
-                  f"aliases: {', '.join(model['aliases'])}")
-        out.print(f"{_gate_verdict(model, summary['gate'])}: {summary['gate']['reason']}", highlight=False)
-    out.print(f"summary: {home() / 'runs' / summary['run_id'] / 'summary.json'}")
-    # Last, where to look next: the run and the version in MLflow's UI (FTFLOW_MLFLOW_UI_URL, docs/operations.md).
-    for label, key in (("MLflow run", "mlflow_run_url"), ("model version", "model_version_url")):
-        if summary.get(key):
-            out.print(f"{label}: {summary[key]}", highlight=False, soft_wrap=True)
-    if as_json:
-        print(json.dumps(summary, indent=2))
-
-
-def _gate_verdict(model: dict, gate: dict) -> str:
-    """What the gate did: promoted the version, kept the champion, or had nothing to decide (the candidate is the
-    champion already, the same trained model)."""
-    if gate["passed"]:
-        return f"gate [green]passed[/]: v{model['version']} is champion"
-    if "champion" in model["aliases"]:
-        return f"[cyan]v{model['version']} is the champion already[/], nothing to promote"
-    return f"gate [yellow]failed[/]: v{model['version']} stays challenger"
-
-
 @app.command()
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check RECIPE without running it: exit 0, or list every problem and exit 2."""
-    loaded = validated(recipe, set_ or [])
+    loaded = validated(recipe, set_ or [], search=True)  # the tune: section too, as `ftflow tune` would check it
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r}, objective {loaded.objective}, "
                   f"{len(loaded.data.sources)} source(s), method {loaded.method.name}", highlight=False, soft_wrap=True)
-    _check_hardware(loaded, recipe, strict=False)  # the recipe may be meant for other hardware: warn only
-
-
-def _check_hardware(loaded, recipe: Path, strict: bool) -> None:
-    """Whether this machine can train in the recipe's train.mixed_precision (fp16 needs a CUDA GPU): if not, an
-    error when STRICT, else a warning."""
-    from ftcore.training.train import check_hardware
-
-    try:
-        check_hardware(loaded.train)
-    except UserError as e:
-        if strict:
-            fail(f"{recipe}: {e}")
-        err_console.print(f"[yellow]warning:[/] {recipe}: {e} (on this machine)", highlight=False, soft_wrap=True)
+    check_hardware(loaded, recipe, strict=False)  # the recipe may be meant for other hardware: warn only
 
 
 @app.command()
@@ -374,6 +315,7 @@ def export(
 # After the pipeline's commands, so that `ftflow --help` lists those first.
 cli_data.register_commands(app)
 cli_ops.register_commands(app)
+cli_tune.register_commands(app)
 
 
 def main() -> None:

@@ -44,16 +44,18 @@ class OneLineUsageErrors(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-def validated(recipe: Path, overrides: list[str], model_folder: Literal["files", "config", "skip"] = "files"):
+def validated(recipe: Path, overrides: list[str], model_folder: Literal["files", "config", "skip"] = "files",
+              search: bool = False):
     """The recipe loaded and checked, its pretrained model's folder (`model_folder`: every file a run loads, its
     config only, or not at all for commands that never load the base) and its method and objective against that
-    model's config too; otherwise every problem on its own `error:` line, and exit 2."""
+    model's config too; with `search`, its `tune:` section as well (ftcore/recipe.py: load_recipe); otherwise every
+    problem on its own `error:` line, and exit 2."""
     from ftcore.models.folders import check_pretrained
     from ftcore.models.support import check_recipe_model
 
     quiet_libraries()  # the model checks import torch, PEFT, bitsandbytes and torchao, each with its load-time notes
     try:
-        loaded = load_recipe(recipe, overrides)
+        loaded = load_recipe(recipe, overrides, search=search)
     except RecipeError as e:
         for problem in e.problems:
             err_console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)

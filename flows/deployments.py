@@ -147,8 +147,8 @@ def with_form(spec: DeploymentSpec) -> DeploymentSpec:
     from flows.options import RunOptions
     from ftcore.recipe import load_recipe
 
-    if "recipe_path" not in spec.parameters:
-        return spec
+    if "recipe_path" not in spec.parameters or "options" not in flow_of(spec).parameters.properties:
+        return spec  # the search's form is its own (n_trials, timeout_s, workers)
     if "options" in spec.parameters:
         raise UserError(f"deployment {spec.name}: parameters.options: the form shows the recipe's own values; give "
                         "fixed changes as parameters.overrides (a.b=value)")

@@ -25,11 +25,12 @@ from ftcore.locks import Lease, abandoned
 from ftcore.models.registered import ModelRef
 from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
 from ftcore.paths import home
-from ftcore.pins import pin
+from ftcore.pins import Pins, pin
 from ftcore.quiet import quiet_libraries
 from ftcore.recipe import Recipe, StagesConfig, load_recipe
 from ftcore.schema import describe_error
 from ftcore.stages import LAST_STAGE, Stage
+from ftcore.tuning.trial import Pruned
 from tasks.clean_balance import clean_balance
 from tasks.collect import collect
 from tasks.deploy import deploy
@@ -85,8 +86,7 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
     summary = start_run(recipe, recipe_path, overrides)
     stages = StageRunner(recipe.stages, summary, until)
     try:
-        collected = stages.run(collect, job=jobs.collect_job(recipe, pins), runtime=recipe.runtime)
-        dataset = stages.run(clean_balance, job=jobs.clean_job(recipe, collected), runtime=recipe.runtime)
+        dataset = prepare_data(stages, recipe, pins)
         base = stages.run(init, job=jobs.init_job(recipe, pins, dataset))
         trained = stages.run(train, job=jobs.train_job(recipe, pins, base, dataset))
         evaluation = stages.run(evaluate, job=jobs.evaluate_job(recipe, pins, base, trained, dataset))
@@ -96,6 +96,12 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
     except StopPipeline:
         pass
     return end_state(finish_run(summary, stages.outputs))
+
+
+def prepare_data(stages: StageRunner, recipe: Recipe, pins: Pins) -> DatasetOutput:
+    """The collect and clean_balance stages: the dataset the model stages train and score on."""
+    collected = stages.run(collect, job=jobs.collect_job(recipe, pins), runtime=recipe.runtime)
+    return stages.run(clean_balance, job=jobs.clean_job(recipe, collected), runtime=recipe.runtime)
 
 
 def end_state(summary: dict) -> State:
@@ -123,21 +129,23 @@ def run_options(options: RunOptions | dict | None) -> list[str]:
         raise UserError("options: " + "; ".join(describe_error(err, RunOptions) for err in e.errors())) from None
 
 
-def start_run(recipe: Recipe, recipe_path: str, overrides: list[str]) -> RunSummary:
+def start_run(recipe: Recipe, recipe_path: str, overrides: list[str], tags: dict[str, str] | None = None,
+              title: str | None = None, reopen: str | None = None) -> RunSummary:
+    """The run's summary and MLflow run (titled `title`, by default `run_title`, with `tags` besides ftflow's own);
+    `reopen`: an MLflow run to go on in (a resumed search's study run) instead of a new one."""
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     recipe_hash = recipe.content_hash()
     end_killed_runs(recipe.name)
     lease = Lease(home() / "runs" / run_id / "lease")  # held while this process lives (ftcore/locks.py)
     prefect_url = prefect_flow_run_url(run_id)
-    mlflow_run_id = tracking.start_pipeline_run(
-        experiment=recipe.name,
-        run_name=run_title(recipe),
-        recipe=recipe.model_dump(mode="json"),
-        tags={"ftflow.recipe_hash": recipe_hash, "ftflow.recipe_path": str(Path(recipe_path).resolve()),
-              "ftflow.prefect_flow_run_id": run_id, "ftflow.version": ftcore.__version__,
-              LEASE_TAG: str(lease.path), OVERRIDES_TAG: json.dumps(overrides),
-              **({PREFECT_URL_TAG: prefect_url} if prefect_url else {})},
-    )
+    tags = {"ftflow.recipe_hash": recipe_hash, "ftflow.recipe_path": str(Path(recipe_path).resolve()),
+            "ftflow.prefect_flow_run_id": run_id, "ftflow.version": ftcore.__version__,
+            LEASE_TAG: str(lease.path), OVERRIDES_TAG: json.dumps(overrides),
+            **({PREFECT_URL_TAG: prefect_url} if prefect_url else {}), **(tags or {})}
+    if reopen is not None:
+        tracking.reopen_run(reopen, tags)
+    mlflow_run_id = reopen or tracking.start_pipeline_run(
+        experiment=recipe.name, run_name=title or run_title(recipe), recipe=recipe.model_dump(mode="json"), tags=tags)
     run_url = tracking.run_url(mlflow_run_id)
     get_run_logger().info("MLflow run: %s", run_url)
     return RunSummary(run_id=run_id, mlflow_run_id=mlflow_run_id, recipe_hash=recipe_hash,
@@ -195,7 +203,10 @@ def crash_flow_run(flow_run_id: str, reason: str) -> bool:
     return True
 
 
-def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
+def finish_run(summary: RunSummary, outputs: dict[str, StageOutput], say_cached: bool = True) -> dict:
+    """End the run: its summary written, its MLflow run described and ended (named `(cached)` where nothing ran,
+    unless not `say_cached`: a resumed search's study run), its lease released. Raises StageFailed when a stage
+    failed."""
     dataset, deployed = outputs.get(Stage.clean_balance), outputs.get(Stage.deploy)
     if dataset is not None:
         summary.dataset_hash = dataset.content_hash
@@ -215,7 +226,8 @@ def finish_run(summary: RunSummary, outputs: dict[str, StageOutput]) -> dict:
             if dataset is not None:
                 tracking.set_run_tags(summary.mlflow_run_id, {"ftflow.dataset_hash": dataset.content_hash})
             tracking.describe_run(summary.mlflow_run_id, run_description(summary.to_dict()))
-            if outputs and all(entry["status"] in ("cached", "skipped") for entry in summary.stages.values()):
+            if say_cached and outputs and all(entry["status"] in ("cached", "skipped")
+                                              for entry in summary.stages.values()):
                 tracking.add_to_run_name(summary.mlflow_run_id, " (cached)")  # nothing ran: say so in the list
             tracking.end_pipeline_run(summary.mlflow_run_id, summary.succeeded)
     result = summary.to_dict()
@@ -279,6 +291,11 @@ class StageRunner:
         duration = time.perf_counter() - started
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
+            if isinstance(error, Pruned):  # a search's pruner stopped the trial: not a failure
+                metrics = {"pruned_at_step": error.step, "eval_loss": error.loss}
+                self.summary.record(name, "pruned", duration, metrics)
+                tracking.log_stage_status(self.summary.mlflow_run_id, name, metrics, "pruned")
+                raise StopPipeline
             self.summary.record(name, "failed", duration, error=_describe(error, state),
                                 user_error=is_user_error(error))
             raise StopPipeline
@@ -299,9 +316,10 @@ class StageRunner:
 
 
 def _worth_retrying(task, task_run, state) -> bool:
-    """Bad data, a bad recipe or a full disk fails the same way every time: retry only other (possibly transient)
-    errors."""
-    return not is_user_error(state.result(raise_on_failure=False))
+    """Bad data, a bad recipe or a full disk fails the same way every time, and a pruned trial was stopped on
+    purpose: retry only other (possibly transient) errors."""
+    error = state.result(raise_on_failure=False)
+    return not is_user_error(error) and not isinstance(error, Pruned)
 
 
 def _describe(error, state) -> str:
@@ -312,4 +330,4 @@ def _describe(error, state) -> str:
     return state.message or state.name
 
 
-__all__ = ["StageFailed", "UserStageFailed", "finetune"]
+__all__ = ["StageFailed", "UserStageFailed", "finetune", "prepare_data", "start_run"]

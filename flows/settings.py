@@ -18,6 +18,7 @@ from ftcore.errors import UserError, is_user_error
 from ftcore.locks import file_lock
 from ftcore.paths import home
 from ftcore.quiet import quiet_libraries
+from ftcore.tuning.trial import Pruned
 
 DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # start-up takes ~15 s on 2 cores
@@ -84,6 +85,9 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE) == "1"
 
 
+PRUNED_TASK = f"exception {Pruned.__name__}: "  # Prefect's words for a task that raised it
+
+
 def hide_user_error_tracebacks() -> None:
     """A user's mistake (bad data, recipe or environment, a full disk) is one line. Prefect logs a failed task's and
     flow's exception with its traceback, which would bury that line: every log record of such an error keeps its
@@ -98,6 +102,10 @@ def hide_user_error_tracebacks() -> None:
         record = make_record(*args, **kwargs)
         if record.exc_info and record.exc_info[1] is not None and is_user_error(record.exc_info[1]) and not verbose():
             record.exc_info = None
+        if record.levelno >= logging.ERROR and PRUNED_TASK in str(record.msg):
+            # A search's pruner stopped a trial's training on purpose: Prefect reports the train task as failed
+            # (so it is not cached), which is no error to show.
+            record.levelno, record.levelname, record.exc_info = logging.INFO, "INFO", None
         return record
 
     record_without_user_error_traceback.hides_user_errors = True

@@ -4,6 +4,8 @@ builds each in one line; the task hands it through; the stage function in ftcore
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ftcore import tracking
 from ftcore.data.clean import CleanJob
 from ftcore.data.collect import CollectJob
@@ -38,14 +40,14 @@ def train_job(recipe: Recipe, pins: Pins, base: ModelOutput, dataset: DatasetOut
                     prompting=data_prompting(recipe.data))
 
 
-def evaluate_job(recipe: Recipe, pins: Pins, base: ModelOutput, trained: TrainOutput,
-                 dataset: DatasetOutput) -> EvaluateJob:
+def evaluate_job(recipe: Recipe, pins: Pins, base: ModelOutput, trained: TrainOutput, dataset: DatasetOutput,
+                 split: Literal["test", "validation"] = "test") -> EvaluateJob:
     """The train section only with cross-validation (which trains folds), so that otherwise a changed train section
-    re-runs evaluate only through the model it trained."""
+    re-runs evaluate only through the model it trained. A search's trials score the validation split."""
     return EvaluateJob(base=base, trained=trained, dataset=dataset, evaluate=recipe.evaluate, objective=recipe.spec,
                        title=recipe.name, train=recipe.train if recipe.evaluate.cross_validation else None,
                        reward=recipe.reward, reward_model=pins.reward_model, forgetting=pins.forgetting,
-                       start=pins.start, champion=rival(pins.champion, trained.content_hash))
+                       start=pins.start, champion=rival(pins.champion, trained.content_hash), split=split)
 
 
 def deploy_job(recipe: Recipe, trained: TrainOutput, evaluation: EvalOutput, dataset: DatasetOutput) -> DeployJob:

@@ -137,16 +137,6 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
-    def _tune_goals_are_measured(self) -> Recipe:
-        if self.tune is not None:
-            measured = [*self.evaluate.metrics, *self.evaluate.domain_metric_names, *TRIAL_MEASURES]
-            for i, goal in enumerate(self.tune.objectives):
-                if goal.metric not in measured:
-                    raise ValueError(f"tune.objectives.{i}.metric: {goal.metric!r} is not measured for this recipe; "
-                                     f"use one of {', '.join(measured)}")
-        return self
-
-    @model_validator(mode="after")
     def _gate_rules_can_be_decided(self) -> Recipe:
         problem = gate_problem(self.deploy.gate, self.evaluate, self.spec, self.continual is not None)
         if problem:
@@ -334,8 +324,35 @@ def current_override(item: str) -> str:
     return f"{OLD_NAMES[head]}{dot}{rest}{sep}{value}" if head in OLD_NAMES else item
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file, apply `a.b=value` overrides (values parsed as YAML) and validate it.
+def search_problems(recipe: Recipe) -> list[str]:
+    """What keeps the recipe's `tune:` section from searching this recipe, besides its space (space_problems): a
+    goal the recipe does not measure, no validation split to score trials on, a pruner with nothing to read."""
+    tune, problems = recipe.tune, []
+    measured = [*recipe.evaluate.metrics, *recipe.evaluate.domain_metric_names, *TRIAL_MEASURES]
+    problems += [f"tune.objectives.{i}.metric: {goal.metric!r} is not measured for this recipe; use one of "
+                 f"{', '.join(measured)}" for i, goal in enumerate(tune.objectives) if goal.metric not in measured]
+    if recipe.data.split.validation == 0:  # the test split stays unseen until the best trial's final run
+        problems.append("tune: trials are scored on the validation split, and this recipe has none; set "
+                        "data.split.validation above 0")
+    if tune.pruner == "none":
+        return problems
+    if len(tune.objectives) > 1:
+        problems.append(f"tune.pruner: {tune.pruner} stops trials that fall behind on one objective; with several "
+                        "objectives set pruner: none")
+    if recipe.train.eval_steps is None:
+        problems.append(f"tune.pruner: {tune.pruner} reads the validation loss at each evaluation, and "
+                        "train.eval_steps is not set (one evaluation, at the end); set train.eval_steps or pruner: "
+                        "none")
+    if recipe.train.distributed.enabled:
+        problems.append(f"tune.pruner: {tune.pruner} watches training in the flow's process, and train.distributed "
+                        "trains in others; set pruner: none")
+    return problems
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, search: bool = False) -> Recipe:
+    """Read a recipe file, apply `a.b=value` overrides (values parsed as YAML) and validate it. With `search`, its
+    `tune:` section is checked against it too (search_problems, then each value of the space in a recipe of its
+    own): a run ignores the section, so a run that changes what the search varies (another method) is no error.
 
     Raises RecipeError listing every problem as `FILE: field.path: what was expected` (or `FILE: line N: ...` for
     YAML that cannot be read): a bad override does not hide the fields' own problems.
@@ -373,7 +390,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
     recipe, refused = validated(raw)
     problems += [f"{path}: {p}" for p in refused]
-    if not problems and recipe.tune is not None:  # the space's values, each in a recipe of its own
+    if search and not problems and recipe.tune is not None:
+        problems = [f"{path}: {p}" for p in search_problems(recipe)]
+    if search and not problems and recipe.tune is not None:  # the space's values, each in a recipe of its own
         untuned = {k: v for k, v in raw.items() if k != "tune"}
 
         def refused(items: list[str]) -> list[str]:

@@ -51,6 +51,13 @@ def run_url(run_id: str, artifact: str | None = None) -> str:
     return f"{page}{f'/artifacts/{quote(artifact)}' if artifact else ''}?{UI_VIEW}"
 
 
+def artifact_file_url(run_id: str, artifact: str) -> str:
+    """The artifact file itself as MLflow's UI server serves it (an image to show in another page)."""
+    from urllib.parse import quote
+
+    return f"{ui_url()}/get-artifact?path={quote(artifact)}&run_uuid={run_id}"
+
+
 def version_url(name: str, version: str) -> str:
     from urllib.parse import quote
 
@@ -143,6 +150,35 @@ def running_runs(experiment: str) -> list[dict[str, Any]]:
     return [{"run_id": r.info.run_id, "tags": dict(r.data.tags)} for r in runs]
 
 
+def tagged_run(experiment: str, tags: dict[str, str]) -> str | None:
+    """The id of the experiment's newest run carrying every tag in `tags`, or None."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = c.search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                         order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def reopen_run(run_id: str, tags: dict[str, str]) -> None:
+    """Set an ended run RUNNING again, with `tags` (a resumed search goes on in its study's run)."""
+    c = client()
+    c.update_run(run_id, status="RUNNING")
+    set_run_tags(run_id, tags)
+
+
+def log_study(run_id: str, metrics: dict[str, float], trial_values: list[tuple[str, float, int]],
+              plots: Path) -> None:
+    """A search's results in its study run: `study/<name>` metrics (counts, the best values), each finished trial's
+    objective values as `study/trials/<metric>` at the trial's number as step (MLflow's chart of them is the
+    optimisation history), and the plots in `plots` under `study/`."""
+    _log_metrics(run_id, [(f"study/{name}", value, 0) for name, value in metrics.items()]
+                 + [(f"study/trials/{name}", value, number) for name, value, number in trial_values])
+    client().log_artifacts(run_id, str(plots), "study")
+
+
 def mark_killed(run_id: str, reason: str) -> None:
     """End a run whose process died: status KILLED, and the reason as its `ftflow.ended` tag."""
     c = client()
@@ -152,12 +188,17 @@ def mark_killed(run_id: str, reason: str) -> None:
 
 def log_stage(run_id: str, stage: str, metrics: dict[str, float], artifacts: dict[str, Path], cached: bool) -> None:
     """Log one stage's metrics (`<stage>/<name>`: metric_key) and artifacts (under `stages/<stage>/`)."""
-    _log_metrics(run_id, [(metric_key(k, stage), v, 0) for k, v in metrics.items()])
+    log_stage_status(run_id, stage, metrics, "cached" if cached else "completed")
     c = client()
-    c.set_tag(run_id, f"ftflow.stage.{stage}", "cached" if cached else "completed")
     for path in artifacts.values():
         if Path(path).exists():
             c.log_artifact(run_id, str(path), artifact_path=str(Path(stage_artifact(stage, path)).parent))
+
+
+def log_stage_status(run_id: str, stage: str, metrics: dict[str, float], status: str) -> None:
+    """A stage's metrics and its status tag `ftflow.stage.<stage>` (completed, cached; pruned: a search's trial)."""
+    _log_metrics(run_id, [(metric_key(k, stage), v, 0) for k, v in metrics.items()])
+    client().set_tag(run_id, f"ftflow.stage.{stage}", status)
 
 
 def stage_artifact(stage: str, path: Path | str) -> str:

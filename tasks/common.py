@@ -27,9 +27,10 @@ from tasks.code_closure import code_hash
 # The libraries whose versions decide what a stage produces (their code is not in the key; their version is).
 RESULT_LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets")
 
-# Parameters that differ on every execution, or say where it runs, and do not change what the stage produces.
+# Parameters that differ on every execution, or say where it runs, and do not change what the stage produces (a
+# search's trial: the same configuration trains the same model, and a retried trial resumes its checkpoints).
 RUN_ID = "mlflow_run_id"
-PER_EXECUTION = frozenset({RUN_ID, "run_tags", "runtime"})
+PER_EXECUTION = frozenset({RUN_ID, "run_tags", "runtime", "trial"})
 
 
 def source_hash(module_names: Iterable[str]) -> str:

@@ -7,7 +7,18 @@ from prefect import get_run_logger
 from ftcore.outputs import TrainOutput
 from ftcore.training.jobs import TrainJob
 from ftcore.training.train import train_stage
+from ftcore.tuning.trial import TrialHook, pruning_reporter
 from tasks.common import source_hash, stage_folder, stage_task
+
+
+def pruning(job: TrainJob, trial: TrialHook | None) -> list:
+    """The callback that reports a trial's evaluations to its pruner; none outside a search or without one (and
+    with train.distributed, which trains in other processes than this one's callbacks watch)."""
+    if trial is None or trial.tune.pruner == "none" or job.train.distributed.enabled:
+        return []
+    from ftcore.training.callbacks import ReportEvaluations
+
+    return [ReportEvaluations(pruning_reporter(trial))]
 
 
 def reward_code(job: TrainJob) -> str:
@@ -17,11 +28,13 @@ def reward_code(job: TrainJob) -> str:
 
 
 @stage_task("train", plugin_code=lambda params: reward_code(params["job"]))
-def train(job: TrainJob, mlflow_run_id: str | None = None) -> TrainOutput:
+def train(job: TrainJob, mlflow_run_id: str | None = None, trial: TrialHook | None = None) -> TrainOutput:
     """Fine-tune the init stage's model on the train split for the recipe's objective (rl: against the reward, with
     the pinned reward model; continual: replaying and anchored to the retained data). Each step's metrics go to the
-    pipeline's MLflow run `mlflow_run_id` as training makes them; a line every tenth of the run goes to the log."""
-    out = train_stage(job, stage_folder("train", job, plugins=reward_code(job)), mlflow_run_id=mlflow_run_id)
+    pipeline's MLflow run `mlflow_run_id` as training makes them; a line every tenth of the run goes to the log. In a
+    search's `trial`, each evaluation's validation loss goes to the trial's pruner, which may stop training."""
+    out = train_stage(job, stage_folder("train", job, plugins=reward_code(job)), pruning(job, trial),
+                      mlflow_run_id=mlflow_run_id)
     m = out.metrics
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
     processes = f" in {m['processes']:.0f} processes ({job.train.distributed.strategy})" if m["processes"] > 1 else ""

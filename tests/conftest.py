@@ -46,6 +46,7 @@ TINY_OVERRIDES = [
     "train.batch_size=16",
     "train.learning_rate=1e-2",
     "train.logging_steps=5",
+    "train.eval_steps=null",  # the demo evaluates every 50 steps for `ftflow tune`'s pruner; a test once, at the end
     "evaluate.max_new_tokens=24",
     "monitor.probe_size=5",
     "stages.retry_delay_s=0",

@@ -102,6 +102,12 @@ def test_ftflow_deploy_registers_a_finetune_form_per_recipe_and_the_schedules(tm
     options = schema["definitions"]["RunOptions"]["properties"]
     assert set(options) == set(RunOptions.model_fields)  # every run option, each a recipe override (test above)
     assert "dora" in options["method"]["enum"] and not [field for field in options.values() if "anyOf" in field]
+    # The search's form: the recipe, the trials, the time budget, the workers; plain fields too.
+    tune = deployments["tune", "tune"]
+    assert tune.parameters == {"recipe_path": "data_recipes/recipes/clinical_qa.yaml"}
+    fields = tune.parameter_openapi_schema["properties"]
+    assert {"recipe_path", "n_trials", "timeout_s", "workers"} <= set(fields)
+    assert not [name for name, field in fields.items() if "anyOf" in field]
 
     # Registered again, they are updated in place.
     again = CliRunner().invoke(app, ["deploy", "--monitor-cron", "0 * * * *"])

@@ -48,16 +48,16 @@ def evaluate_stage(job: EvaluateJob, out_dir: Path) -> EvalOutput:
                       reward_model_dir=model_folder(job.reward_model) if job.reward_model else None,
                       retained_test=job.forgetting.test if job.forgetting else None,
                       champion=job.champion.label if job.champion else None, title=job.title,
-                      images={"Training loss": job.trained.path / "loss.png"}, folds=folds)
+                      images={"Training loss": job.trained.path / "loss.png"}, folds=folds, split=job.split)
     return evaluate_models(models, scoring, out_dir)
 
 
 def evaluate_models(models: dict[str, Path], scoring: Scoring, out_dir: Path) -> EvalOutput:
-    """Score each named model folder on the test split: `base`, `start` (the registered version a recipe continues),
-    `champion`, `candidate`. Names given the same folder are scored once and reported under each. The starting
-    model (`start`, else the first) is dpo's implicit-reward reference and, with a forgetting set, the reference of
-    `forgetting.<metric>`."""
-    test, cfg, scorer = scoring.rows("test"), scoring.evaluate, SCORERS[scoring.objective.scorer]
+    """Score each named model folder on the test split (a search's trials: the validation split): `base`, `start`
+    (the registered version a recipe continues), `champion`, `candidate`. Names given the same folder are scored
+    once and reported under each. The starting model (`start`, else the first) is dpo's implicit-reward reference
+    and, with a forgetting set, the reference of `forgetting.<metric>`."""
+    test, cfg, scorer = scoring.rows(scoring.split), scoring.evaluate, SCORERS[scoring.objective.scorer]
     aliases = same_folders(models)
     models = {name: path for name, path in models.items() if name not in aliases}
     start = aliases.get("start", "start" if "start" in models else next(iter(models)))
@@ -166,7 +166,7 @@ def report_data(scoring: Scoring, metrics: dict[str, float], predictions: pd.Dat
     table = [*cfg.metrics, *cfg.domain_metric_names]
     table += [m for m in ("toxic_rate", "bias_divergence", "judge_score") if m in metrics]
     rival = f"the champion {scoring.champion}" if scoring.champion else reference
-    notes = [f"{metrics['test_rows']:.0f} test examples; intervals: {cfg.confidence:.0%} bootstrap, "
+    notes = [f"{metrics['test_rows']:.0f} {scoring.split} examples; intervals: {cfg.confidence:.0%} bootstrap, "
              f"{cfg.bootstrap_resamples} resamples", f"the candidate must beat {rival}"]
     example_metric = next((m for m in table if f"{CANDIDATE}.{m}" in predictions), None)
     examples = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
 from ftcore.alignment.config import RewardConfig
@@ -16,7 +18,8 @@ from ftcore.training.config import TrainConfig
 class EvaluateJob(BaseModel):
     """The evaluate stage's input: the init and train stages' outputs, the cleaned dataset, the evaluate section,
     the objective, the report's title, the train section (only with cross-validation, which trains folds), the
-    reward and pinned reward model (rl), and the pinned forgetting set, starting version and champion."""
+    reward and pinned reward model (rl), the pinned forgetting set, starting version and champion, and the split
+    scored."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -32,3 +35,4 @@ class EvaluateJob(BaseModel):
     forgetting: RetainedData | None = None
     start: ModelRef | None = None
     champion: ModelRef | None = None
+    split: Literal["test", "validation"] = "test"  # validation: a search's trial, which must not see the test rows

@@ -63,6 +63,7 @@ class Scoring(BaseModel):
     title: str = "evaluation"
     images: dict[str, Path] = {}  # shown in the report beside the metrics (e.g. the loss curve)
     folds: dict[str, float] = {}  # cross-validation metrics (cv.*), reported with the others
+    split: str = "test"  # the split the models are scored on
 
     def rows(self, split: str) -> pd.DataFrame | None:
         """The split's rows (images as file paths), or None."""

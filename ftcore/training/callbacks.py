@@ -180,3 +180,16 @@ class ProgressBarOnly(ProgressCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.training_bar is not None and "loss" in (logs or {}):
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
+
+
+class ReportEvaluations(TrainerCallback):
+    """Hands each periodic evaluation's validation loss, with its step, to `report` (a search's pruner, which may
+    stop training by raising)."""
+
+    def __init__(self, report):
+        self.report = report
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero and metrics and "eval_loss" in metrics:
+            self.report(state.global_step, metrics["eval_loss"])
+        return control

@@ -106,6 +106,11 @@ class TuneConfig(Strict):
     timeout_s: float | None = Field(None, gt=0, description="no new trial starts after this long")
     sampler: Literal["tpe", "gp", "cmaes", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    startup_trials: int = Field(3, ge=0, description="trials the median pruner lets finish before it compares "
+                                                     "others with them")
+    refit: bool = Field(False, description="train the best configuration again on the train and validation rows "
+                                           "together (the test split stays the same rows) before it is scored and "
+                                           "registered; otherwise its trial's model is the one registered")
 
     @model_validator(mode="after")
     def _conditions_name_the_space(self):

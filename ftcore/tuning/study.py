@@ -73,8 +73,22 @@ def sampler(tune: TuneConfig, seed: int):
 def pruner(tune: TuneConfig):
     import optuna
 
-    return getattr(optuna.pruners, PRUNERS[tune.pruner])()
+    kind = getattr(optuna.pruners, PRUNERS[tune.pruner])
+    return kind(n_startup_trials=tune.startup_trials) if tune.pruner == "median" else kind()
 
 
 def directions(tune: TuneConfig) -> list[str]:
     return [goal.direction for goal in tune.objectives]
+
+
+def final_overrides(tune: TuneConfig, best: list[str]) -> list[str]:
+    """The overrides of the run that trains the best configuration for good: the best trial's, without the search
+    (a run of its own), and with `refit` the validation rows joined to the train split. The split carves the test
+    rows off first, so they stay the same rows the search never saw."""
+    return [*best, "tune=null", *(["data.split.validation=0"] if tune.refit else [])]
+
+
+def budget_overrides(n_trials: int | None, timeout_s: float | None) -> list[str]:
+    """A budget given apart from the recipe (the dashboard's form, `--trials`, `--timeout`) as recipe overrides."""
+    given = {"tune.n_trials": n_trials, "tune.timeout_s": timeout_s}
+    return [f"{field}={value}" for field, value in given.items() if value is not None]

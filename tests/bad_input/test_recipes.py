@@ -21,8 +21,12 @@ RANK_OF_ONE_METHOD = ("recipe.yaml: tune.space.method.r: with method.name='ia3' 
                       "add when: {method.name: VALUES} listing them")
 
 
-def _tune(space: dict, metric: str = "exact_match", direction: str = "maximize") -> dict:
-    return {"space": space, "objectives": [{"metric": metric, "direction": direction}]}
+def _tune(space: dict, metric: str = "exact_match", direction: str = "maximize", **settings) -> dict:
+    """A tune section without a pruner by default: a pruner needs train.eval_steps, which VALID leaves out."""
+    return {"space": space, "objectives": [{"metric": metric, "direction": direction}], "pruner": "none", **settings}
+
+
+EPOCHS = {"train.epochs": {"int": [1, 3]}}
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,17 @@ CASES = {
     "tune-metric-not-measured": Case(("recipe.yaml: tune.objectives.0.metric: 'accuracy' is not measured",),
                                      sections={**VALID, "tune": _tune({"train.epochs": {"int": [1, 3]}}, "accuracy")}),
     "tune-direction": Case(("recipe.yaml: tune.objectives.0.direction:",), sections={**VALID, "tune": _tune(
-        {"train.epochs": {"int": [1, 3]}}, direction="upwards")}),
+        EPOCHS, direction="upwards")}),
+    "tune-pruner-without-evaluations": Case(
+        ("recipe.yaml: tune.pruner: median reads the validation loss at each evaluation", "set train.eval_steps"),
+        sections={**VALID, "tune": _tune(EPOCHS, pruner="median")}),
+    "tune-pruner-of-several-objectives": Case(
+        ("recipe.yaml: tune.pruner: hyperband stops trials that fall behind on one objective",),
+        sections={**VALID, "train": {"eval_steps": 10}, "tune": {**_tune(EPOCHS, pruner="hyperband"), "objectives": [
+            {"metric": "exact_match"}, {"metric": "train_seconds", "direction": "minimize"}]}}),
+    "tune-without-validation-split": Case(
+        ("recipe.yaml: tune: trials are scored on the validation split", "set data.split.validation above 0"),
+        sections={"data": {"sources": [SOURCE], "split": {"validation": 0}}, "tune": _tune(EPOCHS)}),
     "every-problem-at-once": Case(
         ("--set data.sources.2.path=x: data.sources.2:", "train.batch_size: Input should be greater",
          "train.epochs: Input should be a finite number"),

@@ -36,7 +36,7 @@ def test_training_options_load_with_their_overrides():  # their defaults: test_c
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    (["train.early_stopping_patience=2"], "train: early_stopping_patience needs eval_steps"),
+    (["train.early_stopping_patience=2", "train.eval_steps=null"], "train: early_stopping_patience needs eval_steps"),
     (["train.early_stopping_patience=2", "train.eval_steps=10", "train.max_steps=10"],
      "train: early_stopping_patience: eval_steps (10) must be below max_steps (10)"),
     (["train.mixed_precision=fp32"], "train.mixed_precision: Input should be 'no', 'fp16' or 'bf16', got 'fp32'"),
