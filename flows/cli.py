@@ -17,18 +17,17 @@ from typing import Annotated, Any
 import typer
 
 from flows import cli_data, cli_ops, cli_tune
-from flows.cli_runs import check_hardware, report_run, run_reporting_failures
+from flows.cli_runs import check_hardware, prepare_to_run, report_run, run_reporting_failures
 from flows.cli_shared import (
     OneLineUsageErrors,
     RecipeArg,
     SetOpt,
     configure,
-    connect_prefect,
     console,
     fail,
     validated,
 )
-from flows.settings import VERBOSE, check_room
+from flows.settings import VERBOSE
 from ftcore.errors import UserError
 from ftcore.paths import home
 from ftcore.plugins import Registry
@@ -64,12 +63,7 @@ def run(
         loaded = validated(recipe, overrides)  # fail fast, before Prefect's server starts
         if STAGES.index(stop_after) >= STAGES.index(Stage.train):
             check_hardware(loaded, recipe, strict=True)
-    configure()
-    try:
-        check_room(home())
-    except UserError as e:
-        fail(str(e))
-    connect_prefect()
+    prepare_to_run()
     summaries = run_reporting_failures(lambda: _run_flows(recipes, overrides, stop_after), as_json)
     for summary in summaries:
         report_run(summary, as_json and len(summaries) == 1)

@@ -11,12 +11,22 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 
-from flows.cli_shared import console, err_console, fail
-from flows.settings import start_embedded_prefect
+from flows.cli_shared import configure, connect_prefect, console, err_console, fail
+from flows.settings import check_room, start_embedded_prefect
 from ftcore.errors import UserError, storage_error
 from ftcore.paths import home
 
 T = TypeVar("T")
+
+
+def prepare_to_run() -> None:
+    """The environment checked, room on FTFLOW_HOME's disk, and Prefect's server to run on: each a one-line error."""
+    configure()
+    try:
+        check_room(home())
+    except UserError as e:
+        fail(str(e))
+    connect_prefect()
 
 
 def run_reporting_failures(start: Callable[[], T], as_json: bool) -> T:

@@ -9,11 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_runs import check_hardware, run_reporting_failures, show_run
-from flows.cli_shared import RecipeArg, SetOpt, configure, connect_prefect, console, err_console, fail, validated
-from flows.settings import check_room
-from ftcore.errors import UserError
-from ftcore.paths import home
+from flows.cli_runs import check_hardware, prepare_to_run, run_reporting_failures, show_run
+from flows.cli_shared import RecipeArg, SetOpt, console, err_console, fail, validated
 
 
 def register_commands(app: typer.Typer) -> None:
@@ -51,12 +48,7 @@ def tune(
         print(json.dumps(preview, indent=2)) if as_json else console.print(_render_preview(preview))
         return
     check_hardware(loaded, recipe, strict=True)
-    configure()
-    try:
-        check_room(home())
-    except UserError as e:
-        fail(str(e))
-    connect_prefect()
+    prepare_to_run()
     from flows.tune import tune as tune_flow
 
     result = run_reporting_failures(
