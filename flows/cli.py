@@ -268,7 +268,8 @@ def export(
     model_uri: Annotated[str, typer.Argument(metavar="MODEL_URI",
                                              help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
     kind: Annotated[list[str] | None, typer.Option(
-        "--kind", help="adapter, merged, merged_bf16 or int8 (repeatable; default: int8).")] = None,
+        "--kind", help="adapter, merged, merged_bf16, int8, gguf_f16, gguf_q8_0 or gguf_q4_0 (repeatable; default: "
+                       "int8).")] = None,
     tolerance: Annotated[float | None, typer.Option(
         help="The most int8 may lose on the primary test metric (default: deploy.int8_tolerance's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -304,6 +305,8 @@ def export(
     if report.int8_size_ratio is not None:
         check = report.int8_verdict()["export.int8.check"]
         console.print(f"int8 size: {report.int8_size_ratio:.1%} of float32; {check}", highlight=False, soft_wrap=True)
+    for name, check in report.gguf_checks.items():
+        console.print(f"{name}: {check.describe()}", highlight=False, soft_wrap=True)
 
 
 # After the pipeline's commands, so that `ftflow --help` lists those first.
