@@ -44,17 +44,24 @@ FAMILIES = {"llama": Family("llama", True), "mistral": Family("llama", True), "q
             "qwen3": Family("qwen3", False)}
 
 
-def refusal(folder: Path) -> str | None:
-    """Why the model folder cannot be written as GGUF, in one line; None when it can."""
-    config = json.loads((folder / "config.json").read_text())
-    model_type = config.get("model_type")
+def family_refusal(model_type: str, causal_lm: bool) -> str | None:
+    """Why a model of this type cannot be written as GGUF here, in one line; None when it can. Known from a config
+    alone, so a recipe is refused before it trains."""
     if model_type not in FAMILIES:
         return (f"model type {model_type!r} has no GGUF tensor mapping here (written: "
                 f"{', '.join(sorted(FAMILIES))}); export merged or merged_bf16 and convert it with llama.cpp's "
                 "convert_hf_to_gguf.py")
-    if not any(a.endswith("ForCausalLM") for a in config.get("architectures") or []):
-        return "only causal language models run in llama.cpp; this folder holds a " + \
-               ", ".join(config.get("architectures") or ["model without architectures"])
+    if not causal_lm:
+        return "only causal language models run in llama.cpp; a classifier's GGUF would have no head to load"
+    return None
+
+
+def refusal(folder: Path) -> str | None:
+    """Why the model folder cannot be written as GGUF, in one line; None when it can."""
+    config = json.loads((folder / "config.json").read_text())
+    causal = any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+    if problem := family_refusal(config.get("model_type"), causal):
+        return problem
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", "default") not in ("default", "linear"):
         return (f"rope scaling {rope['rope_type']!r} is not written to GGUF here (default and linear are); convert "
