@@ -215,6 +215,20 @@ def export_registered(ref: ModelRef, kinds: list[str], tolerance: float) -> Expo
                           version_test_split(run_id), tolerance)
 
 
+def export_to(ref: ModelRef, kind: str, dst: Path, tolerance: float) -> tuple[Path, ExportReport | None]:
+    """The version's `kind` export as the folder `dst` (what a serving container mounts), made first if the version
+    has none yet (then its report, else None). The folder is checked against the export's content hash."""
+    name, version = str(ref.name), str(ref.version)
+    dst = Path(dst).expanduser().resolve()
+    if dst.is_file() or (dst.is_dir() and any(dst.iterdir()) and not (dst / MANIFEST).is_file()):
+        # fetch_export replaces a folder that holds another export; anything else is the user's.
+        raise UserError(f"--to: {dst} holds other files; give a new or empty folder")
+    made = None
+    if f"export.{kind}.hash" not in versions.version_tags(name, version):
+        made = export_registered(ref, [kind], tolerance)
+    return fetch_export(name, version, kind, dst), made
+
+
 def version_test_split(run_id: str) -> pd.DataFrame | None:
     """The test rows of the dataset the run logged (the clean_balance stage's), or None when it logged none."""
     from ftcore.data.retained import DATASET_ARTIFACT

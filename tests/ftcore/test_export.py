@@ -435,6 +435,25 @@ def test_ftflow_export_exports_a_registered_version_with_its_runs_test_split(lor
     local = tracking.download_run_artifact(run_id, "exports/merged/input_example.json", tmp_path)
     assert json.loads(local.read_text())["data"] == [[_test_split(lora)["prompt"].iloc[0]]]
 
+    # --to: the folder a serving container mounts; made only when the version has no such export yet
+    to = tmp_path / "served" / "clinical"
+    result = CliRunner().invoke(app, ["export", "models:/clinical@champion", "--kind", "merged_bf16", "--to", to])
+    assert result.exit_code == 0 and f"merged_bf16 of models:/clinical/{version}: {to}" in result.output
+    assert f"merged_bf16: runs:/{run_id}/exports/merged_bf16" in result.output  # made, as the version had none
+    config = json.loads((to / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and (to / "model.safetensors").is_file() and (to / "tokenizer.json").is_file()
+    made = versions.version_tags("clinical", version)["export.merged_bf16.hash"]
+    again = CliRunner().invoke(app, ["export", "models:/clinical@champion", "--kind", "merged_bf16", "--to", to])
+    assert again.exit_code == 0 and "runs:/" not in again.output  # fetched, not made again
+    assert versions.version_tags("clinical", version)["export.merged_bf16.hash"] == made
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for args, line in ((["--kind", "merged", "--kind", "int8", "--to", to], "--to: one folder holds one export"),
+                       (["--kind", "merged", "--to", tmp_path / "mine"], "holds other files")):
+        refused = CliRunner().invoke(app, ["export", "models:/clinical@champion", *map(str, args)])
+        assert refused.exit_code == 2 and line in refused.output, refused.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
     refused = CliRunner().invoke(app, ["export", "models:/clinical/1", "--kind", "fp8"])
     assert refused.exit_code == 2 and "--kind: fp8 is not an export kind" in refused.output
     missing = CliRunner().invoke(app, ["export", "models:/clinical/7"])
