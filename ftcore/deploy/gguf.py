@@ -80,19 +80,26 @@ def write_gguf(folder: Path, out: Path, file_type: str, name: str) -> None:
         raise UserError(f"gguf: {problem}")
     config = json.loads((folder / "config.json").read_text())
     family = FAMILIES[config["model_type"]]
-    writer = gguf.GGUFWriter(out, family.arch)
+    partial = out.with_name(out.name + ".partial")  # renamed once whole: no half-written file under `out`'s name
+    writer = gguf.GGUFWriter(partial, family.arch)
     _add_hyperparameters(writer, config, name, file_type)
     _add_vocabulary(writer, folder, config["vocab_size"])
     tensors = list(_tensors(folder, config, family, file_type))
-    for name, _, qtype, shape in tensors:
+    for tensor_name, _, qtype, shape in tensors:
         byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
-        writer.add_tensor_info(name, byte_shape, _uint8(), math.prod(byte_shape), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for _, load, qtype, _ in tensors:
-        writer.write_tensor_data(gguf.quantize(load(), qtype))
-    writer.close()
+        writer.add_tensor_info(tensor_name, byte_shape, _uint8(), math.prod(byte_shape), raw_dtype=qtype)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for _, load, qtype, _ in tensors:
+            writer.write_tensor_data(gguf.quantize(load(), qtype))
+        writer.close()
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    partial.rename(out)
 
 
 def _uint8():
@@ -128,37 +135,34 @@ def _add_hyperparameters(writer, config: dict[str, Any], name: str, file_type: s
 
 
 def _add_vocabulary(writer, folder: Path, vocab_size: int) -> None:
-    """The tokenizer as llama.cpp reads it, through `gguf`'s vocabulary readers: GPT-2-style byte-level BPE, or
-    Llama/Mistral's SentencePiece-style BPE with byte fallback, whose scores are written from its merge order (`gguf`
-    gives every token the same placeholder, which would leave llama.cpp's merges unordered). Padded to the model's
-    vocab_size with unused tokens, as llama.cpp's converter does; the merges, special tokens, chat template and
-    whether the tokenizer adds BOS or EOS as the folder's tokenizer does them."""
+    """The tokenizer as llama.cpp reads it: GPT-2-style byte-level BPE (through `gguf`'s reader), or Llama/Mistral's
+    SentencePiece-style BPE with byte fallback (read here from tokenizer.json: `gguf`'s reader loads the tokenizer
+    and takes its whole vocabulary once per special token, half a minute for Mistral's 771, and gives every token
+    the same placeholder score, which would leave llama.cpp's merges unordered). Padded to the model's vocab_size
+    with unused tokens, as llama.cpp's converter does; the merges, special tokens, chat template and whether the
+    tokenizer adds BOS or EOS as the folder's tokenizer does them."""
     import gguf
 
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
-    try:
-        vocab = gguf.vocab.BpeVocab(folder)
-        pre = pre_tokenizer(tokenizer_json)
-    except FileNotFoundError:
+    model = tokenizer_json["model"]
+    if model["type"] == "BPE" and model.get("byte_fallback"):
+        kind, pre = "llama", None
+        tokens, scores, types = _sentencepiece_bpe(tokenizer_json)
+    else:
         try:
-            vocab, pre = gguf.vocab.LlamaHfVocab(folder), None
-        except (FileNotFoundError, TypeError):
+            vocab = gguf.vocab.BpeVocab(folder)
+        except FileNotFoundError:
             raise UserError("gguf: the tokenizer is neither a byte-level BPE nor a SentencePiece-style BPE with byte "
                             "fallback, the two vocabularies written here") from None
-    tokens, scores, types = [], [], []
-    for text, score, kind in vocab.all_tokens():
-        tokens.append(text)
-        scores.append(score)
-        types.append(kind)
+        kind, pre = vocab.tokenizer_model, pre_tokenizer(tokenizer_json)
+        tokens, scores, types = (list(column) for column in zip(*vocab.all_tokens(), strict=True))
     if len(tokens) > vocab_size:
         raise UserError(f"gguf: the tokenizer has {len(tokens)} tokens, more than the model's vocab_size {vocab_size}")
-    if vocab.tokenizer_model == "llama":
-        scores = _merge_order_scores(tokenizer_json, len(tokens))
     for i in range(len(tokens), vocab_size):
         tokens.append(f"[PAD{i}]".encode())
         scores.append(-1000.0)
         types.append(gguf.TokenType.UNUSED)
-    writer.add_tokenizer_model(vocab.tokenizer_model)
+    writer.add_tokenizer_model(kind)
     if pre is not None:
         writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -169,18 +173,36 @@ def _add_vocabulary(writer, folder: Path, vocab_size: int) -> None:
     special.add_to_gguf(writer, quiet=True)
 
 
-def _merge_order_scores(tokenizer_json: dict[str, Any], count: int) -> list[float]:
-    """SentencePiece-style scores: llama.cpp merges the adjacent pair whose joined token scores highest, so a
-    token made by an earlier merge scores higher. Tokens no merge makes (characters, bytes, control tokens) score 0:
-    they are never a merge's result."""
+def _sentencepiece_bpe(tokenizer_json: dict[str, Any]) -> tuple[list[bytes], list[float], list]:
+    """(tokens, scores, types) by id of a SentencePiece-style BPE: byte tokens (`<0x0A>`) typed BYTE, the unknown
+    token UNKNOWN, added tokens CONTROL (special) or USER_DEFINED, and scores from the merge order: llama.cpp merges
+    the adjacent pair whose joined token scores highest, so a token made by an earlier merge scores higher; tokens no
+    merge makes (characters, bytes, control tokens) score 0, as they are never a merge's result."""
+    import gguf
+
     model = tokenizer_json["model"]
+    added = {t["id"]: t for t in tokenizer_json.get("added_tokens", [])}
+    by_id = {index: token for token, index in model["vocab"].items()} | {i: t["content"] for i, t in added.items()}
+    count = max(by_id) + 1
     scores = [0.0] * count
     for rank, merge in enumerate(model["merges"]):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         index = model["vocab"].get(left + right)
-        if index is not None and index < count and scores[index] == 0.0:
+        if index is not None and scores[index] == 0.0:
             scores[index] = -float(rank + 1)
-    return scores
+    tokens, types = [], []
+    for i in range(count):
+        text = by_id.get(i, f"[PAD{i}]")
+        tokens.append(text.encode("utf-8"))
+        if text == model.get("unk_token"):
+            types.append(gguf.TokenType.UNKNOWN)
+        elif i in added:
+            types.append(gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types.append(gguf.TokenType.BYTE)
+        else:
+            types.append(gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED)
+    return tokens, scores, types
 
 
 def _adds_bos_eos(folder: Path) -> dict[str, bool]:
@@ -286,14 +308,15 @@ def modelfile(gguf_name: str, folder: Path) -> str:
 def read_back(path: Path):
     """(model, tokenizer) of the GGUF file at `path` through transformers' GGUF loader, in float32. The loader
     leaves `<arch>.attention.key_length` unread for some families (Qwen3 takes its default head_dim of 128), so the
-    head size comes from the file's own key."""
+    head size comes from the file's own key. The config is read from the header alone (gguf_header): transformers'
+    own reading of it parses the whole vocabulary once more."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftcore.models.gguf_header import read_metadata
+    from ftcore.models.gguf_header import gguf_config, read_metadata
 
-    metadata, _ = read_metadata(path)
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    metadata, tensor_names = read_metadata(path)
+    config = gguf_config(path, metadata, tensor_names)
     key_length = metadata.get(f"{metadata['general.architecture']}.attention.key_length")
     if key_length and hasattr(config, "head_dim"):
         config.head_dim = key_length
