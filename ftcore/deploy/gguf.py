@@ -62,10 +62,10 @@ def refusal(folder: Path) -> str | None:
     causal = any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
     if problem := family_refusal(config.get("model_type"), causal):
         return problem
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") not in ("default", "linear"):
-        return (f"rope scaling {rope['rope_type']!r} is not written to GGUF here (default and linear are); convert "
-                "with llama.cpp's convert_hf_to_gguf.py")
+    kind, _, _ = _rope(config)
+    if kind not in ("default", "linear"):
+        return (f"rope scaling {kind!r} is not written to GGUF here (default and linear are); convert with "
+                "llama.cpp's convert_hf_to_gguf.py")
     if not (folder / "tokenizer.json").is_file():
         return "the folder has no tokenizer.json (a fast tokenizer), which the GGUF vocabulary is written from"
     return None
@@ -108,12 +108,20 @@ def _uint8():
     return np.dtype(np.uint8)
 
 
+def _rope(config: dict[str, Any]) -> tuple[str, float, float | None]:
+    """(scaling kind, base frequency, scaling factor) of a config in transformers 5's form (`rope_parameters`) or the
+    older one (`rope_theta` and `rope_scaling` with `type`)."""
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = params.get("rope_type") or params.get("type") or "default"
+    return kind, params.get("rope_theta", config.get("rope_theta", 10000.0)), params.get("factor")
+
+
 def _add_hyperparameters(writer, config: dict[str, Any], name: str, file_type: str) -> None:
     import gguf
 
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    rope = config.get("rope_parameters") or {}
+    rope_kind, rope_theta, rope_factor = _rope(config)
     writer.add_name(name)
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -124,10 +132,10 @@ def _add_hyperparameters(writer, config: dict[str, Any], name: str, file_type: s
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
-    if rope.get("rope_type") == "linear":
+    writer.add_rope_freq_base(rope_theta)
+    if rope_kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(rope["factor"])
+        writer.add_rope_scaling_factor(rope_factor)
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[file_type][1]))

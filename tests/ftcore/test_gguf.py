@@ -43,3 +43,16 @@ def test_a_split_pattern_llama_cpp_has_no_name_for_is_refused_in_one_line(tmp_pa
     with pytest.raises(UserError, match=r"^gguf: the tokenizer splits text with a pattern llama\.cpp has no name for"):
         gguf.write_gguf(copy, tmp_path / "out.gguf", "f16", "x")
     assert not list(tmp_path.glob("out.gguf*"))  # nothing half-written
+
+
+def test_rope_scaling_gguf_does_not_write_is_refused_in_either_config_form(tmp_path):
+    copy = shutil.copytree(folder("llama3"), tmp_path / "llama3", ignore=shutil.ignore_patterns("*.safetensors"))
+    config = json.loads((copy / "config.json").read_text())
+    for kind, rope in (("llama3", {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}),
+                       ("yarn", {"rope_parameters": None, "rope_scaling": {"type": "yarn", "factor": 4.0}})):
+        (copy / "config.json").write_text(json.dumps(config | rope))
+        assert gguf.refusal(copy) == (f"rope scaling {kind!r} is not written to GGUF here (default and linear are); "
+                                      "convert with llama.cpp's convert_hf_to_gguf.py")
+    (copy / "config.json").write_text(json.dumps(config | {"rope_parameters": None, "rope_theta": 1e6,
+                                                           "rope_scaling": {"type": "linear", "factor": 2.0}}))
+    assert gguf.refusal(copy) is None
