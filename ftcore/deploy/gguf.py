@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcore.errors import UserError
+from ftcore.models.gguf_families import FAMILIES, Family, family_refusal
 
 # A file type -> (the GGML type of its matrices, llama.cpp's general.file_type for it), by gguf's names.
 TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
@@ -31,29 +32,6 @@ TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16
 # In a 4-bit file the embeddings and the output layer stay 8-bit: llama.cpp keeps them above 4 bits too, since a
 # 4-bit output layer costs the most quality per byte saved.
 KEPT_AT_8_BITS = ("token_embd.weight", "output.weight")
-
-
-@dataclass(frozen=True)
-class Family:
-    arch: str  # llama.cpp's architecture (gguf.MODEL_ARCH_NAMES)
-    rotary_permuted: bool  # LLaMA-style rotary halves, which llama.cpp stores interleaved
-
-
-# model_type -> how llama.cpp runs it. Mistral runs as llama, as llama.cpp's converter writes it.
-FAMILIES = {"llama": Family("llama", True), "mistral": Family("llama", True), "qwen2": Family("qwen2", False),
-            "qwen3": Family("qwen3", False)}
-
-
-def family_refusal(model_type: str, causal_lm: bool) -> str | None:
-    """Why a model of this type cannot be written as GGUF here, in one line; None when it can. Known from a config
-    alone, so a recipe is refused before it trains."""
-    if model_type not in FAMILIES:
-        return (f"model type {model_type!r} has no GGUF tensor mapping here (written: "
-                f"{', '.join(sorted(FAMILIES))}); export merged or merged_bf16 and convert it with llama.cpp's "
-                "convert_hf_to_gguf.py")
-    if not causal_lm:
-        return "only causal language models run in llama.cpp; a classifier's GGUF would have no head to load"
-    return None
 
 
 def refusal(folder: Path) -> str | None:

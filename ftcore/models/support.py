@@ -174,7 +174,7 @@ def check_recipe_model(cfg: ModelConfig, method: MethodConfig, objective: Object
         return
     if reason := refusal(kind, method.name, objective, _all_linear(method)):
         raise UserError(f"method.name: {method.name} does not fit {model}: {reason}")
-    from ftcore.deploy.gguf import family_refusal
+    from ftcore.models.gguf_families import family_refusal
 
     generates = objective.head == "language_model"
     for export in exports:

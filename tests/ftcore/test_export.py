@@ -342,7 +342,7 @@ def test_perplexity_losses_are_relative_and_gains_are_within_any_tolerance():
     assert Fidelity({"perplexity": 2.0}, {"perplexity": 2.2}, "perplexity", 0.05).loss == pytest.approx(0.1)
     assert not Fidelity({"perplexity": 2.0}, {"perplexity": 2.2}, "perplexity", 0.05).within_tolerance
     assert Fidelity({"accuracy": 0.8}, {"accuracy": 0.9}, "accuracy", 0.0).within_tolerance
-    assert ExportReport({}).as_dict() == {"exports": {}, "int8": None}
+    assert ExportReport({}).as_dict() == {"exports": {}, "int8": None, "gguf": {}}
 
 
 def test_the_pyfunc_flavour_predicts_in_process_and_behind_mlflow_models_serve(lora, tmp_path):
