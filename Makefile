@@ -4,12 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 RECIPE ?= data_recipes/recipes/clinical_qa.yaml
 BENCH_ARGS ?= --repeats 3
+# bench/tune.py has no repeats; e.g. TUNE_ARGS="--suite pruning --trials 8"
+TUNE_ARGS ?=
 # Every installed version, as the suite last passed on them: installs take it as pip constraints, so a new release
 # of any dependency reaches CI only through a commit that updates this file (`make lock`).
 LOCK := constraints.txt
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: lock run test test-slow zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-serve-traffic bench-scale bench-vision bench-tune ui clean install install-dev
+.PHONY: lock run test test-slow zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-serve-traffic bench-scale bench-vision bench-tune bench-tune-spam ui clean install install-dev
 
 # Stamp files make installs incremental: a change to pyproject.toml or the lock reinstalls, nothing else does.
 $(BIN)/python:
@@ -121,7 +123,12 @@ bench-vision: install-dev
 # `ftflow tune` on the demo: pruning's compute saved, the tuned configuration against the recipe's own values and a
 # random search, 2 workers against 1, and a killed search resumed (about 40 minutes on 2 cores).
 bench-tune: install-dev
-	$(BIN)/python bench/tune.py $(BENCH_ARGS)
+	$(BIN)/python bench/tune.py $(TUNE_ARGS)
+
+# The search on real data (../shared): short trials (120 steps, validation every 40), three seeds; about 90 minutes.
+bench-tune-spam: install-dev
+	$(BIN)/python bench/tune.py --suite search --recipe data_recipes/recipes/shared/sms_spam.yaml --trials 10 \
+		--set train.max_steps=120 --set train.eval_steps=40 --seeds 0 1 2 $(TUNE_ARGS)
 
 ui: install
 	$(BIN)/ftflow ui

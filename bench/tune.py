@@ -4,17 +4,20 @@ FTFLOW_HOME on ftflow's local Prefect server:
 - pruning: the recipe's search with the median pruner against the same search without one (same sampler, seed and
   budget): CPU seconds over all trials (each trial's process CPU time), and the best validation value each found.
   Target: at least 40% less compute for a best value within noise.
-- search: the tuned configuration (TPE, pruned) against the recipe's own values (`ftflow run`) and against a random
-  search of the same budget (random sampler, pruned), on the held-out test split, with the evaluate stage's
-  bootstrap intervals.
+- search: the tuned configuration (the recipe's sampler, pruned) against the recipe's own values (`ftflow run`) and
+  against a random search of the same budget (random sampler, pruned), on the held-out test split, with the
+  evaluate stage's bootstrap intervals; with `--seeds`, once per seed (train.seed: the data order, the initial
+  weights and the sampler's draws) and the mean over them.
 - workers: the same search with 2 worker processes against 1 (no pruner, random sampler: the same kind of trials in
   both), trials per hour from the first trial's start to the last one's end.
 - resume: the search killed (SIGKILL, the whole process group) once two trials have finished and a third runs, then
   started again: finished trials run again (target 0), and whether the killed trial resumed from a checkpoint.
 
     python bench/tune.py [--suite pruning search workers resume] [--trials N] [--recipe R] [--set k=v ...]
+                         [--seeds S ...]
 
-Run with `make bench-tune`; record the figures in docs/benchmarks.md.
+Run with `make bench-tune` (the demo) and `make bench-tune-spam` (SMS spam, search only); record the figures in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -91,9 +94,10 @@ def pruning(bench: Bench, arms: dict) -> None:
     print(f"  compute saved by pruning: {saved:.0%} (target 40%: {'met' if saved >= 0.4 else 'MISSED'})")
 
 
-def search(bench: Bench, arms: dict) -> None:
+def search(bench: Bench, arms: dict) -> dict[str, float]:
     tuned = arms.setdefault("tpe+median", bench.tune("tpe+median", "--set", "tune.pruner=median"))
-    random = bench.tune("random+median", "--set", "tune.sampler=random", "--set", "tune.pruner=median")
+    random = bench.tune("random+median", "--set", "tune.sampler=random", "--set", "tune.sampler_startup_trials=null",
+                        "--set", "tune.pruner=median")
     command, env = bench.command("run", "defaults", "--json")
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
@@ -102,10 +106,12 @@ def search(bench: Bench, arms: dict) -> None:
     metric = tuned["objectives"][0]["metric"]
     print(f"search (test split, {metric} with its 95% bootstrap interval):")
     print(f"  the recipe's own values: {test_metric(defaults, metric)}")
-    for name, result in (("tuned (TPE, pruned)", tuned), ("random search, same budget", random)):
+    for name, result in (("tuned (the recipe's sampler, pruned)", tuned), ("random search, same budget", random)):
         chosen = " ".join(result["best"]["overrides"]) if result["best"] else "-"
         print(f"  {name}: {test_metric(result['final'], metric)}  (trial {result['best']['number']}: {chosen}; "
-              f"validation {best_value(result)})")
+              f"validation {best_value(result)}; {states(result)}; {cpu_s(result):.0f} CPU s)")
+    scored = {"defaults": defaults, "tuned": tuned["final"], "random": random["final"]}
+    return {arm: summary["stages"]["evaluate"]["metrics"][metric] for arm, summary in scored.items()}
 
 
 def trials_per_hour(result: dict) -> float:
@@ -165,18 +171,33 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=DEMO)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--seeds", type=int, nargs="+", help="run the suites once per train.seed (default: the "
+                                                             "recipe's)")
     args = parser.parse_args()
-    bench = Bench(args.recipe, args.overrides, args.trials)
+    args.recipe = args.recipe.resolve()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"recipe {args.recipe.relative_to(REPO)} {' '.join(args.overrides)}")
-    arms: dict[str, dict] = {}
-    try:
-        for suite in args.suite:
-            started = time.perf_counter()
-            SUITES[suite](bench, arms)
-            print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
-    finally:
-        bench.stop()
+    searched: list[dict[str, float]] = []
+    for seed in args.seeds or [None]:
+        bench = Bench(args.recipe, [*args.overrides, *([f"train.seed={seed}"] if seed is not None else [])],
+                      args.trials)
+        if seed is not None:
+            print(f"seed {seed}:")
+        arms: dict[str, dict] = {}
+        try:
+            for suite in args.suite:
+                started = time.perf_counter()
+                scores = SUITES[suite](bench, arms)
+                searched += [scores] if suite == "search" else []
+                print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
+        finally:
+            bench.stop()
+    if len(searched) > 1:
+        means = {arm: sum(s[arm] for s in searched) / len(searched) for arm in searched[0]}
+        wins = sum(s["tuned"] > s["defaults"] for s in searched)
+        print(f"search over {len(searched)} seeds, mean test score: " + ", ".join(f"{a} {m:.4f}" for a, m in
+                                                                               means.items())
+              + f"; tuned above the defaults in {wins} of {len(searched)}")
 
 
 if __name__ == "__main__":

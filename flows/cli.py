@@ -268,9 +268,13 @@ def export(
     model_uri: Annotated[str, typer.Argument(metavar="MODEL_URI",
                                              help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
     kind: Annotated[list[str] | None, typer.Option(
-        "--kind", help="adapter, merged, merged_bf16 or int8 (repeatable; default: int8).")] = None,
+        "--kind", help="adapter, merged, merged_bf16, int8, gguf_f16, gguf_q8_0 or gguf_q4_0 (repeatable; default: "
+                       "int8).")] = None,
     tolerance: Annotated[float | None, typer.Option(
         help="The most int8 may lose on the primary test metric (default: deploy.int8_tolerance's).")] = None,
+    to: Annotated[Path | None, typer.Option(
+        "--to", help="Write the export's folder here (one --kind), made first only if the version has none yet: "
+                     "what vLLM, llama.cpp, Ollama or a container mounts.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Export a registered version for deployment (docs/deploy.md): each kind becomes an MLflow model of the
@@ -280,22 +284,31 @@ def export(
     from typing import get_args
 
     from ftcore.deploy.config import DeployConfig, ExportKind
-    from ftcore.deploy.export import export_registered
+    from ftcore.deploy.export import export_registered, export_to
     from ftcore.models.registered import pin_reference
 
     defaults = DeployConfig()
-    kinds = kind or defaults.exports
+    kinds = list(dict.fromkeys(kind or defaults.exports))
     unknown = [k for k in kinds if k not in get_args(ExportKind)]
     if unknown:
         fail(f"--kind: {', '.join(unknown)} is not an export kind; use {', '.join(get_args(ExportKind))}")
+    if to is not None and len(kinds) != 1:
+        fail(f"--to: one folder holds one export; give exactly one --kind (got {', '.join(kinds)})")
+    limit = defaults.int8_tolerance if tolerance is None else tolerance
     try:
         ref = pin_reference(model_uri, "MODEL_URI")
         if ref.name is None:
             fail("MODEL_URI: exports belong to registered versions; give models:/NAME@ALIAS or models:/NAME/VERSION")
-        report = export_registered(ref, list(dict.fromkeys(kinds)), defaults.int8_tolerance if tolerance is None
-                                   else tolerance)
+        if to is not None:
+            folder, report = export_to(ref, kinds[0], to, limit)
+            console.print(f"{kinds[0]} of models:/{ref.name}/{ref.version}: {folder}", highlight=False,
+                          soft_wrap=True)
+        else:
+            report = export_registered(ref, kinds, limit)
     except UserError as e:
         fail(str(e))
+    if report is None:
+        return
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
@@ -304,6 +317,8 @@ def export(
     if report.int8_size_ratio is not None:
         check = report.int8_verdict()["export.int8.check"]
         console.print(f"int8 size: {report.int8_size_ratio:.1%} of float32; {check}", highlight=False, soft_wrap=True)
+    for name, check in report.gguf_checks.items():
+        console.print(f"{name}: {check.describe()}", highlight=False, soft_wrap=True)
 
 
 # After the pipeline's commands, so that `ftflow --help` lists those first.

@@ -63,7 +63,7 @@ def validated(recipe: Path, overrides: list[str], model_folder: Literal["files",
     try:
         if model_folder != "skip":  # the folder first (ftcore/models/folders.py): its config is read next
             check_pretrained(loaded.model, files=model_folder == "files")
-            check_recipe_model(loaded.model, loaded.method, loaded.spec)
+            check_recipe_model(loaded.model, loaded.method, loaded.spec, loaded.deploy.exports)
     except UserError as e:
         fail(f"{recipe}: {e}")
     return loaded

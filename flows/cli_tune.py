@@ -78,7 +78,8 @@ def _preview(recipe: Path, loaded, overrides: list[str]) -> dict[str, Any]:
     return {"study": name, "trials_so_far": trials_so_far(name),
             "space": {path: describe_param(param) for path, param in tune.space.items()},
             "objectives": [goal.model_dump() for goal in tune.objectives],
-            "n_trials": tune.n_trials, "timeout_s": tune.timeout_s, "sampler": tune.sampler, "pruner": tune.pruner,
+            "n_trials": tune.n_trials, "timeout_s": tune.timeout_s, "sampler": tune.sampler,
+            "sampler_startup_trials": tune.sampler_startup_trials, "pruner": tune.pruner,
             "cost_per_trial": costs, "epochs_scale": [low, high]}
 
 
@@ -102,10 +103,11 @@ def _render_preview(preview: dict[str, Any]):
                       "yes" if cost["fits"] else "[red]no[/]", "-" if flops is None else human_flops(flops))
     goals = ", ".join(f"{g['direction']} {g['metric']}" for g in preview["objectives"])
     budget = f"{preview['n_trials']} trials" + (f" or {preview['timeout_s']:g} s" if preview["timeout_s"] else "")
-    so_far = preview["trials_so_far"]
+    so_far, startup = preview["trials_so_far"], preview["sampler_startup_trials"]
+    sampler = preview["sampler"] + (f" after {startup} random trials" if startup else "")
     lines = [f"study {preview['study']}: " + (f"{so_far} trials so far (this search resumes it)" if so_far
                                               else "new"),
-             f"objectives: {goals}; budget: {budget}; sampler {preview['sampler']}, pruner {preview['pruner']}"]
+             f"objectives: {goals}; budget: {budget}; sampler {sampler}, pruner {preview['pruner']}"]
     return Group(*lines, space, costs)
 
 

@@ -108,7 +108,7 @@ def compose_schema() -> dict:
 @pytest.fixture(scope="module")
 def manifests() -> list[dict]:
     docs = []
-    for path in sorted(K8S_DIR.glob("*.yaml")):
+    for path in sorted(K8S_DIR.rglob("*.yaml")):  # gpu/ too: applied apart, checked alike
         docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
     return docs
 
@@ -299,3 +299,39 @@ def test_prefect_worker_may_run_jobs_and_nothing_more(manifests):
     jobs = next(r for r in role["rules"] if "jobs" in r["resources"])
     assert jobs["apiGroups"] == ["batch"] and "create" in jobs["verbs"]
     assert not [d for d in manifests if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def _export_folder(args: list[str]) -> str:
+    """The folder an `ftflow export ... --to` command line writes, parsed by ftflow's own CLI (options checked, the
+    command not run)."""
+    import typer
+
+    from flows.cli import app
+
+    command = typer.main.get_command(app).commands["export"]
+    params = command.make_context("export", list(args)).params
+    assert params["kind"] == ["merged_bf16"], params
+    return str(params["to"])
+
+
+def test_vllm_serves_the_folder_the_export_writes_on_a_gpu(manifests, compose):
+    deployment = next(d for d in manifests if d["kind"] == "Deployment" and d["metadata"]["name"] == "ftflow-vllm")
+    pod = deployment["spec"]["template"]["spec"]
+    (export,), (vllm,) = pod["initContainers"], pod["containers"]
+    assert export["command"] == ["ftflow", "export"]
+    assert vllm["args"][0] == _export_folder(export["args"]) == "/models/champion"
+    assert {m["name"] for m in export["volumeMounts"]} == {m["name"] for m in vllm["volumeMounts"]} - {"shm"}
+    assert "--served-model-name=$(FTFLOW_MODEL)" in vllm["args"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert next(v for v in vllm["env"] if v["name"] == "VLLM_API_KEY")["valueFrom"]["secretKeyRef"]["key"] == \
+        "serve-token"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert vllm[probe]["httpGet"]["path"] == "/health"
+
+    services = compose["services"]
+    model, server = services["vllm-model"], services["vllm"]
+    assert model["profiles"] == server["profiles"] == ["vllm"]  # not started by a plain `docker compose up`
+    assert server["command"][0] == _export_folder(model["command"][2:]) == "/models/champion"
+    assert server["depends_on"] == {"vllm-model": {"condition": "service_completed_successfully"}}
+    assert server["image"].split(":")[1] == vllm["image"].split(":")[1]  # one vLLM version in both
+    assert server["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

@@ -15,12 +15,15 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 
 from ftcore import tracking, versions
+from ftcore.deploy import gguf
+from ftcore.deploy.config import ExportKind
 from ftcore.deploy.fidelity import Fidelity, scorable_metrics, split_scores
 from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
 from ftcore.errors import UserError
@@ -52,6 +55,8 @@ MANIFEST = "export.json"  # in an export's folder: its kind, method, the version
 EXPORTS = "exports"  # the run's artifact folder holding one MLflow model per kind
 WEIGHTS = "weights"  # an export's folder inside its MLflow model (artifacts/weights)
 MERGED_DTYPES = {"merged": "float32", "merged_bf16": "bfloat16"}
+# gguf_<file type> -> the file type (ftcore/deploy/gguf.py TYPES)
+GGUF_KINDS = {kind: kind.removeprefix("gguf_") for kind in get_args(ExportKind) if kind.startswith("gguf_")}
 # PEFT's adapter types (adapter_config.json's peft_type) -> ftflow's method names.
 PEFT_METHODS = {"LORA": "lora", "IA3": "ia3", "LOHA": "loha", "LOKR": "lokr", "PREFIX_TUNING": "prefix",
                 "PROMPT_TUNING": "prompt", "P_TUNING": "p_tuning", "BOTTLENECK": "adapter"}
@@ -95,17 +100,21 @@ class ExportReport:
     exports: dict[str, ExportRecord]
     int8_size_ratio: float | None = None  # int8 weight files / the float32 model's
     fidelity: Fidelity | None = None  # int8 against float32 on the test split; None when it has no references
+    gguf_checks: dict[str, gguf.GgufCheck] = field(default_factory=dict)  # each GGUF export read back
 
     def tags(self) -> dict[str, str]:
         tags = {}
         for kind, record in self.exports.items():
             tags |= {f"export.{kind}.uri": record.uri, f"export.{kind}.bytes": str(record.bytes),
                      f"export.{kind}.hash": record.hash}
-        return tags | {k: f"{v:.6g}" for k, v in self.int8_metrics().items()} | self.int8_verdict()
+        checks = {f"export.{kind}.check": check.describe() for kind, check in self.gguf_checks.items()}
+        return tags | {k: f"{v:.6g}" for k, v in self.int8_metrics().items()} | self.int8_verdict() | checks
 
     def metrics(self) -> dict[str, float]:
         sizes = {f"export.{kind}.mb": record.bytes / 2**20 for kind, record in self.exports.items()}
-        return sizes | self.int8_metrics()
+        checks = {f"export.{kind}.{metric}": value for kind, check in self.gguf_checks.items()
+                  for metric, value in check.metrics().items()}
+        return sizes | self.int8_metrics() | checks
 
     def int8_metrics(self) -> dict[str, float]:
         metrics = {} if self.int8_size_ratio is None else {"export.int8.size_ratio": self.int8_size_ratio}
@@ -122,12 +131,18 @@ class ExportReport:
 
     def as_dict(self) -> dict:
         return {"exports": {kind: vars(record) for kind, record in self.exports.items()},
-                "int8": {**self.int8_metrics(), **self.int8_verdict()} if "int8" in self.exports else None}
+                "int8": {**self.int8_metrics(), **self.int8_verdict()} if "int8" in self.exports else None,
+                "gguf": {kind: {**check.metrics(), "check": check.describe()}
+                         for kind, check in self.gguf_checks.items()}}
 
 
 def unavailable(kind: str, model: VersionModel) -> str | None:
     """Why the version cannot give this kind of export, in one line; None when it can."""
-    return _unavailable(kind, model.method, model.adapter is not None, model.merged)
+    problem = _unavailable(kind, model.method, model.adapter is not None, model.merged)
+    if problem is None and kind in GGUF_KINDS:
+        problem = gguf.refusal(model.folder)
+        return None if problem is None else f"{kind}: {problem}"
+    return problem
 
 
 def planned_export_problems(method: MethodConfig, kinds: list[str]) -> list[str]:
@@ -145,7 +160,7 @@ def _unavailable(kind: str, method: str, has_adapter: bool, merged: bool) -> str
         return ("method dora: the adapter alone cannot be loaded back, since the base it attaches to cannot be "
                 "recovered from the merged version (DoRA's merge rescales by a norm that is not saved); export "
                 "merged, merged_bf16 or int8")
-    if kind in MERGED_DTYPES and not merged:
+    if (kind in MERGED_DTYPES or kind in GGUF_KINDS) and not merged:
         if method in PROMPT_LEARNING:
             return (f"method {method} is prompt learning: its virtual tokens cannot be merged into the base; "
                     "export adapter or int8, or serve the version as it is")
@@ -170,7 +185,7 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
     model = VersionModel.read(Path(folder))
     check_kinds(model, kinds)
     classifier = saved_classes(model.folder) is not None
-    records, ratio, fidelity = {}, None, None
+    records, ratio, fidelity, checks = {}, None, None, {}
     with (scratch(".exports.") as work,
           progress_bar(len(kinds), f"exporting models:/{name}/{version}", unit="exports") as bar):
         for kind in kinds:
@@ -180,10 +195,12 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
             if kind == "int8":
                 ratio = weight_bytes(out) / float32_bytes(model.weight_files())
                 fidelity = int8_fidelity(model, classifier, out, test, tolerance)
+            if kind in GGUF_KINDS:
+                checks[kind] = gguf.check_gguf(model.folder, gguf_file(out), check_prompts(test, model.folder))
             uri = log_export(run_id, kind, out, classifier, test)
             records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
             bar.update()
-    report = ExportReport(records, ratio, fidelity)
+    report = ExportReport(records, ratio, fidelity, checks)
     if fidelity is not None and not fidelity.within_tolerance:
         log.warning("%s/%s: %s", name, version, fidelity.describe())
     versions.set_version_tags(name, version, report.tags())
@@ -196,6 +213,20 @@ def export_registered(ref: ModelRef, kinds: list[str], tolerance: float) -> Expo
     run_id = versions.version_run_id(str(ref.name), str(ref.version))
     return export_version(model_folder(ref), str(ref.name), str(ref.version), run_id, kinds,
                           version_test_split(run_id), tolerance)
+
+
+def export_to(ref: ModelRef, kind: str, dst: Path, tolerance: float) -> tuple[Path, ExportReport | None]:
+    """The version's `kind` export as the folder `dst` (what a serving container mounts), made first if the version
+    has none yet (then its report, else None). The folder is checked against the export's content hash."""
+    name, version = str(ref.name), str(ref.version)
+    dst = Path(dst).expanduser().resolve()
+    if dst.is_file() or (dst.is_dir() and any(dst.iterdir()) and not (dst / MANIFEST).is_file()):
+        # fetch_export replaces a folder that holds another export; anything else is the user's.
+        raise UserError(f"--to: {dst} holds other files; give a new or empty folder")
+    made = None
+    if f"export.{kind}.hash" not in versions.version_tags(name, version):
+        made = export_registered(ref, [kind], tolerance)
+    return fetch_export(name, version, kind, dst), made
 
 
 def version_test_split(run_id: str) -> pd.DataFrame | None:
@@ -235,6 +266,12 @@ def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None
                                dtype=getattr(torch, MERGED_DTYPES[kind]))
         weights.save_pretrained(out, safe_serialization=True)
         reload_processing(model.folder).save_pretrained(out)
+    elif kind in GGUF_KINDS:
+        out.mkdir()
+        file_type = GGUF_KINDS[kind]
+        name = source.removeprefix("models:/").replace("/", "-v")
+        gguf.write_gguf(model.folder, out / f"{name}-{file_type}.gguf", file_type, name)
+        (out / "Modelfile").write_text(gguf.modelfile(f"{name}-{file_type}.gguf", model.folder))
     else:
         write_int8(model.folder, out)
         if not model.merged:  # the adapter stays float32 beside the int8 base: it is small, and cannot be merged
@@ -243,6 +280,20 @@ def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None
         shutil.copy(model.folder / PROMPTING, out / PROMPTING)
     manifest = {"kind": kind, "method": model.method, "source": source, "hash": hash_dir(out)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def gguf_file(folder: Path) -> Path:
+    return next(Path(folder).glob("*.gguf"))
+
+
+def check_prompts(test: pd.DataFrame | None, folder: Path, count: int = 8) -> list[str]:
+    """What a GGUF export is checked on: the first test questions as the model sees them, else plain prompts."""
+    from ftcore.evaluation.language import eval_examples
+
+    if test is None or test.empty or not ({"prompt", "messages"} & set(test.columns)):
+        return list(gguf.PLAIN_PROMPTS)
+    prompts = eval_examples(test.head(count), reload_processing(folder))["prompt"].astype(str).tolist()
+    return [p for p in prompts if p] or list(gguf.PLAIN_PROMPTS)
 
 
 def int8_fidelity(model: VersionModel, classifier: bool, int8: Path, test: pd.DataFrame | None,
@@ -319,6 +370,8 @@ def load_export(folder: Path):
     folder = Path(folder)
     path = folder / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest.get("kind") in GGUF_KINDS:
+        return gguf.read_back(gguf_file(folder))
     if manifest.get("kind") != "adapter":
         return load_trained(folder)
     version = VersionModel.read(model_folder(pin_reference(manifest["source"], f"{folder}/{MANIFEST}: source")))

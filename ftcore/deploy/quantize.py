@@ -26,7 +26,7 @@ from ftcore.models.load import (
     saved_classes,
 )
 
-WEIGHT_FILES = "*.safetensors"
+WEIGHT_FILES = ("*.safetensors", "*.gguf")  # a GGUF file holds the vocabulary too: it is the whole model
 
 
 def write_int8(src: Path, out: Path) -> None:
@@ -103,7 +103,7 @@ def untied_copy(src: Path, classes: list[str] | None, tmp: Path) -> Path:
 
 def weight_bytes(folder: Path) -> int:
     """The size of the weight files in `folder` and below (an adapter kept apart included)."""
-    return sum(f.stat().st_size for f in Path(folder).rglob(WEIGHT_FILES))
+    return sum(f.stat().st_size for pattern in WEIGHT_FILES for f in Path(folder).rglob(pattern))
 
 
 def float32_bytes(files: list[Path]) -> int:

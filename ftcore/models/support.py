@@ -9,6 +9,7 @@ answer.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,10 +151,12 @@ def local_config(name_or_path: str | Path, trust_remote_code: bool = False):
     return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
-def check_recipe_model(cfg: ModelConfig, method: MethodConfig, objective: Objective) -> None:
-    """Refuse, in one line, a recipe whose method or objective its base model (the `model` section) cannot train:
-    a scratch model is the decoder ftflow builds; a pretrained folder's kind is read from its config.json. A hub id
-    or a registered champion is checked by the init stage once it loads."""
+def check_recipe_model(cfg: ModelConfig, method: MethodConfig, objective: Objective,
+                       exports: Sequence[str] = ()) -> None:
+    """Refuse, in one line, a recipe whose method or objective its base model (the `model` section) cannot train,
+    or whose `deploy.exports` it cannot give (a GGUF file of a family llama.cpp's layout is not written for): a
+    scratch model is the decoder ftflow builds; a pretrained folder's kind is read from its config.json. A hub id or
+    a registered champion is checked once it loads (init stage) and when its exports are made (deploy stage)."""
     if cfg.source == "scratch":
         scratch = cfg.scratch
         moe = scratch.architecture == "mixtral"
@@ -171,3 +174,9 @@ def check_recipe_model(cfg: ModelConfig, method: MethodConfig, objective: Object
         return
     if reason := refusal(kind, method.name, objective, _all_linear(method)):
         raise UserError(f"method.name: {method.name} does not fit {model}: {reason}")
+    from ftcore.models.gguf_families import family_refusal
+
+    generates = objective.head == "language_model"
+    for export in exports:
+        if export.startswith("gguf_") and (reason := family_refusal(kind.model_type, generates)):
+            raise UserError(f"deploy.exports: {export} does not fit {model}: {reason}")

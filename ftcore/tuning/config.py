@@ -108,9 +108,20 @@ class TuneConfig(Strict):
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
     startup_trials: int = Field(3, ge=0, description="trials the median pruner lets finish before it compares "
                                                      "others with them")
+    sampler_startup_trials: int | None = Field(None, ge=1, description="trials drawn at random before the tpe, gp or "
+                                               "cmaes sampler models the results so far (none: the sampler's own "
+                                               "default, 10 for tpe and gp): at or above n_trials the "
+                                               "whole search is a random one")
     refit: bool = Field(False, description="train the best configuration again on the train and validation rows "
                                            "together (the test split stays the same rows) before it is scored and "
                                            "registered; otherwise its trial's model is the one registered")
+
+    @model_validator(mode="after")
+    def _sampler_models_results(self):
+        if self.sampler == "random" and self.sampler_startup_trials is not None:
+            raise ValueError("sampler_startup_trials: the random sampler draws every trial at random; drop the field "
+                             "or choose sampler tpe, gp or cmaes")
+        return self
 
     @model_validator(mode="after")
     def _conditions_name_the_space(self):

@@ -67,7 +67,8 @@ def overrides(values: dict[str, Any]) -> list[str]:
 def sampler(tune: TuneConfig, seed: int):
     import optuna
 
-    return getattr(optuna.samplers, SAMPLERS[tune.sampler])(seed=seed)
+    startup = {} if tune.sampler_startup_trials is None else {"n_startup_trials": tune.sampler_startup_trials}
+    return getattr(optuna.samplers, SAMPLERS[tune.sampler])(seed=seed, **startup)
 
 
 def pruner(tune: TuneConfig):

@@ -189,6 +189,14 @@ def test_run_refuses_the_folder_before_any_stage(name, tmp_path, capfd, ftflow_h
     assert not (ftflow_home / "artifacts").exists()  # nothing ran
 
 
+def test_a_gguf_export_the_family_cannot_have_is_refused_before_training(tmp_path, capfd):
+    recipe = write_recipe(tmp_path, data={"sources": [SOURCE]}, deploy={"exports": ["int8", "gguf_q8_0"]},
+                          model={"source": "pretrained", "name_or_path": str(folder("gemma2"))})
+    assert_user_error(invoke(["validate", recipe], capfd), "deploy.exports: gguf_q8_0 does not fit",
+                      "model type 'gemma2' has no GGUF tensor mapping here (written: llama, mistral, qwen2, qwen3)",
+                      "convert it with llama.cpp's convert_hf_to_gguf.py")
+
+
 def test_trust_remote_code_lets_validate_read_a_folder_that_needs_its_code(tmp_path, capfd):
     _, name_or_path = _damaged(CASES["needs-remote-code"], tmp_path)
     recipe = _recipe(tmp_path, name_or_path, trust_remote_code=True)

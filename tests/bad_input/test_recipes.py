@@ -157,6 +157,9 @@ CASES = {
         ("recipe.yaml: tune.pruner: hyperband stops trials that fall behind on one objective",),
         sections={**VALID, "train": {"eval_steps": 10}, "tune": {**_tune(EPOCHS, pruner="hyperband"), "objectives": [
             {"metric": "exact_match"}, {"metric": "train_seconds", "direction": "minimize"}]}}),
+    "tune-random-sampler-with-startup": Case(
+        ("recipe.yaml: tune: sampler_startup_trials: the random sampler draws every trial at random",),
+        sections={**VALID, "tune": _tune(EPOCHS, sampler="random", sampler_startup_trials=3)}),
     "tune-without-validation-split": Case(
         ("recipe.yaml: tune: trials are scored on the validation split", "set data.split.validation above 0"),
         sections={"data": {"sources": [SOURCE], "split": {"validation": 0}}, "tune": _tune(EPOCHS)}),

@@ -93,7 +93,7 @@ def test_a_gguf_file_is_dequantised_into_a_safetensors_base_that_answers_like_th
     tmp_path, dataset, texts, tiny_llama, quantization, tolerance
 ):
     source = tiny_llama
-    gguf = write_gguf(source, tmp_path / "downloads" / f"tiny-{quantization}.gguf", quantization, pre="gpt-2")
+    gguf = write_gguf(source, tmp_path / "downloads" / f"tiny-{quantization}.gguf", quantization)
 
     base = _init(dataset, tmp_path / "init", name_or_path=str(gguf))  # the file itself as name_or_path
     assert base.base_path == tmp_path / "init" / "base"
@@ -110,7 +110,7 @@ def test_a_gguf_file_is_dequantised_into_a_safetensors_base_that_answers_like_th
 
 
 def test_gguf_file_names_the_file_inside_a_folder(tmp_path, tiny_llama):
-    gguf = write_gguf(tiny_llama, tmp_path / "repo" / "tiny.gguf", pre="gpt-2")
+    gguf = write_gguf(tiny_llama, tmp_path / "repo" / "tiny.gguf")
     inside = pretrained_source(ModelConfig(source="pretrained", name_or_path=str(gguf.parent), gguf_file=gguf.name))
     itself = pretrained_source(ModelConfig(source="pretrained", name_or_path=str(gguf)))
     assert inside == itself and inside.converted and inside.label == str(gguf)
@@ -168,7 +168,7 @@ def test_an_auto_map_on_an_architecture_transformers_knows_loads_its_class_and_r
 def test_plan_reads_a_gguf_files_config_from_its_metadata(tmp_path, tiny_llama):
     from ftcore.planning.shape import model_shape
 
-    gguf = write_gguf(tiny_llama, tmp_path / "tiny.gguf", pre="gpt-2")
+    gguf = write_gguf(tiny_llama, tmp_path / "tiny.gguf")
     shape = model_shape(ModelConfig(source="pretrained", name_or_path=str(gguf)))
     reference = load_model(tiny_llama)
     assert (shape.architecture, shape.num_kv_heads) == ("LlamaForCausalLM", 2)
