@@ -223,6 +223,10 @@ def export_to(ref: ModelRef, kind: str, dst: Path, tolerance: float) -> tuple[Pa
     if dst.is_file() or (dst.is_dir() and any(dst.iterdir()) and not (dst / MANIFEST).is_file()):
         # fetch_export replaces a folder that holds another export; anything else is the user's.
         raise UserError(f"--to: {dst} holds other files; give a new or empty folder")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--to: cannot create {dst.parent}: {e.strerror}; give a folder you can write") from None
     made = None
     if f"export.{kind}.hash" not in versions.version_tags(name, version):
         made = export_registered(ref, [kind], tolerance)

@@ -53,6 +53,7 @@ def write_gguf(folder: Path, out: Path, file_type: str, name: str) -> None:
     """`out`: the causal LM in `folder` (config.json, safetensors, tokenizer.json) as a GGUF file of `file_type`,
     named `name` (general.name: what llama.cpp and Ollama list it as)."""
     import gguf
+    import numpy as np
 
     if problem := refusal(folder):
         raise UserError(f"gguf: {problem}")
@@ -65,7 +66,7 @@ def write_gguf(folder: Path, out: Path, file_type: str, name: str) -> None:
     tensors = list(_tensors(folder, config, family, file_type))
     for tensor_name, _, qtype, shape in tensors:
         byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
-        writer.add_tensor_info(tensor_name, byte_shape, _uint8(), math.prod(byte_shape), raw_dtype=qtype)
+        writer.add_tensor_info(tensor_name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=qtype)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -78,12 +79,6 @@ def write_gguf(folder: Path, out: Path, file_type: str, name: str) -> None:
         partial.unlink(missing_ok=True)
         raise
     partial.rename(out)
-
-
-def _uint8():
-    import numpy as np
-
-    return np.dtype(np.uint8)
 
 
 def _rope(config: dict[str, Any]) -> tuple[str, float, float | None]:

@@ -42,7 +42,26 @@ def test_a_split_pattern_llama_cpp_has_no_name_for_is_refused_in_one_line(tmp_pa
     (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(UserError, match=r"^gguf: the tokenizer splits text with a pattern llama\.cpp has no name for"):
         gguf.write_gguf(copy, tmp_path / "out.gguf", "f16", "x")
-    assert not list(tmp_path.glob("out.gguf*"))  # nothing half-written
+
+
+def test_a_write_that_fails_part_way_leaves_no_file(tmp_path, monkeypatch):
+    import gguf as gguf_package
+
+    from tests.ftcore.gguf_writer import tiny_llama_folder
+
+    model = tiny_llama_folder(tmp_path / "tiny", ["a small corpus of words to train a tokenizer on"] * 20)
+    written = []
+
+    def quantize_then_fail(array, qtype):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(qtype)
+        return gguf_package.quantize(array, qtype)
+
+    monkeypatch.setattr(gguf_package, "quantize", quantize_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        gguf.write_gguf(model, tmp_path / "out.gguf", "q8_0", "x")
+    assert written and not list(tmp_path.glob("out.gguf*"))  # neither the file nor its .partial
 
 
 def test_rope_scaling_gguf_does_not_write_is_refused_in_either_config_form(tmp_path):
