@@ -94,7 +94,7 @@ bench-continual: install-dev
 	$(BIN)/python bench/continual.py
 
 # Merging two adapters: every combination against each source and a multitask adapter, on the demo's two halves
-# (about 3 minutes); `python bench/merge.py --pair spam-qtype` on ../shared/data's SMS spam and MedQuAD.
+# (a few minutes); `python bench/merge.py --pair spam-qtype` on ../shared/data's SMS spam and MedQuAD.
 bench-merge: install-dev
 	$(BIN)/python bench/merge.py --pair abbreviations
 

@@ -9,7 +9,7 @@ beat_champion margin is set out of reach, so the multitask adapter stays champio
 
 Prints, per task and model, the metric on that task's test rows with its 95% bootstrap interval.
 
-    python bench/merge.py --pair abbreviations           (`make bench-merge`: the demo's two halves, ~3 minutes)
+    python bench/merge.py --pair abbreviations           (`make bench-merge`: the demo's two halves)
     python bench/merge.py --pair spam-qtype               (SMS spam and MedQuAD question types, from ../shared/data)
 """
 
