@@ -22,7 +22,6 @@ from ftcore import jobs, tracking
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.errors import UserError, is_user_error, storage_error
 from ftcore.locks import Lease, abandoned
-from ftcore.models.registered import ModelRef
 from ftcore.outputs import DatasetOutput, ModelOutput, StageOutput, TrainOutput
 from ftcore.paths import home
 from ftcore.pins import Pins, pin
@@ -91,7 +90,7 @@ def finetune(recipe_path: str, overrides: tuple[str, ...] = (), until: Stage = L
         trained = stages.run(train, job=jobs.train_job(recipe, pins, base, dataset))
         evaluation = stages.run(evaluate, job=jobs.evaluate_job(recipe, pins, base, trained, dataset))
         deployed = stages.run(deploy, job=jobs.deploy_job(recipe, trained, evaluation, dataset),
-                              run_tags=version_tags(summary, dataset, base, trained, pins.reward_model))
+                              run_tags=version_tags(summary, dataset, trained, lineage(recipe, pins, base)))
         stages.run(monitor, job=jobs.monitor_job(recipe, deployed, dataset))
     except StopPipeline:
         pass
@@ -252,17 +251,29 @@ def publish_links(summary: dict) -> None:
     create_markdown_artifact("\n".join(lines), key="mlflow-links", description="this run in MLflow")
 
 
-def version_tags(summary: RunSummary, dataset: DatasetOutput, base: ModelOutput, trained: TrainOutput,
-                 reward_model: ModelRef | None) -> dict[str, str]:
+def version_tags(summary: RunSummary, dataset: DatasetOutput, trained: TrainOutput,
+                 lineage_tags: dict[str, str]) -> dict[str, str]:
     """The registered version's tags: what made it (the model's content hash among them, so a later run knows when
-    its candidate is this version), and its lineage (the version it started from, the reward model it was optimised
-    against)."""
-    lineage = {"started_from": base.started_from} if base.started_from else {}
-    if reward_model is not None:
-        lineage["reward_model"] = reward_model.label
+    its candidate is this version), and its lineage."""
     return {"recipe_hash": summary.recipe_hash, "dataset_hash": dataset.content_hash,
             MODEL_HASH_TAG: trained.content_hash, "git_commit": tracking.git_commit(),
-            "ftflow_version": ftcore.__version__, **lineage}
+            "ftflow_version": ftcore.__version__, **lineage_tags}
+
+
+def lineage(recipe: Recipe, pins: Pins, base: ModelOutput) -> dict[str, str]:
+    """What the version came from: the version it started from, or the versions merged into it and how, and the
+    reward model it was optimised against."""
+    tags = {}
+    if recipe.merge is not None:
+        merge = recipe.merge
+        tags["merged_from"] = ", ".join(pins.registered[uri].label for uri in merge.sources)
+        tags["merge"] = ", ".join([merge.combination, *([f"density {merge.density:g}"] if merge.density else []),
+                                   "weights " + " ".join(f"{w:g}" for w in merge.source_weights)])
+    elif base.started_from:
+        tags["started_from"] = base.started_from
+    if pins.reward_model is not None:
+        tags["reward_model"] = pins.reward_model.label
+    return tags
 
 
 class StageRunner:

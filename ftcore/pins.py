@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ftcore import versions
 from ftcore.data.retained import RetainedData, champion_data, file_data, held_out_data
-from ftcore.data.sources.config import FileSource, HfDatasetSource
+from ftcore.data.sources.config import FileSource, HfDatasetSource, RegisteredSource
 from ftcore.deploy.publish import MODEL_HASH_TAG
 from ftcore.hashing import hash_dir, hash_file
 from ftcore.models.registered import ModelRef, pin_reference, pin_registered
@@ -33,6 +33,7 @@ class Pins(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sources: dict[str, str]  # each data source's fingerprint (collect's cache depends on it)
+    registered: dict[str, ModelRef] = {}  # each registered version the data sources or merge.sources name, by URI
     start: ModelRef | None = None  # model.source champion: the version continued
     reward_model: ModelRef | None = None  # objective rl: the reward model
     champion: Champion | None = None  # the version the candidate must beat; None before the first
@@ -41,19 +42,33 @@ class Pins(BaseModel):
 
 
 def pin(recipe: Recipe) -> Pins:
-    start = starting_version(recipe)
+    registered = registered_versions(recipe)
+    start = starting_version(recipe, registered)
     retained = retained_data(recipe, start)
-    return Pins(sources=source_fingerprints(recipe), start=start, reward_model=pinned_reward_model(recipe),
-                champion=current_champion(recipe), retained=retained, forgetting=forgetting_set(recipe, retained))
+    return Pins(sources=source_fingerprints(recipe, registered), registered=registered, start=start,
+                reward_model=pinned_reward_model(recipe), champion=current_champion(recipe), retained=retained,
+                forgetting=forgetting_set(recipe, retained))
 
 
-def source_fingerprints(recipe: Recipe) -> dict[str, str]:
+def registered_versions(recipe: Recipe) -> dict[str, ModelRef]:
+    """The version each registered URI of the data sources and merge.sources points at now, pinned once: a merge's
+    adapters and the test rows they are scored on come from the same versions."""
+    uris = {source.model: f"data.sources ({source.label()})" for source in recipe.data.all_sources()
+            if isinstance(source, RegisteredSource)}
+    uris |= {uri: f"merge.sources.{i}" for i, uri in enumerate(recipe.merge.sources)} if recipe.merge else {}
+    return {uri: pin_reference(uri, field) for uri, field in uris.items()}
+
+
+def source_fingerprints(recipe: Recipe, registered: dict[str, ModelRef]) -> dict[str, str]:
     """What collect's cache depends on: the content hash of every input file (every match of a glob) and saved
-    dataset folder. A query or a URL can return new rows behind the same recipe, so those sources are read again
-    on every run; the stages after collect are still skipped when the rows read are unchanged."""
+    dataset folder, and the pinned version of a registered source. A query or a URL can return new rows behind the
+    same recipe, so those sources are read again on every run; the stages after collect are still skipped when the
+    rows read are unchanged."""
     fingerprints = {}
     for source in recipe.data.all_sources():
-        if isinstance(source, FileSource):
+        if isinstance(source, RegisteredSource):
+            fingerprints[source.label()] = registered[source.model].fingerprint
+        elif isinstance(source, FileSource):
             fingerprints.update({str(path): hash_file(path) for path in source.files()})
         elif isinstance(source, HfDatasetSource) and source.local_path():
             fingerprints[source.path] = hash_dir(source.local_path())
@@ -62,8 +77,11 @@ def source_fingerprints(recipe: Recipe) -> dict[str, str]:
     return fingerprints
 
 
-def starting_version(recipe: Recipe) -> ModelRef | None:
-    """model.source champion: the version to continue from (the champion now, or model.version)."""
+def starting_version(recipe: Recipe, registered: dict[str, ModelRef]) -> ModelRef | None:
+    """model.source champion: the version to continue from (the champion now, or model.version); a merge's first
+    source, whose base every source shares (the train stage checks it)."""
+    if recipe.merge is not None:
+        return registered[recipe.merge.sources[0]]
     if recipe.model.source != "champion":
         return None
     name = recipe.model.registered_model or recipe.registered_model

@@ -23,19 +23,28 @@ from ftcore.alignment.config import RewardConfig
 from ftcore.data.balance import check_format
 from ftcore.data.config import DEFAULT_STEPS, BalanceConfig, CleanConfig, DataConfig, RuntimeConfig, StepSpec
 from ftcore.data.steps import images as image_steps
-from ftcore.deploy.config import BeatChampion, DeployConfig, GateRule, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
+from ftcore.deploy.config import (
+    BeatChampion,
+    DeployConfig,
+    GateRule,
+    KeepSources,
+    MaxBias,
+    MaxForgetting,
+    MaxLatency,
+    MaxToxicity,
+)
 from ftcore.deploy.export import planned_export_problems
 from ftcore.errors import DataError, RecipeError
 from ftcore.evaluation.config import EvaluateConfig
 from ftcore.hashing import hash_obj
-from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
+from ftcore.models.config import MODEL_URI, LoraMethod, MethodConfig, ModelConfig
 from ftcore.models.peft_methods import can_continue
 from ftcore.monitor.config import MonitorConfig
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ObjectiveName, objectives_where
 from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_yaml, read_yaml_file
 from ftcore.registry import STEPS
 from ftcore.schema import MAX_RETRIES, MAX_WAIT_S, Strict, describe_error
-from ftcore.training.config import CHAMPION_DATA, ContinualConfig, TrainConfig
+from ftcore.training.config import CHAMPION_DATA, ContinualConfig, MergeConfig, TrainConfig
 from ftcore.tuning.config import TRIAL_MEASURES, TuneConfig
 from ftcore.tuning.space import space_problems
 
@@ -61,6 +70,8 @@ class Recipe(Strict):
     reward: RewardConfig | None = Field(None, description="objective rl: what the policy is rewarded for")
     continual: ContinualConfig | None = Field(None, description="replay, regulariser and forgetting (sft, dapt, "
                                                                 "multitask)")
+    merge: MergeConfig | None = Field(None, description="registered adapters combined instead of trained "
+                                                        "(docs/merging.md)")
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()
@@ -88,15 +99,15 @@ class Recipe(Strict):
         steps, filled in where the recipe leaves them out."""
         if not isinstance(raw, dict):
             return raw  # validation reports it
-        raw = with_default_steps(current_names(raw))
+        raw = with_merge_defaults(with_default_steps(current_names(raw)))
         objective = OBJECTIVES.get(raw.get("objective", DEFAULT_OBJECTIVE))
         return raw if objective is None else with_default_metrics(raw, objective.metrics)
 
     @model_validator(mode="after")
     def _sections_fit_the_objective(self) -> Recipe:
         objective = self.spec
-        problem = (data_problem(self, objective) or training_problem(self, objective)
-                   or evaluation_problem(self.evaluate, objective))
+        problem = (merge_problem(self, objective) or data_problem(self, objective)
+                   or training_problem(self, objective) or evaluation_problem(self.evaluate, objective))
         if problem:
             raise ValueError(problem)
         return self
@@ -138,7 +149,8 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _gate_rules_can_be_decided(self) -> Recipe:
-        problem = gate_problem(self.deploy.gate, self.evaluate, self.spec, self.continual is not None)
+        problem = gate_problem(self.deploy.gate, self.evaluate, self.spec, self.continual is not None,
+                               self.merge is not None)
         if problem:
             raise ValueError(problem)
         return self
@@ -160,10 +172,16 @@ def with_default_metrics(raw: dict, metrics: tuple[str, ...]) -> dict:
         default = metrics[0] if metrics[0] in evaluated else (evaluated[0] if evaluated else metrics[0])
         gate = deploy.get("gate") or [{"rule": "beat_champion"}]
         if isinstance(gate, list):
-            gate = [{**rule, "metric": default} if isinstance(rule, dict) and rule.get("rule") == "beat_champion"
-                    and rule.get("metric") is None else rule for rule in gate]
+            gate = [{**rule, "metric": primary_metric(gate, default)} if isinstance(rule, dict) and rule.get("rule")
+                    in ("beat_champion", "keep_sources") and rule.get("metric") is None else rule for rule in gate]
         raw["deploy"] = {**deploy, "gate": gate}
     return raw
+
+
+def primary_metric(gate: list, default: str) -> str:
+    """The beat_champion rule's metric (the default of keep_sources'), or `default`."""
+    return next((rule["metric"] for rule in gate if isinstance(rule, dict) and rule.get("rule") == "beat_champion"
+                 and rule.get("metric") is not None), default)
 
 
 # image_text data also gets the image checks when the recipe lists no steps of its own (CleanConfig's default list
@@ -195,6 +213,47 @@ def image_steps_problem(steps: list[StepSpec], data_format: str) -> str | None:
         if STEPS.get(spec.step).module == image_steps.__name__:
             return (f"clean.steps.{i} ({spec.step}): image steps apply to data.format image_text, not "
                     f"{data_format!r}; remove it")
+    return None
+
+
+def with_merge_defaults(raw: dict) -> dict:
+    """A `merge:` recipe's data are its sources' own datasets: each source's train and test splits, as its model
+    saw them (templated already, and cleaned by its own run: no step runs again, so each test split stays the one
+    its source was scored on), every row tagged with its source's task; the base is the sources' own (the first
+    source's adapter taken off its weights: model.source champion, start adapter); the objective multitask, which
+    scores every task apart. A section the recipe gives itself is kept (its problems reported by merge_problem)."""
+    merge = raw.get("merge")
+    sources = merge.get("sources") if isinstance(merge, dict) else None
+    if not isinstance(sources, list):
+        return raw  # no merge, or the merge section's own validation reports it
+    # From the sources alone (its other fields' problems are reported by its own validation), and only those named
+    # right: a recipe with one bad source gets that one error, not a second about its data.
+    named = [source for source in sources if isinstance(source, str) and MODEL_URI.match(source)]
+    tasks = MergeConfig.model_construct(sources=named).tasks()
+
+    def registered(split: str) -> list[dict]:
+        return [{"type": "registered", "model": model, "split": split, "task": task} for model, task in tasks.items()]
+
+    data = {"sources": registered("train"), "test_sources": registered("test"), "tasks": {t: {} for t in
+            tasks.values()}, "prompt_template": "{prompt}", "completion_template": "{completion}"}
+    return {"objective": "multitask", "data": data, "clean": {"steps": []},
+            "model": {"source": "champion", "start": "adapter"}, **raw}
+
+
+def merge_problem(recipe: Recipe, objective: Objective) -> str | None:
+    """What a `merge:` recipe cannot also ask: training (a merge trains nothing), another base, other data."""
+    if recipe.merge is None:
+        return None
+    if not objective.tagged_sources:
+        return (f"merge: the merged adapter is scored on each source's task: objective "
+                f"{' or '.join(objectives_where('tagged_sources'))} (or leave objective out), not {objective.name!r}")
+    if recipe.model.source != "champion" or recipe.model.start != "adapter" or recipe.model.version is not None:
+        return "model: a merge's base is its sources' own; remove the model section"
+    if not isinstance(recipe.method, LoraMethod):
+        return f"method: a merge combines LoRA adapters; remove method (it is {recipe.method.name})"
+    for section in ("continual", "tune"):
+        if getattr(recipe, section) is not None:
+            return f"{section}: a merge trains nothing; remove {section}"
     return None
 
 
@@ -262,7 +321,7 @@ def evaluation_problem(evaluate: EvaluateConfig, objective: Objective) -> str | 
 
 
 def gate_problem(rules: list[GateRule], evaluate: EvaluateConfig, objective: Objective,
-                 continual: bool) -> str | None:
+                 continual: bool, merging: bool) -> str | None:
     """The first gate rule that needs something the evaluate stage does not measure for this recipe."""
     scored = [*evaluate.metrics, *evaluate.domain_metric_names]
     answering = ", ".join(objectives_where("answers_prompts"))
@@ -284,6 +343,11 @@ def gate_problem(rules: list[GateRule], evaluate: EvaluateConfig, objective: Obj
                 return f"{where}: needs evaluate.safety.bias and an objective whose model answers prompts ({answering})"
             case MaxLatency() if evaluate.latency_probes == 0:
                 return f"{where}: needs evaluate.latency_probes > 0"
+            case KeepSources(metric=metric):
+                if not merging:
+                    return f"{where}: compares a merge with its sources; only for a recipe with a merge section"
+                if metric not in evaluate.metrics:
+                    return f"{where}: metric {metric!r} must be one of evaluate.metrics {evaluate.metrics}"
     return None
 
 

@@ -32,10 +32,15 @@ def train(job: TrainJob, mlflow_run_id: str | None = None, trial: TrialHook | No
     """Fine-tune the init stage's model on the train split for the recipe's objective (rl: against the reward, with
     the pinned reward model; continual: replaying and anchored to the retained data). Each step's metrics go to the
     pipeline's MLflow run `mlflow_run_id` as training makes them; a line every tenth of the run goes to the log. In a
-    search's `trial`, each evaluation's validation loss goes to the trial's pruner, which may stop training."""
+    search's `trial`, each evaluation's validation loss goes to the trial's pruner, which may stop training. A merge:
+    recipe's sources are combined instead (ftcore/training/merging.py)."""
     out = train_stage(job, stage_folder("train", job, plugins=reward_code(job)), pruning(job, trial),
                       mlflow_run_id=mlflow_run_id)
     m = out.metrics
+    if job.merge is not None:
+        get_run_logger().info("merged %d adapters (%s) into one of rank %d", m["merged_sources"],
+                              job.merge.config.combination, m["merged_rank"])
+        return out
     resumed = f" (resumed from step {m['resumed_from_step']:.0f})" if m["resumed_from_step"] else ""
     processes = f" in {m['processes']:.0f} processes ({job.train.distributed.strategy})" if m["processes"] > 1 else ""
     # Online RL's loss is about 0 by construction (rewards minus their group's mean): its progress is the reward.

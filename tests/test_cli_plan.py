@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -67,4 +68,12 @@ def test_plan_refuses_a_preference_recipe_in_one_line(tmp_path):
     result = runner.invoke(app, ["plan", str(recipe)])
     assert result.exit_code == 2
     assert result.output.startswith("error: objective: dpo is not estimated yet")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_plan_refuses_a_merge_recipe_which_trains_nothing_in_one_line():
+    recipe = Path(__file__).parents[1] / "data_recipes" / "recipes" / "merge_abbreviations.yaml"
+    result = runner.invoke(app, ["plan", str(recipe)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: merge: a merge recipe trains nothing, so there is no training to plan")
     assert len(result.output.strip().splitlines()) == 1

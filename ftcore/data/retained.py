@@ -10,6 +10,7 @@ data held out whole (its `test` part; nothing is replayed), which then measures 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -45,17 +46,29 @@ def champion_data(start: ModelRef) -> RetainedData:
     """The train and test splits of the dataset the version `start` was trained on, fetched once."""
     folder = home() / "registry" / str(start.name) / f"{start.version}-data"
     if not (folder / "test.parquet").is_file():
+        dataset = pd.read_parquet(version_dataset(str(start.name), str(start.version), "continual.data: champion"))
         with atomic_dir(folder) as tmp:
-            run_id = versions.version_run_id(str(start.name), str(start.version))
-            try:
-                downloaded = tracking.download_run_artifact(run_id, DATASET_ARTIFACT, tmp)
-            except FileNotFoundError:
-                raise UserError(f"continual.data: champion: the run {run_id} that registered {start.label} has no "
-                                f"{DATASET_ARTIFACT}; give a file of the data to retain instead") from None
-            dataset = pd.read_parquet(downloaded)
-            downloaded.unlink()
             _write_parts(dataset[dataset["split"] == "train"], dataset[dataset["split"] == "test"], tmp)
     return _retained(folder, f"the dataset of {start.label}")
+
+
+def version_dataset(name: str, version: str, field: str) -> Path:
+    """The dataset the registered version NAME/VERSION was trained and tested on (its run's clean_balance
+    `dataset.parquet`, whose `split` column names each row's split), fetched once. `field` names the recipe field
+    for the error message."""
+    folder = home() / "registry" / name / f"{version}-dataset"
+    if not (folder / "dataset.parquet").is_file():
+        with atomic_dir(folder) as tmp:
+            run_id = versions.version_run_id(name, version)
+            try:
+                (tmp / "download").mkdir()
+                downloaded = tracking.download_run_artifact(run_id, DATASET_ARTIFACT, tmp / "download")
+            except FileNotFoundError:
+                raise UserError(f"{field}: the run {run_id} that registered {name}/{version} has no "
+                                f"{DATASET_ARTIFACT}; give a file of its data instead") from None
+            downloaded.rename(tmp / "dataset.parquet")
+            shutil.rmtree(tmp / "download")
+    return folder / "dataset.parquet"
 
 
 def file_data(path: Path, data: DataConfig, seed: int) -> RetainedData:

@@ -49,7 +49,17 @@ class MaxBias(Strict):
     max: Fraction
 
 
-GateRule = Annotated[BeatChampion | MaxToxicity | MaxForgetting | MaxLatency | MaxBias, Field(discriminator="rule")]
+class KeepSources(Strict):
+    """A merge: on each source's own test rows, the candidate keeps at least `share` of that source's score on
+    `metric` (of a lower-is-better metric such as perplexity: at most the source's divided by `share`)."""
+
+    rule: Literal["keep_sources"] = "keep_sources"
+    metric: str | None = Field(None, description="default: the beat_champion rule's metric")
+    share: float = Field(0.9, gt=0, le=1)
+
+
+GateRule = Annotated[BeatChampion | MaxToxicity | MaxForgetting | MaxLatency | MaxBias | KeepSources,
+                     Field(discriminator="rule")]
 
 
 # What the deploy stage can export for a new version (docs/deploy.md): the adapter alone, the merged model in float32

@@ -6,6 +6,8 @@ stays where it was.
   the base model) on the metric by more than `margin`; with `confident`, the lower bound of the paired bootstrap
   interval of the improvement is above the margin too, so a lucky test split does not promote a model.
 - `max_toxicity`, `max_forgetting`, `max_latency`, `max_bias`: the measured value is at most the threshold.
+- `keep_sources` (a merge): on each source's own test rows, the candidate keeps at least a share of the source's
+  score.
 A rule whose value was not measured fails, saying so.
 """
 
@@ -14,8 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ftcore.deploy.config import BeatChampion, GateRule, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
+from ftcore.deploy.config import BeatChampion, GateRule, KeepSources, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
 from ftcore.evaluation.config import LOWER_IS_BETTER
+from ftcore.evaluation.intervals import SOURCE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ def _outcome(rule: GateRule, metrics: dict[str, float], reference: Reference) ->
         case MaxBias():
             return _at_most(rule.rule, "counterfactual divergence", metrics.get("bias_divergence"), rule.max,
                             missing="no test or probe prompt had a term to swap; add evaluate.safety.bias.prompts")
+        case KeepSources():
+            return _keeps_sources(rule, metrics)
     raise TypeError(f"unknown gate rule {rule!r}")
 
 
@@ -110,3 +115,35 @@ def _at_most(rule: str, what: str, value: float | None, threshold: float,
     passed = value <= threshold
     return RuleOutcome(rule, passed, value, threshold,
                        f"{what} {value:.4g} {'is within' if passed else 'exceeds'} the maximum {threshold:g}")
+
+
+def _keeps_sources(rule: KeepSources, metrics: dict[str, float]) -> RuleOutcome:
+    """The smallest share of its source's score that the candidate keeps on a source's task."""
+    metric = str(rule.metric)
+    lower = metric in LOWER_IS_BETTER
+    kept, parts = {}, []
+    for task, (ours, theirs) in sorted(source_scores(metrics, metric).items()):
+        kept[task] = (theirs / ours if ours else math.inf) if lower else (ours / theirs if theirs else math.inf)
+        parts.append(f"{task} {ours:.4g} against {theirs:.4g}")
+    if not kept:
+        return RuleOutcome(rule.rule, False, None, rule.share, f"no source was scored on {metric} (a rule for a "
+                                                              "merge: recipe)")
+    worst = min(kept, key=kept.get)
+    passed = kept[worst] >= rule.share
+    return RuleOutcome(rule.rule, passed, kept[worst], rule.share,
+                       f"{metric} on each source's test rows: {'; '.join(parts)}; {worst} keeps {kept[worst]:.1%} of "
+                       f"its source's ({'at least' if passed else 'under'} {rule.share:.0%})")
+
+
+def source_scores(metrics: dict[str, float], metric: str) -> dict[str, tuple[float, float]]:
+    """task -> (the candidate's, its source's) `metric` on the source's own test rows: `<metric>.<task>` and
+    `source_<task>.<metric>.<task>`."""
+    found = {}
+    for key, theirs in metrics.items():
+        rest = key.removeprefix(SOURCE_PREFIX)
+        size = (len(rest) - len(metric) - 2) // 2  # rest is `<task>.<metric>.<task>`
+        task = rest[:size]
+        if key.startswith(SOURCE_PREFIX) and size > 0 and rest == f"{task}.{metric}.{task}" \
+                and f"{metric}.{task}" in metrics:
+            found[task] = (metrics[f"{metric}.{task}"], theirs)
+    return found

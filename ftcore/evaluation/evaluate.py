@@ -13,7 +13,7 @@ import pandas as pd
 from ftcore.columns import IMAGES_COLUMN
 from ftcore.evaluation.config import LOWER_IS_BETTER, EvaluateConfig
 from ftcore.evaluation.cross_validation import cross_validate
-from ftcore.evaluation.intervals import CANDIDATE, FEWSHOT, improvements, public_names, summarize
+from ftcore.evaluation.intervals import CANDIDATE, FEWSHOT, improvements, public_names, source_name, summarize
 from ftcore.evaluation.jobs import EvaluateJob
 from ftcore.evaluation.language import evaluate_language_models
 from ftcore.evaluation.preference import LENGTH_BASELINE
@@ -42,6 +42,7 @@ def evaluate_stage(job: EvaluateJob, out_dir: Path) -> EvalOutput:
             models["start"] = model_folder(job.start)
     if job.champion is not None:
         models[CHAMPION] = model_folder(job.champion)
+    models |= {source_name(task): model_folder(ref) for task, ref in job.sources.items()}
     models[CANDIDATE] = job.trained.model_path
     folds = cross_validate(job, out_dir.with_name(f"{out_dir.name}-folds")) if job.evaluate.cross_validation else {}
     scoring = Scoring(splits=job.dataset.splits, evaluate=job.evaluate, objective=job.objective, reward=job.reward,
@@ -54,9 +55,9 @@ def evaluate_stage(job: EvaluateJob, out_dir: Path) -> EvalOutput:
 
 def evaluate_models(models: dict[str, Path], scoring: Scoring, out_dir: Path) -> EvalOutput:
     """Score each named model folder on the test split (a search's trials: the validation split): `base`, `start`
-    (the registered version a recipe continues), `champion`, `candidate`. Names given the same folder are scored
-    once and reported under each. The starting model (`start`, else the first) is dpo's implicit-reward reference
-    and, with a forgetting set, the reference of `forgetting.<metric>`."""
+    (the registered version a recipe continues), `champion`, a merge's sources (`source_<task>`), `candidate`.
+    Names given the same folder are scored once and reported under each. The starting model (`start`, else the
+    first) is dpo's implicit-reward reference and, with a forgetting set, the reference of `forgetting.<metric>`."""
     test, cfg, scorer = scoring.rows(scoring.split), scoring.evaluate, SCORERS[scoring.objective.scorer]
     aliases = same_folders(models)
     models = {name: path for name, path in models.items() if name not in aliases}

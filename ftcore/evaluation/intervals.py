@@ -89,6 +89,15 @@ def public_names(metrics: dict[str, float]) -> dict[str, float]:
     return renamed
 
 
+def source_name(task: str) -> str:
+    """The name a merge's source is scored under: its metrics are `source_<task>.<metric>` overall and
+    `source_<task>.<metric>.<task>` on its own test rows (the figure the gate's keep_sources rule reads)."""
+    return f"{SOURCE_PREFIX}{task}"
+
+
+SOURCE_PREFIX = "source_"
+
+
 def metric_key(model: str, metric: str) -> str:
     """The public key of a model's metric."""
     return metric if model == CANDIDATE else f"{model}.{metric}"

@@ -36,3 +36,4 @@ class EvaluateJob(BaseModel):
     start: ModelRef | None = None
     champion: ModelRef | None = None
     split: Literal["test", "validation"] = "test"  # validation: a search's trial, which must not see the test rows
+    sources: dict[str, ModelRef] = {}  # a merge: each source (by task), scored beside the merged adapter

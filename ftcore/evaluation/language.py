@@ -3,7 +3,7 @@ token F1, ROUGE, BLEU, chrF and the recipe's domain metrics) and on the likeliho
 
 The base model is also scored with k-shot prompting (`fewshot`, evaluate.fewshot: k): k training examples written
 before each test prompt, the no-training alternative a fine-tuned model has to beat. A multitask recipe gets every
-metric per task too (`<model>.<metric>.<task>`).
+metric per task too (`<model>.<metric>.<task>`, with its interval).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ftcore.evaluation.bootstrap import perplexity_of
 from ftcore.evaluation.config import EvaluateConfig
 from ftcore.evaluation.domain import domain_scores
 from ftcore.evaluation.example_metrics import GENERATION_METRICS, score
-from ftcore.evaluation.intervals import FEWSHOT, ModelScores, Rows
+from ftcore.evaluation.intervals import FEWSHOT, ModelScores, Rows, summarize
 from ftcore.models.generate import completion_nlls, generate
 from ftcore.models.load import load_trained, render_chat
 from ftcore.progress import progress_bar
@@ -53,9 +53,10 @@ def evaluate_language_models(models: dict, test: pd.DataFrame, cfg: EvaluateConf
             for metric, rows in scores[label].items():
                 if rows.values.ndim == 1:
                     predictions[f"{label}.{metric}"] = rows.values
-                if TASK in ex:  # multitask: every metric per task too
+                if TASK in ex:  # multitask: every metric per task too, with its interval
                     for group, index in ex.groupby(TASK, sort=True).indices.items():
-                        per_task[f"{label}.{metric}.{group}"] = rows.aggregate(rows.values[index])
+                        per_task |= summarize({label: {f"{metric}.{group}": Rows(rows.values[index],
+                                                                                   rows.aggregate)}}, cfg)
     return scores, per_task, predictions
 
 

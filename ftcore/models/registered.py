@@ -39,6 +39,11 @@ class ModelRef(BaseModel):
     def label(self) -> str:
         return f"{self.name}/{self.version}" if self.name else str(self.path)
 
+    @property
+    def uri(self) -> str:
+        """Where the model is named: `models:/NAME/VERSION`, or the folder."""
+        return f"models:/{self.label}" if self.name else str(self.path)
+
 
 def pin_registered(name: str, alias: str | None, version: str | None, field: str) -> ModelRef:
     """The version `alias` points at now (or `version`, checked to exist). `field` names the recipe field for the

@@ -97,6 +97,9 @@ def make_plan(recipe: Recipe, recipe_path: Path, memory_gb: float | None = None,
                         f"model or classifier trained on one sequence per example: {recipe.spec.not_estimated}); plan "
                         f"the recipe's model as objective: {DEFAULT_OBJECTIVE}, or measure with a short run "
                         f"(train.max_steps)")
+    if recipe.merge is not None:
+        raise UserError("merge: a merge recipe trains nothing, so there is no training to plan; its cost is scoring "
+                        "the merge and each source on their test splits (`ftflow validate` checks the recipe)")
     data = data or data_stats(recipe, recipe_path)
     model = recipe.model
     if data.vocab_size:  # the scratch model init builds has the vocabulary its tokenizer reached on the split

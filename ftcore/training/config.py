@@ -1,16 +1,17 @@
 """The recipe's `train` section (steps, batches, checkpoints, several processes), its alignment options
 (docs/alignment.md: how preference pairs train a policy, `train.preference`, and how a policy is optimised online,
-`train.rl`), and `continual` (docs/continual.md): what a retrained model must not forget. What rewards an rl
-policy: ftcore/alignment/config.py."""
+`train.rl`), `continual` (docs/continual.md): what a retrained model must not forget, and `merge` (docs/merging.md):
+registered adapters combined instead of trained. What rewards an rl policy: ftcore/alignment/config.py."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ftcore.models.config import VisionParts
+from ftcore.models.config import MODEL_URI, VisionParts
 from ftcore.schema import Fraction, Seed, Strict, resolve_relative
 
 # TRL's DPO loss variants (DPOConfig.loss_type); several combine with loss_weights.
@@ -175,3 +176,56 @@ class TrainConfig(Strict):
             raise ValueError(f"early_stopping_patience: eval_steps ({self.eval_steps}) must be below max_steps "
                              f"({self.max_steps}), or no evaluation happens before training ends")
         return self
+
+
+# PEFT's add_weighted_adapter combinations (docs/merging.md): linear and cat add the adapters (cat keeps every rank,
+# linear needs equal ranks), svd re-factors their summed change at the largest rank; ties and the dare kinds keep a
+# `density` share of each adapter's weights (the largest for ties, a random draw for dare) before adding them.
+Combination = Literal["linear", "ties", "dare_linear", "dare_ties", "svd", "cat"]
+NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties")
+
+
+class MergeConfig(Strict):
+    """The recipe's `merge:` section: registered LoRA versions that share a base, combined into one adapter instead
+    of training one. Each source's test split (from the dataset its run recorded) is scored under its own task."""
+
+    sources: list[str] = Field(min_length=2, description="registered versions: models:/NAME@ALIAS or "
+                                                          "models:/NAME/VERSION, all trained on one base")
+    weights: list[float] | None = Field(None, description="one per source, in order (default: 1 each)")
+    combination: Combination = "linear"
+    density: float | None = Field(None, gt=0, le=1, description="ties, dare_linear, dare_ties: the share of each "
+                                                                "adapter's weights kept")
+    seed: Seed = Field(0, description="dare's random draw of the weights kept")
+
+    @field_validator("sources")
+    @classmethod
+    def _registered_versions(cls, sources: list[str]) -> list[str]:
+        for i, source in enumerate(sources):
+            if not MODEL_URI.match(source):
+                raise ValueError(f"sources.{i}: {source!r} is not a registered version; write models:/NAME@ALIAS or "
+                                 "models:/NAME/VERSION")
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"sources: each version once, got {sources}")
+        return sources
+
+    @model_validator(mode="after")
+    def _weights_and_density_fit(self) -> MergeConfig:
+        if self.weights is not None and len(self.weights) != len(self.sources):
+            raise ValueError(f"weights: one per source: {len(self.sources)} sources, {len(self.weights)} weights")
+        if self.combination in NEEDS_DENSITY and self.density is None:
+            raise ValueError(f"density: combination {self.combination} keeps a share of each adapter's weights; "
+                             "give density (e.g. 0.5)")
+        if self.combination not in NEEDS_DENSITY and self.density is not None:
+            raise ValueError(f"density: only for combination {', '.join(NEEDS_DENSITY)}, not {self.combination}")
+        return self
+
+    @property
+    def source_weights(self) -> list[float]:
+        return self.weights if self.weights is not None else [1.0] * len(self.sources)
+
+    def tasks(self) -> dict[str, str]:
+        """Each source's task name (its rows' `task`, the suffix of its metrics): the registered model's name, with
+        the alias or version where two sources are versions of one model."""
+        names = [MODEL_URI.match(source)["name"] for source in self.sources]
+        return {source: name if names.count(name) == 1 else re.sub(r"[^A-Za-z0-9_.-]", "_", source.removeprefix(
+            "models:/")) for source, name in zip(self.sources, names, strict=True)}

@@ -18,6 +18,7 @@ from ftcore.models.registered import ModelRef
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective
 from ftcore.outputs import DatasetOutput, ModelOutput
 from ftcore.training.config import ContinualConfig, TrainConfig
+from ftcore.training.merging import MergeJob
 
 
 class TrainJob(BaseModel):
@@ -38,6 +39,7 @@ class TrainJob(BaseModel):
     # How the dataset presents prompts (ftcore/data/split.py: data_prompting), recorded with the trained model so
     # that serving and `ftflow chat` ask it the same way; None records nothing.
     prompting: Prompting | None = None
+    merge: MergeJob | None = None  # a merge: recipe: the sources combined instead of training (merging.py)
 
     def loss_spec(self) -> dict | None:
         """The balance stage's class weights or focal loss (classification), if it wrote one."""

@@ -40,6 +40,7 @@ from ftcore.training.distributed import check_distributed, run_workers, strategy
 from ftcore.training.divergence import NonFinite, refuse_divergence
 from ftcore.training.examples import read_split
 from ftcore.training.jobs import TrainerSetup, TrainJob, TrainRun
+from ftcore.training.merging import merged_adapter
 from ftcore.training.plots import plot_layer_norms, plot_loss
 from ftcore.training.trainers import TRAINERS
 
@@ -57,6 +58,8 @@ def train_stage(job: TrainJob, out_dir: Path, callbacks: Sequence = (),
     checkpoint of an earlier attempt. `callbacks` (transformers TrainerCallbacks) join the trainer's own, e.g. to
     watch the steps from a benchmark; they need the trainer in this process, so not with `train.distributed`. With
     `mlflow_run_id`, each log entry goes to that MLflow run as training makes it (callbacks.py: LiveMetrics)."""
+    if job.merge is not None:
+        return merge_stage(job, out_dir)
     cfg = job.train
     check_hardware(cfg)
     if callbacks and cfg.distributed.enabled:
@@ -77,11 +80,22 @@ def train_stage(job: TrainJob, out_dir: Path, callbacks: Sequence = (),
             store.remove()
         raise
     store.remove()  # the output is complete: nothing left to resume
+    return trained_output(out_dir, job.base, metrics)
+
+
+def merge_stage(job: TrainJob, out_dir: Path) -> TrainOutput:
+    """A merge: recipe's adapter: the sources combined (ftcore/training/merging.py), written as training writes."""
+    model, prompting, metrics = merged_adapter(job.merge, job.base)
+    write_output(model, reload_processing(job.base.base_path), job.base, [], out_dir, prompting)
+    return trained_output(out_dir, job.base, metrics)
+
+
+def trained_output(out_dir: Path, base: ModelOutput, metrics: dict[str, float]) -> TrainOutput:
     return TrainOutput(
         path=out_dir,
         content_hash=hash_dir(out_dir),
         model_path=out_dir / "model",
-        adapter_path=out_dir / "adapter" if job.base.adapter_path else None,
+        adapter_path=out_dir / "adapter" if base.adapter_path else None,
         history_path=out_dir / "history.json",
         metrics=metrics,
         artifacts={name: out_dir / file for name, file in OUTPUT_ARTIFACTS.items()},

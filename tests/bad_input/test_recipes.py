@@ -27,6 +27,7 @@ def _tune(space: dict, metric: str = "exact_match", direction: str = "maximize",
 
 
 EPOCHS = {"train.epochs": {"int": [1, 3]}}
+MERGE = {"sources": ["models:/abbrev-a@champion", "models:/abbrev-b/2"]}
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,23 @@ CASES = {
     "tune-without-validation-split": Case(
         ("recipe.yaml: tune: trials are scored on the validation split", "set data.split.validation above 0"),
         sections={"data": {"sources": [SOURCE], "split": {"validation": 0}}, "tune": _tune(EPOCHS)}),
+    "merge-ties-without-density": Case(
+        ("recipe.yaml: merge:", "density: combination ties keeps a share of each adapter's weights; give density"),
+        sections={"merge": {**MERGE, "combination": "ties"}}),
+    "merge-density-it-does-not-use": Case(("recipe.yaml: merge:", "density: only for combination ties"),
+                                          sections={"merge": {**MERGE, "density": 0.5}}),
+    "merge-weights-not-one-per-source": Case(
+        ("recipe.yaml: merge:", "weights: one per source: 2 sources, 3 weights"),
+        sections={"merge": {**MERGE, "weights": [1, 1, 1]}}),
+    "merge-source-not-registered": Case(
+        ("recipe.yaml: merge.sources:", "sources.1: 'adapters/b' is not a registered version; write models:/NAME@"),
+        sections={"merge": {**MERGE, "sources": ["models:/a/1", "adapters/b"]}}),
+    "merge-with-another-base": Case(("recipe.yaml:", "model: a merge's base is its sources' own; remove the model "
+                                     "section"), sections={"merge": MERGE, "model": {"source": "scratch"}}),
+    "keep-sources-without-merge": Case(
+        ("recipe.yaml: deploy.gate.1 (keep_sources): compares a merge with its sources; only for a recipe with a "
+         "merge section",), sections={**VALID, "deploy": {"gate": [{"rule": "beat_champion"},
+                                                                   {"rule": "keep_sources"}]}}),
     "every-problem-at-once": Case(
         ("--set data.sources.2.path=x: data.sources.2:", "train.batch_size: Input should be greater",
          "train.epochs: Input should be a finite number"),

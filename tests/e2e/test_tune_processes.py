@@ -16,7 +16,9 @@ import pytest
 
 from tests.conftest import DEMO_RECIPE, REPO, TINY_OVERRIDES
 
-pytestmark = pytest.mark.e2e
+# Slow (90 s with the server's start): in `make test-slow`. The same resumption and sharing of one study are tested
+# in one process, faster, in tests/ftcore/test_tuning_search.py and tests/e2e/test_tune_flow.py.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FTFLOW = str(Path(sys.executable).parent / "ftflow")
 
 # Two ranks and a range of learning rates: every trial a configuration of its own. No pruner, so each trial trains

@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from ftcore import tracking, versions
-from ftcore.deploy.config import BeatChampion, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
+from ftcore.deploy.config import BeatChampion, KeepSources, MaxBias, MaxForgetting, MaxLatency, MaxToxicity
 from ftcore.deploy.gate import Reference, decide
 from ftcore.deploy.publish import deploy_stage
 from ftcore.errors import UserError
@@ -65,6 +65,25 @@ def test_every_rule_must_pass_and_each_outcome_is_recorded():
     assert bad.reason.startswith("max_toxicity failed: toxic-output rate 0.2 exceeds")
     unmeasured = decide(rules, {k: v for k, v in good.items() if k != "bias_divergence"}, _recorded(0.5))
     assert not unmeasured.passed and "no test or probe prompt had a term to swap" in unmeasured.rules[4].reason
+
+
+def test_a_merge_keeps_a_share_of_each_source_s_score_on_that_source_s_rows():
+    primary = BeatChampion(metric="exact_match", confident=False)
+    # Task names may hold dots; each source is read on its own rows only (not on the other's, which it never learnt).
+    metrics = {"exact_match": 0.7, "exact_match.qa.v2": 0.72, "exact_match.spam": 0.45,
+               "source_qa.v2.exact_match.qa.v2": 0.8, "source_qa.v2.exact_match.spam": 0.0,
+               "source_spam.exact_match.spam": 0.5, "source_spam.exact_match.qa.v2": 0.1,
+               "perplexity.qa.v2": 4.0, "source_qa.v2.perplexity.qa.v2": 3.0}
+    kept = decide([primary, KeepSources(metric="exact_match", share=0.85)], metrics, _recorded(0.5))
+    assert kept.passed and kept.rules[1].value == pytest.approx(0.9)  # qa.v2: 0.72 / 0.8; spam 0.45 / 0.5 too
+    assert "qa.v2 0.72 against 0.8; spam 0.45 against 0.5" in kept.rules[1].reason
+    lost = decide([primary, KeepSources(metric="exact_match", share=0.95)], metrics, _recorded(0.5))
+    assert not lost.passed and lost.reason.startswith("keep_sources failed: exact_match on each source's test rows")
+    # Lower is better: a perplexity of 4 against the source's 3 keeps 3/4 of it.
+    perplexity = decide([primary, KeepSources(metric="perplexity", share=0.8)], metrics, _recorded(0.5))
+    assert not perplexity.passed and perplexity.rules[1].value == pytest.approx(0.75)
+    unscored = decide([primary, KeepSources(metric="exact_match")], {"exact_match": 0.7}, _recorded(0.5))
+    assert not unscored.passed and "no source was scored on exact_match" in unscored.rules[1].reason
 
 
 @pytest.fixture(scope="module")

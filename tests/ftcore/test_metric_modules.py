@@ -96,6 +96,10 @@ def test_the_evaluate_stage_reports_every_metric_with_its_interval_overall_and_p
         for metric in recipe.evaluate.metrics:
             value, low, high = (m[key(f"{metric}{suffix}")] for suffix in ("", ".ci_low", ".ci_high"))
             assert low <= value + 1e-9 and value <= high + 1e-9, (name, metric, low, value, high)
+            for task, rows in predictions.groupby("task"):  # an interval needs two rows at least
+                value, low, high = (m[key(f"{metric}.{task}{suffix}")] for suffix in ("", ".ci_low", ".ci_high"))
+                assert (low <= value + 1e-9 and value <= high + 1e-9) or (len(rows) < 2 and np.isnan(low)), \
+                    (name, metric, task, low, value, high)
             assert {key(f"{metric}.expand"), key(f"{metric}.spam")} <= m.keys()
         # The per-example scores in the predictions file average to the reported metric, overall and per task.
         for metric in ("exact_match", "token_f1", "rougeL"):

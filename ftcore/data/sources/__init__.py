@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftcore.data.sources.config import FileSource, HfDatasetSource, HttpSource, Source, SqlSource
+from ftcore.data.sources.config import FileSource, HfDatasetSource, HttpSource, RegisteredSource, Source, SqlSource
 
 ROW_ID = "source_row"  # line number in a text file, record number (from 1) elsewhere
 
@@ -44,5 +44,9 @@ def read_source(source: Source, batch_rows: int) -> Iterator[Chunk]:
         from ftcore.data.sources.hf import read_hf_dataset
 
         yield from read_hf_dataset(source, batch_rows)
+    elif isinstance(source, RegisteredSource):
+        from ftcore.data.sources.registered import read_registered
+
+        yield from read_registered(source, batch_rows)
     else:  # pragma: no cover - the recipe's discriminated union admits nothing else
         raise TypeError(f"unknown source type {type(source).__name__}")

@@ -1,4 +1,5 @@
-"""What a recipe's `data.sources[*]` may be: files, a SQL query, HTTP URLs, a Hugging Face dataset.
+"""What a recipe's `data.sources[*]` may be: files, a SQL query, HTTP URLs, a Hugging Face dataset, the dataset a
+registered version was trained on.
 
 Every source maps its own columns onto the canonical ones of `data.format` with `columns:`. Secrets never appear in
 a recipe: a SQL URL or an HTTP header names them as `${env:NAME}` or `${secret:BLOCK}` placeholders, resolved when
@@ -19,6 +20,7 @@ from pydantic import (
     field_validator,
 )
 
+from ftcore.models.config import MODEL_URI
 from ftcore.schema import (
     MAX_RETRIES,
     MAX_WAIT_S,
@@ -236,8 +238,22 @@ class HfDatasetSource(SourceBase):
         return self.name or Path(self.path).name
 
 
-Source = Annotated[FileSource | SqlSource | HttpSource | HfDatasetSource, Field(discriminator="type")]
-SOURCE_TYPES = frozenset({"jsonl", "csv", "json", "parquet", "sql", "http", "hf_dataset"})
+class RegisteredSource(SourceBase):
+    """One split of the dataset a registered version was trained and tested on (its run's clean_balance dataset),
+    as the model saw it: templated already, so a recipe reading it sets its templates to `{prompt}` and
+    `{completion}` (a `merge:` recipe's data does). The alias is pinned when the run starts."""
+
+    type: Literal["registered"]
+    model: str = Field(pattern=MODEL_URI.pattern, description="models:/NAME@ALIAS or models:/NAME/VERSION")
+    split: Literal["train", "validation", "test"] = "test"
+
+    def label(self) -> str:
+        return self.name or f"{self.model} ({self.split})"
+
+
+Source = Annotated[FileSource | SqlSource | HttpSource | HfDatasetSource | RegisteredSource,
+                   Field(discriminator="type")]
+SOURCE_TYPES = frozenset({"jsonl", "csv", "json", "parquet", "sql", "http", "hf_dataset", "registered"})
 register_union_tags(SOURCE_TYPES)
 
 
