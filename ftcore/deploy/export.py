@@ -206,7 +206,10 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
     report = ExportReport(records, ratio, fidelity, checks)
     if fidelity is not None and not fidelity.within_tolerance:
         log.warning("%s/%s: %s", name, version, fidelity.describe())
-    versions.set_version_tags(name, version, report.tags())
+    # Each check's tag names the command that makes the export and its check again.
+    again = {f"export.{kind}.check_command": f"ftflow export models:/{name}/{version} --kind {kind}"
+             for kind in report.exports if f"export.{kind}.check" in report.tags()}
+    versions.set_version_tags(name, version, report.tags() | again)
     return report
 
 

@@ -36,6 +36,7 @@ def test_onnx_runtime_runs_the_graph_to_the_float32_logits_and_answers(lora, tmp
     assert check.timings["onnx_forward_s"] > 0 and check.timings["pytorch_forward_s"] > 0
     tags = versions.version_tags("exp", version)
     assert tags["export.onnx.check"].startswith("run by ONNX Runtime on 8 prompts: top-1 agreement 1.000")
+    assert tags["export.onnx.check_command"] == f"ftflow export models:/exp/{version} --kind onnx"
     # The graph keeps the float32 weights (in model.onnx.data beside it) and the constants the exporter folds in:
     # measured 1.23x the safetensors on the tests' tiny model, 1.00x on the demo's 3.1 MB one.
     model = export.VersionModel.read(trained.model_path)
