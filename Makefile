@@ -107,7 +107,7 @@ bench-exports: install-dev
 bench-llama-cpp: install-dev
 	@start=$$(date +%s); $(BIN)/pip install --quiet "llama-cpp-python==0.3.36" && \
 	  echo "llama-cpp-python installed in $$(( $$(date +%s) - start )) s"
-	$(BIN)/python bench/llama_cpp.py
+	$(BIN)/python bench/gguf_llama_cpp.py
 
 # The RLHF chain's RL step over 5 seeds, on this processor's kernels and on AVX2's: what the e2e test's margins rest on.
 bench-rl: install-dev

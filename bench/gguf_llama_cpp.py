@@ -1,12 +1,12 @@
 """The GGUF exports run by llama.cpp itself (llama-cpp-python), against the PyTorch model they were written from:
-greedy answers to the demo version's test prompts, and generation speed (tokens per second, one prompt at a time,
-on the same CPU threads).
+greedy answers to the demo version's test prompts, the file's tokenizer as llama.cpp reads it, and generation speed
+(tokens per second, one prompt at a time, on the same CPU threads).
 
 llama-cpp-python is not one of ftflow's dependencies: it is a source build (llama.cpp compiled on install). `make
 bench-llama-cpp` installs it into .venv first (its build time is printed) and runs this. Record the figures in
 docs/benchmarks.md.
 
-    python bench/llama_cpp.py [--max-new-tokens 16]
+    python bench/gguf_llama_cpp.py [--max-new-tokens 16]   (not llama_cpp.py: that name would shadow the package)
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main() -> None:
         return [t for t in out[0, ids.shape[1]:].tolist() if t not in stops], time.perf_counter() - started
 
     results = {"pytorch (float32)": [pytorch_answer(p) for p in prompts]}
+    tokenized = {}
     for kind in KINDS:
         path = gguf_file(fetch_export(str(ref.name), str(ref.version), kind, Path(home) / kind))
         llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=threads, verbose=False)
@@ -78,6 +79,9 @@ def main() -> None:
             return generated, time.perf_counter() - started
 
         results[f"llama.cpp ({kind})"] = [cpp_answer(p) for p in prompts]
+        # The file's own tokenizer, as llama.cpp reads it, against the model's.
+        tokenized[kind] = sum(llm.tokenize(p.encode(), add_bos=False, special=True)
+                              == tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts)
 
     reference = [tokens for tokens, _ in results["pytorch (float32)"]]
     print(f"\n{summary['model']['uri']}: {len(prompts)} test prompts, greedy, up to {args.max_new_tokens} new tokens, "
@@ -89,6 +93,8 @@ def main() -> None:
         same = sum(tokens == want for (tokens, _), want in zip(answers, reference, strict=True))
         count, seconds = sum(len(t) for t, _ in answers), sum(s for _, s in answers)
         print(f"| {name} | {same}/{len(answers)} | {count} | {seconds:.2f} | {count / seconds:.0f} |")
+    print("llama.cpp's own tokenization of the prompts, the same ids as the model's tokenizer: "
+          + ", ".join(f"{kind} {n}/{len(prompts)}" for kind, n in tokenized.items()))
 
 
 if __name__ == "__main__":
