@@ -11,7 +11,7 @@ TUNE_ARGS ?=
 LOCK := constraints.txt
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: lock run test test-slow zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-serve-traffic bench-scale bench-vision bench-tune bench-tune-spam bench-merge ui clean install install-dev
+.PHONY: lock run test test-slow zoo zoo-fetch compat lint bench bench-pipeline bench-rerun bench-data bench-train bench-continual bench-rl bench-evaluate bench-serve bench-serve-traffic bench-scale bench-vision bench-tune bench-tune-spam bench-merge bench-exports bench-llama-cpp ui clean install install-dev
 
 # Stamp files make installs incremental: a change to pyproject.toml or the lock reinstalls, nothing else does.
 $(BIN)/python:
@@ -97,6 +97,17 @@ bench-continual: install-dev
 # (a few minutes); `python bench/merge.py --pair spam-qtype` on ../shared/data's SMS spam and MedQuAD.
 bench-merge: install-dev
 	$(BIN)/python bench/merge.py --pair abbreviations
+
+# Every export of the demo: sizes, agreement with float32, ONNX Runtime's latency against PyTorch's.
+bench-exports: install-dev
+	$(BIN)/python bench/exports.py
+
+# The GGUF exports run by llama.cpp: llama-cpp-python is built from source into .venv first (not a dependency of
+# ftflow; the build's time is printed), then answers and tokens/s against PyTorch.
+bench-llama-cpp: install-dev
+	@start=$$(date +%s); $(BIN)/pip install --quiet "llama-cpp-python==0.3.36" && \
+	  echo "llama-cpp-python installed in $$(( $$(date +%s) - start )) s"
+	$(BIN)/python bench/gguf_llama_cpp.py
 
 # The RLHF chain's RL step over 5 seeds, on this processor's kernels and on AVX2's: what the e2e test's margins rest on.
 bench-rl: install-dev

@@ -317,7 +317,7 @@ def export(
     if report.int8_size_ratio is not None:
         check = report.int8_verdict()["export.int8.check"]
         console.print(f"int8 size: {report.int8_size_ratio:.1%} of float32; {check}", highlight=False, soft_wrap=True)
-    for name, check in report.gguf_checks.items():
+    for name, check in report.checks.items():
         console.print(f"{name}: {check.describe()}", highlight=False, soft_wrap=True)
 
 

@@ -143,6 +143,9 @@ class Recipe(Strict):
     def _exports_fit_the_method(self) -> Recipe:
         # Known from the recipe alone, so refused here rather than by the deploy stage after training.
         problems = planned_export_problems(self.method, self.deploy.exports)
+        if "onnx" in self.deploy.exports and (self.spec.classifies or self.spec.sees_images):
+            problems.append(f"onnx: objective {self.objective}'s model is not a causal language model; onnx exports "
+                            "those (export merged or int8)")
         if problems:
             raise ValueError("deploy.exports: " + "; ".join(problems))
         return self

@@ -63,8 +63,9 @@ GateRule = Annotated[BeatChampion | MaxToxicity | MaxForgetting | MaxLatency | M
 
 
 # What the deploy stage can export for a new version (docs/deploy.md): the adapter alone, the merged model in float32
-# or bfloat16, 8-bit weights for CPU inference, and GGUF files for llama.cpp and Ollama (gguf_<file type>).
-ExportKind = Literal["adapter", "merged", "merged_bf16", "int8", "gguf_f16", "gguf_q8_0", "gguf_q4_0"]
+# or bfloat16, 8-bit weights for CPU inference, GGUF files for llama.cpp and Ollama (gguf_<file type>), and an ONNX
+# graph for ONNX Runtime.
+ExportKind = Literal["adapter", "merged", "merged_bf16", "int8", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "onnx"]
 
 
 class DeployConfig(Strict):
@@ -75,7 +76,7 @@ class DeployConfig(Strict):
     exports: list[ExportKind] = Field(default_factory=lambda: ["int8"],
                                       description="what is exported for the new version, as MLflow models of its run "
                                                   "(exports/<kind>): adapter, merged, merged_bf16, int8, "
-                                                  "gguf_f16, gguf_q8_0, gguf_q4_0 ([] for none)")
+                                                  "gguf_f16, gguf_q8_0, gguf_q4_0, onnx ([] for none)")
     int8_tolerance: float = Field(0.05, ge=0, description="the most the int8 export may lose against the float32 "
                                                           "model on the test split's primary metric: absolute for "
                                                           "exact_match and accuracy, relative for perplexity")

@@ -1,7 +1,8 @@
 """Deploy exports of a registered version (docs/deploy.md): the adapter alone, the model merged in float32 or
-bfloat16, and int8 weights for CPU inference, each logged as an MLflow pyfunc model of the version's run
-(`exports/<kind>`) and recorded in the version's tags (`export.<kind>.uri`, `.bytes`, `.hash`; for int8 its size
-ratio to float32 and its metric changes on the test split).
+bfloat16, int8 weights for CPU inference, GGUF files (ftcore/deploy/gguf.py) and an ONNX graph
+(ftcore/deploy/onnx_export.py), each logged as an MLflow pyfunc model of the version's run (`exports/<kind>`) and
+recorded in the version's tags (`export.<kind>.uri`, `.bytes`, `.hash`; for int8 its size ratio to float32 and its
+metric changes on the test split; for GGUF and ONNX their logits against the float32 model's, `.check`).
 
 An export is built from the version's model folder, which the train stage wrote in one of three forms: merged
 weights with `trained_adapter/` (lora, dora, qlora, ia3, loha, lokr), base weights with `adapter/` (prefix, prompt,
@@ -22,9 +23,9 @@ from typing import get_args
 import pandas as pd
 
 from ftcore import tracking, versions
-from ftcore.deploy import gguf
+from ftcore.deploy import gguf, onnx_export
 from ftcore.deploy.config import ExportKind
-from ftcore.deploy.fidelity import Fidelity, scorable_metrics, split_scores
+from ftcore.deploy.fidelity import Fidelity, LogitCheck, scorable_metrics, split_scores
 from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
 from ftcore.errors import UserError
 from ftcore.hashing import file_hashes, hash_dir, hash_files
@@ -100,19 +101,19 @@ class ExportReport:
     exports: dict[str, ExportRecord]
     int8_size_ratio: float | None = None  # int8 weight files / the float32 model's
     fidelity: Fidelity | None = None  # int8 against float32 on the test split; None when it has no references
-    gguf_checks: dict[str, gguf.GgufCheck] = field(default_factory=dict)  # each GGUF export read back
+    checks: dict[str, LogitCheck] = field(default_factory=dict)  # each GGUF and ONNX export run beside float32
 
     def tags(self) -> dict[str, str]:
         tags = {}
         for kind, record in self.exports.items():
             tags |= {f"export.{kind}.uri": record.uri, f"export.{kind}.bytes": str(record.bytes),
                      f"export.{kind}.hash": record.hash}
-        checks = {f"export.{kind}.check": check.describe() for kind, check in self.gguf_checks.items()}
+        checks = {f"export.{kind}.check": check.describe() for kind, check in self.checks.items()}
         return tags | {k: f"{v:.6g}" for k, v in self.int8_metrics().items()} | self.int8_verdict() | checks
 
     def metrics(self) -> dict[str, float]:
         sizes = {f"export.{kind}.mb": record.bytes / 2**20 for kind, record in self.exports.items()}
-        checks = {f"export.{kind}.{metric}": value for kind, check in self.gguf_checks.items()
+        checks = {f"export.{kind}.{metric}": value for kind, check in self.checks.items()
                   for metric, value in check.metrics().items()}
         return sizes | self.int8_metrics() | checks
 
@@ -132,15 +133,15 @@ class ExportReport:
     def as_dict(self) -> dict:
         return {"exports": {kind: vars(record) for kind, record in self.exports.items()},
                 "int8": {**self.int8_metrics(), **self.int8_verdict()} if "int8" in self.exports else None,
-                "gguf": {kind: {**check.metrics(), "check": check.describe()}
-                         for kind, check in self.gguf_checks.items()}}
+                "checks": {kind: {**check.metrics(), "check": check.describe()}
+                           for kind, check in self.checks.items()}}
 
 
 def unavailable(kind: str, model: VersionModel) -> str | None:
     """Why the version cannot give this kind of export, in one line; None when it can."""
     problem = _unavailable(kind, model.method, model.adapter is not None, model.merged)
-    if problem is None and kind in GGUF_KINDS:
-        problem = gguf.refusal(model.folder)
+    if problem is None and (kind in GGUF_KINDS or kind == "onnx"):
+        problem = gguf.refusal(model.folder) if kind in GGUF_KINDS else onnx_export.refusal(model.folder)
         return None if problem is None else f"{kind}: {problem}"
     return problem
 
@@ -160,7 +161,7 @@ def _unavailable(kind: str, method: str, has_adapter: bool, merged: bool) -> str
         return ("method dora: the adapter alone cannot be loaded back, since the base it attaches to cannot be "
                 "recovered from the merged version (DoRA's merge rescales by a norm that is not saved); export "
                 "merged, merged_bf16 or int8")
-    if (kind in MERGED_DTYPES or kind in GGUF_KINDS) and not merged:
+    if (kind in MERGED_DTYPES or kind in GGUF_KINDS or kind == "onnx") and not merged:
         if method in PROMPT_LEARNING:
             return (f"method {method} is prompt learning: its virtual tokens cannot be merged into the base; "
                     "export adapter or int8, or serve the version as it is")
@@ -197,13 +198,18 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
                 fidelity = int8_fidelity(model, classifier, out, test, tolerance)
             if kind in GGUF_KINDS:
                 checks[kind] = gguf.check_gguf(model.folder, gguf_file(out), check_prompts(test, model.folder))
+            if kind == "onnx":
+                checks[kind] = onnx_export.check_onnx(model.folder, out, check_prompts(test, model.folder))
             uri = log_export(run_id, kind, out, classifier, test)
             records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
             bar.update()
     report = ExportReport(records, ratio, fidelity, checks)
     if fidelity is not None and not fidelity.within_tolerance:
         log.warning("%s/%s: %s", name, version, fidelity.describe())
-    versions.set_version_tags(name, version, report.tags())
+    # Each check's tag names the command that makes the export and its check again.
+    again = {f"export.{kind}.check_command": f"ftflow export models:/{name}/{version} --kind {kind}"
+             for kind in report.exports if f"export.{kind}.check" in report.tags()}
+    versions.set_version_tags(name, version, report.tags() | again)
     return report
 
 
@@ -276,6 +282,8 @@ def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None
         name = source.removeprefix("models:/").replace("/", "-v")
         gguf.write_gguf(model.folder, out / f"{name}-{file_type}.gguf", file_type, name)
         (out / "Modelfile").write_text(gguf.modelfile(f"{name}-{file_type}.gguf", model.folder))
+    elif kind == "onnx":
+        onnx_export.write_onnx(model.folder, out)
     else:
         write_int8(model.folder, out)
         if not model.merged:  # the adapter stays float32 beside the int8 base: it is small, and cannot be merged
@@ -321,7 +329,7 @@ def log_export(run_id: str, kind: str, folder: Path, classifier: bool, test: pd.
     from ftcore.deploy.pyfunc import input_example, pip_requirements, signature
 
     return tracking.log_pyfunc(run_id, f"{EXPORTS}/{kind}", Path(pyfunc_model.__file__), {WEIGHTS: folder},
-                               signature(classifier), input_example(test, classifier), pip_requirements(),
+                               signature(classifier), input_example(test, classifier), pip_requirements(kind),
                                [Path(ftcore.__file__).parent])
 
 
@@ -376,6 +384,8 @@ def load_export(folder: Path):
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     if manifest.get("kind") in GGUF_KINDS:
         return gguf.read_back(gguf_file(folder))
+    if manifest.get("kind") == "onnx":
+        return onnx_export.OnnxCausalLM(folder), reload_processing(folder)
     if manifest.get("kind") != "adapter":
         return load_trained(folder)
     version = VersionModel.read(model_folder(pin_reference(manifest["source"], f"{folder}/{MANIFEST}: source")))

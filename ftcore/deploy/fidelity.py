@@ -1,6 +1,7 @@
-"""What int8 costs: the float32 model and its int8 export scored the same way on the test split, with the evaluate
-stage's own scorers (greedy generation and perplexity, or classification), and the change judged against
-`deploy.int8_tolerance`.
+"""What an export costs. int8: the float32 model and its int8 export scored the same way on the test split, with the
+evaluate stage's own scorers (greedy generation and perplexity, or classification), and the change judged against
+`deploy.int8_tolerance`. A GGUF or ONNX export: its logits on the test prompts against the float32 model's
+(`LogitCheck`).
 
 The metrics are the ones the test split has references for: exact match, token F1 and perplexity of the reference
 answers (prompt/completion and chat rows), perplexity of the text (text rows), accuracy and macro F1 (a classifier
@@ -12,7 +13,8 @@ by size only.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -121,3 +123,45 @@ def language_scores(model, tokenizer, test: pd.DataFrame, metrics: tuple[str, ..
                          latency_probes=0, bootstrap_resamples=0, safety=SafetyConfig(toxicity=None, bias=None))
     rows, _ = example_rows(model, tokenizer, examples, cfg, label)
     return {metric: rows[metric].value for metric in metrics}
+
+
+@dataclass(frozen=True)
+class LogitCheck:
+    """An export run on the test prompts beside the float32 model it was made from: the largest logit difference,
+    the share of positions whose top token agrees, whether its tokenizer gives the same ids, and `timings` (seconds,
+    where the check measured them)."""
+
+    how: str  # how the export was run: "read back by transformers' GGUF loader", "run by ONNX Runtime"
+    prompts: int
+    max_logit_diff: float
+    top1_agreement: float
+    same_tokens: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        tokens = "the same token ids" if self.same_tokens else "DIFFERENT token ids"
+        timed = "".join(f", {name.removesuffix('_s').replace('_', ' ')} {seconds * 1000:.3g} ms"
+                        for name, seconds in self.timings.items())
+        return (f"{self.how} on {self.prompts} prompts: top-1 agreement {self.top1_agreement:.3f}, max |logit "
+                f"difference| {self.max_logit_diff:.3g}, {tokens}{timed}")
+
+    def metrics(self) -> dict[str, float]:
+        return {"top1_agreement": self.top1_agreement, "max_logit_diff": self.max_logit_diff,
+                "same_tokens": float(self.same_tokens), **self.timings}
+
+
+def compare_logits(reference, tokenizer, exported, exported_tokenizer, prompts: Sequence[str], how: str,
+                   timings: dict[str, float] | None = None) -> LogitCheck:
+    """Both models' logits on each prompt, one at a time (no padding to differ)."""
+    import torch
+
+    worst, agree, positions, same = 0.0, 0, 0, True
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            same &= exported_tokenizer(prompt)["input_ids"] == ids[0].tolist()
+            want, got = reference(ids).logits[0], exported(ids).logits[0]
+            worst = max(worst, (want - got).abs().max().item())
+            agree += int((want.argmax(-1) == got.argmax(-1)).sum())
+            positions += ids.shape[1]
+    return LogitCheck(how, len(prompts), worst, agree / positions, same, timings or {})

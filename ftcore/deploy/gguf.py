@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftcore.deploy.fidelity import LogitCheck, compare_logits
 from ftcore.errors import UserError
 from ftcore.models.gguf_families import FAMILIES, Family, family_refusal
 
@@ -311,42 +311,8 @@ PLAIN_PROMPTS = ("The patient was given", "Question: what is the capital of Fran
                  "def fibonacci(n):", "Once upon a time")
 
 
-@dataclass(frozen=True)
-class GgufCheck:
-    """The GGUF file read back by transformers against the model it was written from, on the same prompts: the
-    largest logit difference, the share of positions whose top token agrees, and whether the file's tokenizer gives
-    the same ids."""
-
-    prompts: int
-    max_logit_diff: float
-    top1_agreement: float
-    same_tokens: bool
-
-    def describe(self) -> str:
-        tokens = "the same token ids" if self.same_tokens else "DIFFERENT token ids"
-        return (f"read back by transformers' GGUF loader on {self.prompts} prompts: top-1 agreement "
-                f"{self.top1_agreement:.3f}, max |logit difference| {self.max_logit_diff:.3g}, {tokens}")
-
-    def metrics(self) -> dict[str, float]:
-        return {"top1_agreement": self.top1_agreement, "max_logit_diff": self.max_logit_diff,
-                "same_tokens": float(self.same_tokens)}
-
-
-def check_gguf(folder: Path, path: Path, prompts: Sequence[str]) -> GgufCheck:
-    """The GGUF file at `path` against the float32 model in `folder`, prompt by prompt (no padding to differ)."""
-    import torch
-
+def check_gguf(folder: Path, path: Path, prompts: Sequence[str]) -> LogitCheck:
+    """The GGUF file at `path` against the float32 model in `folder`."""
     from ftcore.models.load import load_trained
 
-    reference, tokenizer = load_trained(folder)
-    exported, exported_tokenizer = read_back(path)
-    worst, agree, positions, same = 0.0, 0, 0, True
-    with torch.no_grad():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            same &= exported_tokenizer(prompt)["input_ids"] == ids[0].tolist()
-            want, got = reference(ids).logits[0], exported(ids).logits[0]
-            worst = max(worst, (want - got).abs().max().item())
-            agree += int((want.argmax(-1) == got.argmax(-1)).sum())
-            positions += ids.shape[1]
-    return GgufCheck(len(prompts), worst, agree / positions, same)
+    return compare_logits(*load_trained(folder), *read_back(path), prompts, "read back by transformers' GGUF loader")

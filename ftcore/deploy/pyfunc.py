@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from ftcore.deploy.export import WEIGHTS, load_export
+from ftcore.deploy.export import GGUF_KINDS, WEIGHTS, load_export
 from ftcore.evaluation.classification import classify
 from ftcore.models.generate import generate
 from ftcore.models.peft_methods import is_classifier
@@ -30,10 +30,11 @@ from ftcore.models.prompting import read_prompting
 DEFAULT_MAX_NEW_TOKENS = 64
 BATCH_SIZE = 16
 TEXT_OPENING_WORDS = 8  # a plain-text row's example request: its first words, for the model to continue
-# What loading and running an export imports, pinned to the versions installed here. ftcore itself travels with
-# the model as code (code_paths), so an environment built from these requirements can load it.
 # How a refused chat is told to ask instead: pyfunc takes plain prompts in the `prompt` column.
 INSTEAD = "pass a `prompt` column"
+# What loading and running an export imports, pinned to the versions installed here, and what its kind adds (a GGUF
+# file is read through the gguf package, an ONNX graph run by ONNX Runtime). ftcore itself travels with the model as
+# code (code_paths), so an environment built from these requirements can load it.
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate", "torchao", "pandas",
                 "pydantic", "pyyaml")
 
@@ -90,5 +91,6 @@ def input_example(test: pd.DataFrame | None, classifier: bool) -> pd.DataFrame:
     return pd.DataFrame({"prompt": [str(row.get("prompt", opening))]})
 
 
-def pip_requirements() -> list[str]:
-    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+def pip_requirements(kind: str) -> list[str]:
+    extra = ["gguf"] if kind in GGUF_KINDS else ["onnxruntime"] if kind == "onnx" else []
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in (*REQUIREMENTS, *extra)]

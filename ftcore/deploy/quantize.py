@@ -26,7 +26,8 @@ from ftcore.models.load import (
     saved_classes,
 )
 
-WEIGHT_FILES = ("*.safetensors", "*.gguf")  # a GGUF file holds the vocabulary too: it is the whole model
+# A GGUF file holds the vocabulary too: it is the whole model; an ONNX graph keeps its weights beside it (.data).
+WEIGHT_FILES = ("*.safetensors", "*.gguf", "*.onnx", "*.onnx.data")
 
 
 def write_int8(src: Path, out: Path) -> None:

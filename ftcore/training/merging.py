@@ -56,7 +56,8 @@ def source_adapter(ref: ModelRef, folder: Path) -> Path:
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"merge.sources: {ref.uri} has no adapter to merge (trained with full fine-tuning, or a "
                         "method whose adapter cannot be merged); merge versions trained with method lora")
-    kind = json.loads((adapter / "adapter_config.json").read_text()).get("peft_type")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
     if kind != "LORA":
         raise UserError(f"merge.sources: {ref.uri} has a {kind} adapter; merging combines LoRA adapters (method lora)")
     return adapter

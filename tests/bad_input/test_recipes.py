@@ -164,6 +164,10 @@ CASES = {
     "tune-without-validation-split": Case(
         ("recipe.yaml: tune: trials are scored on the validation split", "set data.split.validation above 0"),
         sections={"data": {"sources": [SOURCE], "split": {"validation": 0}}, "tune": _tune(EPOCHS)}),
+    "onnx-of-a-classifier": Case(
+        ("recipe.yaml: deploy.exports: onnx: objective classification's model is not a causal language model",),
+        sections={"objective": "classification", "data": {"format": "text_label", "sources": [
+            {**SOURCE, "columns": {"text": "question", "label": "answer"}}]}, "deploy": {"exports": ["onnx"]}}),
     "merge-ties-without-density": Case(
         ("recipe.yaml: merge:", "density: combination ties keeps a share of each adapter's weights; give density"),
         sections={"merge": {**MERGE, "combination": "ties"}}),

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ftcore import tracking, versions
-from ftcore.data.split import data_prompting
 from ftcore.deploy import export
 from ftcore.deploy.config import BeatChampion
 from ftcore.deploy.export import (
@@ -45,19 +44,15 @@ from ftcore.outputs import EvalOutput
 from ftcore.training.config import TrainConfig
 from ftcore.training.jobs import TrainJob
 from ftcore.training.train import train_stage
-from tests.ftcore.pipeline_fixtures import deploy_job_of, prepare
+from tests.ftcore.export_fixtures import heldout_rows, register, trained_lora
+from tests.ftcore.pipeline_fixtures import deploy_job_of
 
 ALL_KINDS = ["adapter", "merged", "merged_bf16", "int8"]
 
 
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory):
-    """The demo on the tiny model, trained with LoRA long enough to answer some test questions exactly (its
-    prompting recorded beside the weights, as `ftflow run` trains it)."""
-    root = tmp_path_factory.mktemp("lora")
-    prepared = prepare(root)
-    return prepared, train_stage(TrainJob(base=prepared.base, dataset=prepared.dataset, train=prepared.recipe.train,
-                                          prompting=data_prompting(prepared.recipe.data)), root / "train")
+    return trained_lora(tmp_path_factory.mktemp("lora"))
 
 
 def _trained_with(lora, method, root: Path):
@@ -78,16 +73,6 @@ def full(lora, tmp_path_factory):
     return _trained_with(lora, FullMethod(), tmp_path_factory.mktemp("full"))
 
 
-def _register(model_path: Path, name: str = "exp") -> tuple[str, str]:
-    """(run id, version) of `model_path` registered from a new run."""
-    run_id = tracking.start_pipeline_run(name, "run", {"name": name}, {})
-    return run_id, versions.register_version(run_id, name, model_path, {})
-
-
-def _test_split(lora) -> pd.DataFrame:
-    return pd.read_parquet(lora[0].dataset.splits["test"])
-
-
 def _logits(model, tokenizer, text: str) -> torch.Tensor:
     with torch.no_grad():
         return model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0].float()
@@ -95,8 +80,8 @@ def _logits(model, tokenizer, text: str) -> torch.Tensor:
 
 def test_a_lora_version_gives_every_kind_smaller_where_promised_and_each_loads_back(lora, tmp_path):
     _, trained = lora
-    run_id, version = _register(trained.model_path)
-    test = _test_split(lora)
+    run_id, version = register(trained.model_path)
+    test = heldout_rows(lora)
     report = export_version(trained.model_path, "exp", version, run_id, ALL_KINDS, test, tolerance=0.05)
 
     sizes = {kind: record.bytes for kind, record in report.exports.items()}
@@ -135,13 +120,13 @@ def test_a_lora_version_gives_gguf_files_that_read_back_to_its_logits_with_a_mod
     import gguf
 
     _, trained = lora
-    run_id, version = _register(trained.model_path)
+    run_id, version = register(trained.model_path)
     kinds = ["gguf_f16", "gguf_q8_0", "gguf_q4_0"]
-    report = export_version(trained.model_path, "exp", version, run_id, kinds, _test_split(lora), tolerance=0.05)
+    report = export_version(trained.model_path, "exp", version, run_id, kinds, heldout_rows(lora), tolerance=0.05)
 
     sizes = {kind: record.bytes for kind, record in report.exports.items()}
     assert sizes["gguf_q4_0"] < sizes["gguf_q8_0"] < sizes["gguf_f16"]
-    checks = report.gguf_checks
+    checks = report.checks
     assert all(check.same_tokens and check.prompts == 8 for check in checks.values())
     # Measured on this 64-wide model: f16 max |logit difference| 0.010, every top token the same; q8_0 0.32 and
     # 96.7% of the top tokens; q4_0 3.3 and 58% (4 bits in blocks of 32 are coarse at this width). Random weights
@@ -159,7 +144,7 @@ def test_a_lora_version_gives_gguf_files_that_read_back_to_its_logits_with_a_mod
     assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
     loaded, tokenizer = load_export(folder)
     original, original_tokenizer = load_trained(trained.model_path)
-    prompt = _test_split(lora)["prompt"].iloc[0]
+    prompt = heldout_rows(lora)["prompt"].iloc[0]
     assert tokenizer(prompt)["input_ids"] == original_tokenizer(prompt)["input_ids"]
     assert (_logits(loaded, tokenizer, prompt) - _logits(original, original_tokenizer, prompt)).abs().max() < 1.0
 
@@ -204,7 +189,7 @@ def test_an_export_made_by_a_later_run_of_the_same_model_is_fetched_from_that_ru
     its own run (the first run's deploy had failed before exporting): serving the export reads the run its tag
     names, not the version's."""
     _, trained = lora
-    _, version = _register(trained.model_path, "again")
+    _, version = register(trained.model_path, "again")
     later = tracking.start_pipeline_run("again", "run", {"name": "again"}, {})
     export_version(trained.model_path, "again", version, later, ["merged"], None, tolerance=0.05)
     folder = fetch_export("again", version, "merged", tmp_path / "merged")
@@ -232,7 +217,7 @@ def test_int8_quantises_the_weights_of_linear_layers_with_biases_and_keeps_the_b
 def test_fetching_an_export_again_reuses_the_folder_and_a_missing_one_says_how_to_make_it(lora, tmp_path,
                                                                                            monkeypatch):
     _, trained = lora
-    run_id, version = _register(trained.model_path)
+    run_id, version = register(trained.model_path)
     export_version(trained.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
     downloads = []
     download = tracking.download_run_artifact
@@ -265,7 +250,7 @@ def test_prefix_tuning_cannot_be_merged_but_exports_its_adapter_and_int8(prefix,
     assert unavailable("merged", model) == unavailable("merged_bf16", model) == line
     # validate's check, made from the recipe before training, agrees with the trained folder
     assert planned_export_problems(PrefixMethod(), ["adapter", "merged", "merged_bf16", "int8"]) == [line, line]
-    run_id, version = _register(prefix.model_path)
+    run_id, version = register(prefix.model_path)
     with pytest.raises(UserError, match="exports: method prefix is prompt learning"):
         export_version(prefix.model_path, "exp", version, run_id, ["int8", "merged"], None, tolerance=0.05)
     assert "export.int8.uri" not in versions.version_tags("exp", version)  # refused before building anything
@@ -287,7 +272,7 @@ def test_full_fine_tuning_has_no_adapter_but_merges_trivially(full, tmp_path):
                                              "merged_bf16 or int8")
     assert unavailable("merged", model) is None and unavailable("int8", model) is None
     assert planned_export_problems(FullMethod(), ["adapter", "merged", "int8"]) == [unavailable("adapter", model)]
-    run_id, version = _register(full.model_path)
+    run_id, version = register(full.model_path)
     export_version(full.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
     merged, _ = load_export(fetch_export("exp", version, "merged", tmp_path / "merged"))
     original, _ = load_trained(full.model_path)
@@ -325,7 +310,7 @@ def test_the_deploy_stage_exports_what_it_registered(lora, tmp_path):
 
 def test_an_int8_loss_beyond_the_tolerance_is_tagged_and_logged(lora, monkeypatch, caplog):
     _, trained = lora
-    run_id, version = _register(trained.model_path)
+    run_id, version = register(trained.model_path)
     worse = Fidelity({"exact_match": 0.6, "perplexity": 2.0}, {"exact_match": 0.5, "perplexity": 2.1},
                      "exact_match", 0.05)
     monkeypatch.setattr(export, "int8_fidelity", lambda *args: worse)
@@ -342,15 +327,15 @@ def test_perplexity_losses_are_relative_and_gains_are_within_any_tolerance():
     assert Fidelity({"perplexity": 2.0}, {"perplexity": 2.2}, "perplexity", 0.05).loss == pytest.approx(0.1)
     assert not Fidelity({"perplexity": 2.0}, {"perplexity": 2.2}, "perplexity", 0.05).within_tolerance
     assert Fidelity({"accuracy": 0.8}, {"accuracy": 0.9}, "accuracy", 0.0).within_tolerance
-    assert ExportReport({}).as_dict() == {"exports": {}, "int8": None, "gguf": {}}
+    assert ExportReport({}).as_dict() == {"exports": {}, "int8": None, "checks": {}}
 
 
 def test_the_pyfunc_flavour_predicts_in_process_and_behind_mlflow_models_serve(lora, tmp_path):
     import mlflow
 
     _, trained = lora
-    test = _test_split(lora)
-    run_id, version = _register(trained.model_path)
+    test = heldout_rows(lora)
+    run_id, version = register(trained.model_path)
     export_version(trained.model_path, "exp", version, run_id, ["int8"], test, tolerance=0.05)
     prompts = test["prompt"].iloc[:3].tolist()
     model, tokenizer = load_export(fetch_export("exp", version, "int8", tmp_path / "int8"))
@@ -373,8 +358,8 @@ def test_the_pyfunc_model_asks_a_chat_in_the_trained_prompt_template_and_refuses
     import mlflow
 
     _, trained = lora
-    test = _test_split(lora).iloc[:10]
-    run_id, version = _register(trained.model_path)
+    test = heldout_rows(lora).iloc[:10]
+    run_id, version = register(trained.model_path)
     export_version(trained.model_path, "exp", version, run_id, ["merged"], None, tolerance=0.05)
     pyfunc = mlflow.pyfunc.load_model(str(tracking.download_run_artifact(run_id, "exports/merged", tmp_path)))
     chats = pd.DataFrame({"messages": [[{"role": "user", "content": q}] for q in test["raw_prompt"]]})
@@ -424,7 +409,7 @@ def _served(model_uri: str, request: dict) -> dict:
 
 def test_ftflow_export_exports_a_registered_version_with_its_runs_test_split(lora, tmp_path):
     prepared, trained = lora
-    run_id, version = _register(trained.model_path, "clinical")
+    run_id, version = register(trained.model_path, "clinical")
     tracking.log_stage(run_id, "clean_balance", {}, {"dataset": prepared.dataset.artifacts["dataset"]}, cached=False)
     versions.set_alias("clinical", versions.CHAMPION, version)
     result = CliRunner().invoke(app, ["export", "models:/clinical@champion", "--kind", "merged", "--json"])
@@ -433,7 +418,7 @@ def test_ftflow_export_exports_a_registered_version_with_its_runs_test_split(lor
     assert report["exports"]["merged"]["uri"] == f"runs:/{run_id}/exports/merged"
     assert report["int8"] is None
     local = tracking.download_run_artifact(run_id, "exports/merged/input_example.json", tmp_path)
-    assert json.loads(local.read_text())["data"] == [[_test_split(lora)["prompt"].iloc[0]]]
+    assert json.loads(local.read_text())["data"] == [[heldout_rows(lora)["prompt"].iloc[0]]]
 
     # --to: the folder a serving container mounts; made only when the version has no such export yet
     to = tmp_path / "served" / "clinical"
@@ -467,9 +452,9 @@ def test_the_int8_export_serves_the_answers_of_the_float32_model(lora, tmp_path)
     from ftcore.serving.server import serving
 
     _, trained = lora
-    run_id, version = _register(trained.model_path, "served-int8")
+    run_id, version = register(trained.model_path, "served-int8")
     export_version(trained.model_path, "served-int8", version, run_id, ["int8"], None, tolerance=0.05)
-    test = _test_split(lora).iloc[:10]
+    test = heldout_rows(lora).iloc[:10]
     prompts, references = test["prompt"].tolist(), test["completion"].str.strip().tolist()
     answers = {}
     for variant in ("model", "int8"):
