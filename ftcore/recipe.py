@@ -37,10 +37,11 @@ from ftcore.deploy.export import planned_export_problems
 from ftcore.errors import DataError, RecipeError
 from ftcore.evaluation.config import EvaluateConfig
 from ftcore.hashing import hash_obj
-from ftcore.models.config import MODEL_URI, LoraMethod, MethodConfig, ModelConfig
+from ftcore.models.config import LoraMethod, MethodConfig, ModelConfig
 from ftcore.models.peft_methods import can_continue
 from ftcore.monitor.config import MonitorConfig
 from ftcore.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, ObjectiveName, objectives_where
+from ftcore.recipe_merge import merge_problem, with_merge_defaults
 from ftcore.recipe_yaml import MAX_DEPTH, Refused, describe_yaml_error, parse_yaml, read_yaml_file
 from ftcore.registry import STEPS
 from ftcore.schema import MAX_RETRIES, MAX_WAIT_S, Strict, describe_error
@@ -216,47 +217,6 @@ def image_steps_problem(steps: list[StepSpec], data_format: str) -> str | None:
         if STEPS.get(spec.step).module == image_steps.__name__:
             return (f"clean.steps.{i} ({spec.step}): image steps apply to data.format image_text, not "
                     f"{data_format!r}; remove it")
-    return None
-
-
-def with_merge_defaults(raw: dict) -> dict:
-    """A `merge:` recipe's data are its sources' own datasets: each source's train and test splits, as its model
-    saw them (templated already, and cleaned by its own run: no step runs again, so each test split stays the one
-    its source was scored on), every row tagged with its source's task; the base is the sources' own (the first
-    source's adapter taken off its weights: model.source champion, start adapter); the objective multitask, which
-    scores every task apart. A section the recipe gives itself is kept (its problems reported by merge_problem)."""
-    merge = raw.get("merge")
-    sources = merge.get("sources") if isinstance(merge, dict) else None
-    if not isinstance(sources, list):
-        return raw  # no merge, or the merge section's own validation reports it
-    # From the sources alone (its other fields' problems are reported by its own validation), and only those named
-    # right: a recipe with one bad source gets that one error, not a second about its data.
-    named = [source for source in sources if isinstance(source, str) and MODEL_URI.match(source)]
-    tasks = MergeConfig.model_construct(sources=named).tasks()
-
-    def registered(split: str) -> list[dict]:
-        return [{"type": "registered", "model": model, "split": split, "task": task} for model, task in tasks.items()]
-
-    data = {"sources": registered("train"), "test_sources": registered("test"), "tasks": {t: {} for t in
-            tasks.values()}, "prompt_template": "{prompt}", "completion_template": "{completion}"}
-    return {"objective": "multitask", "data": data, "clean": {"steps": []},
-            "model": {"source": "champion", "start": "adapter"}, **raw}
-
-
-def merge_problem(recipe: Recipe, objective: Objective) -> str | None:
-    """What a `merge:` recipe cannot also ask: training (a merge trains nothing), another base, other data."""
-    if recipe.merge is None:
-        return None
-    if not objective.tagged_sources:
-        return (f"merge: the merged adapter is scored on each source's task: objective "
-                f"{' or '.join(objectives_where('tagged_sources'))} (or leave objective out), not {objective.name!r}")
-    if recipe.model.source != "champion" or recipe.model.start != "adapter" or recipe.model.version is not None:
-        return "model: a merge's base is its sources' own; remove the model section"
-    if not isinstance(recipe.method, LoraMethod):
-        return f"method: a merge combines LoRA adapters; remove method (it is {recipe.method.name})"
-    for section in ("continual", "tune"):
-        if getattr(recipe, section) is not None:
-            return f"{section}: a merge trains nothing; remove {section}"
     return None
 
 

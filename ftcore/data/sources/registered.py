@@ -1,7 +1,7 @@
 """A registered version's dataset as a source (`type: registered`): one split of the rows its run trained and
 tested on, read from the run's recorded dataset in batches. A `merge:` recipe scores the merged adapter on each
 source's own test split this way. The recipe's alias is pinned to a version when the run starts (ftcore/pins.py),
-so the collect stage reads `models:/NAME/VERSION`."""
+so the collect stage reads `models:/NAME/VERSION`; a version that does not exist is a one-line error."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ftcore.data.retained import version_dataset
 from ftcore.data.sources import ROW_ID, Chunk
 from ftcore.data.sources.config import RegisteredSource
 from ftcore.errors import DataError
-from ftcore.models.config import MODEL_URI
+from ftcore.models.registered import pin_reference
 
 SPLIT = "split"  # the recorded dataset's column naming each row's split
 
@@ -36,8 +36,7 @@ def read_registered(source: RegisteredSource, batch_rows: int) -> Iterator[Chunk
 
 
 def pinned_version(uri: str) -> tuple[str, str]:
-    """(name, version) of a `models:/NAME/VERSION` URI; an alias here means the run did not pin it."""
-    match = MODEL_URI.match(uri)
-    if match is None or match["version"] is None:
-        raise ValueError(f"{uri}: a registered source is read at a pinned version (models:/NAME/VERSION)")
-    return match["name"], match["version"]
+    """(name, version) of a `models:/NAME/VERSION` URI. A run pins an alias before collect reads it; outside a run
+    (`ftflow plan`) the alias is read as it points now."""
+    ref = pin_reference(uri, "data.sources")
+    return str(ref.name), str(ref.version)
