@@ -107,7 +107,9 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _sections_fit_the_objective(self) -> Recipe:
         objective = self.spec
-        problem = (merge_problem(self, objective) or data_problem(self, objective)
+        merging = merge_problem(self.merge, objective, self.model, self.method,
+                                {"continual": self.continual, "tune": self.tune})
+        problem = (merging or data_problem(self, objective)
                    or training_problem(self, objective) or evaluation_problem(self.evaluate, objective))
         if problem:
             raise ValueError(problem)

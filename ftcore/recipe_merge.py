@@ -3,14 +3,9 @@ what it cannot also ask. recipe.py applies both when a recipe loads."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ftcore.models.config import MODEL_URI, LoraMethod
+from ftcore.models.config import MODEL_URI, LoraMethod, MethodConfig, ModelConfig
 from ftcore.objectives import Objective, objectives_where
 from ftcore.training.config import MergeConfig
-
-if TYPE_CHECKING:
-    from ftcore.recipe import Recipe
 
 
 def with_merge_defaults(raw: dict) -> dict:
@@ -37,18 +32,20 @@ def with_merge_defaults(raw: dict) -> dict:
             "model": {"source": "champion", "start": "adapter"}, **raw}
 
 
-def merge_problem(recipe: Recipe, objective: Objective) -> str | None:
-    """What a `merge:` recipe cannot also ask: training (a merge trains nothing), another base, other data."""
-    if recipe.merge is None:
+def merge_problem(merge: MergeConfig | None, objective: Objective, model: ModelConfig, method: MethodConfig,
+                  training_sections: dict[str, object]) -> str | None:
+    """What a `merge:` recipe cannot also ask: another base, another method, or a section that trains
+    (`training_sections`: name -> the recipe's value)."""
+    if merge is None:
         return None
     if not objective.tagged_sources:
         return (f"merge: the merged adapter is scored on each source's task: objective "
                 f"{' or '.join(objectives_where('tagged_sources'))} (or leave objective out), not {objective.name!r}")
-    if recipe.model.source != "champion" or recipe.model.start != "adapter" or recipe.model.version is not None:
+    if model.source != "champion" or model.start != "adapter" or model.version is not None:
         return "model: a merge's base is its sources' own; remove the model section"
-    if not isinstance(recipe.method, LoraMethod):
-        return f"method: a merge combines LoRA adapters; remove method (it is {recipe.method.name})"
-    for section in ("continual", "tune"):
-        if getattr(recipe, section) is not None:
+    if not isinstance(method, LoraMethod):
+        return f"method: a merge combines LoRA adapters; remove method (it is {method.name})"
+    for section, value in training_sections.items():
+        if value is not None:
             return f"{section}: a merge trains nothing; remove {section}"
     return None
