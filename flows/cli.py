@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -28,12 +28,14 @@ from flows.cli_shared import (
     validated,
 )
 from flows.settings import VERBOSE
+from ftcore.deploy.config import ExportKind
 from ftcore.errors import UserError
 from ftcore.paths import home
 from ftcore.plugins import Registry
 from ftcore.quiet import quiet_libraries
 from ftcore.stages import LAST_STAGE, STAGES, Stage
 
+EXPORT_KINDS = get_args(ExportKind)
 app = typer.Typer(cls=OneLineUsageErrors, add_completion=False, no_args_is_help=True,
                   help="Fine-tune language models as a Prefect flow.")
 
@@ -268,39 +270,42 @@ def export(
     model_uri: Annotated[str, typer.Argument(metavar="MODEL_URI",
                                              help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
     kind: Annotated[list[str] | None, typer.Option(
-        "--kind", help="adapter, merged, merged_bf16, int8, gguf_f16, gguf_q8_0 or gguf_q4_0 (repeatable; default: "
-                       "int8).")] = None,
+        "--kind", help=f"{', '.join(EXPORT_KINDS)} (repeatable; default: int8).")] = None,
     tolerance: Annotated[float | None, typer.Option(
         help="The most int8 may lose on the primary test metric (default: deploy.int8_tolerance's).")] = None,
     to: Annotated[Path | None, typer.Option(
         "--to", help="Write the export's folder here (one --kind), made first only if the version has none yet: "
                      "what vLLM, llama.cpp, Ollama or a container mounts.")] = None,
+    base: Annotated[Path | None, typer.Option(
+        "--base", help="With --kind adapter --to: the folder of the base export (--kind base --to) the adapter will "
+                       "be served on, as vLLM's --lora-modules does; refused unless the version was trained on it.")]
+    = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Export a registered version for deployment (docs/deploy.md): each kind becomes an MLflow model of the
     version's run (exports/KIND, servable with `mlflow models serve`) and is recorded in the version's tags."""
     configure()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report is the output
-    from typing import get_args
-
-    from ftcore.deploy.config import DeployConfig, ExportKind
+    from ftcore.deploy.config import DeployConfig
     from ftcore.deploy.export import export_registered, export_to
     from ftcore.models.registered import pin_reference
 
     defaults = DeployConfig()
     kinds = list(dict.fromkeys(kind or defaults.exports))
-    unknown = [k for k in kinds if k not in get_args(ExportKind)]
+    unknown = [k for k in kinds if k not in EXPORT_KINDS]
     if unknown:
-        fail(f"--kind: {', '.join(unknown)} is not an export kind; use {', '.join(get_args(ExportKind))}")
+        fail(f"--kind: {', '.join(unknown)} is not an export kind; use {', '.join(EXPORT_KINDS)}")
     if to is not None and len(kinds) != 1:
         fail(f"--to: one folder holds one export; give exactly one --kind (got {', '.join(kinds)})")
+    if base is not None and (to is None or kinds != ["adapter"]):
+        fail("--base: names the base an adapter export is written for; give it with --kind adapter --to DIR")
     limit = defaults.int8_tolerance if tolerance is None else tolerance
     try:
         ref = pin_reference(model_uri, "MODEL_URI")
         if ref.name is None:
             fail("MODEL_URI: exports belong to registered versions; give models:/NAME@ALIAS or models:/NAME/VERSION")
         if to is not None:
-            folder, report = export_to(ref, kinds[0], to, limit)
+            folder, report = export_to(ref, kinds[0], to, limit, base)
             console.print(f"{kinds[0]} of models:/{ref.name}/{ref.version}: {folder}", highlight=False,
                           soft_wrap=True)
         else:

@@ -5,8 +5,10 @@ others wait). Offline: the Compose schema is the one check-jsonschema vendors, k
 from __future__ import annotations
 
 import importlib.resources
+import itertools
 import json
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -301,15 +303,19 @@ def test_prefect_worker_may_run_jobs_and_nothing_more(manifests):
     assert not [d for d in manifests if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 
-def _export_folder(args: list[str]) -> str:
-    """The folder an `ftflow export ... --to` command line writes, parsed by ftflow's own CLI (options checked, the
-    command not run)."""
+def _export(args: list[str]) -> dict:
+    """The options of an `ftflow export` command line, parsed by ftflow's own CLI (checked, the command not run)."""
     import typer
 
     from flows.cli import app
 
     command = typer.main.get_command(app).commands["export"]
-    params = command.make_context("export", list(args)).params
+    return command.make_context("export", list(args)).params
+
+
+def _export_folder(args: list[str]) -> str:
+    """The folder a merged_bf16 `ftflow export ... --to` command line writes."""
+    params = _export(args)
     assert params["kind"] == ["merged_bf16"], params
     return str(params["to"])
 
@@ -335,3 +341,65 @@ def test_vllm_serves_the_folder_the_export_writes_on_a_gpu(manifests, compose):
     assert server["depends_on"] == {"vllm-model": {"condition": "service_completed_successfully"}}
     assert server["image"].split(":")[1] == vllm["image"].split(":")[1]  # one vLLM version in both
     assert server["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def _option(args: list[str], name: str) -> str:
+    """An option's value, given as `--name=value` or `--name value`."""
+    for i, arg in enumerate(args):
+        if arg == name:
+            return args[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{name} not in {args}")
+
+
+def _lora_modules(args: list[str]) -> dict[str, str]:
+    """vLLM's `--lora-modules NAME=DIR ...`: the values up to the next option."""
+    values = itertools.takewhile(lambda a: not a.startswith("--"), args[args.index("--lora-modules") + 1:])
+    return dict(value.split("=", 1) for value in values)
+
+
+def _check_lora_layout(exports: list[dict], server: list[str]) -> None:
+    """vLLM serves the base export the init steps write and each adapter export written for that base (under the
+    name its folder has), with room for every adapter and its rank."""
+    (base,) = [e for e in exports if e["kind"] == ["base"]]
+    adapters = [e for e in exports if e["kind"] == ["adapter"]]
+    assert server[0] == str(base["to"]) and "--enable-lora" in server
+    assert all(str(e["base"]) == str(base["to"]) for e in adapters)
+    assert adapters[0]["model_uri"] == base["model_uri"]  # the base is the first adapter's
+    served = _lora_modules(server)
+    assert sorted(served.values()) == sorted(str(e["to"]) for e in adapters) and len(served) >= 2
+    assert all(folder.rsplit("/", 1)[1] == name for name, folder in served.items())
+    assert int(_option(server, "--max-loras")) >= len(served)
+    recipes = [yaml.safe_load(p.read_text()) for p in (ROOT / "data_recipes" / "recipes").glob("*.yaml")]
+    ranks = [r["method"]["r"] for r in recipes if "r" in r.get("method", {})]
+    ranks += [rank for r in recipes for rank in r.get("tune", {}).get("space", {}).get("method.r", {}).get(
+        "choice", [])]  # and those `ftflow tune` tries
+    assert ranks
+    # vLLM's --max-lora-rank choices (vllm/config/lora.py); at least the demo recipes' ranks
+    assert int(_option(server, "--max-lora-rank")) in (8, 16, 32, 64, 128, 256, 320, 512)
+    assert int(_option(server, "--max-lora-rank")) >= max(ranks)
+
+
+def test_vllm_serves_registered_adapters_on_the_base_they_were_trained_on(manifests, compose):
+    settings = next(d for d in manifests if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ftflow-settings")
+    expand = lambda args: [re.sub(r"\$\((\w+)\)", lambda m: settings["data"][m[1]], a) for a in args]  # noqa: E731
+    deployment = next(d for d in manifests if d["kind"] == "Deployment" and d["metadata"]["name"] == "ftflow-vllm-lora")
+    pod = deployment["spec"]["template"]["spec"]
+    assert all(c["command"] == ["ftflow", "export"] for c in pod["initContainers"])
+    (vllm,) = pod["containers"]
+    _check_lora_layout([_export(expand(c["args"])) for c in pod["initContainers"]], expand(vllm["args"]))
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert next(v for v in vllm["env"] if v["name"] == "VLLM_API_KEY")["valueFrom"]["secretKeyRef"]["key"] == \
+        "serve-token"
+
+    services = interpolate_tree({k: v for k, v in compose["services"].items() if k.startswith("vllm-lora")},
+                                {name: "set" for name in env_example()})
+    models, server = services["vllm-lora-models"], services["vllm-lora"]
+    assert models["profiles"] == server["profiles"] == ["vllm-lora"]
+    assert models["command"][:2] == ["sh", "-c"]
+    steps = [shlex.split(step) for step in models["command"][2].split("&&")]
+    assert all(step[:2] == ["ftflow", "export"] for step in steps)
+    _check_lora_layout([_export(step[2:]) for step in steps], server["command"])
+    assert server["depends_on"] == {"vllm-lora-models": {"condition": "service_completed_successfully"}}
+    assert server["image"] == vllm["image"] == compose["services"]["vllm"]["image"]

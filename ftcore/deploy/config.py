@@ -65,7 +65,7 @@ GateRule = Annotated[BeatChampion | MaxToxicity | MaxForgetting | MaxLatency | M
 # What the deploy stage can export for a new version (docs/deploy.md): the adapter alone, the merged model in float32
 # or bfloat16, 8-bit weights for CPU inference, GGUF files for llama.cpp and Ollama (gguf_<file type>), and an ONNX
 # graph for ONNX Runtime.
-ExportKind = Literal["adapter", "merged", "merged_bf16", "int8", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "onnx"]
+ExportKind = Literal["adapter", "base", "merged", "merged_bf16", "int8", "gguf_f16", "gguf_q8_0", "gguf_q4_0", "onnx"]
 
 
 class DeployConfig(Strict):
@@ -75,7 +75,7 @@ class DeployConfig(Strict):
     # int8 by default: every method can give it, and it is the export whose size and test score need checking.
     exports: list[ExportKind] = Field(default_factory=lambda: ["int8"],
                                       description="what is exported for the new version, as MLflow models of its run "
-                                                  "(exports/<kind>): adapter, merged, merged_bf16, int8, "
+                                                  "(exports/<kind>): adapter, base, merged, merged_bf16, int8, "
                                                   "gguf_f16, gguf_q8_0, gguf_q4_0, onnx ([] for none)")
     int8_tolerance: float = Field(0.05, ge=0, description="the most the int8 export may lose against the float32 "
                                                           "model on the test split's primary metric: absolute for "

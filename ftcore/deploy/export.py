@@ -1,8 +1,9 @@
-"""Deploy exports of a registered version (docs/deploy.md): the adapter alone, the model merged in float32 or
-bfloat16, int8 weights for CPU inference, GGUF files (ftcore/deploy/gguf.py) and an ONNX graph
-(ftcore/deploy/onnx_export.py), each logged as an MLflow pyfunc model of the version's run (`exports/<kind>`) and
-recorded in the version's tags (`export.<kind>.uri`, `.bytes`, `.hash`; for int8 its size ratio to float32 and its
-metric changes on the test split; for GGUF and ONNX their logits against the float32 model's, `.check`).
+"""Deploy exports of a registered version (docs/deploy.md): the adapter alone, the base a LoRA adapter is served on
+(ftcore/deploy/base_export.py), the model merged in float32 or bfloat16, int8 weights for CPU inference, GGUF files
+(ftcore/deploy/gguf.py) and an ONNX graph (ftcore/deploy/onnx_export.py), each logged as an MLflow pyfunc model of
+the version's run (`exports/<kind>`) and recorded in the version's tags (`export.<kind>.uri`, `.bytes`, `.hash`; for
+int8 its size ratio to float32 and its metric changes on the test split; for GGUF, ONNX and the base their logits
+against the float32 model's, `.check`).
 
 An export is built from the version's model folder, which the train stage wrote in one of three forms: merged
 weights with `trained_adapter/` (lora, dora, qlora, ia3, loha, lokr), base weights with `adapter/` (prefix, prompt,
@@ -23,7 +24,7 @@ from typing import get_args
 import pandas as pd
 
 from ftcore import tracking, versions
-from ftcore.deploy import gguf, onnx_export
+from ftcore.deploy import base_export, gguf, onnx_export
 from ftcore.deploy.config import ExportKind
 from ftcore.deploy.fidelity import Fidelity, LogitCheck, scorable_metrics, split_scores
 from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
@@ -62,6 +63,7 @@ GGUF_KINDS = {kind: kind.removeprefix("gguf_") for kind in get_args(ExportKind) 
 PEFT_METHODS = {"LORA": "lora", "IA3": "ia3", "LOHA": "loha", "LOKR": "lokr", "PREFIX_TUNING": "prefix",
                 "PROMPT_TUNING": "prompt", "P_TUNING": "p_tuning", "BOTTLENECK": "adapter"}
 PROMPT_LEARNING = ("prefix", "prompt", "p_tuning")
+LORA_METHODS = ("lora", "qlora")  # as a recipe names them; a version's folder reads as lora for both
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,15 @@ class ExportReport:
 def unavailable(kind: str, model: VersionModel) -> str | None:
     """Why the version cannot give this kind of export, in one line; None when it can."""
     problem = _unavailable(kind, model.method, model.adapter is not None, model.merged)
-    if problem is None and (kind in GGUF_KINDS or kind == "onnx"):
-        problem = gguf.refusal(model.folder) if kind in GGUF_KINDS else onnx_export.refusal(model.folder)
-        return None if problem is None else f"{kind}: {problem}"
-    return problem
+    if problem is not None:
+        return problem
+    if kind == "base":
+        problem = base_export.refusal(model.adapter)
+    elif kind in GGUF_KINDS:
+        problem = gguf.refusal(model.folder)
+    elif kind == "onnx":
+        problem = onnx_export.refusal(model.folder)
+    return None if problem is None else f"{kind}: {problem}"
 
 
 def planned_export_problems(method: MethodConfig, kinds: list[str]) -> list[str]:
@@ -161,6 +168,9 @@ def _unavailable(kind: str, method: str, has_adapter: bool, merged: bool) -> str
         return ("method dora: the adapter alone cannot be loaded back, since the base it attaches to cannot be "
                 "recovered from the merged version (DoRA's merge rescales by a norm that is not saved); export "
                 "merged, merged_bf16 or int8")
+    if kind == "base" and method not in LORA_METHODS:
+        return (f"method {method}: a base export is the base of a LoRA adapter, and vLLM's --lora-modules serves "
+                "LoRA alone; train with method lora to serve the version as an adapter")
     if (kind in MERGED_DTYPES or kind in GGUF_KINDS or kind == "onnx") and not merged:
         if method in PROMPT_LEARNING:
             return (f"method {method} is prompt learning: its virtual tokens cannot be merged into the base; "
@@ -200,6 +210,9 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
                 checks[kind] = gguf.check_gguf(model.folder, gguf_file(out), check_prompts(test, model.folder))
             if kind == "onnx":
                 checks[kind] = onnx_export.check_onnx(model.folder, out, check_prompts(test, model.folder))
+            if kind == "base":
+                checks[kind] = base_export.check_base(model.folder, model.adapter, out,
+                                                      check_prompts(test, model.folder))
             uri = log_export(run_id, kind, out, classifier, test)
             records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
             bar.update()
@@ -221,10 +234,16 @@ def export_registered(ref: ModelRef, kinds: list[str], tolerance: float) -> Expo
                           version_test_split(run_id), tolerance)
 
 
-def export_to(ref: ModelRef, kind: str, dst: Path, tolerance: float) -> tuple[Path, ExportReport | None]:
+def export_to(ref: ModelRef, kind: str, dst: Path, tolerance: float,
+              base: Path | None = None) -> tuple[Path, ExportReport | None]:
     """The version's `kind` export as the folder `dst` (what a serving container mounts), made first if the version
-    has none yet (then its report, else None). The folder is checked against the export's content hash."""
+    has none yet (then its report, else None). The folder is checked against the export's content hash. `base`: the
+    folder of a base export an adapter export will be served on, refused unless the version was trained on it."""
     name, version = str(ref.name), str(ref.version)
+    if base is not None:
+        model = VersionModel.read(model_folder(ref))
+        check_kinds(model, [kind])
+        base_export.check_trained_on(model.folder, model.adapter, Path(base).expanduser().resolve(), ref.uri)
     dst = Path(dst).expanduser().resolve()
     if dst.is_file() or (dst.is_dir() and any(dst.iterdir()) and not (dst / MANIFEST).is_file()):
         # fetch_export replaces a folder that holds another export; anything else is the user's.
@@ -269,6 +288,8 @@ def write_export(kind: str, model: VersionModel, out: Path, source: str) -> None
     if kind == "adapter":
         shutil.copytree(model.adapter, out)
         reload_processing(model.folder).save_pretrained(out)
+    elif kind == "base":
+        base_export.write_base(model.folder, model.adapter, out)
     elif kind in MERGED_DTYPES:
         import torch
 

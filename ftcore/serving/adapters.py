@@ -4,9 +4,9 @@ name, and a request's `model` picks one. Rows of different adapters share the de
 `adapter_names`, ftcore/serving/decoding.py), so no adapter queues behind another.
 
 - **Which base.** An adapter is attached only to the base it was trained on: the version's merged weights must equal
-  the served base's weights plus the adapter's delta (checked on the first LoRA modules, with PEFT's own delta), and
-  its weights the adapter leaves alone must equal the base's (the largest ones: the embeddings). Anything else is a
-  one-line refusal naming both.
+  the served base's weights plus the adapter's delta (checked on the first LoRA modules), and its weights the adapter
+  leaves alone must equal the base's (the largest ones: the embeddings), both read from the files before attaching
+  (ftcore/models/same_base.py). Anything else is a one-line refusal naming both.
 - **Memory.** At most `adapters.max_loaded` adapters are attached; one more evicts the least recently used, which
   loads again when asked for. An adapter is detached only when no request holds it: each load gets a PEFT name of its
   own (`NAME--vVERSION--N`), so a request already decoding with one keeps it to its end.
@@ -35,14 +35,13 @@ from pathlib import Path
 from ftcore.errors import UserError
 from ftcore.models.config import MODEL_URI
 from ftcore.models.registered import model_folder, pin_reference
+from ftcore.models.same_base import other_base
 from ftcore.serving.engine import Engine
 from ftcore.serving.errors import ApiError
 
 log = logging.getLogger("ftflow.serve")
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ADAPTER_DIR = "trained_adapter"  # where the train stage keeps a mergeable adapter beside the merged weights
-UNTOUCHED_CHECKED = 3  # the base's largest tensors an adapter leaves alone, compared with the version's
-DELTAS_CHECKED = 2  # LoRA modules whose base + delta is compared with the version's merged weight
 
 
 @dataclass
@@ -326,11 +325,6 @@ class AdapterSet:
                                               torch_device=self.engine.device)
             self.engine.model = model.eval()
             self.engine.routes_adapters = True  # every row names its adapter from now on, the base's included
-        try:
-            check_deltas(model, adapter.peft_name, folder, adapter.uri)
-        except ApiError:
-            model.delete_adapter(adapter.peft_name)
-            raise
 
     def _doom(self, adapter: Adapter) -> None:
         self._doomed.add(adapter.peft_name)
@@ -367,95 +361,11 @@ class AdapterSet:
 
 
 def check_same_base(version: Path, base: Path, uri: str) -> None:
-    """The tensors the adapter leaves alone, the largest first, must be the base's: a version trained on another
-    base differs there (its embeddings, say). 400 otherwise."""
-    import torch
-
-    touched = _adapted_modules(version / ADAPTER_DIR)
-    with _tensors(base) as base_tensors, _tensors(version) as version_tensors:
-        shapes = {name: base_tensors.shape(name) for name in base_tensors.names()}
-        if set(shapes) != set(version_tensors.names()):
-            raise _other_base(uri, base, "its weights have other names (another architecture)")
-        untouched = [n for n in shapes if n.rsplit(".", 1)[0] not in touched]
-        largest = sorted(untouched, key=lambda n: (-_numel(shapes[n]), n))[:UNTOUCHED_CHECKED]
-        for name in largest:
-            mine, theirs = base_tensors.get(name), version_tensors.get(name)
-            if mine.shape != theirs.shape or not torch.allclose(mine.float(), theirs.float(), atol=1e-6):
-                raise _other_base(uri, base, f"its {name} differs from the base's")
-
-
-def check_deltas(model, peft_name: str, version: Path, uri: str) -> None:
-    """For the first LoRA modules: base weight + PEFT's delta of the adapter = the version's merged weight."""
-    import torch
-
-    checked = 0
-    with _tensors(version) as merged:
-        names = set(merged.names())
-        for module_name, module in model.named_modules():
-            if checked == DELTAS_CHECKED or not hasattr(module, "get_delta_weight"):
-                continue
-            if peft_name not in getattr(module, "lora_A", {}):
-                continue
-            key = module_name.removeprefix("base_model.model.") + ".weight"
-            if key not in names:
-                continue
-            expected = module.get_base_layer().weight.float() + module.get_delta_weight(peft_name).float()
-            if not torch.allclose(expected, merged.get(key).float(), atol=1e-4, rtol=1e-3):
-                raise _other_base(uri, None, f"its merged {key} is not the served base's plus the adapter")
-            checked += 1
+    """400 unless the version was trained on the served base (ftcore/models/same_base.py)."""
+    if (why := other_base(version, version / ADAPTER_DIR, base)) is not None:
+        raise _other_base(uri, base, why)
 
 
 def _other_base(uri: str, base: Path | None, why: str) -> ApiError:
     return ApiError(400, f"uri: {uri} was not trained on the served base{f' ({base})' if base else ''}: {why}; "
                          "serve it on the base it was trained on", param="uri", code="adapter_base_mismatch")
-
-
-def _adapted_modules(adapter: Path) -> set[str]:
-    """The modules the adapter changes (its LoRA layers and modules_to_save), by the base model's names."""
-    from safetensors import safe_open
-
-    modules = set()
-    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
-        keys = f.keys()
-        for key in keys:
-            name = key.removeprefix("base_model.model.")
-            name = re.split(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector|modules_to_save)\b", name)[0]
-            modules.add(name.rsplit(".weight", 1)[0].rsplit(".bias", 1)[0])
-    return modules
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-class _tensors:
-    """The tensors of a model folder's safetensors (sharded or not), read one at a time."""
-
-    def __init__(self, folder: Path):
-        index = folder / "model.safetensors.index.json"
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else \
-            ["model.safetensors"]
-        self.paths = [folder / f for f in files]
-
-    def __enter__(self):
-        from safetensors import safe_open
-
-        self._files = [safe_open(str(p), "pt") for p in self.paths]
-        self._where = {name: f for f in self._files for name in list(f.keys())}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._files = []
-
-    def names(self):
-        return self._where.keys()
-
-    def shape(self, name: str):
-        return self._where[name].get_slice(name).get_shape()
-
-    def get(self, name: str):
-        return self._where[name].get_tensor(name)
-

@@ -163,7 +163,7 @@ def test_an_adapter_of_another_base_is_refused(folders, registered, tmp_path):
         pass
     # A LoRA version's merged folder is no base for another adapter, though its embeddings are the base's.
     merged_base = serve_cfg(folders["root"], "merged-base", adapters={"serve": {"legal": "models:/legal/1"}})
-    with pytest.raises(UserError, match="is not the served base's plus the adapter"), \
+    with pytest.raises(UserError, match="is not the base's plus the adapter"), \
             serving(str(tmp_path / "support"), merged_base):
         pass
     auth = {"Authorization": f"Bearer {ADMIN}"}
