@@ -27,17 +27,11 @@ from ftcore.models.same_base import lora_deltas, other_base
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def refusal(adapter: Path | None) -> str | None:
-    """Why a version with this adapter folder has no base export, in one line; None when it has. vLLM serves LoRA
-    adapters without DoRA, modules_to_save or per-module ranks (vllm/lora/peft_helper.py; it scales every module by
-    the one lora_alpha / r)."""
-    if adapter is None:
-        return "the version has no adapter (full fine-tuning); export merged or merged_bf16"
+def refusal(adapter: Path) -> str | None:
+    """Why a LoRA version (not DoRA: export._unavailable) with this adapter folder has no base export, in one line;
+    None when it has. vLLM refuses modules_to_save (vllm/lora/peft_helper.py) and scales every module by the one
+    lora_alpha / r, so per-module ranks would be served wrong."""
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
-    if config.get("peft_type") != "LORA" or config.get("use_dora"):
-        kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
-        return (f"its adapter is {kind}: a base export is for LoRA adapters (what vLLM's --lora-modules serves); "
-                "export merged or merged_bf16")
     if config.get("modules_to_save"):
         return (f"its adapter also trains {', '.join(config['modules_to_save'])} in full (modules_to_save), which "
                 "vLLM's LoRA serving refuses; export merged or merged_bf16")

@@ -2,8 +2,8 @@
 (ftcore/deploy/base_export.py), the model merged in float32 or bfloat16, int8 weights for CPU inference, GGUF files
 (ftcore/deploy/gguf.py) and an ONNX graph (ftcore/deploy/onnx_export.py), each logged as an MLflow pyfunc model of
 the version's run (`exports/<kind>`) and recorded in the version's tags (`export.<kind>.uri`, `.bytes`, `.hash`; for
-int8 its size ratio to float32 and its metric changes on the test split; for GGUF, ONNX and the base their logits
-against the float32 model's, `.check`).
+int8 its size ratio to float32 and its metric changes on the test split; for bfloat16, GGUF, ONNX and the base their
+logits against the float32 model's, `.check`).
 
 An export is built from the version's model folder, which the train stage wrote in one of three forms: merged
 weights with `trained_adapter/` (lora, dora, qlora, ia3, loha, lokr), base weights with `adapter/` (prefix, prompt,
@@ -26,7 +26,7 @@ import pandas as pd
 from ftcore import tracking, versions
 from ftcore.deploy import base_export, gguf, onnx_export
 from ftcore.deploy.config import ExportKind
-from ftcore.deploy.fidelity import Fidelity, LogitCheck, scorable_metrics, split_scores
+from ftcore.deploy.fidelity import Fidelity, LogitCheck, compare_logits, scorable_metrics, split_scores
 from ftcore.deploy.quantize import float32_bytes, weight_bytes, write_int8
 from ftcore.errors import UserError
 from ftcore.hashing import file_hashes, hash_dir, hash_files
@@ -144,7 +144,7 @@ def unavailable(kind: str, model: VersionModel) -> str | None:
     problem = _unavailable(kind, model.method, model.adapter is not None, model.merged)
     if problem is not None:
         return problem
-    if kind == "base":
+    if kind == "base":  # a LoRA version (_unavailable): it has an adapter
         problem = base_export.refusal(model.adapter)
     elif kind in GGUF_KINDS:
         problem = gguf.refusal(model.folder)
@@ -213,6 +213,8 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
             if kind == "base":
                 checks[kind] = base_export.check_base(model.folder, model.adapter, out,
                                                       check_prompts(test, model.folder))
+            if kind == "merged_bf16":
+                checks[kind] = check_bf16(model.folder, out, check_prompts(test, model.folder))
             uri = log_export(run_id, kind, out, classifier, test)
             records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
             bar.update()
@@ -327,6 +329,16 @@ def check_prompts(test: pd.DataFrame | None, folder: Path, count: int = 8) -> li
         return list(gguf.PLAIN_PROMPTS)
     prompts = eval_examples(test.head(count), reload_processing(folder))["prompt"].astype(str).tolist()
     return [p for p in prompts if p] or list(gguf.PLAIN_PROMPTS)
+
+
+def check_bf16(folder: Path, out: Path, prompts: list[str]) -> LogitCheck:
+    """The bfloat16 export run in bfloat16, as vLLM runs it (`--dtype bfloat16`), beside the float32 model."""
+    import torch
+
+    reference, tokenizer = load_trained(folder)
+    exported = reload_model(out, saved_classes(out), dtype=torch.bfloat16)
+    return compare_logits(reference, tokenizer, exported, reload_processing(out), prompts,
+                          "run in bfloat16 by transformers")
 
 
 def int8_fidelity(model: VersionModel, classifier: bool, int8: Path, test: pd.DataFrame | None,
