@@ -272,7 +272,8 @@ def export(
     kind: Annotated[list[str] | None, typer.Option(
         "--kind", help=f"{', '.join(EXPORT_KINDS)} (repeatable; default: int8).")] = None,
     tolerance: Annotated[float | None, typer.Option(
-        help="The most int8 may lose on the primary test metric (default: deploy.int8_tolerance's).")] = None,
+        help="The most a quantised export (int8, gguf_q8_0, gguf_q4_0) may lose on the primary test metric "
+             "(default: deploy.export_tolerance's).")] = None,
     to: Annotated[Path | None, typer.Option(
         "--to", help="Write the export's folder here (one --kind), made first only if the version has none yet: "
                      "what vLLM, llama.cpp, Ollama or a container mounts.")] = None,
@@ -299,7 +300,7 @@ def export(
         fail(f"--to: one folder holds one export; give exactly one --kind (got {', '.join(kinds)})")
     if base is not None and (to is None or kinds != ["adapter"]):
         fail("--base: names the base an adapter export is written for; give it with --kind adapter --to DIR")
-    limit = defaults.int8_tolerance if tolerance is None else tolerance
+    limit = defaults.export_tolerance if tolerance is None else tolerance
     try:
         ref = pin_reference(model_uri, "MODEL_URI")
         if ref.name is None:
@@ -320,10 +321,9 @@ def export(
     for name, record in report.exports.items():
         console.print(f"{name}: {record.uri}  ({record.bytes / 2**20:.3g} MB)", highlight=False, soft_wrap=True)
     if report.int8_size_ratio is not None:
-        check = report.int8_verdict()["export.int8.check"]
-        console.print(f"int8 size: {report.int8_size_ratio:.1%} of float32; {check}", highlight=False, soft_wrap=True)
-    for name, check in report.checks.items():
-        console.print(f"{name}: {check.describe()}", highlight=False, soft_wrap=True)
+        console.print(f"int8 size: {report.int8_size_ratio:.1%} of float32", highlight=False, soft_wrap=True)
+    for tag, check in report.verdicts().items():
+        console.print(f"{tag.split('.')[1]}: {check}", highlight=False, soft_wrap=True)
 
 
 # After the pipeline's commands, so that `ftflow --help` lists those first.

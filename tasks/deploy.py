@@ -20,7 +20,7 @@ def deploy(job: DeployJob, mlflow_run_id: str, run_tags: dict[str, str]) -> Depl
                 ", ".join(out.aliases), "passed" if out.gate_passed else "failed", out.gate_reason)
     if exports := job.deploy.exports:
         logger.info("exported %s", ", ".join(f"{kind} ({out.metrics[f'export.{kind}.mb']:.3g} MB)" for kind in exports))
-    if out.metrics.get("export.int8.within_tolerance") == 0.0:
-        logger.warning("the int8 export lost more than deploy.int8_tolerance (%g) on the test split: see the "
-                       "version's tag export.int8.check", job.deploy.int8_tolerance)
+    for kind in [k for k in job.deploy.exports if out.metrics.get(f"export.{k}.within_tolerance") == 0.0]:
+        logger.warning("the %s export lost more than deploy.export_tolerance (%g) on the test split: see the "
+                       "version's tag export.%s.check", kind, job.deploy.export_tolerance, kind)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 
 from ftcore.schema import Fraction, Strict
 
@@ -77,9 +77,10 @@ class DeployConfig(Strict):
                                       description="what is exported for the new version, as MLflow models of its run "
                                                   "(exports/<kind>): adapter, base, merged, merged_bf16, int8, "
                                                   "gguf_f16, gguf_q8_0, gguf_q4_0, onnx ([] for none)")
-    int8_tolerance: float = Field(0.05, ge=0, description="the most the int8 export may lose against the float32 "
-                                                          "model on the test split's primary metric: absolute for "
-                                                          "exact_match and accuracy, relative for perplexity")
+    export_tolerance: float = Field(
+        0.05, ge=0, validation_alias=AliasChoices("export_tolerance", "int8_tolerance"),  # its name until 0.1.0
+        description="the most a quantised export (int8, gguf_q8_0, gguf_q4_0) may lose against the float32 model on "
+                    "the test split's primary metric: absolute for exact_match and accuracy, relative for perplexity")
 
     @field_validator("exports")
     @classmethod

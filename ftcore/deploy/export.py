@@ -64,6 +64,8 @@ PEFT_METHODS = {"LORA": "lora", "IA3": "ia3", "LOHA": "loha", "LOKR": "lokr", "P
                 "PROMPT_TUNING": "prompt", "P_TUNING": "p_tuning", "BOTTLENECK": "adapter"}
 PROMPT_LEARNING = ("prefix", "prompt", "p_tuning")
 LORA_METHODS = ("lora", "qlora")  # as a recipe names them; a version's folder reads as lora for both
+# Quantised: scored on the test split beside the float32 model, the loss judged against deploy.export_tolerance.
+SCORED_KINDS = ("int8", "gguf_q8_0", "gguf_q4_0")
 
 
 @dataclass(frozen=True)
@@ -102,41 +104,56 @@ class ExportRecord:
 class ExportReport:
     exports: dict[str, ExportRecord]
     int8_size_ratio: float | None = None  # int8 weight files / the float32 model's
-    fidelity: Fidelity | None = None  # int8 against float32 on the test split; None when it has no references
-    checks: dict[str, LogitCheck] = field(default_factory=dict)  # each GGUF and ONNX export run beside float32
+    scores: dict[str, Fidelity] = field(default_factory=dict)  # each quantised export on the test split (with refs)
+    checks: dict[str, LogitCheck] = field(default_factory=dict)  # bf16, GGUF, ONNX and base run beside float32
 
     def tags(self) -> dict[str, str]:
         tags = {}
         for kind, record in self.exports.items():
             tags |= {f"export.{kind}.uri": record.uri, f"export.{kind}.bytes": str(record.bytes),
                      f"export.{kind}.hash": record.hash}
-        checks = {f"export.{kind}.check": check.describe() for kind, check in self.checks.items()}
-        return tags | {k: f"{v:.6g}" for k, v in self.int8_metrics().items()} | self.int8_verdict() | checks
+        return tags | {k: f"{v:.6g}" for k, v in self.score_metrics().items()} | self.verdicts()
 
     def metrics(self) -> dict[str, float]:
         sizes = {f"export.{kind}.mb": record.bytes / 2**20 for kind, record in self.exports.items()}
-        checks = {f"export.{kind}.{metric}": value for kind, check in self.checks.items()
-                  for metric, value in check.metrics().items()}
-        return sizes | self.int8_metrics() | checks
+        return sizes | self.score_metrics() | self.check_metrics()
 
-    def int8_metrics(self) -> dict[str, float]:
+    def score_metrics(self) -> dict[str, float]:
         metrics = {} if self.int8_size_ratio is None else {"export.int8.size_ratio": self.int8_size_ratio}
-        if self.fidelity is not None:
-            metrics |= {f"export.int8.{metric}.delta": delta for metric, delta in self.fidelity.deltas.items()}
-            metrics["export.int8.within_tolerance"] = float(self.fidelity.within_tolerance)
+        for kind, fidelity in self.scores.items():
+            metrics |= {f"export.{kind}.{metric}.delta": delta for metric, delta in fidelity.deltas.items()}
+            metrics[f"export.{kind}.within_tolerance"] = float(fidelity.within_tolerance)
         return metrics
 
-    def int8_verdict(self) -> dict[str, str]:
-        if "int8" not in self.exports:
-            return {}
-        check = self.fidelity.describe() if self.fidelity else "not scored: the test split has no references"
-        return {"export.int8.check": check}
+    def check_metrics(self) -> dict[str, float]:
+        return {f"export.{kind}.{metric}": value for kind, check in self.checks.items()
+                for metric, value in check.metrics().items()}
+
+    def verdicts(self) -> dict[str, str]:
+        """Each checked export's check in one sentence (`export.<kind>.check`): its logits beside the float32
+        model's, its scores on the test split, or both."""
+        verdicts = {}
+        for kind in self.exports:
+            parts = [self.checks[kind].describe()] if kind in self.checks else []
+            if kind in self.scores:
+                parts.append(self.scores[kind].describe())
+            elif kind in SCORED_KINDS:
+                parts.append(f"{kind} not scored: the test split has no references")
+            if parts:
+                verdicts[f"export.{kind}.check"] = "; ".join(parts)
+        return verdicts
+
+    def beyond_tolerance(self) -> list[str]:
+        return [kind for kind, fidelity in self.scores.items() if not fidelity.within_tolerance]
 
     def as_dict(self) -> dict:
-        return {"exports": {kind: vars(record) for kind, record in self.exports.items()},
-                "int8": {**self.int8_metrics(), **self.int8_verdict()} if "int8" in self.exports else None,
-                "checks": {kind: {**check.metrics(), "check": check.describe()}
-                           for kind, check in self.checks.items()}}
+        """The exports, and each checked one's figures and sentence (`ftflow export --json`)."""
+        numbers, checks = self.score_metrics() | self.check_metrics(), {}
+        for tag, sentence in self.verdicts().items():
+            prefix = tag.removesuffix("check")  # export.<kind>.
+            checks[prefix.split(".")[1]] = {key.removeprefix(prefix): value for key, value in numbers.items()
+                                             if key.startswith(prefix)} | {"check": sentence}
+        return {"exports": {kind: vars(record) for kind, record in self.exports.items()}, "checks": checks}
 
 
 def unavailable(kind: str, model: VersionModel) -> str | None:
@@ -189,14 +206,15 @@ def check_kinds(model: VersionModel, kinds: list[str]) -> None:
 def export_version(folder: Path, name: str, version: str, run_id: str, kinds: list[str], test: pd.DataFrame | None,
                    tolerance: float) -> ExportReport:
     """Build each kind of export of the version whose model is `folder`, log it into the version's run
-    (`exports/<kind>`) and record it in the version's tags. int8 is scored against the float32 model on `test`. A
-    terminal shows the exports done of those asked for, and the one being made."""
+    (`exports/<kind>`) and record it in the version's tags. Quantised kinds are scored against the float32 model on
+    `test`. A terminal shows the exports done of those asked for, and the one being made."""
     if not kinds:
         return ExportReport({})
     model = VersionModel.read(Path(folder))
     check_kinds(model, kinds)
     classifier = saved_classes(model.folder) is not None
-    records, ratio, fidelity, checks = {}, None, None, {}
+    records, ratio, scores, checks = {}, None, {}, {}
+    scorer = TestSplitScorer(model, classifier, test, tolerance)
     with (scratch(".exports.") as work,
           progress_bar(len(kinds), f"exporting models:/{name}/{version}", unit="exports") as bar):
         for kind in kinds:
@@ -205,7 +223,8 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
             write_export(kind, model, out, f"models:/{name}/{version}")
             if kind == "int8":
                 ratio = weight_bytes(out) / float32_bytes(model.weight_files())
-                fidelity = int8_fidelity(model, classifier, out, test, tolerance)
+            if kind in SCORED_KINDS and (fidelity := scorer.fidelity(kind, out)) is not None:
+                scores[kind] = fidelity
             if kind in GGUF_KINDS:
                 checks[kind] = gguf.check_gguf(model.folder, gguf_file(out), check_prompts(test, model.folder))
             if kind == "onnx":
@@ -218,9 +237,9 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
             uri = log_export(run_id, kind, out, classifier, test)
             records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
             bar.update()
-    report = ExportReport(records, ratio, fidelity, checks)
-    if fidelity is not None and not fidelity.within_tolerance:
-        log.warning("%s/%s: %s", name, version, fidelity.describe())
+    report = ExportReport(records, ratio, scores, checks)
+    for kind in report.beyond_tolerance():
+        log.warning("%s/%s: %s", name, version, scores[kind].describe())
     # Each check's tag names the command that makes the export and its check again.
     again = {f"export.{kind}.check_command": f"ftflow export models:/{name}/{version} --kind {kind}"
              for kind in report.exports if f"export.{kind}.check" in report.tags()}
@@ -341,17 +360,24 @@ def check_bf16(folder: Path, out: Path, prompts: list[str]) -> LogitCheck:
                           "run in bfloat16 by transformers")
 
 
-def int8_fidelity(model: VersionModel, classifier: bool, int8: Path, test: pd.DataFrame | None,
-                  tolerance: float) -> Fidelity | None:
-    """The version's own model (float32) and its int8 export scored on the test split."""
-    metrics = () if test is None else scorable_metrics(test, classifier)
-    if not metrics:
-        return None
-    float32, tokenizer = load_trained(model.folder)
-    before = split_scores(float32, tokenizer, test, metrics, "float32 model")
-    del float32
-    after = split_scores(*load_export(int8), test, metrics, "int8 export")
-    return Fidelity(before, after, metrics[0], tolerance)
+class TestSplitScorer:
+    """Scores quantised exports and the version's own float32 model (once, when first needed) on the test split."""
+
+    def __init__(self, model: VersionModel, classifier: bool, test: pd.DataFrame | None, tolerance: float):
+        self.model, self.test, self.tolerance = model, test, tolerance
+        self.metrics = () if test is None else scorable_metrics(test, classifier)
+        self._float32: dict[str, float] | None = None
+
+    def fidelity(self, kind: str, out: Path) -> Fidelity | None:
+        """The export in `out` against the float32 model; None when the test split has no references."""
+        if not self.metrics:
+            return None
+        if self._float32 is None:
+            float32, tokenizer = load_trained(self.model.folder)
+            self._float32 = split_scores(float32, tokenizer, self.test, self.metrics, "float32 model")
+            del float32
+        exported = split_scores(*load_export(out), self.test, self.metrics, f"{kind} export")
+        return Fidelity(kind, self._float32, exported, self.metrics[0], self.tolerance)
 
 
 def log_export(run_id: str, kind: str, folder: Path, classifier: bool, test: pd.DataFrame | None) -> str:

@@ -1,7 +1,7 @@
-"""What an export costs. int8: the float32 model and its int8 export scored the same way on the test split, with the
-evaluate stage's own scorers (greedy generation and perplexity, or classification), and the change judged against
-`deploy.int8_tolerance`. A GGUF or ONNX export: its logits on the test prompts against the float32 model's
-(`LogitCheck`).
+"""What an export costs. A quantised export (int8, gguf_q8_0, gguf_q4_0): the float32 model and the export scored the
+same way on the test split, with the evaluate stage's own scorers (greedy generation and perplexity, or
+classification), and the change judged against `deploy.export_tolerance` (`Fidelity`). A bfloat16, GGUF, ONNX or
+base export: its logits on the test prompts against the float32 model's (`LogitCheck`).
 
 The metrics are the ones the test split has references for: exact match, token F1 and perplexity of the reference
 answers (prompt/completion and chat rows), perplexity of the text (text rows), accuracy and macro F1 (a classifier
@@ -35,22 +35,23 @@ BATCH_SIZE = 16
 
 @dataclass(frozen=True)
 class Fidelity:
-    """The float32 and int8 scores on the test split and whether the int8 loss on the primary metric is within the
-    tolerance (absolute; relative for perplexity)."""
+    """The float32 model's and a quantised export's (`kind`) scores on the test split, and whether the export's loss
+    on the primary metric is within the tolerance (absolute; relative for perplexity)."""
 
+    kind: str
     float32: dict[str, float]
-    int8: dict[str, float]
+    exported: dict[str, float]
     primary: str
     tolerance: float
 
     @property
     def deltas(self) -> dict[str, float]:
-        return {metric: self.int8[metric] - self.float32[metric] for metric in self.float32}
+        return {metric: self.exported[metric] - self.float32[metric] for metric in self.float32}
 
     @property
     def loss(self) -> float:
-        """What int8 lost on the primary metric (negative when it did better)."""
-        before, after = self.float32[self.primary], self.int8[self.primary]
+        """What the export lost on the primary metric (negative when it did better)."""
+        before, after = self.float32[self.primary], self.exported[self.primary]
         return (after - before) / before if self.primary in LOWER_IS_BETTER else before - after
 
     @property
@@ -60,7 +61,8 @@ class Fidelity:
     def describe(self) -> str:
         unit = " (relative)" if self.primary in LOWER_IS_BETTER else ""
         verdict = "within" if self.within_tolerance else "BEYOND"
-        return (f"int8 {self.primary} {self.int8[self.primary]:.4g} against float32 {self.float32[self.primary]:.4g}: "
+        return (f"{self.kind} {self.primary} {self.exported[self.primary]:.4g} against float32 "
+                f"{self.float32[self.primary]:.4g}: "
                 f"a loss of {self.loss:+.4g}{unit}, {verdict} the tolerance {self.tolerance:g}")
 
 

@@ -66,7 +66,7 @@ def deploy_stage(job: DeployJob, out_dir: Path, mlflow_run_id: str, tags: dict[s
     test_split = job.dataset.splits.get("test") if job.dataset is not None else None
     exported = export_version(trained.model_path, name, version, mlflow_run_id, list(job.deploy.exports),
                               test_rows(test_split) if test_split is not None else None,
-                              job.deploy.int8_tolerance)
+                              job.deploy.export_tolerance)
     return write_record(name, version, decision, reference_name, exported, out_dir)
 
 

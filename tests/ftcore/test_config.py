@@ -152,3 +152,10 @@ def test_an_unknown_field_is_answered_with_the_closest_fields_where_it_stands(ov
     with pytest.raises(RecipeError) as e:
         load_recipe(DEMO_RECIPE, [override])
     assert any(p.endswith(problem) for p in e.value.problems), e.value.problems
+
+
+def test_deploy_export_tolerance_still_reads_its_old_name():
+    from ftcore.deploy.config import DeployConfig
+
+    for name in ("export_tolerance", "int8_tolerance"):
+        assert DeployConfig.model_validate({name: 0.1}).export_tolerance == 0.1
