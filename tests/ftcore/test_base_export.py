@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -22,12 +21,7 @@ from ftcore.models.load import load_trained, reload_model, reload_tokenizer
 from ftcore.training.config import TrainConfig
 from ftcore.training.jobs import TrainJob
 from ftcore.training.train import train_stage
-from tests.ftcore.export_fixtures import heldout_rows, register, trained_lora
-
-
-@pytest.fixture(scope="module")
-def lora(tmp_path_factory):
-    return trained_lora(tmp_path_factory.mktemp("lora"))
+from tests.ftcore.export_fixtures import heldout_rows, register
 
 
 def _logits(model, tokenizer, text: str) -> torch.Tensor:

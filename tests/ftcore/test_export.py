@@ -44,15 +44,10 @@ from ftcore.outputs import EvalOutput
 from ftcore.training.config import TrainConfig
 from ftcore.training.jobs import TrainJob
 from ftcore.training.train import train_stage
-from tests.ftcore.export_fixtures import heldout_rows, register, trained_lora
+from tests.ftcore.export_fixtures import heldout_rows, register
 from tests.ftcore.pipeline_fixtures import deploy_job_of
 
 ALL_KINDS = ["adapter", "merged", "merged_bf16", "int8"]
-
-
-@pytest.fixture(scope="module")
-def lora(tmp_path_factory):
-    return trained_lora(tmp_path_factory.mktemp("lora"))
 
 
 def _trained_with(lora, method, root: Path):

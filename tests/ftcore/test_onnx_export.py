@@ -5,7 +5,6 @@ kinds of model it refuses."""
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from ftcore import tracking, versions
 from ftcore.deploy import export
@@ -14,12 +13,7 @@ from ftcore.deploy.quantize import float32_bytes
 from ftcore.models.config import PrefixMethod
 from ftcore.models.generate import generate
 from ftcore.models.load import load_trained
-from tests.ftcore.export_fixtures import heldout_rows, register, trained_lora
-
-
-@pytest.fixture(scope="module")
-def lora(tmp_path_factory):
-    return trained_lora(tmp_path_factory.mktemp("lora"))
+from tests.ftcore.export_fixtures import heldout_rows, register
 
 
 def test_onnx_runtime_runs_the_graph_to_the_float32_logits_and_answers(lora, tmp_path):
