@@ -5,11 +5,14 @@ kinds of model it refuses."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
+import torch
 
 from ftcore import tracking, versions
-from ftcore.deploy import export
+from ftcore.deploy import export, onnx_export
 from ftcore.deploy.export import export_version, fetch_export, load_export, unavailable
 from ftcore.deploy.quantize import float32_bytes
+from ftcore.errors import UserError
 from ftcore.models.config import PrefixMethod
 from ftcore.models.generate import generate
 from ftcore.models.load import load_trained
@@ -41,7 +44,8 @@ def test_onnx_runtime_runs_the_graph_to_the_float32_logits_and_answers(lora, tmp
     onnx_model, tokenizer = load_export(folder)
     original, original_tokenizer = load_trained(trained.model_path)
     prompts = test["prompt"].head(6).tolist()  # left-padded together: positions count from each first token
-    answers = generate(onnx_model, tokenizer, prompts, 12, 6)
+    assert onnx_model.layers == original.config.num_hidden_layers  # past and present keys and values per layer
+    answers = generate(onnx_model, tokenizer, prompts, 12, 6)  # one token per step on the cache
     assert answers == generate(original, original_tokenizer, prompts, 12, 6)
 
     pyfunc = mlflow.pyfunc.load_model(str(tracking.download_run_artifact(run_id, "exports/onnx", tmp_path / "py")))
@@ -51,7 +55,7 @@ def test_onnx_runtime_runs_the_graph_to_the_float32_logits_and_answers(lora, tmp
     assert predicted["text"].tolist() == [a.strip() for a in answers]
 
 
-def test_onnx_is_refused_in_one_line_for_a_classifier_and_an_adapter_kept_apart(tmp_path):
+def test_onnx_is_refused_in_one_line_for_a_classifier_experts_and_an_adapter_kept_apart(tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -60,5 +64,34 @@ def test_onnx_is_refused_in_one_line_for_a_classifier_and_an_adapter_kept_apart(
     problem = unavailable("onnx", export.VersionModel.read(tmp_path / "classifier"))
     assert problem == ("onnx: LlamaForSequenceClassification is not a causal language model; onnx exports those "
                        "(logits of the prompt's tokens, and greedy generation with ONNX Runtime)")
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    MixtralForCausalLM(MixtralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     num_key_value_heads=2, vocab_size=64, num_local_experts=2,
+                                     num_experts_per_tok=1)).save_pretrained(tmp_path / "moe")
+    assert unavailable("onnx", export.VersionModel.read(tmp_path / "moe")) == (
+        "onnx: mixtral routes tokens to experts, which torch.onnx does not convert here (measured on Mixtral and "
+        "Qwen2-MoE); export merged or merged_bf16")
     kept_apart = export.planned_export_problems(PrefixMethod(num_virtual_tokens=4), ["onnx"])
     assert kept_apart[0].startswith("method prefix is prompt learning: its virtual tokens cannot be merged")
+
+
+def test_a_family_whose_cache_cannot_be_exported_gets_the_graph_without_it_and_neither_is_one_line(
+        lora, tmp_path, monkeypatch):
+    _, trained = lora
+
+    def untraceable(*_):
+        raise torch.onnx.OnnxExporterError("cannot trace it")
+
+    monkeypatch.setattr(onnx_export, "export_with_cache", untraceable)  # as for Falcon's cache
+    onnx_export.write_onnx(trained.model_path, tmp_path / "plain")
+    plain = onnx_export.OnnxCausalLM(tmp_path / "plain")
+    assert plain.layers == 0
+    original, tokenizer = load_trained(trained.model_path)
+    prompts = heldout_rows(lora)["prompt"].head(4).tolist()
+    assert generate(plain, tokenizer, prompts, 12, 4) == generate(original, tokenizer, prompts, 12, 4)
+
+    monkeypatch.setattr(onnx_export, "export_without_cache", untraceable)  # as for mixture-of-experts routing
+    with pytest.raises(UserError, match=r"^onnx: torch.onnx cannot export model type 'llama' here \(cannot trace "
+                                        r"it\); export merged or merged_bf16$"):
+        onnx_export.write_onnx(trained.model_path, tmp_path / "neither")
