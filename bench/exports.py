@@ -83,7 +83,7 @@ def main() -> None:
     print("| kind | weight files | of float32 | check |")
     print("|---|---|---|---|")
     for kind, record in report.exports.items():
-        check = report.verdicts().get(f"export.{kind}.check", "")
+        check = report.verdicts().get(kind, "")
         print(f"| {kind} | {record.bytes / 2**20:.2f} MB | {record.bytes / float32:.1%} | {check} |")
     same = sum(a == b for a, b in zip(answers["pytorch"], answers["onnx"], strict=True))
     print(f"\n{len(prompts)} test prompts as one batch; greedy answers up to {args.max_new_tokens} tokens: "

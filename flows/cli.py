@@ -322,8 +322,8 @@ def export(
         console.print(f"{name}: {record.uri}  ({record.bytes / 2**20:.3g} MB)", highlight=False, soft_wrap=True)
     if report.int8_size_ratio is not None:
         console.print(f"int8 size: {report.int8_size_ratio:.1%} of float32", highlight=False, soft_wrap=True)
-    for tag, check in report.verdicts().items():
-        console.print(f"{tag.split('.')[1]}: {check}", highlight=False, soft_wrap=True)
+    for name, check in report.verdicts().items():
+        console.print(f"{name}: {check}", highlight=False, soft_wrap=True)
 
 
 # After the pipeline's commands, so that `ftflow --help` lists those first.

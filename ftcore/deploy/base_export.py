@@ -22,7 +22,7 @@ from ftcore.deploy.fidelity import LogitCheck, compare_logits
 from ftcore.errors import UserError
 from ftcore.models.load import load_trained, reload_model, reload_processing, reload_tokenizer, saved_classes
 from ftcore.models.peft_methods import unmerged_base
-from ftcore.models.same_base import lora_deltas, other_base
+from ftcore.models.same_base import lora_deltas, missing_weights, other_base
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -70,8 +70,9 @@ def lora_folded(base: Path, adapter: Path):
 
 def check_trained_on(version: Path, adapter: Path, base: Path, uri: str) -> None:
     """Refuse, in one line, to write an adapter export for a base the version was not trained on."""
-    if not (base / "config.json").is_file():
-        raise UserError(f"--base: {base} is not a model folder (no config.json); give the folder that "
+    if not (base / "config.json").is_file() or missing_weights(base):
+        what = "no config.json" if not (base / "config.json").is_file() else f"no {', '.join(missing_weights(base))}"
+        raise UserError(f"--base: {base} is not a model folder in safetensors ({what}); give the folder that "
                         f"`ftflow export {uri} --kind base --to DIR` wrote")
     if (why := other_base(version, adapter, base)) is not None:
         raise UserError(f"--base: {uri} was not trained on the model in {base} ({why}); export the base of the "

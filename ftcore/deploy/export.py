@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -112,7 +113,8 @@ class ExportReport:
         for kind, record in self.exports.items():
             tags |= {f"export.{kind}.uri": record.uri, f"export.{kind}.bytes": str(record.bytes),
                      f"export.{kind}.hash": record.hash}
-        return tags | {k: f"{v:.6g}" for k, v in self.score_metrics().items()} | self.verdicts()
+        checks = {f"export.{kind}.check": sentence for kind, sentence in self.verdicts().items()}
+        return tags | {k: f"{v:.6g}" for k, v in self.score_metrics().items()} | checks
 
     def metrics(self) -> dict[str, float]:
         sizes = {f"export.{kind}.mb": record.bytes / 2**20 for kind, record in self.exports.items()}
@@ -130,8 +132,8 @@ class ExportReport:
                 for metric, value in check.metrics().items()}
 
     def verdicts(self) -> dict[str, str]:
-        """Each checked export's check in one sentence (`export.<kind>.check`): its logits beside the float32
-        model's, its scores on the test split, or both."""
+        """kind -> its check in one sentence (the tag `export.<kind>.check`): its logits beside the float32
+        model's, its scores on the test split, or both; for the kinds checked."""
         verdicts = {}
         for kind in self.exports:
             parts = [self.checks[kind].describe()] if kind in self.checks else []
@@ -140,7 +142,7 @@ class ExportReport:
             elif kind in SCORED_KINDS:
                 parts.append(f"{kind} not scored: the test split has no references")
             if parts:
-                verdicts[f"export.{kind}.check"] = "; ".join(parts)
+                verdicts[kind] = "; ".join(parts)
         return verdicts
 
     def beyond_tolerance(self) -> list[str]:
@@ -148,11 +150,10 @@ class ExportReport:
 
     def as_dict(self) -> dict:
         """The exports, and each checked one's figures and sentence (`ftflow export --json`)."""
-        numbers, checks = self.score_metrics() | self.check_metrics(), {}
-        for tag, sentence in self.verdicts().items():
-            prefix = tag.removesuffix("check")  # export.<kind>.
-            checks[prefix.split(".")[1]] = {key.removeprefix(prefix): value for key, value in numbers.items()
-                                             if key.startswith(prefix)} | {"check": sentence}
+        numbers = self.score_metrics() | self.check_metrics()
+        checks = {kind: {key.removeprefix(f"export.{kind}."): value for key, value in numbers.items()
+                         if key.startswith(f"export.{kind}.")} | {"check": sentence}
+                  for kind, sentence in self.verdicts().items()}
         return {"exports": {kind: vars(record) for kind, record in self.exports.items()}, "checks": checks}
 
 
@@ -214,7 +215,8 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
     check_kinds(model, kinds)
     classifier = saved_classes(model.folder) is not None
     records, ratio, scores, checks = {}, None, {}, {}
-    scorer = TestSplitScorer(model, classifier, test, tolerance)
+    scorer = QuantisedScorer(model, classifier, test, tolerance)
+    prompts = check_prompts(test, model.folder) if LOGIT_CHECKS.keys() & set(kinds) else []
     with (scratch(".exports.") as work,
           progress_bar(len(kinds), f"exporting models:/{name}/{version}", unit="exports") as bar):
         for kind in kinds:
@@ -225,15 +227,8 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
                 ratio = weight_bytes(out) / float32_bytes(model.weight_files())
             if kind in SCORED_KINDS and (fidelity := scorer.fidelity(kind, out)) is not None:
                 scores[kind] = fidelity
-            if kind in GGUF_KINDS:
-                checks[kind] = gguf.check_gguf(model.folder, gguf_file(out), check_prompts(test, model.folder))
-            if kind == "onnx":
-                checks[kind] = onnx_export.check_onnx(model.folder, out, check_prompts(test, model.folder))
-            if kind == "base":
-                checks[kind] = base_export.check_base(model.folder, model.adapter, out,
-                                                      check_prompts(test, model.folder))
-            if kind == "merged_bf16":
-                checks[kind] = check_bf16(model.folder, out, check_prompts(test, model.folder))
+            if kind in LOGIT_CHECKS:
+                checks[kind] = LOGIT_CHECKS[kind](model, out, prompts)
             uri = log_export(run_id, kind, out, classifier, test)
             records[kind] = ExportRecord(uri, weight_bytes(out), str(export_hash(out)))
             bar.update()
@@ -242,7 +237,7 @@ def export_version(folder: Path, name: str, version: str, run_id: str, kinds: li
         log.warning("%s/%s: %s", name, version, scores[kind].describe())
     # Each check's tag names the command that makes the export and its check again.
     again = {f"export.{kind}.check_command": f"ftflow export models:/{name}/{version} --kind {kind}"
-             for kind in report.exports if f"export.{kind}.check" in report.tags()}
+             for kind in report.verdicts()}
     versions.set_version_tags(name, version, report.tags() | again)
     return report
 
@@ -360,7 +355,15 @@ def check_bf16(folder: Path, out: Path, prompts: list[str]) -> LogitCheck:
                           "run in bfloat16 by transformers")
 
 
-class TestSplitScorer:
+# The exports run beside the float32 model on the test prompts, by how each is run: (version, export folder, prompts).
+LOGIT_CHECKS: dict[str, Callable[[VersionModel, Path, list[str]], LogitCheck]] = {
+    "merged_bf16": lambda model, out, prompts: check_bf16(model.folder, out, prompts),
+    "base": lambda model, out, prompts: base_export.check_base(model.folder, model.adapter, out, prompts),
+    "onnx": lambda model, out, prompts: onnx_export.check_onnx(model.folder, out, prompts),
+} | dict.fromkeys(GGUF_KINDS, lambda model, out, prompts: gguf.check_gguf(model.folder, gguf_file(out), prompts))
+
+
+class QuantisedScorer:
     """Scores quantised exports and the version's own float32 model (once, when first needed) on the test split."""
 
     def __init__(self, model: VersionModel, classifier: bool, test: pd.DataFrame | None, tolerance: float):

@@ -27,6 +27,8 @@ def other_base(version: Path, adapter: Path, base: Path) -> str | None:
     words; None when it was."""
     import torch
 
+    if missing := missing_weights(base):
+        return f"no {', '.join(missing)} in the base folder, and the check reads safetensors files"
     touched = adapted_modules(adapter)
     with Tensors(base) as base_tensors, Tensors(version) as version_tensors:
         shapes = {name: base_tensors.shape(name) for name in base_tensors.names()}
@@ -63,6 +65,12 @@ def lora_deltas(adapter: Path) -> Iterator[tuple[str, object]]:
             module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
             delta = scale * (pairs[f"base_model.model.{module}.lora_B.weight"].float() @ down.float())
             yield module, delta.T if config.get("fan_in_fan_out") else delta
+
+
+def missing_weights(folder: Path) -> list[str]:
+    """The safetensors files the folder's weights should be in (model.safetensors, or its index's shards) that it
+    lacks: a folder saved as pytorch_model.bin has them all missing."""
+    return [path.name for path in Tensors(folder).paths if not path.is_file()]
 
 
 def adapted_modules(adapter: Path) -> set[str]:

@@ -80,6 +80,10 @@ def test_an_adapter_export_for_a_base_is_refused_unless_the_version_was_trained_
     merged = tmp_path / "merged"  # the version's own merged weights: its embeddings are the base's, its projections not
     made = cli.invoke(app, ["export", "models:/support@champion", "--kind", "merged", "--to", str(merged)])
     assert made.exit_code == 0, made.output
+    pickled = tmp_path / "pickled"  # the same base with its weights in pytorch_model.bin
+    pickled.mkdir()
+    (pickled / "config.json").write_bytes((base / "config.json").read_bytes())
+    torch.save(load_file(str(base / "model.safetensors")), pickled / "pytorch_model.bin")
     refused_to = tmp_path / "models" / "lora" / "refused"
     for extra, line in (
             (["--base", str(merged)], f"--base: models:/support/{version} was not trained on the model in {merged} "
@@ -87,7 +91,9 @@ def test_an_adapter_export_for_a_base_is_refused_unless_the_version_was_trained_
                                       "adapter)"),
             (["--base", str(other)], f"--base: models:/support/{version} was not trained on the model in {other} "
                                      "(its model.embed_tokens.weight differs from the base's)"),
-            (["--base", str(tmp_path)], f"--base: {tmp_path} is not a model folder (no config.json)")):
+            (["--base", str(tmp_path)], f"--base: {tmp_path} is not a model folder in safetensors (no config.json)"),
+            (["--base", str(pickled)], f"--base: {pickled} is not a model folder in safetensors (no "
+                                       "model.safetensors)")):
         refused = cli.invoke(app, ["export", "models:/support@champion", "--kind", "adapter", "--to",
                                    str(refused_to), *extra])
         assert refused.exit_code == 2 and line in " ".join(refused.output.split()), refused.output

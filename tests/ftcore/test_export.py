@@ -266,7 +266,7 @@ def test_prefix_tuning_cannot_be_merged_but_exports_its_adapter_and_int8(prefix,
 
     report = export_version(prefix.model_path, "exp", version, run_id, ["adapter", "int8"], None, tolerance=0.05)
     assert report.int8_size_ratio <= 0.35 and not report.scores  # no test split given: size only
-    assert report.verdicts()["export.int8.check"] == "int8 not scored: the test split has no references"
+    assert report.verdicts()["int8"] == "int8 not scored: the test split has no references"
     original, tokenizer = load_trained(prefix.model_path)
     prompt = "Question: What does BP stand for?\nAnswer:"
     expected = _logits(original, tokenizer, prompt)
@@ -323,7 +323,7 @@ def test_an_int8_loss_beyond_the_tolerance_is_tagged_and_logged(lora, monkeypatc
     run_id, version = register(trained.model_path)
     worse = Fidelity("int8", {"exact_match": 0.6, "perplexity": 2.0}, {"exact_match": 0.5, "perplexity": 2.1},
                      "exact_match", 0.05)
-    monkeypatch.setattr(export.TestSplitScorer, "fidelity", lambda *args: worse)
+    monkeypatch.setattr(export.QuantisedScorer, "fidelity", lambda *args: worse)
     with caplog.at_level(logging.WARNING, logger="ftcore.deploy.export"):
         report = export_version(trained.model_path, "exp", version, run_id, ["int8"], None, tolerance=0.05)
     tags = versions.version_tags("exp", version)
